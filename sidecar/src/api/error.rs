@@ -1,0 +1,205 @@
+//! Errors in the client's own protocol: OpenAI's `{"error": {...}}` or Anthropic's
+//! `{"type": "error", "error": {...}}`. Messages never carry prompt content or secrets.
+
+use serde_json::json;
+
+use super::Flavour;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    /// OpenAI `type` (`invalid_request_error`, `server_error`, …).
+    pub kind: &'static str,
+    pub code: Option<&'static str>,
+    pub param: Option<&'static str>,
+    pub retry_after: Option<u64>,
+    pub flavour: Flavour,
+}
+
+impl ApiError {
+    fn new(
+        status: u16,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            code,
+            param: None,
+            retry_after: None,
+            flavour: Flavour::OpenAi,
+        }
+    }
+
+    pub fn with_flavour(mut self, flavour: Flavour) -> Self {
+        self.flavour = flavour;
+        self
+    }
+
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", None, message)
+    }
+
+    pub fn unknown_url(method: &http::Method, path: &str) -> Self {
+        // The path is the client's own; cap it so an error never echoes a large payload.
+        let shown: String = path.chars().take(128).collect();
+        Self::new(
+            404,
+            "invalid_request_error",
+            Some("unknown_url"),
+            format!("Unrecognized request URL ({method} {shown})."),
+        )
+    }
+
+    pub fn method_not_allowed(method: &http::Method, path: &str, expected: &http::Method) -> Self {
+        Self::new(
+            405,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            format!("{method} is not allowed on {path}; use {expected}."),
+        )
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        let shown: String = model.chars().take(128).collect();
+        Self::new(
+            404,
+            "invalid_request_error",
+            Some("model_not_found"),
+            format!("The model `{shown}` does not exist or is not allowed by the policy."),
+        )
+        .with_param("model")
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("Request body exceeds the limit of {limit} bytes."),
+        )
+    }
+
+    pub fn no_policy() -> Self {
+        Self::new(
+            503,
+            "server_error",
+            Some("policy_unavailable"),
+            "The sidecar has no policy loaded yet.",
+        )
+    }
+
+    pub fn no_endpoint(model: &str) -> Self {
+        Self::new(
+            503,
+            "server_error",
+            Some("no_healthy_upstream"),
+            format!("No endpoint is available for model `{model}`."),
+        )
+    }
+
+    pub fn upstream_unreachable(model: &str) -> Self {
+        Self::new(
+            502,
+            "server_error",
+            Some("upstream_unreachable"),
+            format!("The upstream serving `{model}` could not be reached."),
+        )
+    }
+
+    pub fn upstream_timeout(model: &str) -> Self {
+        Self::new(
+            504,
+            "server_error",
+            Some("upstream_timeout"),
+            format!("The upstream serving `{model}` did not answer in time."),
+        )
+    }
+
+    pub fn upstream_broken() -> Self {
+        Self::new(
+            502,
+            "server_error",
+            Some("upstream_stream_error"),
+            "The upstream connection failed before the response was complete.",
+        )
+    }
+
+    /// The JSON body in the error's flavour.
+    pub fn body(&self) -> serde_json::Value {
+        match self.flavour {
+            Flavour::OpenAi => json!({"error": {
+                "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+            }}),
+            Flavour::Anthropic => json!({"type": "error", "error": {
+                "type": anthropic_type(self.status), "message": self.message,
+            }}),
+        }
+    }
+}
+
+/// Anthropic's error types by status.
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        400 | 405 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 | 503 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape() {
+        let b = ApiError::model_not_found("gpt-x").body();
+        assert_eq!(b["error"]["code"], "model_not_found");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["param"], "model");
+        assert!(b["error"]["message"].as_str().unwrap().contains("gpt-x"));
+    }
+
+    #[test]
+    fn anthropic_shape() {
+        let b = ApiError::body_too_large(10)
+            .with_flavour(Flavour::Anthropic)
+            .body();
+        assert_eq!(b["type"], "error");
+        assert_eq!(b["error"]["type"], "request_too_large");
+    }
+
+    #[test]
+    fn echoed_client_strings_are_capped() {
+        let long = "x".repeat(10_000);
+        assert!(ApiError::model_not_found(&long).message.len() < 300);
+        assert!(
+            ApiError::unknown_url(&http::Method::GET, &long)
+                .message
+                .len()
+                < 300
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! The few request fields the sidecar needs before forwarding, read without building a
+//! full JSON tree; the body is rewritten only when the model name must change.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ApiError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub model: String,
+    pub stream: bool,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// Reads `model` and `stream`; the whole body must be a JSON object.
+pub fn parse_head(body: &[u8]) -> Result<RequestHead, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid_request(
+            "The request body is empty; a JSON object is expected.",
+        ));
+    }
+    if std::str::from_utf8(body).is_err() {
+        return Err(ApiError::invalid_request(
+            "The request body is not valid UTF-8.",
+        ));
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::invalid_request(
+            "The request body must be a JSON object.",
+        ));
+    }
+    if nesting_exceeds(body, MAX_DEPTH) {
+        return Err(ApiError::invalid_request(format!(
+            "The JSON body is nested more than {MAX_DEPTH} levels deep."
+        )));
+    }
+    let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
+        // serde_json's message gives line and column and the expected token, not content.
+        ApiError::invalid_request(format!(
+            "We could not parse the JSON body of your request: {}",
+            describe(&e)
+        ))
+    })?;
+    let model = match head.model {
+        Some(m) if !m.is_empty() => m.into_owned(),
+        _ => {
+            return Err(
+                ApiError::invalid_request("You must provide a model parameter.")
+                    .with_param("model"),
+            );
+        }
+    };
+    Ok(RequestHead {
+        model,
+        stream: head.stream.unwrap_or(false),
+    })
+}
+
+/// Deepest JSON nesting accepted (serde_json's own recursion limit).
+pub const MAX_DEPTH: usize = 128;
+
+/// Whether arrays/objects nest deeper than `max`, in one pass over the bytes (strings,
+/// and escapes inside them, are skipped). Skipping unknown fields would accept any
+/// depth, and whatever parses the body later (DLP, the upstream) should not have to.
+fn nesting_exceeds(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn describe(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "syntax error",
+        Category::Eof => "unexpected end of input",
+        Category::Data => "a field has the wrong type",
+        Category::Io => "read error",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+/// Replaces the `model` field; used when a client alias maps to another upstream name.
+pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::invalid_request("The request body must be a JSON object."))?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("model".into(), Value::String(model.to_string()));
+    }
+    serde_json::to_vec(&v)
+        .map_err(|_| ApiError::invalid_request("The request body could not be re-encoded."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_model_and_stream() {
+        let h = parse_head(
+            br#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            RequestHead {
+                model: "m".into(),
+                stream: true
+            }
+        );
+        assert!(!parse_head(br#"{"model":"m"}"#).unwrap().stream);
+        // Escaped model names are decoded.
+        assert_eq!(parse_head(br#"{"model":"a\"b"}"#).unwrap().model, "a\"b");
+    }
+
+    #[test]
+    fn rejects_bad_bodies_clearly() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"", "empty"),
+            (b"[1,2]", "must be a JSON object"),
+            (b"{\"model\": ", "unexpected end of input at line 1"),
+            (b"{\"model\": 3}", "wrong type"),
+            (b"{\"messages\": []}", "You must provide a model parameter."),
+            (b"{\"model\": \"\"}", "You must provide a model parameter."),
+            (b"{\"model\": \"m\xff\"}", "not valid UTF-8"),
+        ];
+        for (body, expected) in cases {
+            let e = parse_head(body).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(
+                e.message.contains(expected),
+                "{:?}: {}",
+                String::from_utf8_lossy(body),
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_do_not_echo_content() {
+        let e = parse_head(br#"{"model":"m","messages":[{"content":"SECRET-123"}] trailing"#)
+            .unwrap_err();
+        assert!(!e.message.contains("SECRET"), "{}", e.message);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let body = format!(
+            "{{\"model\":\"m\",\"x\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let e = parse_head(body.as_bytes()).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("nested more than 128"), "{}", e.message);
+        // Brackets inside strings do not count; 128 real levels are fine.
+        let ok = format!(
+            "{{\"model\":\"m\",\"s\":\"{}\\\"[[\",\"x\":{}{}}}",
+            "[".repeat(500),
+            "[".repeat(127),
+            "]".repeat(127)
+        );
+        assert_eq!(parse_head(ok.as_bytes()).unwrap().model, "m");
+    }
+
+    #[test]
+    fn rewrites_model_only() {
+        let out = rewrite_model(br#"{"model":"alias","n":1}"#, "real").unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, serde_json::json!({"model": "real", "n": 1}));
+    }
+}

@@ -1,0 +1,14 @@
+//! Vigie sidecar.
+//!
+//! Request path: [`proxy`] (Pingora glue) → [`api`] (wire formats, errors) →
+//! [`policy`] (snapshot in force) → [`routing`] (pool and endpoint) → [`upstream`]
+//! (connection, TLS, credentials) → back through [`proxy`] to the client.
+//! [`admin`] serves health and [`telemetry`] metrics.
+
+pub mod admin;
+pub mod api;
+pub mod policy;
+pub mod proxy;
+pub mod routing;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,290 @@
+//! Policy validation: every problem, each with the field path of the canonical JSON
+//! document and a reason a person understands.
+//!
+//! Each section validates itself (`pools`, `routes`, …) so later sections (DLP, budgets,
+//! egress) add a function here without touching the others.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use vigie_proto::v1::{Policy, Pool, PoolKind, credentials};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// All violations of a policy, displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid policy:\n{}", .0.iter().map(|v| format!("  {v}")).collect::<Vec<_>>().join("\n"))]
+pub struct Violations(pub Vec<Violation>);
+
+#[derive(Default)]
+struct Report(Vec<Violation>);
+
+impl Report {
+    fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Violation {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Validates a policy; `Ok` means a sidecar can load it.
+pub fn validate(policy: &Policy) -> Result<(), Violations> {
+    let mut r = Report::default();
+    validate_name(&mut r, "name", &policy.name);
+    validate_pools(&mut r, &policy.pools);
+    validate_routes(&mut r, policy);
+    if r.0.is_empty() {
+        Ok(())
+    } else {
+        Err(Violations(r.0))
+    }
+}
+
+fn validate_name(r: &mut Report, path: &str, name: &str) {
+    if name.is_empty() {
+        r.add(path, "must not be empty");
+    } else if name.len() > 63 {
+        r.add(path, "must be at most 63 characters");
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        r.add(
+            path,
+            format!("{name:?} must be lower-case letters, digits and '-' (DNS label)"),
+        );
+    }
+}
+
+fn validate_pools(r: &mut Report, pools: &[Pool]) {
+    if pools.is_empty() {
+        r.add("pools", "at least one pool is required");
+    }
+    let mut seen = HashSet::new();
+    for (i, pool) in pools.iter().enumerate() {
+        let p = format!("pools[{i}]");
+        validate_name(r, &format!("{p}.name"), &pool.name);
+        if !pool.name.is_empty() && !seen.insert(pool.name.as_str()) {
+            r.add(
+                format!("{p}.name"),
+                format!("duplicate pool name {:?}", pool.name),
+            );
+        }
+        match PoolKind::try_from(pool.kind) {
+            Ok(PoolKind::Unspecified) => r.add(
+                format!("{p}.kind"),
+                "must be set (POOL_KIND_VLLM, POOL_KIND_OPENAI, …)",
+            ),
+            Err(_) => r.add(
+                format!("{p}.kind"),
+                format!("unknown pool kind {}", pool.kind),
+            ),
+            Ok(_) => {}
+        }
+        if pool.endpoints.is_empty() {
+            r.add(
+                format!("{p}.endpoints"),
+                "at least one endpoint is required",
+            );
+        }
+        for (j, ep) in pool.endpoints.iter().enumerate() {
+            if let Err(reason) = check_endpoint_url(&ep.url) {
+                r.add(format!("{p}.endpoints[{j}].url"), reason);
+            }
+        }
+        if pool.models.is_empty() {
+            r.add(format!("{p}.models"), "at least one model is required");
+        }
+        let mut names = HashSet::new();
+        for (j, m) in pool.models.iter().enumerate() {
+            if m.name.is_empty() {
+                r.add(format!("{p}.models[{j}].name"), "must not be empty");
+            }
+            for (k, alias) in std::iter::once(&m.name).chain(&m.aliases).enumerate() {
+                if alias.is_empty() {
+                    continue;
+                }
+                if !names.insert(alias.as_str()) {
+                    let path = if k == 0 {
+                        format!("{p}.models[{j}].name")
+                    } else {
+                        format!("{p}.models[{j}].aliases[{}]", k - 1)
+                    };
+                    r.add(
+                        path,
+                        format!("model name {alias:?} is already used in this pool"),
+                    );
+                }
+            }
+        }
+        if let Some(c) = &pool.credentials {
+            match &c.source {
+                None => r.add(format!("{p}.credentials"), "set either env or file"),
+                Some(credentials::Source::Env(v)) if v.is_empty() => {
+                    r.add(format!("{p}.credentials.env"), "must not be empty")
+                }
+                Some(credentials::Source::File(v)) if v.is_empty() => {
+                    r.add(format!("{p}.credentials.file"), "must not be empty")
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(t) = &pool.timeouts {
+            for (field, d) in [
+                ("connect", &t.connect),
+                ("firstByte", &t.first_byte),
+                ("idle", &t.idle),
+            ] {
+                if let Some(d) = d
+                    && (d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0))
+                {
+                    r.add(format!("{p}.timeouts.{field}"), "must be positive");
+                }
+            }
+        }
+    }
+}
+
+/// Checks an endpoint URL; the reason is phrased for the policy author.
+pub fn check_endpoint_url(raw: &str) -> Result<url::Url, String> {
+    if raw.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let u = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err("scheme must be http or https".into());
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err("host is missing".into());
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not carry credentials; use the pool's credentials".into());
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(u)
+}
+
+fn validate_routes(r: &mut Report, policy: &Policy) {
+    let pools: HashMap<&str, &Pool> = policy.pools.iter().map(|p| (p.name.as_str(), p)).collect();
+    let mut seen = HashSet::new();
+    for (i, route) in policy.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if route.model.is_empty() {
+            r.add(format!("{p}.model"), "must not be empty");
+        } else if !seen.insert(route.model.as_str()) {
+            r.add(
+                format!("{p}.model"),
+                format!("duplicate route for model {:?}", route.model),
+            );
+        }
+        if route.pools.is_empty() {
+            r.add(format!("{p}.pools"), "at least one pool is required");
+        }
+        let mut in_route = HashSet::new();
+        for (j, name) in route.pools.iter().enumerate() {
+            let path = format!("{p}.pools[{j}]");
+            if !in_route.insert(name.as_str()) {
+                r.add(path, format!("pool {name:?} is listed twice"));
+                continue;
+            }
+            match pools.get(name.as_str()) {
+                None => r.add(path, format!("unknown pool {name:?}")),
+                Some(pool) if !route.model.is_empty() && !serves(pool, &route.model) => r.add(
+                    path,
+                    format!("pool {name:?} does not serve model {:?} (add it to the pool's models or aliases)", route.model),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// Whether a pool serves a client-facing model name (as a name or an alias).
+pub fn serves(pool: &Pool, model: &str) -> bool {
+    pool.models
+        .iter()
+        .any(|m| m.name == model || m.aliases.iter().any(|a| a == model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(json: &str) -> Policy {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn valid_policy_passes() {
+        let p = policy(
+            r#"{"name":"demo","pools":[{"name":"gpu-a","kind":"POOL_KIND_VLLM",
+            "endpoints":[{"url":"http://127.0.0.1:9000"}],"models":[{"name":"m","aliases":["gpt-4o"]}]}],
+            "routes":[{"model":"gpt-4o","pools":["gpu-a"]}]}"#,
+        );
+        assert_eq!(validate(&p), Ok(()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let p = policy(
+            r#"{"name":"Demo!","pools":[
+              {"name":"gpu-a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://127.0.0.1:9000"}],"models":[{"name":"m"}]},
+              {"name":"gpu-a","endpoints":[{"url":"ftp://x"}],"models":[{"name":"m","aliases":["m"]}]}],
+              "routes":[{"model":"m","pools":["gpu-b"]},{"model":"x","pools":["gpu-a"]}]}"#,
+        );
+        let v = validate(&p).unwrap_err();
+        let text: Vec<String> = v.0.iter().map(ToString::to_string).collect();
+        for expected in [
+            "name: \"Demo!\" must be lower-case letters, digits and '-' (DNS label)",
+            "pools[1].name: duplicate pool name \"gpu-a\"",
+            "pools[1].kind: must be set (POOL_KIND_VLLM, POOL_KIND_OPENAI, …)",
+            "pools[1].endpoints[0].url: scheme must be http or https",
+            "pools[1].models[0].aliases[0]: model name \"m\" is already used in this pool",
+            "routes[0].pools[0]: unknown pool \"gpu-b\"",
+            "routes[1].pools[0]: pool \"gpu-a\" does not serve model \"x\" (add it to the pool's models or aliases)",
+        ] {
+            assert!(
+                text.contains(&expected.to_string()),
+                "missing {expected:?} in {text:#?}"
+            );
+        }
+        assert_eq!(text.len(), 7, "{text:#?}");
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        assert!(check_endpoint_url("https://api.mistral.ai").is_ok());
+        assert_eq!(
+            check_endpoint_url("http://u:p@h").unwrap_err(),
+            "must not carry credentials; use the pool's credentials"
+        );
+        assert_eq!(check_endpoint_url("").unwrap_err(), "must not be empty");
+        assert!(
+            check_endpoint_url("nope")
+                .unwrap_err()
+                .starts_with("not a valid URL")
+        );
+    }
+
+    #[test]
+    fn empty_policy() {
+        let v = validate(&Policy::default()).unwrap_err();
+        assert_eq!(v.0[0].to_string(), "name: must not be empty");
+        assert_eq!(v.0[1].to_string(), "pools: at least one pool is required");
+    }
+}

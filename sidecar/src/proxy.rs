@@ -1,0 +1,364 @@
+//! Pingora glue: one HTTP request from the app in, one response out.
+//!
+//! Vigie implements Pingora's `HttpServerApp` rather than `ProxyHttp` because the request
+//! body must be read before the upstream is chosen (the model is in the body) and
+//! because the response stream is Vigie's to shape (errors mid-stream, and later DLP and
+//! metering). See docs/adr/0001-pingora-runtime-own-request-pipeline.md.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use tracing::{debug, warn};
+
+use crate::api::{self, ApiError, Operation, request::RequestHead};
+use crate::policy::{PolicyStore, Snapshot};
+use crate::routing::Attempts;
+use crate::telemetry::Metrics;
+use crate::upstream::{self, AttemptError, Exchange, Upstream};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_body_bytes: usize,
+    /// Endpoints tried per request when connecting fails.
+    pub max_attempts: usize,
+}
+
+#[derive(Debug)]
+pub struct SidecarApp {
+    pub store: Arc<PolicyStore>,
+    pub upstream: Upstream,
+    pub metrics: Metrics,
+    pub settings: Settings,
+}
+
+/// How a request ended, for metrics and connection reuse.
+struct Outcome {
+    status: u16,
+    /// The HTTP/1 connection is in a clean state and may serve the next request.
+    reusable: bool,
+}
+
+impl Outcome {
+    fn done(status: u16) -> Self {
+        Self {
+            status,
+            reusable: true,
+        }
+    }
+    fn broken(status: u16) -> Self {
+        Self {
+            status,
+            reusable: false,
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for SidecarApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                debug!(error = %e, "failed to read request header");
+                return None;
+            }
+        }
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let started = Instant::now();
+        self.metrics.inflight.inc();
+        let (operation, outcome) = self.handle(&mut session).await;
+        self.metrics.inflight.dec();
+        let op = operation.map_or("unknown", Operation::name);
+        self.metrics
+            .requests
+            .with_label_values(&[op, &outcome.status.to_string()])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        if !outcome.reusable {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(stream) => stream.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
+        }
+    }
+}
+
+impl SidecarApp {
+    async fn handle(&self, session: &mut ServerSession) -> (Option<Operation>, Outcome) {
+        let header = session.req_header();
+        let operation = match Operation::route(&header.method, header.uri.path()) {
+            Ok(op) => op,
+            Err(e) => {
+                // The body was not read: the connection cannot be reused.
+                let status = e.status;
+                respond_error(session, &e).await;
+                return (None, Outcome::broken(status));
+            }
+        };
+        let Some(snapshot) = self.store.current() else {
+            respond_error(
+                session,
+                &ApiError::no_policy().with_flavour(operation.flavour()),
+            )
+            .await;
+            return (Some(operation), Outcome::broken(503));
+        };
+        if operation == Operation::ListModels {
+            return (Some(operation), list_models(session, &snapshot).await);
+        }
+        let outcome = match self.forward(session, operation, &snapshot).await {
+            Ok(outcome) => outcome,
+            Err((e, reusable)) => {
+                let e = e.with_flavour(operation.flavour());
+                respond_error(session, &e).await;
+                Outcome {
+                    status: e.status,
+                    reusable,
+                }
+            }
+        };
+        (Some(operation), outcome)
+    }
+
+    /// Reads the body, picks an endpoint, forwards, and streams the answer back.
+    /// An `Err` is answered by the caller (nothing has been sent to the client yet);
+    /// its flag says whether the request body was fully read (connection reusable).
+    async fn forward(
+        &self,
+        session: &mut ServerSession,
+        op: Operation,
+        snapshot: &Snapshot,
+    ) -> Result<Outcome, (ApiError, bool)> {
+        let body = read_body(session, self.settings.max_body_bytes)
+            .await
+            .map_err(|e| (e, false))?;
+        let RequestHead { model, .. } = api::request::parse_head(&body).map_err(|e| (e, true))?;
+        let targets = snapshot
+            .targets(&model)
+            .ok_or_else(|| (ApiError::model_not_found(&model), true))?;
+
+        let attempts = Attempts::new(snapshot, targets, self.settings.max_attempts);
+        let mut last_error = None;
+        for attempt in attempts {
+            let pool = &snapshot.pools[attempt.target.pool];
+            let endpoint = &pool.endpoints[attempt.endpoint];
+            let payload = if attempt.target.upstream_model == model {
+                body.clone()
+            } else {
+                Bytes::from(
+                    api::request::rewrite_model(&body, &attempt.target.upstream_model)
+                        .map_err(|e| (e, true))?,
+                )
+            };
+            let _inflight = endpoint.start();
+            let sent = Instant::now();
+            match self
+                .upstream
+                .send(
+                    endpoint,
+                    &pool.timeouts,
+                    pool.credential.as_ref(),
+                    session.req_header(),
+                    payload,
+                )
+                .await
+            {
+                Ok(exchange) => {
+                    self.metrics
+                        .upstream_attempts
+                        .with_label_values(&[&pool.name, "response"])
+                        .inc();
+                    self.metrics
+                        .ttfb
+                        .with_label_values(&[&pool.name])
+                        .observe(sent.elapsed().as_secs_f64());
+                    debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, "forwarded");
+                    return Ok(self.relay(session, exchange, op).await);
+                }
+                Err(e) => {
+                    let outcome = match &e {
+                        AttemptError::Connect(_) => "connect_error",
+                        AttemptError::FirstByteTimeout => "first_byte_timeout",
+                        AttemptError::Broken(_) => "broken",
+                    };
+                    self.metrics
+                        .upstream_attempts
+                        .with_label_values(&[&pool.name, outcome])
+                        .inc();
+                    warn!(pool = %pool.name, endpoint = %endpoint.url, error = %e, "upstream attempt failed");
+                    let retry = matches!(e, AttemptError::Connect(_));
+                    last_error = Some(e);
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        let err = match last_error {
+            None => ApiError::no_endpoint(&model),
+            Some(AttemptError::FirstByteTimeout) => ApiError::upstream_timeout(&model),
+            Some(AttemptError::Connect(_)) | Some(AttemptError::Broken(_)) => {
+                ApiError::upstream_unreachable(&model)
+            }
+        };
+        Err((err, true))
+    }
+
+    /// Streams the upstream response to the client chunk by chunk, without buffering.
+    async fn relay(&self, session: &mut ServerSession, mut ex: Exchange, op: Operation) -> Outcome {
+        let Some(up_header) = ex.session.response_header() else {
+            return Outcome::broken(502);
+        };
+        let status = up_header.status.as_u16();
+        let sse = upstream::is_event_stream(up_header);
+        let header = match upstream::downstream_response(up_header) {
+            Ok(h) => h,
+            Err(_) => return Outcome::broken(502),
+        };
+        if session
+            .write_response_header(Box::new(header))
+            .await
+            .is_err()
+        {
+            return Outcome::broken(499);
+        }
+        // A client that goes away must release the upstream at once, even mid-stream.
+        session.set_abort_on_close(true);
+        loop {
+            tokio::select! {
+                chunk = ex.session.read_response_body() => match chunk {
+                    Ok(Some(data)) => {
+                        if session.write_response_body(data, false).await.is_err() {
+                            debug!("client went away mid-response");
+                            return Outcome::broken(499);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "upstream failed mid-response");
+                        if sse {
+                            // Close the stream with an error event the SDK raises as an APIError.
+                            let event = api::sse::error_event(&ApiError::upstream_broken().with_flavour(op.flavour()));
+                            let clean = session.write_response_body(event, true).await.is_ok()
+                                && session.finish_body().await.is_ok();
+                            return Outcome { status, reusable: clean };
+                        }
+                        return Outcome::broken(status);
+                    }
+                },
+                _ = session.read_body_or_idle(true) => {
+                    debug!("client closed the connection mid-response");
+                    return Outcome::broken(499);
+                }
+            }
+        }
+        if session.finish_body().await.is_err() {
+            return Outcome::broken(status);
+        }
+        if ex.session.response_done() {
+            self.upstream.release(ex).await;
+        }
+        Outcome::done(status)
+    }
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await.map_err(|_| {
+            ApiError::invalid_request("The connection failed while reading the request.")
+        })?;
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(ApiError::body_too_large(limit));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(_) => {
+                return Err(ApiError::invalid_request(
+                    "The request body could not be read.",
+                ));
+            }
+        }
+    }
+}
+
+async fn list_models(session: &mut ServerSession, snapshot: &Snapshot) -> Outcome {
+    let data: Vec<serde_json::Value> = snapshot
+        .models
+        .iter()
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "vigie"}))
+        .collect();
+    let body = serde_json::json!({"object": "list", "data": data});
+    respond_json(session, 200, &body, None).await
+}
+
+async fn respond_error(session: &mut ServerSession, e: &ApiError) {
+    respond_json(session, e.status, &e.body(), e.retry_after).await;
+}
+
+async fn respond_json(
+    session: &mut ServerSession,
+    status: u16,
+    body: &serde_json::Value,
+    retry_after: Option<u64>,
+) -> Outcome {
+    let bytes = Bytes::from(body.to_string());
+    let header = ResponseHeader::build(status, Some(3)).and_then(|mut h| {
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(http::header::CONTENT_LENGTH, bytes.len().to_string())?;
+        if let Some(s) = retry_after {
+            h.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+        }
+        Ok(h)
+    });
+    let Ok(header) = header else {
+        return Outcome::broken(500);
+    };
+    let ok = session
+        .write_response_header(Box::new(header))
+        .await
+        .is_ok()
+        && session.write_response_body(bytes, true).await.is_ok()
+        && session.finish_body().await.is_ok();
+    if ok {
+        Outcome::done(status)
+    } else {
+        Outcome::broken(status)
+    }
+}
