@@ -521,6 +521,8 @@ async fn produce(generation: Generation, mut running: Running, tx: mpsc::Sender<
     }
     match b.fail {
         Some(Failure::Reset { .. }) => {
+            // Let the tokens already sent reach the wire first, as a real crash would.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = tx
                 .send(Err(std::io::Error::other("mock reset mid-stream")))
                 .await;

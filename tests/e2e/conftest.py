@@ -1,0 +1,38 @@
+import pytest
+
+from harness import MockPool, Sidecar, pool
+
+
+@pytest.fixture
+def mocks():
+    """Factory of mock pools, all stopped at teardown."""
+    started = []
+
+    def start(name="gpu", models=("mistral-7b",), **flags):
+        m = MockPool(name, list(models), **flags)
+        started.append(m)
+        return m
+
+    yield start
+    for m in started:
+        m.stop()
+
+
+@pytest.fixture
+def sidecars():
+    started = []
+
+    def start(policy, **kwargs):
+        s = Sidecar(policy, **kwargs)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def simple_policy(*mocks, models=None, name="e2e", **pool_extra):
+    """One pool over the given mocks serving mistral-7b, also known as gpt-4o-mini."""
+    models = models or [{"name": "mistral-7b", "aliases": ["gpt-4o-mini"]}]
+    return {"name": name, "pools": [pool("gpu-a", [m.url for m in mocks], models, **pool_extra)]}
