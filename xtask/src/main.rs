@@ -1,5 +1,6 @@
 //! `cargo xtask`: project automation (setup, demo, ci, bench).
 
+mod bench;
 mod ci;
 mod demo;
 mod setup;
@@ -27,6 +28,32 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         pytest_args: Vec<String>,
     },
+    /// Benchmarks (results go to target/bench/ and are recorded in docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Added latency, throughput, TTFT and memory: direct vs sidecar vs nginx vs LiteLLM.
+    Proxy {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Fixed request rates for the latency table.
+        #[arg(long, value_delimiter = ',', default_value = "500,1000")]
+        rates: Vec<u32>,
+        /// Soak duration in seconds (0 skips it).
+        #[arg(long, default_value_t = 600)]
+        soak: u64,
+        #[arg(long, default_value_t = 200)]
+        soak_rate: u32,
+        /// Leave LiteLLM out (it takes a minute to install and start).
+        #[arg(long)]
+        no_litellm: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +62,21 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => demo::demo(),
         Cmd::Ci => ci::ci(),
         Cmd::E2e { pytest_args } => ci::e2e(&pytest_args),
+        Cmd::Bench {
+            what:
+                Bench::Proxy {
+                    duration,
+                    rates,
+                    soak,
+                    soak_rate,
+                    no_litellm,
+                },
+        } => bench::proxy(&bench::ProxyOpts {
+            duration_s: duration,
+            rates,
+            soak_s: soak,
+            soak_rate,
+            litellm: !no_litellm,
+        }),
     }
 }

@@ -38,15 +38,26 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn apt() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         println!("setup: system packages present");
         return Ok(());
     }
-    step(&format!("installing system packages: {}", missing.join(" ")));
-    let sudo = !output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
+    step(&format!(
+        "installing system packages: {}",
+        missing.join(" ")
+    ));
+    let sudo = output(Command::new("id").arg("-u")).is_none_or(|u| u.trim() != "0");
     let apt = |args: &[&str]| {
-        let mut c = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
+        let mut c = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
         if sudo {
             c.arg("apt-get");
         }
@@ -60,8 +71,14 @@ fn apt() -> anyhow::Result<()> {
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if installed {
         println!("setup: nightly rust-src present");
         return Ok(());
@@ -76,16 +93,23 @@ fn bpf_linker() -> anyhow::Result<()> {
         println!("setup: bpf-linker {BPF_LINKER_VERSION} present");
         return Ok(());
     }
-    step(&format!("installing bpf-linker {BPF_LINKER_VERSION} (uses rustc's own LLVM)"));
-    run(Command::new("cargo")
-        .current_dir(root())
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"]))
+    step(&format!(
+        "installing bpf-linker {BPF_LINKER_VERSION} (uses rustc's own LLVM)"
+    ));
+    run(Command::new("cargo").current_dir(root()).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+    ]))
 }
 
 fn python_venv() -> anyhow::Result<()> {
     let root = root();
     let requirements = root.join("tests/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).context("reading tests/requirements.txt")?;
+    let wanted =
+        std::fs::read_to_string(&requirements).context("reading tests/requirements.txt")?;
     let stamp = root.join("target/venv/.vigie-requirements");
     let python = venv_python();
     if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
@@ -94,9 +118,20 @@ fn python_venv() -> anyhow::Result<()> {
     }
     step("creating the Python virtual environment with the test clients (target/venv)");
     if !python.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(root.join("target/venv")))?;
+        run(Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(root.join("target/venv")))?;
     }
-    run(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"]).arg(&requirements))?;
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements))?;
     std::fs::write(&stamp, wanted)?;
     Ok(())
 }

@@ -18,7 +18,9 @@ pub fn step(title: &str) {
 /// Runs a command, streaming its output; fails with the command line on error.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("command failed ({status}): {shown}");
     }
@@ -28,7 +30,9 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Runs a command and returns its stdout, or None if it cannot run or fails.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn cargo() -> Command {

@@ -282,6 +282,12 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_policy_is_valid() {
+        let p = policy(include_str!("../../../docs/examples/policy.json"));
+        assert_eq!(validate(&p), Ok(()));
+    }
+
+    #[test]
     fn empty_policy() {
         let v = validate(&Policy::default()).unwrap_err();
         assert_eq!(v.0[0].to_string(), "name: must not be empty");

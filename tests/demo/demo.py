@@ -1,0 +1,121 @@
+"""Vigie demo: mock GPU pools, a sidecar, a sample policy, and an unchanged app.
+
+Run by `cargo xtask demo`. The "app" below is plain OpenAI / Anthropic SDK code; only
+its base URL points at the sidecar, as the injection webhook does in a cluster.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+import anthropic  # noqa: E402
+import httpx  # noqa: E402
+import openai  # noqa: E402
+
+from harness import MockPool, Sidecar, pool, wait_until  # noqa: E402
+
+BOLD, DIM, RESET = "\033[1m", "\033[2m", "\033[0m"
+
+
+def title(text):
+    print(f"\n{BOLD}== {text}{RESET}")
+
+
+def show(label, value):
+    print(f"   {label:<22} {value}")
+
+
+def main():
+    started = []
+    try:
+        title("Starting two mock vLLM endpoints (on-prem pool) and one mock external provider")
+        gpu1 = MockPool("gpu-1", ["mistral-small"], tokens_per_sec=40, ttft_ms=80)
+        gpu2 = MockPool("gpu-2", ["mistral-small"], tokens_per_sec=40, ttft_ms=80)
+        cloud = MockPool("cloud", ["gpt-4o", "claude-sonnet"], tokens_per_sec=80, ttft_ms=150)
+        started += [gpu1, gpu2, cloud]
+        for m in (gpu1, gpu2, cloud):
+            show(m.name, m.url)
+
+        policy = {
+            "name": "demo",
+            "pools": [
+                pool("onprem-gpu", [gpu1.url, gpu2.url], [{"name": "mistral-small", "aliases": ["gpt-4o-mini"]}]),
+                pool("external", [cloud.url], [{"name": "gpt-4o"}, {"name": "claude-sonnet"}], kind="POOL_KIND_OPENAI",
+                     credentials={"env": "DEMO_PROVIDER_KEY"}),
+            ],
+            "routes": [{"model": "gpt-4o-mini", "pools": ["onprem-gpu"]}],
+        }
+        title("Starting the sidecar with the sample policy")
+        sidecar = Sidecar(policy, env={"DEMO_PROVIDER_KEY": "sk-demo-provider-key-held-by-the-sidecar"})
+        started.append(sidecar)
+        show("app-facing URL", sidecar.base_url + "/v1")
+        show("admin URL", sidecar.admin_url + " (/healthz /readyz /metrics)")
+        show("policy version", sidecar.policy_version())
+
+        app = openai.OpenAI(base_url=sidecar.base_url + "/v1", api_key="placeholder-the-app-has-no-real-key", max_retries=0)
+
+        title("GET /v1/models (from the policy)")
+        show("models", ", ".join(m.id for m in app.models.list()))
+
+        title("Chat, not streamed: the app asks for gpt-4o-mini; the policy routes it on-prem")
+        r = app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Présente Vigie en une phrase."}], max_tokens=12)
+        show("answer", r.choices[0].message.content)
+        show("served model", r.model)
+        show("usage", f"{r.usage.prompt_tokens} prompt + {r.usage.completion_tokens} completion tokens")
+
+        title("Chat, streamed: tokens are relayed as they are generated")
+        t0 = time.monotonic()
+        first = None
+        print("   ", end="")
+        for ch in app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Stream please"}], max_tokens=15, stream=True):
+            if ch.choices and ch.choices[0].delta.content:
+                first = first or time.monotonic() - t0
+                print(ch.choices[0].delta.content, end="", flush=True)
+        print()
+        show("time to first token", f"{first * 1000:.0f} ms (mock prefill is 80 ms)")
+        show("total", f"{(time.monotonic() - t0) * 1000:.0f} ms for 15 tokens at 40 tokens/s")
+
+        title("Anthropic Messages API through the same sidecar")
+        a = anthropic.Anthropic(base_url=sidecar.base_url, api_key="placeholder", max_retries=0)
+        m = a.messages.create(model="claude-sonnet", max_tokens=8, messages=[{"role": "user", "content": "Bonjour"}])
+        show("answer", m.content[0].text)
+        show("credential upstream saw", cloud.stats()["last_request"]["authorization"][:16] + "… (the sidecar's, not the app's)")
+
+        title("Balancing across the two on-prem endpoints (20 requests)")
+        for _ in range(20):
+            app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+        show("gpu-1 requests", gpu1.stats()["requests_total"])
+        show("gpu-2 requests", gpu2.stats()["requests_total"])
+
+        title("Errors in OpenAI's format")
+        try:
+            app.chat.completions.create(model="llama-unknown", messages=[{"role": "user", "content": "x"}])
+        except openai.NotFoundError as e:
+            show("unknown model", f"{e.status_code} {e.code}: {e.body['message']}")
+        r = httpx.post(sidecar.base_url + "/v1/chat/completions", content=b'{"model": "gpt-4o-mini", "messages": [')
+        show("malformed JSON", f"{r.status_code} {r.json()['error']['message']}")
+
+        title("Live policy change: gpt-4o-mini now goes to the external pool (no restart)")
+        v1 = sidecar.policy_version()
+        policy["pools"][1]["models"][0]["aliases"] = ["gpt-4o-mini"]
+        policy["routes"] = [{"model": "gpt-4o-mini", "pools": ["external", "onprem-gpu"]}]
+        sidecar.write_policy(policy)
+        wait_until(lambda: sidecar.policy_version() != v1, what="policy reload")
+        r = app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "encore"}], max_tokens=4)
+        show("new policy version", sidecar.policy_version())
+        show("served by", f"{r.id.split('-')[2]} as {r.model} (mock instance name is in the response id)")
+
+        title("Sidecar metrics (excerpt)")
+        for line in sidecar.metrics().splitlines():
+            if line.startswith(("vigie_sidecar_requests_total", "vigie_sidecar_upstream_attempts_total", "vigie_sidecar_policy_info")):
+                print(f"   {DIM}{line}{RESET}")
+        print(f"\n{BOLD}Demo complete.{RESET}")
+    finally:
+        for p in reversed(started):
+            p.stop()
+
+
+if __name__ == "__main__":
+    main()

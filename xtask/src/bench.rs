@@ -1,0 +1,531 @@
+//! `cargo xtask bench proxy`: the sidecar against direct, nginx and LiteLLM, in one run.
+//!
+//! Layout on the 2-core machine: the proxy under test is pinned to CPU 1; the mock pool and
+//! the load generator share CPU 0, so "one core" means one core for the proxy. Open-loop
+//! load at fixed rates with `oha --latency-correction` (coordinated omission corrected).
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::util::{cargo, output, root, run, step};
+
+const OHA_VERSION: &str = "1.16.0";
+// The newest release whose `proxy` extra resolves from PyPI here (1.110.x needs an unpublished
+// `litellm-proxy`); 1.107.0 was a compromised release and is avoided.
+const LITELLM_VERSION: &str = "1.108.7";
+const MODEL: &str = "bench-model";
+const CHAT: &str = r#"{"model":"bench-model","messages":[{"role":"user","content":"Bonjour, peux-tu resumer ce document en trois points ?"}],"max_tokens":8}"#;
+const CHAT_STREAM: &str = r#"{"model":"bench-model","messages":[{"role":"user","content":"Bonjour"}],"max_tokens":16,"stream":true}"#;
+
+#[derive(Debug, Clone)]
+pub struct ProxyOpts {
+    pub duration_s: u64,
+    pub rates: Vec<u32>,
+    pub soak_s: u64,
+    pub soak_rate: u32,
+    pub litellm: bool,
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    root().join("target/release").join(name)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn pinned(cpu: u32, program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c").arg(cpu.to_string()).arg(program);
+    c
+}
+
+fn wait_http(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let (host, path) = split_url(url);
+    while start.elapsed() < timeout {
+        if let Ok(mut s) = TcpStream::connect(&host) {
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            );
+            let mut line = String::new();
+            if BufReader::new(s).read_line(&mut line).is_ok() && line.contains(" 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("{url} did not answer 200 within {timeout:?}")
+}
+
+fn split_url(url: &str) -> (String, String) {
+    let rest = url.trim_start_matches("http://");
+    match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+        None => (rest.to_string(), "/".to_string()),
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn ensure_tools(opts: &ProxyOpts) -> anyhow::Result<()> {
+    let oha = root().join("target/tools/bin/oha");
+    let have = output(Command::new(&oha).arg("--version")).unwrap_or_default();
+    if !have.contains(OHA_VERSION) {
+        step(&format!(
+            "installing oha {OHA_VERSION} (load generator) into target/tools"
+        ));
+        run(cargo()
+            .args([
+                "install",
+                "oha",
+                "--version",
+                OHA_VERSION,
+                "--locked",
+                "--root",
+            ])
+            .arg(root().join("target/tools")))?;
+    }
+    if output(Command::new("nginx").arg("-v")).is_none() && !Path::new("/usr/sbin/nginx").exists() {
+        bail!("nginx is missing: run cargo xtask setup");
+    }
+    if opts.litellm {
+        let venv = root().join("target/bench-venv");
+        let stamp = venv.join(".vigie-litellm");
+        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(LITELLM_VERSION) {
+            step(&format!(
+                "installing LiteLLM proxy {LITELLM_VERSION} into target/bench-venv"
+            ));
+            if !venv.join("bin/python").exists() {
+                run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+            }
+            run(Command::new(venv.join("bin/pip")).args([
+                "install",
+                "-q",
+                &format!("litellm[proxy]=={LITELLM_VERSION}"),
+            ]))?;
+            std::fs::write(&stamp, LITELLM_VERSION)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default)]
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    success: f64,
+}
+
+fn oha(
+    url: &str,
+    body: &str,
+    duration_s: u64,
+    rate: Option<u32>,
+    connections: u32,
+) -> anyhow::Result<Load> {
+    let mut c = pinned(0, &root().join("target/tools/bin/oha"));
+    c.args([
+        "--no-tui",
+        "--output-format",
+        "json",
+        "-z",
+        &format!("{duration_s}s"),
+        "-c",
+        &connections.to_string(),
+    ])
+    .args([
+        "-m",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        body,
+    ]);
+    if let Some(q) = rate {
+        c.args(["-q", &q.to_string(), "--latency-correction"]);
+    }
+    c.arg(url);
+    let out = c.stderr(Stdio::inherit()).output().context("running oha")?;
+    if !out.status.success() {
+        bail!("oha failed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("parsing oha JSON")?;
+    let pct = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1000.0;
+    Ok(Load {
+        rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        p50_ms: pct("p50"),
+        p99_ms: pct("p99"),
+        success: v["summary"]["successRate"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// The mock's first generated word, as it appears in the first content chunk.
+const FIRST_TOKEN: &[u8] = br#""content":"Les"#;
+
+/// Time to the first content token of a streamed chat, over fresh connections.
+fn ttft_ms(host: &str, n: usize) -> anyhow::Result<(f64, f64)> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(host)?;
+        s.set_nodelay(true)?;
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{CHAT_STREAM}",
+            CHAT_STREAM.len()
+        );
+        let start = Instant::now();
+        s.write_all(req.as_bytes())?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                bail!("stream ended before the first token");
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(FIRST_TOKEN.len()).any(|w| w == FIRST_TOKEN) {
+                samples.push(start.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Ok((at(0.5), at(0.99)))
+}
+
+pub fn proxy(opts: &ProxyOpts) -> anyhow::Result<()> {
+    step("building release binaries");
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    ensure_tools(opts)?;
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+
+    // Mock pool: no artificial latency, generous capacity.
+    let mut mock = pinned(0, &bin("vigie-mock-pool"));
+    mock.args(["--models", MODEL, "--threads", "1", "--capacity", "100000"])
+        .stdout(Stdio::piped());
+    let mut mock = Proc(mock.spawn().context("starting mock")?);
+    let mut line = String::new();
+    BufReader::new(mock.0.stdout.take().context("mock stdout")?).read_line(&mut line)?;
+    let mock_addr = serde_json::from_str::<Value>(&line)?["listening"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // Sidecar.
+    let (sc_port, sc_admin) = (free_port()?, free_port()?);
+    let policy = serde_json::json!({"name": "bench", "pools": [{"name": "gpu", "kind": "POOL_KIND_VLLM",
+        "endpoints": [{"url": format!("http://{mock_addr}")}], "models": [{"name": MODEL}]}]});
+    std::fs::write(dir.join("policy.json"), policy.to_string())?;
+    let sidecar = Proc(
+        pinned(1, &bin("vigie-sidecar"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{sc_port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{sc_admin}"),
+            ])
+            .arg("--policy-file")
+            .arg(dir.join("policy.json"))
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_http(
+        &format!("http://127.0.0.1:{sc_admin}/readyz"),
+        Duration::from_secs(20),
+    )?;
+
+    // nginx as a plain reverse proxy with upstream keep-alive and no buffering.
+    let ng_port = free_port()?;
+    let ng_dir = dir.join("nginx");
+    std::fs::create_dir_all(ng_dir.join("logs"))?;
+    std::fs::write(
+        ng_dir.join("nginx.conf"),
+        format!(
+            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/logs/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
+               upstream mock {{ server {mock_addr}; keepalive 128; }}\n\
+               server {{ listen 127.0.0.1:{ng_port}; location / {{ proxy_pass http://mock; proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\"; proxy_buffering off; }} }} }}\n",
+            d = ng_dir.display()
+        ),
+    )?;
+    let nginx_bin = if Path::new("/usr/sbin/nginx").exists() {
+        PathBuf::from("/usr/sbin/nginx")
+    } else {
+        PathBuf::from("nginx")
+    };
+    let nginx = Proc(
+        pinned(1, &nginx_bin)
+            .arg("-c")
+            .arg(ng_dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&ng_dir)
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_http(
+        &format!("http://127.0.0.1:{ng_port}/health"),
+        Duration::from_secs(10),
+    )?;
+
+    // LiteLLM proxy, one worker, pointing at the same mock.
+    let lt_port = free_port()?;
+    let litellm = if opts.litellm {
+        let cfg = dir.join("litellm.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n      api_base: http://{mock_addr}/v1\n      api_key: unused\n"
+            ),
+        )?;
+        let p = Proc(
+            pinned(1, &root().join("target/bench-venv/bin/litellm"))
+                .arg("--config")
+                .arg(&cfg)
+                .args(["--port", &lt_port.to_string(), "--num_workers", "1"])
+                .env("LITELLM_LOG", "ERROR")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        wait_http(
+            &format!("http://127.0.0.1:{lt_port}/health/liveliness"),
+            Duration::from_secs(120),
+        )?;
+        Some(p)
+    } else {
+        None
+    };
+
+    let sc_pid = sidecar.0.id();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_idle = rss_kib(sc_pid, "VmRSS:");
+    let mut targets: Vec<(&str, String)> = vec![
+        ("direct", format!("http://{mock_addr}/v1/chat/completions")),
+        (
+            "vigie-sidecar",
+            format!("http://127.0.0.1:{sc_port}/v1/chat/completions"),
+        ),
+        (
+            "nginx",
+            format!("http://127.0.0.1:{ng_port}/v1/chat/completions"),
+        ),
+    ];
+    if litellm.is_some() {
+        targets.push((
+            "litellm",
+            format!("http://127.0.0.1:{lt_port}/v1/chat/completions"),
+        ));
+    }
+    // Warm connection pools and caches.
+    for (_, url) in &targets {
+        oha(url, CHAT, 2, Some(200), 16)?;
+    }
+
+    let mut report = String::new();
+    writeln!(
+        report,
+        "Fixed-rate latency (open loop, latency-corrected), small chat request, {}s per cell:\n",
+        opts.duration_s
+    )?;
+    writeln!(
+        report,
+        "| target | rate (rps) | achieved rps | success | p50 ms | p99 ms | added p50 ms | added p99 ms |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    let mut peak_rss = 0;
+    for &rate in &opts.rates {
+        let mut direct = Load::default();
+        for (name, url) in &targets {
+            step(&format!("{name} at {rate} rps"));
+            let sampler = RssSampler::start(if *name == "vigie-sidecar" {
+                Some(sc_pid)
+            } else {
+                None
+            });
+            let l = oha(url, CHAT, opts.duration_s, Some(rate), 64)?;
+            peak_rss = peak_rss.max(sampler.stop());
+            if *name == "direct" {
+                direct = l.clone();
+            }
+            writeln!(
+                report,
+                "| {name} | {rate} | {:.0} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} |",
+                l.rps,
+                l.success,
+                l.p50_ms,
+                l.p99_ms,
+                l.p50_ms - direct.p50_ms,
+                l.p99_ms - direct.p99_ms
+            )?;
+        }
+    }
+
+    writeln!(
+        report,
+        "\nMaximum throughput (closed loop, 32 connections, proxy pinned to one core), {}s:\n",
+        opts.duration_s
+    )?;
+    writeln!(report, "| target | rps | p50 ms | p99 ms |")?;
+    writeln!(report, "|---|---|---|---|")?;
+    for (name, url) in &targets {
+        step(&format!("{name} max throughput"));
+        let sampler = RssSampler::start(if *name == "vigie-sidecar" {
+            Some(sc_pid)
+        } else {
+            None
+        });
+        let l = oha(url, CHAT, opts.duration_s, None, 32)?;
+        peak_rss = peak_rss.max(sampler.stop());
+        writeln!(
+            report,
+            "| {name} | {:.0} | {:.3} | {:.3} |",
+            l.rps, l.p50_ms, l.p99_ms
+        )?;
+    }
+
+    step("time to first token, streamed (200 sequential requests, fresh connections)");
+    let (d50, d99) = ttft_ms(&mock_addr, 200)?;
+    let (s50, s99) = ttft_ms(&format!("127.0.0.1:{sc_port}"), 200)?;
+    writeln!(
+        report,
+        "\nTime to first token, streamed chat (200 sequential requests):\n"
+    )?;
+    writeln!(report, "| target | p50 ms | p99 ms |\n|---|---|---|")?;
+    writeln!(
+        report,
+        "| direct | {d50:.3} | {d99:.3} |\n| vigie-sidecar | {s50:.3} | {s99:.3} |"
+    )?;
+    writeln!(report, "| added | {:+.3} | {:+.3} |", s50 - d50, s99 - d99)?;
+
+    writeln!(
+        report,
+        "\nSidecar memory: RSS idle {:.1} MiB, peak RSS under load {:.1} MiB (VmHWM {:.1} MiB).",
+        rss_idle as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
+        rss_kib(sc_pid, "VmHWM:") as f64 / 1024.0
+    )?;
+
+    if opts.soak_s > 0 {
+        step(&format!(
+            "soak: {} s of streamed chats at {} rps through the sidecar",
+            opts.soak_s, opts.soak_rate
+        ));
+        let url = format!("http://127.0.0.1:{sc_port}/v1/chat/completions");
+        let sampler = RssSampler::start_series(sc_pid, Duration::from_secs(10));
+        let l = oha(&url, CHAT_STREAM, opts.soak_s, Some(opts.soak_rate), 64)?;
+        let series = sampler.stop_series();
+        // Growth after warm-up: from the first minute's end to the last sample.
+        let base = series.get(6).or(series.first()).copied().unwrap_or(0);
+        let last = series.last().copied().unwrap_or(0);
+        writeln!(
+            report,
+            "\nSoak: {} s of streamed chats at {} rps: achieved {:.0} rps, success {:.4}, p99 {:.3} ms; RSS after 1 min {:.1} MiB, at end {:.1} MiB, growth {:+.2}% (samples every 10 s, MiB: {}).",
+            opts.soak_s,
+            opts.soak_rate,
+            l.rps,
+            l.success,
+            l.p99_ms,
+            base as f64 / 1024.0,
+            last as f64 / 1024.0,
+            if base > 0 {
+                (last as f64 - base as f64) * 100.0 / base as f64
+            } else {
+                0.0
+            },
+            series
+                .iter()
+                .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )?;
+    }
+
+    drop((litellm, nginx, sidecar, mock));
+    let path = dir.join("proxy.md");
+    std::fs::write(&path, &report)?;
+    println!("\n{report}\n(written to {})", path.display());
+    Ok(())
+}
+
+/// Samples a process's RSS in a thread.
+struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<u64>>>,
+}
+
+impl RssSampler {
+    fn start(pid: Option<u32>) -> Self {
+        Self::spawn(pid, Duration::from_millis(200))
+    }
+
+    fn start_series(pid: u32, every: Duration) -> Self {
+        Self::spawn(Some(pid), every)
+    }
+
+    fn spawn(pid: Option<u32>, every: Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = pid.map(|pid| {
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                let mut last = Instant::now() - every;
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    if last.elapsed() >= every {
+                        samples.push(rss_kib(pid, "VmRSS:"));
+                        last = Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                samples
+            })
+        });
+        Self { stop, handle }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop_series().into_iter().max().unwrap_or(0)
+    }
+
+    fn stop_series(mut self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
