@@ -21,6 +21,10 @@ const OHA_VERSION: &str = "1.16.0";
 // `litellm-proxy`); 1.107.0 was a compromised release and is avoided.
 const LITELLM_VERSION: &str = "1.108.7";
 const MODEL: &str = "bench-model";
+/// LiteLLM refuses to start without a master key; every target gets the same header
+/// (the mock ignores it, the sidecar replaces it, nginx forwards it).
+const BENCH_KEY: &str = "sk-vigie-bench-master-key";
+const BENCH_AUTH: &str = "authorization: Bearer sk-vigie-bench-master-key";
 const CHAT: &str = r#"{"model":"bench-model","messages":[{"role":"user","content":"Bonjour, peux-tu resumer ce document en trois points ?"}],"max_tokens":8}"#;
 const CHAT_STREAM: &str = r#"{"model":"bench-model","messages":[{"role":"user","content":"Bonjour"}],"max_tokens":16,"stream":true}"#;
 
@@ -274,7 +278,7 @@ pub fn proxy(opts: &ProxyOpts) -> anyhow::Result<()> {
     std::fs::write(
         ng_dir.join("nginx.conf"),
         format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/logs/error.log warn;\n\
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/logs/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
                upstream mock {{ server {mock_addr}; keepalive 128; }}\n\
@@ -318,6 +322,7 @@ pub fn proxy(opts: &ProxyOpts) -> anyhow::Result<()> {
                 .arg(&cfg)
                 .args(["--port", &lt_port.to_string(), "--num_workers", "1"])
                 .env("LITELLM_LOG", "ERROR")
+                .env("LITELLM_MASTER_KEY", BENCH_KEY)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()?,

@@ -89,6 +89,11 @@ fn main() -> anyhow::Result<()> {
             )?;
             out.flush()?;
         }
+        // Small SSE frames on keep-alive connections must not wait for delayed ACKs
+        // (real servers such as uvicorn set TCP_NODELAY too).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, server::router(mock))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
