@@ -1,0 +1,29 @@
+"""The demo (`cargo xtask demo`) runs to completion and shows what it claims."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import BIN_DIR, ROOT
+
+
+def test_demo_runs_and_narrates():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "demo" / "demo.py")],
+        capture_output=True, text=True, timeout=120, env={"VIGIE_BIN_DIR": str(BIN_DIR), "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    for expected in [
+        "models                 claude-sonnet, gpt-4o, gpt-4o-mini, mistral-small",
+        "served model           mistral-small",
+        "404 model_not_found",
+        "400 We could not parse the JSON body",
+        "(the sidecar's, not the app's)",
+        "served by              cloud as gpt-4o",
+        "Demo complete.",
+    ]:
+        assert expected in out, f"missing {expected!r} in:\n{out}"
+    # The provider key is never printed in full.
+    assert "sk-demo-provider-key-held-by-the-sidecar" not in out
+    assert Path(BIN_DIR).exists()
