@@ -173,6 +173,8 @@ fn oha(
         "POST",
         "-H",
         "content-type: application/json",
+        "-H",
+        BENCH_AUTH,
         "-d",
         body,
     ]);
@@ -190,7 +192,18 @@ fn oha(
         rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
         p50_ms: pct("p50"),
         p99_ms: pct("p99"),
-        success: v["summary"]["successRate"].as_f64().unwrap_or(0.0),
+        // Share of 2xx answers (oha's own successRate only counts transport errors).
+        success: {
+            let codes = v["statusCodeDistribution"].as_object();
+            let total: f64 = codes.map_or(0.0, |c| c.values().filter_map(Value::as_f64).sum());
+            let ok: f64 = codes.map_or(0.0, |c| {
+                c.iter()
+                    .filter(|(k, _)| k.starts_with('2'))
+                    .filter_map(|(_, v)| v.as_f64())
+                    .sum()
+            });
+            if total > 0.0 { ok / total } else { 0.0 }
+        },
     })
 }
 
@@ -369,7 +382,7 @@ pub fn proxy(opts: &ProxyOpts) -> anyhow::Result<()> {
     )?;
     writeln!(
         report,
-        "| target | rate (rps) | achieved rps | success | p50 ms | p99 ms | added p50 ms | added p99 ms |"
+        "| target | rate (rps) | achieved rps | 2xx share | p50 ms | p99 ms | added p50 ms | added p99 ms |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|---|---|")?;
     let mut peak_rss = 0;
