@@ -10,9 +10,11 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/vigie.v1.serde.rs"));
 }
 
-/// Encoded `FileDescriptorSet` of every Vigie proto, for gRPC server reflection.
+pub mod validate;
+
 pub use pbjson_types;
 
+/// Encoded `FileDescriptorSet` of every Vigie proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/vigie_descriptor.bin"));
 

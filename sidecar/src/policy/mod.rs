@@ -4,7 +4,6 @@
 //! reload never changes the rules under an in-flight request.
 
 pub mod file;
-pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use http::{HeaderName, HeaderValue};
 use vigie_proto::v1::{Policy, PoolKind, credentials};
 
 use crate::routing::{Endpoint, EndpointRegistry};
-pub use validate::{Violation, Violations};
+pub use vigie_proto::validate::{Violation, Violations, version_of};
 
 /// A provider credential; never printed.
 #[derive(Clone)]
@@ -78,7 +77,7 @@ impl Snapshot {
     /// Validates and compiles a policy. Endpoint state (in-flight counts) is shared with
     /// the previous snapshot through `registry`, so balancing is not reset by a reload.
     pub fn compile(policy: Policy, registry: &EndpointRegistry) -> Result<Snapshot, Violations> {
-        validate::validate(&policy)?;
+        vigie_proto::validate::validate(&policy)?;
         let mut problems = Vec::new();
         let mut pools = Vec::with_capacity(policy.pools.len());
         for (i, p) in policy.pools.iter().enumerate() {
@@ -233,16 +232,6 @@ fn load_credential(
     })?;
     value.set_sensitive(true);
     Ok(Some(Credential { header, value }))
-}
-
-/// Stable content hash of a policy (FNV-1a over its canonical JSON), as 16 hex digits.
-pub fn version_of(policy: &Policy) -> String {
-    let json = serde_json::to_vec(policy).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in json {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 /// The snapshot in force; swapped atomically.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use vigie_proto::v1;
 
-use crate::policy::validate::check_endpoint_url;
 use crate::policy::{Snapshot, Target};
+use vigie_proto::validate::check_endpoint_url;
 
 /// One upstream endpoint and its live state.
 #[derive(Debug)]

@@ -1,13 +1,15 @@
 //! Policy validation: every problem, each with the field path of the canonical JSON
 //! document and a reason a person understands.
 //!
-//! Each section validates itself (`pools`, `routes`, …) so later sections (DLP, budgets,
-//! egress) add a function here without touching the others.
+//! Shared by the control plane (at apply time) and the sidecar (at load time), so a
+//! policy the control plane accepts is one a sidecar can load. Each section validates
+//! itself (`scope`, `pools`, `routes`, …): later sections (DLP, budgets, egress) add a
+//! function to [`validate`] without touching the others.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use vigie_proto::v1::{Policy, Pool, PoolKind, credentials};
+use crate::v1::{Policy, Pool, PoolKind, Scope, credentials};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -42,6 +44,9 @@ impl Report {
 pub fn validate(policy: &Policy) -> Result<(), Violations> {
     let mut r = Report::default();
     validate_name(&mut r, "name", &policy.name);
+    if let Some(scope) = &policy.scope {
+        validate_scope(&mut r, scope);
+    }
     validate_pools(&mut r, &policy.pools);
     validate_routes(&mut r, policy);
     if r.0.is_empty() {
@@ -67,6 +72,68 @@ fn validate_name(r: &mut Report, path: &str, name: &str) {
             format!("{name:?} must be lower-case letters, digits and '-' (DNS label)"),
         );
     }
+}
+
+/// Kubernetes rules, so a scope that can never match a real pod is caught at apply time.
+fn validate_scope(r: &mut Report, scope: &Scope) {
+    if !scope.namespace.is_empty() {
+        validate_name(r, "scope.namespace", &scope.namespace);
+    }
+    if !scope.service_account.is_empty() && !is_dns_subdomain(&scope.service_account) {
+        r.add(
+            "scope.serviceAccount",
+            format!(
+                "{:?} is not a valid service account name (DNS subdomain)",
+                scope.service_account
+            ),
+        );
+    }
+    let mut keys: Vec<_> = scope.workload_labels.iter().collect();
+    keys.sort();
+    for (k, v) in keys {
+        let path = format!("scope.workloadLabels[{k:?}]");
+        if !is_label_key(k) {
+            r.add(
+                &path,
+                "label key must be [prefix/]name: name up to 63 alphanumerics, '-', '_', '.'",
+            );
+        }
+        if !is_label_value(v) {
+            r.add(
+                path,
+                "label value must be up to 63 alphanumerics, '-', '_', '.', starting and ending with an alphanumeric",
+            );
+        }
+    }
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn is_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
 fn validate_pools(r: &mut Report, pools: &[Pool]) {
@@ -214,6 +281,18 @@ fn validate_routes(r: &mut Report, policy: &Policy) {
     }
 }
 
+/// Stable content hash of a policy (FNV-1a over its canonical JSON), as 16 hex digits.
+/// The control plane and the sidecar compute it the same way, so the version a
+/// sidecar reports is the one the control plane sent.
+pub fn version_of(policy: &Policy) -> String {
+    let json = serde_json::to_vec(policy).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// Whether a pool serves a client-facing model name (as a name or an alias).
 pub fn serves(pool: &Pool, model: &str) -> bool {
     pool.models
@@ -283,8 +362,31 @@ mod tests {
 
     #[test]
     fn documented_example_policy_is_valid() {
-        let p = policy(include_str!("../../../docs/examples/policy.json"));
+        let p = policy(include_str!("../../docs/examples/policy.json"));
         assert_eq!(validate(&p), Ok(()));
+    }
+
+    #[test]
+    fn scope_rules() {
+        let p = policy(
+            r#"{"name":"s","scope":{"namespace":"Team_A","serviceAccount":"-x","workloadLabels":{"app":"chat bot","ok/app":"v1","bad//k":"v"}},
+            "pools":[{"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://h"}],"models":[{"name":"m"}]}]}"#,
+        );
+        let text: Vec<String> = validate(&p)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "scope.namespace: \"Team_A\" must be lower-case letters, digits and '-' (DNS label)",
+                "scope.serviceAccount: \"-x\" is not a valid service account name (DNS subdomain)",
+                "scope.workloadLabels[\"app\"]: label value must be up to 63 alphanumerics, '-', '_', '.', starting and ending with an alphanumeric",
+                "scope.workloadLabels[\"bad//k\"]: label key must be [prefix/]name: name up to 63 alphanumerics, '-', '_', '.'",
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,225 @@
+//! Bearer tokens with roles.
+//!
+//! A token reads `vigie_<id>_<secret>`. Only the SHA-256 of the secret is stored: the
+//! secret is 192 random bits, so a fast hash is enough (no password stretching is
+//! needed for a value nobody chose), and a stolen database yields no usable token.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use tonic::{Request, Status};
+use vigie_proto::v1::Identity;
+
+use crate::store::{Store, TokenRecord, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Writes policies; reads everything.
+    Admin,
+    /// Reads policies, revisions, audit, status and usage.
+    Auditor,
+    /// Watches and reports for its own identity only.
+    Workload,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+            Role::Workload => "workload",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "auditor" => Ok(Role::Auditor),
+            "workload" => Ok(Role::Workload),
+            other => Err(format!(
+                "unknown role {other:?} (admin, auditor or workload)"
+            )),
+        }
+    }
+}
+
+/// Who is calling, once the token is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl Principal {
+    /// A workload token may only speak for the namespace (and service account, when
+    /// the token names one) it was issued for.
+    pub fn may_act_as(&self, identity: &Identity) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Auditor => false,
+            Role::Workload => {
+                identity.namespace == self.namespace
+                    && (self.service_account.is_empty()
+                        || identity.service_account == self.service_account)
+            }
+        }
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)?;
+    Ok(hex::encode(buf))
+}
+
+/// A new token: the record to store and the only copy of the token text.
+pub fn new_token(
+    name: &str,
+    role: Role,
+    namespace: &str,
+    service_account: &str,
+) -> Result<(TokenRecord, String), getrandom::Error> {
+    let id = random_hex(8)?;
+    let secret = random_hex(24)?;
+    let record = TokenRecord {
+        id: id.clone(),
+        name: name.to_string(),
+        role,
+        namespace: namespace.to_string(),
+        service_account: service_account.to_string(),
+        secret_sha256: sha256_hex(&secret),
+        created_at_ms: now_ms(),
+        revoked: false,
+    };
+    Ok((record, format!("vigie_{id}_{secret}")))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the `authorization` metadata of calls against the token table.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// The caller, if its token is valid and its role is one of `allowed`.
+    pub async fn check<T>(&self, req: &Request<T>, allowed: &[Role]) -> Result<Principal, Status> {
+        let principal = self.authenticate(req.metadata()).await?;
+        if allowed.contains(&principal.role) {
+            Ok(principal)
+        } else {
+            let names: Vec<_> = allowed.iter().map(|r| r.as_str()).collect();
+            Err(Status::permission_denied(format!(
+                "token {:?} has role {}; this call needs {}",
+                principal.name,
+                principal.role,
+                names.join(" or ")
+            )))
+        }
+    }
+
+    pub async fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Principal, Status> {
+        const HINT: &str = "send `authorization: Bearer <token>` (create one with `vigie-control-plane token create`)";
+        let Some(value) = metadata.get("authorization") else {
+            return Err(Status::unauthenticated(format!("missing token: {HINT}")));
+        };
+        let text = value
+            .to_str()
+            .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))
+            .ok_or_else(|| Status::unauthenticated(format!("not a bearer token: {HINT}")))?
+            .trim();
+        // Never echo the token back: errors only say what was wrong with it.
+        let invalid = || Status::unauthenticated("invalid or revoked token");
+        let rest = token.strip_prefix("vigie_").ok_or_else(invalid)?;
+        let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
+        let record = self
+            .store
+            .token(id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "token lookup failed");
+                Status::unavailable("token store unavailable")
+            })?
+            .ok_or_else(invalid)?;
+        if record.revoked
+            || !constant_time_eq(
+                sha256_hex(secret).as_bytes(),
+                record.secret_sha256.as_bytes(),
+            )
+        {
+            return Err(invalid());
+        }
+        Ok(Principal {
+            name: record.name,
+            role: record.role,
+            namespace: record.namespace,
+            service_account: record.service_account,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_secret_is_only_stored_hashed() {
+        let (rec, token) = new_token("ci", Role::Admin, "", "").unwrap();
+        assert!(token.starts_with(&format!("vigie_{}_", rec.id)));
+        let secret = token.rsplit('_').next().unwrap();
+        assert_eq!(secret.len(), 48);
+        assert_eq!(rec.secret_sha256, sha256_hex(secret));
+        assert!(!format!("{rec:?}").contains(secret));
+    }
+
+    #[test]
+    fn workload_may_only_act_as_itself() {
+        let p = Principal {
+            name: "w".into(),
+            role: Role::Workload,
+            namespace: "team-a".into(),
+            service_account: "chat".into(),
+        };
+        let mut id = Identity {
+            namespace: "team-a".into(),
+            service_account: "chat".into(),
+            ..Default::default()
+        };
+        assert!(p.may_act_as(&id));
+        id.service_account = "other".into();
+        assert!(!p.may_act_as(&id));
+        id.service_account = "chat".into();
+        id.namespace = "team-b".into();
+        assert!(!p.may_act_as(&id));
+    }
+}

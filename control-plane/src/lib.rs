@@ -1,0 +1,16 @@
+//! Vigie control plane: the policy API security teams drive with grpcurl, revisions
+//! and audit, and the watch stream that pushes effective policies to sidecars.
+//!
+//! - [`store`]: persistent state (SQLite file or PostgreSQL) behind one trait.
+//! - [`auth`]: bearer tokens with roles.
+//! - [`policy`]: effective policy of a workload, change summaries.
+//! - [`hub`]: in-memory policies and connected watchers of one replica.
+//! - [`service`]: the gRPC services.
+//! - [`server`]: wiring (health, reflection, TLS).
+
+pub mod auth;
+pub mod hub;
+pub mod policy;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -1,0 +1,145 @@
+//! Wires the services into one tonic server: health, reflection (v1 and v1alpha, so
+//! grpcurl 1.8 works without .proto files), optional TLS / mTLS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::info;
+use vigie_proto::v1::audit_service_server::AuditServiceServer;
+use vigie_proto::v1::discovery_service_server::DiscoveryServiceServer;
+use vigie_proto::v1::policy_service_server::PolicyServiceServer;
+use vigie_proto::v1::status_service_server::StatusServiceServer;
+
+use crate::auth::Authenticator;
+use crate::hub::Hub;
+use crate::service::audit::AuditApi;
+use crate::service::discovery::DiscoveryApi;
+use crate::service::policy::PolicyApi;
+use crate::service::status::StatusApi;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub max_message_bytes: usize,
+    pub resync: Duration,
+    pub replica: String,
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub async fn serve(
+    store: Arc<dyn Store>,
+    settings: ServerSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let hub = Hub::new(store.clone(), settings.replica.clone());
+    hub.refresh(false)
+        .await
+        .context("loading policies from the store")?;
+    let hub_task = tokio::spawn(hub.clone().run(settings.resync));
+
+    let auth = Authenticator::new(store.clone());
+    let max = settings.max_message_bytes;
+    let policy = PolicyServiceServer::new(PolicyApi {
+        store: store.clone(),
+        auth: auth.clone(),
+        hub: hub.clone(),
+    })
+    .max_decoding_message_size(max);
+    let discovery = DiscoveryServiceServer::new(DiscoveryApi {
+        auth: auth.clone(),
+        hub: hub.clone(),
+    })
+    .max_decoding_message_size(max);
+    let status = StatusServiceServer::new(StatusApi {
+        store: store.clone(),
+        auth: auth.clone(),
+    })
+    .max_decoding_message_size(max);
+    let audit = AuditServiceServer::new(AuditApi {
+        store: store.clone(),
+        auth,
+    })
+    .max_decoding_message_size(max);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PolicyServiceServer<PolicyApi>>()
+        .await;
+    health_reporter
+        .set_serving::<DiscoveryServiceServer<DiscoveryApi>>()
+        .await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vigie_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.BadRequest, so grpcurl decodes the field violations it prints.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("reflection v1")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("reflection v1alpha")?;
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = &settings.tls {
+        let mut config =
+            ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(config).context("TLS configuration")?;
+    }
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let local = listener.local_addr()?;
+    info!(
+        listen = %local,
+        tls = settings.tls.is_some(),
+        mtls = settings.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        replica = %settings.replica,
+        "vigie-control-plane serving"
+    );
+    // Machine-readable line for harnesses that pass port 0.
+    println!("{}", serde_json::json!({ "listening": local.to_string() }));
+
+    let hub_for_shutdown = hub.clone();
+    let result = builder
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(policy)
+        .add_service(discovery)
+        .add_service(status)
+        .add_service(audit)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                shutdown.await;
+                info!("shutting down: closing watch streams");
+                // Watch streams never end on their own; end them so the server can stop.
+                hub_for_shutdown.close();
+            },
+        )
+        .await;
+    hub_task.abort();
+    result.context("gRPC server")
+}

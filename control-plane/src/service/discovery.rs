@@ -1,0 +1,117 @@
+//! `DiscoveryService.Watch`: the xDS-like stream to sidecars and node agents.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+use tokio_stream::wrappers::WatchStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+use vigie_proto::v1::discovery_service_server::DiscoveryService;
+use vigie_proto::v1::{ClientKind, Identity, Snapshot, WatchRequest, watch_request};
+
+use super::invalid;
+use crate::auth::{Authenticator, Role};
+use crate::hub::Hub;
+
+/// A client must say who it is this quickly after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct DiscoveryApi {
+    pub auth: Authenticator,
+    pub hub: Arc<Hub>,
+}
+
+/// The status key of a client: `namespace/pod` for sidecars, `node/<node>` for agents.
+fn client_id(id: &Identity) -> Result<String, Status> {
+    match ClientKind::try_from(id.kind) {
+        Ok(ClientKind::Sidecar) => {
+            if id.namespace.is_empty() {
+                return Err(invalid("hello.identity.namespace", "must not be empty"));
+            }
+            if id.pod.is_empty() {
+                return Err(invalid(
+                    "hello.identity.pod",
+                    "must not be empty for a sidecar",
+                ));
+            }
+            Ok(format!("{}/{}", id.namespace, id.pod))
+        }
+        Ok(ClientKind::EgressAgent) => {
+            if id.node.is_empty() {
+                return Err(invalid(
+                    "hello.identity.node",
+                    "must not be empty for an egress agent",
+                ));
+            }
+            Ok(format!("node/{}", id.node))
+        }
+        _ => Err(invalid(
+            "hello.identity.kind",
+            "must be CLIENT_KIND_SIDECAR or CLIENT_KIND_EGRESS_AGENT",
+        )),
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DiscoveryService for DiscoveryApi {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let who = self
+            .auth
+            .check(&req, &[Role::Workload, Role::Admin])
+            .await?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello received"))??;
+        let Some(WatchRequest {
+            message: Some(watch_request::Message::Hello(hello)),
+        }) = first
+        else {
+            return Err(invalid("message", "the first message must be a hello"));
+        };
+        let identity = hello
+            .identity
+            .ok_or_else(|| invalid("hello.identity", "is required"))?;
+        let client = client_id(&identity)?;
+        if !who.may_act_as(&identity) {
+            return Err(Status::permission_denied(format!(
+                "token {:?} may not watch as namespace {:?} / service account {:?}",
+                who.name, identity.namespace, identity.service_account
+            )));
+        }
+        info!(client = %client, running = %hello.current_version, "watcher connected");
+        let registration = self
+            .hub
+            .register(client.clone(), identity, hello.client_version);
+        let id = registration.id;
+        let snapshots = WatchStream::new(registration.snapshots.clone());
+        let hub = self.hub.clone();
+        // ACKs arrive on the request stream; when it ends, the client is gone and the
+        // registration (moved here) unregisters it.
+        tokio::spawn(async move {
+            let _registration = registration;
+            loop {
+                match inbound.message().await {
+                    Ok(Some(WatchRequest {
+                        message: Some(watch_request::Message::Ack(ack)),
+                    })) => hub.ack(id, ack),
+                    Ok(Some(_)) => debug!(client = %client, "unexpected message ignored"),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            info!(client = %client, "watcher disconnected");
+        });
+        let stream = snapshots.map(|s| Ok(Snapshot::clone(&s)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,385 @@
+//! `PolicyService`: what a security team drives with grpcurl.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::info;
+use vigie_proto::v1::policy_service_server::PolicyService;
+use vigie_proto::v1::{
+    ApplyPolicyRequest, ApplyPolicyResponse, DeletePolicyRequest, DeletePolicyResponse,
+    EffectivePolicy, GetEffectivePolicyRequest, GetPolicyRequest, ListPoliciesRequest,
+    ListPoliciesResponse, ListRevisionsRequest, ListRevisionsResponse, Policy, PolicyRevision,
+    PolicySummary, RevisionAction, RollbackRequest, ValidatePolicyRequest, ValidatePolicyResponse,
+};
+use vigie_proto::validate::validate;
+
+use super::{invalid, store_error, timestamp, violations_status};
+use crate::auth::{Authenticator, Principal, Role};
+use crate::hub::Hub;
+use crate::policy::summary::summarize;
+use crate::store::{NewRevision, Revision, Store, StoreError};
+
+/// Attempts when another writer races us without an explicit expected revision.
+const MAX_CAS_ATTEMPTS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct PolicyApi {
+    pub store: Arc<dyn Store>,
+    pub auth: Authenticator,
+    pub hub: Arc<Hub>,
+}
+
+pub fn revision_message(r: Revision) -> PolicyRevision {
+    PolicyRevision {
+        name: r.name,
+        revision: r.revision,
+        action: r.action as i32,
+        policy: r.policy,
+        created_at: Some(timestamp(r.created_at_ms)),
+        author: r.author,
+        summary: r.summary,
+        comment: r.comment,
+        restored_revision: r.restored_revision,
+    }
+}
+
+fn require_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        Err(invalid("name", "must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+/// One write: an apply, a rollback or a deletion.
+struct Change {
+    name: String,
+    policy: Option<Policy>,
+    action: RevisionAction,
+    expected_revision: i64,
+    comment: String,
+    restored_revision: i64,
+}
+
+impl PolicyApi {
+    /// Compare-and-set loop around [`Store::commit`]. Returns the revision and whether
+    /// anything was written.
+    async fn write(&self, who: &Principal, c: Change) -> Result<(Revision, bool), Status> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let head = self.store.head(&c.name).await.map_err(store_error)?;
+            let live = head.as_ref().filter(|h| h.policy.is_some());
+            match c.expected_revision {
+                0 => {}
+                -1 => {
+                    if let Some(h) = live {
+                        return Err(Status::failed_precondition(format!(
+                            "policy {:?} already exists (revision {})",
+                            c.name, h.revision
+                        )));
+                    }
+                }
+                expected => {
+                    let current = head.as_ref().map_or(0, |h| h.revision);
+                    if current != expected {
+                        return Err(Status::failed_precondition(format!(
+                            "policy {:?} is at revision {current}, not {expected}",
+                            c.name
+                        )));
+                    }
+                }
+            }
+            let current = live.and_then(|h| h.policy.as_ref());
+            if c.action == RevisionAction::Delete && current.is_none() {
+                return Err(Status::not_found(format!("policy {:?} not found", c.name)));
+            }
+            if c.action != RevisionAction::Delete
+                && let Some(h) = live
+                && current == c.policy.as_ref()
+            {
+                return Ok((h.clone(), false));
+            }
+            let mut summary = summarize(current, c.policy.as_ref());
+            if c.action == RevisionAction::Rollback {
+                summary = format!("rollback to revision {}: {summary}", c.restored_revision);
+            }
+            let change = NewRevision {
+                name: c.name.clone(),
+                base: head.as_ref().map(|h| h.revision),
+                action: c.action,
+                policy: c.policy.clone(),
+                author: who.name.clone(),
+                role: who.role,
+                summary,
+                comment: c.comment.clone(),
+                restored_revision: c.restored_revision,
+            };
+            match self.store.commit(change).await {
+                Ok(rev) => {
+                    info!(
+                        target: "vigie::audit",
+                        actor = %who.name,
+                        role = %who.role,
+                        action = ?rev.action,
+                        policy = %rev.name,
+                        revision = rev.revision,
+                        summary = %rev.summary,
+                        comment = %rev.comment,
+                        "policy changed"
+                    );
+                    self.hub.notify_changed();
+                    return Ok((rev, true));
+                }
+                Err(StoreError::Conflict) if c.expected_revision == 0 => continue,
+                Err(StoreError::Conflict) => {
+                    return Err(Status::failed_precondition(format!(
+                        "policy {:?} changed concurrently; read it again",
+                        c.name
+                    )));
+                }
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(Status::aborted(format!(
+            "policy {:?} is being changed by others; retry",
+            c.name
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl PolicyService for PolicyApi {
+    async fn apply_policy(
+        &self,
+        req: Request<ApplyPolicyRequest>,
+    ) -> Result<Response<ApplyPolicyResponse>, Status> {
+        let who = self.auth.check(&req, &[Role::Admin]).await?;
+        let r = req.into_inner();
+        let policy = r.policy.ok_or_else(|| invalid("policy", "is required"))?;
+        validate(&policy).map_err(|v| violations_status(&v))?;
+        let (rev, written) = self
+            .write(
+                &who,
+                Change {
+                    name: policy.name.clone(),
+                    policy: Some(policy),
+                    action: RevisionAction::Apply,
+                    expected_revision: r.expected_revision,
+                    comment: r.comment,
+                    restored_revision: 0,
+                },
+            )
+            .await?;
+        Ok(Response::new(ApplyPolicyResponse {
+            revision: Some(revision_message(rev)),
+            unchanged: !written,
+        }))
+    }
+
+    async fn validate_policy(
+        &self,
+        req: Request<ValidatePolicyRequest>,
+    ) -> Result<Response<ValidatePolicyResponse>, Status> {
+        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let policy = req
+            .into_inner()
+            .policy
+            .ok_or_else(|| invalid("policy", "is required"))?;
+        validate(&policy).map_err(|v| violations_status(&v))?;
+        let head = self.store.head(&policy.name).await.map_err(store_error)?;
+        let current = head.as_ref().and_then(|h| h.policy.as_ref());
+        Ok(Response::new(ValidatePolicyResponse {
+            valid: true,
+            change_summary: summarize(current, Some(&policy)),
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<GetPolicyRequest>,
+    ) -> Result<Response<PolicyRevision>, Status> {
+        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let r = req.into_inner();
+        require_name(&r.name)?;
+        let found = if r.revision == 0 {
+            match self.store.head(&r.name).await.map_err(store_error)? {
+                Some(h) if h.policy.is_none() => {
+                    return Err(Status::not_found(format!(
+                        "policy {:?} was deleted at revision {}",
+                        r.name, h.revision
+                    )));
+                }
+                other => other,
+            }
+        } else {
+            self.store
+                .revision(&r.name, r.revision)
+                .await
+                .map_err(store_error)?
+        };
+        found
+            .map(|r| Response::new(revision_message(r)))
+            .ok_or_else(|| {
+                Status::not_found(if r.revision == 0 {
+                    format!("policy {:?} not found", r.name)
+                } else {
+                    format!("policy {:?} has no revision {}", r.name, r.revision)
+                })
+            })
+    }
+
+    async fn list_policies(
+        &self,
+        req: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let ns = req.into_inner().namespace;
+        let heads = self.store.live_heads().await.map_err(store_error)?;
+        let policies = heads
+            .into_iter()
+            .filter_map(|h| {
+                let p = h.policy?;
+                if !ns.is_empty() && p.scope.as_ref().is_none_or(|s| s.namespace != ns) {
+                    return None;
+                }
+                Some(PolicySummary {
+                    name: h.name,
+                    revision: h.revision,
+                    updated_at: Some(timestamp(h.created_at_ms)),
+                    author: h.author,
+                    pools: u32::try_from(p.pools.len()).unwrap_or(u32::MAX),
+                    routes: u32::try_from(p.routes.len()).unwrap_or(u32::MAX),
+                    scope: p.scope,
+                })
+            })
+            .collect();
+        Ok(Response::new(ListPoliciesResponse { policies }))
+    }
+
+    async fn delete_policy(
+        &self,
+        req: Request<DeletePolicyRequest>,
+    ) -> Result<Response<DeletePolicyResponse>, Status> {
+        let who = self.auth.check(&req, &[Role::Admin]).await?;
+        let r = req.into_inner();
+        require_name(&r.name)?;
+        let (rev, _) = self
+            .write(
+                &who,
+                Change {
+                    name: r.name,
+                    policy: None,
+                    action: RevisionAction::Delete,
+                    expected_revision: r.expected_revision,
+                    comment: r.comment,
+                    restored_revision: 0,
+                },
+            )
+            .await?;
+        Ok(Response::new(DeletePolicyResponse {
+            revision: rev.revision,
+        }))
+    }
+
+    async fn list_revisions(
+        &self,
+        req: Request<ListRevisionsRequest>,
+    ) -> Result<Response<ListRevisionsResponse>, Status> {
+        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let r = req.into_inner();
+        require_name(&r.name)?;
+        let limit = match r.limit {
+            0 => 50,
+            n => n.min(1000),
+        };
+        let revisions = self
+            .store
+            .revisions(&r.name, limit)
+            .await
+            .map_err(store_error)?;
+        if revisions.is_empty() {
+            return Err(Status::not_found(format!("policy {:?} not found", r.name)));
+        }
+        Ok(Response::new(ListRevisionsResponse {
+            revisions: revisions.into_iter().map(revision_message).collect(),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<RollbackRequest>,
+    ) -> Result<Response<ApplyPolicyResponse>, Status> {
+        let who = self.auth.check(&req, &[Role::Admin]).await?;
+        let r = req.into_inner();
+        require_name(&r.name)?;
+        if r.revision <= 0 {
+            return Err(invalid(
+                "revision",
+                "must be a revision number of the policy",
+            ));
+        }
+        let target = self
+            .store
+            .revision(&r.name, r.revision)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "policy {:?} has no revision {}",
+                    r.name, r.revision
+                ))
+            })?;
+        let policy = target.policy.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "revision {} of {:?} is a deletion; roll back to a revision that has content",
+                r.revision, r.name
+            ))
+        })?;
+        // Rules may have tightened since: an old revision must still be valid.
+        validate(&policy).map_err(|v| violations_status(&v))?;
+        let (rev, written) = self
+            .write(
+                &who,
+                Change {
+                    name: r.name,
+                    policy: Some(policy),
+                    action: RevisionAction::Rollback,
+                    expected_revision: 0,
+                    comment: r.comment,
+                    restored_revision: r.revision,
+                },
+            )
+            .await?;
+        Ok(Response::new(ApplyPolicyResponse {
+            revision: Some(revision_message(rev)),
+            unchanged: !written,
+        }))
+    }
+
+    async fn get_effective_policy(
+        &self,
+        req: Request<GetEffectivePolicyRequest>,
+    ) -> Result<Response<EffectivePolicy>, Status> {
+        let who = self
+            .auth
+            .check(&req, &[Role::Admin, Role::Auditor, Role::Workload])
+            .await?;
+        let identity = req
+            .into_inner()
+            .identity
+            .ok_or_else(|| invalid("identity", "is required"))?;
+        if identity.namespace.is_empty() {
+            return Err(invalid("identity.namespace", "must not be empty"));
+        }
+        if who.role == Role::Workload && !who.may_act_as(&identity) {
+            return Err(Status::permission_denied(
+                "a workload token may only query its own identity",
+            ));
+        }
+        // Read through to the store so the answer reflects the latest commit, even one
+        // made on another replica a moment ago.
+        let heads = self.store.live_heads().await.map_err(store_error)?;
+        Ok(Response::new(crate::policy::effective::effective(
+            &heads, &identity,
+        )))
+    }
+}

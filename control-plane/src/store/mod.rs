@@ -1,0 +1,192 @@
+//! Persistent state behind one trait: policy revisions and heads, audit events,
+//! API tokens (hashed) and client status.
+//!
+//! [`sql::SqlStore`] implements it for the embedded SQLite file (default, one replica)
+//! and for PostgreSQL (several replicas share the state; changes are announced with
+//! `NOTIFY` so every replica pushes them to its own watchers).
+
+pub mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use vigie_proto::v1::{Identity, Policy, RevisionAction};
+
+use crate::auth::Role;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer changed the policy since it was read; the caller retries or
+    /// reports a precondition failure.
+    #[error("the policy changed concurrently")]
+    Conflict,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?} (expected sqlite:… or postgres://…)")]
+    UnsupportedUrl(String),
+}
+
+/// One revision of one policy. A deletion is a revision without a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    pub name: String,
+    pub revision: i64,
+    pub action: RevisionAction,
+    pub policy: Option<Policy>,
+    pub created_at_ms: i64,
+    pub author: String,
+    pub summary: String,
+    pub comment: String,
+    pub restored_revision: i64,
+}
+
+/// A revision to record, with the audit event that goes with it.
+#[derive(Debug, Clone)]
+pub struct NewRevision {
+    pub name: String,
+    /// The head revision the change was computed from (`None`: the name was never
+    /// used). If the head moved meanwhile, the commit fails with [`StoreError::Conflict`].
+    pub base: Option<i64>,
+    pub action: RevisionAction,
+    pub policy: Option<Policy>,
+    pub author: String,
+    pub role: Role,
+    pub summary: String,
+    pub comment: String,
+    pub restored_revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub policy: String,
+    pub revision: i64,
+    pub summary: String,
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub policy: String,
+    pub actor: String,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// For workload tokens: the identity they may watch as.
+    pub namespace: String,
+    pub service_account: String,
+    pub secret_sha256: String,
+    pub created_at_ms: i64,
+    pub revoked: bool,
+}
+
+/// What happened to a watching client; written in batches.
+#[derive(Debug, Clone)]
+pub enum StatusEvent {
+    Connected {
+        client_id: String,
+        identity: Identity,
+        replica: String,
+        client_version: String,
+        at_ms: i64,
+    },
+    Sent {
+        client_id: String,
+        version: String,
+    },
+    Acked {
+        client_id: String,
+        version: String,
+        at_ms: i64,
+    },
+    Nacked {
+        client_id: String,
+        version: String,
+        error: String,
+        at_ms: i64,
+    },
+    Disconnected {
+        client_id: String,
+        replica: String,
+        at_ms: i64,
+    },
+    /// The replica is alive: refresh `last_seen` of its connected clients.
+    Heartbeat {
+        replica: String,
+        at_ms: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRecord {
+    pub client_id: String,
+    pub identity: Identity,
+    pub replica: String,
+    pub connected: bool,
+    pub connected_at_ms: i64,
+    pub last_seen_ms: i64,
+    pub sent_version: String,
+    pub acked_version: String,
+    pub nacked_version: String,
+    pub nack_error: String,
+    pub nacked_at_ms: i64,
+    pub client_version: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Records a revision, moves the head and appends the audit event, atomically;
+    /// then tells every replica that state changed.
+    async fn commit(&self, change: NewRevision) -> Result<Revision, StoreError>;
+    /// The latest revision of a name, deletion included; `None` if never used.
+    async fn head(&self, name: &str) -> Result<Option<Revision>, StoreError>;
+    async fn revision(&self, name: &str, revision: i64) -> Result<Option<Revision>, StoreError>;
+    /// Current revision of every policy that exists (deleted ones left out), by name.
+    async fn live_heads(&self) -> Result<Vec<Revision>, StoreError>;
+    /// Newest first.
+    async fn revisions(&self, name: &str, limit: u32) -> Result<Vec<Revision>, StoreError>;
+    /// Changes whenever any head moves: cheap change detection for periodic resyncs.
+    /// (Not just the highest revision: with PostgreSQL, revisions can commit out of
+    /// order, so a lower number may land after a higher one.)
+    async fn fingerprint(&self) -> Result<(i64, i64), StoreError>;
+
+    async fn append_audit(&self, event: AuditRecord) -> Result<i64, StoreError>;
+    /// Newest first.
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Whether a token of that name existed and was not yet revoked.
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> Result<bool, StoreError>;
+
+    async fn write_status(&self, events: &[StatusEvent]) -> Result<(), StoreError>;
+    async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+
+    /// Runs until the store fails: wakes `changed` whenever another replica commits.
+    /// Returns at once for a store that has no other replicas.
+    async fn listen_changes(&self, changed: Arc<Notify>) -> Result<(), StoreError>;
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Opens the store named by a URL (`sqlite://…` or `postgres://…`) and migrates it.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(sql::SqlStore::open(url).await?))
+}

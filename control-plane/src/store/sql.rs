@@ -1,0 +1,619 @@
+//! [`Store`] on SQL through sqlx's `Any` driver: the same queries run on SQLite and
+//! PostgreSQL (both accept `$n` placeholders, `RETURNING` and `ON CONFLICT`); only the
+//! DDL and the change notification differ by dialect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor as _, Row as _};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use vigie_proto::v1::{Identity, Policy, RevisionAction};
+
+use super::{
+    AuditFilter, AuditRecord, ClientRecord, NewRevision, Revision, StatusEvent, Store, StoreError,
+    TokenRecord, now_ms,
+};
+
+const CHANNEL: &str = "vigie_changes";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+    url: String,
+}
+
+/// Schema versions, applied in order at start. Never edit a shipped step: add one.
+fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
+    let serial = match d {
+        Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
+    };
+    vec![(
+        1,
+        vec![
+            format!(
+                "CREATE TABLE vigie_revisions (
+                    revision {serial},
+                    name TEXT NOT NULL,
+                    action BIGINT NOT NULL,
+                    policy TEXT NOT NULL,
+                    created_at BIGINT NOT NULL,
+                    author TEXT NOT NULL,
+                    summary TEXT NOT NULL,
+                    comment TEXT NOT NULL,
+                    restored_revision BIGINT NOT NULL)"
+            ),
+            "CREATE INDEX vigie_revisions_by_name ON vigie_revisions (name, revision)".into(),
+            // One row per name: its latest revision; `live` = 0 once deleted.
+            "CREATE TABLE vigie_heads (
+                name TEXT PRIMARY KEY,
+                revision BIGINT NOT NULL,
+                live BIGINT NOT NULL)"
+                .into(),
+            format!(
+                "CREATE TABLE vigie_audit (
+                    id {serial},
+                    at BIGINT NOT NULL,
+                    actor TEXT NOT NULL,
+                    role TEXT NOT NULL,
+                    action TEXT NOT NULL,
+                    policy TEXT NOT NULL,
+                    revision BIGINT NOT NULL,
+                    summary TEXT NOT NULL,
+                    comment TEXT NOT NULL)"
+            ),
+            "CREATE TABLE vigie_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                role TEXT NOT NULL,
+                namespace TEXT NOT NULL,
+                service_account TEXT NOT NULL,
+                secret_sha256 TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                revoked_at BIGINT NOT NULL)"
+                .into(),
+            "CREATE TABLE vigie_clients (
+                client_id TEXT PRIMARY KEY,
+                identity TEXT NOT NULL,
+                replica TEXT NOT NULL,
+                connected BIGINT NOT NULL,
+                connected_at BIGINT NOT NULL,
+                last_seen BIGINT NOT NULL,
+                sent_version TEXT NOT NULL,
+                acked_version TEXT NOT NULL,
+                nacked_version TEXT NOT NULL,
+                nack_error TEXT NOT NULL,
+                nacked_at BIGINT NOT NULL,
+                client_version TEXT NOT NULL)"
+                .into(),
+        ],
+    )]
+}
+
+impl SqlStore {
+    pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        if dialect == Dialect::Sqlite {
+            // WAL: readers never wait for the writer; NORMAL is durable across process
+            // crashes, which is what a single-replica control plane needs.
+            options = options.max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    Ok(())
+                })
+            });
+        } else {
+            options = options.max_connections(16);
+        }
+        let pool = options.connect(url).await?;
+        let store = SqlStore {
+            pool,
+            dialect,
+            url: url.to_string(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // Replicas starting together: one migrates, the others wait and then see it done.
+            sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("CREATE TABLE IF NOT EXISTS vigie_schema (version BIGINT PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await?;
+        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM vigie_schema")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("v")?;
+        for (version, steps) in migrations(self.dialect) {
+            if version <= current {
+                continue;
+            }
+            for step in steps {
+                sqlx::query(&step).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO vigie_schema (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            info!(version, "database schema migrated");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Database URLs may carry a password; never print it.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+fn action_code(a: RevisionAction) -> i64 {
+    i64::from(a as i32)
+}
+
+fn revision_from_row(row: &AnyRow) -> Result<Revision, StoreError> {
+    let policy_json: String = row.try_get("policy")?;
+    let policy = if policy_json.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_str::<Policy>(&policy_json)
+                .map_err(|e| StoreError::Corrupt(format!("stored policy: {e}")))?,
+        )
+    };
+    let action: i64 = row.try_get("action")?;
+    Ok(Revision {
+        name: row.try_get("name")?,
+        revision: row.try_get("revision")?,
+        action: i32::try_from(action)
+            .ok()
+            .and_then(|a| RevisionAction::try_from(a).ok())
+            .unwrap_or(RevisionAction::Unspecified),
+        policy,
+        created_at_ms: row.try_get("created_at")?,
+        author: row.try_get("author")?,
+        summary: row.try_get("summary")?,
+        comment: row.try_get("comment")?,
+        restored_revision: row.try_get("restored_revision")?,
+    })
+}
+
+fn audit_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        at_ms: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        role: row.try_get("role")?,
+        action: row.try_get("action")?,
+        policy: row.try_get("policy")?,
+        revision: row.try_get("revision")?,
+        summary: row.try_get("summary")?,
+        comment: row.try_get("comment")?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
+    let role: String = row.try_get("role")?;
+    let revoked_at: i64 = row.try_get("revoked_at")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        role: role
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("unknown role {role:?}")))?,
+        namespace: row.try_get("namespace")?,
+        service_account: row.try_get("service_account")?,
+        secret_sha256: row.try_get("secret_sha256")?,
+        created_at_ms: row.try_get("created_at")?,
+        revoked: revoked_at != 0,
+    })
+}
+
+fn client_from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
+    let identity: String = row.try_get("identity")?;
+    let connected: i64 = row.try_get("connected")?;
+    Ok(ClientRecord {
+        client_id: row.try_get("client_id")?,
+        identity: serde_json::from_str::<Identity>(&identity)
+            .map_err(|e| StoreError::Corrupt(format!("stored identity: {e}")))?,
+        replica: row.try_get("replica")?,
+        connected: connected != 0,
+        connected_at_ms: row.try_get("connected_at")?,
+        last_seen_ms: row.try_get("last_seen")?,
+        sent_version: row.try_get("sent_version")?,
+        acked_version: row.try_get("acked_version")?,
+        nacked_version: row.try_get("nacked_version")?,
+        nack_error: row.try_get("nack_error")?,
+        nacked_at_ms: row.try_get("nacked_at")?,
+        client_version: row.try_get("client_version")?,
+    })
+}
+
+const REVISION_COLUMNS: &str =
+    "revision, name, action, policy, created_at, author, summary, comment, restored_revision";
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn commit(&self, change: NewRevision) -> Result<Revision, StoreError> {
+        let policy_json = match &change.policy {
+            Some(p) => serde_json::to_string(p)
+                .map_err(|e| StoreError::Corrupt(format!("encoding policy: {e}")))?,
+            None => String::new(),
+        };
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let revision: i64 = sqlx::query(
+            "INSERT INTO vigie_revisions (name, action, policy, created_at, author, summary, comment, restored_revision)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING revision",
+        )
+        .bind(&change.name)
+        .bind(action_code(change.action))
+        .bind(&policy_json)
+        .bind(now)
+        .bind(&change.author)
+        .bind(&change.summary)
+        .bind(&change.comment)
+        .bind(change.restored_revision)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("revision")?;
+        let live = i64::from(change.policy.is_some());
+        // Compare-and-set on the head: a concurrent writer (another request or another
+        // replica) makes this fail instead of silently overwriting its change.
+        match change.base {
+            None => {
+                let inserted = sqlx::query(
+                    "INSERT INTO vigie_heads (name, revision, live) VALUES ($1, $2, $3)",
+                )
+                .bind(&change.name)
+                .bind(revision)
+                .bind(live)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict),
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            Some(base) => {
+                let updated = sqlx::query(
+                    "UPDATE vigie_heads SET revision = $1, live = $2 WHERE name = $3 AND revision = $4",
+                )
+                .bind(revision)
+                .bind(live)
+                .bind(&change.name)
+                .bind(base)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() != 1 {
+                    return Err(StoreError::Conflict);
+                }
+            }
+        }
+        let action = match change.action {
+            RevisionAction::Delete => "policy.delete",
+            RevisionAction::Rollback => "policy.rollback",
+            _ => "policy.apply",
+        };
+        sqlx::query(
+            "INSERT INTO vigie_audit (at, actor, role, action, policy, revision, summary, comment)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(now)
+        .bind(&change.author)
+        .bind(change.role.as_str())
+        .bind(action)
+        .bind(&change.name)
+        .bind(revision)
+        .bind(&change.summary)
+        .bind(&change.comment)
+        .execute(&mut *tx)
+        .await?;
+        if self.dialect == Dialect::Postgres {
+            // Delivered to every listening replica when (and only if) the commit succeeds.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(revision.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Revision {
+            name: change.name,
+            revision,
+            action: change.action,
+            policy: change.policy,
+            created_at_ms: now,
+            author: change.author,
+            summary: change.summary,
+            comment: change.comment,
+            restored_revision: change.restored_revision,
+        })
+    }
+
+    async fn head(&self, name: &str) -> Result<Option<Revision>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {REVISION_COLUMNS} FROM vigie_revisions
+             WHERE revision = (SELECT revision FROM vigie_heads WHERE name = $1)"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(revision_from_row).transpose()
+    }
+
+    async fn revision(&self, name: &str, revision: i64) -> Result<Option<Revision>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {REVISION_COLUMNS} FROM vigie_revisions WHERE name = $1 AND revision = $2"
+        ))
+        .bind(name)
+        .bind(revision)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(revision_from_row).transpose()
+    }
+
+    async fn live_heads(&self) -> Result<Vec<Revision>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.revision, r.name, r.action, r.policy, r.created_at, r.author, r.summary, r.comment, r.restored_revision
+             FROM vigie_heads h JOIN vigie_revisions r ON r.revision = h.revision
+             WHERE h.live = 1 ORDER BY r.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(revision_from_row).collect()
+    }
+
+    async fn revisions(&self, name: &str, limit: u32) -> Result<Vec<Revision>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REVISION_COLUMNS} FROM vigie_revisions WHERE name = $1
+             ORDER BY revision DESC LIMIT $2"
+        ))
+        .bind(name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(revision_from_row).collect()
+    }
+
+    async fn fingerprint(&self) -> Result<(i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(revision), 0) AS BIGINT) AS s FROM vigie_heads",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("s")?))
+    }
+
+    async fn append_audit(&self, e: AuditRecord) -> Result<i64, StoreError> {
+        Ok(sqlx::query(
+            "INSERT INTO vigie_audit (at, actor, role, action, policy, revision, summary, comment)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(e.at_ms)
+        .bind(&e.actor)
+        .bind(&e.role)
+        .bind(&e.action)
+        .bind(&e.policy)
+        .bind(e.revision)
+        .bind(&e.summary)
+        .bind(&e.comment)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("id")?)
+    }
+
+    async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, role, action, policy, revision, summary, comment FROM vigie_audit
+             WHERE ($1 = '' OR policy = $1) AND ($2 = '' OR actor = $2)
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(&f.policy)
+        .bind(&f.actor)
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO vigie_tokens (id, name, role, namespace, service_account, secret_sha256, created_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(t.role.as_str())
+        .bind(&t.namespace)
+        .bind(&t.service_account)
+        .bind(&t.secret_sha256)
+        .bind(t.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM vigie_tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM vigie_tokens ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE vigie_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at = 0",
+        )
+        .bind(at_ms)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn write_status(&self, events: &[StatusEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            let q = match e {
+                StatusEvent::Connected {
+                    client_id,
+                    identity,
+                    replica,
+                    client_version,
+                    at_ms,
+                } => sqlx::query(
+                    "INSERT INTO vigie_clients (client_id, identity, replica, connected, connected_at, last_seen,
+                        sent_version, acked_version, nacked_version, nack_error, nacked_at, client_version)
+                     VALUES ($1, $2, $3, 1, $4, $4, '', '', '', '', 0, $5)
+                     ON CONFLICT (client_id) DO UPDATE SET identity = excluded.identity,
+                        replica = excluded.replica, connected = 1, connected_at = excluded.connected_at,
+                        last_seen = excluded.last_seen, client_version = excluded.client_version",
+                )
+                .bind(client_id.clone())
+                .bind(serde_json::to_string(identity).unwrap_or_default())
+                .bind(replica.clone())
+                .bind(*at_ms)
+                .bind(client_version.clone()),
+                StatusEvent::Sent { client_id, version } => {
+                    sqlx::query("UPDATE vigie_clients SET sent_version = $1 WHERE client_id = $2")
+                        .bind(version.clone())
+                        .bind(client_id.clone())
+                }
+                StatusEvent::Acked {
+                    client_id,
+                    version,
+                    at_ms,
+                } => sqlx::query(
+                    "UPDATE vigie_clients SET acked_version = $1, last_seen = $2 WHERE client_id = $3",
+                )
+                .bind(version.clone())
+                .bind(*at_ms)
+                .bind(client_id.clone()),
+                StatusEvent::Nacked {
+                    client_id,
+                    version,
+                    error,
+                    at_ms,
+                } => sqlx::query(
+                    "UPDATE vigie_clients SET nacked_version = $1, nack_error = $2, nacked_at = $3, last_seen = $3
+                     WHERE client_id = $4",
+                )
+                .bind(version.clone())
+                .bind(error.clone())
+                .bind(*at_ms)
+                .bind(client_id.clone()),
+                StatusEvent::Disconnected {
+                    client_id,
+                    replica,
+                    at_ms,
+                } => sqlx::query(
+                    "UPDATE vigie_clients SET connected = 0, last_seen = $1 WHERE client_id = $2 AND replica = $3",
+                )
+                .bind(*at_ms)
+                .bind(client_id.clone())
+                .bind(replica.clone()),
+                StatusEvent::Heartbeat { replica, at_ms } => sqlx::query(
+                    "UPDATE vigie_clients SET last_seen = $1 WHERE replica = $2 AND connected = 1",
+                )
+                .bind(*at_ms)
+                .bind(replica.clone()),
+            };
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM vigie_clients ORDER BY client_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(client_from_row).collect()
+    }
+
+    async fn listen_changes(&self, changed: Arc<Notify>) -> Result<(), StoreError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(CHANNEL).await?;
+        info!("listening for changes from other replicas");
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => changed.notify_one(),
+                // Connection lost and re-established: notifications may have been
+                // missed, so resynchronise.
+                Ok(None) => {
+                    warn!("change listener reconnected; resynchronising");
+                    changed.notify_one();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://vigie:s3cret@db:5432/vigie"),
+            "postgres://***@db:5432/vigie"
+        );
+        assert_eq!(
+            redact_url("sqlite:///data/v.db?mode=rwc"),
+            "sqlite:///data/v.db?mode=rwc"
+        );
+    }
+}
