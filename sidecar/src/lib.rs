@@ -3,10 +3,12 @@
 //! Request path: [`proxy`] (Pingora glue) → [`api`] (wire formats, errors) →
 //! [`policy`] (snapshot in force) → [`routing`] (pool and endpoint) → [`upstream`]
 //! (connection, TLS, credentials) → back through [`proxy`] to the client.
-//! [`admin`] serves health and [`telemetry`] metrics.
+//! [`admin`] serves health and [`telemetry`] metrics. Policies come from a file
+//! ([`policy::file`]) or from the control plane's watch stream ([`control`]).
 
 pub mod admin;
 pub mod api;
+pub mod control;
 pub mod policy;
 pub mod proxy;
 pub mod routing;

@@ -13,7 +13,10 @@ use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use tracing::{error, info};
 
+use vigie_proto::v1::{ClientKind, Identity};
 use vigie_sidecar::admin::AdminApp;
+use vigie_sidecar::control::lkg::LastKnownGood;
+use vigie_sidecar::control::{self, Applier, ControlPlaneConfig};
 use vigie_sidecar::policy::PolicyStore;
 use vigie_sidecar::policy::file::{FileWatcher, Reload};
 use vigie_sidecar::proxy::{Settings, SidecarApp};
@@ -34,9 +37,43 @@ struct Args {
     /// Health, readiness and Prometheus metrics.
     #[arg(long, env = "VIGIE_ADMIN_LISTEN", default_value = "127.0.0.1:15090")]
     admin_listen: String,
-    /// Policy file (canonical protobuf JSON), reloaded when it changes.
-    #[arg(long, env = "VIGIE_POLICY_FILE")]
-    policy_file: PathBuf,
+    /// Standalone mode: policy file (canonical protobuf JSON), reloaded when it changes.
+    #[arg(long, env = "VIGIE_POLICY_FILE", required_unless_present = "control_plane", conflicts_with = "control_plane")]
+    policy_file: Option<PathBuf>,
+    /// Managed mode: control plane URL (http://host:50051 or https://…).
+    #[arg(long, env = "VIGIE_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// File holding the workload token for the control plane.
+    #[arg(long, env = "VIGIE_CONTROL_PLANE_TOKEN_FILE")]
+    control_plane_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the control plane, for https.
+    #[arg(long, env = "VIGIE_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) when the control plane requires mTLS.
+    #[arg(long, env = "VIGIE_CONTROL_PLANE_CERT", requires = "control_plane_key")]
+    control_plane_cert: Option<PathBuf>,
+    #[arg(long, env = "VIGIE_CONTROL_PLANE_KEY", requires = "control_plane_cert")]
+    control_plane_key: Option<PathBuf>,
+    /// Longest wait between two reconnection attempts, in ms.
+    #[arg(long, env = "VIGIE_CONTROL_PLANE_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    control_plane_max_backoff_ms: u64,
+    /// Where the last-known-good snapshot is kept (managed mode).
+    #[arg(long, env = "VIGIE_STATE_DIR", default_value = "vigie-state")]
+    state_dir: PathBuf,
+    /// Identity sent to the control plane (from the downward API in a pod).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    namespace: String,
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod: String,
+    #[arg(long, env = "POD_SERVICE_ACCOUNT", default_value = "")]
+    service_account: String,
+    #[arg(long, env = "VIGIE_WORKLOAD", default_value = "")]
+    workload: String,
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node: String,
+    /// Pod label `key=value`; repeat for several.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// How often the policy file is checked for changes, in milliseconds.
     #[arg(long, env = "VIGIE_POLICY_POLL_MS", default_value_t = 500)]
     policy_poll_ms: u64,
@@ -58,6 +95,40 @@ struct Args {
     /// Validate the policy file, print the result and exit.
     #[arg(long)]
     check: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+/// Watches the control plane and installs what it sends.
+struct ControlPlaneTask {
+    config: ControlPlaneConfig,
+    applier: Applier,
+}
+
+#[async_trait]
+impl BackgroundService for ControlPlaneTask {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        control::run(self.config.clone(), self.applier.clone(), shutdown).await;
+    }
+}
+
+enum PolicySource {
+    File(PolicyFileTask),
+    ControlPlane(ControlPlaneTask),
+}
+
+#[async_trait]
+impl BackgroundService for PolicySource {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        match self {
+            PolicySource::File(t) => t.start(shutdown).await,
+            PolicySource::ControlPlane(t) => t.start(shutdown).await,
+        }
+    }
 }
 
 fn init_logs(format: &str) {
@@ -126,27 +197,74 @@ fn main() -> anyhow::Result<()> {
     let store = Arc::new(PolicyStore::default());
     let registry = Arc::new(EndpointRegistry::default());
     let metrics = Metrics::new().context("registering metrics")?;
-    let mut watcher = FileWatcher::new(args.policy_file.clone(), store.clone(), registry);
-    // The first load is synchronous: a sidecar with a broken policy must say so and stop.
-    match watcher.poll() {
-        Reload::Installed(s) => {
-            metrics.set_policy(&s.policy.name, &s.version);
-            metrics
-                .policy_reloads
-                .with_label_values(&["installed"])
-                .inc();
-            info!(policy = %s.policy.name, version = %s.version, models = s.models.len(), "policy loaded");
-            if args.check {
-                println!(
-                    "policy {:?} is valid (version {})",
-                    s.policy.name, s.version
-                );
-                return Ok(());
+    let source = match &args.policy_file {
+        Some(path) => {
+            let mut watcher = FileWatcher::new(path.clone(), store.clone(), registry);
+            // The first load is synchronous: a sidecar with a broken policy must say so and stop.
+            match watcher.poll() {
+                Reload::Installed(s) => {
+                    metrics.set_policy(&s.policy.name, &s.version);
+                    metrics
+                        .policy_reloads
+                        .with_label_values(&["installed"])
+                        .inc();
+                    info!(policy = %s.policy.name, version = %s.version, models = s.models.len(), "policy loaded");
+                    if args.check {
+                        println!(
+                            "policy {:?} is valid (version {})",
+                            s.policy.name, s.version
+                        );
+                        return Ok(());
+                    }
+                }
+                Reload::Rejected(e) => return Err(e).context("loading the policy"),
+                Reload::Unchanged => anyhow::bail!("policy file was not read"),
             }
+            PolicySource::File(PolicyFileTask {
+                watcher: std::sync::Mutex::new(watcher),
+                interval: Duration::from_millis(args.policy_poll_ms.max(50)),
+                metrics: metrics.clone(),
+            })
         }
-        Reload::Rejected(e) => return Err(e).context("loading the policy"),
-        Reload::Unchanged => anyhow::bail!("policy file was not read"),
-    }
+        None => {
+            let url = args
+                .control_plane
+                .clone()
+                .context("--policy-file or --control-plane is required")?;
+            if args.check {
+                anyhow::bail!("--check validates a --policy-file");
+            }
+            let applier = Applier {
+                store: store.clone(),
+                registry,
+                metrics: metrics.clone(),
+                lkg: LastKnownGood::in_dir(&args.state_dir),
+            };
+            // Serve at once on what was last accepted; the control plane may be down.
+            applier.load_last_known_good();
+            let config = ControlPlaneConfig {
+                url,
+                token_file: args.control_plane_token_file.clone(),
+                ca: args.control_plane_ca.clone(),
+                client_cert: args
+                    .control_plane_cert
+                    .clone()
+                    .zip(args.control_plane_key.clone()),
+                identity: Identity {
+                    namespace: args.namespace.clone(),
+                    workload: args.workload.clone(),
+                    service_account: args.service_account.clone(),
+                    pod: args.pod.clone(),
+                    node: args.node.clone(),
+                    labels: args.labels.iter().cloned().collect(),
+                    kind: ClientKind::Sidecar as i32,
+                },
+                client_version: env!("CARGO_PKG_VERSION").to_string(),
+                max_backoff: Duration::from_millis(args.control_plane_max_backoff_ms.max(100)),
+            };
+            PolicySource::ControlPlane(ControlPlaneTask { config, applier })
+        }
+    };
 
     let conf = ServerConf {
         threads: args.threads.max(1),
@@ -176,14 +294,9 @@ fn main() -> anyhow::Result<()> {
         },
     );
     admin.add_tcp(&args.admin_listen);
-    let policy_task = PolicyFileTask {
-        watcher: std::sync::Mutex::new(watcher),
-        interval: Duration::from_millis(args.policy_poll_ms.max(50)),
-        metrics,
-    };
     server.add_service(proxy);
     server.add_service(admin);
-    server.add_service(background_service("policy-file", policy_task));
+    server.add_service(background_service("policy-source", source));
     info!(listen = %args.listen, admin = %args.admin_listen, "vigie-sidecar starting");
     server.run_forever()
 }

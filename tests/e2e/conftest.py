@@ -1,6 +1,6 @@
 import pytest
 
-from harness import MockPool, Sidecar, pool
+from harness import ControlPlane, MockPool, Postgres, Sidecar, pool
 
 
 @pytest.fixture
@@ -36,3 +36,32 @@ def simple_policy(*mocks, models=None, name="e2e", **pool_extra):
     """One pool over the given mocks serving mistral-7b, also known as gpt-4o-mini."""
     models = models or [{"name": "mistral-7b", "aliases": ["gpt-4o-mini"]}]
     return {"name": name, "pools": [pool("gpu-a", [m.url for m in mocks], models, **pool_extra)]}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    pg = Postgres()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request):
+    """Both storage backends run the same tests: None = embedded SQLite file."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def control_planes():
+    started = []
+
+    def start(**kwargs):
+        cp = ControlPlane(**kwargs)
+        started.append(cp)
+        return cp
+
+    yield start
+    for cp in started:
+        cp.stop()

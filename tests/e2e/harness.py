@@ -122,30 +122,57 @@ def pool(name: str, endpoints: list[str], models: list[dict], kind: str = "POOL_
 
 
 class Sidecar:
-    """A `vigie-sidecar` on free loopback ports, reading a policy file it owns."""
+    """A `vigie-sidecar` on free loopback ports.
 
-    def __init__(self, policy: dict, extra_args: list[str] | None = None, env: dict | None = None, workdir: Path | None = None):
+    Standalone: reads a policy file it owns. Managed (`control_plane=`): watches the
+    control plane with a workload token, as namespace/pod of `identity`.
+    """
+
+    def __init__(self, policy: dict | None = None, extra_args: list[str] | None = None, env: dict | None = None,
+                 workdir: Path | None = None, control_plane: "ControlPlane | None" = None, token: str | None = None,
+                 identity: dict | None = None, wait_ready: bool = True, ports: tuple[int, int] | None = None):
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="vigie-sidecar-"))
-        self.policy_path = self.dir / "policy.json"
-        self.write_policy(policy)
-        self.port = free_port()
-        self.admin_port = free_port()
+        self.port, self.admin_port = ports or (free_port(), free_port())
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         args = [
             binary("vigie-sidecar"),
             "--listen", f"127.0.0.1:{self.port}",
             "--admin-listen", f"127.0.0.1:{self.admin_port}",
-            "--policy-file", self.policy_path,
-            "--policy-poll-ms", "100",
-            *(extra_args or []),
         ]
-        self.process = Process(args, env={"RUST_LOG": "info,pingora=warn", **(env or {})}, log_path=self.dir / "sidecar.log")
-        try:
-            wait_until(self.ready, timeout=20, what="sidecar readiness")
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"sidecar did not become ready:\n{self.process.log()}")
+        if control_plane is None:
+            self.policy_path = self.dir / "policy.json"
+            self.write_policy(policy)
+            args += ["--policy-file", self.policy_path, "--policy-poll-ms", "100"]
+        else:
+            identity = {"namespace": "team-a", "pod": "app-0", "service_account": "app", **(identity or {})}
+            token_path = self.dir / "token"
+            token_path.write_text(token or "")
+            args += [
+                "--control-plane", control_plane.url,
+                "--control-plane-token-file", token_path,
+                "--state-dir", self.dir / "state",
+                "--control-plane-max-backoff-ms", "500",
+                "--namespace", identity["namespace"],
+                "--pod", identity["pod"],
+                "--service-account", identity["service_account"],
+            ]
+            for k, v in identity.get("labels", {}).items():
+                args += ["--label", f"{k}={v}"]
+            if control_plane.tls:
+                args += ["--control-plane-ca", control_plane.tls["ca"]]
+                if control_plane.tls.get("client_ca"):
+                    args += ["--control-plane-cert", control_plane.tls["client_cert"],
+                             "--control-plane-key", control_plane.tls["client_key"]]
+        args += list(extra_args or [])
+        self.process = Process(args, env={"RUST_LOG": "info,pingora=warn", **(env or {})},
+                               log_path=self.dir / f"sidecar-{time.monotonic_ns()}.log")
+        if wait_ready:
+            try:
+                wait_until(self.ready, timeout=20, what="sidecar readiness")
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError(f"sidecar did not become ready:\n{self.process.log()}")
 
     def ready(self) -> bool:
         if not self.process.alive():
@@ -158,11 +185,154 @@ class Sidecar:
         tmp.write_text(json.dumps(policy, indent=2))
         tmp.replace(self.policy_path)
 
-    def policy_version(self) -> str:
-        return httpx.get(f"{self.admin_url}/readyz", timeout=2).json()["version"]
+    def policy_version(self) -> str | None:
+        return httpx.get(f"{self.admin_url}/readyz", timeout=2).json().get("version")
 
     def metrics(self) -> str:
         return httpx.get(f"{self.admin_url}/metrics", timeout=2).text
 
     def stop(self, sig=signal.SIGKILL):
         self.process.stop(sig)
+
+
+# ---------------------------------------------------------------- control plane
+
+def grpcurl_path() -> Path:
+    path = ROOT / "target" / "venv" / "bin" / "grpcurl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `cargo xtask setup`")
+    return path
+
+
+class GrpcError(Exception):
+    def __init__(self, code: str, text: str):
+        super().__init__(f"{code}: {text}")
+        self.code = code
+        self.text = text
+
+
+class ControlPlane:
+    """A `vigie-control-plane` on a free loopback port.
+
+    Storage: an SQLite file in its own directory, or `database_url` (PostgreSQL).
+    `tls`: dict with cert/key/ca (and client_ca, client_cert, client_key for mTLS).
+    """
+
+    def __init__(self, database_url: str | None = None, workdir: Path | None = None, tls: dict | None = None,
+                 extra_args: list[str] | None = None, port: int | None = None, replica: str = "cp-0"):
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="vigie-cp-"))
+        self.db_args = ["--database-url", database_url] if database_url else ["--data-dir", str(self.dir / "data")]
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = ("https://" if tls else "http://") + self.address
+        self.extra_args = list(extra_args or [])
+        self.replica = replica
+        self.process: Process | None = None
+        self.start()
+
+    def start(self):
+        args = [binary("vigie-control-plane"), *self.db_args, "serve", "--listen", self.address,
+                "--resync-ms", "1000", "--replica", self.replica, *self.extra_args]
+        if self.tls:
+            args += ["--tls-cert", self.tls["cert"], "--tls-key", self.tls["key"]]
+            if self.tls.get("client_ca"):
+                args += ["--tls-client-ca", self.tls["client_ca"]]
+        self.process = Process(args, env={"RUST_LOG": "info"}, log_path=self.dir / f"cp-{time.monotonic_ns()}.log")
+        line = self.process.proc.stdout.readline().decode()
+        if not line:
+            raise RuntimeError(f"control plane did not start:\n{self.process.log()}")
+        assert json.loads(line)["listening"] == self.address
+
+    def stop(self, sig=signal.SIGKILL):
+        if self.process:
+            self.process.stop(sig)
+
+    def log(self) -> str:
+        return self.process.log() if self.process else ""
+
+    def token(self, name: str, role: str, namespace: str = "", service_account: str = "") -> str:
+        args = [binary("vigie-control-plane"), *self.db_args, "token", "create", "--name", name, "--role", role]
+        if namespace:
+            args += ["--namespace", namespace]
+        if service_account:
+            args += ["--service-account", service_account]
+        out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise RuntimeError(f"token create failed: {out.stderr}")
+        return out.stdout.strip()
+
+    def grpcurl_args(self, token: str | None = None, tls_client: bool = True) -> list[str]:
+        args = [str(grpcurl_path()), "-max-time", "20"]
+        if self.tls:
+            args += ["-cacert", self.tls["ca"]]
+            if self.tls.get("client_ca") and tls_client:
+                args += ["-cert", self.tls["client_cert"], "-key", self.tls["client_key"]]
+        else:
+            args.append("-plaintext")
+        if token:
+            args += ["-H", f"authorization: Bearer {token}"]
+        return [str(a) for a in args]
+
+    def call(self, method: str, body: dict | None = None, token: str | None = None, tls_client: bool = True) -> dict:
+        """Calls `vigie.v1.<method>` with the real grpcurl; raises GrpcError on failure."""
+        args = self.grpcurl_args(token, tls_client)
+        if body is not None:
+            args += ["-d", "@"]
+        args += [self.address, f"vigie.v1.{method}"]
+        out = subprocess.run(args, input=json.dumps(body) if body is not None else None,
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            text = out.stderr + out.stdout
+            code = "Unknown"
+            for line in text.splitlines():
+                if line.strip().startswith("Code:"):
+                    code = line.split(":", 1)[1].strip()
+            raise GrpcError(code, text)
+        return json.loads(out.stdout) if out.stdout.strip() else {}
+
+
+class Postgres:
+    """A throwaway PostgreSQL server (Debian's binaries, initdb in a temp dir, loopback).
+
+    PostgreSQL refuses to run as root; as root (CI) it runs as the `postgres` user.
+    """
+
+    def __init__(self):
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed: run `cargo xtask setup` (apt package postgresql)")
+        self.bin = bins[-1].parent
+        self.dir = Path(tempfile.mkdtemp(prefix="vigie-pg-"))
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        data = self.dir / "data"
+        subprocess.run([*self.prefix, str(self.bin / "initdb"), "-D", str(data), "-U", "vigie", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+        self.process = Process([*self.prefix, self.bin / "postgres", "-D", data, "-p", str(self.port), "-k", self.dir,
+                                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"],
+                               log_path=Path(tempfile.mkstemp(prefix="vigie-pg-", suffix=".log")[1]))
+        wait_until(self._accepting, timeout=30, what="postgres to accept connections")
+        self._n = 0
+
+    def _accepting(self) -> bool:
+        if not self.process.alive():
+            raise RuntimeError(f"postgres exited:\n{self.process.log()}")
+        r = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True)
+        return r.returncode == 0
+
+    def new_database(self) -> str:
+        """A fresh, empty database; returns its URL."""
+        self._n += 1
+        name = f"vigie_{self._n}"
+        subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "vigie", "-d", "postgres",
+                        "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+        return f"postgres://vigie@127.0.0.1:{self.port}/{name}"
+
+    def stop(self):
+        self.process.stop(signal.SIGINT)

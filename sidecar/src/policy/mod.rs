@@ -248,6 +248,11 @@ impl PolicyStore {
     pub fn install(&self, snapshot: Arc<Snapshot>) {
         self.current.store(Some(snapshot));
     }
+
+    /// No policy applies any more: every request gets a 503 until one does.
+    pub fn clear(&self) {
+        self.current.store(None);
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub inflight: IntGauge,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
+    pub control_plane_connected: IntGauge,
 }
 
 impl Metrics {
@@ -69,6 +70,11 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let control_plane_connected = IntGauge::new(
+            "vigie_sidecar_control_plane_connected",
+            "1 while the watch stream to the control plane is up.",
+        )?;
+        registry.register(Box::new(control_plane_connected.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttfb.clone()))?;
@@ -85,7 +91,12 @@ impl Metrics {
             inflight,
             policy_info,
             policy_reloads,
+            control_plane_connected,
         })
+    }
+
+    pub fn clear_policy(&self) {
+        self.policy_info.reset();
     }
 
     pub fn set_policy(&self, name: &str, version: &str) {

@@ -1,0 +1,335 @@
+//! Policy from the control plane: the client side of `DiscoveryService.Watch`.
+//!
+//! The sidecar says who it is, then for every snapshot it receives: compiles it,
+//! installs it atomically (in-flight requests finish on the snapshot they started
+//! with), writes it to disk as last-known-good, and ACKs; or NACKs with the reason and
+//! keeps the previous one. When the stream breaks it reconnects with exponential
+//! backoff and full jitter, serving on what it has meanwhile.
+
+pub mod lkg;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use tracing::{error, info, warn};
+use vigie_proto::v1::discovery_service_client::DiscoveryServiceClient;
+use vigie_proto::v1::{Ack, EffectivePolicy, Hello, Identity, WatchRequest, watch_request};
+
+use crate::policy::{PolicyStore, Snapshot};
+use crate::routing::EndpointRegistry;
+use crate::telemetry::Metrics;
+use lkg::LastKnownGood;
+
+/// Version reported when no policy applies (same string as the control plane's).
+pub const NO_POLICY: &str = "none";
+
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// `http://host:50051` or `https://host:50051`.
+    pub url: String,
+    /// File holding the workload token; re-read at every connection (rotation).
+    pub token_file: Option<PathBuf>,
+    /// CA that signs the control plane's certificate (required for https).
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key, when the control plane requires mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub identity: Identity,
+    pub client_version: String,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("connection: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("control plane: {}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("the control plane closed the stream")]
+    Closed,
+}
+
+/// Installs snapshots; plain Rust so it is testable without a control plane.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    pub store: Arc<PolicyStore>,
+    pub registry: Arc<EndpointRegistry>,
+    pub metrics: Metrics,
+    pub lkg: LastKnownGood,
+}
+
+impl Applier {
+    /// Version of what is in force.
+    pub fn current_version(&self) -> String {
+        self.store
+            .current()
+            .map_or_else(|| NO_POLICY.to_string(), |s| s.version.clone())
+    }
+
+    /// Installs a snapshot; `Err` carries the reason for the NACK (field paths and
+    /// reasons, never secret values).
+    pub fn apply(&self, effective: &EffectivePolicy, persist: bool) -> Result<(), String> {
+        match &effective.policy {
+            None => {
+                self.store.clear();
+                self.metrics.clear_policy();
+                info!("no policy applies to this workload any more; requests get 503");
+            }
+            Some(policy) => {
+                let snapshot = Snapshot::compile(policy.clone(), &self.registry)
+                    .map_err(|v| v.to_string())?;
+                if snapshot.version != effective.version {
+                    // Both sides hash the same canonical JSON; a mismatch means a
+                    // different schema version. Still usable: log it.
+                    warn!(sent = %effective.version, computed = %snapshot.version, "snapshot version mismatch");
+                }
+                let snapshot = Arc::new(snapshot);
+                self.store.install(snapshot.clone());
+                self.registry.retain_used();
+                self.metrics
+                    .set_policy(&snapshot.policy.name, &snapshot.version);
+                info!(policy = %snapshot.policy.name, version = %snapshot.version, "policy installed from the control plane");
+            }
+        }
+        self.metrics
+            .policy_reloads
+            .with_label_values(&["installed"])
+            .inc();
+        if persist && let Err(e) = self.lkg.save(effective) {
+            // The policy is in force; only a restart without control plane would miss it.
+            error!(error = %e, "could not persist the last-known-good snapshot");
+        }
+        Ok(())
+    }
+
+    /// Boot: install the snapshot saved on disk, if any.
+    pub fn load_last_known_good(&self) -> Option<String> {
+        match self.lkg.load() {
+            Ok(None) => None,
+            Ok(Some(eff)) => match self.apply(&eff, false) {
+                Ok(()) => {
+                    info!(version = %eff.version, path = %self.lkg.path().display(), "started from the last-known-good snapshot");
+                    Some(eff.version)
+                }
+                Err(e) => {
+                    error!(error = %e, "last-known-good snapshot cannot be applied; starting without");
+                    None
+                }
+            },
+            Err(e) => {
+                error!(error = %e, "last-known-good snapshot unreadable; starting without");
+                None
+            }
+        }
+    }
+}
+
+async fn channel(cfg: &ControlPlaneConfig) -> Result<Channel, WatchError> {
+    let mut endpoint = Endpoint::from_shared(cfg.url.clone())
+        .map_err(|e| WatchError::Config(format!("control plane URL: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if cfg.url.starts_with("https://") {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| WatchError::Config(format!("{}: {e}", p.display())))
+        };
+        let mut tls = ClientTlsConfig::new();
+        match &cfg.ca {
+            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => {
+                return Err(WatchError::Config(
+                    "an https control plane needs --control-plane-ca".into(),
+                ));
+            }
+        }
+        if let Some((cert, key)) = &cfg.client_cert {
+            tls = tls.identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
+}
+
+/// One connection: hello, then snapshots and ACKs until the stream ends.
+/// Returns whether at least one snapshot arrived (the connection was healthy).
+async fn session(
+    cfg: &ControlPlaneConfig,
+    applier: &Applier,
+    got_snapshot: &mut bool,
+) -> Result<(), WatchError> {
+    let token = match &cfg.token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| WatchError::Config(format!("token file {}: {e}", p.display())))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    };
+    let mut client =
+        DiscoveryServiceClient::new(channel(cfg).await?).max_decoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel(8);
+    let hello = WatchRequest {
+        message: Some(watch_request::Message::Hello(Hello {
+            identity: Some(cfg.identity.clone()),
+            current_version: applier.current_version(),
+            client_version: cfg.client_version.clone(),
+        })),
+    };
+    tx.send(hello).await.map_err(|_| WatchError::Closed)?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if !token.is_empty() {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| WatchError::Config("token has invalid characters".into()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = client.watch(request).await?.into_inner();
+    applier.metrics.control_plane_connected.set(1);
+    info!(url = %cfg.url, "connected to the control plane");
+    while let Some(snapshot) = inbound.message().await? {
+        *got_snapshot = true;
+        let effective = snapshot.effective.unwrap_or_else(|| EffectivePolicy {
+            version: NO_POLICY.into(),
+            ..Default::default()
+        });
+        let result = if snapshot.version == applier.current_version() {
+            Ok(())
+        } else {
+            applier.apply(&effective, true)
+        };
+        let ack = match result {
+            Ok(()) => Ack {
+                version: snapshot.version,
+                nonce: snapshot.nonce,
+                accepted: true,
+                error_detail: String::new(),
+            },
+            Err(reason) => {
+                applier
+                    .metrics
+                    .policy_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                error!(version = %snapshot.version, error = %reason, "snapshot rejected; keeping the previous policy");
+                Ack {
+                    version: snapshot.version,
+                    nonce: snapshot.nonce,
+                    accepted: false,
+                    error_detail: reason,
+                }
+            }
+        };
+        tx.send(WatchRequest {
+            message: Some(watch_request::Message::Ack(ack)),
+        })
+        .await
+        .map_err(|_| WatchError::Closed)?;
+    }
+    Err(WatchError::Closed)
+}
+
+/// Delay before reconnection attempt `n` (0-based): exponential from 250 ms, capped,
+/// with full jitter so a control-plane restart is not met by every pod at once.
+pub fn backoff(n: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1u32 << n.min(16));
+    let ceiling = base.min(max);
+    ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(cfg: ControlPlaneConfig, applier: Applier, mut shutdown: watch::Receiver<bool>) {
+    let mut failures: u32 = 0;
+    loop {
+        let mut got_snapshot = false;
+        let result = tokio::select! {
+            r = session(&cfg, &applier, &mut got_snapshot) => r,
+            _ = shutdown.changed() => return,
+        };
+        applier.metrics.control_plane_connected.set(0);
+        if got_snapshot {
+            failures = 0;
+        }
+        let delay = backoff(failures, cfg.max_backoff);
+        failures = failures.saturating_add(1);
+        if let Err(e) = result {
+            warn!(error = %e, retry_in_ms = delay.as_millis(), running = %applier.current_version(), "control plane watch interrupted; serving on the current policy");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let max = Duration::from_secs(30);
+        for _ in 0..100 {
+            let d0 = backoff(0, max);
+            assert!(d0 >= Duration::from_millis(125) && d0 <= Duration::from_millis(250));
+            let d20 = backoff(20, max);
+            assert!(d20 >= Duration::from_secs(15) && d20 <= max);
+        }
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(5, max)).collect();
+        assert!(spread.len() > 1, "no jitter");
+    }
+
+    fn applier(dir: &std::path::Path) -> Applier {
+        Applier {
+            store: Arc::new(PolicyStore::default()),
+            registry: Arc::new(EndpointRegistry::default()),
+            metrics: Metrics::new().unwrap(),
+            lkg: LastKnownGood::in_dir(dir),
+        }
+    }
+
+    fn effective(json: &str) -> EffectivePolicy {
+        let policy: vigie_proto::v1::Policy = serde_json::from_str(json).unwrap();
+        EffectivePolicy {
+            version: vigie_proto::validate::version_of(&policy),
+            policy: Some(policy),
+            sources: vec![],
+        }
+    }
+
+    #[test]
+    fn apply_persists_and_nack_keeps_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = applier(dir.path());
+        let good = effective(
+            r#"{"name":"p","pools":[{"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://127.0.0.1:1"}],"models":[{"name":"m"}]}]}"#,
+        );
+        a.apply(&good, true).unwrap();
+        assert_eq!(a.current_version(), good.version);
+        let bad = effective(
+            r#"{"name":"p","pools":[{"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://127.0.0.1:1"}],"models":[{"name":"m"}],
+            "credentials":{"env":"VIGIE_TEST_SURELY_UNSET_VAR"}}]}"#,
+        );
+        let err = a.apply(&bad, true).unwrap_err();
+        assert!(err.contains("pools[0].credentials.env"), "{err}");
+        assert_eq!(a.current_version(), good.version);
+        // A fresh sidecar starts from what was last accepted, not the rejected one.
+        let b = applier(dir.path());
+        assert_eq!(b.load_last_known_good(), Some(good.version.clone()));
+        assert_eq!(b.current_version(), good.version);
+        // No policy any more: cleared, and persisted as such.
+        a.apply(
+            &EffectivePolicy {
+                version: NO_POLICY.into(),
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(a.current_version(), NO_POLICY);
+    }
+}
