@@ -219,7 +219,8 @@ class ControlPlane:
     """
 
     def __init__(self, database_url: str | None = None, workdir: Path | None = None, tls: dict | None = None,
-                 extra_args: list[str] | None = None, port: int | None = None, replica: str = "cp-0"):
+                 extra_args: list[str] | None = None, port: int | None = None, replica: str = "cp-0",
+                 resync_ms: int = 1000):
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="vigie-cp-"))
         self.db_args = ["--database-url", database_url] if database_url else ["--data-dir", str(self.dir / "data")]
         self.port = port or free_port()
@@ -228,12 +229,13 @@ class ControlPlane:
         self.url = ("https://" if tls else "http://") + self.address
         self.extra_args = list(extra_args or [])
         self.replica = replica
+        self.resync_ms = resync_ms
         self.process: Process | None = None
         self.start()
 
     def start(self):
         args = [binary("vigie-control-plane"), *self.db_args, "serve", "--listen", self.address,
-                "--resync-ms", "1000", "--replica", self.replica, *self.extra_args]
+                "--resync-ms", str(self.resync_ms), "--replica", self.replica, *self.extra_args]
         if self.tls:
             args += ["--tls-cert", self.tls["cert"], "--tls-key", self.tls["key"]]
             if self.tls.get("client_ca"):

@@ -72,7 +72,7 @@ impl Metrics {
         )?;
         let control_plane_connected = IntGauge::new(
             "vigie_sidecar_control_plane_connected",
-            "1 while the watch stream to the control plane is up.",
+            "Whether the watch stream to the control plane is up (1) or not (0).",
         )?;
         registry.register(Box::new(control_plane_connected.clone()))?;
         registry.register(Box::new(requests.clone()))?;
