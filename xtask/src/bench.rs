@@ -547,3 +547,15 @@ impl RssSampler {
             .unwrap_or_default()
     }
 }
+
+/// `cargo xtask bench control-plane`: release build, then the Python orchestrator
+/// (it reuses the end-to-end harness to start PostgreSQL and the control plane).
+pub fn control_plane() -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    step("building release binaries");
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    step("control-plane benchmark");
+    run(Command::new(crate::util::venv_python())
+        .arg(root().join("tests/bench/control_plane.py"))
+        .env("VIGIE_BIN_DIR", root().join("target/release")))
+}

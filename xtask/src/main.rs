@@ -54,6 +54,9 @@ enum Bench {
         #[arg(long)]
         no_litellm: bool,
     },
+    /// Policy propagation to 1,000 real gRPC watchers, memory per watcher, ApplyPolicy
+    /// throughput; embedded store and PostgreSQL.
+    ControlPlane,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +65,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => demo::demo(),
         Cmd::Ci => ci::ci(),
         Cmd::E2e { pytest_args } => ci::e2e(&pytest_args),
+        Cmd::Bench {
+            what: Bench::ControlPlane,
+        } => bench::control_plane(),
         Cmd::Bench {
             what:
                 Bench::Proxy {
