@@ -362,8 +362,14 @@ mod tests {
 
     #[test]
     fn documented_example_policy_is_valid() {
-        let p = policy(include_str!("../../docs/examples/policy.json"));
-        assert_eq!(validate(&p), Ok(()));
+        for doc in [
+            include_str!("../../docs/examples/policy.json"),
+            include_str!("../../docs/examples/policy-team-a.json"),
+        ] {
+            assert_eq!(validate(&policy(doc)), Ok(()));
+        }
+        let broken = validate(&policy(include_str!("../../docs/examples/policy-broken.json")));
+        assert_eq!(broken.unwrap_err().0.len(), 2);
     }
 
     #[test]

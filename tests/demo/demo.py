@@ -1,4 +1,5 @@
-"""Vigie demo: mock GPU pools, a sidecar, a sample policy, and an unchanged app.
+"""Vigie demo: a control plane (embedded store), mock GPU pools, a sidecar, a sample
+policy pushed with grpcurl, and an unchanged app.
 
 Run by `cargo xtask demo`. The "app" below is plain OpenAI / Anthropic SDK code; only
 its base URL points at the sidecar, as the injection webhook does in a cluster.
@@ -14,7 +15,7 @@ import anthropic  # noqa: E402
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from harness import MockPool, Sidecar, pool, wait_until  # noqa: E402
+from harness import ControlPlane, MockPool, Sidecar, pool, wait_until  # noqa: E402
 
 BOLD, DIM, RESET = "\033[1m", "\033[2m", "\033[0m"
 
@@ -47,8 +48,29 @@ def main():
             ],
             "routes": [{"model": "gpt-4o-mini", "pools": ["onprem-gpu"]}],
         }
-        title("Starting the sidecar with the sample policy")
-        sidecar = Sidecar(policy, env={"DEMO_PROVIDER_KEY": "sk-demo-provider-key-held-by-the-sidecar"})
+        title("Starting the control plane (embedded SQLite store) and creating API tokens")
+        cp = ControlPlane(replica="demo")
+        started.append(cp)
+        show("gRPC address", cp.address + " (reflection on: grpcurl needs no .proto files)")
+        admin = cp.token("secops-alice", "admin")
+        workload = cp.token("team-a-chatbot", "workload", namespace="team-a", service_account="chatbot")
+        show("tokens", "secops-alice (admin), team-a-chatbot (workload, team-a/chatbot); stored hashed")
+
+        title("Security team: validate a broken policy, then apply the sample policy with grpcurl")
+        broken = {**policy, "routes": [{"model": "gpt-4o-mini", "pools": ["gpu-b"]}]}
+        try:
+            cp.call("PolicyService/ValidatePolicy", {"policy": broken}, token=admin)
+        except Exception as e:  # GrpcError: the field path is the point of the demo
+            show("ValidatePolicy", next(line.strip() for line in e.text.splitlines() if "routes[0]" in line))
+        policy["scope"] = {"namespace": "team-a"}
+        r = cp.call("PolicyService/ApplyPolicy", {"policy": policy, "comment": "CHG-001 initial rollout"}, token=admin)
+        r1 = r["revision"]["revision"]
+        show("ApplyPolicy", f"revision {r1}: {r['revision']['summary']}")
+
+        title("Starting the sidecar: it watches the control plane as team-a/chatbot-0")
+        sidecar = Sidecar(control_plane=cp, token=workload,
+                          identity={"namespace": "team-a", "pod": "chatbot-0", "service_account": "chatbot"},
+                          env={"DEMO_PROVIDER_KEY": "sk-demo-provider-key-held-by-the-sidecar"})
         started.append(sidecar)
         show("app-facing URL", sidecar.base_url + "/v1")
         show("admin URL", sidecar.admin_url + " (/healthz /readyz /metrics)")
@@ -97,15 +119,31 @@ def main():
         r = httpx.post(sidecar.base_url + "/v1/chat/completions", content=b'{"model": "gpt-4o-mini", "messages": [')
         show("malformed JSON", f"{r.status_code} {r.json()['error']['message']}")
 
-        title("Live policy change: gpt-4o-mini now goes to the external pool (no restart)")
+        title("Live policy change pushed by the control plane: gpt-4o-mini now goes to the external pool")
         v1 = sidecar.policy_version()
         policy["pools"][1]["models"][0]["aliases"] = ["gpt-4o-mini"]
         policy["routes"] = [{"model": "gpt-4o-mini", "pools": ["external", "onprem-gpu"]}]
-        sidecar.write_policy(policy)
-        wait_until(lambda: sidecar.policy_version() != v1, what="policy reload")
+        t0 = time.monotonic()
+        r = cp.call("PolicyService/ApplyPolicy", {"policy": policy, "comment": "CHG-002 burst to cloud"}, token=admin)
+        wait_until(lambda: sidecar.policy_version() != v1, interval=0.005, what="policy push")
+        show("ApplyPolicy", f"revision {r['revision']['revision']}: {r['revision']['summary']}")
+        show("in force after", f"{(time.monotonic() - t0) * 1000:.0f} ms (grpcurl call included)")
         r = app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "encore"}], max_tokens=4)
         show("new policy version", sidecar.policy_version())
         show("served by", f"{r.id.split('-')[2]} as {r.model} (mock instance name is in the response id)")
+
+        title("Status: which sidecar runs which version (StatusService)")
+        wait_until(lambda: cp.call("StatusService/ListClients", {}, token=admin)["clients"][0].get("ackedVersion")
+                   == sidecar.policy_version(), what="ACK")
+        for c in cp.call("StatusService/ListClients", {}, token=admin)["clients"]:
+            show(c["clientId"], f"acked {c['ackedVersion']} via replica {c['replica']}")
+
+        title("Rollback to the first revision, then the audit trail (AuditService)")
+        cp.call("PolicyService/Rollback", {"name": "demo", "revision": r1, "comment": "cost review"}, token=admin)
+        wait_until(lambda: sidecar.policy_version() == v1, what="rollback push")
+        show("sidecar back on", v1)
+        for e in reversed(cp.call("AuditService/ListAuditEvents", {"policy": "demo"}, token=admin)["events"]):
+            show(e["action"], f"rev {e['revision']} by {e['actor']}: {e['summary']} [{e.get('comment', '')}]")
 
         title("Sidecar metrics (excerpt)")
         for line in sidecar.metrics().splitlines():

@@ -298,9 +298,11 @@ class Postgres:
     """A throwaway PostgreSQL server (Debian's binaries, initdb in a temp dir, loopback).
 
     PostgreSQL refuses to run as root; as root (CI) it runs as the `postgres` user.
+    Tests run it with fsync off (speed); the benchmark with fsync on (durability as in
+    production).
     """
 
-    def __init__(self):
+    def __init__(self, fsync: bool = False):
         bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
         if not bins:
             raise RuntimeError("PostgreSQL is not installed: run `cargo xtask setup` (apt package postgresql)")
@@ -317,7 +319,8 @@ class Postgres:
         subprocess.run([*self.prefix, str(self.bin / "initdb"), "-D", str(data), "-U", "vigie", "--auth=trust",
                         "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
         self.process = Process([*self.prefix, self.bin / "postgres", "-D", data, "-p", str(self.port), "-k", self.dir,
-                                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"],
+                                "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={'on' if fsync else 'off'}",
+                                "-c", "max_connections=300"],
                                log_path=Path(tempfile.mkstemp(prefix="vigie-pg-", suffix=".log")[1]))
         wait_until(self._accepting, timeout=30, what="postgres to accept connections")
         self._n = 0

@@ -21,6 +21,10 @@ def test_demo_runs_and_narrates():
         "400 We could not parse the JSON body",
         "(the sidecar's, not the app's)",
         "served by              cloud as gpt-4o",
+        'routes[0].pools[0]: unknown pool "gpu-b"',
+        "revision 1: created (namespace=team-a): pools onprem-gpu, external; routes gpt-4o-mini",
+        "team-a/chatbot-0",
+        "policy.rollback",
         "Demo complete.",
     ]:
         assert expected in out, f"missing {expected!r} in:\n{out}"
