@@ -368,7 +368,9 @@ mod tests {
         ] {
             assert_eq!(validate(&policy(doc)), Ok(()));
         }
-        let broken = validate(&policy(include_str!("../../docs/examples/policy-broken.json")));
+        let broken = validate(&policy(include_str!(
+            "../../docs/examples/policy-broken.json"
+        )));
         assert_eq!(broken.unwrap_err().0.len(), 2);
     }
 

@@ -38,7 +38,12 @@ struct Args {
     #[arg(long, env = "VIGIE_ADMIN_LISTEN", default_value = "127.0.0.1:15090")]
     admin_listen: String,
     /// Standalone mode: policy file (canonical protobuf JSON), reloaded when it changes.
-    #[arg(long, env = "VIGIE_POLICY_FILE", required_unless_present = "control_plane", conflicts_with = "control_plane")]
+    #[arg(
+        long,
+        env = "VIGIE_POLICY_FILE",
+        required_unless_present = "control_plane",
+        conflicts_with = "control_plane"
+    )]
     policy_file: Option<PathBuf>,
     /// Managed mode: control plane URL (http://host:50051 or https://…).
     #[arg(long, env = "VIGIE_CONTROL_PLANE")]
@@ -55,7 +60,11 @@ struct Args {
     #[arg(long, env = "VIGIE_CONTROL_PLANE_KEY", requires = "control_plane_cert")]
     control_plane_key: Option<PathBuf>,
     /// Longest wait between two reconnection attempts, in ms.
-    #[arg(long, env = "VIGIE_CONTROL_PLANE_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "VIGIE_CONTROL_PLANE_MAX_BACKOFF_MS",
+        default_value_t = 30_000
+    )]
     control_plane_max_backoff_ms: u64,
     /// Where the last-known-good snapshot is kept (managed mode).
     #[arg(long, env = "VIGIE_STATE_DIR", default_value = "vigie-state")]
@@ -118,7 +127,7 @@ impl BackgroundService for ControlPlaneTask {
 
 enum PolicySource {
     File(PolicyFileTask),
-    ControlPlane(ControlPlaneTask),
+    ControlPlane(Box<ControlPlaneTask>),
 }
 
 #[async_trait]
@@ -262,7 +271,7 @@ fn main() -> anyhow::Result<()> {
                 client_version: env!("CARGO_PKG_VERSION").to_string(),
                 max_backoff: Duration::from_millis(args.control_plane_max_backoff_ms.max(100)),
             };
-            PolicySource::ControlPlane(ControlPlaneTask { config, applier })
+            PolicySource::ControlPlane(Box::new(ControlPlaneTask { config, applier }))
         }
     };
 

@@ -30,7 +30,8 @@ def test_guide_commands_work_as_documented(control_planes, tmp_path):
     for block in found:
         expect = re.match(r"# expect: (\w+)", block)
         # Exports of one block are visible to the next, as in one terminal session.
-        script = f"source {env_file}\nset -o pipefail\n{block}\nexport -p > {env_file}\n"
+        # `set -e`: every command of a block must succeed (or, for `# expect:`, fail).
+        script = f"source {env_file}\ntrap 'export -p > {env_file}' EXIT\nset -eo pipefail\n{block}"
         r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         output = r.stdout + r.stderr
         if expect:

@@ -81,8 +81,8 @@ impl Applier {
                 info!("no policy applies to this workload any more; requests get 503");
             }
             Some(policy) => {
-                let snapshot = Snapshot::compile(policy.clone(), &self.registry)
-                    .map_err(|v| v.to_string())?;
+                let snapshot =
+                    Snapshot::compile(policy.clone(), &self.registry).map_err(|v| v.to_string())?;
                 if snapshot.version != effective.version {
                     // Both sides hash the same canonical JSON; a mismatch means a
                     // different schema version. Still usable: log it.
