@@ -295,8 +295,16 @@ impl Hub {
 
     /// Ends every watch stream (shutdown): clients reconnect to another replica.
     pub fn close(&self) {
-        if let Ok(mut w) = self.watchers.lock() {
-            w.clear();
+        let Ok(mut w) = self.watchers.lock() else {
+            return;
+        };
+        let at_ms = now_ms();
+        for gone in w.drain().map(|(_, g)| g) {
+            self.send_status(StatusEvent::Disconnected {
+                client_id: gone.client_id,
+                replica: self.replica.clone(),
+                at_ms,
+            });
         }
     }
 

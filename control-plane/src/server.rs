@@ -141,5 +141,7 @@ pub async fn serve(
         )
         .await;
     hub_task.abort();
+    // Let the status writer record the disconnections (it batches every ~20 ms).
+    tokio::time::sleep(Duration::from_millis(200)).await;
     result.context("gRPC server")
 }

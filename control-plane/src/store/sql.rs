@@ -604,6 +604,94 @@ impl Store for SqlStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Role;
+
+    fn change(name: &str, base: Option<i64>, alias: Option<&str>) -> NewRevision {
+        NewRevision {
+            name: name.into(),
+            base,
+            action: if alias.is_some() {
+                RevisionAction::Apply
+            } else {
+                RevisionAction::Delete
+            },
+            policy: alias.map(|a| Policy {
+                name: name.into(),
+                routes: vec![vigie_proto::v1::Route {
+                    model: a.into(),
+                    pools: vec![],
+                }],
+                ..Default::default()
+            }),
+            author: "t".into(),
+            role: Role::Admin,
+            summary: "s".into(),
+            comment: String::new(),
+            restored_revision: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_move_by_compare_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let fp0 = store.fingerprint().await.unwrap();
+        let r1 = store.commit(change("a", None, Some("x"))).await.unwrap();
+        // A second creation of the same name loses, and leaves nothing behind.
+        assert!(matches!(
+            store.commit(change("a", None, Some("y"))).await,
+            Err(StoreError::Conflict)
+        ));
+        let r2 = store
+            .commit(change("a", Some(r1.revision), Some("z")))
+            .await
+            .unwrap();
+        // A writer that read r1 before r2 landed loses too.
+        assert!(matches!(
+            store
+                .commit(change("a", Some(r1.revision), Some("w")))
+                .await,
+            Err(StoreError::Conflict)
+        ));
+        let history: Vec<i64> = store
+            .revisions("a", 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.revision)
+            .collect();
+        assert_eq!(history, vec![r2.revision, r1.revision]);
+        assert_eq!(store.head("a").await.unwrap().unwrap(), r2);
+        assert_eq!(
+            store
+                .audit(&AuditFilter {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let fp1 = store.fingerprint().await.unwrap();
+        assert_ne!(fp0, fp1);
+        // Deletion: a revision without a policy; the name leaves the live set.
+        let del = store
+            .commit(change("a", Some(r2.revision), None))
+            .await
+            .unwrap();
+        assert!(store.live_heads().await.unwrap().is_empty());
+        assert_eq!(
+            store.head("a").await.unwrap().unwrap().revision,
+            del.revision
+        );
+        assert_ne!(store.fingerprint().await.unwrap(), fp1);
+        // Reopening migrates nothing and keeps everything.
+        drop(store);
+        let again = SqlStore::open(&url).await.unwrap();
+        assert_eq!(again.revisions("a", 10).await.unwrap().len(), 3);
+    }
 
     #[test]
     fn passwords_in_urls_are_redacted() {
