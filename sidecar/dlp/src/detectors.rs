@@ -1,0 +1,300 @@
+//! Detector definitions: built-ins with stable names, and custom ones from policies.
+//!
+//! Patterns use the subset of syntax both Hyperscan and `regex-automata` accept
+//! identically (ASCII classes, alternation, counted repetition, `(?i)`), because the
+//! same patterns drive the full-match scan and the streaming hold-back decision.
+//! Word boundaries are checked in Rust (an alphanumeric may not touch a match), since
+//! `\b` differs between the two engines.
+
+use crate::checks;
+
+/// Sensitivity levels, ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    Public,
+    Internal,
+    Personal,
+    Restricted,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Public => "public",
+            Level::Internal => "internal",
+            Level::Personal => "personal",
+            Level::Restricted => "restricted",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Detector {
+    /// Stable name, e.g. `FR_NIR`.
+    pub name: String,
+    pub patterns: Vec<String>,
+    pub caseless: bool,
+    /// Removes format matches that are not the real thing (checksums, ranges).
+    pub check: Option<fn(&str) -> bool>,
+    /// When not empty, one of these words (lower case) must appear shortly before.
+    pub context: Vec<String>,
+    pub level: Level,
+}
+
+fn d(
+    name: &str,
+    patterns: &[&str],
+    check: Option<fn(&str) -> bool>,
+    context: &[&str],
+    level: Level,
+) -> Detector {
+    Detector {
+        name: name.to_string(),
+        patterns: patterns.iter().map(|p| (*p).to_string()).collect(),
+        caseless: false,
+        check,
+        context: context.iter().map(|c| (*c).to_string()).collect(),
+        level,
+    }
+}
+
+fn not_anthropic(s: &str) -> bool {
+    !s.starts_with("sk-ant-")
+}
+
+fn letters_and_digits(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_digit()) && s.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+/// Every built-in detector. Names are part of the policy API: never rename one.
+pub fn builtins() -> Vec<Detector> {
+    use Level::{Personal, Restricted};
+    const CNI: &[&str] = &[
+        "carte d'identité",
+        "carte d'identite",
+        "carte nationale",
+        "cni",
+        "pièce d'identité",
+    ];
+    let mut v = vec![
+        d(
+            "FR_NIR",
+            &[
+                "[1-478] ?[0-9]{2} ?(0[1-9]|1[0-2]|[2-9][0-9]) ?(2[AB]|[0-9]{2}) ?[0-9]{3} ?[0-9]{3} ?[0-9]{2}",
+            ],
+            Some(checks::fr_nir),
+            &[],
+            Personal,
+        ),
+        d(
+            "IBAN",
+            &["[A-Z]{2}[0-9]{2}( ?[A-Z0-9]{4}){2,7}( ?[A-Z0-9]{1,3})?"],
+            Some(checks::iban),
+            &[],
+            Personal,
+        ),
+        d(
+            "CREDIT_CARD",
+            &[
+                "[0-9]{4}([ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}",
+                "3[47][0-9]{2}[ -]?[0-9]{6}[ -]?[0-9]{5}",
+            ],
+            Some(checks::credit_card),
+            &[],
+            Personal,
+        ),
+        d(
+            "FR_SIREN",
+            &["[0-9]{3} ?[0-9]{3} ?[0-9]{3}"],
+            Some(checks::fr_siren),
+            &[
+                "siren",
+                "rcs",
+                "société",
+                "societe",
+                "entreprise",
+                "immatriculée",
+            ],
+            Level::Internal,
+        ),
+        d(
+            "FR_SIRET",
+            &["[0-9]{3} ?[0-9]{3} ?[0-9]{3} ?[0-9]{5}"],
+            Some(checks::fr_siret),
+            &["siret", "établissement", "etablissement"],
+            Level::Internal,
+        ),
+        d(
+            "FR_TVA",
+            &["FR ?[0-9]{2} ?[0-9]{3} ?[0-9]{3} ?[0-9]{3}"],
+            Some(checks::fr_tva),
+            &[],
+            Level::Internal,
+        ),
+        d(
+            "FR_NIF",
+            &["[0-3][0-9] ?[0-9]{2} ?[0-9]{3} ?[0-9]{3} ?[0-9]{3}"],
+            Some(checks::fr_nif),
+            &["fiscal", "nif", "spi", "impôt", "impot", "imposition"],
+            Personal,
+        ),
+        d(
+            "PHONE_NUMBER",
+            &[
+                "0[1-9]([ .-]?[0-9]{2}){4}",
+                "(\\+33|0033) ?(\\(0\\) ?)?[1-9]([ .-]?[0-9]{2}){4}",
+            ],
+            None,
+            &[],
+            Personal,
+        ),
+        d(
+            "EMAIL_ADDRESS",
+            &["[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*\\.[A-Za-z]{2,}"],
+            None,
+            &[],
+            Personal,
+        ),
+        d(
+            "IP_ADDRESS",
+            &[
+                "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+                "[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f]{0,4}){2,7}",
+            ],
+            Some(|s| checks::ipv4(s) || checks::ipv6(s)),
+            &[],
+            Level::Internal,
+        ),
+        d(
+            "FR_PASSPORT",
+            &["[0-9]{2}[A-Z]{2}[0-9]{5}"],
+            None,
+            &["passeport", "passport"],
+            Personal,
+        ),
+        d("FR_CNI", &["[0-9]{12}"], None, CNI, Personal),
+        d(
+            "FR_CNI",
+            &["[A-Z0-9]{9}"],
+            Some(letters_and_digits),
+            CNI,
+            Personal,
+        ),
+        d(
+            "FR_LICENSE_PLATE",
+            &["[A-Z]{2}-?[0-9]{3}-?[A-Z]{2}"],
+            Some(checks::fr_plate_siv),
+            &[],
+            Personal,
+        ),
+        d(
+            "FR_LICENSE_PLATE",
+            &["[0-9]{1,4} ?[A-Z]{1,3} ?(0[1-9]|[1-8][0-9]|9[0-5]|2A|2B)"],
+            None,
+            &["immatricul", "plaque", "véhicule", "vehicule", "voiture"],
+            Personal,
+        ),
+        d(
+            "AWS_ACCESS_KEY",
+            &["(AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}"],
+            None,
+            &[],
+            Restricted,
+        ),
+        d(
+            "GITHUB_TOKEN",
+            &["gh[pousr]_[A-Za-z0-9]{36}", "github_pat_[A-Za-z0-9_]{82}"],
+            None,
+            &[],
+            Restricted,
+        ),
+        d(
+            "OPENAI_API_KEY",
+            &["sk-[A-Za-z0-9_-]{20,}"],
+            Some(not_anthropic),
+            &[],
+            Restricted,
+        ),
+        d(
+            "ANTHROPIC_API_KEY",
+            &["sk-ant-[a-z0-9]{2,10}-[A-Za-z0-9_-]{32,}"],
+            None,
+            &[],
+            Restricted,
+        ),
+        d(
+            "MISTRAL_API_KEY",
+            &["[A-Za-z0-9]{32}"],
+            Some(letters_and_digits),
+            &["mistral"],
+            Restricted,
+        ),
+        d(
+            "SLACK_TOKEN",
+            &["xox[abposr]-[A-Za-z0-9-]{10,}"],
+            None,
+            &[],
+            Restricted,
+        ),
+        d(
+            "GOOGLE_API_KEY",
+            &["AIza[0-9A-Za-z_-]{35}"],
+            None,
+            &[],
+            Restricted,
+        ),
+        d(
+            "PRIVATE_KEY",
+            // The END line is optional so that a truncated key is still caught.
+            &[
+                "-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----[A-Za-z0-9+/=\r\n]*(-----END [A-Z ]{0,40}PRIVATE KEY-----)?",
+            ],
+            None,
+            &[],
+            Restricted,
+        ),
+        d(
+            "JWT",
+            &["eyJ[A-Za-z0-9_-]{5,}\\.eyJ[A-Za-z0-9_-]{5,}\\.[A-Za-z0-9_-]{10,}"],
+            None,
+            &[],
+            Restricted,
+        ),
+        d(
+            "URL_PASSWORD",
+            &["[A-Za-z][A-Za-z0-9+.-]{1,20}://[^ \t\r\n:/@\"'<>]+:[^ \t\r\n/@\"'<>]+@"],
+            None,
+            &[],
+            Restricted,
+        ),
+    ];
+    let mut marking = d(
+        "CLASSIFICATION_MARKING",
+        &[
+            "diffusion restreinte",
+            "(confidentiel|secret|tr(è|È|e)s secret) d(é|É|e)fense",
+            "secret sp(é|É|e)cial france",
+            "sp(é|É|e)cial france",
+        ],
+        None,
+        &[],
+        Restricted,
+    );
+    marking.caseless = true;
+    v.push(marking);
+    v
+}
+
+/// Escapes a literal for both engines' regex syntax.
+pub fn escape_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || c == ' ' || !c.is_ascii() {
+            out.push(c);
+        } else {
+            out.push('\\');
+            out.push(c);
+        }
+    }
+    out
+}

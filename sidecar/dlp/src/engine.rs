@@ -1,0 +1,299 @@
+//! The compiled detector set: a multi-pattern [`Matcher`] for full matches (Hyperscan),
+//! an anchored lazy DFA over the same patterns for "could this tail still become a
+//! match?" (streaming hold-back), and the validation that turns candidates into
+//! [`Finding`]s. Compiled once per policy version; shared by all requests.
+
+use std::sync::Mutex;
+
+use hyperscan::prelude::{BlockDatabase, Builder as _, Matching, Pattern, Patterns, Scratch};
+use hyperscan::{CompileFlags, Error as HsError};
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input, MatchKind};
+
+use crate::detectors::Detector;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlpError {
+    /// A pattern does not compile; `detector` and `pattern` index the input lists.
+    #[error("detector {detector} pattern {pattern}: {message}")]
+    Pattern {
+        detector: usize,
+        pattern: usize,
+        message: String,
+    },
+    #[error("matcher: {0}")]
+    Matcher(String),
+}
+
+/// Multi-pattern full-match scanning; Hyperscan here, replaceable (e.g. Vectorscan).
+pub trait Matcher: Send + Sync + std::fmt::Debug {
+    /// Calls `on(pattern, start, end)` for every match end, with the leftmost start.
+    fn scan(&self, text: &[u8], on: &mut dyn FnMut(usize, usize, usize)) -> Result<(), DlpError>;
+}
+
+pub struct HyperscanMatcher {
+    db: BlockDatabase,
+    /// Scratch space is per scan in flight; a small pool avoids allocating per request.
+    scratch: Mutex<Vec<Scratch>>,
+}
+
+impl std::fmt::Debug for HyperscanMatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HyperscanMatcher")
+    }
+}
+
+impl HyperscanMatcher {
+    /// `patterns[i] = (expression, caseless)`; ids are the indexes.
+    pub fn compile(patterns: &[(String, bool)]) -> Result<Self, HsError> {
+        let list: Patterns = patterns
+            .iter()
+            .enumerate()
+            .map(|(i, (expr, caseless))| {
+                let mut flags = CompileFlags::SOM_LEFTMOST;
+                if *caseless {
+                    flags |= CompileFlags::CASELESS;
+                }
+                Pattern {
+                    expression: expr.clone(),
+                    flags,
+                    id: Some(i),
+                    ext: Default::default(),
+                    som: None,
+                }
+            })
+            .collect();
+        let db: BlockDatabase = list.build()?;
+        Ok(Self {
+            db,
+            scratch: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Matcher for HyperscanMatcher {
+    fn scan(&self, text: &[u8], on: &mut dyn FnMut(usize, usize, usize)) -> Result<(), DlpError> {
+        let pooled = self.scratch.lock().ok().and_then(|mut p| p.pop());
+        let scratch = match pooled {
+            Some(s) => s,
+            None => self
+                .db
+                .alloc_scratch()
+                .map_err(|e| DlpError::Matcher(e.to_string()))?,
+        };
+        let result = self.db.scan(text, &scratch, |id, from, to, _| {
+            on(id as usize, from as usize, to as usize);
+            Matching::Continue
+        });
+        if let Ok(mut p) = self.scratch.lock() {
+            p.push(scratch);
+        }
+        result.map_err(|e| DlpError::Matcher(e.to_string()))
+    }
+}
+
+/// A validated detection in a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finding {
+    pub detector: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// How far back context words are looked for.
+pub const CONTEXT_WINDOW: usize = 100;
+
+#[derive(Debug)]
+pub struct Engine {
+    pub detectors: Vec<Detector>,
+    matcher: Box<dyn Matcher>,
+    /// Pattern index → detector index.
+    owner: Vec<usize>,
+    prefix: DFA,
+}
+
+fn is_word(c: char) -> bool {
+    c.is_alphanumeric()
+}
+
+impl Engine {
+    pub fn new(detectors: Vec<Detector>) -> Result<Engine, DlpError> {
+        let mut patterns = Vec::new();
+        let mut owner = Vec::new();
+        let mut dfa_patterns = Vec::new();
+        for (di, d) in detectors.iter().enumerate() {
+            for (pi, p) in d.patterns.iter().enumerate() {
+                // Each pattern alone first: so a broken custom pattern is reported with
+                // its own position, not as a failure of the whole set.
+                HyperscanMatcher::compile(&[(p.clone(), d.caseless)]).map_err(|e| {
+                    DlpError::Pattern {
+                        detector: di,
+                        pattern: pi,
+                        message: hs_message(&e),
+                    }
+                })?;
+                let dfa_expr = if d.caseless {
+                    format!("(?i:{p})")
+                } else {
+                    p.clone()
+                };
+                syntax::parse_with(&dfa_expr, &dfa_syntax()).map_err(|e| DlpError::Pattern {
+                    detector: di,
+                    pattern: pi,
+                    message: e.to_string(),
+                })?;
+                patterns.push((p.clone(), d.caseless));
+                owner.push(di);
+                dfa_patterns.push(dfa_expr);
+            }
+        }
+        let matcher =
+            HyperscanMatcher::compile(&patterns).map_err(|e| DlpError::Matcher(hs_message(&e)))?;
+        let prefix = DFA::builder()
+            .syntax(dfa_syntax())
+            .configure(
+                DFA::config()
+                    .match_kind(MatchKind::All)
+                    .cache_capacity(8 << 20),
+            )
+            .build_many(&dfa_patterns)
+            .map_err(|e| DlpError::Matcher(e.to_string()))?;
+        Ok(Engine {
+            detectors,
+            matcher: Box::new(matcher),
+            owner,
+            prefix,
+        })
+    }
+
+    pub fn new_cache(&self) -> Cache {
+        self.prefix.create_cache()
+    }
+
+    /// Whether `tail` is the beginning of a possible match of some pattern (or a
+    /// complete one that might still grow). Anchored at the first byte.
+    pub fn viable_prefix(&self, cache: &mut Cache, tail: &[u8]) -> bool {
+        self.advance(cache, None, tail).1.is_none()
+    }
+
+    /// Runs the anchored prefix automaton over `bytes`, from `state` (or the start).
+    /// Returns the state reached and, if the automaton died, the offset of the byte
+    /// that killed it. Errors of the lazy DFA count as "still alive" (fail safe).
+    pub fn advance(
+        &self,
+        cache: &mut Cache,
+        state: Option<LazyStateID>,
+        bytes: &[u8],
+    ) -> (Option<LazyStateID>, Option<usize>) {
+        let mut state = match state {
+            Some(s) => s,
+            None => {
+                let input = Input::new(bytes).anchored(Anchored::Yes);
+                match self.prefix.start_state_forward(cache, &input) {
+                    Ok(s) => s,
+                    Err(_) => return (None, None),
+                }
+            }
+        };
+        for (i, &b) in bytes.iter().enumerate() {
+            match self.prefix.next_state(cache, state, b) {
+                Ok(s) => state = s,
+                Err(_) => return (None, None),
+            }
+            if state.is_dead() {
+                return (Some(state), Some(i));
+            }
+        }
+        (Some(state), None)
+    }
+
+    /// Validated, non-overlapping findings in `text`, leftmost first (longest on ties).
+    /// `before` is the text that preceded it (for boundaries and context words).
+    pub fn find(&self, text: &str, before: &str) -> Result<Vec<Finding>, DlpError> {
+        let mut candidates = Vec::new();
+        self.matcher
+            .scan(text.as_bytes(), &mut |pattern, start, end| {
+                candidates.push(Finding {
+                    detector: self.owner.get(pattern).copied().unwrap_or(usize::MAX),
+                    start,
+                    end,
+                });
+            })?;
+        let mut valid: Vec<Finding> = candidates
+            .into_iter()
+            .filter(|f| self.accept(text, before, f))
+            .collect();
+        valid.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+        let mut chosen: Vec<Finding> = Vec::with_capacity(valid.len());
+        for f in valid {
+            if chosen.last().is_none_or(|last| f.start >= last.end) {
+                chosen.push(f);
+            }
+        }
+        Ok(chosen)
+    }
+
+    fn accept(&self, text: &str, before: &str, f: &Finding) -> bool {
+        let Some(d) = self.detectors.get(f.detector) else {
+            return false;
+        };
+        if f.end <= f.start || !text.is_char_boundary(f.start) || !text.is_char_boundary(f.end) {
+            return false;
+        }
+        let prev = if f.start == 0 {
+            before.chars().next_back()
+        } else {
+            text[..f.start].chars().next_back()
+        };
+        let next = text[f.end..].chars().next();
+        let value = &text[f.start..f.end];
+        // Word boundaries, as `\b` would: only where the match's own edge is a word char.
+        let first = value.chars().next().is_some_and(is_word);
+        let last = value.chars().next_back().is_some_and(is_word);
+        if (first && prev.is_some_and(is_word)) || (last && next.is_some_and(is_word)) {
+            return false;
+        }
+        if d.check.is_some_and(|check| !check(value)) {
+            return false;
+        }
+        if !d.context.is_empty() {
+            let mut window = String::new();
+            let from_text =
+                &text[floor_boundary(text, f.start.saturating_sub(CONTEXT_WINDOW))..f.start];
+            if from_text.len() < CONTEXT_WINDOW {
+                let need = CONTEXT_WINDOW - from_text.len();
+                window
+                    .push_str(&before[floor_boundary(before, before.len().saturating_sub(need))..]);
+            }
+            window.push_str(from_text);
+            let window = window.to_lowercase();
+            if !d.context.iter().any(|w| window.contains(w.as_str())) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The largest char boundary ≤ i.
+pub fn floor_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn dfa_syntax() -> syntax::Config {
+    // Bytes, not Unicode: the same semantics as Hyperscan without its UTF8 flag.
+    syntax::Config::new().unicode(false).utf8(false)
+}
+
+fn hs_message(e: &HsError) -> String {
+    match e {
+        HsError::Hyperscan(hyperscan::HsError::CompileError(c)) => c.message().to_string(),
+        other => other.to_string(),
+    }
+}

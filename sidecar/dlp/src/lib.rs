@@ -1,0 +1,18 @@
+//! Vigie DLP engine: detection and redaction of French personal data and secrets,
+//! in whole texts and in streams cut anywhere. Plain Rust (no proxy types), so it is
+//! unit-tested, property-tested and benchmarked on its own.
+//!
+//! - [`detectors`]: built-in detectors (stable names) and the pattern subset they use.
+//! - [`checks`]: checksums and structural validators that remove false positives.
+//! - [`engine`]: the compiled set — Hyperscan behind the [`engine::Matcher`] trait, plus
+//!   an anchored lazy DFA for the streaming hold-back decision.
+//! - [`stream`]: exact streaming with minimal hold-back, and block mode on the same path.
+
+pub mod checks;
+pub mod detectors;
+pub mod engine;
+pub mod stream;
+
+pub use detectors::{Detector, Level, builtins};
+pub use engine::{DlpError, Engine, Finding};
+pub use stream::{Redact, StreamScanner, Transform, transform_block};

@@ -1,0 +1,228 @@
+//! Exact streaming: text arrives in arbitrary chunks; everything that cannot be part of
+//! a match is released at once, and only a trailing candidate is held back.
+//!
+//! After each chunk the pending text is scanned whole. The hold point `h` is the
+//! earliest position (at a word boundary) from which the rest of the pending text is
+//! still a viable prefix of some pattern — it may become, or grow into, a match. Text
+//! before `h` is final: its findings are transformed and it is released; a finding that
+//! straddles `h` moves the release point back to its start. Deadness of a prefix is
+//! monotonic (more text never revives it), so the result equals scanning the whole text
+//! at once, whatever the chunking. See docs/adr/0004-exact-streaming-dlp.md.
+
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::hybrid::dfa::Cache;
+
+use crate::engine::{DlpError, Engine, Finding, floor_boundary};
+
+/// Longest text kept from before the pending part (boundaries and context words).
+const HISTORY: usize = 128;
+
+/// What to write for each finding: the callback appends to `out` (a replacement, a
+/// placeholder, or the original text for alert-only detectors).
+pub trait Transform {
+    fn finding(&mut self, engine: &Engine, finding: &Finding, value: &str, out: &mut String);
+    /// A candidate grew past the hold-back cap: it is dropped, never released.
+    fn overflow(&mut self, out: &mut String);
+}
+
+pub struct StreamScanner<'e> {
+    engine: &'e Engine,
+    cache: Cache,
+    pending: String,
+    history: String,
+    cap: usize,
+    /// After an overflow: the candidate's automaton state; input is dropped until the
+    /// candidate can no longer continue.
+    suppress: Option<Option<LazyStateID>>,
+}
+
+impl std::fmt::Debug for StreamScanner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print pending text: it may hold a sensitive value.
+        f.debug_struct("StreamScanner")
+            .field("pending_bytes", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'e> StreamScanner<'e> {
+    /// `cap`: most bytes held back for one candidate.
+    pub fn new(engine: &'e Engine, cap: usize) -> Self {
+        Self {
+            engine,
+            cache: engine.new_cache(),
+            pending: String::new(),
+            history: String::new(),
+            cap: cap.max(64),
+            suppress: None,
+        }
+    }
+
+    /// Bytes currently held back.
+    pub fn held(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn push(
+        &mut self,
+        chunk: &str,
+        t: &mut dyn Transform,
+        out: &mut String,
+    ) -> Result<(), DlpError> {
+        let mut chunk = chunk;
+        if let Some(state) = self.suppress {
+            let (next, died) = self
+                .engine
+                .advance(&mut self.cache, state, chunk.as_bytes());
+            match died {
+                None if next.is_some() => {
+                    self.suppress = Some(next);
+                    return Ok(());
+                }
+                // Unknown automaton state: stop at the next whitespace, to be safe.
+                None => match chunk.find(char::is_whitespace) {
+                    None => return Ok(()),
+                    Some(i) => chunk = &chunk[i..],
+                },
+                // The automaton reports death one byte late after a complete match:
+                // give back the previous byte when it cannot carry a secret (a
+                // separator), never an alphanumeric.
+                Some(i) => {
+                    let i = if i > 0 && !chunk.as_bytes()[i - 1].is_ascii_alphanumeric() {
+                        i - 1
+                    } else {
+                        i
+                    };
+                    chunk = &chunk[floor_boundary(chunk, i)..];
+                }
+            }
+            self.suppress = None;
+            // The killing character starts fresh text: no word boundary to inherit.
+            self.history.clear();
+        }
+        self.pending.push_str(chunk);
+        self.release(false, t, out)
+    }
+
+    /// End of text: everything pending is final.
+    pub fn finish(&mut self, t: &mut dyn Transform, out: &mut String) -> Result<(), DlpError> {
+        self.release(true, t, out)
+    }
+
+    /// Earliest position from which the pending text may still become a match.
+    fn hold_point(&mut self) -> usize {
+        let len = self.pending.len();
+        let bytes = self.pending.as_bytes();
+        for p in 0..len {
+            if !self.pending.is_char_boundary(p) {
+                continue;
+            }
+            let prev = if p == 0 {
+                self.history.chars().next_back()
+            } else {
+                self.pending[..p].chars().next_back()
+            };
+            let starts_word = self.pending[p..]
+                .chars()
+                .next()
+                .is_some_and(char::is_alphanumeric);
+            if starts_word && prev.is_some_and(char::is_alphanumeric) {
+                continue;
+            }
+            if self.engine.viable_prefix(&mut self.cache, &bytes[p..]) {
+                return p;
+            }
+        }
+        len
+    }
+
+    fn release(
+        &mut self,
+        at_end: bool,
+        t: &mut dyn Transform,
+        out: &mut String,
+    ) -> Result<(), DlpError> {
+        let len = self.pending.len();
+        let findings = self.engine.find(&self.pending, &self.history)?;
+        let h = if at_end { len } else { self.hold_point() };
+        let mut r = h;
+        // A final finding must be released whole, or not at all.
+        loop {
+            let straddling = findings
+                .iter()
+                .find(|f| f.start < r && f.end > r)
+                .map(|f| f.start);
+            match straddling {
+                Some(s) => r = s,
+                None => break,
+            }
+        }
+        let mut overflow = false;
+        if !at_end && len - r > self.cap {
+            // The candidate is too long to keep waiting for: fail closed.
+            overflow = true;
+        }
+        let mut cursor = 0;
+        for f in findings.iter().filter(|f| f.end <= r) {
+            out.push_str(&self.pending[cursor..f.start]);
+            t.finding(self.engine, f, &self.pending[f.start..f.end], out);
+            cursor = f.end;
+        }
+        out.push_str(&self.pending[cursor..r]);
+        if overflow {
+            // Drop the held candidate and whatever continues it.
+            t.overflow(out);
+            let (state, _) =
+                self.engine
+                    .advance(&mut self.cache, None, &self.pending.as_bytes()[h..]);
+            self.suppress = Some(state);
+            self.pending.clear();
+            self.history.clear();
+            return Ok(());
+        }
+        self.history.push_str(&self.pending[..r]);
+        if self.history.len() > HISTORY {
+            let cut = floor_boundary(&self.history, self.history.len() - HISTORY);
+            self.history.drain(..cut);
+        }
+        self.pending.drain(..r);
+        Ok(())
+    }
+}
+
+/// Block mode: the whole text at once (same code path as streaming).
+pub fn transform_block(
+    engine: &Engine,
+    text: &str,
+    t: &mut dyn Transform,
+) -> Result<String, DlpError> {
+    let mut s = StreamScanner::new(engine, usize::MAX);
+    let mut out = String::with_capacity(text.len());
+    s.pending.push_str(text);
+    s.finish(t, &mut out)?;
+    Ok(out)
+}
+
+/// Replaces every finding with `[NAME]` and counts them per detector.
+#[derive(Debug, Default)]
+pub struct Redact {
+    pub counts: std::collections::BTreeMap<String, usize>,
+}
+
+impl Transform for Redact {
+    fn finding(&mut self, engine: &Engine, f: &Finding, _value: &str, out: &mut String) {
+        let name = engine
+            .detectors
+            .get(f.detector)
+            .map_or("REDACTED", |d| d.name.as_str());
+        *self.counts.entry(name.to_string()).or_default() += 1;
+        out.push('[');
+        out.push_str(name);
+        out.push(']');
+    }
+
+    fn overflow(&mut self, out: &mut String) {
+        *self.counts.entry("OVERSIZED_CANDIDATE".into()).or_default() += 1;
+        out.push_str("[REDACTED]");
+    }
+}
