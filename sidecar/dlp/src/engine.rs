@@ -27,10 +27,14 @@ pub enum DlpError {
     Matcher(String),
 }
 
-/// Multi-pattern full-match scanning; Hyperscan here, replaceable (e.g. Vectorscan).
+/// Multi-pattern scanning; Hyperscan here, replaceable (e.g. Vectorscan).
+///
+/// Only match *ends* are asked for: start-of-match tracking slows Hyperscan down by
+/// half on patterns that may start at any word; the engine recovers the start of the
+/// few reported ends with a reverse automaton instead.
 pub trait Matcher: Send + Sync + std::fmt::Debug {
-    /// Calls `on(pattern, start, end)` for every match end, with the leftmost start.
-    fn scan(&self, text: &[u8], on: &mut dyn FnMut(usize, usize, usize)) -> Result<(), DlpError>;
+    /// Calls `on(pattern, end)` for every offset where a match of `pattern` ends.
+    fn scan(&self, text: &[u8], on: &mut dyn FnMut(usize, usize)) -> Result<(), DlpError>;
 }
 
 pub struct HyperscanMatcher {
@@ -52,7 +56,7 @@ impl HyperscanMatcher {
             .iter()
             .enumerate()
             .map(|(i, (expr, caseless))| {
-                let mut flags = CompileFlags::SOM_LEFTMOST;
+                let mut flags = CompileFlags::empty();
                 if *caseless {
                     flags |= CompileFlags::CASELESS;
                 }
@@ -74,7 +78,7 @@ impl HyperscanMatcher {
 }
 
 impl Matcher for HyperscanMatcher {
-    fn scan(&self, text: &[u8], on: &mut dyn FnMut(usize, usize, usize)) -> Result<(), DlpError> {
+    fn scan(&self, text: &[u8], on: &mut dyn FnMut(usize, usize)) -> Result<(), DlpError> {
         let pooled = self.scratch.lock().ok().and_then(|mut p| p.pop());
         let scratch = match pooled {
             Some(s) => s,
@@ -83,8 +87,8 @@ impl Matcher for HyperscanMatcher {
                 .alloc_scratch()
                 .map_err(|e| DlpError::Matcher(e.to_string()))?,
         };
-        let result = self.db.scan(text, &scratch, |id, from, to, _| {
-            on(id as usize, from as usize, to as usize);
+        let result = self.db.scan(text, &scratch, |id, _from, to, _| {
+            on(id as usize, to as usize);
             Matching::Continue
         });
         if let Ok(mut p) = self.scratch.lock() {
@@ -111,6 +115,10 @@ pub struct Engine {
     matcher: Box<dyn Matcher>,
     /// Pattern index → detector index.
     owner: Vec<usize>,
+    /// Per pattern: reverse automaton that finds the leftmost start of a match ending
+    /// at a given offset.
+    reverse: Vec<DFA>,
+    reverse_caches: Mutex<Vec<Vec<Cache>>>,
     prefix: DFA,
 }
 
@@ -151,6 +159,21 @@ impl Engine {
         }
         let matcher =
             HyperscanMatcher::compile(&patterns).map_err(|e| DlpError::Matcher(hs_message(&e)))?;
+        let reverse = dfa_patterns
+            .iter()
+            .map(|p| {
+                DFA::builder()
+                    .syntax(dfa_syntax())
+                    .thompson(regex_automata::nfa::thompson::Config::new().reverse(true))
+                    .configure(
+                        DFA::config()
+                            .match_kind(MatchKind::All)
+                            .cache_capacity(1 << 20),
+                    )
+                    .build(p)
+                    .map_err(|e| DlpError::Matcher(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let prefix = DFA::builder()
             .syntax(dfa_syntax())
             .configure(
@@ -164,6 +187,8 @@ impl Engine {
             detectors,
             matcher: Box::new(matcher),
             owner,
+            reverse,
+            reverse_caches: Mutex::new(Vec::new()),
             prefix,
         })
     }
@@ -212,19 +237,44 @@ impl Engine {
     /// Validated, non-overlapping findings in `text`, leftmost first (longest on ties).
     /// `before` is the text that preceded it (for boundaries and context words).
     pub fn find(&self, text: &str, before: &str) -> Result<Vec<Finding>, DlpError> {
-        let mut candidates = Vec::new();
-        self.matcher
-            .scan(text.as_bytes(), &mut |pattern, start, end| {
-                candidates.push(Finding {
-                    detector: self.owner.get(pattern).copied().unwrap_or(usize::MAX),
-                    start,
-                    end,
-                });
-            })?;
-        let mut valid: Vec<Finding> = candidates
-            .into_iter()
-            .filter(|f| self.accept(text, before, f))
-            .collect();
+        let mut ends = Vec::new();
+        self.matcher.scan(text.as_bytes(), &mut |pattern, end| {
+            ends.push((pattern, end))
+        })?;
+        let mut candidates = Vec::with_capacity(ends.len());
+        if !ends.is_empty() {
+            let pooled = self.reverse_caches.lock().ok().and_then(|mut p| p.pop());
+            let mut caches =
+                pooled.unwrap_or_else(|| self.reverse.iter().map(DFA::create_cache).collect());
+            let mut starts = Vec::new();
+            for (pattern, end) in ends {
+                let (Some(dfa), Some(cache)) = (self.reverse.get(pattern), caches.get_mut(pattern))
+                else {
+                    continue;
+                };
+                let detector = self.owner.get(pattern).copied().unwrap_or(usize::MAX);
+                // Every start from which the pattern matches up to `end`; the longest
+                // one that passes validation wins (the leftmost alone may begin inside
+                // a neighbouring token and fail its boundary or checksum).
+                match_starts(dfa, cache, text.as_bytes(), end, &mut starts);
+                if let Some(f) = starts
+                    .iter()
+                    .rev()
+                    .map(|&start| Finding {
+                        detector,
+                        start,
+                        end,
+                    })
+                    .find(|f| self.accept(text, before, f))
+                {
+                    candidates.push(f);
+                }
+            }
+            if let Ok(mut p) = self.reverse_caches.lock() {
+                p.push(caches);
+            }
+        }
+        let mut valid = candidates;
         valid.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
         let mut chosen: Vec<Finding> = Vec::with_capacity(valid.len());
         for f in valid {
@@ -274,6 +324,35 @@ impl Engine {
             }
         }
         true
+    }
+}
+
+/// Starts of the matches of a reverse automaton that end at `end`, nearest first.
+fn match_starts(dfa: &DFA, cache: &mut Cache, text: &[u8], end: usize, out: &mut Vec<usize>) {
+    out.clear();
+    let input = Input::new(text).range(..end).anchored(Anchored::Yes);
+    let Ok(mut sid) = dfa.start_state_reverse(cache, &input) else {
+        return;
+    };
+    let mut at = end;
+    while at > 0 {
+        at -= 1;
+        let Ok(next) = dfa.next_state(cache, sid, text[at]) else {
+            return;
+        };
+        sid = next;
+        // Match states are entered one byte late: this one says a match starts at at+1.
+        if sid.is_match() {
+            out.push(at + 1);
+        }
+        if sid.is_dead() || sid.is_quit() {
+            return;
+        }
+    }
+    if let Ok(eoi) = dfa.next_eoi_state(cache, sid)
+        && eoi.is_match()
+    {
+        out.push(0);
     }
 }
 

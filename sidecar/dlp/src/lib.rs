@@ -7,10 +7,12 @@
 //! - [`engine`]: the compiled set — Hyperscan behind the [`engine::Matcher`] trait, plus
 //!   an anchored lazy DFA for the streaming hold-back decision.
 //! - [`stream`]: exact streaming with minimal hold-back, and block mode on the same path.
+//! - [`policy`]: the policy's `dlp` section compiled (and validated, with field paths).
 
 pub mod checks;
 pub mod detectors;
 pub mod engine;
+pub mod policy;
 pub mod stream;
 
 pub use detectors::{Detector, Level, builtins};
