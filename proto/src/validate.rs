@@ -47,6 +47,13 @@ pub fn validate(policy: &Policy) -> Result<(), Violations> {
     if let Some(scope) = &policy.scope {
         validate_scope(&mut r, scope);
     }
+    // A policy may carry only some sections (e.g. a cluster-wide DLP baseline).
+    if policy.pools.is_empty() && policy.dlp.is_none() {
+        r.add(
+            "pools",
+            "at least one pool is required (or another section, such as dlp)",
+        );
+    }
     validate_pools(&mut r, &policy.pools);
     validate_routes(&mut r, policy);
     if r.0.is_empty() {
@@ -137,9 +144,6 @@ fn is_label_key(k: &str) -> bool {
 }
 
 fn validate_pools(r: &mut Report, pools: &[Pool]) {
-    if pools.is_empty() {
-        r.add("pools", "at least one pool is required");
-    }
     let mut seen = HashSet::new();
     for (i, pool) in pools.iter().enumerate() {
         let p = format!("pools[{i}]");
@@ -401,6 +405,9 @@ mod tests {
     fn empty_policy() {
         let v = validate(&Policy::default()).unwrap_err();
         assert_eq!(v.0[0].to_string(), "name: must not be empty");
-        assert_eq!(v.0[1].to_string(), "pools: at least one pool is required");
+        assert_eq!(
+            v.0[1].to_string(),
+            "pools: at least one pool is required (or another section, such as dlp)"
+        );
     }
 }

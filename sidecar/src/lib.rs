@@ -1,7 +1,7 @@
 //! Vigie sidecar.
 //!
 //! Request path: [`proxy`] (Pingora glue) → [`api`] (wire formats, errors) →
-//! [`policy`] (snapshot in force) → [`routing`] (pool and endpoint) → [`upstream`]
+//! [`policy`] (snapshot in force) → [`dlp`] (prompt checks) → [`routing`] (pool and endpoint) → [`upstream`]
 //! (connection, TLS, credentials) → back through [`proxy`] to the client.
 //! [`admin`] serves health and [`telemetry`] metrics. Policies come from a file
 //! ([`policy::file`]) or from the control plane's watch stream ([`control`]).
@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod api;
 pub mod control;
+pub mod dlp;
 pub mod policy;
 pub mod proxy;
 pub mod routing;

@@ -17,6 +17,7 @@ use pingora::server::ShutdownWatch;
 use tracing::{debug, warn};
 
 use crate::api::{self, ApiError, Operation, request::RequestHead};
+use crate::dlp::{self, Counts, Pseudonyms, response::ResponseDlp};
 use crate::policy::{PolicyStore, Snapshot};
 use crate::routing::Attempts;
 use crate::telemetry::Metrics;
@@ -145,13 +146,40 @@ impl SidecarApp {
         op: Operation,
         snapshot: &Snapshot,
     ) -> Result<Outcome, (ApiError, bool)> {
-        let body = read_body(session, self.settings.max_body_bytes)
+        let mut body = read_body(session, self.settings.max_body_bytes)
             .await
             .map_err(|e| (e, false))?;
         let RequestHead { model, .. } = api::request::parse_head(&body).map_err(|e| (e, true))?;
         let targets = snapshot
             .targets(&model)
             .ok_or_else(|| (ApiError::model_not_found(&model), true))?;
+
+        // DLP on what the model will read, before anything leaves the pod.
+        let mut pseudonyms = Pseudonyms::default();
+        if let Some(policy) = &snapshot.dlp {
+            let declared = session
+                .req_header()
+                .headers
+                .get(policy.sensitivity_header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .and_then(dlp::parse_level);
+            let scan = dlp::scan_request(policy, op, &body, declared).map_err(|e| (e, true))?;
+            self.record_dlp(&scan.counts, "request");
+            let level = scan.level.map_or("unspecified", |l| l.as_str());
+            self.metrics.sensitivity.with_label_values(&[level]).inc();
+            if !scan.blocked.is_empty() {
+                self.metrics
+                    .dlp_blocked
+                    .with_label_values(&["request"])
+                    .inc();
+                return Err((ApiError::dlp_blocked_request(&scan.blocked), true));
+            }
+            if let Some(rewritten) = scan.body {
+                body = Bytes::from(rewritten);
+            }
+            pseudonyms = scan.pseudonyms;
+        }
+        let answer_dlp = ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms);
 
         let attempts = Attempts::new(snapshot, targets, self.settings.max_attempts);
         let mut last_error = None;
@@ -189,7 +217,10 @@ impl SidecarApp {
                         .with_label_values(&[&pool.name])
                         .observe(sent.elapsed().as_secs_f64());
                     debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, "forwarded");
-                    return Ok(self.relay(session, exchange, op).await);
+                    return Ok(match answer_dlp {
+                        None => self.relay(session, exchange, op).await,
+                        Some(filter) => self.relay_filtered(session, exchange, op, filter).await,
+                    });
                 }
                 Err(e) => {
                     let outcome = match &e {
@@ -277,6 +308,185 @@ impl SidecarApp {
         Outcome::done(status)
     }
 }
+
+impl SidecarApp {
+    fn record_dlp(&self, counts: &Counts, direction: &str) {
+        for ((detector, action), n) in counts {
+            self.metrics
+                .dlp_findings
+                .with_label_values(&[detector, direction, action])
+                .inc_by(*n);
+        }
+    }
+
+    /// Like [`SidecarApp::relay`], with answer-side DLP and placeholder restoration.
+    /// Streams are rewritten event by event; complete answers are read whole (their
+    /// length changes), rewritten, then sent.
+    async fn relay_filtered(
+        &self,
+        session: &mut ServerSession,
+        mut ex: Exchange,
+        op: Operation,
+        filter: ResponseDlp<'_>,
+    ) -> Outcome {
+        let Some(up_header) = ex.session.response_header() else {
+            return Outcome::broken(502);
+        };
+        let status = up_header.status.as_u16();
+        let sse = upstream::is_event_stream(up_header);
+        let mut header = match upstream::downstream_response(up_header) {
+            Ok(h) => h,
+            Err(_) => return Outcome::broken(502),
+        };
+        header.remove_header(&http::header::CONTENT_LENGTH);
+        if !sse {
+            return self
+                .relay_json(session, ex, op, filter, header, status)
+                .await;
+        }
+        if session
+            .write_response_header(Box::new(header))
+            .await
+            .is_err()
+        {
+            return Outcome::broken(499);
+        }
+        session.set_abort_on_close(true);
+        let mut sse_filter = filter.sse(op);
+        loop {
+            tokio::select! {
+                chunk = ex.session.read_response_body() => {
+                    let (out, last) = match chunk {
+                        Ok(Some(data)) => (sse_filter.push(&data), false),
+                        Ok(None) => (sse_filter.finish(), true),
+                        Err(e) => {
+                            warn!(error = %e, "upstream failed mid-response");
+                            self.record_dlp(sse_filter.counts(), "response");
+                            let event = api::sse::error_event(&ApiError::upstream_broken().with_flavour(op.flavour()));
+                            let clean = session.write_response_body(event, true).await.is_ok()
+                                && session.finish_body().await.is_ok();
+                            return Outcome { status, reusable: clean };
+                        }
+                    };
+                    match out {
+                        Ok(bytes) => {
+                            if !bytes.is_empty() && session.write_response_body(Bytes::from(bytes), false).await.is_err() {
+                                return Outcome::broken(499);
+                            }
+                        }
+                        Err(blocked) => {
+                            self.record_dlp(sse_filter.counts(), "response");
+                            self.metrics.dlp_blocked.with_label_values(&["response"]).inc();
+                            let e = ApiError::dlp_blocked_response(&blocked.0).with_flavour(op.flavour());
+                            let clean = session.write_response_body(api::sse::error_event(&e), true).await.is_ok()
+                                && session.finish_body().await.is_ok();
+                            // The upstream is dropped mid-answer: its connection is not reused.
+                            return Outcome { status, reusable: clean };
+                        }
+                    }
+                    if last {
+                        break;
+                    }
+                }
+                _ = session.read_body_or_idle(true) => {
+                    debug!("client closed the connection mid-response");
+                    return Outcome::broken(499);
+                }
+            }
+        }
+        self.record_dlp(sse_filter.counts(), "response");
+        if session.finish_body().await.is_err() {
+            return Outcome::broken(status);
+        }
+        if ex.session.response_done() {
+            self.upstream.release(ex).await;
+        }
+        Outcome::done(status)
+    }
+
+    async fn relay_json(
+        &self,
+        session: &mut ServerSession,
+        mut ex: Exchange,
+        op: Operation,
+        mut filter: ResponseDlp<'_>,
+        mut header: ResponseHeader,
+        status: u16,
+    ) -> Outcome {
+        let mut body = BytesMut::new();
+        loop {
+            match ex.session.read_response_body().await {
+                Ok(Some(data)) => {
+                    if body.len() + data.len() > MAX_FILTERED_ANSWER {
+                        return self.respond_answer_too_large(session, op).await;
+                    }
+                    body.extend_from_slice(&data);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "upstream failed mid-response");
+                    respond_error(
+                        session,
+                        &ApiError::upstream_broken().with_flavour(op.flavour()),
+                    )
+                    .await;
+                    return Outcome::broken(502);
+                }
+            }
+        }
+        let filtered = filter.filter_json(op, &body);
+        self.record_dlp(&filter.counts, "response");
+        let out = match filtered {
+            Ok(out) => out,
+            Err(blocked) => {
+                self.metrics
+                    .dlp_blocked
+                    .with_label_values(&["response"])
+                    .inc();
+                let e = ApiError::dlp_blocked_response(&blocked.0).with_flavour(op.flavour());
+                respond_error(session, &e).await;
+                return Outcome::done(e.status);
+            }
+        };
+        if header
+            .insert_header(http::header::CONTENT_LENGTH, out.len().to_string())
+            .is_err()
+        {
+            return Outcome::broken(502);
+        }
+        let ok = session
+            .write_response_header(Box::new(header))
+            .await
+            .is_ok()
+            && session
+                .write_response_body(Bytes::from(out), true)
+                .await
+                .is_ok()
+            && session.finish_body().await.is_ok();
+        if ex.session.response_done() {
+            self.upstream.release(ex).await;
+        }
+        if ok {
+            Outcome::done(status)
+        } else {
+            Outcome::broken(status)
+        }
+    }
+
+    /// An answer too large to check is not passed through unchecked.
+    async fn respond_answer_too_large(
+        &self,
+        session: &mut ServerSession,
+        op: Operation,
+    ) -> Outcome {
+        let e = ApiError::upstream_broken().with_flavour(op.flavour());
+        respond_error(session, &e).await;
+        Outcome::broken(502)
+    }
+}
+
+/// Largest complete (non-streamed) answer read whole for DLP.
+const MAX_FILTERED_ANSWER: usize = 32 * 1024 * 1024;
 
 /// Reads the whole request body, refusing more than `limit` bytes.
 async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ApiError> {

@@ -170,7 +170,10 @@ pub fn upstream_request(
     let path = format!("{}{}", endpoint.path_prefix, path_and_query);
     let mut req = RequestHeader::build(downstream.method.clone(), path.as_bytes(), None)?;
     for (name, value) in &downstream.headers {
-        if !DROPPED_REQUEST_HEADERS.contains(&name.as_str()) {
+        // `x-vigie-*` headers are for the sidecar (declared sensitivity, …), not upstream.
+        if !DROPPED_REQUEST_HEADERS.contains(&name.as_str())
+            && !name.as_str().starts_with("x-vigie-")
+        {
             req.append_header(name.clone(), value.clone())?;
         }
     }

@@ -277,3 +277,24 @@ def test_concurrent_writers_never_lose_an_update(cp, admin):
     urls = {r["policy"]["pools"][0]["endpoints"][0]["url"] for r in revs}
     assert {f"http://free-{i}" for i in range(8)} <= urls
     assert len(cp.call("AuditService/ListAuditEvents", {"policy": "team-a"}, token=admin)["events"]) == 10
+
+
+def test_dlp_section_is_compiled_at_apply_time(cp, admin):
+    bad = {**policy("dlp-bad"), "dlp": {
+        "rules": [{"detector": "FR_NIRR", "action": "DLP_ACTION_REDACT"}, {"detector": "IBAN"}],
+        "customDetectors": [{"name": "CODE", "regex": "AB(["}, {"name": "iban", "keywords": {"words": ["x"]}}]}}
+    with pytest.raises(GrpcError) as e:
+        cp.call("PolicyService/ValidatePolicy", {"policy": bad}, token=admin)
+    for expected in ['dlp.customDetectors[0].regex: does not compile:',
+                     'dlp.customDetectors[1].name: "iban" must be upper-case letters',
+                     'dlp.rules[0].detector: unknown detector "FR_NIRR"',
+                     'dlp.rules[1].action: must be set']:
+        assert expected in e.value.text, e.value.text
+    # A DLP-only baseline is a valid policy: sections are independent.
+    baseline = {"name": "dlp-baseline", "dlp": {"rules": [{"detector": "*", "action": "DLP_ACTION_REDACT"}]}}
+    r = cp.call("PolicyService/ApplyPolicy", {"policy": baseline}, token=admin)
+    assert r["revision"]["summary"] == "created (cluster-wide): pools none; routes none; dlp 1 rules"
+    cp.call("PolicyService/ApplyPolicy", {"policy": policy("team-a", {"namespace": "team-a"})}, token=admin)
+    eff = cp.call("PolicyService/GetEffectivePolicy", {"identity": {"namespace": "team-a"}}, token=admin)
+    assert [(s["section"], s["policy"]) for s in eff["sources"]] == [("routing", "team-a"), ("dlp", "dlp-baseline")]
+    assert eff["policy"]["dlp"]["rules"][0]["detector"] == "*"

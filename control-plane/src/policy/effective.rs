@@ -18,16 +18,23 @@ struct Section {
     take: fn(&mut Policy, &Policy),
 }
 
-/// Later issues (DLP, budgets, egress) add their sections here.
-const SECTIONS: &[Section] = &[Section {
-    // Routes name pools, so both come from the same policy.
-    name: "routing",
-    present: |p| !p.pools.is_empty(),
-    take: |dst, src| {
-        dst.pools.clone_from(&src.pools);
-        dst.routes.clone_from(&src.routes);
+/// Later issues (budgets, egress) add their sections here.
+const SECTIONS: &[Section] = &[
+    Section {
+        // Routes name pools, so both come from the same policy.
+        name: "routing",
+        present: |p| !p.pools.is_empty(),
+        take: |dst, src| {
+            dst.pools.clone_from(&src.pools);
+            dst.routes.clone_from(&src.routes);
+        },
     },
-}];
+    Section {
+        name: "dlp",
+        present: |p| p.dlp.is_some(),
+        take: |dst, src| dst.dlp.clone_from(&src.dlp),
+    },
+];
 
 /// Version reported when no policy matches.
 pub const NO_POLICY: &str = "none";

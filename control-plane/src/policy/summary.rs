@@ -83,12 +83,16 @@ pub fn summarize(old: Option<&Policy>, new: Option<&Policy>) -> String {
                     v.join(", ")
                 }
             };
-            format!(
+            let mut s = format!(
                 "created ({}): pools {}; routes {}",
                 describe_scope(p.scope.as_ref()),
                 names(p.pools.iter().map(|x| x.name.as_str()).collect()),
                 names(p.routes.iter().map(|x| x.model.as_str()).collect()),
-            )
+            );
+            if let Some(d) = &p.dlp {
+                s.push_str(&format!("; dlp {} rules", d.rules.len()));
+            }
+            s
         }
         (Some(o), Some(n)) => {
             let mut out = Vec::new();
@@ -101,6 +105,18 @@ pub fn summarize(old: Option<&Policy>, new: Option<&Policy>) -> String {
             }
             diff("pools", &pools(o), &pools(n), &mut out);
             diff("routes", &routes(o), &routes(n), &mut out);
+            match (&o.dlp, &n.dlp) {
+                (None, Some(d)) => out.push(format!("dlp added ({} rules)", d.rules.len())),
+                (Some(_), None) => out.push("dlp removed".into()),
+                (Some(a), Some(b)) if a != b => out.push(format!(
+                    "dlp changed ({} -> {} rules, {} -> {} custom detectors)",
+                    a.rules.len(),
+                    b.rules.len(),
+                    a.custom_detectors.len(),
+                    b.custom_detectors.len()
+                )),
+                _ => {}
+            }
             if out.is_empty() {
                 // Same sets, same contents: only the order of entries differs.
                 out.push(

@@ -11,12 +11,12 @@ use vigie_proto::v1::{
     ListPoliciesResponse, ListRevisionsRequest, ListRevisionsResponse, Policy, PolicyRevision,
     PolicySummary, RevisionAction, RollbackRequest, ValidatePolicyRequest, ValidatePolicyResponse,
 };
-use vigie_proto::validate::validate;
 
 use super::{invalid, store_error, timestamp, violations_status};
 use crate::auth::{Authenticator, Principal, Role};
 use crate::hub::Hub;
 use crate::policy::summary::summarize;
+use crate::policy::validate;
 use crate::store::{NewRevision, Revision, Store, StoreError};
 
 /// Attempts when another writer races us without an explicit expected revision.

@@ -356,6 +356,18 @@ fn match_starts(dfa: &DFA, cache: &mut Cache, text: &[u8], end: usize, out: &mut
     }
 }
 
+/// Whether one pattern compiles in both engines; the error is the engine's message.
+pub fn check_pattern(pattern: &str, caseless: bool) -> Result<(), String> {
+    HyperscanMatcher::compile(&[(pattern.to_string(), caseless)]).map_err(|e| hs_message(&e))?;
+    let expr = if caseless {
+        format!("(?i:{pattern})")
+    } else {
+        pattern.to_string()
+    };
+    syntax::parse_with(&expr, &dfa_syntax()).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// The largest char boundary ≤ i.
 pub fn floor_boundary(s: &str, mut i: usize) -> usize {
     i = i.min(s.len());

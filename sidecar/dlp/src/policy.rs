@@ -155,6 +155,19 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
                 ]
             }
         };
+        // Checked here too (not only when the engine is built) so that a broken
+        // pattern is reported together with every other problem.
+        if let Err(message) = crate::engine::check_pattern(&patterns[0], c.case_insensitive) {
+            let field = match c.kind {
+                Some(custom_detector::Kind::Keywords(_)) => "keywords",
+                _ => "regex",
+            };
+            p.add(
+                format!("{path}.{field}"),
+                format!("does not compile: {message}"),
+            );
+            continue;
+        }
         customs.push((
             i,
             Detector {

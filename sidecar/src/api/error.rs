@@ -134,6 +134,45 @@ impl ApiError {
         )
     }
 
+    /// The request carries data the policy forbids sending. Names detector types, never
+    /// the values.
+    pub fn dlp_blocked_request<'a>(detectors: impl IntoIterator<Item = &'a String>) -> Self {
+        let names: Vec<&str> = detectors.into_iter().map(String::as_str).collect();
+        Self::new(
+            400,
+            "invalid_request_error",
+            Some("dlp_blocked"),
+            format!(
+                "The request was blocked by the data-loss policy: it contains {}.",
+                names.join(", ")
+            ),
+        )
+    }
+
+    /// The answer contained data the policy forbids returning; it was cut.
+    pub fn dlp_blocked_response<'a>(detectors: impl IntoIterator<Item = &'a String>) -> Self {
+        let names: Vec<&str> = detectors.into_iter().map(String::as_str).collect();
+        Self::new(
+            451,
+            "server_error",
+            Some("dlp_blocked_response"),
+            format!(
+                "The answer was stopped by the data-loss policy: it contained {}.",
+                names.join(", ")
+            ),
+        )
+    }
+
+    /// DLP could not run; the request is not forwarded unchecked.
+    pub fn dlp_unavailable() -> Self {
+        Self::new(
+            503,
+            "server_error",
+            Some("dlp_unavailable"),
+            "The data-loss check could not run; the request was not forwarded.",
+        )
+    }
+
     /// The JSON body in the error's flavour.
     pub fn body(&self) -> serde_json::Value {
         match self.flavour {

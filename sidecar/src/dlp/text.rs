@@ -185,8 +185,14 @@ mod tests {
             ),
             ["sys", "part", "{\"a\":1}", "result"]
         );
-        assert_eq!(collect(Operation::Completions, r#"{"prompt":["a","b"]}"#, true), ["a", "b"]);
-        assert_eq!(collect(Operation::Embeddings, r#"{"input":"x"}"#, true), ["x"]);
+        assert_eq!(
+            collect(Operation::Completions, r#"{"prompt":["a","b"]}"#, true),
+            ["a", "b"]
+        );
+        assert_eq!(
+            collect(Operation::Embeddings, r#"{"input":"x"}"#, true),
+            ["x"]
+        );
         assert!(collect(Operation::Embeddings, r#"{"input":[1,2,3]}"#, true).is_empty());
         assert_eq!(
             collect(
@@ -207,7 +213,11 @@ mod tests {
             ["answer", "{}"]
         );
         assert_eq!(
-            collect(Operation::Messages, r#"{"content":[{"type":"text","text":"t"}]}"#, false),
+            collect(
+                Operation::Messages,
+                r#"{"content":[{"type":"text","text":"t"}]}"#,
+                false
+            ),
             ["t"]
         );
     }

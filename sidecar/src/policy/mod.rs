@@ -71,6 +71,8 @@ pub struct Snapshot {
     routes: HashMap<String, Vec<Target>>,
     /// Client-facing model names, sorted (for `GET /v1/models`).
     pub models: Vec<String>,
+    /// Compiled DLP section (patterns compiled once per policy version).
+    pub dlp: Option<Arc<vigie_dlp::policy::CompiledDlp>>,
 }
 
 impl Snapshot {
@@ -130,6 +132,16 @@ impl Snapshot {
                 timeouts,
             });
         }
+        let dlp = match &policy.dlp {
+            None => None,
+            Some(d) => match vigie_dlp::policy::compile(d) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(v) => {
+                    problems.extend(v);
+                    None
+                }
+            },
+        };
         if !problems.is_empty() {
             return Err(Violations(problems));
         }
@@ -184,6 +196,7 @@ impl Snapshot {
             pools,
             routes,
             models,
+            dlp,
         })
     }
 

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub control_plane_connected: IntGauge,
+    pub dlp_findings: IntCounterVec,
+    pub dlp_blocked: IntCounterVec,
+    pub sensitivity: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +78,31 @@ impl Metrics {
             "Whether the watch stream to the control plane is up (1) or not (0).",
         )?;
         registry.register(Box::new(control_plane_connected.clone()))?;
+        // Detector types and counts only: a value never becomes a label.
+        let dlp_findings = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_dlp_findings_total",
+                "DLP findings by detector, direction (request, response) and action.",
+            ),
+            &["detector", "direction", "action"],
+        )?;
+        let dlp_blocked = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_dlp_blocked_total",
+                "Requests refused or answers cut by a DLP block rule.",
+            ),
+            &["direction"],
+        )?;
+        let sensitivity = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_request_sensitivity_total",
+                "Requests by sensitivity level (declared or found by DLP, whichever is higher).",
+            ),
+            &["level"],
+        )?;
+        registry.register(Box::new(dlp_findings.clone()))?;
+        registry.register(Box::new(dlp_blocked.clone()))?;
+        registry.register(Box::new(sensitivity.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttfb.clone()))?;
@@ -92,6 +120,9 @@ impl Metrics {
             policy_info,
             policy_reloads,
             control_plane_connected,
+            dlp_findings,
+            dlp_blocked,
+            sensitivity,
         })
     }
 

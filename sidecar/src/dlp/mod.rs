@@ -1,0 +1,190 @@
+//! DLP on the request path: which texts to look at ([`text`]), what to do with each
+//! finding (request side here, answer side in [`response`]), placeholders
+//! ([`pseudonym`]). The engine itself is the `vigie-dlp` crate; nothing here depends on
+//! Pingora.
+
+pub mod pseudonym;
+pub mod response;
+pub mod text;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+pub use vigie_dlp::Level;
+use vigie_dlp::engine::{Engine, Finding};
+use vigie_dlp::policy::{Action, CompiledDlp, DetectorActions};
+use vigie_dlp::stream::{Transform, transform_block};
+
+use crate::api::{ApiError, Operation};
+pub use pseudonym::Pseudonyms;
+
+/// Finding counts by (detector, action), for telemetry. Never values.
+pub type Counts = BTreeMap<(String, &'static str), u64>;
+
+pub fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Alert => "alert",
+        Action::Redact => "redact",
+        Action::Pseudonymize => "pseudonymize",
+        Action::Block => "block",
+    }
+}
+
+pub fn parse_level(s: &str) -> Option<Level> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "public" => Some(Level::Public),
+        "internal" => Some(Level::Internal),
+        "personal" => Some(Level::Personal),
+        "restricted" => Some(Level::Restricted),
+        _ => None,
+    }
+}
+
+/// The result of scanning a request.
+#[derive(Debug, Default)]
+pub struct RequestScan {
+    /// The rewritten body, when a finding changed it.
+    pub body: Option<Vec<u8>>,
+    pub pseudonyms: Pseudonyms,
+    /// Maximum of the declared level and the levels of what was found.
+    pub level: Option<Level>,
+    pub counts: Counts,
+    /// Detector names whose action is `block`: the request must be refused.
+    pub blocked: BTreeSet<String>,
+}
+
+struct RequestTransform<'a> {
+    actions: &'a [DetectorActions],
+    scan: &'a mut RequestScan,
+    changed: bool,
+}
+
+impl Transform for RequestTransform<'_> {
+    fn finding(&mut self, _engine: &Engine, f: &Finding, value: &str, out: &mut String) {
+        let Some(a) = self.actions.get(f.detector) else {
+            out.push_str(value);
+            return;
+        };
+        let Some(action) = a.request else {
+            out.push_str(value);
+            return;
+        };
+        *self
+            .scan
+            .counts
+            .entry((a.name.clone(), action_name(action)))
+            .or_default() += 1;
+        self.scan.level = self.scan.level.max(Some(a.level));
+        match action {
+            Action::Alert => out.push_str(value),
+            Action::Redact | Action::Block => {
+                if action == Action::Block {
+                    self.scan.blocked.insert(a.name.clone());
+                }
+                self.changed = true;
+                out.push_str(&a.replacement);
+            }
+            Action::Pseudonymize => {
+                self.changed = true;
+                out.push_str(&self.scan.pseudonyms.placeholder(&a.name, value));
+            }
+        }
+    }
+
+    fn overflow(&mut self, out: &mut String) {
+        // Block mode has no cap: unreachable for requests, and safe if ever reached.
+        self.changed = true;
+        out.push_str("[REDACTED]");
+    }
+}
+
+/// Scans the texts of a request; the body is rewritten only if something changed.
+pub fn scan_request(
+    dlp: &CompiledDlp,
+    op: Operation,
+    body: &[u8],
+    declared: Option<Level>,
+) -> Result<RequestScan, ApiError> {
+    let mut scan = RequestScan {
+        level: declared,
+        ..RequestScan::default()
+    };
+    if !dlp.scans_requests() {
+        return Ok(scan);
+    }
+    let mut json: Value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::invalid_request("The request body must be a JSON object."))?;
+    let mut changed = false;
+    let mut failure = None;
+    text::request_texts(op, &mut json, &mut |s: &mut String| {
+        if failure.is_some() {
+            return;
+        }
+        let mut t = RequestTransform {
+            actions: &dlp.actions,
+            scan: &mut scan,
+            changed: false,
+        };
+        match transform_block(&dlp.engine, s, &mut t) {
+            Ok(new) => {
+                if t.changed {
+                    changed = true;
+                    *s = new;
+                }
+            }
+            Err(e) => failure = Some(e),
+        }
+    });
+    if let Some(e) = failure {
+        tracing::error!(error = %e, "DLP scan failed; refusing the request");
+        return Err(ApiError::dlp_unavailable());
+    }
+    if changed {
+        scan.body =
+            Some(serde_json::to_vec(&json).map_err(|_| {
+                ApiError::invalid_request("The request body could not be re-encoded.")
+            })?);
+    }
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dlp(json: &str) -> CompiledDlp {
+        vigie_dlp::policy::compile(&serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn request_actions() {
+        let d = dlp(
+            r#"{"rules":[{"detector":"FR_NIR","action":"DLP_ACTION_PSEUDONYMIZE","direction":"DLP_DIRECTION_REQUEST"},
+            {"detector":"EMAIL_ADDRESS","action":"DLP_ACTION_REDACT"},
+            {"detector":"PHONE_NUMBER","action":"DLP_ACTION_ALERT"}]}"#,
+        );
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"NIR 1 85 05 78 006 084 91, mail a.b@c.fr, tel 06 12 34 56 78, NIR 1 85 05 78 006 084 91"}]}"#;
+        let s = scan_request(&d, Operation::ChatCompletions, body, Some(Level::Internal)).unwrap();
+        let out: Value = serde_json::from_slice(s.body.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            out["messages"][0]["content"],
+            "NIR <FR_NIR_1>, mail [EMAIL_ADDRESS], tel 06 12 34 56 78, NIR <FR_NIR_1>"
+        );
+        assert_eq!(s.level, Some(Level::Personal));
+        assert_eq!(s.counts[&("FR_NIR".to_string(), "pseudonymize")], 2);
+        assert_eq!(s.counts[&("PHONE_NUMBER".to_string(), "alert")], 1);
+        assert!(s.blocked.is_empty());
+        assert_eq!(
+            s.pseudonyms.restore_all("voir <FR_NIR_1>"),
+            "voir 1 85 05 78 006 084 91"
+        );
+    }
+
+    #[test]
+    fn block_names_detectors_only() {
+        let d = dlp(r#"{"rules":[{"detector":"*","action":"DLP_ACTION_BLOCK"}]}"#);
+        let body = br#"{"model":"m","prompt":"IBAN FR76 3000 6000 0112 3456 7890 189"}"#;
+        let s = scan_request(&d, Operation::Completions, body, None).unwrap();
+        assert_eq!(s.blocked.iter().collect::<Vec<_>>(), ["IBAN"]);
+    }
+}

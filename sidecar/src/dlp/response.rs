@@ -1,0 +1,584 @@
+//! DLP on answers: complete JSON bodies, and SSE streams event by event.
+//!
+//! Each text stream of an answer (a choice's content, a tool call's arguments, an
+//! Anthropic content block) gets its own [`StreamScanner`] (response rules) followed by
+//! a [`Restorer`] (placeholders back to values). Held text is flushed into the event
+//! that ends its stream (`finish_reason`, `content_block_stop`, `[DONE]`), so nothing is
+//! lost and nothing sensitive is released early.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+use vigie_dlp::engine::{Engine, Finding};
+use vigie_dlp::policy::{Action, CompiledDlp, DetectorActions};
+use vigie_dlp::stream::{StreamScanner, Transform, transform_block};
+
+use super::pseudonym::{Pseudonyms, Restorer};
+use super::{Counts, action_name, text};
+use crate::api::Operation;
+
+/// Detector names whose answer-side action is `block`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked(pub BTreeSet<String>);
+
+#[derive(Debug, Default)]
+struct ResponseTransform<'a> {
+    actions: &'a [DetectorActions],
+    counts: Counts,
+    blocked: BTreeSet<String>,
+}
+
+impl Transform for ResponseTransform<'_> {
+    fn finding(&mut self, _engine: &Engine, f: &Finding, value: &str, out: &mut String) {
+        let Some(a) = self.actions.get(f.detector) else {
+            out.push_str(value);
+            return;
+        };
+        let Some(action) = a.response else {
+            out.push_str(value);
+            return;
+        };
+        *self
+            .counts
+            .entry((a.name.clone(), action_name(action)))
+            .or_default() += 1;
+        match action {
+            Action::Alert => out.push_str(value),
+            // A value the model wrote itself has no placeholder to restore: redact it.
+            Action::Redact | Action::Pseudonymize => out.push_str(&a.replacement),
+            Action::Block => {
+                self.blocked.insert(a.name.clone());
+                out.push_str(&a.replacement);
+            }
+        }
+    }
+
+    fn overflow(&mut self, out: &mut String) {
+        *self
+            .counts
+            .entry(("OVERSIZED_CANDIDATE".into(), "redact"))
+            .or_default() += 1;
+        out.push_str("[REDACTED]");
+    }
+}
+
+/// What the answer side does for one request.
+pub struct ResponseDlp<'a> {
+    dlp: Option<&'a CompiledDlp>,
+    pseudonyms: &'a Pseudonyms,
+    pub counts: Counts,
+}
+
+impl std::fmt::Debug for ResponseDlp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseDlp").finish_non_exhaustive()
+    }
+}
+
+impl<'a> ResponseDlp<'a> {
+    /// `None` when there is nothing to do on the answer.
+    pub fn new(dlp: Option<&'a CompiledDlp>, pseudonyms: &'a Pseudonyms) -> Option<Self> {
+        let dlp = dlp.filter(|d| d.scans_responses());
+        if dlp.is_none() && pseudonyms.is_empty() {
+            return None;
+        }
+        Some(Self {
+            dlp,
+            pseudonyms,
+            counts: Counts::new(),
+        })
+    }
+
+    fn merge(&mut self, counts: Counts) {
+        for (k, v) in counts {
+            *self.counts.entry(k).or_default() += v;
+        }
+    }
+
+    /// A complete JSON answer. Unparseable bodies (e.g. error pages) pass unchanged
+    /// only if no placeholders or rules apply to them — they are not model text.
+    pub fn filter_json(&mut self, op: Operation, body: &[u8]) -> Result<Vec<u8>, Blocked> {
+        let Ok(mut json) = serde_json::from_slice::<Value>(body) else {
+            return Ok(body.to_vec());
+        };
+        let mut blocked = BTreeSet::new();
+        let mut counts = Counts::new();
+        let (dlp, names) = (self.dlp, self.pseudonyms);
+        text::response_texts(op, &mut json, &mut |s: &mut String| {
+            if let Some(d) = dlp {
+                let mut t = ResponseTransform {
+                    actions: &d.actions,
+                    ..ResponseTransform::default()
+                };
+                // The engine never fails on a built policy; if it did, drop the text.
+                *s = transform_block(&d.engine, s, &mut t).unwrap_or_else(|_| "[REDACTED]".into());
+                blocked.extend(t.blocked);
+                for (k, v) in t.counts {
+                    *counts.entry(k).or_default() += v;
+                }
+            }
+            *s = names.restore_all(s);
+        });
+        self.merge(counts);
+        if !blocked.is_empty() {
+            return Err(Blocked(blocked));
+        }
+        Ok(serde_json::to_vec(&json).unwrap_or_else(|_| body.to_vec()))
+    }
+
+    pub fn sse(self, op: Operation) -> SseFilter<'a> {
+        SseFilter {
+            op,
+            dlp: self,
+            buf: Vec::new(),
+            streams: BTreeMap::new(),
+            template: None,
+        }
+    }
+}
+
+/// One text stream of an answer.
+struct TextStream<'a> {
+    scanner: Option<StreamScanner<'a>>,
+    transform: ResponseTransform<'a>,
+    restorer: Restorer,
+}
+
+/// Which text of the answer a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Field {
+    Content,
+    ToolArguments(u64),
+    AnthropicText,
+    AnthropicJson,
+}
+
+/// Rewrites an SSE answer event by event.
+pub struct SseFilter<'a> {
+    op: Operation,
+    dlp: ResponseDlp<'a>,
+    buf: Vec<u8>,
+    streams: BTreeMap<(u64, Field), TextStream<'a>>,
+    /// Last OpenAI chunk seen, to build a chunk for text flushed at `[DONE]`.
+    template: Option<Value>,
+}
+
+impl std::fmt::Debug for SseFilter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseFilter")
+            .field("op", &self.op)
+            .finish_non_exhaustive()
+    }
+}
+
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    // Events end with a blank line: "\n\n" or "\r\n\r\n".
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+impl<'a> SseFilter<'a> {
+    pub fn counts(&self) -> &Counts {
+        &self.dlp.counts
+    }
+
+    fn stream(&mut self, key: (u64, Field)) -> &mut TextStream<'a> {
+        let dlp = self.dlp.dlp;
+        self.streams.entry(key).or_insert_with(|| TextStream {
+            scanner: dlp.map(|d| StreamScanner::new(&d.engine, d.hold_back_cap)),
+            transform: ResponseTransform {
+                actions: dlp.map_or(&[], |d| d.actions.as_slice()),
+                ..ResponseTransform::default()
+            },
+            restorer: Restorer::default(),
+        })
+    }
+
+    /// Feeds text into a stream; returns what may be released now.
+    fn feed(&mut self, key: (u64, Field), text: &str) -> Result<String, Blocked> {
+        let names = self.dlp.pseudonyms;
+        let s = self.stream(key);
+        let mut scanned = String::new();
+        match &mut s.scanner {
+            Some(scanner) => {
+                if scanner.push(text, &mut s.transform, &mut scanned).is_err() {
+                    scanned = "[REDACTED]".into();
+                }
+            }
+            None => scanned.push_str(text),
+        }
+        if !s.transform.blocked.is_empty() {
+            return Err(Blocked(s.transform.blocked.clone()));
+        }
+        Ok(s.restorer.push(names, &scanned))
+    }
+
+    /// Ends a stream; returns its held text.
+    fn flush(&mut self, key: (u64, Field)) -> Result<String, Blocked> {
+        let names = self.dlp.pseudonyms;
+        let Some(mut s) = self.streams.remove(&key) else {
+            return Ok(String::new());
+        };
+        let mut scanned = String::new();
+        if let Some(scanner) = &mut s.scanner
+            && scanner.finish(&mut s.transform, &mut scanned).is_err()
+        {
+            scanned = "[REDACTED]".into();
+        }
+        let counts = std::mem::take(&mut s.transform.counts);
+        self.dlp.merge(counts);
+        if !s.transform.blocked.is_empty() {
+            return Err(Blocked(s.transform.blocked));
+        }
+        let mut out = s.restorer.push(names, &scanned);
+        out.push_str(&s.restorer.finish());
+        Ok(out)
+    }
+
+    fn flush_choice(&mut self, index: u64) -> Result<Vec<(Field, String)>, Blocked> {
+        let keys: Vec<(u64, Field)> = self
+            .streams
+            .keys()
+            .filter(|(i, _)| *i == index)
+            .copied()
+            .collect();
+        let mut out = Vec::new();
+        for k in keys {
+            let text = self.flush(k)?;
+            if !text.is_empty() {
+                out.push((k.1, text));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes from upstream in; bytes for the client out. `Err`: stop the answer.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<u8>, Blocked> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some((end, sep)) = find_event_end(&self.buf) {
+            let event: Vec<u8> = self.buf.drain(..end + sep).collect();
+            let raw = &event[..end];
+            self.event(raw, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// End of the upstream body: whatever is still held goes out.
+    pub fn finish(&mut self) -> Result<Vec<u8>, Blocked> {
+        let mut out = Vec::new();
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            self.event(&rest, &mut out)?;
+        }
+        self.flush_all(&mut out)?;
+        Ok(out)
+    }
+
+    fn flush_all(&mut self, out: &mut Vec<u8>) -> Result<(), Blocked> {
+        let indexes: BTreeSet<u64> = self.streams.keys().map(|(i, _)| *i).collect();
+        for i in indexes {
+            let texts = self.flush_choice(i)?;
+            if texts.is_empty() {
+                continue;
+            }
+            match self.op {
+                Operation::Messages => {
+                    for (field, t) in texts {
+                        write_event(
+                            out,
+                            Some("content_block_delta"),
+                            &anthropic_delta(i, field, &t),
+                        );
+                    }
+                }
+                _ => {
+                    let mut chunk = self.template.clone().unwrap_or_else(|| json!({}));
+                    chunk["choices"] = json!([{"index": i, "delta": {}, "finish_reason": null}]);
+                    if let Some(c) = chunk["choices"].get_mut(0) {
+                        apply_openai_flush(self.op, c, texts);
+                    }
+                    write_event(out, None, &chunk);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<(), Blocked> {
+        let Ok(text) = std::str::from_utf8(raw) else {
+            // Not text: not something DLP can read, and not SSE we understand. Drop it
+            // rather than let unchecked bytes through.
+            return Ok(());
+        };
+        let mut event_name = None;
+        let mut data = String::new();
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event_name = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        if data.trim() == "[DONE]" {
+            self.flush_all(out)?;
+            out.extend_from_slice(b"data: [DONE]\n\n");
+            return Ok(());
+        }
+        let Ok(mut json) = serde_json::from_str::<Value>(&data) else {
+            // Comments, keep-alives and non-JSON events carry no model text.
+            if data.is_empty() {
+                out.extend_from_slice(raw);
+                out.extend_from_slice(b"\n\n");
+            }
+            return Ok(());
+        };
+        match self.op {
+            Operation::Messages => self.anthropic_event(&mut json, event_name.as_deref(), out)?,
+            _ => {
+                self.openai_chunk(&mut json)?;
+                write_event(out, event_name.as_deref(), &json);
+            }
+        }
+        Ok(())
+    }
+
+    fn openai_chunk(&mut self, json: &mut Value) -> Result<(), Blocked> {
+        let Some(Value::Array(choices)) = json.get_mut("choices") else {
+            return Ok(());
+        };
+        let mut choices = std::mem::take(choices);
+        for c in &mut choices {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            if self.op == Operation::Completions {
+                if let Some(Value::String(t)) = c.get_mut("text") {
+                    *t = self.feed((index, Field::Content), t)?;
+                }
+            } else if let Some(delta) = c.get_mut("delta") {
+                if let Some(Value::String(t)) = delta.get_mut("content") {
+                    *t = self.feed((index, Field::Content), t)?;
+                }
+                if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+                    for call in calls {
+                        let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        if let Some(Value::String(a)) = call.pointer_mut("/function/arguments") {
+                            *a = self.feed((index, Field::ToolArguments(k)), a)?;
+                        }
+                    }
+                }
+            }
+            if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                let texts = self.flush_choice(index)?;
+                apply_openai_flush(self.op, c, texts);
+            }
+        }
+        json["choices"] = Value::Array(choices);
+        let mut template = json.clone();
+        template["choices"] = json!([]);
+        if let Some(obj) = template.as_object_mut() {
+            obj.remove("usage");
+        }
+        self.template = Some(template);
+        Ok(())
+    }
+
+    fn anthropic_event(
+        &mut self,
+        json: &mut Value,
+        name: Option<&str>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Blocked> {
+        let index = json.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match json.get("type").and_then(Value::as_str) {
+            Some("content_block_delta") => {
+                if let Some(delta) = json.get_mut("delta") {
+                    let (field, key) = match delta.get("type").and_then(Value::as_str) {
+                        Some("text_delta") => (Field::AnthropicText, "text"),
+                        Some("input_json_delta") => (Field::AnthropicJson, "partial_json"),
+                        _ => {
+                            write_event(out, name, json);
+                            return Ok(());
+                        }
+                    };
+                    if let Some(Value::String(t)) = delta.get_mut(key) {
+                        *t = self.feed((index, field), t)?;
+                    }
+                }
+            }
+            Some("content_block_stop") => {
+                for (field, t) in self.flush_choice(index)? {
+                    write_event(
+                        out,
+                        Some("content_block_delta"),
+                        &anthropic_delta(index, field, &t),
+                    );
+                }
+            }
+            Some("message_stop") => self.flush_all(out)?,
+            _ => {}
+        }
+        write_event(out, name, json);
+        Ok(())
+    }
+}
+
+fn anthropic_delta(index: u64, field: Field, text: &str) -> Value {
+    if field == Field::AnthropicJson {
+        json!({"type": "content_block_delta", "index": index,
+               "delta": {"type": "input_json_delta", "partial_json": text}})
+    } else {
+        json!({"type": "content_block_delta", "index": index,
+               "delta": {"type": "text_delta", "text": text}})
+    }
+}
+
+/// Puts flushed text into the chunk that ends a choice.
+fn apply_openai_flush(op: Operation, choice: &mut Value, texts: Vec<(Field, String)>) {
+    for (field, t) in texts {
+        match (op, field) {
+            (Operation::Completions, _) => {
+                let prev = choice.get("text").and_then(Value::as_str).unwrap_or("");
+                choice["text"] = Value::String(format!("{t}{prev}"));
+            }
+            (_, Field::ToolArguments(k)) => {
+                let delta = &mut choice["delta"];
+                if !delta.get("tool_calls").is_some_and(Value::is_array) {
+                    delta["tool_calls"] = json!([]);
+                }
+                if let Some(calls) = delta["tool_calls"].as_array_mut() {
+                    calls.push(json!({"index": k, "function": {"arguments": t}}));
+                }
+            }
+            _ => {
+                let delta = &mut choice["delta"];
+                let prev = delta.get("content").and_then(Value::as_str).unwrap_or("");
+                delta["content"] = Value::String(format!("{t}{prev}"));
+            }
+        }
+    }
+}
+
+fn write_event(out: &mut Vec<u8>, name: Option<&str>, json: &Value) {
+    if let Some(n) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(n.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(json.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dlp(json: &str) -> CompiledDlp {
+        vigie_dlp::policy::compile(&serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    fn chunk(content: &str, finish: Option<&str>) -> String {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                   "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]})
+        )
+    }
+
+    fn contents(sse: &[u8]) -> String {
+        let text = String::from_utf8(sse.to_vec()).unwrap();
+        text.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| {
+                let v: Value = serde_json::from_str(d).unwrap();
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_answer_is_redacted_and_restored_across_any_split() {
+        let d = dlp(
+            r#"{"rules":[{"detector":"PHONE_NUMBER","action":"DLP_ACTION_REDACT","direction":"DLP_DIRECTION_RESPONSE"}]}"#,
+        );
+        let mut names = Pseudonyms::default();
+        let ph = names.placeholder("FR_NIR", "1 85 05 78 006 084 91");
+        let answer = format!("Le dossier {ph} : appelez le 06 12 34 56 78 demain.");
+        let expected = "Le dossier 1 85 05 78 006 084 91 : appelez le [PHONE_NUMBER] demain.";
+        let mut stream = String::new();
+        let words: Vec<&str> = answer.split_inclusive(' ').collect();
+        for w in &words {
+            stream.push_str(&chunk(w, None));
+        }
+        stream.push_str(&chunk("", Some("stop")));
+        stream.push_str("data: [DONE]\n\n");
+        // Cut the raw SSE bytes everywhere: events and values split across reads.
+        for step in [1usize, 3, 7, 64] {
+            let mut f = ResponseDlp::new(Some(&d), &names)
+                .unwrap()
+                .sse(Operation::ChatCompletions);
+            let mut out = Vec::new();
+            for piece in stream.as_bytes().chunks(step) {
+                out.extend(f.push(piece).unwrap());
+            }
+            out.extend(f.finish().unwrap());
+            assert_eq!(contents(&out), expected, "step {step}");
+            assert!(
+                String::from_utf8(out)
+                    .unwrap()
+                    .ends_with("data: [DONE]\n\n")
+            );
+        }
+    }
+
+    #[test]
+    fn block_in_answer_stops_the_stream() {
+        let d = dlp(
+            r#"{"rules":[{"detector":"IBAN","action":"DLP_ACTION_BLOCK","direction":"DLP_DIRECTION_RESPONSE"}]}"#,
+        );
+        let names = Pseudonyms::default();
+        let mut f = ResponseDlp::new(Some(&d), &names)
+            .unwrap()
+            .sse(Operation::ChatCompletions);
+        let first = f
+            .push(chunk("Voici: FR76 3000 6000 0112 3456 7890 189", None).as_bytes())
+            .unwrap();
+        assert!(!String::from_utf8(first).unwrap().contains("FR76"));
+        let err = f.push(chunk(" fin", None).as_bytes()).unwrap_err();
+        assert_eq!(err.0.iter().collect::<Vec<_>>(), ["IBAN"]);
+    }
+
+    #[test]
+    fn json_answers() {
+        let d = dlp(r#"{"rules":[{"detector":"EMAIL_ADDRESS","action":"DLP_ACTION_REDACT"}]}"#);
+        let mut names = Pseudonyms::default();
+        let ph = names.placeholder("FR_NIR", "185057800608491");
+        let body = json!({"choices": [{"index": 0, "message": {"role": "assistant",
+            "content": format!("NIR {ph}, écrire à x.y@z.fr")}}]});
+        let mut r = ResponseDlp::new(Some(&d), &names).unwrap();
+        let out: Value = serde_json::from_slice(
+            &r.filter_json(Operation::ChatCompletions, body.to_string().as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            out["choices"][0]["message"]["content"],
+            "NIR 185057800608491, écrire à [EMAIL_ADDRESS]"
+        );
+        assert_eq!(r.counts[&("EMAIL_ADDRESS".to_string(), "redact")], 1);
+    }
+}
