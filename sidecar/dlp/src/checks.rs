@@ -23,8 +23,22 @@ pub fn luhn(ds: &[u32]) -> bool {
     !ds.is_empty() && sum.is_multiple_of(10)
 }
 
-/// Payment card: 13–19 digits, a known issuer prefix, Luhn.
+/// Payment card: 13–19 digits, a known issuer prefix, Luhn, and separators written
+/// as people write card numbers (none, or one kind between groups of four; Amex 4-6-5).
 pub fn credit_card(s: &str) -> bool {
+    let seps: Vec<char> = s.chars().filter(|c| !c.is_ascii_digit()).collect();
+    if let Some(&sep) = seps.first() {
+        if seps.iter().any(|&c| c != sep) {
+            return false;
+        }
+        let groups: Vec<usize> = s.split(sep).map(str::len).collect();
+        let fours = groups.len() >= 2
+            && groups[..groups.len() - 1].iter().all(|&g| g == 4)
+            && (1..=7).contains(&groups[groups.len() - 1]);
+        if !(fours || groups == [4, 6, 5]) {
+            return false;
+        }
+    }
     let ds = digits(s);
     if !(13..=19).contains(&ds.len()) || !luhn(&ds) {
         return false;
@@ -224,6 +238,10 @@ mod tests {
         assert!(credit_card("5555 5555 5555 4444"));
         assert!(credit_card("2223 0000 4841 0010"));
         assert!(!credit_card("4111 1111 1111 1112"));
+        // Mixed or misplaced separators: a UUID tail, not a card.
+        assert!(!credit_card("4111-111111111111"));
+        assert!(!credit_card("4111 1111-1111 1111"));
+        assert!(credit_card("3782 822463 10005"));
         assert!(fr_siren("732 829 320"));
         assert!(!fr_siren("732 829 321"));
         assert!(fr_siret("732 829 320 00074"));

@@ -275,7 +275,20 @@ impl Engine {
             }
         }
         let mut valid = candidates;
-        valid.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+        // Leftmost, then longest; on the same span, a detector that needed (and found)
+        // context words is the more specific reading (a SIRET is Luhn-valid, so it is
+        // also a card-shaped number).
+        let contextual = |f: &Finding| {
+            self.detectors
+                .get(f.detector)
+                .is_some_and(|d| !d.context.is_empty())
+        };
+        valid.sort_by(|a, b| {
+            a.start
+                .cmp(&b.start)
+                .then(b.end.cmp(&a.end))
+                .then(contextual(b).cmp(&contextual(a)))
+        });
         let mut chosen: Vec<Finding> = Vec::with_capacity(valid.len());
         for f in valid {
             if chosen.last().is_none_or(|last| f.start >= last.end) {

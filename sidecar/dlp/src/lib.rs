@@ -7,12 +7,15 @@
 //! - [`engine`]: the compiled set — Hyperscan behind the [`engine::Matcher`] trait, plus
 //!   an anchored lazy DFA for the streaming hold-back decision.
 //! - [`stream`]: exact streaming with minimal hold-back, and block mode on the same path.
+//! - [`corpus`]: a seeded, labelled corpus generator for precision/recall.
 //! - [`policy`]: the policy's `dlp` section compiled (and validated, with field paths).
 
 pub mod checks;
+pub mod corpus;
 pub mod detectors;
 pub mod engine;
 pub mod policy;
+pub mod scoring;
 pub mod stream;
 
 pub use detectors::{Detector, Level, builtins};
