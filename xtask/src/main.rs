@@ -57,6 +57,13 @@ enum Bench {
     /// Policy propagation to 1,000 real gRPC watchers, memory per watcher, ApplyPolicy
     /// throughput; embedded store and PostgreSQL.
     ControlPlane,
+    /// DLP: engine throughput, and precision/recall/throughput side by side with
+    /// Microsoft Presidio on the same labelled French corpus.
+    Dlp {
+        /// Corpus samples.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +75,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             what: Bench::ControlPlane,
         } => bench::control_plane(),
+        Cmd::Bench {
+            what: Bench::Dlp { samples },
+        } => bench::dlp(samples),
         Cmd::Bench {
             what:
                 Bench::Proxy {

@@ -414,6 +414,14 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_compiles() {
+        let p: v1::Policy =
+            serde_json::from_str(include_str!("../../../docs/examples/policy-dlp.json")).unwrap();
+        let c = compile(p.dlp.as_ref().unwrap()).unwrap();
+        assert!(c.scans_requests() && c.scans_responses());
+    }
+
+    #[test]
     fn regex_compile_errors_name_the_field() {
         let errors = compile(&dlp(
             r#"{"rules":[{"detector":"CODE","action":"DLP_ACTION_ALERT"}],

@@ -1,0 +1,55 @@
+//! `cargo run --release -p vigie-dlp --example corpus -- N SEED`: prints the labelled
+//! corpus as JSON lines (character offsets, for other tools such as Presidio), then a
+//! last line with Vigie's own scores and scan throughput on it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::time::Instant;
+
+use vigie_dlp::corpus::generate;
+use vigie_dlp::scoring::score;
+use vigie_dlp::{Engine, builtins};
+
+fn chars(text: &str, byte: usize) -> usize {
+    text[..byte].chars().count()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let seed: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20261129);
+    let samples = generate(seed, n);
+    for s in &samples {
+        let labels: Vec<_> = s
+            .labels
+            .iter()
+            .map(|(d, a, b)| serde_json::json!([d, chars(&s.text, *a), chars(&s.text, *b)]))
+            .collect();
+        println!("{}", serde_json::json!({"text": s.text, "labels": labels}));
+    }
+    let engine = Engine::new(builtins()).unwrap();
+    let bytes: usize = samples.iter().map(|s| s.text.len()).sum();
+    // Throughput: several passes, so the figure is not one cold pass.
+    let passes = 20;
+    let t = Instant::now();
+    for _ in 0..passes {
+        for s in &samples {
+            std::hint::black_box(engine.find(&s.text, "").unwrap());
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let scores = score(&engine, &samples).unwrap();
+    let per: serde_json::Map<String, serde_json::Value> = scores
+        .iter()
+        .map(|(k, s)| {
+            (
+                k.clone(),
+                serde_json::json!({"tp": s.tp, "fp": s.fp, "fn": s.fn_}),
+            )
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"vigie": {"scores": per, "mb_per_s": (bytes * passes) as f64 / 1e6 / secs,
+            "ms_per_sample": secs * 1000.0 / (passes * samples.len()) as f64}})
+    );
+}
