@@ -98,6 +98,16 @@ impl Matcher for HyperscanMatcher {
     }
 }
 
+/// For a policy whose rules turn no detector on.
+#[derive(Debug)]
+struct NoMatcher;
+
+impl Matcher for NoMatcher {
+    fn scan(&self, _text: &[u8], _on: &mut dyn FnMut(usize, usize)) -> Result<(), DlpError> {
+        Ok(())
+    }
+}
+
 /// A validated detection in a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finding {
@@ -109,10 +119,23 @@ pub struct Finding {
 /// How far back context words are looked for.
 pub const CONTEXT_WINDOW: usize = 100;
 
+/// A matcher over some of the patterns; local pattern ids map to global indexes.
+#[derive(Debug)]
+struct Group {
+    matcher: Box<dyn Matcher>,
+    patterns: Vec<usize>,
+}
+
 #[derive(Debug)]
 pub struct Engine {
     pub detectors: Vec<Detector>,
-    matcher: Box<dyn Matcher>,
+    /// Detectors that need no context words, plus the context words themselves as
+    /// literals (local ids past `main.patterns`): cheap to scan.
+    main: Group,
+    /// Detectors that need context words: scanned only when one of the words occurs in
+    /// the text or just before it (most prose has none, and these patterns — bare digit
+    /// or alphanumeric runs — are the expensive ones).
+    contextual: Option<Group>,
     /// Pattern index → detector index.
     owner: Vec<usize>,
     /// Per pattern: reverse automaton that finds the leftmost start of a match ending
@@ -157,8 +180,7 @@ impl Engine {
                 dfa_patterns.push(dfa_expr);
             }
         }
-        let matcher =
-            HyperscanMatcher::compile(&patterns).map_err(|e| DlpError::Matcher(hs_message(&e)))?;
+        let (main, contextual) = build_groups(&detectors, &patterns, &owner)?;
         let reverse = dfa_patterns
             .iter()
             .map(|p| {
@@ -185,7 +207,8 @@ impl Engine {
             .map_err(|e| DlpError::Matcher(e.to_string()))?;
         Ok(Engine {
             detectors,
-            matcher: Box::new(matcher),
+            main,
+            contextual,
             owner,
             reverse,
             reverse_caches: Mutex::new(Vec::new()),
@@ -238,9 +261,36 @@ impl Engine {
     /// `before` is the text that preceded it (for boundaries and context words).
     pub fn find(&self, text: &str, before: &str) -> Result<Vec<Finding>, DlpError> {
         let mut ends = Vec::new();
-        self.matcher.scan(text.as_bytes(), &mut |pattern, end| {
-            ends.push((pattern, end))
-        })?;
+        let mut gate_open = false;
+        let main = &self.main.patterns;
+        self.main
+            .matcher
+            .scan(text.as_bytes(), &mut |local, end| match main.get(local) {
+                Some(&pattern) => ends.push((pattern, end)),
+                None => gate_open = true,
+            })?;
+        if let Some(ctx) = &self.contextual {
+            // A context word may lie in the text before this one, or straddle the two.
+            let gate_in_before = !before.is_empty() && !gate_open && {
+                let tail =
+                    &before[floor_boundary(before, before.len().saturating_sub(CONTEXT_WINDOW))..];
+                let head = &text[..floor_boundary(text, CONTEXT_WINDOW)];
+                let joined = [tail.as_bytes(), head.as_bytes()].concat();
+                // The gate literals are in the main set, case-insensitive: one short scan.
+                let mut found = false;
+                self.main.matcher.scan(&joined, &mut |local, _| {
+                    found |= local >= main.len();
+                })?;
+                found
+            };
+            if gate_open || gate_in_before {
+                ctx.matcher.scan(text.as_bytes(), &mut |local, end| {
+                    if let Some(&pattern) = ctx.patterns.get(local) {
+                        ends.push((pattern, end));
+                    }
+                })?;
+            }
+        }
         let mut candidates = Vec::with_capacity(ends.len());
         if !ends.is_empty() {
             let pooled = self.reverse_caches.lock().ok().and_then(|mut p| p.pop());
@@ -367,6 +417,73 @@ fn match_starts(dfa: &DFA, cache: &mut Cache, text: &[u8], end: usize, out: &mut
     {
         out.push(0);
     }
+}
+
+/// The longest run of ASCII characters of a context word (lower case): a literal both
+/// engines match case-insensitively. `None` if too short to be a useful gate.
+fn gate_literal(word: &str) -> Option<String> {
+    let best = word
+        .split(|c: char| !c.is_ascii())
+        .max_by_key(|s| s.len())
+        .unwrap_or("");
+    (best.trim().len() >= 3).then(|| best.to_lowercase())
+}
+
+type Groups = (Group, Option<Group>);
+
+fn build_groups(
+    detectors: &[Detector],
+    patterns: &[(String, bool)],
+    owner: &[usize],
+) -> Result<Groups, DlpError> {
+    let needs_context = |i: usize| {
+        owner
+            .get(i)
+            .and_then(|d| detectors.get(*d))
+            .is_some_and(|d| !d.context.is_empty())
+    };
+    let mut gates: Vec<String> = Vec::new();
+    let mut ungated = false;
+    for d in detectors.iter().filter(|d| !d.context.is_empty()) {
+        for w in &d.context {
+            match gate_literal(w) {
+                Some(g) if !gates.contains(&g) => gates.push(g),
+                Some(_) => {}
+                // A word with no usable ASCII part: its detector cannot be gated.
+                None => ungated = true,
+            }
+        }
+    }
+    let (ctx_ids, main_ids): (Vec<usize>, Vec<usize>) =
+        (0..patterns.len()).partition(|&i| needs_context(i) && !ungated);
+    let compile = |ids: &[usize], extra: &[String]| -> Result<Box<dyn Matcher>, DlpError> {
+        let mut set: Vec<(String, bool)> = ids.iter().map(|&i| patterns[i].clone()).collect();
+        set.extend(
+            extra
+                .iter()
+                .map(|g| (crate::detectors::escape_literal(g), true)),
+        );
+        if set.is_empty() {
+            return Ok(Box::new(NoMatcher));
+        }
+        Ok(Box::new(
+            HyperscanMatcher::compile(&set).map_err(|e| DlpError::Matcher(hs_message(&e)))?,
+        ))
+    };
+    let gate_literals: &[String] = if ctx_ids.is_empty() { &[] } else { &gates };
+    let main = Group {
+        matcher: compile(&main_ids, gate_literals)?,
+        patterns: main_ids,
+    };
+    let contextual = if ctx_ids.is_empty() {
+        None
+    } else {
+        Some(Group {
+            matcher: compile(&ctx_ids, &[])?,
+            patterns: ctx_ids,
+        })
+    };
+    Ok((main, contextual))
 }
 
 /// Whether one pattern compiles in both engines; the error is the engine's message.
