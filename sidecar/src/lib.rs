@@ -7,11 +7,12 @@
 //! ([`policy::file`]) or from the control plane's watch stream ([`control`]).
 
 pub mod admin;
-pub mod api;
 pub mod control;
-pub mod dlp;
 pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod telemetry;
 pub mod upstream;
+
+/// Wire formats and DLP on them live in `vigie-wire` (no Pingora types).
+pub use vigie_wire::{api, dlp};

@@ -593,3 +593,166 @@ pub fn dlp(samples: usize) -> anyhow::Result<()> {
         .arg(root().join("tests/bench/dlp_presidio.py"))
         .arg(samples.to_string()))
 }
+
+const CHAT_PII: &str = r#"{"model":"bench-model","messages":[{"role":"system","content":"Tu es l'assistant du service instructeur."},{"role":"user","content":"Bonjour, voici le dossier de Mme Martin (NIR 1 85 05 78 006 084 91, courriel a.martin@exemple.fr, IBAN FR76 3000 6000 0112 3456 7890 189). Peux-tu résumer sa demande en trois points ?"}],"max_tokens":8}"#;
+const CHAT_PII_STREAM: &str = r#"{"model":"bench-model","messages":[{"role":"user","content":"Dossier de Mme Martin, NIR 1 85 05 78 006 084 91, à résumer."}],"max_tokens":40,"stream":true}"#;
+
+/// Arrival time (ms from request) of each SSE event of one streamed chat.
+fn event_times(host: &str, body: &str) -> anyhow::Result<Vec<f64>> {
+    let mut s = TcpStream::connect(host)?;
+    s.set_nodelay(true)?;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let start = Instant::now();
+    s.write_all(req.as_bytes())?;
+    let mut times = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let t = start.elapsed().as_secs_f64() * 1000.0;
+        let events = buf[..n].windows(5).filter(|w| w == b"data:").count();
+        times.extend(std::iter::repeat_n(t, events));
+    }
+    Ok(times)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `cargo xtask bench dlp-latency`: the same sidecar with DLP off and with every
+/// built-in detector on in both directions: request latency, time to first token, and
+/// the delay DLP adds to each streamed chunk.
+pub fn dlp_latency(duration_s: u64, rate: u32) -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    step("building release binaries");
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    ensure_tools(&ProxyOpts {
+        duration_s,
+        rates: vec![rate],
+        soak_s: 0,
+        soak_rate: 0,
+        litellm: false,
+    })?;
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let start_mock = |extra: &[&str]| -> anyhow::Result<(Proc, String)> {
+        let mut mock = pinned(0, &bin("vigie-mock-pool"));
+        mock.args(["--models", MODEL, "--threads", "1", "--capacity", "100000"])
+            .args(extra)
+            .stdout(Stdio::piped());
+        let mut mock = Proc(mock.spawn().context("starting mock")?);
+        let mut line = String::new();
+        BufReader::new(mock.0.stdout.take().context("mock stdout")?).read_line(&mut line)?;
+        let addr = serde_json::from_str::<Value>(&line)?["listening"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Ok((mock, addr))
+    };
+    let (_fast, fast_addr) = start_mock(&[])?;
+    // A paced stream (50 tokens/s) for the per-chunk delay.
+    let (_paced, paced_addr) = start_mock(&["--tokens-per-sec", "50"])?;
+    let mut rows = Vec::new();
+    let mut chunk_times: Vec<Vec<Vec<f64>>> = Vec::new();
+    for dlp_on in [false, true] {
+        let policy_for = |addr: &str| {
+            let mut p = serde_json::json!({"name": "bench", "pools": [{"name": "gpu", "kind": "POOL_KIND_VLLM",
+                "endpoints": [{"url": format!("http://{addr}")}], "models": [{"name": MODEL}]}]});
+            if dlp_on {
+                p["dlp"] = serde_json::json!({"rules": [
+                    {"detector": "*", "action": "DLP_ACTION_REDACT"},
+                    {"detector": "FR_NIR", "action": "DLP_ACTION_PSEUDONYMIZE", "direction": "DLP_DIRECTION_REQUEST"}]});
+            }
+            p
+        };
+        let run_sidecar = |addr: &str, name: &str| -> anyhow::Result<(Proc, String)> {
+            let (port, admin) = (free_port()?, free_port()?);
+            let file = dir.join(format!("policy-{name}.json"));
+            std::fs::write(&file, policy_for(addr).to_string())?;
+            let p = Proc(
+                pinned(1, &bin("vigie-sidecar"))
+                    .args([
+                        "--listen",
+                        &format!("127.0.0.1:{port}"),
+                        "--admin-listen",
+                        &format!("127.0.0.1:{admin}"),
+                    ])
+                    .arg("--policy-file")
+                    .arg(&file)
+                    .env("RUST_LOG", "warn")
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            );
+            wait_http(
+                &format!("http://127.0.0.1:{admin}/readyz"),
+                Duration::from_secs(20),
+            )?;
+            Ok((p, format!("127.0.0.1:{port}")))
+        };
+        let label = if dlp_on { "DLP on" } else { "DLP off" };
+        let (sc, host) = run_sidecar(&fast_addr, if dlp_on { "on" } else { "off" })?;
+        step(&format!(
+            "{label}: {rate} rps for {duration_s} s, then time to first token"
+        ));
+        let load = oha(
+            &format!("http://{host}/v1/chat/completions"),
+            CHAT_PII,
+            duration_s,
+            Some(rate),
+            64,
+        )?;
+        let (ttft50, ttft99) = ttft_ms(&host, 300)?;
+        drop(sc);
+        let (sc, host) = run_sidecar(&paced_addr, if dlp_on { "on-paced" } else { "off-paced" })?;
+        step(&format!("{label}: 20 paced streams (50 tokens/s)"));
+        let mut runs = Vec::new();
+        for _ in 0..20 {
+            runs.push(event_times(&host, CHAT_PII_STREAM)?);
+        }
+        drop(sc);
+        chunk_times.push(runs);
+        rows.push((label, load, ttft50, ttft99));
+    }
+    // Per chunk index: median arrival over the runs, DLP on minus DLP off.
+    let per_index = |runs: &Vec<Vec<f64>>, k: usize| {
+        median(runs.iter().filter_map(|r| r.get(k).copied()).collect())
+    };
+    let events = chunk_times[0]
+        .iter()
+        .map(Vec::len)
+        .min()
+        .unwrap_or(0)
+        .min(chunk_times[1].iter().map(Vec::len).min().unwrap_or(0));
+    let mut added: Vec<f64> = (0..events)
+        .map(|k| per_index(&chunk_times[1], k) - per_index(&chunk_times[0], k))
+        .collect();
+    added.sort_by(f64::total_cmp);
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| sidecar | achieved rps | 2xx | request p50 | request p99 | TTFT p50 | TTFT p99 |\n|---|---|---|---|---|---|---|"
+    );
+    for (label, l, t50, t99) in &rows {
+        let _ = writeln!(
+            md,
+            "| {label} | {:.0} | {:.3} | {:.3} ms | {:.3} ms | {t50:.3} ms | {t99:.3} ms |",
+            l.rps, l.success, l.p50_ms, l.p99_ms
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nStreamed chunks (50 tokens/s, {events} events, median of 20 streams per index): DLP adds p50 {:.3} ms, max {:.3} ms per chunk.",
+        median(added.clone()),
+        added.last().copied().unwrap_or(f64::NAN)
+    );
+    std::fs::write(dir.join("dlp-latency.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}

@@ -19,7 +19,28 @@ pub fn ci() -> anyhow::Result<()> {
     ]))?;
     step("unit and integration tests (cargo test)");
     run(cargo().args(["test", "--workspace"]))?;
-    e2e(&[])
+    e2e(&[])?;
+    fuzz(FUZZ_SECONDS_IN_CI)
+}
+
+/// Seconds each fuzz target runs in CI: a smoke run that catches regressions; longer
+/// campaigns run with `cargo xtask fuzz --seconds N`.
+const FUZZ_SECONDS_IN_CI: u64 = 20;
+const FUZZ_TARGETS: &[&str] = &["sse_filter", "text_extract"];
+
+/// cargo-fuzz (nightly, libFuzzer, AddressSanitizer) on the wire-format parsers.
+pub fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    // cargo-fuzz's layout: the crate (sidecar/wire) with its targets in fuzz/.
+    let dir = root().join("sidecar/wire");
+    for target in FUZZ_TARGETS {
+        step(&format!("fuzzing {target} for {seconds} s"));
+        run(Command::new("cargo")
+            .current_dir(&dir)
+            .args(["+nightly", "fuzz", "run", target])
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}")))?;
+    }
+    Ok(())
 }
 
 /// Builds the binaries and runs the end-to-end suite (pytest) against them.

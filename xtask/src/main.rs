@@ -28,6 +28,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         pytest_args: Vec<String>,
     },
+    /// Fuzz the wire-format parsers (SSE answer filter, request text extraction).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Benchmarks (results go to target/bench/ and are recorded in docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -64,6 +69,13 @@ enum Bench {
         #[arg(long, default_value_t = 1000)]
         samples: usize,
     },
+    /// DLP on vs off through the sidecar: request latency, TTFT, per-chunk delay.
+    DlpLatency {
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,12 +84,19 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => demo::demo(),
         Cmd::Ci => ci::ci(),
         Cmd::E2e { pytest_args } => ci::e2e(&pytest_args),
+        Cmd::Fuzz { seconds } => {
+            setup::setup()?;
+            ci::fuzz(seconds)
+        }
         Cmd::Bench {
             what: Bench::ControlPlane,
         } => bench::control_plane(),
         Cmd::Bench {
             what: Bench::Dlp { samples },
         } => bench::dlp(samples),
+        Cmd::Bench {
+            what: Bench::DlpLatency { duration, rate },
+        } => bench::dlp_latency(duration, rate),
         Cmd::Bench {
             what:
                 Bench::Proxy {

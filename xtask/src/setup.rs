@@ -23,11 +23,13 @@ pub const APT_PACKAGES: &[&str] = &[
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.10.0";
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn setup() -> anyhow::Result<()> {
     apt()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     python_venv()?;
     Ok(())
 }
@@ -101,6 +103,22 @@ fn bpf_linker() -> anyhow::Result<()> {
         "bpf-linker",
         "--version",
         BPF_LINKER_VERSION,
+        "--locked",
+    ]))
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let version = output(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
+    if version.contains(CARGO_FUZZ_VERSION) {
+        println!("setup: cargo-fuzz {CARGO_FUZZ_VERSION} present");
+        return Ok(());
+    }
+    step(&format!("installing cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    run(Command::new("cargo").current_dir(root()).args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
         "--locked",
     ]))
 }
