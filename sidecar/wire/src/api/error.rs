@@ -163,6 +163,18 @@ impl ApiError {
         )
     }
 
+    /// A complete answer too large to check is not passed through unchecked.
+    pub fn dlp_answer_too_large(limit: usize) -> Self {
+        Self::new(
+            502,
+            "server_error",
+            Some("dlp_answer_too_large"),
+            format!(
+                "The answer exceeds {limit} bytes and could not be checked by the data-loss policy."
+            ),
+        )
+    }
+
     /// DLP could not run; the request is not forwarded unchecked.
     pub fn dlp_unavailable() -> Self {
         Self::new(

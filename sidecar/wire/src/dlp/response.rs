@@ -149,6 +149,8 @@ struct TextStream<'a> {
 enum Field {
     Content,
     ToolArguments(u64),
+    /// Legacy `function_call.arguments`.
+    FunctionCall,
     AnthropicText,
     AnthropicJson,
 }
@@ -368,6 +370,9 @@ impl<'a> SseFilter<'a> {
                 if let Some(Value::String(t)) = delta.get_mut("content") {
                     *t = self.feed((index, Field::Content), t)?;
                 }
+                if let Some(Value::String(a)) = delta.pointer_mut("/function_call/arguments") {
+                    *a = self.feed((index, Field::FunctionCall), a)?;
+                }
                 if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
                     for call in calls {
                         let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -449,6 +454,15 @@ fn apply_openai_flush(op: Operation, choice: &mut Value, texts: Vec<(Field, Stri
             (Operation::Completions, _) => {
                 let prev = choice.get("text").and_then(Value::as_str).unwrap_or("");
                 choice["text"] = Value::String(format!("{t}{prev}"));
+            }
+            (_, Field::FunctionCall) => {
+                let delta = &mut choice["delta"];
+                let prev = delta
+                    .pointer("/function_call/arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                delta["function_call"]["arguments"] = Value::String(format!("{t}{prev}"));
             }
             (_, Field::ToolArguments(k)) => {
                 let delta = &mut choice["delta"];
@@ -543,6 +557,67 @@ mod tests {
                     .ends_with("data: [DONE]\n\n")
             );
         }
+    }
+
+    #[test]
+    fn tool_and_function_call_arguments_are_filtered() {
+        let d = dlp(r#"{"rules":[{"detector":"EMAIL_ADDRESS","action":"DLP_ACTION_REDACT"}]}"#);
+        let names = Pseudonyms::default();
+        let mut f = ResponseDlp::new(Some(&d), &names)
+            .unwrap()
+            .sse(Operation::ChatCompletions);
+        let ev = |delta: Value, finish: Option<&str>| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            )
+        };
+        let mut out = Vec::new();
+        for part in ["{\"to\": \"jean.du", "pont@exemple.fr\"}"] {
+            out.extend(
+                f.push(ev(json!({"function_call": {"arguments": part}}), None).as_bytes())
+                    .unwrap(),
+            );
+            out.extend(
+                f.push(
+                    ev(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                        None,
+                    )
+                    .as_bytes(),
+                )
+                .unwrap(),
+            );
+        }
+        out.extend(
+            f.push(ev(json!({}), Some("tool_calls")).as_bytes())
+                .unwrap(),
+        );
+        out.extend(f.finish().unwrap());
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("pont@exemple"), "{text}");
+        let (mut func, mut tool) = (String::new(), String::new());
+        for e in text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+            let v: Value = serde_json::from_str(e).unwrap();
+            let delta = &v["choices"][0]["delta"];
+            func.push_str(
+                delta
+                    .pointer("/function_call/arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+            );
+            if let Some(calls) = delta["tool_calls"].as_array() {
+                for c in calls {
+                    tool.push_str(
+                        c.pointer("/function/arguments")
+                            .and_then(Value::as_str)
+                            .unwrap_or(""),
+                    );
+                }
+            }
+        }
+        assert_eq!(func, "{\"to\": \"[EMAIL_ADDRESS]\"}");
+        assert_eq!(tool, "{\"to\": \"[EMAIL_ADDRESS]\"}");
     }
 
     #[test]

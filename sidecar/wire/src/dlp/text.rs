@@ -54,6 +54,13 @@ fn visit_tool_calls(v: Option<&mut Value>, f: &mut dyn FnMut(&mut String)) {
     }
 }
 
+/// The legacy (pre-tools) `function_call` of a message.
+fn visit_function_call(m: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    if let Some(args) = m.pointer_mut("/function_call/arguments") {
+        visit_str(args, f);
+    }
+}
+
 /// Anthropic content: a string, or blocks (text, tool_use input, tool_result content).
 fn visit_anthropic_content(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
     match v {
@@ -94,6 +101,7 @@ pub fn request_texts(op: Operation, body: &mut Value, f: &mut dyn FnMut(&mut Str
                         visit_openai_content(c, f);
                     }
                     visit_tool_calls(m.get_mut("tool_calls"), f);
+                    visit_function_call(m, f);
                 }
             }
         }
@@ -134,6 +142,7 @@ pub fn response_texts(op: Operation, body: &mut Value, f: &mut dyn FnMut(&mut St
                             visit_openai_content(content, f);
                         }
                         visit_tool_calls(m.get_mut("tool_calls"), f);
+                        visit_function_call(m, f);
                     }
                 }
             }
@@ -207,10 +216,11 @@ mod tests {
         assert_eq!(
             collect(
                 Operation::ChatCompletions,
-                r#"{"choices":[{"message":{"content":"answer","tool_calls":[{"function":{"arguments":"{}"}}]}}]}"#,
+                r#"{"choices":[{"message":{"content":"answer","tool_calls":[{"function":{"arguments":"{}"}}],
+                "function_call":{"name":"f","arguments":"{\"x\":1}"}}}]}"#,
                 false
             ),
-            ["answer", "{}"]
+            ["answer", "{}", "{\"x\":1}"]
         );
         assert_eq!(
             collect(
