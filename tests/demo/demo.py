@@ -111,6 +111,32 @@ def main():
         show("gpu-1 requests", gpu1.stats()["requests_total"])
         show("gpu-2 requests", gpu2.stats()["requests_total"])
 
+        title("DLP: a cluster-wide baseline policy, pushed like any other")
+        baseline = {"name": "dlp-baseline", "dlp": {"rules": [
+            {"detector": "FR_NIR", "action": "DLP_ACTION_PSEUDONYMIZE", "direction": "DLP_DIRECTION_REQUEST"},
+            {"detector": "IBAN", "action": "DLP_ACTION_REDACT"},
+            {"detector": "EMAIL_ADDRESS", "action": "DLP_ACTION_REDACT"},
+            {"detector": "CLASSIFICATION_MARKING", "action": "DLP_ACTION_BLOCK"}]}}
+        before = sidecar.policy_version()
+        r = cp.call("PolicyService/ApplyPolicy", {"policy": baseline, "comment": "CHG-003 DLP baseline"}, token=admin)
+        wait_until(lambda: sidecar.policy_version() != before, what="DLP policy push")
+        show("ApplyPolicy", f"revision {r['revision']['revision']}: {r['revision']['summary']}")
+        prompt = ("Dossier de M. Durand, NIR 1 85 05 78 006 084 91, IBAN FR76 3000 6000 0112 3456 7890 189, "
+                  "écrire à p.durand@exemple.fr")
+        # The mock repeats the prompt (echo), so the answer shows what comes back to the app.
+        stream = app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
+                                             stream=True, extra_headers={"x-mock-behaviour": '{"echo": true}'})
+        answer = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+        seen = [m.stats()["last_request"] for m in (gpu1, gpu2)]
+        model_saw = next(r["body"]["messages"][-1]["content"] for r in seen if r and "FR_NIR_1" in str(r["body"]))
+        show("the app sent", prompt)
+        show("the model received", model_saw)
+        show("the app got back", answer + "   (streamed; placeholder restored)")
+        try:
+            app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Note DIFFUSION RESTREINTE : plan de crise"}])
+        except openai.BadRequestError as e:
+            show("classified note", f"{e.status_code} {e.code}: {e.body['message']}")
+
         title("Errors in OpenAI's format")
         try:
             app.chat.completions.create(model="llama-unknown", messages=[{"role": "user", "content": "x"}])
@@ -147,7 +173,8 @@ def main():
 
         title("Sidecar metrics (excerpt)")
         for line in sidecar.metrics().splitlines():
-            if line.startswith(("vigie_sidecar_requests_total", "vigie_sidecar_upstream_attempts_total", "vigie_sidecar_policy_info")):
+            if line.startswith(("vigie_sidecar_requests_total", "vigie_sidecar_upstream_attempts_total", "vigie_sidecar_policy_info",
+                                "vigie_sidecar_dlp_findings_total")):
                 print(f"   {DIM}{line}{RESET}")
         print(f"\n{BOLD}Demo complete.{RESET}")
     finally:

@@ -25,6 +25,10 @@ def test_demo_runs_and_narrates():
         "revision 1: created (namespace=team-a): pools onprem-gpu, external; routes gpt-4o-mini",
         "team-a/chatbot-0",
         "policy.rollback",
+        "the model received     Dossier de M. Durand, NIR <FR_NIR_1>, IBAN [IBAN], écrire à [EMAIL_ADDRESS]",
+        "the app got back       Dossier de M. Durand, NIR 1 85 05 78 006 084 91, IBAN [IBAN], écrire à [EMAIL_ADDRESS]",
+        "400 dlp_blocked: The request was blocked by the data-loss policy: it contains CLASSIFICATION_MARKING.",
+        'vigie_sidecar_dlp_findings_total{action="pseudonymize",detector="FR_NIR",direction="request"} 1',
         "Demo complete.",
     ]:
         assert expected in out, f"missing {expected!r} in:\n{out}"
