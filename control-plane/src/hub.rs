@@ -81,10 +81,6 @@ impl Hub {
         })
     }
 
-    pub fn replica(&self) -> &str {
-        &self.replica
-    }
-
     /// Wakes the refresh loop: state changed in the store.
     pub fn notify_changed(&self) {
         self.changed.notify_one();
@@ -306,10 +302,6 @@ impl Hub {
                 at_ms,
             });
         }
-    }
-
-    pub fn watcher_count(&self) -> usize {
-        self.watchers.lock().map_or(0, |w| w.len())
     }
 }
 

@@ -133,6 +133,29 @@ async fn shutdown_signal() {
     }
 }
 
+/// Token management is a write too: it goes to the audit trail.
+async fn audit_cli(
+    store: &dyn store::Store,
+    actor: String,
+    action: &str,
+    summary: String,
+) -> anyhow::Result<()> {
+    store
+        .append_audit(AuditRecord {
+            id: 0,
+            at_ms: now_ms(),
+            actor,
+            role: "cli".into(),
+            action: action.into(),
+            policy: String::new(),
+            revision: 0,
+            summary,
+            comment: String::new(),
+        })
+        .await?;
+    Ok(())
+}
+
 async fn token_command(url: &str, cmd: TokenCommand) -> anyhow::Result<()> {
     let store = store::open(url).await.context("opening the database")?;
     let actor = format!(
@@ -158,19 +181,13 @@ async fn token_command(url: &str, cmd: TokenCommand) -> anyhow::Result<()> {
                 .insert_token(&record)
                 .await
                 .with_context(|| format!("storing token {name:?} (is the name already used?)"))?;
-            store
-                .append_audit(AuditRecord {
-                    id: 0,
-                    at_ms: now_ms(),
-                    actor,
-                    role: "cli".into(),
-                    action: "token.create".into(),
-                    policy: String::new(),
-                    revision: 0,
-                    summary: format!("token {name:?} created with role {role}"),
-                    comment: String::new(),
-                })
-                .await?;
+            audit_cli(
+                store.as_ref(),
+                actor,
+                "token.create",
+                format!("token {name:?} created with role {role}"),
+            )
+            .await?;
             println!("{token}");
         }
         TokenCommand::List => {
@@ -197,19 +214,13 @@ async fn token_command(url: &str, cmd: TokenCommand) -> anyhow::Result<()> {
             if !store.revoke_token(&name, now_ms()).await? {
                 anyhow::bail!("no active token named {name:?}");
             }
-            store
-                .append_audit(AuditRecord {
-                    id: 0,
-                    at_ms: now_ms(),
-                    actor,
-                    role: "cli".into(),
-                    action: "token.revoke".into(),
-                    policy: String::new(),
-                    revision: 0,
-                    summary: format!("token {name:?} revoked"),
-                    comment: String::new(),
-                })
-                .await?;
+            audit_cli(
+                store.as_ref(),
+                actor,
+                "token.revoke",
+                format!("token {name:?} revoked"),
+            )
+            .await?;
             eprintln!("token {name:?} revoked");
         }
     }

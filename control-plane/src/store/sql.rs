@@ -135,10 +135,6 @@ impl SqlStore {
         Ok(store)
     }
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         if self.dialect == Dialect::Postgres {

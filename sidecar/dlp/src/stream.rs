@@ -27,7 +27,9 @@ pub trait Transform {
 
 pub struct StreamScanner<'e> {
     engine: &'e Engine,
-    cache: Cache,
+    /// Created on first use: block mode (one push, then the end) never needs it, and
+    /// requests are scanned in block mode.
+    cache: Option<Cache>,
     pending: String,
     history: String,
     cap: usize,
@@ -50,7 +52,7 @@ impl<'e> StreamScanner<'e> {
     pub fn new(engine: &'e Engine, cap: usize) -> Self {
         Self {
             engine,
-            cache: engine.new_cache(),
+            cache: None,
             pending: String::new(),
             history: String::new(),
             cap: cap.max(64),
@@ -71,9 +73,9 @@ impl<'e> StreamScanner<'e> {
     ) -> Result<(), DlpError> {
         let mut chunk = chunk;
         if let Some(state) = self.suppress {
-            let (next, died) = self
-                .engine
-                .advance(&mut self.cache, state, chunk.as_bytes());
+            let engine = self.engine;
+            let cache = self.cache.get_or_insert_with(|| engine.new_cache());
+            let (next, died) = engine.advance(cache, state, chunk.as_bytes());
             match died {
                 None if next.is_some() => {
                     self.suppress = Some(next);
@@ -113,6 +115,8 @@ impl<'e> StreamScanner<'e> {
     fn hold_point(&mut self) -> usize {
         let len = self.pending.len();
         let bytes = self.pending.as_bytes();
+        let engine = self.engine;
+        let cache = self.cache.get_or_insert_with(|| engine.new_cache());
         for p in 0..len {
             if !self.pending.is_char_boundary(p) {
                 continue;
@@ -129,7 +133,7 @@ impl<'e> StreamScanner<'e> {
             if starts_word && prev.is_some_and(char::is_alphanumeric) {
                 continue;
             }
-            if self.engine.viable_prefix(&mut self.cache, &bytes[p..]) {
+            if engine.viable_prefix(cache, &bytes[p..]) {
                 return p;
             }
         }
@@ -172,9 +176,9 @@ impl<'e> StreamScanner<'e> {
         if overflow {
             // Drop the held candidate and whatever continues it.
             t.overflow(out);
-            let (state, _) =
-                self.engine
-                    .advance(&mut self.cache, None, &self.pending.as_bytes()[h..]);
+            let engine = self.engine;
+            let cache = self.cache.get_or_insert_with(|| engine.new_cache());
+            let (state, _) = engine.advance(cache, None, &self.pending.as_bytes()[h..]);
             self.suppress = Some(state);
             self.pending.clear();
             self.history.clear();

@@ -161,7 +161,8 @@ pub struct SseFilter<'a> {
     dlp: ResponseDlp<'a>,
     buf: Vec<u8>,
     streams: BTreeMap<(u64, Field), TextStream<'a>>,
-    /// Last OpenAI chunk seen, to build a chunk for text flushed at `[DONE]`.
+    /// Identifying fields of the stream's chunks, to build a chunk for text flushed at
+    /// `[DONE]`.
     template: Option<Value>,
 }
 
@@ -388,12 +389,16 @@ impl<'a> SseFilter<'a> {
             }
         }
         json["choices"] = Value::Array(choices);
-        let mut template = json.clone();
-        template["choices"] = json!([]);
-        if let Some(obj) = template.as_object_mut() {
-            obj.remove("usage");
+        if self.template.is_none() {
+            // The fields that identify the stream are the same in every chunk: keep
+            // them once, for a chunk the filter may have to write itself at `[DONE]`.
+            let ident: serde_json::Map<String, Value> =
+                ["id", "object", "created", "model", "system_fingerprint"]
+                    .iter()
+                    .filter_map(|k| json.get(*k).map(|v| ((*k).to_string(), v.clone())))
+                    .collect();
+            self.template = Some(Value::Object(ident));
         }
-        self.template = Some(template);
         Ok(())
     }
 
@@ -618,6 +623,32 @@ mod tests {
         }
         assert_eq!(func, "{\"to\": \"[EMAIL_ADDRESS]\"}");
         assert_eq!(tool, "{\"to\": \"[EMAIL_ADDRESS]\"}");
+    }
+
+    #[test]
+    fn text_held_at_done_goes_out_in_a_chunk_of_the_same_stream() {
+        let d = dlp(r#"{"rules":[{"detector":"PHONE_NUMBER","action":"DLP_ACTION_REDACT"}]}"#);
+        let names = Pseudonyms::default();
+        let mut f = ResponseDlp::new(Some(&d), &names)
+            .unwrap()
+            .sse(Operation::ChatCompletions);
+        // No finish_reason: the held number only ends with the stream.
+        let mut out = f
+            .push(chunk("appelez le 06 12 34 56 78", None).as_bytes())
+            .unwrap();
+        out.extend(f.push(b"data: [DONE]\n\n").unwrap());
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(contents(text.as_bytes()), "appelez le [PHONE_NUMBER]");
+        let flushed = text
+            .split("\n\n")
+            .find(|e| e.contains("[PHONE_NUMBER]"))
+            .unwrap();
+        let v: Value = serde_json::from_str(flushed.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(
+            (v["id"].as_str(), v["model"].as_str()),
+            (Some("c1"), Some("m"))
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"));
     }
 
     #[test]
