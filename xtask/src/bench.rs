@@ -621,11 +621,6 @@ fn event_times(host: &str, body: &str) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// `cargo xtask bench dlp-latency`: the same sidecar with DLP off and with every
 /// built-in detector on in both directions: request latency, time to first token, and
 /// the delay DLP adds to each streamed chunk.
@@ -720,20 +715,21 @@ pub fn dlp_latency(duration_s: u64, rate: u32) -> anyhow::Result<()> {
         chunk_times.push(runs);
         rows.push((label, load, ttft50, ttft99));
     }
-    // Per chunk index: median arrival over the runs, DLP on minus DLP off.
-    let per_index = |runs: &Vec<Vec<f64>>, k: usize| {
-        median(runs.iter().filter_map(|r| r.get(k).copied()).collect())
+    // Inter-chunk delay: the gaps between consecutive events, pooled over the runs.
+    let gaps = |runs: &Vec<Vec<f64>>| {
+        let mut g: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| r.windows(2).map(|w| w[1] - w[0]))
+            .collect();
+        g.sort_by(f64::total_cmp);
+        g
     };
-    let events = chunk_times[0]
-        .iter()
-        .map(Vec::len)
-        .min()
-        .unwrap_or(0)
-        .min(chunk_times[1].iter().map(Vec::len).min().unwrap_or(0));
-    let mut added: Vec<f64> = (0..events)
-        .map(|k| per_index(&chunk_times[1], k) - per_index(&chunk_times[0], k))
-        .collect();
-    added.sort_by(f64::total_cmp);
+    let pct = |v: &[f64], q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let (off_gaps, on_gaps) = (gaps(&chunk_times[0]), gaps(&chunk_times[1]));
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -748,9 +744,15 @@ pub fn dlp_latency(duration_s: u64, rate: u32) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         md,
-        "\nStreamed chunks (50 tokens/s, {events} events, median of 20 streams per index): DLP adds p50 {:.3} ms, max {:.3} ms per chunk.",
-        median(added.clone()),
-        added.last().copied().unwrap_or(f64::NAN)
+        "\n| inter-chunk delay (50 tokens/s, 20 streams, {} gaps off / {} on) | p50 | p99 |\n|---|---|---|\n| DLP off | {:.3} ms | {:.3} ms |\n| DLP on | {:.3} ms | {:.3} ms |\n| added by DLP | {:+.3} ms | {:+.3} ms |",
+        off_gaps.len(),
+        on_gaps.len(),
+        pct(&off_gaps, 0.5),
+        pct(&off_gaps, 0.99),
+        pct(&on_gaps, 0.5),
+        pct(&on_gaps, 0.99),
+        pct(&on_gaps, 0.5) - pct(&off_gaps, 0.5),
+        pct(&on_gaps, 0.99) - pct(&off_gaps, 0.99),
     );
     std::fs::write(dir.join("dlp-latency.md"), &md)?;
     println!("{md}");

@@ -5,6 +5,10 @@
 //! same patterns drive the full-match scan and the streaming hold-back decision.
 //! Word boundaries are checked in Rust (an alphanumeric may not touch a match), since
 //! `\b` differs between the two engines.
+//!
+//! A built-in pattern written `lead«rest` is scanned for as `rest` only: patterns that
+//! start with letters (IBAN, SIV plates) or hex digits (IPv6) would otherwise make the
+//! scan stop at every word; their start is recovered by a reverse automaton.
 
 use crate::checks;
 
@@ -28,11 +32,43 @@ impl Level {
     }
 }
 
+/// One pattern of a detector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    /// The whole pattern: what the streaming hold-back and the start recovery use.
+    pub full: String,
+    /// What the multi-pattern scan looks for: `full` itself, or a suffix of it that
+    /// begins on rarer bytes (digits rather than letters). Every match of `full` ends
+    /// where a match of `scan` ends, so no end is lost; the reverse automaton of `full`
+    /// then finds the real start or rejects the candidate.
+    pub scan: String,
+}
+
+impl Pattern {
+    pub fn whole(p: &str) -> Self {
+        Self {
+            full: p.to_string(),
+            scan: p.to_string(),
+        }
+    }
+
+    /// `lead«rest` scans for `rest` only; the whole pattern is `(?:lead)rest`.
+    fn parse(spec: &str) -> Self {
+        match spec.split_once('«') {
+            Some((lead, rest)) => Self {
+                full: format!("(?:{lead}){rest}"),
+                scan: rest.to_string(),
+            },
+            None => Self::whole(spec),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Detector {
     /// Stable name, e.g. `FR_NIR`.
     pub name: String,
-    pub patterns: Vec<String>,
+    pub patterns: Vec<Pattern>,
     pub caseless: bool,
     /// Removes format matches that are not the real thing (checksums, ranges).
     pub check: Option<fn(&str) -> bool>,
@@ -50,7 +86,7 @@ fn d(
 ) -> Detector {
     Detector {
         name: name.to_string(),
-        patterns: patterns.iter().map(|p| (*p).to_string()).collect(),
+        patterns: patterns.iter().map(|p| Pattern::parse(p)).collect(),
         caseless: false,
         check,
         context: context.iter().map(|c| (*c).to_string()).collect(),
@@ -80,7 +116,7 @@ pub fn builtins() -> Vec<Detector> {
         d(
             "FR_NIR",
             &[
-                "[1-478] ?[0-9]{2} ?(0[1-9]|1[0-2]|[2-9][0-9]) ?(2[AB]|[0-9]{2}) ?[0-9]{3} ?[0-9]{3} ?[0-9]{2}",
+                "[1-478] ?[0-9]{2} ?(0[1-9]|1[0-2]|[2-9][0-9]) ?(2[AB]|[0-9]{2}) ?«[0-9]{3} ?[0-9]{3} ?[0-9]{2}",
             ],
             Some(checks::fr_nir),
             &[],
@@ -88,7 +124,7 @@ pub fn builtins() -> Vec<Detector> {
         ),
         d(
             "IBAN",
-            &["[A-Z]{2}[0-9]{2}( ?[A-Z0-9]{4}){2,7}( ?[A-Z0-9]{1,3})?"],
+            &["[A-Z]{2}«[0-9]{2}( ?[A-Z0-9]{4}){2,7}( ?[A-Z0-9]{1,3})?"],
             Some(checks::iban),
             &[],
             Personal,
@@ -96,8 +132,8 @@ pub fn builtins() -> Vec<Detector> {
         d(
             "CREDIT_CARD",
             &[
-                "[0-9]{4}([ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}",
-                "3[47][0-9]{2}[ -]?[0-9]{6}[ -]?[0-9]{5}",
+                "[0-9]{4}[ -]?«[0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]{1,7}",
+                "3[47][0-9]{2}[ -]?«[0-9]{6}[ -]?[0-9]{5}",
             ],
             Some(checks::credit_card),
             &[],
@@ -141,7 +177,7 @@ pub fn builtins() -> Vec<Detector> {
         d(
             "PHONE_NUMBER",
             &[
-                "0[1-9]([ .-]?[0-9]{2}){4}",
+                "0[1-9][ .-]?«[0-9]{2}([ .-]?[0-9]{2}){3}",
                 "(\\+33|0033) ?(\\(0\\) ?)?[1-9]([ .-]?[0-9]{2}){4}",
             ],
             None,
@@ -158,8 +194,8 @@ pub fn builtins() -> Vec<Detector> {
         d(
             "IP_ADDRESS",
             &[
-                "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
-                "[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f]{0,4}){2,7}",
+                "[0-9]{1,3}\\.«[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+                "[0-9A-Fa-f]{0,4}«(:[0-9A-Fa-f]{0,4}){2,7}",
             ],
             Some(|s| checks::ipv4(s) || checks::ipv6(s)),
             &[],
@@ -182,7 +218,7 @@ pub fn builtins() -> Vec<Detector> {
         ),
         d(
             "FR_LICENSE_PLATE",
-            &["[A-Z]{2}-?[0-9]{3}-?[A-Z]{2}"],
+            &["[A-Z]{2}-?«[0-9]{3}-?[A-Z]{2}"],
             Some(checks::fr_plate_siv),
             &[],
             Personal,

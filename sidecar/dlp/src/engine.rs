@@ -129,9 +129,11 @@ struct Group {
 #[derive(Debug)]
 pub struct Engine {
     pub detectors: Vec<Detector>,
-    /// Detectors that need no context words, plus the context words themselves as
-    /// literals (local ids past `main.patterns`): cheap to scan.
-    main: Group,
+    /// Detectors that need no context words, in two sets scanned one after the other
+    /// (together they scan at half the speed of the two in sequence): those that start
+    /// on digits or punctuation, and the rest with the context words themselves as
+    /// literals (local ids past `patterns`; `free[0]`).
+    free: Vec<Group>,
     /// Detectors that need context words: scanned only when one of the words occurs in
     /// the text or just before it (most prose has none, and these patterns — bare digit
     /// or alphanumeric runs — are the expensive ones).
@@ -143,6 +145,9 @@ pub struct Engine {
     reverse: Vec<DFA>,
     reverse_caches: Mutex<Vec<Vec<Cache>>>,
     prefix: DFA,
+    /// Farthest a match that needs a context word can end after the word ends (`None`:
+    /// unbounded pattern, the rest of the text).
+    context_reach: Option<usize>,
 }
 
 fn is_word(c: char) -> bool {
@@ -158,29 +163,26 @@ impl Engine {
             for (pi, p) in d.patterns.iter().enumerate() {
                 // Each pattern alone first: so a broken custom pattern is reported with
                 // its own position, not as a failure of the whole set.
-                HyperscanMatcher::compile(&[(p.clone(), d.caseless)]).map_err(|e| {
-                    DlpError::Pattern {
-                        detector: di,
-                        pattern: pi,
-                        message: hs_message(&e),
-                    }
-                })?;
-                let dfa_expr = if d.caseless {
-                    format!("(?i:{p})")
-                } else {
-                    p.clone()
-                };
-                syntax::parse_with(&dfa_expr, &dfa_syntax()).map_err(|e| DlpError::Pattern {
+                let checked = [&p.scan, &p.full]
+                    .into_iter()
+                    .try_for_each(|expr| check_pattern(expr, d.caseless));
+                checked.map_err(|message| DlpError::Pattern {
                     detector: di,
                     pattern: pi,
-                    message: e.to_string(),
+                    message,
                 })?;
-                patterns.push((p.clone(), d.caseless));
+                patterns.push((p.scan.clone(), d.caseless));
                 owner.push(di);
-                dfa_patterns.push(dfa_expr);
+                dfa_patterns.push(dfa_expr(&p.full, d.caseless));
             }
         }
-        let (main, contextual) = build_groups(&detectors, &patterns, &owner)?;
+        let (free, contextual) = build_groups(&detectors, &patterns, &owner)?;
+        let context_reach = detectors
+            .iter()
+            .filter(|d| !d.context.is_empty())
+            .flat_map(|d| d.patterns.iter().map(|p| max_len(&p.full, d.caseless)))
+            .try_fold(0, |acc, l| l.map(|l| acc.max(l)))
+            .map(|l| CONTEXT_WINDOW + l);
         let reverse = dfa_patterns
             .iter()
             .map(|p| {
@@ -207,12 +209,13 @@ impl Engine {
             .map_err(|e| DlpError::Matcher(e.to_string()))?;
         Ok(Engine {
             detectors,
-            main,
+            free,
             contextual,
             owner,
             reverse,
             reverse_caches: Mutex::new(Vec::new()),
             prefix,
+            context_reach,
         })
     }
 
@@ -261,34 +264,68 @@ impl Engine {
     /// `before` is the text that preceded it (for boundaries and context words).
     pub fn find(&self, text: &str, before: &str) -> Result<Vec<Finding>, DlpError> {
         let mut ends = Vec::new();
-        let mut gate_open = false;
-        let main = &self.main.patterns;
-        self.main
-            .matcher
-            .scan(text.as_bytes(), &mut |local, end| match main.get(local) {
-                Some(&pattern) => ends.push((pattern, end)),
-                None => gate_open = true,
-            })?;
+        // Where context words (their gate literals) end in `text`.
+        let mut gates = Vec::new();
+        for group in &self.free {
+            let ids = &group.patterns;
+            group
+                .matcher
+                .scan(text.as_bytes(), &mut |local, end| match ids.get(local) {
+                    Some(&pattern) => ends.push((pattern, end)),
+                    None => gates.push(end),
+                })?;
+        }
+
         if let Some(ctx) = &self.contextual {
-            // A context word may lie in the text before this one, or straddle the two.
-            let gate_in_before = !before.is_empty() && !gate_open && {
+            // A context word may also lie in the text before this one, or straddle the
+            // two: it then opens a window at the start of `text`.
+            let head = floor_boundary(text, CONTEXT_WINDOW);
+            if !before.is_empty() && gates.first().is_none_or(|&g| g > 1) {
                 let tail =
                     &before[floor_boundary(before, before.len().saturating_sub(CONTEXT_WINDOW))..];
-                let head = &text[..floor_boundary(text, CONTEXT_WINDOW)];
-                let joined = [tail.as_bytes(), head.as_bytes()].concat();
+                let joined = [tail.as_bytes(), &text.as_bytes()[..head]].concat();
                 // The gate literals are in the main set, case-insensitive: one short scan.
                 let mut found = false;
-                self.main.matcher.scan(&joined, &mut |local, _| {
-                    found |= local >= main.len();
-                })?;
-                found
-            };
-            if gate_open || gate_in_before {
-                ctx.matcher.scan(text.as_bytes(), &mut |local, end| {
+                if let Some(first) = self.free.first() {
+                    first.matcher.scan(&joined, &mut |local, _| {
+                        found |= local >= first.patterns.len();
+                    })?;
+                }
+                if found {
+                    gates.insert(0, 0);
+                }
+            }
+            // Matches that need a context word start at most CONTEXT_WINDOW bytes after
+            // one ends: only those windows are scanned (one byte of margin each side, so
+            // the matcher sees the same neighbours as in the whole text).
+            let len = text.len();
+            let mut window: Option<(usize, usize)> = None;
+            let scan = |(from, to): (usize, usize), ends: &mut Vec<(usize, usize)>| {
+                let Some(bytes) = text.as_bytes().get(from..to) else {
+                    return Ok(());
+                };
+                ctx.matcher.scan(bytes, &mut |local, end| {
                     if let Some(&pattern) = ctx.patterns.get(local) {
-                        ends.push((pattern, end));
+                        ends.push((pattern, from + end));
                     }
-                })?;
+                })
+            };
+            for g in gates {
+                let from = g.saturating_sub(1);
+                let to = self
+                    .context_reach
+                    .map_or(len, |r| g.saturating_add(r + 1).min(len));
+                window = match window {
+                    Some((wf, wt)) if from <= wt => Some((wf, wt.max(to))),
+                    Some(w) => {
+                        scan(w, &mut ends)?;
+                        Some((from, to))
+                    }
+                    None => Some((from, to)),
+                };
+            }
+            if let Some(w) = window {
+                scan(w, &mut ends)?;
             }
         }
         let mut candidates = Vec::with_capacity(ends.len());
@@ -297,7 +334,16 @@ impl Engine {
             let mut caches =
                 pooled.unwrap_or_else(|| self.reverse.iter().map(DFA::create_cache).collect());
             let mut starts = Vec::new();
+            let bytes = text.as_bytes();
             for (pattern, end) in ends {
+                // Most candidates end inside a longer run of letters or digits: the
+                // boundary check of `accept`, done before looking for starts.
+                if end > 0
+                    && bytes.get(end).is_some_and(u8::is_ascii_alphanumeric)
+                    && bytes.get(end - 1).is_some_and(u8::is_ascii_alphanumeric)
+                {
+                    continue;
+                }
                 let (Some(dfa), Some(cache)) = (self.reverse.get(pattern), caches.get_mut(pattern))
                 else {
                     continue;
@@ -429,7 +475,7 @@ fn gate_literal(word: &str) -> Option<String> {
     (best.trim().len() >= 3).then(|| best.to_lowercase())
 }
 
-type Groups = (Group, Option<Group>);
+type Groups = (Vec<Group>, Option<Group>);
 
 fn build_groups(
     detectors: &[Detector],
@@ -454,8 +500,14 @@ fn build_groups(
             }
         }
     }
-    let (ctx_ids, main_ids): (Vec<usize>, Vec<usize>) =
+    let (ctx_ids, free_ids): (Vec<usize>, Vec<usize>) =
         (0..patterns.len()).partition(|&i| needs_context(i) && !ungated);
+    let (digit_led, other): (Vec<usize>, Vec<usize>) = free_ids.into_iter().partition(|&i| {
+        patterns
+            .get(i)
+            .and_then(|(p, caseless)| first_bytes(p, *caseless))
+            .is_some_and(|b| !b.is_empty() && !b.iter().any(u8::is_ascii_alphabetic))
+    });
     let compile = |ids: &[usize], extra: &[String]| -> Result<Box<dyn Matcher>, DlpError> {
         let mut set: Vec<(String, bool)> = ids.iter().map(|&i| patterns[i].clone()).collect();
         set.extend(
@@ -471,10 +523,16 @@ fn build_groups(
         ))
     };
     let gate_literals: &[String] = if ctx_ids.is_empty() { &[] } else { &gates };
-    let main = Group {
-        matcher: compile(&main_ids, gate_literals)?,
-        patterns: main_ids,
-    };
+    let mut free = vec![Group {
+        matcher: compile(&other, gate_literals)?,
+        patterns: other,
+    }];
+    if !digit_led.is_empty() {
+        free.push(Group {
+            matcher: compile(&digit_led, &[])?,
+            patterns: digit_led,
+        });
+    }
     let contextual = if ctx_ids.is_empty() {
         None
     } else {
@@ -483,19 +541,46 @@ fn build_groups(
             patterns: ctx_ids,
         })
     };
-    Ok((main, contextual))
+    Ok((free, contextual))
+}
+
+/// The bytes a match of `pattern` can start with, when there are few of them.
+fn first_bytes(pattern: &str, caseless: bool) -> Option<Vec<u8>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let hir = syntax::parse_with(&dfa_expr(pattern, caseless), &dfa_syntax()).ok()?;
+    let seq = Extractor::new()
+        .kind(ExtractKind::Prefix)
+        .limit_literal_len(1)
+        .limit_class(16)
+        .extract(&hir);
+    let mut bytes = Vec::new();
+    for lit in seq.literals()? {
+        bytes.push(*lit.as_bytes().first()?);
+    }
+    Some(bytes)
 }
 
 /// Whether one pattern compiles in both engines; the error is the engine's message.
 pub fn check_pattern(pattern: &str, caseless: bool) -> Result<(), String> {
     HyperscanMatcher::compile(&[(pattern.to_string(), caseless)]).map_err(|e| hs_message(&e))?;
-    let expr = if caseless {
+    syntax::parse_with(&dfa_expr(pattern, caseless), &dfa_syntax()).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn dfa_expr(pattern: &str, caseless: bool) -> String {
+    if caseless {
         format!("(?i:{pattern})")
     } else {
         pattern.to_string()
-    };
-    syntax::parse_with(&expr, &dfa_syntax()).map_err(|e| e.to_string())?;
-    Ok(())
+    }
+}
+
+/// Longest match of a pattern in bytes, if bounded.
+fn max_len(pattern: &str, caseless: bool) -> Option<usize> {
+    syntax::parse_with(&dfa_expr(pattern, caseless), &dfa_syntax())
+        .ok()?
+        .properties()
+        .maximum_len()
 }
 
 /// The largest char boundary ≤ i.

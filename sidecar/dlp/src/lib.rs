@@ -18,6 +18,6 @@ pub mod policy;
 pub mod scoring;
 pub mod stream;
 
-pub use detectors::{Detector, Level, builtins};
+pub use detectors::{Detector, Level, Pattern, builtins};
 pub use engine::{DlpError, Engine, Finding};
 pub use stream::{Redact, StreamScanner, Transform, transform_block};

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use vigie_proto::v1::{self, DlpAction, DlpDirection, SensitivityLevel, custom_detector};
 use vigie_proto::validate::Violation;
 
-use crate::detectors::{Detector, Level, builtins, escape_literal};
+use crate::detectors::{Detector, Level, Pattern, builtins, escape_literal};
 use crate::engine::{DlpError, Engine};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +136,7 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
                 p.add(format!("{path}.regex"), "must not be empty");
                 continue;
             }
-            Some(custom_detector::Kind::Regex(r)) => vec![r.clone()],
+            Some(custom_detector::Kind::Regex(r)) => vec![Pattern::whole(r)],
             Some(custom_detector::Kind::Keywords(k)) => {
                 let words: Vec<&String> = k.words.iter().filter(|w| !w.trim().is_empty()).collect();
                 if words.is_empty() {
@@ -146,18 +146,18 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
                     );
                     continue;
                 }
-                vec![
-                    words
+                vec![Pattern::whole(
+                    &words
                         .iter()
                         .map(|w| escape_literal(w.trim()))
                         .collect::<Vec<_>>()
                         .join("|"),
-                ]
+                )]
             }
         };
         // Checked here too (not only when the engine is built) so that a broken
         // pattern is reported together with every other problem.
-        if let Err(message) = crate::engine::check_pattern(&patterns[0], c.case_insensitive) {
+        if let Err(message) = crate::engine::check_pattern(&patterns[0].full, c.case_insensitive) {
             let field = match c.kind {
                 Some(custom_detector::Kind::Keywords(_)) => "keywords",
                 _ => "regex",

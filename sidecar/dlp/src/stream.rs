@@ -166,13 +166,7 @@ impl<'e> StreamScanner<'e> {
             // The candidate is too long to keep waiting for: fail closed.
             overflow = true;
         }
-        let mut cursor = 0;
-        for f in findings.iter().filter(|f| f.end <= r) {
-            out.push_str(&self.pending[cursor..f.start]);
-            t.finding(self.engine, f, &self.pending[f.start..f.end], out);
-            cursor = f.end;
-        }
-        out.push_str(&self.pending[cursor..r]);
+        emit(self.engine, &self.pending[..r], &findings, t, out);
         if overflow {
             // Drop the held candidate and whatever continues it.
             t.overflow(out);
@@ -184,7 +178,12 @@ impl<'e> StreamScanner<'e> {
             self.history.clear();
             return Ok(());
         }
-        self.history.push_str(&self.pending[..r]);
+        // Only the last HISTORY bytes are kept: copy no more than that.
+        let keep = floor_boundary(&self.pending, r.saturating_sub(HISTORY));
+        if keep > 0 {
+            self.history.clear();
+        }
+        self.history.push_str(&self.pending[keep..r]);
         if self.history.len() > HISTORY {
             let cut = floor_boundary(&self.history, self.history.len() - HISTORY);
             self.history.drain(..cut);
@@ -194,16 +193,33 @@ impl<'e> StreamScanner<'e> {
     }
 }
 
-/// Block mode: the whole text at once (same code path as streaming).
+/// Writes `text` to `out` with the findings that lie wholly inside it transformed.
+fn emit(
+    engine: &Engine,
+    text: &str,
+    findings: &[Finding],
+    t: &mut dyn Transform,
+    out: &mut String,
+) {
+    let mut cursor = 0;
+    for f in findings.iter().filter(|f| f.end <= text.len()) {
+        out.push_str(&text[cursor..f.start]);
+        t.finding(engine, f, &text[f.start..f.end], out);
+        cursor = f.end;
+    }
+    out.push_str(&text[cursor..]);
+}
+
+/// Block mode: the whole text at once — what streaming does at the end of a text, with
+/// nothing held and nothing before it.
 pub fn transform_block(
     engine: &Engine,
     text: &str,
     t: &mut dyn Transform,
 ) -> Result<String, DlpError> {
-    let mut s = StreamScanner::new(engine, usize::MAX);
+    let findings = engine.find(text, "")?;
     let mut out = String::with_capacity(text.len());
-    s.pending.push_str(text);
-    s.finish(t, &mut out)?;
+    emit(engine, text, &findings, t, &mut out);
     Ok(out)
 }
 

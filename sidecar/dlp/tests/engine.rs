@@ -125,6 +125,40 @@ fn found_by_property_tests() {
 }
 
 #[test]
+fn context_words_reach_only_the_next_hundred_bytes() {
+    let e = engine();
+    let filler = "Le dossier suit son cours normal. ".repeat(10);
+    // Near its context word (after a far one too), far from it, and with the word at the
+    // very end of the text before (streaming history).
+    let text = format!("SIREN {filler}SIREN 732 829 320. {filler}732 829 320.");
+    assert_eq!(
+        redact(e, &text),
+        format!("SIREN {filler}SIREN [FR_SIREN]. {filler}732 829 320.")
+    );
+    let found = e.find("732 829 320 reçu.", "Le numéro SIREN ").unwrap();
+    assert_eq!(found.len(), 1, "context word in the text before");
+    let split = e.find("EN 732 829 320 reçu.", "Le numéro SIR").unwrap();
+    assert_eq!(split.len(), 1, "context word straddling the two texts");
+}
+
+#[test]
+fn every_built_in_scan_form_is_a_suffix_of_its_pattern() {
+    // What makes scanning the suffix alone lossless: each match of the whole pattern
+    // ends where a match of the suffix ends.
+    for d in builtins() {
+        for p in &d.patterns {
+            assert!(
+                p.full == p.scan || p.full.ends_with(&format!("){}", p.scan)),
+                "{}: {:?} / {:?}",
+                d.name,
+                p.full,
+                p.scan
+            );
+        }
+    }
+}
+
+#[test]
 fn leaves_hard_negatives_alone() {
     let e = engine();
     for input in NEGATIVES {

@@ -493,6 +493,9 @@ async fn produce(generation: Generation, mut running: Running, tx: mpsc::Sender<
         }
         _ => None,
     };
+    // Tokens on a fixed schedule from the first one (no drift from timer slack), as a
+    // real server's steady decode rate.
+    let first_token = tokio::time::Instant::now();
     for (i, tok) in tokens.iter().enumerate() {
         if cut == Some(i) {
             break;
@@ -500,7 +503,7 @@ async fn produce(generation: Generation, mut running: Running, tx: mpsc::Sender<
         if i > 0
             && let Some(iv) = b.token_interval()
         {
-            tokio::time::sleep(iv).await;
+            tokio::time::sleep_until(first_token + iv * i as u32).await;
         }
         let frame = match generation.api {
             Api::Chat => wire::sse_data(&wire::chat_chunk(&ids, json!({"content": tok}), None)),

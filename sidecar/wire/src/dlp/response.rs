@@ -151,8 +151,11 @@ enum Field {
     ToolArguments(u64),
     /// Legacy `function_call.arguments`.
     FunctionCall,
+    /// `reasoning_content` (vLLM and DeepSeek-style reasoning models).
+    Reasoning,
     AnthropicText,
     AnthropicJson,
+    AnthropicThinking,
 }
 
 /// Rewrites an SSE answer event by event.
@@ -371,6 +374,9 @@ impl<'a> SseFilter<'a> {
                 if let Some(Value::String(t)) = delta.get_mut("content") {
                     *t = self.feed((index, Field::Content), t)?;
                 }
+                if let Some(Value::String(t)) = delta.get_mut("reasoning_content") {
+                    *t = self.feed((index, Field::Reasoning), t)?;
+                }
                 if let Some(Value::String(a)) = delta.pointer_mut("/function_call/arguments") {
                     *a = self.feed((index, Field::FunctionCall), a)?;
                 }
@@ -415,6 +421,9 @@ impl<'a> SseFilter<'a> {
                     let (field, key) = match delta.get("type").and_then(Value::as_str) {
                         Some("text_delta") => (Field::AnthropicText, "text"),
                         Some("input_json_delta") => (Field::AnthropicJson, "partial_json"),
+                        // The block's signature no longer matches a rewritten thinking
+                        // text; a leak to the user is worse than a rejected replay.
+                        Some("thinking_delta") => (Field::AnthropicThinking, "thinking"),
                         _ => {
                             write_event(out, name, json);
                             return Ok(());
@@ -443,13 +452,12 @@ impl<'a> SseFilter<'a> {
 }
 
 fn anthropic_delta(index: u64, field: Field, text: &str) -> Value {
-    if field == Field::AnthropicJson {
-        json!({"type": "content_block_delta", "index": index,
-               "delta": {"type": "input_json_delta", "partial_json": text}})
-    } else {
-        json!({"type": "content_block_delta", "index": index,
-               "delta": {"type": "text_delta", "text": text}})
-    }
+    let delta = match field {
+        Field::AnthropicJson => json!({"type": "input_json_delta", "partial_json": text}),
+        Field::AnthropicThinking => json!({"type": "thinking_delta", "thinking": text}),
+        _ => json!({"type": "text_delta", "text": text}),
+    };
+    json!({"type": "content_block_delta", "index": index, "delta": delta})
 }
 
 /// Puts flushed text into the chunk that ends a choice.
@@ -478,10 +486,15 @@ fn apply_openai_flush(op: Operation, choice: &mut Value, texts: Vec<(Field, Stri
                     calls.push(json!({"index": k, "function": {"arguments": t}}));
                 }
             }
-            _ => {
+            (_, field) => {
+                let key = if field == Field::Reasoning {
+                    "reasoning_content"
+                } else {
+                    "content"
+                };
                 let delta = &mut choice["delta"];
-                let prev = delta.get("content").and_then(Value::as_str).unwrap_or("");
-                delta["content"] = Value::String(format!("{t}{prev}"));
+                let prev = delta.get(key).and_then(Value::as_str).unwrap_or("");
+                delta[key] = Value::String(format!("{t}{prev}"));
             }
         }
     }
@@ -686,5 +699,60 @@ mod tests {
             "NIR 185057800608491, écrire à [EMAIL_ADDRESS]"
         );
         assert_eq!(r.counts[&("EMAIL_ADDRESS".to_string(), "redact")], 1);
+    }
+
+    #[test]
+    fn reasoning_and_thinking_are_model_text_too() {
+        let d = dlp(r#"{"rules":[{"detector":"EMAIL_ADDRESS","action":"DLP_ACTION_REDACT"}]}"#);
+        let names = Pseudonyms::default();
+        // vLLM / DeepSeek-style `reasoning_content`, split mid-address, flushed at finish.
+        let mut f = ResponseDlp::new(Some(&d), &names)
+            .unwrap()
+            .sse(Operation::ChatCompletions);
+        let reasoning = |t: &str, finish: Option<&str>| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                       "choices": [{"index": 0, "delta": {"reasoning_content": t}, "finish_reason": finish}]})
+            )
+        };
+        let mut out = f
+            .push(reasoning("écrire à jean.du", None).as_bytes())
+            .unwrap();
+        out.extend(f.push(reasoning("pont@x.fr", None).as_bytes()).unwrap());
+        out.extend(f.push(reasoning("", Some("stop")).as_bytes()).unwrap());
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("jean") && !text.contains("x.fr"), "{text}");
+        assert!(text.contains("[EMAIL_ADDRESS]"), "{text}");
+        // Anthropic extended thinking.
+        let mut f = ResponseDlp::new(Some(&d), &names)
+            .unwrap()
+            .sse(Operation::Messages);
+        let thinking = |t: &str| {
+            format!(
+                "event: content_block_delta\ndata: {}\n\n",
+                json!({"type": "content_block_delta", "index": 0,
+                       "delta": {"type": "thinking_delta", "thinking": t}})
+            )
+        };
+        let mut out = f.push(thinking("l'adresse jean.du").as_bytes()).unwrap();
+        out.extend(f.push(thinking("pont@x.fr est").as_bytes()).unwrap());
+        out.extend(
+            f.push(b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n")
+                .unwrap(),
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("jean") && !text.contains("x.fr"), "{text}");
+        assert!(text.contains("[EMAIL_ADDRESS]") && text.contains("thinking_delta"));
+        // Non-streamed: both block types.
+        let mut r = ResponseDlp::new(Some(&d), &names).unwrap();
+        let body = json!({"content": [{"type": "thinking", "thinking": "a@b.fr", "signature": "s"},
+                                      {"type": "text", "text": "ok"}]});
+        let out: Value = serde_json::from_slice(
+            &r.filter_json(Operation::Messages, body.to_string().as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out["content"][0]["thinking"], "[EMAIL_ADDRESS]");
     }
 }

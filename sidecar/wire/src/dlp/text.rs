@@ -61,7 +61,8 @@ fn visit_function_call(m: &mut Value, f: &mut dyn FnMut(&mut String)) {
     }
 }
 
-/// Anthropic content: a string, or blocks (text, tool_use input, tool_result content).
+/// Anthropic content: a string, or blocks (text, thinking, tool_use input, tool_result
+/// content).
 fn visit_anthropic_content(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
     match v {
         Value::String(s) => f(s),
@@ -70,6 +71,11 @@ fn visit_anthropic_content(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
                 match b.get("type").and_then(Value::as_str) {
                     Some("text") => {
                         if let Some(t) = b.get_mut("text") {
+                            visit_str(t, f);
+                        }
+                    }
+                    Some("thinking") => {
+                        if let Some(t) = b.get_mut("thinking") {
                             visit_str(t, f);
                         }
                     }
@@ -140,6 +146,9 @@ pub fn response_texts(op: Operation, body: &mut Value, f: &mut dyn FnMut(&mut St
                     if let Some(m) = c.get_mut("message") {
                         if let Some(content) = m.get_mut("content") {
                             visit_openai_content(content, f);
+                        }
+                        if let Some(r) = m.get_mut("reasoning_content") {
+                            visit_str(r, f);
                         }
                         visit_tool_calls(m.get_mut("tool_calls"), f);
                         visit_function_call(m, f);
