@@ -126,7 +126,7 @@ impl BackgroundService for ControlPlaneTask {
 }
 
 enum PolicySource {
-    File(PolicyFileTask),
+    File(Box<PolicyFileTask>),
     ControlPlane(Box<ControlPlaneTask>),
 }
 
@@ -229,11 +229,11 @@ fn main() -> anyhow::Result<()> {
                 Reload::Rejected(e) => return Err(e).context("loading the policy"),
                 Reload::Unchanged => anyhow::bail!("policy file was not read"),
             }
-            PolicySource::File(PolicyFileTask {
+            PolicySource::File(Box::new(PolicyFileTask {
                 watcher: std::sync::Mutex::new(watcher),
                 interval: Duration::from_millis(args.policy_poll_ms.max(50)),
                 metrics: metrics.clone(),
-            })
+            }))
         }
         None => {
             let url = args

@@ -181,11 +181,39 @@ impl SidecarApp {
         }
         let answer_dlp = ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms);
 
-        let attempts = Attempts::new(snapshot, targets, self.settings.max_attempts);
+        // Prefix affinity only matters where a pool has several endpoints to choose from.
+        let prefix = targets
+            .iter()
+            .any(|t| {
+                snapshot
+                    .pools
+                    .get(t.pool)
+                    .is_some_and(|p| p.endpoints.len() > 1)
+            })
+            .then(|| api::request::prefix_key(op, &body))
+            .flatten()
+            .map(|k| vigie_balance::prefix_hash([k.as_bytes()]));
+        let mut attempts = Attempts::new(
+            snapshot,
+            targets,
+            self.settings.max_attempts,
+            vigie_balance::Request { prefix },
+        );
         let mut last_error = None;
-        for attempt in attempts {
+        // An error answer kept while another endpoint is tried: relayed if none is left.
+        let mut last_answer = None;
+        while let Some(attempt) = attempts.next() {
             let pool = &snapshot.pools[attempt.target.pool];
             let endpoint = &pool.endpoints[attempt.endpoint];
+            let reason = if attempt.pick.probe {
+                "probe"
+            } else {
+                attempt.pick.reason.as_str()
+            };
+            self.metrics
+                .route_picks
+                .with_label_values(&[&pool.name, reason])
+                .inc();
             let payload = if attempt.target.upstream_model == model {
                 body.clone()
             } else {
@@ -208,21 +236,48 @@ impl SidecarApp {
                 .await
             {
                 Ok(exchange) => {
+                    let ttfb = sent.elapsed();
+                    let status = exchange
+                        .session
+                        .response_header()
+                        .map_or(502, |h| h.status.as_u16());
+                    // 5xx says the endpoint is unwell; 429 only that it is busy.
+                    let health = match status {
+                        500.. => vigie_balance::Outcome::Failure,
+                        429 => vigie_balance::Outcome::Neutral,
+                        _ => vigie_balance::Outcome::Success,
+                    };
+                    endpoint.balance.record(health, Some(ttfb), Instant::now());
+                    self.metrics
+                        .ttfb
+                        .with_label_values(&[&pool.name])
+                        .observe(ttfb.as_secs_f64());
+                    if (status >= 500 || status == 429) && attempts.remaining() > 0 {
+                        // Nothing has reached the client: another endpoint or pool may
+                        // answer (a 429's Retry-After is honoured by not asking this
+                        // endpoint again for this request).
+                        self.metrics
+                            .upstream_attempts
+                            .with_label_values(&[&pool.name, &format!("status_{status}")])
+                            .inc();
+                        warn!(pool = %pool.name, endpoint = %endpoint.url, status, "upstream error status, trying the next endpoint");
+                        last_answer = Some(exchange);
+                        continue;
+                    }
                     self.metrics
                         .upstream_attempts
                         .with_label_values(&[&pool.name, "response"])
                         .inc();
-                    self.metrics
-                        .ttfb
-                        .with_label_values(&[&pool.name])
-                        .observe(sent.elapsed().as_secs_f64());
-                    debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, "forwarded");
+                    debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, "forwarded");
                     return Ok(match answer_dlp {
                         None => self.relay(session, exchange, op).await,
                         Some(filter) => self.relay_filtered(session, exchange, op, filter).await,
                     });
                 }
                 Err(e) => {
+                    endpoint
+                        .balance
+                        .record(vigie_balance::Outcome::Failure, None, Instant::now());
                     let outcome = match &e {
                         AttemptError::Connect(_) => "connect_error",
                         AttemptError::FirstByteTimeout => "first_byte_timeout",
@@ -233,13 +288,16 @@ impl SidecarApp {
                         .with_label_values(&[&pool.name, outcome])
                         .inc();
                     warn!(pool = %pool.name, endpoint = %endpoint.url, error = %e, "upstream attempt failed");
-                    let retry = matches!(e, AttemptError::Connect(_));
+                    // Nothing has reached the client yet: every kind is retried.
                     last_error = Some(e);
-                    if !retry {
-                        break;
-                    }
                 }
             }
+        }
+        if let Some(exchange) = last_answer {
+            return Ok(match answer_dlp {
+                None => self.relay(session, exchange, op).await,
+                Some(filter) => self.relay_filtered(session, exchange, op, filter).await,
+            });
         }
         let err = match last_error {
             None => ApiError::no_endpoint(&model),

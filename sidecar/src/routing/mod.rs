@@ -1,15 +1,15 @@
-//! Endpoint selection, as plain Rust (no Pingora types).
-//!
-//! Baseline balancer: power-of-two random choices on outstanding requests divided by
-//! weight, skipping endpoints at their concurrency cap. The routing issue adds queue
-//! depth, prefix affinity, health and circuit breaking on top of the same state.
+//! Endpoint selection, as plain Rust (no Pingora types): the endpoints of the policy's
+//! pools with their live state, and the order of attempts for a request. The choice
+//! itself is `vigie_balance::pick` (queue-aware power of two choices, prefix affinity
+//! with bounded load, passive health).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vigie_balance::{EndpointState, HasState, HealthConfig, Pick, Request};
 use vigie_proto::v1;
 
 use crate::policy::{Snapshot, Target};
@@ -27,9 +27,8 @@ pub struct Endpoint {
     pub path_prefix: String,
     /// Value for the `Host` header.
     pub authority: String,
-    pub weight: u32,
-    pub max_concurrency: u32,
-    inflight: AtomicU32,
+    /// Load, latency and health, shared by every request.
+    pub balance: EndpointState,
     requests: AtomicU64,
     resolved: Mutex<Option<(Vec<SocketAddr>, Instant)>>,
 }
@@ -61,35 +60,28 @@ impl Endpoint {
             port,
             tls,
             authority,
-            weight: ep.weight.max(1),
-            max_concurrency: ep.max_concurrency,
-            inflight: AtomicU32::new(0),
+            balance: EndpointState::new(
+                &ep.url,
+                ep.weight,
+                ep.max_concurrency,
+                HealthConfig::default(),
+            ),
             requests: AtomicU64::new(0),
             resolved: Mutex::new(None),
         })
     }
 
     pub fn inflight(&self) -> u32 {
-        self.inflight.load(Ordering::Relaxed)
+        self.balance.inflight()
     }
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 
-    fn has_room(&self) -> bool {
-        self.max_concurrency == 0 || self.inflight() < self.max_concurrency
-    }
-
-    /// Load normalised by weight, compared without division.
-    fn load_cmp(&self, other: &Endpoint) -> std::cmp::Ordering {
-        (u64::from(self.inflight()) * u64::from(other.weight))
-            .cmp(&(u64::from(other.inflight()) * u64::from(self.weight)))
-    }
-
     /// Marks a request as outstanding on this endpoint until the guard drops.
     pub fn start(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.balance.acquire();
         self.requests.fetch_add(1, Ordering::Relaxed);
         InflightGuard {
             endpoint: self.clone(),
@@ -130,7 +122,13 @@ pub struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.endpoint.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.balance.release();
+    }
+}
+
+impl HasState for Endpoint {
+    fn state(&self) -> &EndpointState {
+        &self.balance
     }
 }
 
@@ -171,51 +169,13 @@ impl EndpointRegistry {
     }
 }
 
-/// Picks an endpoint index: two random candidates (weighted), the less loaded wins.
-/// Endpoints in `exclude` (already tried) or at their concurrency cap are skipped.
-pub fn pick(endpoints: &[Arc<Endpoint>], exclude: &[usize]) -> Option<usize> {
-    let eligible: Vec<usize> = (0..endpoints.len())
-        .filter(|i| !exclude.contains(i) && endpoints[*i].has_room())
-        .collect();
-    match eligible.len() {
-        0 => None,
-        1 => Some(eligible[0]),
-        _ => {
-            let total: u64 = eligible
-                .iter()
-                .map(|&i| u64::from(endpoints[i].weight))
-                .sum();
-            let draw = |r: u64| -> usize {
-                let mut acc = 0u64;
-                for &i in &eligible {
-                    acc += u64::from(endpoints[i].weight);
-                    if r < acc {
-                        return i;
-                    }
-                }
-                eligible[eligible.len() - 1]
-            };
-            let a = draw(fastrand::u64(0..total));
-            let mut b = draw(fastrand::u64(0..total));
-            if a == b {
-                // Guarantee two distinct candidates so a busy endpoint is not picked twice.
-                b = eligible
-                    [(eligible.iter().position(|&i| i == a).unwrap_or(0) + 1) % eligible.len()];
-            }
-            Some(if endpoints[b].load_cmp(&endpoints[a]).is_lt() {
-                b
-            } else {
-                a
-            })
-        }
-    }
-}
-
 /// One try: a route target and an endpoint index within its pool.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt<'a> {
     pub target: &'a Target,
     pub endpoint: usize,
+    /// Why this endpoint (for telemetry).
+    pub pick: Pick,
 }
 
 /// The endpoints to try for a request, in order: endpoints of the first target's pool
@@ -227,17 +187,29 @@ pub struct Attempts<'a> {
     target: usize,
     tried: Vec<usize>,
     remaining: usize,
+    request: Request,
 }
 
 impl<'a> Attempts<'a> {
-    pub fn new(snapshot: &'a Snapshot, targets: &'a [Target], max_attempts: usize) -> Self {
+    pub fn new(
+        snapshot: &'a Snapshot,
+        targets: &'a [Target],
+        max_attempts: usize,
+        request: Request,
+    ) -> Self {
         Self {
             snapshot,
             targets,
             target: 0,
             tried: Vec::new(),
             remaining: max_attempts.max(1),
+            request,
         }
+    }
+
+    /// Attempts still allowed after the current one.
+    pub fn remaining(&self) -> usize {
+        self.remaining
     }
 }
 
@@ -247,17 +219,15 @@ impl<'a> Iterator for Attempts<'a> {
     fn next(&mut self) -> Option<Attempt<'a>> {
         while self.remaining > 0 && self.target < self.targets.len() {
             let target = &self.targets[self.target];
-            if let Some(i) = self
-                .snapshot
-                .pools
-                .get(target.pool)
-                .and_then(|p| pick(&p.endpoints, &self.tried))
-            {
-                self.tried.push(i);
+            if let Some(pick) = self.snapshot.pools.get(target.pool).and_then(|p| {
+                vigie_balance::pick(&p.endpoints, &self.tried, &self.request, Instant::now())
+            }) {
+                self.tried.push(pick.index);
                 self.remaining -= 1;
                 return Some(Attempt {
                     target,
-                    endpoint: i,
+                    endpoint: pick.index,
+                    pick,
                 });
             }
             self.target += 1;
@@ -298,49 +268,11 @@ mod tests {
             ),
             ("api.example.com", 443, "/openai", "api.example.com")
         );
-        assert_eq!(e.weight, 1);
+        assert_eq!(e.balance.weight, 1);
         let e = ep("http://[::1]:8080", 1, 0);
         assert_eq!(
             (e.host.as_str(), e.port, e.authority.as_str()),
             ("::1", 8080, "[::1]:8080")
-        );
-    }
-
-    #[test]
-    fn least_loaded_of_two_wins() {
-        let eps = vec![ep("http://a:1", 1, 0), ep("http://b:1", 1, 0)];
-        let _busy: Vec<_> = (0..5).map(|_| eps[0].start()).collect();
-        for _ in 0..100 {
-            assert_eq!(pick(&eps, &[]), Some(1));
-        }
-    }
-
-    #[test]
-    fn concurrency_cap_and_exclusions() {
-        let eps = vec![ep("http://a:1", 1, 1), ep("http://b:1", 1, 0)];
-        let g = eps[0].start();
-        assert_eq!(pick(&eps, &[]), Some(1));
-        assert_eq!(pick(&eps, &[1]), None);
-        drop(g);
-        assert_eq!(pick(&eps, &[1]), Some(0));
-        assert_eq!(eps[0].inflight(), 0);
-    }
-
-    #[test]
-    fn weights_shape_the_distribution_when_idle() {
-        let eps = vec![
-            ep("http://a:1", 1, 0),
-            ep("http://b:1", 9, 0),
-            ep("http://c:1", 1, 0),
-        ];
-        let mut counts = [0u32; 3];
-        for _ in 0..3000 {
-            counts[pick(&eps, &[]).unwrap()] += 1;
-        }
-        // With equal load the first draw wins ties, so the heavy endpoint dominates.
-        assert!(
-            counts[1] > counts[0] * 3 && counts[1] > counts[2] * 3,
-            "{counts:?}"
         );
     }
 
@@ -354,7 +286,7 @@ mod tests {
         .unwrap();
         let s = Snapshot::compile(policy, &EndpointRegistry::default()).unwrap();
         let targets = s.targets("m").unwrap();
-        let seen: Vec<(usize, usize)> = Attempts::new(&s, targets, 10)
+        let seen: Vec<(usize, usize)> = Attempts::new(&s, targets, 10, Request::default())
             .map(|a| (a.target.pool, a.endpoint))
             .collect();
         assert_eq!(seen.len(), 3);
@@ -362,7 +294,7 @@ mod tests {
         let mut first_pool: Vec<usize> = seen[..2].iter().map(|x| x.1).collect();
         first_pool.sort();
         assert_eq!(first_pool, vec![0, 1]);
-        assert_eq!(Attempts::new(&s, targets, 2).count(), 2);
+        assert_eq!(Attempts::new(&s, targets, 2, Request::default()).count(), 2);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub ttfb: HistogramVec,
     pub upstream_attempts: IntCounterVec,
+    pub route_picks: IntCounterVec,
     pub inflight: IntGauge,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
@@ -57,6 +58,13 @@ impl Metrics {
                 "Upstream attempts by pool and outcome.",
             ),
             &["pool", "outcome"],
+        )?;
+        let route_picks = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_route_picks_total",
+                "Endpoint choices by pool and reason (only, affinity, least_loaded, probe).",
+            ),
+            &["pool", "reason"],
         )?;
         let inflight = IntGauge::new("vigie_sidecar_inflight_requests", "Requests in progress.")?;
         let policy_info = IntGaugeVec::new(
@@ -107,6 +115,7 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttfb.clone()))?;
         registry.register(Box::new(upstream_attempts.clone()))?;
+        registry.register(Box::new(route_picks.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(policy_info.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
@@ -116,6 +125,7 @@ impl Metrics {
             duration,
             ttfb,
             upstream_attempts,
+            route_picks,
             inflight,
             policy_info,
             policy_reloads,

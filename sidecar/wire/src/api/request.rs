@@ -120,6 +120,47 @@ pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|_| ApiError::invalid_request("The request body could not be re-encoded."))
 }
 
+/// Longest completions prompt prefix used for affinity.
+const PROMPT_PREFIX_BYTES: usize = 2048;
+
+/// The stable head of a prompt, for KV-cache affinity: requests that share it share the
+/// server's cached prefix blocks. Chat: the messages up to the first user message (the
+/// system prompt and what precedes the question); Anthropic: `system` and the first
+/// message; completions: the first 2 KiB of the prompt. `None` when there is none.
+pub fn prefix_key(op: super::Operation, body: &[u8]) -> Option<String> {
+    use super::Operation;
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let key = match op {
+        Operation::ChatCompletions => {
+            let messages = v.get("messages")?.as_array()?;
+            let end = messages
+                .iter()
+                .position(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .map_or(messages.len(), |i| i + 1)
+                .min(4);
+            serde_json::to_string(messages.get(..end)?).ok()?
+        }
+        Operation::Messages => {
+            let first = v.get("messages")?.as_array()?.first()?;
+            serde_json::to_string(&(v.get("system"), first)).ok()?
+        }
+        Operation::Completions => {
+            let prompt = match v.get("prompt")? {
+                Value::String(p) => p.as_str(),
+                Value::Array(items) => items.first()?.as_str()?,
+                _ => return None,
+            };
+            let mut end = prompt.len().min(PROMPT_PREFIX_BYTES);
+            while !prompt.is_char_boundary(end) {
+                end -= 1;
+            }
+            prompt[..end].to_string()
+        }
+        Operation::Embeddings | Operation::ListModels => return None,
+    };
+    Some(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +238,35 @@ mod tests {
         let out = rewrite_model(br#"{"model":"alias","n":1}"#, "real").unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v, serde_json::json!({"model": "real", "n": 1}));
+    }
+
+    #[test]
+    fn prefix_key_is_the_stable_head_of_the_prompt() {
+        use crate::api::Operation;
+        let chat = |q: &str| {
+            format!(
+                r#"{{"model":"m","temperature":0.{},"messages":[{{"role":"system","content":"Tu es un assistant."}},{{"role":"user","content":"{q}"}},{{"role":"assistant","content":"x"}}]}}"#,
+                q.len()
+            )
+        };
+        let a = prefix_key(Operation::ChatCompletions, chat("Bonjour").as_bytes()).unwrap();
+        let b = prefix_key(Operation::ChatCompletions, chat("Bonjour").as_bytes()).unwrap();
+        let c = prefix_key(
+            Operation::ChatCompletions,
+            chat("Autre question").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(a, b, "other parameters do not matter");
+        assert_ne!(a, c);
+        assert!(a.contains("Tu es un assistant") && !a.contains("assistant\",\"content\":\"x"));
+        assert!(prefix_key(Operation::Embeddings, br#"{"model":"m","input":"x"}"#).is_none());
+        assert_eq!(
+            prefix_key(
+                Operation::Completions,
+                br#"{"model":"m","prompt":["abc","d"]}"#
+            )
+            .as_deref(),
+            Some("abc")
+        );
     }
 }
