@@ -1,5 +1,5 @@
 """Routing to GPU pools (issue: routing) — what is built so far: failover on 5xx and 429
-before the first byte, passive ejection (recovery: unit tests in vigie-balance), prefix affinity, and no retry
+before the first byte, passive ejection with recovery, prefix affinity, and no retry
 once the answer has started. Real sidecar, real `openai` SDK, several mock pools."""
 
 import httpx
@@ -48,6 +48,28 @@ def test_5xx_and_429_fail_over_to_another_endpoint_and_the_sick_one_is_ejected(m
         assert ask(s2, f"q{i}").choices
     assert other.stats()["requests_total"] == 10
     assert busy.stats()["requests_total"] >= 1
+
+
+def test_ejected_endpoint_comes_back_after_recovery(mocks, sidecars):
+    flaky, steady = mocks(), mocks()
+    s = sidecars({"name": "r", "pools": [pool("gpu-a", [flaky.url, steady.url], [{"name": "mistral-7b"}])]})
+    flaky.set_behaviour(fail={"kind": "status", "code": 500})
+    for i in range(10):
+        ask(s, f"a{i}")
+    ejected_at = flaky.stats()["requests_total"]
+    assert ejected_at <= 3
+    flaky.set_behaviour()
+    # The ejection lasts 5 s; then the next request is its probe — even a prompt whose
+    # affinity points to the other endpoint — and on success it takes traffic again.
+    def probed():
+        ask(s, "Toujours la même question ?")
+        return flaky.stats()["requests_total"] > ejected_at
+    wait_until(probed, timeout=15, interval=0.2, what="ejected endpoint probed")
+    assert metric(s, "vigie_sidecar_route_picks_total", pool="gpu-a", reason="probe") == 1
+    after_probe = flaky.stats()["requests_total"]
+    for i in range(40):
+        ask(s, f"b{i}")
+    assert flaky.stats()["requests_total"] > after_probe, "back in rotation after the probe succeeded"
 
 
 def test_prefix_affinity_keeps_a_prompt_on_one_endpoint(mocks, sidecars):

@@ -82,6 +82,22 @@ impl Health {
         }
     }
 
+    /// The ejection has ended and no probe is in flight: the next request should go
+    /// here (it can still fail over), or an endpoint that only some prompts reach
+    /// (affinity) could stay ejected for ever.
+    pub fn wants_probe(&self, now: Instant) -> bool {
+        let Ok(inner) = self.inner.lock() else {
+            return false;
+        };
+        match inner.circuit {
+            Circuit::Closed { .. } => false,
+            Circuit::Open { until } => now >= until,
+            Circuit::HalfOpen { probe_since } => {
+                probe_since.is_none_or(|t| now.duration_since(t) >= self.config.probe_timeout)
+            }
+        }
+    }
+
     /// The endpoint was picked: an expired ejection turns into a half-open probe.
     /// Returns whether this request is the probe.
     pub fn begin(&self, now: Instant) -> bool {

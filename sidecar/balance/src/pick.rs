@@ -1,6 +1,8 @@
 //! The choice of an endpoint within a pool for one request.
 //!
-//! 1. Eligible: not already tried, under its concurrency cap, not ejected.
+//! 1. Eligible: not already tried, under its concurrency cap, not ejected. An endpoint
+//!    whose ejection has just ended takes the request as its probe (the request can
+//!    still fail over), so recovery does not depend on which prompts happen to come.
 //! 2. With a prompt-prefix key: rendezvous hashing over the eligible endpoints, bounded
 //!    by load — the highest-ranked endpoint whose score is at most `1.25 × mean + 1`
 //!    ("consistent hashing with bounded loads"), so a popular prefix never piles onto
@@ -30,6 +32,8 @@ pub enum Reason {
     Affinity,
     /// Less loaded of two random choices.
     LeastLoaded,
+    /// The endpoint's ejection had ended: this request checks it.
+    Probe,
 }
 
 impl Reason {
@@ -38,6 +42,7 @@ impl Reason {
             Reason::Only => "only",
             Reason::Affinity => "affinity",
             Reason::LeastLoaded => "least_loaded",
+            Reason::Probe => "probe",
         }
     }
 }
@@ -87,26 +92,25 @@ pub fn pick<E: HasState>(
             eligible.push((i, s.score(now)));
         }
     }
-    let (index, reason) = match eligible.as_slice() {
-        [] => return None,
-        [(only, _)] => (*only, Reason::Only),
-        _ => match request.prefix {
-            Some(prefix) => {
-                let mean = eligible.iter().map(|(_, s)| s).sum::<f64>() / eligible.len() as f64;
-                let bound = BOUND_FACTOR * mean + 1.0;
-                // The mean is never below the minimum: some endpoint is within bound.
-                let best = eligible
-                    .iter()
-                    .filter(|(_, score)| *score <= bound)
-                    .max_by_key(|(i, _)| rank(prefix, endpoints[*i].state().id))
-                    .map(|(i, _)| *i);
-                match best {
-                    Some(i) => (i, Reason::Affinity),
-                    None => (two_choices(endpoints, &eligible), Reason::LeastLoaded),
-                }
-            }
-            None => (two_choices(endpoints, &eligible), Reason::LeastLoaded),
-        },
+    let probe_due = eligible
+        .iter()
+        .find(|(i, _)| endpoints[*i].state().health.wants_probe(now))
+        .map(|(i, _)| *i);
+    let (index, reason) = if let Some(i) = probe_due {
+        (i, Reason::Probe)
+    } else {
+        match eligible.as_slice() {
+            [] => return None,
+            [(only, _)] => (*only, Reason::Only),
+            _ => match request.prefix {
+                Some(prefix) => (
+                    affinity(endpoints, &eligible, prefix)
+                        .unwrap_or_else(|| two_choices(endpoints, &eligible)),
+                    Reason::Affinity,
+                ),
+                None => (two_choices(endpoints, &eligible), Reason::LeastLoaded),
+            },
+        }
     };
     let probe = endpoints
         .get(index)
@@ -116,6 +120,18 @@ pub fn pick<E: HasState>(
         reason,
         probe,
     })
+}
+
+/// The highest-ranked endpoint for `prefix` among those within the load bound.
+fn affinity<E: HasState>(endpoints: &[E], eligible: &[(usize, f64)], prefix: u64) -> Option<usize> {
+    let mean = eligible.iter().map(|(_, s)| s).sum::<f64>() / eligible.len() as f64;
+    let bound = BOUND_FACTOR * mean + 1.0;
+    // The mean is never below the minimum: some endpoint is within bound.
+    eligible
+        .iter()
+        .filter(|(_, score)| *score <= bound)
+        .max_by_key(|(i, _)| rank(prefix, endpoints[*i].state().id))
+        .map(|(i, _)| *i)
 }
 
 fn two_choices<E: HasState>(endpoints: &[E], eligible: &[(usize, f64)]) -> usize {
@@ -270,7 +286,7 @@ mod tests {
         // When the ejection ends, the next pick of endpoint 0 is its probe.
         let later = now + Duration::from_secs(5);
         let p = pick(&e, &[1], &Request::default(), later).unwrap();
-        assert_eq!((p.index, p.probe), (0, true));
+        assert_eq!((p.index, p.probe, p.reason), (0, true, Reason::Probe));
         assert_eq!(
             pick(&e, &[1], &Request::default(), later),
             None,
@@ -308,5 +324,29 @@ mod tests {
             counts[1] > counts[0] * 3 && counts[1] > counts[2] * 3,
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn a_recovered_endpoint_is_probed_even_if_affinity_points_elsewhere() {
+        let e = eps(2);
+        let now = Instant::now();
+        // A prefix whose home is endpoint 1; endpoint 0 gets ejected.
+        let req = (0..)
+            .map(|p: u32| Request {
+                prefix: Some(prefix_hash([p.to_le_bytes().as_slice()])),
+            })
+            .find(|r| pick(&e, &[], r, now).unwrap().index == 1)
+            .unwrap();
+        for _ in 0..3 {
+            e[0].record(Outcome::Failure, None, now);
+        }
+        assert_eq!(pick(&e, &[], &req, now).unwrap().index, 1);
+        let later = now + Duration::from_secs(5);
+        let p = pick(&e, &[], &req, later).unwrap();
+        assert_eq!((p.index, p.reason, p.probe), (0, Reason::Probe, true));
+        // While the probe is out, affinity applies again.
+        assert_eq!(pick(&e, &[], &req, later).unwrap().index, 1);
+        e[0].record(Outcome::Success, None, later);
+        assert!(!e[0].health.ejected());
     }
 }
