@@ -9,7 +9,9 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use crate::v1::{Policy, Pool, PoolKind, Scope, credentials};
+use crate::v1::{
+    Balancing, Hosting, Policy, Pool, PoolKind, Route, Scope, SensitivityLevel, credentials,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -213,6 +215,29 @@ fn validate_pools(r: &mut Report, pools: &[Pool]) {
                 Some(_) => {}
             }
         }
+        if Hosting::try_from(pool.hosting).is_err() {
+            r.add(
+                format!("{p}.hosting"),
+                format!("unknown hosting {}", pool.hosting),
+            );
+        }
+        if SensitivityLevel::try_from(pool.clearance).is_err() {
+            r.add(
+                format!("{p}.clearance"),
+                format!("unknown level {}", pool.clearance),
+            );
+        }
+        if Balancing::try_from(pool.balancing).is_err() {
+            r.add(
+                format!("{p}.balancing"),
+                format!("unknown balancing {}", pool.balancing),
+            );
+        }
+        if let Some(d) = &pool.probe_interval
+            && (d.seconds < 0 || d.nanos < 0)
+        {
+            r.add(format!("{p}.probeInterval"), "must not be negative");
+        }
         if let Some(t) = &pool.timeouts {
             for (field, d) in [
                 ("connect", &t.connect),
@@ -252,28 +277,57 @@ pub fn check_endpoint_url(raw: &str) -> Result<url::Url, String> {
 
 fn validate_routes(r: &mut Report, policy: &Policy) {
     let pools: HashMap<&str, &Pool> = policy.pools.iter().map(|p| (p.name.as_str(), p)).collect();
-    let mut seen = HashSet::new();
+    // Models that already have a route without conditions: later routes never apply.
+    let mut unconditional = HashSet::new();
     for (i, route) in policy.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
         if route.model.is_empty() {
             r.add(format!("{p}.model"), "must not be empty");
-        } else if !seen.insert(route.model.as_str()) {
+        } else if unconditional.contains(route.model.as_str()) {
             r.add(
                 format!("{p}.model"),
-                format!("duplicate route for model {:?}", route.model),
+                format!(
+                    "an earlier route for model {:?} has no conditions: this one would never be used",
+                    route.model
+                ),
+            );
+        } else if route.r#match.as_ref().is_none_or(match_is_empty) {
+            unconditional.insert(route.model.as_str());
+        }
+        let named: Vec<(String, &str)> = if !route.pools.is_empty() {
+            if !route.candidates.is_empty() {
+                r.add(
+                    format!("{p}.candidates"),
+                    "set pools or candidates, not both",
+                );
+            }
+            route
+                .pools
+                .iter()
+                .enumerate()
+                .map(|(j, n)| (format!("{p}.pools[{j}]"), n.as_str()))
+                .collect()
+        } else {
+            route
+                .candidates
+                .iter()
+                .enumerate()
+                .map(|(j, c)| (format!("{p}.candidates[{j}].pool"), c.pool.as_str()))
+                .collect()
+        };
+        if named.is_empty() {
+            r.add(
+                format!("{p}.pools"),
+                "at least one pool is required (pools or candidates)",
             );
         }
-        if route.pools.is_empty() {
-            r.add(format!("{p}.pools"), "at least one pool is required");
-        }
         let mut in_route = HashSet::new();
-        for (j, name) in route.pools.iter().enumerate() {
-            let path = format!("{p}.pools[{j}]");
-            if !in_route.insert(name.as_str()) {
+        for (path, name) in named {
+            if !in_route.insert(name) {
                 r.add(path, format!("pool {name:?} is listed twice"));
                 continue;
             }
-            match pools.get(name.as_str()) {
+            match pools.get(name) {
                 None => r.add(path, format!("unknown pool {name:?}")),
                 Some(pool) if !route.model.is_empty() && !serves(pool, &route.model) => r.add(
                     path,
@@ -282,6 +336,139 @@ fn validate_routes(r: &mut Report, policy: &Policy) {
                 Some(_) => {}
             }
         }
+        for (j, c) in route.candidates.iter().enumerate() {
+            if c.weight == Some(0) {
+                r.add(
+                    format!("{p}.candidates[{j}].weight"),
+                    "must not be 0 (leave it out for 1)",
+                );
+            }
+        }
+        if !route.fallback_model.is_empty() {
+            let served = policy
+                .routes
+                .iter()
+                .any(|x| x.model == route.fallback_model)
+                || policy
+                    .pools
+                    .iter()
+                    .any(|x| serves(x, &route.fallback_model));
+            if route.fallback_model == route.model {
+                r.add(
+                    format!("{p}.fallbackModel"),
+                    "a route cannot fall back to itself",
+                );
+            } else if !served {
+                r.add(
+                    format!("{p}.fallbackModel"),
+                    format!("no pool or route serves model {:?}", route.fallback_model),
+                );
+            } else if let Some(cycle) = fallback_cycle(&policy.routes, route) {
+                r.add(
+                    format!("{p}.fallbackModel"),
+                    format!("fallback chain loops: {}", cycle.join(" → ")),
+                );
+            }
+        }
+        if let Some(m) = &route.r#match {
+            validate_match(r, &format!("{p}.match"), m);
+        }
+    }
+}
+
+fn match_is_empty(m: &crate::v1::RouteMatch) -> bool {
+    m.min_sensitivity == 0
+        && m.namespaces.is_empty()
+        && m.workload_labels.is_empty()
+        && m.headers.is_empty()
+}
+
+fn validate_match(r: &mut Report, p: &str, m: &crate::v1::RouteMatch) {
+    if SensitivityLevel::try_from(m.min_sensitivity).is_err() {
+        r.add(
+            format!("{p}.minSensitivity"),
+            format!("unknown level {}", m.min_sensitivity),
+        );
+    }
+    for (i, ns) in m.namespaces.iter().enumerate() {
+        validate_name(r, &format!("{p}.namespaces[{i}]"), ns);
+    }
+    let mut labels: Vec<_> = m.workload_labels.iter().collect();
+    labels.sort();
+    for (k, v) in labels {
+        if !is_label_key(k) || !is_label_value(v) {
+            r.add(
+                format!("{p}.workloadLabels[{k:?}]"),
+                "not a valid Kubernetes label",
+            );
+        }
+    }
+    let mut headers: Vec<_> = m.headers.keys().collect();
+    headers.sort();
+    for h in headers {
+        let token = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !token {
+            r.add(
+                format!("{p}.headers[{h:?}]"),
+                "header names are lower-case letters, digits and '-'",
+            );
+        }
+    }
+}
+
+/// The loop a route's fallback chain runs into, if any (models in order).
+fn fallback_cycle(routes: &[Route], start: &Route) -> Option<Vec<String>> {
+    // Every route of a model may fall back: follow all of them (depth-first).
+    fn walk<'a>(routes: &'a [Route], model: &'a str, path: &mut Vec<&'a str>) -> bool {
+        if path.contains(&model) {
+            path.push(model);
+            return true;
+        }
+        path.push(model);
+        for r in routes
+            .iter()
+            .filter(|r| r.model == model && !r.fallback_model.is_empty())
+        {
+            if walk(routes, &r.fallback_model, path) {
+                return true;
+            }
+        }
+        path.pop();
+        false
+    }
+    let mut path = vec![start.model.as_str()];
+    walk(routes, &start.fallback_model, &mut path).then(|| {
+        let from = path
+            .iter()
+            .position(|m| Some(m) == path.last())
+            .unwrap_or(0);
+        path[from..].iter().map(|m| (*m).to_string()).collect()
+    })
+}
+
+/// Where a pool runs: as set, else from its kind (self-hosted servers are on-prem,
+/// public providers external).
+pub fn hosting_of(pool: &Pool) -> Hosting {
+    match Hosting::try_from(pool.hosting) {
+        Ok(Hosting::Unspecified) | Err(_) => match PoolKind::try_from(pool.kind) {
+            Ok(PoolKind::Openai | PoolKind::Mistral | PoolKind::Anthropic) => Hosting::External,
+            _ => Hosting::OnPrem,
+        },
+        Ok(h) => h,
+    }
+}
+
+/// The highest level a pool may receive: as set, else from its hosting.
+pub fn clearance_of(pool: &Pool) -> SensitivityLevel {
+    match SensitivityLevel::try_from(pool.clearance) {
+        Ok(SensitivityLevel::Unspecified) | Err(_) => match hosting_of(pool) {
+            Hosting::OnPrem | Hosting::Unspecified => SensitivityLevel::Restricted,
+            Hosting::Cloud => SensitivityLevel::Personal,
+            Hosting::External => SensitivityLevel::Internal,
+        },
+        Ok(level) => level,
     }
 }
 
@@ -408,6 +595,59 @@ mod tests {
         assert_eq!(
             v.0[1].to_string(),
             "pools: at least one pool is required (or another section, such as dlp)"
+        );
+    }
+
+    #[test]
+    fn route_problems_are_reported_with_their_paths() {
+        let p = policy(
+            r#"{"name":"r","pools":[
+              {"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://a:1"}],"models":[{"name":"m","aliases":["x","y"]}]},
+              {"name":"b","kind":"POOL_KIND_OPENAI","endpoints":[{"url":"https://b"}],"models":[{"name":"m"}],"clearance":"SENSITIVITY_LEVEL_PERSONAL"}],
+             "routes":[
+              {"model":"m","candidates":[{"pool":"a","weight":0},{"pool":"nope"}]},
+              {"model":"m","pools":["a"]},
+              {"model":"x","pools":["a"],"fallbackModel":"y"},
+              {"model":"y","pools":["a"],"fallbackModel":"x"},
+              {"model":"z","pools":[],"fallbackModel":"z","match":{"headers":{"X-Bad":"1"}}}]}"#,
+        );
+        let v = validate(&p).unwrap_err().0;
+        let lines: Vec<String> = v.iter().map(ToString::to_string).collect();
+        for want in [
+            "routes[0].candidates[1].pool: unknown pool \"nope\"",
+            "routes[0].candidates[0].weight: must not be 0 (leave it out for 1)",
+            "routes[1].model: an earlier route for model \"m\" has no conditions: this one would never be used",
+            "routes[2].fallbackModel: fallback chain loops: x → y → x",
+            "routes[3].fallbackModel: fallback chain loops: y → x → y",
+            "routes[4].pools: at least one pool is required (pools or candidates)",
+            "routes[4].fallbackModel: a route cannot fall back to itself",
+            "routes[4].match.headers[\"X-Bad\"]: header names are lower-case letters, digits and '-'",
+        ] {
+            assert!(
+                lines.iter().any(|l| l == want),
+                "missing {want:?} in {lines:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn clearance_defaults_follow_hosting_and_kind() {
+        let p = policy(
+            r#"{"name":"r","pools":[
+              {"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://a:1"}],"models":[{"name":"m"}]},
+              {"name":"b","kind":"POOL_KIND_OPENAI","endpoints":[{"url":"https://b"}],"models":[{"name":"m"}]},
+              {"name":"c","kind":"POOL_KIND_OPENAI_COMPATIBLE","hosting":"HOSTING_CLOUD","endpoints":[{"url":"https://c"}],"models":[{"name":"m"}]},
+              {"name":"d","kind":"POOL_KIND_MISTRAL","clearance":"SENSITIVITY_LEVEL_PERSONAL","endpoints":[{"url":"https://d"}],"models":[{"name":"m"}]}]}"#,
+        );
+        let got: Vec<SensitivityLevel> = p.pools.iter().map(clearance_of).collect();
+        assert_eq!(
+            got,
+            [
+                SensitivityLevel::Restricted,
+                SensitivityLevel::Internal,
+                SensitivityLevel::Personal,
+                SensitivityLevel::Personal
+            ]
         );
     }
 }

@@ -89,9 +89,14 @@ struct Args {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "VIGIE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// Endpoints tried per request when connecting fails.
+    /// Attempts per request (endpoints, then pools) on connect errors, 5xx, 429 and
+    /// first-byte timeouts — never once the answer has started.
     #[arg(long, env = "VIGIE_MAX_ATTEMPTS", default_value_t = 3)]
     max_attempts: usize,
+    /// Add `x-vigie-route: pool=…; endpoint=…; reason=…; attempts=…` to answers
+    /// (debugging; off by default: it tells the app about the infrastructure).
+    #[arg(long, env = "VIGIE_ROUTE_DEBUG_HEADER")]
+    route_debug_header: bool,
     /// Worker threads. One is plenty for one pod's traffic.
     #[arg(long, env = "VIGIE_THREADS", default_value_t = 1)]
     threads: usize,
@@ -291,6 +296,9 @@ fn main() -> anyhow::Result<()> {
         settings: Settings {
             max_body_bytes: args.max_body_bytes,
             max_attempts: args.max_attempts,
+            namespace: args.namespace.clone(),
+            labels: args.labels.iter().cloned().collect(),
+            route_debug_header: args.route_debug_header,
         },
     };
     let mut proxy = Service::new("vigie-proxy".to_string(), app);

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::api::{self, ApiError, Operation, request::RequestHead};
 use crate::dlp::{self, Counts, Pseudonyms, response::ResponseDlp};
 use crate::policy::{PolicyStore, Snapshot};
-use crate::routing::Attempts;
+use crate::routing::{Attempts, PlanError, RouteContext};
 use crate::telemetry::Metrics;
 use crate::upstream::{self, AttemptError, Exchange, Upstream};
 
@@ -28,7 +28,15 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Endpoints tried per request when connecting fails.
     pub max_attempts: usize,
+    /// The calling workload, for route conditions.
+    pub namespace: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Adds `x-vigie-route` (pool, endpoint, reason, attempts) to answers; for debugging.
+    pub route_debug_header: bool,
 }
+
+/// Sensitivity header when the policy has no DLP section to name one.
+const DEFAULT_SENSITIVITY_HEADER: &str = "x-vigie-sensitivity";
 
 #[derive(Debug)]
 pub struct SidecarApp {
@@ -150,23 +158,31 @@ impl SidecarApp {
             .await
             .map_err(|e| (e, false))?;
         let RequestHead { model, .. } = api::request::parse_head(&body).map_err(|e| (e, true))?;
-        let targets = snapshot
-            .targets(&model)
-            .ok_or_else(|| (ApiError::model_not_found(&model), true))?;
+        if snapshot.routes_for(&model).is_none() {
+            return Err((ApiError::model_not_found(&model), true));
+        }
+
+        // The level the app declares; DLP may raise it.
+        let sensitivity_header = snapshot
+            .dlp
+            .as_ref()
+            .map_or(DEFAULT_SENSITIVITY_HEADER, |d| {
+                d.sensitivity_header.as_str()
+            });
+        let declared = session
+            .req_header()
+            .headers
+            .get(sensitivity_header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(dlp::parse_level);
+        let mut level = declared;
 
         // DLP on what the model will read, before anything leaves the pod.
         let mut pseudonyms = Pseudonyms::default();
         if let Some(policy) = &snapshot.dlp {
-            let declared = session
-                .req_header()
-                .headers
-                .get(policy.sensitivity_header.as_str())
-                .and_then(|v| v.to_str().ok())
-                .and_then(dlp::parse_level);
             let scan = dlp::scan_request(policy, op, &body, declared).map_err(|e| (e, true))?;
             self.record_dlp(&scan.counts, "request");
-            let level = scan.level.map_or("unspecified", |l| l.as_str());
-            self.metrics.sensitivity.with_label_values(&[level]).inc();
+            level = scan.level;
             if !scan.blocked.is_empty() {
                 self.metrics
                     .dlp_blocked
@@ -179,6 +195,29 @@ impl SidecarApp {
             }
             pseudonyms = scan.pseudonyms;
         }
+        self.metrics
+            .sensitivity
+            .with_label_values(&[level.map_or("unspecified", |l| l.as_str())])
+            .inc();
+        let ctx = RouteContext {
+            level,
+            headers: &session.req_header().headers,
+            namespace: &self.settings.namespace,
+            labels: &self.settings.labels,
+        };
+        let targets = snapshot.plan(&model, &ctx).map_err(|e| {
+            let err = match e {
+                PlanError::UnknownModel => ApiError::model_not_found(&model),
+                PlanError::NotCleared(level) => {
+                    self.metrics
+                        .route_refusals
+                        .with_label_values(&[level.as_str()])
+                        .inc();
+                    ApiError::no_cleared_pool(&model, level.as_str())
+                }
+            };
+            (err, true)
+        })?;
         let answer_dlp = ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms);
 
         // Prefix affinity only matters where a pool has several endpoints to choose from.
@@ -195,7 +234,7 @@ impl SidecarApp {
             .map(|k| vigie_balance::prefix_hash([k.as_bytes()]));
         let mut attempts = Attempts::new(
             snapshot,
-            targets,
+            &targets,
             self.settings.max_attempts,
             vigie_balance::Request { prefix },
         );
@@ -235,8 +274,16 @@ impl SidecarApp {
                 )
                 .await
             {
-                Ok(exchange) => {
+                Ok(mut exchange) => {
                     let ttfb = sent.elapsed();
+                    if self.settings.route_debug_header {
+                        exchange.route = Some(format!(
+                            "pool={}; endpoint={}; reason={reason}; attempts={}",
+                            pool.name,
+                            endpoint.url,
+                            self.settings.max_attempts.max(1) - attempts.remaining()
+                        ));
+                    }
                     let status = exchange
                         .session
                         .response_header()
@@ -316,10 +363,11 @@ impl SidecarApp {
         };
         let status = up_header.status.as_u16();
         let sse = upstream::is_event_stream(up_header);
-        let header = match upstream::downstream_response(up_header) {
+        let mut header = match upstream::downstream_response(up_header) {
             Ok(h) => h,
             Err(_) => return Outcome::broken(502),
         };
+        add_route_header(&mut header, &ex);
         if session
             .write_response_header(Box::new(header))
             .await
@@ -397,6 +445,7 @@ impl SidecarApp {
             Err(_) => return Outcome::broken(502),
         };
         header.remove_header(&http::header::CONTENT_LENGTH);
+        add_route_header(&mut header, &ex);
         if !sse {
             return self
                 .relay_json(session, ex, op, filter, header, status)
@@ -628,5 +677,12 @@ async fn respond_json(
         Outcome::done(status)
     } else {
         Outcome::broken(status)
+    }
+}
+
+/// The optional debugging header naming the route taken (pool, endpoint, why).
+fn add_route_header(header: &mut ResponseHeader, ex: &Exchange) {
+    if let Some(route) = &ex.route {
+        let _ = header.insert_header("x-vigie-route", route.as_str());
     }
 }

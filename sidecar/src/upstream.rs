@@ -71,6 +71,8 @@ impl std::fmt::Debug for Upstream {
 pub struct Exchange {
     pub session: HttpSession,
     pub peer: HttpPeer,
+    /// Value of the optional `x-vigie-route` debugging header.
+    pub route: Option<String>,
 }
 
 impl Upstream {
@@ -119,7 +121,11 @@ impl Upstream {
             match exchange(&mut session, header.clone(), body.clone()).await {
                 Ok(()) => {
                     session.set_read_timeout(Some(timeouts.idle));
-                    return Ok(Exchange { session, peer });
+                    return Ok(Exchange {
+                        session,
+                        peer,
+                        route: None,
+                    });
                 }
                 Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
                     return Err(AttemptError::FirstByteTimeout);

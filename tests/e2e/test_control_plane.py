@@ -149,7 +149,7 @@ def test_bad_input_is_refused_and_nothing_is_stored(control_planes, database_url
          "routes[0].pools[1]: pool \"gpu-a\" is listed twice"),
         ({"policy": {**policy(), "routes": [{"model": "gpt-4o-mini", "pools": ["gpu-a"]},
                                              {"model": "gpt-4o-mini", "pools": ["gpu-a"]}]}},
-         "routes[1].model: duplicate route for model \"gpt-4o-mini\""),
+         "routes[1].model: an earlier route for model \"gpt-4o-mini\" has no conditions: this one would never be used"),
         # A model that names itself as its own alias.
         ({"policy": {**policy(), "pools": [pool("gpu-a", ["http://h"], [{"name": "m", "aliases": ["m"]}])], "routes": []}},
          "pools[0].models[0].aliases[0]: model name \"m\" is already used in this pool"),

@@ -103,3 +103,83 @@ def test_no_retry_once_the_answer_has_started(mocks, sidecars):
     first.set_behaviour(fail={"kind": "status", "code": 502})
     assert ask(s, "encore").choices
     assert fallback.stats()["requests_total"] == 1
+
+
+def sensitivity_policy(onprem, external, dlp=False):
+    p = {"name": "sens", "pools": [
+        pool("onprem", [onprem.url], [{"name": "mistral-7b", "aliases": ["chat"]}]),
+        # A public provider (kind OPENAI → hosting external → clearance internal),
+        # served here by a mock over plain HTTP.
+        pool("external", [external.url], [{"name": "mistral-7b", "aliases": ["chat", "big"]}], kind="POOL_KIND_OPENAI"),
+    ], "routes": [{"model": "chat", "pools": ["external", "onprem"]}]}
+    if dlp:
+        p["dlp"] = {"rules": [{"detector": "FR_NIR", "action": "DLP_ACTION_REDACT"}]}
+    return p
+
+
+def post(s, model, level=None, content="Bonjour", headers=None):
+    h = dict(headers or {})
+    if level:
+        h["x-vigie-sensitivity"] = level
+    return httpx.post(s.base_url + "/v1/chat/completions", headers=h, timeout=10,
+                      json={"model": model, "messages": [{"role": "user", "content": content}]})
+
+
+def test_sensitive_requests_only_reach_cleared_pools(mocks, sidecars):
+    onprem, external = mocks(), mocks()
+    s = sidecars(sensitivity_policy(onprem, external))
+    # Public: the preferred (external) pool.
+    assert post(s, "chat").status_code == 200
+    assert external.stats()["requests_total"] == 1
+    # Declared personal / restricted: the external pool (cleared for internal) is skipped.
+    for level in ("personal", "restricted"):
+        assert post(s, "chat", level).status_code == 200
+    assert (onprem.stats()["requests_total"], external.stats()["requests_total"]) == (2, 1)
+    # Only the external pool serves "big": refused with 403, nothing sent anywhere.
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        client(s.base_url).chat.completions.create(
+            model="big", messages=[{"role": "user", "content": "x"}], extra_headers={"x-vigie-sensitivity": "restricted"})
+    assert exc.value.body["code"] == "no_cleared_pool"
+    assert "restricted" in exc.value.message and "big" in exc.value.message
+    assert external.stats()["requests_total"] == 1
+    assert metric(s, "vigie_sidecar_route_refusals_total", level="restricted") == 1
+    # The cleared pool is down: an error, never the external pool.
+    onprem.stop()
+    r = post(s, "chat", "restricted")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
+    assert external.stats()["requests_total"] == 1
+
+
+def test_dlp_findings_raise_the_level_used_for_routing(mocks, sidecars):
+    onprem, external = mocks(), mocks()
+    s = sidecars(sensitivity_policy(onprem, external, dlp=True))
+    assert post(s, "chat", content="Mon NIR est 1 85 05 78 006 084 91.").status_code == 200
+    assert (onprem.stats()["requests_total"], external.stats()["requests_total"]) == (1, 0)
+    assert post(s, "chat", content="Quelle heure est-il ?").status_code == 200
+    assert external.stats()["requests_total"] == 1
+
+
+def test_route_conditions_and_debug_header(mocks, sidecars):
+    gold, standard = mocks(), mocks()
+    policy = {"name": "cond", "pools": [
+        pool("gold", [gold.url], [{"name": "mistral-7b"}]),
+        pool("standard", [standard.url], [{"name": "mistral-7b"}]),
+    ], "routes": [
+        {"model": "mistral-7b", "match": {"headers": {"x-tier": "gold"}}, "pools": ["gold"]},
+        {"model": "mistral-7b", "pools": ["standard"], "fallbackModel": "mistral-7b-gold"},
+    ]}
+    policy["pools"][0]["models"][0]["aliases"] = ["mistral-7b-gold"]
+    s = sidecars(policy, extra_args=["--route-debug-header"])
+    r = post(s, "mistral-7b", headers={"x-tier": "gold"})
+    assert r.status_code == 200 and gold.stats()["requests_total"] == 1
+    assert r.headers["x-vigie-route"].startswith(f"pool=gold; endpoint={gold.url}; reason=only; attempts=1")
+    r = post(s, "mistral-7b")
+    assert r.status_code == 200 and standard.stats()["requests_total"] == 1
+    # The standard pool fails: the fallback chain leads to the gold pool's model.
+    standard.set_behaviour(fail={"kind": "status", "code": 500})
+    r = post(s, "mistral-7b")
+    assert r.status_code == 200 and gold.stats()["requests_total"] == 2
+    assert "pool=gold" in r.headers["x-vigie-route"] and "attempts=2" in r.headers["x-vigie-route"]
+    # Off by default.
+    s2 = sidecars(policy)
+    assert "x-vigie-route" not in post(s2, "mistral-7b").headers

@@ -615,7 +615,7 @@ mod tests {
                 name: name.into(),
                 routes: vec![vigie_proto::v1::Route {
                     model: a.into(),
-                    pools: vec![],
+                    ..Default::default()
                 }],
                 ..Default::default()
             }),

@@ -13,5 +13,5 @@ mod pick;
 mod state;
 
 pub use health::{Health, HealthConfig, Outcome};
-pub use pick::{Pick, Reason, Request, pick, prefix_hash};
+pub use pick::{Pick, Reason, Request, pick, prefix_hash, round_robin};
 pub use state::{EndpointState, HasState, ServerLoad};

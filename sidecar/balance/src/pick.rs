@@ -34,6 +34,7 @@ pub enum Reason {
     LeastLoaded,
     /// The endpoint's ejection had ended: this request checks it.
     Probe,
+    RoundRobin,
 }
 
 impl Reason {
@@ -43,6 +44,7 @@ impl Reason {
             Reason::Affinity => "affinity",
             Reason::LeastLoaded => "least_loaded",
             Reason::Probe => "probe",
+            Reason::RoundRobin => "round_robin",
         }
     }
 }
@@ -132,6 +134,26 @@ fn affinity<E: HasState>(endpoints: &[E], eligible: &[(usize, f64)], prefix: u64
         .filter(|(_, score)| *score <= bound)
         .max_by_key(|(i, _)| rank(prefix, endpoints[*i].state().id))
         .map(|(i, _)| *i)
+}
+
+/// Round robin over the eligible endpoints (for pools configured that way, and as the
+/// baseline of the routing benchmark).
+pub fn round_robin<E: HasState>(
+    endpoints: &[E],
+    exclude: &[usize],
+    counter: &std::sync::atomic::AtomicUsize,
+    now: Instant,
+) -> Option<Pick> {
+    let n = endpoints.len();
+    let start = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (0..n).map(|k| (start + k) % n).find_map(|i| {
+        let s = endpoints[i].state();
+        (!exclude.contains(&i) && s.has_room() && s.health.available(now)).then(|| Pick {
+            index: i,
+            reason: Reason::RoundRobin,
+            probe: s.health.begin(now),
+        })
+    })
 }
 
 fn two_choices<E: HasState>(endpoints: &[E], eligible: &[(usize, f64)]) -> usize {

@@ -153,7 +153,7 @@ mod tests {
         std::fs::write(&path, POLICY.replace("\"m\"", "\"m2\"")).unwrap();
         assert!(matches!(w.poll(), Reload::Installed(_)));
         assert_ne!(store.current().unwrap().version, v1);
-        assert!(store.current().unwrap().targets("m2").is_some());
+        assert!(store.current().unwrap().routes_for("m2").is_some());
     }
 
     #[test]

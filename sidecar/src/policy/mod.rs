@@ -5,13 +5,14 @@
 
 pub mod file;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue};
-use vigie_proto::v1::{Policy, PoolKind, credentials};
+use vigie_dlp::Level;
+use vigie_proto::v1::{Balancing, Hosting, Policy, PoolKind, SensitivityLevel, credentials};
 
 use crate::routing::{Endpoint, EndpointRegistry};
 pub use vigie_proto::validate::{Violation, Violations, version_of};
@@ -53,6 +54,24 @@ pub struct PoolRuntime {
     pub endpoints: Vec<Arc<Endpoint>>,
     pub credential: Option<Credential>,
     pub timeouts: Timeouts,
+    pub hosting: Hosting,
+    /// Highest sensitivity level the pool may receive.
+    pub clearance: Level,
+    pub balancing: Balancing,
+    /// Active health checks and load scraping; `None` when turned off.
+    pub probe_interval: Option<Duration>,
+    /// Next endpoint for round robin.
+    pub round_robin: std::sync::atomic::AtomicUsize,
+}
+
+/// The sensitivity levels of the policy format, as the DLP engine orders them.
+pub fn level_of(l: SensitivityLevel) -> Level {
+    match l {
+        SensitivityLevel::Public => Level::Public,
+        SensitivityLevel::Internal => Level::Internal,
+        SensitivityLevel::Personal => Level::Personal,
+        SensitivityLevel::Restricted | SensitivityLevel::Unspecified => Level::Restricted,
+    }
 }
 
 /// One way to serve a client-facing model: a pool and the name that pool knows it by.
@@ -60,6 +79,21 @@ pub struct PoolRuntime {
 pub struct Target {
     pub pool: usize,
     pub upstream_model: String,
+    /// Lower is tried first.
+    pub priority: u32,
+    /// Share among targets of the same priority.
+    pub weight: u32,
+}
+
+/// A route with its conditions, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledRoute {
+    pub min_level: Option<Level>,
+    pub namespaces: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub headers: Vec<(HeaderName, String)>,
+    pub targets: Vec<Target>,
+    pub fallback: Option<String>,
 }
 
 #[derive(Debug)]
@@ -68,7 +102,9 @@ pub struct Snapshot {
     pub version: String,
     pub policy: Policy,
     pub pools: Vec<PoolRuntime>,
-    routes: HashMap<String, Vec<Target>>,
+    /// Per client-facing model: its routes in policy order (conditional first as
+    /// written), then the implicit one (every pool that lists the model).
+    pub(crate) routes: HashMap<String, Vec<CompiledRoute>>,
     /// Client-facing model names, sorted (for `GET /v1/models`).
     pub models: Vec<String>,
     /// Compiled DLP section (patterns compiled once per policy version).
@@ -124,12 +160,30 @@ impl Snapshot {
                     idle: conv(&t.idle, timeouts.idle),
                 };
             }
+            let probe_interval = match &p.probe_interval {
+                None => Some(Duration::from_secs(2)),
+                Some(d) => {
+                    let d = Duration::new(
+                        u64::try_from(d.seconds).unwrap_or(0),
+                        u32::try_from(d.nanos).unwrap_or(0),
+                    );
+                    (!d.is_zero()).then_some(d)
+                }
+            };
             pools.push(PoolRuntime {
                 name: p.name.clone(),
                 kind: p.kind(),
                 endpoints,
                 credential,
                 timeouts,
+                hosting: vigie_proto::validate::hosting_of(p),
+                clearance: level_of(vigie_proto::validate::clearance_of(p)),
+                balancing: match p.balancing() {
+                    Balancing::Unspecified => Balancing::QueueAware,
+                    b => b,
+                },
+                probe_interval,
+                round_robin: std::sync::atomic::AtomicUsize::new(0),
             });
         }
         let dlp = match &policy.dlp {
@@ -159,33 +213,75 @@ impl Snapshot {
                 .find(|m| m.name == model || m.aliases.iter().any(|a| a == model))
                 .map(|m| m.name.clone())
         };
-        let mut routes: HashMap<String, Vec<Target>> = HashMap::new();
+        let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
         for route in &policy.routes {
-            let targets = route
-                .pools
-                .iter()
-                .filter_map(|name| index.get(name.as_str()).copied())
-                .filter_map(|pool| {
+            let named: Vec<(&str, u32, u32)> = if route.pools.is_empty() {
+                route
+                    .candidates
+                    .iter()
+                    .map(|c| (c.pool.as_str(), c.priority, c.weight.unwrap_or(1)))
+                    .collect()
+            } else {
+                (0u32..)
+                    .zip(&route.pools)
+                    .map(|(i, name)| (name.as_str(), i, 1))
+                    .collect()
+            };
+            let targets = named
+                .into_iter()
+                .filter_map(|(name, priority, weight)| {
+                    let pool = index.get(name).copied()?;
                     upstream_name(pool, &route.model).map(|upstream_model| Target {
                         pool,
                         upstream_model,
+                        priority,
+                        weight: weight.max(1),
                     })
                 })
                 .collect();
-            routes.insert(route.model.clone(), targets);
+            let m = route.r#match.clone().unwrap_or_default();
+            routes
+                .entry(route.model.clone())
+                .or_default()
+                .push(CompiledRoute {
+                    min_level: (m.min_sensitivity != 0).then(|| level_of(m.min_sensitivity())),
+                    namespaces: m.namespaces,
+                    labels: m.workload_labels.into_iter().collect(),
+                    headers: m
+                        .headers
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((HeaderName::try_from(k).ok()?, v)))
+                        .collect(),
+                    targets,
+                    fallback: (!route.fallback_model.is_empty())
+                        .then(|| route.fallback_model.clone()),
+                });
         }
-        // Models without an explicit route go to every pool that lists them, in policy order.
+        // Every model also goes to the pools that list it, in policy order, when no
+        // explicit route applies (or it has none).
+        let mut implicit: HashMap<String, Vec<Target>> = HashMap::new();
         for (pool, p) in policy.pools.iter().enumerate() {
             for m in &p.models {
                 for name in std::iter::once(&m.name).chain(&m.aliases) {
-                    if policy.routes.iter().any(|r| &r.model == name) {
-                        continue;
-                    }
-                    routes.entry(name.clone()).or_default().push(Target {
+                    let targets = implicit.entry(name.clone()).or_default();
+                    let priority = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+                    targets.push(Target {
                         pool,
                         upstream_model: m.name.clone(),
+                        priority,
+                        weight: 1,
                     });
                 }
+            }
+        }
+        for (model, targets) in implicit {
+            let list = routes.entry(model).or_default();
+            // An unconditional explicit route already covers every request.
+            if !list.iter().any(CompiledRoute::unconditional) {
+                list.push(CompiledRoute {
+                    targets,
+                    ..CompiledRoute::default()
+                });
             }
         }
         let mut models: Vec<String> = routes.keys().cloned().collect();
@@ -200,12 +296,18 @@ impl Snapshot {
         })
     }
 
-    /// Where a client-facing model may go, most preferred first.
-    pub fn targets(&self, model: &str) -> Option<&[Target]> {
-        self.routes
-            .get(model)
-            .map(Vec::as_slice)
-            .filter(|t| !t.is_empty())
+    /// The routes of a client-facing model, in the order they are tried.
+    pub fn routes_for(&self, model: &str) -> Option<&[CompiledRoute]> {
+        self.routes.get(model).map(Vec::as_slice)
+    }
+}
+
+impl CompiledRoute {
+    fn unconditional(&self) -> bool {
+        self.min_level.is_none()
+            && self.namespaces.is_empty()
+            && self.labels.is_empty()
+            && self.headers.is_empty()
     }
 }
 
@@ -290,26 +392,11 @@ mod tests {
     fn routes_and_aliases_resolve_in_order() {
         let s = compile(TWO_POOLS).unwrap();
         assert_eq!(
-            s.targets("chat").unwrap(),
-            &[
-                Target {
-                    pool: 1,
-                    upstream_model: "chat-cloud".into()
-                },
-                Target {
-                    pool: 0,
-                    upstream_model: "mistral-7b".into()
-                }
-            ]
+            s.plan_plain("chat").unwrap(),
+            [(1, "chat-cloud".to_string()), (0, "mistral-7b".to_string())]
         );
-        assert_eq!(
-            s.targets("gpt-4o").unwrap(),
-            &[Target {
-                pool: 1,
-                upstream_model: "gpt-4o".into()
-            }]
-        );
-        assert!(s.targets("nope").is_none());
+        assert_eq!(s.plan_plain("gpt-4o").unwrap(), [(1, "gpt-4o".to_string())]);
+        assert!(s.plan_plain("nope").is_none());
         assert_eq!(s.models, vec!["chat", "chat-cloud", "gpt-4o", "mistral-7b"]);
     }
 

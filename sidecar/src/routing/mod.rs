@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vigie_balance::{EndpointState, HasState, HealthConfig, Pick, Request};
+use vigie_proto::v1::Balancing;
+
+mod plan;
+pub use plan::{PlanError, RouteContext};
 use vigie_proto::v1;
 
 use crate::policy::{Snapshot, Target};
@@ -219,9 +223,21 @@ impl<'a> Iterator for Attempts<'a> {
     fn next(&mut self) -> Option<Attempt<'a>> {
         while self.remaining > 0 && self.target < self.targets.len() {
             let target = &self.targets[self.target];
-            if let Some(pick) = self.snapshot.pools.get(target.pool).and_then(|p| {
-                vigie_balance::pick(&p.endpoints, &self.tried, &self.request, Instant::now())
-            }) {
+            let now = Instant::now();
+            let pick = self
+                .snapshot
+                .pools
+                .get(target.pool)
+                .and_then(|p| match p.balancing {
+                    Balancing::RoundRobin => {
+                        vigie_balance::round_robin(&p.endpoints, &self.tried, &p.round_robin, now)
+                    }
+                    Balancing::LeastRequest => {
+                        vigie_balance::pick(&p.endpoints, &self.tried, &Request::default(), now)
+                    }
+                    _ => vigie_balance::pick(&p.endpoints, &self.tried, &self.request, now),
+                });
+            if let Some(pick) = pick {
                 self.tried.push(pick.index);
                 self.remaining -= 1;
                 return Some(Attempt {
@@ -285,7 +301,8 @@ mod tests {
         )
         .unwrap();
         let s = Snapshot::compile(policy, &EndpointRegistry::default()).unwrap();
-        let targets = s.targets("m").unwrap();
+        let targets: Vec<Target> = s.routes_for("m").unwrap()[0].targets.clone();
+        let targets = targets.as_slice();
         let seen: Vec<(usize, usize)> = Attempts::new(&s, targets, 10, Request::default())
             .map(|a| (a.target.pool, a.endpoint))
             .collect();

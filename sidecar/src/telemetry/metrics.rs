@@ -13,6 +13,7 @@ pub struct Metrics {
     pub ttfb: HistogramVec,
     pub upstream_attempts: IntCounterVec,
     pub route_picks: IntCounterVec,
+    pub route_refusals: IntCounterVec,
     pub inflight: IntGauge,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
@@ -66,6 +67,13 @@ impl Metrics {
             ),
             &["pool", "reason"],
         )?;
+        let route_refusals = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_route_refusals_total",
+                "Requests refused because no pool cleared for their sensitivity level serves the model.",
+            ),
+            &["level"],
+        )?;
         let inflight = IntGauge::new("vigie_sidecar_inflight_requests", "Requests in progress.")?;
         let policy_info = IntGaugeVec::new(
             Opts::new(
@@ -116,6 +124,7 @@ impl Metrics {
         registry.register(Box::new(ttfb.clone()))?;
         registry.register(Box::new(upstream_attempts.clone()))?;
         registry.register(Box::new(route_picks.clone()))?;
+        registry.register(Box::new(route_refusals.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(policy_info.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
@@ -126,6 +135,7 @@ impl Metrics {
             ttfb,
             upstream_attempts,
             route_picks,
+            route_refusals,
             inflight,
             policy_info,
             policy_reloads,

@@ -80,6 +80,21 @@ impl ApiError {
         .with_param("model")
     }
 
+    /// No pool cleared for the request's sensitivity level serves the model: it is
+    /// refused rather than sent to a less trusted pool.
+    pub fn no_cleared_pool(model: &str, level: &str) -> Self {
+        let shown: String = model.chars().take(128).collect();
+        Self::new(
+            403,
+            "permission_error",
+            Some("no_cleared_pool"),
+            format!(
+                "No pool cleared for sensitivity level `{level}` serves the model `{shown}`; the request was not sent."
+            ),
+        )
+        .with_param("model")
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             413,
