@@ -21,6 +21,7 @@ use vigie_sidecar::policy::PolicyStore;
 use vigie_sidecar::policy::file::{FileWatcher, Reload};
 use vigie_sidecar::proxy::{Settings, SidecarApp};
 use vigie_sidecar::routing::EndpointRegistry;
+use vigie_sidecar::routing::probe::Prober;
 use vigie_sidecar::telemetry::Metrics;
 use vigie_sidecar::upstream::Upstream;
 
@@ -306,7 +307,7 @@ fn main() -> anyhow::Result<()> {
     let mut admin = Service::new(
         "vigie-admin".to_string(),
         AdminApp {
-            store,
+            store: store.clone(),
             metrics: metrics.clone(),
         },
     );
@@ -314,6 +315,14 @@ fn main() -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("policy-source", source));
+    server.add_service(background_service(
+        "endpoint-prober",
+        Prober {
+            store: store.clone(),
+            upstream: Upstream::new(16),
+            metrics: metrics.clone(),
+        },
+    ));
     info!(listen = %args.listen, admin = %args.admin_listen, "vigie-sidecar starting");
     server.run_forever()
 }

@@ -183,3 +183,50 @@ def test_route_conditions_and_debug_header(mocks, sidecars):
     # Off by default.
     s2 = sidecars(policy)
     assert "x-vigie-route" not in post(s2, "mistral-7b").headers
+
+
+def test_queue_aware_balancing_follows_the_servers_own_queue(mocks, sidecars):
+    import threading
+    busy, idle = mocks(capacity=1, tokens_per_sec=5), mocks()
+    policy = {"name": "q", "pools": [pool("gpu-a", [busy.url, idle.url], [{"name": "mistral-7b"}], probeInterval="0.3s")]}
+    s = sidecars(policy)
+    # Other clients of the busy GPU (not through this sidecar): one running, five queued.
+    def direct():
+        try:
+            httpx.post(busy.url + "/v1/chat/completions", timeout=60,
+                       json={"model": "mistral-7b", "max_tokens": 40, "messages": [{"role": "user", "content": "x"}]})
+        except httpx.HTTPError:
+            pass  # the mock is stopped at teardown, mid-answer
+    threads = [threading.Thread(target=direct, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: busy.stats()["waiting"] >= 4, what="queue on the busy endpoint")
+    # The sidecar has scraped the queue from the endpoint's /metrics.
+    wait_until(lambda: metric(s, "vigie_sidecar_endpoint_waiting_requests", pool="gpu-a", endpoint=busy.url) >= 4,
+               what="queue scraped")
+    for i in range(20):
+        assert ask(s, f"question {i}").choices
+    # Every sidecar request avoided the queue, although this sidecar had nothing in flight there.
+    assert busy.stats()["requests_total"] == 6
+    assert idle.stats()["requests_total"] == 20
+
+
+def test_active_health_checks_take_an_endpoint_out_and_back(mocks, sidecars):
+    sick, well = mocks(), mocks()
+    policy = {"name": "h", "pools": [pool("gpu-a", [sick.url, well.url], [{"name": "mistral-7b"}],
+                                          balancing="BALANCING_LEAST_REQUEST", probeInterval="0.2s")]}
+    s = sidecars(policy)
+    sick.set_behaviour(fail={"kind": "unhealthy"})  # /health answers 503; requests would still work
+    wait_until(lambda: metric(s, "vigie_sidecar_endpoint_available", pool="gpu-a", endpoint=sick.url) == 0
+               and 'endpoint="' + sick.url in httpx.get(s.admin_url + "/metrics").text,
+               what="endpoint marked unavailable")
+    before = sick.stats()["requests_total"]
+    for i in range(20):
+        assert ask(s, f"h{i}").choices
+    assert sick.stats()["requests_total"] == before
+    sick.set_behaviour()
+    wait_until(lambda: metric(s, "vigie_sidecar_endpoint_available", pool="gpu-a", endpoint=sick.url) == 1,
+               what="endpoint back")
+    for i in range(20):
+        ask(s, f"k{i}")
+    assert sick.stats()["requests_total"] > before

@@ -90,7 +90,7 @@ pub fn pick<E: HasState>(
     let mut eligible: Vec<(usize, f64)> = Vec::with_capacity(endpoints.len());
     for (i, e) in endpoints.iter().enumerate() {
         let s = e.state();
-        if !exclude.contains(&i) && s.has_room() && s.health.available(now) {
+        if !exclude.contains(&i) && s.eligible(now) {
             eligible.push((i, s.score(now)));
         }
     }
@@ -148,7 +148,7 @@ pub fn round_robin<E: HasState>(
     let start = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     (0..n).map(|k| (start + k) % n).find_map(|i| {
         let s = endpoints[i].state();
-        (!exclude.contains(&i) && s.has_room() && s.health.available(now)).then(|| Pick {
+        (!exclude.contains(&i) && s.eligible(now)).then(|| Pick {
             index: i,
             reason: Reason::RoundRobin,
             probe: s.health.begin(now),
@@ -314,6 +314,20 @@ mod tests {
             None,
             "one probe at a time"
         );
+    }
+
+    #[test]
+    fn failing_active_checks_take_an_endpoint_out_until_one_passes() {
+        let e = eps(2);
+        let now = Instant::now();
+        e[0].record_active(false);
+        assert!(e[0].eligible(now), "one failed check is not enough");
+        e[0].record_active(false);
+        for _ in 0..20 {
+            assert_eq!(pick(&e, &[], &Request::default(), now).unwrap().index, 1);
+        }
+        e[0].record_active(true);
+        assert!(e[0].eligible(now));
     }
 
     #[test]

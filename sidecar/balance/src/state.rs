@@ -42,8 +42,16 @@ pub struct EndpointState {
     kv_permille: AtomicU32,
     load_at_ms: AtomicU64,
     ewma_ttfb_us: AtomicU64,
+    /// Passive health (outcomes of real requests) with its circuit breaker.
     pub health: Health,
+    /// Active checks: consecutive failures; the endpoint is down from
+    /// `ACTIVE_FAILURES_DOWN` until the next success. Kept apart from the circuit: an
+    /// endpoint that answers its health check but fails requests stays ejected.
+    active_failures: AtomicU32,
 }
+
+/// Consecutive failed active checks that take an endpoint out.
+const ACTIVE_FAILURES_DOWN: u32 = 2;
 
 /// Gives the picker an endpoint's state (implemented by the proxy's endpoint type).
 pub trait HasState {
@@ -75,6 +83,7 @@ impl EndpointState {
             load_at_ms: AtomicU64::new(0),
             ewma_ttfb_us: AtomicU64::new(0),
             health: Health::new(health),
+            active_failures: AtomicU32::new(0),
         }
     }
 
@@ -96,6 +105,28 @@ impl EndpointState {
 
     pub fn has_room(&self) -> bool {
         self.max_concurrency == 0 || self.inflight() < self.max_concurrency
+    }
+
+    /// Under its cap, passing its active checks, and not ejected.
+    pub fn eligible(&self, now: Instant) -> bool {
+        self.has_room() && self.active_up() && self.health.available(now)
+    }
+
+    pub fn active_up(&self) -> bool {
+        self.active_failures.load(Ordering::Relaxed) < ACTIVE_FAILURES_DOWN
+    }
+
+    /// Result of an active health check (or a load scrape).
+    pub fn record_active(&self, ok: bool) {
+        if ok {
+            self.active_failures.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .active_failures
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_add(1))
+                });
+        }
     }
 
     pub fn set_server_load(&self, load: ServerLoad, now: Instant) {

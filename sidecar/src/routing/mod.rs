@@ -13,6 +13,7 @@ use vigie_balance::{EndpointState, HasState, HealthConfig, Pick, Request};
 use vigie_proto::v1::Balancing;
 
 mod plan;
+pub mod probe;
 pub use plan::{PlanError, RouteContext};
 use vigie_proto::v1;
 

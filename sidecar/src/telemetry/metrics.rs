@@ -14,6 +14,8 @@ pub struct Metrics {
     pub upstream_attempts: IntCounterVec,
     pub route_picks: IntCounterVec,
     pub route_refusals: IntCounterVec,
+    pub endpoint_available: IntGaugeVec,
+    pub endpoint_waiting: IntGaugeVec,
     pub inflight: IntGauge,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
@@ -74,6 +76,20 @@ impl Metrics {
             ),
             &["level"],
         )?;
+        let endpoint_available = IntGaugeVec::new(
+            Opts::new(
+                "vigie_sidecar_endpoint_available",
+                "1 when the endpoint passes its active checks and is not ejected (probed pools).",
+            ),
+            &["pool", "endpoint"],
+        )?;
+        let endpoint_waiting = IntGaugeVec::new(
+            Opts::new(
+                "vigie_sidecar_endpoint_waiting_requests",
+                "Requests queued on the endpoint as its own /metrics last reported (vLLM pools).",
+            ),
+            &["pool", "endpoint"],
+        )?;
         let inflight = IntGauge::new("vigie_sidecar_inflight_requests", "Requests in progress.")?;
         let policy_info = IntGaugeVec::new(
             Opts::new(
@@ -125,6 +141,8 @@ impl Metrics {
         registry.register(Box::new(upstream_attempts.clone()))?;
         registry.register(Box::new(route_picks.clone()))?;
         registry.register(Box::new(route_refusals.clone()))?;
+        registry.register(Box::new(endpoint_available.clone()))?;
+        registry.register(Box::new(endpoint_waiting.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(policy_info.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
@@ -136,6 +154,8 @@ impl Metrics {
             upstream_attempts,
             route_picks,
             route_refusals,
+            endpoint_available,
+            endpoint_waiting,
             inflight,
             policy_info,
             policy_reloads,

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod request;
 pub mod sse;
+pub mod vllm;
 
 pub use error::ApiError;
 
