@@ -301,6 +301,7 @@ fn main() -> anyhow::Result<()> {
             labels: args.labels.iter().cloned().collect(),
             route_debug_header: args.route_debug_header,
         },
+        retry_budget: vigie_balance::RetryBudget::default(),
     };
     let mut proxy = Service::new("vigie-proxy".to_string(), app);
     proxy.add_tcp(&args.listen);

@@ -6,7 +6,7 @@
 //! metering). See docs/adr/0001-pingora-runtime-own-request-pipeline.md.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -44,6 +44,8 @@ pub struct SidecarApp {
     pub upstream: Upstream,
     pub metrics: Metrics,
     pub settings: Settings,
+    /// Retries may add at most 20 % to the request rate (plus 10 per second).
+    pub retry_budget: vigie_balance::RetryBudget,
 }
 
 /// How a request ended, for metrics and connection reuse.
@@ -236,19 +238,41 @@ impl SidecarApp {
             snapshot,
             &targets,
             self.settings.max_attempts,
-            vigie_balance::Request { prefix },
+            vigie_balance::Request {
+                prefix,
+                ignore_health: false,
+            },
         );
         let mut last_error = None;
         // An error answer kept while another endpoint is tried: relayed if none is left.
         let mut last_answer = None;
-        while let Some(attempt) = attempts.next() {
+        self.retry_budget.deposit(Instant::now());
+        let mut tries = 0usize;
+        loop {
+            // Every attempt after the first spends from the sidecar's retry budget.
+            if tries > 0 && !self.retry_budget.withdraw(Instant::now()) {
+                self.metrics
+                    .upstream_attempts
+                    .with_label_values(&["-", "retry_budget_exhausted"])
+                    .inc();
+                break;
+            }
+            let Some(attempt) = attempts.next() else {
+                break;
+            };
+            tries += 1;
             let pool = &snapshot.pools[attempt.target.pool];
             let endpoint = &pool.endpoints[attempt.endpoint];
-            let reason = if attempt.pick.probe {
+            let reason = if attempt.panic {
+                "panic"
+            } else if attempt.pick.probe {
                 "probe"
             } else {
                 attempt.pick.reason.as_str()
             };
+            if attempt.panic {
+                warn!(pool = %pool.name, model = %model, "no eligible endpoint on the route: trying one regardless of health");
+            }
             self.metrics
                 .route_picks
                 .with_label_values(&[&pool.name, reason])
@@ -288,6 +312,18 @@ impl SidecarApp {
                         .session
                         .response_header()
                         .map_or(502, |h| h.status.as_u16());
+                    if status == 429
+                        && let Some(wait) = exchange
+                            .session
+                            .response_header()
+                            .and_then(|h| h.headers.get(http::header::RETRY_AFTER))
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    {
+                        endpoint
+                            .balance
+                            .throttle(Duration::from_secs(wait), Instant::now());
+                    }
                     // 5xx says the endpoint is unwell; 429 only that it is busy.
                     let health = match status {
                         500.. => vigie_balance::Outcome::Failure,

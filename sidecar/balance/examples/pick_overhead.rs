@@ -42,6 +42,7 @@ fn main() {
             for k in 0..N {
                 let req = Request {
                     prefix: affinity.then(|| prefixes[(k % 1024) as usize]),
+                    ..Request::default()
                 };
                 sum += pick(&eps, &[], &req, now).unwrap().index;
             }

@@ -7,11 +7,14 @@
 //! - [`pick`]: the choice among a pool's endpoints for one request.
 //! - [`health`]: passive ejection after consecutive failures, with a circuit breaker
 //!   that lets one probe through when the ejection ends.
+//! - [`budget`]: the retry budget shared by a sidecar's requests.
 
+pub mod budget;
 pub mod health;
 mod pick;
 mod state;
 
+pub use budget::RetryBudget;
 pub use health::{Health, HealthConfig, Outcome};
 pub use pick::{Pick, Reason, Request, pick, prefix_hash, round_robin};
 pub use state::{EndpointState, HasState, ServerLoad};

@@ -22,6 +22,10 @@ const BOUND_FACTOR: f64 = 1.25;
 pub struct Request {
     /// Hash of the prompt's stable prefix (system prompt, first messages).
     pub prefix: Option<u64>,
+    /// Panic mode: every endpoint with room counts, ejected or throttled or not. Used
+    /// when nothing on the whole route is eligible — better to ask a possibly sick
+    /// endpoint than to refuse for certain.
+    pub ignore_health: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,13 +94,18 @@ pub fn pick<E: HasState>(
     let mut eligible: Vec<(usize, f64)> = Vec::with_capacity(endpoints.len());
     for (i, e) in endpoints.iter().enumerate() {
         let s = e.state();
-        if !exclude.contains(&i) && s.eligible(now) {
+        let ok = if request.ignore_health {
+            s.has_room()
+        } else {
+            s.eligible(now)
+        };
+        if !exclude.contains(&i) && ok {
             eligible.push((i, s.score(now)));
         }
     }
     let probe_due = eligible
         .iter()
-        .find(|(i, _)| endpoints[*i].state().health.wants_probe(now))
+        .find(|(i, _)| !request.ignore_health && endpoints[*i].state().health.wants_probe(now))
         .map(|(i, _)| *i);
     let (index, reason) = if let Some(i) = probe_due {
         (i, Reason::Probe)
@@ -254,6 +263,7 @@ mod tests {
         for p in 0..64u64 {
             let req = Request {
                 prefix: Some(prefix_hash([format!("system prompt {p}").as_bytes()])),
+                ..Request::default()
             };
             let first = pick(&e, &[], &req, now).unwrap();
             assert_eq!(first.reason, Reason::Affinity);
@@ -271,6 +281,7 @@ mod tests {
         let now = Instant::now();
         let req = Request {
             prefix: Some(prefix_hash([b"one hot system prompt".as_slice()])),
+            ..Request::default()
         };
         let home = pick(&e, &[], &req, now).unwrap().index;
         // The home endpoint fills up; past 1.25 × mean + 1 the prefix goes elsewhere.
@@ -331,6 +342,18 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_keeps_an_endpoint_aside_for_that_long() {
+        let e = eps(2);
+        let now = Instant::now();
+        e[0].throttle(Duration::from_secs(3), now);
+        for _ in 0..20 {
+            assert_eq!(pick(&e, &[], &Request::default(), now).unwrap().index, 1);
+        }
+        assert!(!e[0].eligible(now + Duration::from_millis(2900)));
+        assert!(e[0].eligible(now + Duration::from_secs(3)));
+    }
+
+    #[test]
     fn ewma_breaks_ties() {
         let e = eps(2);
         let now = Instant::now();
@@ -370,6 +393,7 @@ mod tests {
         let req = (0..)
             .map(|p: u32| Request {
                 prefix: Some(prefix_hash([p.to_le_bytes().as_slice()])),
+                ..Request::default()
             })
             .find(|r| pick(&e, &[], r, now).unwrap().index == 1)
             .unwrap();

@@ -48,6 +48,8 @@ pub struct EndpointState {
     /// `ACTIVE_FAILURES_DOWN` until the next success. Kept apart from the circuit: an
     /// endpoint that answers its health check but fails requests stays ejected.
     active_failures: AtomicU32,
+    /// A 429's Retry-After: not picked before this (ms since the process epoch).
+    throttled_until_ms: AtomicU64,
 }
 
 /// Consecutive failed active checks that take an endpoint out.
@@ -84,6 +86,7 @@ impl EndpointState {
             ewma_ttfb_us: AtomicU64::new(0),
             health: Health::new(health),
             active_failures: AtomicU32::new(0),
+            throttled_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -109,15 +112,27 @@ impl EndpointState {
 
     /// Under its cap, passing its active checks, and not ejected.
     pub fn eligible(&self, now: Instant) -> bool {
-        self.has_room() && self.active_up() && self.health.available(now)
+        self.has_room()
+            && self.active_up()
+            && millis(now) >= self.throttled_until_ms.load(Ordering::Relaxed)
+            && self.health.available(now)
+    }
+
+    /// The endpoint said 429 with `Retry-After`: leave it alone that long (capped).
+    pub fn throttle(&self, retry_after: Duration, now: Instant) {
+        let until = now + retry_after.min(Duration::from_secs(60));
+        self.throttled_until_ms
+            .fetch_max(millis(until), Ordering::Relaxed);
     }
 
     pub fn active_up(&self) -> bool {
         self.active_failures.load(Ordering::Relaxed) < ACTIVE_FAILURES_DOWN
     }
 
-    /// Result of an active health check (or a load scrape).
-    pub fn record_active(&self, ok: bool) {
+    /// Result of an active health check (or a load scrape). Returns the new state when
+    /// it changed (`Some(true)`: back up, `Some(false)`: taken out).
+    pub fn record_active(&self, ok: bool) -> Option<bool> {
+        let before = self.active_up();
         if ok {
             self.active_failures.store(0, Ordering::Relaxed);
         } else {
@@ -127,6 +142,8 @@ impl EndpointState {
                     Some(n.saturating_add(1))
                 });
         }
+        let after = self.active_up();
+        (before != after).then_some(after)
     }
 
     pub fn set_server_load(&self, load: ServerLoad, now: Instant) {

@@ -181,6 +181,8 @@ pub struct Attempt<'a> {
     pub endpoint: usize,
     /// Why this endpoint (for telemetry).
     pub pick: Pick,
+    /// Chosen in panic mode (health ignored: nothing else was eligible).
+    pub panic: bool,
 }
 
 /// The endpoints to try for a request, in order: endpoints of the first target's pool
@@ -193,6 +195,8 @@ pub struct Attempts<'a> {
     tried: Vec<usize>,
     remaining: usize,
     request: Request,
+    /// At least one attempt was made (panic mode only when none could be).
+    yielded: bool,
 }
 
 impl<'a> Attempts<'a> {
@@ -209,6 +213,7 @@ impl<'a> Attempts<'a> {
             tried: Vec::new(),
             remaining: max_attempts.max(1),
             request,
+            yielded: false,
         }
     }
 
@@ -222,6 +227,25 @@ impl<'a> Iterator for Attempts<'a> {
     type Item = Attempt<'a>;
 
     fn next(&mut self) -> Option<Attempt<'a>> {
+        loop {
+            if let Some(a) = self.next_in_order() {
+                self.yielded = true;
+                return Some(a);
+            }
+            // Nothing on the whole route is eligible (all ejected, throttled or
+            // failing checks): one pass that ignores health, rather than refusing.
+            if self.yielded || self.request.ignore_health || self.remaining == 0 {
+                return None;
+            }
+            self.request.ignore_health = true;
+            self.target = 0;
+            self.tried.clear();
+        }
+    }
+}
+
+impl<'a> Attempts<'a> {
+    fn next_in_order(&mut self) -> Option<Attempt<'a>> {
         while self.remaining > 0 && self.target < self.targets.len() {
             let target = &self.targets[self.target];
             let now = Instant::now();
@@ -230,13 +254,22 @@ impl<'a> Iterator for Attempts<'a> {
                 .pools
                 .get(target.pool)
                 .and_then(|p| match p.balancing {
-                    Balancing::RoundRobin => {
+                    Balancing::RoundRobin if !self.request.ignore_health => {
                         vigie_balance::round_robin(&p.endpoints, &self.tried, &p.round_robin, now)
                     }
-                    Balancing::LeastRequest => {
-                        vigie_balance::pick(&p.endpoints, &self.tried, &Request::default(), now)
+                    Balancing::QueueAware | Balancing::Unspecified => {
+                        vigie_balance::pick(&p.endpoints, &self.tried, &self.request, now)
                     }
-                    _ => vigie_balance::pick(&p.endpoints, &self.tried, &self.request, now),
+                    // Least request (and round robin in panic mode): no prefix affinity.
+                    _ => vigie_balance::pick(
+                        &p.endpoints,
+                        &self.tried,
+                        &Request {
+                            prefix: None,
+                            ..self.request
+                        },
+                        now,
+                    ),
                 });
             if let Some(pick) = pick {
                 self.tried.push(pick.index);
@@ -245,6 +278,7 @@ impl<'a> Iterator for Attempts<'a> {
                     target,
                     endpoint: pick.index,
                     pick,
+                    panic: self.request.ignore_health,
                 });
             }
             self.target += 1;

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tracing::debug;
+use tracing::{debug, info, warn};
 use vigie_balance::ServerLoad;
 use vigie_proto::v1::{Balancing, PoolKind};
 use vigie_wire::api::vllm;
@@ -25,6 +25,8 @@ use crate::upstream::Upstream;
 /// Largest `/metrics` page read.
 const MAX_METRICS_BYTES: usize = 1 << 20;
 const TICK: Duration = Duration::from_millis(200);
+/// Time allowed for one check (connect, then the answer).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {
@@ -84,7 +86,7 @@ impl Prober {
                     continue;
                 }
                 due.insert(key, now + interval);
-                checks.push(self.check(pool, ep, check, interval));
+                checks.push(self.check(pool, ep, check));
             }
         }
         futures::future::join_all(checks).await;
@@ -106,14 +108,10 @@ impl Prober {
         }
     }
 
-    async fn check(
-        &self,
-        pool: &PoolRuntime,
-        ep: &Arc<Endpoint>,
-        check: Check,
-        interval: Duration,
-    ) {
-        let limit = interval.min(Duration::from_secs(2));
+    async fn check(&self, pool: &PoolRuntime, ep: &Arc<Endpoint>, check: Check) {
+        // Not tied to a short interval: a loaded but healthy server must not fail its
+        // checks for answering in 300 ms.
+        let limit = CHECK_TIMEOUT;
         let timeouts = Timeouts {
             connect: pool.timeouts.connect.min(limit),
             first_byte: limit,
@@ -183,9 +181,21 @@ impl Prober {
             (Ok((status, _)), _) => (200..300).contains(status),
             (Err(_), _) => false,
         };
-        if let Err(e) = &result {
-            debug!(pool = %pool.name, endpoint = %ep.url, error = %e, "active check failed");
+        let detail = match &result {
+            Ok((status, _)) => format!("status {status}"),
+            Err(e) => e.clone(),
+        };
+        match ep.balance.record_active(ok) {
+            Some(false) => {
+                warn!(pool = %pool.name, endpoint = %ep.url, check = ?check, %detail, "endpoint failed its active checks: taken out")
+            }
+            Some(true) => {
+                info!(pool = %pool.name, endpoint = %ep.url, "endpoint passes its active checks again")
+            }
+            None if !ok => {
+                debug!(pool = %pool.name, endpoint = %ep.url, %detail, "active check failed")
+            }
+            None => {}
         }
-        ep.balance.record_active(ok);
     }
 }

@@ -65,7 +65,7 @@ impl Metrics {
         let route_picks = IntCounterVec::new(
             Opts::new(
                 "vigie_sidecar_route_picks_total",
-                "Endpoint choices by pool and reason (only, affinity, least_loaded, probe).",
+                "Endpoint choices by pool and reason (only, affinity, least_loaded, round_robin, probe, panic).",
             ),
             &["pool", "reason"],
         )?;
