@@ -556,6 +556,7 @@ mod tests {
         for doc in [
             include_str!("../../docs/examples/policy.json"),
             include_str!("../../docs/examples/policy-team-a.json"),
+            include_str!("../../docs/examples/policy-routing.json"),
         ] {
             assert_eq!(validate(&policy(doc)), Ok(()));
         }

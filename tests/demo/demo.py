@@ -28,6 +28,11 @@ def show(label, value):
     print(f"   {label:<22} {value}")
 
 
+def served_by(response) -> str:
+    """The mock instance that answered (its name is in the response id)."""
+    return "-".join(response.id.split("-")[2:-1])
+
+
 def main():
     started = []
     try:
@@ -105,11 +110,19 @@ def main():
         show("answer", m.content[0].text)
         show("credential upstream saw", cloud.stats()["last_request"]["authorization"][:16] + "… (the sidecar's, not the app's)")
 
-        title("Balancing across the two on-prem endpoints (20 requests)")
-        for _ in range(20):
-            app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-        show("gpu-1 requests", gpu1.stats()["requests_total"])
-        show("gpu-2 requests", gpu2.stats()["requests_total"])
+        title("Balancing across the two on-prem endpoints: prefix affinity, then load")
+        before = (gpu1.stats()["requests_total"], gpu2.stats()["requests_total"])
+        shared = {"role": "system", "content": "Tu es l'assistant du bureau des titres."}
+        for i in range(10):
+            app.chat.completions.create(model="gpt-4o-mini", max_tokens=2,
+                                        messages=[shared, {"role": "user", "content": f"Question {i}"}])
+        mid = (gpu1.stats()["requests_total"], gpu2.stats()["requests_total"])
+        show("same system prompt", f"10 requests → gpu-1 +{mid[0] - before[0]}, gpu-2 +{mid[1] - before[1]} (kept where its KV cache is)")
+        for i in range(20):
+            app.chat.completions.create(model="gpt-4o-mini", max_tokens=2,
+                                        messages=[{"role": "system", "content": f"Assistant n°{i}"}, {"role": "user", "content": "x"}])
+        end = (gpu1.stats()["requests_total"], gpu2.stats()["requests_total"])
+        show("20 other prompts", f"gpu-1 +{end[0] - mid[0]}, gpu-2 +{end[1] - mid[1]}")
 
         title("DLP: a cluster-wide baseline policy, pushed like any other")
         baseline = {"name": "dlp-baseline", "dlp": {"rules": [
@@ -156,7 +169,17 @@ def main():
         show("in force after", f"{(time.monotonic() - t0) * 1000:.0f} ms (grpcurl call included)")
         r = app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "encore"}], max_tokens=4)
         show("new policy version", sidecar.policy_version())
-        show("served by", f"{r.id.split('-')[2]} as {r.model} (mock instance name is in the response id)")
+        show("served by", f"{served_by(r)} as {r.model} (mock instance name is in the response id)")
+
+        title("Sensitivity routing: personal data never leaves for the external provider")
+        r = app.chat.completions.create(model="gpt-4o-mini", max_tokens=4,
+                                        messages=[{"role": "user", "content": "Le NIR 1 85 05 78 006 084 91 est-il valide ?"}])
+        show("with a NIR", f"served by {served_by(r)} as {r.model} (DLP found personal data; the external pool is cleared for internal only)")
+        try:
+            app.chat.completions.create(model="claude-sonnet", messages=[{"role": "user", "content": "Synthèse du dossier"}],
+                                        extra_headers={"x-vigie-sensitivity": "restricted"})
+        except openai.PermissionDeniedError as e:
+            show("declared restricted", f"{e.status_code} {e.code}: {e.body['message']}")
 
         title("Status: which sidecar runs which version (StatusService)")
         wait_until(lambda: cp.call("StatusService/ListClients", {}, token=admin)["clients"][0].get("ackedVersion")
@@ -174,7 +197,8 @@ def main():
         title("Sidecar metrics (excerpt)")
         for line in sidecar.metrics().splitlines():
             if line.startswith(("vigie_sidecar_requests_total", "vigie_sidecar_upstream_attempts_total", "vigie_sidecar_policy_info",
-                                "vigie_sidecar_dlp_findings_total")):
+                                "vigie_sidecar_dlp_findings_total", "vigie_sidecar_route_picks_total",
+                                "vigie_sidecar_route_refusals_total")):
                 print(f"   {DIM}{line}{RESET}")
         print(f"\n{BOLD}Demo complete.{RESET}")
     finally:

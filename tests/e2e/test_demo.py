@@ -21,6 +21,10 @@ def test_demo_runs_and_narrates():
         "400 We could not parse the JSON body",
         "(the sidecar's, not the app's)",
         "served by              cloud as gpt-4o",
+        "with a NIR             served by gpu-",
+        "same system prompt     10 requests → gpu-",
+        "declared restricted    403 no_cleared_pool: No pool cleared for sensitivity level `restricted` serves the model `claude-sonnet`",
+        'vigie_sidecar_route_refusals_total{level="restricted"} 1',
         'routes[0].pools[0]: unknown pool "gpu-b"',
         "revision 1: created (namespace=team-a): pools onprem-gpu, external; routes gpt-4o-mini",
         "team-a/chatbot-0",
@@ -28,7 +32,7 @@ def test_demo_runs_and_narrates():
         "the model received     Dossier de M. Durand, NIR <FR_NIR_1>, IBAN [IBAN], écrire à [EMAIL_ADDRESS]",
         "the app got back       Dossier de M. Durand, NIR 1 85 05 78 006 084 91, IBAN [IBAN], écrire à [EMAIL_ADDRESS]",
         "400 dlp_blocked: The request was blocked by the data-loss policy: it contains CLASSIFICATION_MARKING.",
-        'vigie_sidecar_dlp_findings_total{action="pseudonymize",detector="FR_NIR",direction="request"} 1',
+        'vigie_sidecar_dlp_findings_total{action="pseudonymize",detector="FR_NIR",direction="request"} 2',
         "Demo complete.",
     ]:
         assert expected in out, f"missing {expected!r} in:\n{out}"

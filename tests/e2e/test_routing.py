@@ -15,9 +15,11 @@ def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="app-placeholder-key", max_retries=0, timeout=30)
 
 
-def ask(s, question: str, **kw):
-    return client(s.base_url).chat.completions.create(
-        model="mistral-7b", messages=[SYSTEM, {"role": "user", "content": question}], **kw)
+def ask(s, question: str, system: bool = False, **kw):
+    """Without a system prompt each question is its own affinity key; with the shared one,
+    all questions share a key."""
+    messages = ([SYSTEM] if system else []) + [{"role": "user", "content": question}]
+    return client(s.base_url).chat.completions.create(model="mistral-7b", messages=messages, **kw)
 
 
 def metric(s, name: str, **labels) -> float:
@@ -67,7 +69,7 @@ def test_ejected_endpoint_comes_back_after_recovery(mocks, sidecars):
     # The ejection lasts 5 s; then the next request is its probe — even a prompt whose
     # affinity points to the other endpoint — and on success it takes traffic again.
     def probed():
-        ask(s, "Toujours la même question ?")
+        ask(s, "Toujours la même question ?", system=True)
         return flaky.stats()["requests_total"] > ejected_at
     wait_until(probed, timeout=15, interval=0.2, what="ejected endpoint probed")
     assert metric(s, "vigie_sidecar_route_picks_total", pool="gpu-a", reason="probe") == 1
@@ -80,13 +82,16 @@ def test_ejected_endpoint_comes_back_after_recovery(mocks, sidecars):
 def test_prefix_affinity_keeps_a_prompt_on_one_endpoint(mocks, sidecars):
     ms = [mocks(), mocks(), mocks()]
     s = sidecars({"name": "r", "pools": [pool("gpu-a", [m.url for m in ms], [{"name": "mistral-7b"}])]})
-    for _ in range(15):
-        ask(s, "Quels documents pour un passeport ?")
+    # One shared system prompt, different questions: one endpoint keeps its KV cache.
+    for i in range(15):
+        ask(s, f"Quels documents pour un passeport ? ({i})", system=True)
     counts = [m.stats()["requests_total"] for m in ms]
     assert sorted(counts) == [0, 0, 15], counts
-    # Other prompts spread over the pool.
+    # Other system prompts spread over the pool.
     for i in range(30):
-        ask(s, f"Question différente numéro {i}")
+        client(s.base_url).chat.completions.create(model="mistral-7b", messages=[
+            {"role": "system", "content": f"Tu es l'assistant du service n°{i}."},
+            {"role": "user", "content": "Bonjour"}])
     after = [m.stats()["requests_total"] for m in ms]
     assert sum(1 for a, c in zip(after, counts) if a > c) >= 2, after
     assert metric(s, "vigie_sidecar_route_picks_total", pool="gpu-a", reason="affinity") == 45

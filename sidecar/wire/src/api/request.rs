@@ -124,8 +124,9 @@ pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
 const PROMPT_PREFIX_BYTES: usize = 2048;
 
 /// The stable head of a prompt, for KV-cache affinity: requests that share it share the
-/// server's cached prefix blocks. Chat: the messages up to the first user message (the
-/// system prompt and what precedes the question); Anthropic: `system` and the first
+/// server's cached prefix blocks. Chat: the messages before the first user message (the
+/// system prompt most apps share), or the first message when there are none (so a
+/// conversation stays where its history is cached); Anthropic: `system`, else the first
 /// message; completions: the first 2 KiB of the prompt. `None` when there is none.
 pub fn prefix_key(op: super::Operation, body: &[u8]) -> Option<String> {
     use super::Operation;
@@ -133,17 +134,18 @@ pub fn prefix_key(op: super::Operation, body: &[u8]) -> Option<String> {
     let key = match op {
         Operation::ChatCompletions => {
             let messages = v.get("messages")?.as_array()?;
-            let end = messages
+            let head = messages
                 .iter()
                 .position(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-                .map_or(messages.len(), |i| i + 1)
+                .unwrap_or(messages.len())
+                .max(1)
                 .min(4);
-            serde_json::to_string(messages.get(..end)?).ok()?
+            serde_json::to_string(messages.get(..head)?).ok()?
         }
-        Operation::Messages => {
-            let first = v.get("messages")?.as_array()?.first()?;
-            serde_json::to_string(&(v.get("system"), first)).ok()?
-        }
+        Operation::Messages => match v.get("system") {
+            Some(system) => serde_json::to_string(system).ok()?,
+            None => serde_json::to_string(v.get("messages")?.as_array()?.first()?).ok()?,
+        },
         Operation::Completions => {
             let prompt = match v.get("prompt")? {
                 Value::String(p) => p.as_str(),
@@ -250,15 +252,16 @@ mod tests {
             )
         };
         let a = prefix_key(Operation::ChatCompletions, chat("Bonjour").as_bytes()).unwrap();
-        let b = prefix_key(Operation::ChatCompletions, chat("Bonjour").as_bytes()).unwrap();
+        let b = prefix_key(Operation::ChatCompletions, chat("Autre question").as_bytes()).unwrap();
+        assert_eq!(a, b, "same system prompt, other question and parameters: same key");
+        assert!(a.contains("Tu es un assistant") && !a.contains("Bonjour"));
+        // Without a system prompt, the first message keys the conversation.
         let c = prefix_key(
             Operation::ChatCompletions,
-            chat("Autre question").as_bytes(),
+            br#"{"model":"m","messages":[{"role":"user","content":"Bonjour"},{"role":"assistant","content":"x"}]}"#,
         )
         .unwrap();
-        assert_eq!(a, b, "other parameters do not matter");
-        assert_ne!(a, c);
-        assert!(a.contains("Tu es un assistant") && !a.contains("assistant\",\"content\":\"x"));
+        assert!(c.contains("Bonjour"));
         assert!(prefix_key(Operation::Embeddings, br#"{"model":"m","input":"x"}"#).is_none());
         assert_eq!(
             prefix_key(
