@@ -233,6 +233,23 @@ fn validate_pools(r: &mut Report, pools: &[Pool]) {
                 format!("unknown balancing {}", pool.balancing),
             );
         }
+        if let Some(c) = &pool.cost {
+            if c.currency.len() != 3 || !c.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+                r.add(
+                    format!("{p}.cost.currency"),
+                    "must be an ISO 4217 code such as EUR",
+                );
+            }
+            for (field, v) in [
+                ("inputPer1k", c.input_per_1k),
+                ("outputPer1k", c.output_per_1k),
+                ("gpuSecondsPer1k", c.gpu_seconds_per_1k),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    r.add(format!("{p}.cost.{field}"), "must be a number ≥ 0");
+                }
+            }
+        }
         if let Some(d) = &pool.probe_interval
             && (d.seconds < 0 || d.nanos < 0)
         {
@@ -604,7 +621,8 @@ mod tests {
         let p = policy(
             r#"{"name":"r","pools":[
               {"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://a:1"}],"models":[{"name":"m","aliases":["x","y"]}]},
-              {"name":"b","kind":"POOL_KIND_OPENAI","endpoints":[{"url":"https://b"}],"models":[{"name":"m"}],"clearance":"SENSITIVITY_LEVEL_PERSONAL"}],
+              {"name":"b","kind":"POOL_KIND_OPENAI","endpoints":[{"url":"https://b"}],"models":[{"name":"m"}],"clearance":"SENSITIVITY_LEVEL_PERSONAL",
+               "cost":{"currency":"eur","inputPer1k":-1}}],
              "routes":[
               {"model":"m","candidates":[{"pool":"a","weight":0},{"pool":"nope"}]},
               {"model":"m","pools":["a"]},
@@ -623,6 +641,8 @@ mod tests {
             "routes[4].pools: at least one pool is required (pools or candidates)",
             "routes[4].fallbackModel: a route cannot fall back to itself",
             "routes[4].match.headers[\"X-Bad\"]: header names are lower-case letters, digits and '-'",
+            "pools[1].cost.currency: must be an ISO 4217 code such as EUR",
+            "pools[1].cost.inputPer1k: must be a number ≥ 0",
         ] {
             assert!(
                 lines.iter().any(|l| l == want),

@@ -14,7 +14,7 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, Operation, request::RequestHead};
 use crate::dlp::{self, Counts, Pseudonyms, response::ResponseDlp};
@@ -351,7 +351,11 @@ impl SidecarApp {
                         .upstream_attempts
                         .with_label_values(&[&pool.name, "response"])
                         .inc();
-                    debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, "forwarded");
+                    if tries > 1 {
+                        info!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, attempts = tries, "answered after retries");
+                    } else {
+                        debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, "forwarded");
+                    }
                     return Ok(match answer_dlp {
                         None => self.relay(session, exchange, op).await,
                         Some(filter) => self.relay_filtered(session, exchange, op, filter).await,

@@ -241,3 +241,14 @@ def test_active_health_checks_take_an_endpoint_out_and_back(mocks, sidecars):
     for i in range(20):
         ask(s, f"k{i}")
     assert sick.stats()["requests_total"] > before
+
+
+def test_first_byte_timeout_fails_over_to_another_endpoint(mocks, sidecars):
+    slow, fast = mocks(ttft_ms=3000), mocks()
+    s = sidecars({"name": "t", "pools": [pool("gpu-a", [slow.url, fast.url], [{"name": "mistral-7b"}],
+                                              timeouts={"firstByte": "0.3s"})]})
+    for i in range(6):
+        r = post(s, "mistral-7b", content=f"t{i}")
+        assert r.status_code == 200, r.text
+    assert fast.stats()["requests_total"] == 6
+    assert metric(s, "vigie_sidecar_upstream_attempts_total", pool="gpu-a", outcome="first_byte_timeout") >= 1

@@ -5,6 +5,7 @@
 //! through the same [`Health::record`].
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +55,8 @@ struct Inner {
 pub struct Health {
     config: HealthConfig,
     inner: Mutex<Inner>,
+    /// Mirrors `Circuit::Closed` so that picks read healthy endpoints without a lock.
+    closed: AtomicBool,
 }
 
 impl Health {
@@ -64,12 +67,16 @@ impl Health {
                 circuit: Circuit::Closed { failures: 0 },
                 ejections: 0,
             }),
+            closed: AtomicBool::new(true),
         }
     }
 
     /// Whether the endpoint may be picked now (an expired ejection counts: the pick
     /// then becomes the probe, see [`Health::begin`]).
     pub fn available(&self, now: Instant) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return true;
+        }
         let Ok(inner) = self.inner.lock() else {
             return true;
         };
@@ -86,6 +93,9 @@ impl Health {
     /// here (it can still fail over), or an endpoint that only some prompts reach
     /// (affinity) could stay ejected for ever.
     pub fn wants_probe(&self, now: Instant) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
         let Ok(inner) = self.inner.lock() else {
             return false;
         };
@@ -101,6 +111,9 @@ impl Health {
     /// The endpoint was picked: an expired ejection turns into a half-open probe.
     /// Returns whether this request is the probe.
     pub fn begin(&self, now: Instant) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
         let Ok(mut inner) = self.inner.lock() else {
             return false;
         };
@@ -125,6 +138,14 @@ impl Health {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
+        self.record_locked(&mut inner, outcome, now);
+        self.closed.store(
+            matches!(inner.circuit, Circuit::Closed { .. }),
+            Ordering::Release,
+        );
+    }
+
+    fn record_locked(&self, inner: &mut Inner, outcome: Outcome, now: Instant) {
         match (outcome, inner.circuit) {
             (Outcome::Neutral, Circuit::HalfOpen { .. }) => {
                 // The probe proved nothing: let another one through.
@@ -161,10 +182,7 @@ impl Health {
 
     /// Whether the endpoint is ejected or on probation (for telemetry).
     pub fn ejected(&self) -> bool {
-        self.inner
-            .lock()
-            .map(|i| !matches!(i.circuit, Circuit::Closed { .. }))
-            .unwrap_or(false)
+        !self.closed.load(Ordering::Acquire)
     }
 }
 

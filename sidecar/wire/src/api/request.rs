@@ -138,8 +138,7 @@ pub fn prefix_key(op: super::Operation, body: &[u8]) -> Option<String> {
                 .iter()
                 .position(|m| m.get("role").and_then(Value::as_str) == Some("user"))
                 .unwrap_or(messages.len())
-                .max(1)
-                .min(4);
+                .clamp(1, 4);
             serde_json::to_string(messages.get(..head)?).ok()?
         }
         Operation::Messages => match v.get("system") {
@@ -252,8 +251,15 @@ mod tests {
             )
         };
         let a = prefix_key(Operation::ChatCompletions, chat("Bonjour").as_bytes()).unwrap();
-        let b = prefix_key(Operation::ChatCompletions, chat("Autre question").as_bytes()).unwrap();
-        assert_eq!(a, b, "same system prompt, other question and parameters: same key");
+        let b = prefix_key(
+            Operation::ChatCompletions,
+            chat("Autre question").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            a, b,
+            "same system prompt, other question and parameters: same key"
+        );
         assert!(a.contains("Tu es un assistant") && !a.contains("Bonjour"));
         // Without a system prompt, the first message keys the conversation.
         let c = prefix_key(
