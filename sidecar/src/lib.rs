@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod metering;
 pub mod policy;
 pub mod proxy;
 pub mod routing;

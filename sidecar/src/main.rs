@@ -298,6 +298,11 @@ fn main() -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             max_attempts: args.max_attempts,
             namespace: args.namespace.clone(),
+            workload: if args.workload.is_empty() {
+                args.service_account.clone()
+            } else {
+                args.workload.clone()
+            },
             labels: args.labels.iter().cloned().collect(),
             route_debug_header: args.route_debug_header,
         },

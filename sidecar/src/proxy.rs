@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, Operation, request::RequestHead};
 use crate::dlp::{self, Counts, Pseudonyms, response::ResponseDlp};
+use crate::metering::{Attribution, Meter};
 use crate::policy::{PolicyStore, Snapshot};
 use crate::routing::{Attempts, PlanError, RouteContext};
 use crate::telemetry::Metrics;
@@ -28,8 +29,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Endpoints tried per request when connecting fails.
     pub max_attempts: usize,
-    /// The calling workload, for route conditions.
+    /// The calling workload, for route conditions and attribution.
     pub namespace: String,
+    pub workload: String,
     pub labels: std::collections::BTreeMap<String, String>,
     /// Adds `x-vigie-route` (pool, endpoint, reason, attempts) to answers; for debugging.
     pub route_debug_header: bool,
@@ -221,6 +223,16 @@ impl SidecarApp {
             (err, true)
         })?;
         let answer_dlp = ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms);
+        let mut meter = Meter::new(
+            &self.metrics,
+            op,
+            Attribution {
+                namespace: self.settings.namespace.clone(),
+                workload: self.settings.workload.clone(),
+                model: model.clone(),
+            },
+        );
+        let body = meter.prepare(body);
 
         // Prefix affinity only matters where a pool has several endpoints to choose from.
         let prefix = targets
@@ -344,21 +356,37 @@ impl SidecarApp {
                             .with_label_values(&[&pool.name, &format!("status_{status}")])
                             .inc();
                         warn!(pool = %pool.name, endpoint = %endpoint.url, status, "upstream error status, trying the next endpoint");
-                        last_answer = Some(exchange);
+                        last_answer = Some((
+                            exchange,
+                            pool.name.as_str(),
+                            attempt.target.upstream_model.as_str(),
+                        ));
                         continue;
                     }
                     self.metrics
                         .upstream_attempts
                         .with_label_values(&[&pool.name, "response"])
                         .inc();
+                    meter.answer(
+                        &pool.name,
+                        &attempt.target.upstream_model,
+                        status,
+                        exchange
+                            .session
+                            .response_header()
+                            .is_some_and(upstream::is_event_stream),
+                    );
                     if tries > 1 {
                         info!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, attempts = tries, "answered after retries");
                     } else {
                         debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, "forwarded");
                     }
                     return Ok(match answer_dlp {
-                        None => self.relay(session, exchange, op).await,
-                        Some(filter) => self.relay_filtered(session, exchange, op, filter).await,
+                        None => self.relay(session, exchange, op, &mut meter).await,
+                        Some(filter) => {
+                            self.relay_filtered(session, exchange, op, filter, &mut meter)
+                                .await
+                        }
                     });
                 }
                 Err(e) => {
@@ -380,10 +408,18 @@ impl SidecarApp {
                 }
             }
         }
-        if let Some(exchange) = last_answer {
+        if let Some((exchange, pool, served)) = last_answer {
+            let status = exchange
+                .session
+                .response_header()
+                .map_or(502, |h| h.status.as_u16());
+            meter.answer(pool, served, status, false);
             return Ok(match answer_dlp {
-                None => self.relay(session, exchange, op).await,
-                Some(filter) => self.relay_filtered(session, exchange, op, filter).await,
+                None => self.relay(session, exchange, op, &mut meter).await,
+                Some(filter) => {
+                    self.relay_filtered(session, exchange, op, filter, &mut meter)
+                        .await
+                }
             });
         }
         let err = match last_error {
@@ -397,7 +433,13 @@ impl SidecarApp {
     }
 
     /// Streams the upstream response to the client chunk by chunk, without buffering.
-    async fn relay(&self, session: &mut ServerSession, mut ex: Exchange, op: Operation) -> Outcome {
+    async fn relay(
+        &self,
+        session: &mut ServerSession,
+        mut ex: Exchange,
+        op: Operation,
+        meter: &mut Meter<'_>,
+    ) -> Outcome {
         let Some(up_header) = ex.session.response_header() else {
             return Outcome::broken(502);
         };
@@ -408,6 +450,10 @@ impl SidecarApp {
             Err(_) => return Outcome::broken(502),
         };
         add_route_header(&mut header, &ex);
+        if meter.rewrites() {
+            // The injected usage chunk is removed: the length changes.
+            header.remove_header(&http::header::CONTENT_LENGTH);
+        }
         if session
             .write_response_header(Box::new(header))
             .await
@@ -421,12 +467,24 @@ impl SidecarApp {
             tokio::select! {
                 chunk = ex.session.read_response_body() => match chunk {
                     Ok(Some(data)) => {
-                        if session.write_response_body(data, false).await.is_err() {
+                        let data = match meter.observe(&data) {
+                            None => data,
+                            Some(rewritten) => Bytes::from(rewritten),
+                        };
+                        if !data.is_empty() && session.write_response_body(data, false).await.is_err() {
                             debug!("client went away mid-response");
                             return Outcome::broken(499);
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if let Some(rest) = meter.finish()
+                            && !rest.is_empty()
+                            && session.write_response_body(Bytes::from(rest), false).await.is_err()
+                        {
+                            return Outcome::broken(499);
+                        }
+                        break;
+                    }
                     Err(e) => {
                         warn!(error = %e, "upstream failed mid-response");
                         if sse {
@@ -474,6 +532,7 @@ impl SidecarApp {
         mut ex: Exchange,
         op: Operation,
         filter: ResponseDlp<'_>,
+        meter: &mut Meter<'_>,
     ) -> Outcome {
         let Some(up_header) = ex.session.response_header() else {
             return Outcome::broken(502);
@@ -488,7 +547,7 @@ impl SidecarApp {
         add_route_header(&mut header, &ex);
         if !sse {
             return self
-                .relay_json(session, ex, op, filter, header, status)
+                .relay_json(session, ex, op, filter, header, meter)
                 .await;
         }
         if session
@@ -504,8 +563,18 @@ impl SidecarApp {
             tokio::select! {
                 chunk = ex.session.read_response_body() => {
                     let (out, last) = match chunk {
-                        Ok(Some(data)) => (sse_filter.push(&data), false),
-                        Ok(None) => (sse_filter.finish(), true),
+                        Ok(Some(data)) => match meter.observe(&data) {
+                            None => (sse_filter.push(&data), false),
+                            Some(rewritten) => (sse_filter.push(&rewritten), false),
+                        },
+                        Ok(None) => {
+                            let rest = meter.finish().unwrap_or_default();
+                            let out = sse_filter.push(&rest).and_then(|mut out| {
+                                out.extend(sse_filter.finish()?);
+                                Ok(out)
+                            });
+                            (out, true)
+                        }
                         Err(e) => {
                             warn!(error = %e, "upstream failed mid-response");
                             self.record_dlp(sse_filter.counts(), "response");
@@ -558,8 +627,9 @@ impl SidecarApp {
         op: Operation,
         mut filter: ResponseDlp<'_>,
         mut header: ResponseHeader,
-        status: u16,
+        meter: &mut Meter<'_>,
     ) -> Outcome {
+        let status = header.status.as_u16();
         let mut body = BytesMut::new();
         loop {
             match ex.session.read_response_body().await {
@@ -581,6 +651,8 @@ impl SidecarApp {
                 }
             }
         }
+        meter.observe(&body);
+        meter.finish();
         let filtered = filter.filter_json(op, &body);
         self.record_dlp(&filter.counts, "response");
         let out = match filtered {

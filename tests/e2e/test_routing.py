@@ -22,6 +22,14 @@ def ask(s, question: str, system: bool = False, **kw):
     return client(s.base_url).chat.completions.create(model="mistral-7b", messages=messages, **kw)
 
 
+def gauge(s, name: str, **labels) -> float | None:
+    """The value of one series, or None when the sidecar has not exported it yet."""
+    for line in httpx.get(s.admin_url + "/metrics").text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def metric(s, name: str, **labels) -> float:
     text = httpx.get(s.admin_url + "/metrics").text
     total = 0.0
@@ -212,7 +220,7 @@ def test_queue_aware_balancing_follows_the_servers_own_queue(mocks, sidecars):
         t.start()
     wait_until(lambda: busy.stats()["waiting"] >= 4, what="queue on the busy endpoint")
     # The sidecar has scraped the queue from the endpoint's /metrics.
-    wait_until(lambda: metric(s, "vigie_sidecar_endpoint_waiting_requests", pool="gpu-a", endpoint=busy.url) >= 4,
+    wait_until(lambda: (gauge(s, "vigie_sidecar_endpoint_waiting_requests", pool="gpu-a", endpoint=busy.url) or 0) >= 4,
                what="queue scraped")
     for i in range(20):
         assert ask(s, f"question {i}").choices
@@ -227,16 +235,14 @@ def test_active_health_checks_take_an_endpoint_out_and_back(mocks, sidecars):
                                           balancing="BALANCING_LEAST_REQUEST", probeInterval="0.2s")]}
     s = sidecars(policy)
     sick.set_behaviour(fail={"kind": "unhealthy"})  # /health answers 503; requests would still work
-    wait_until(lambda: metric(s, "vigie_sidecar_endpoint_available", pool="gpu-a", endpoint=sick.url) == 0
-               and 'endpoint="' + sick.url in httpx.get(s.admin_url + "/metrics").text,
+    wait_until(lambda: gauge(s, "vigie_sidecar_endpoint_available", pool="gpu-a", endpoint=sick.url) == 0,
                what="endpoint marked unavailable")
     before = sick.stats()["requests_total"]
     for i in range(20):
         assert ask(s, f"h{i}").choices
-    # (On failure, the sidecar's log says whether the route went into panic mode.)
-    assert sick.stats()["requests_total"] == before, s.log()[-3000:]
+    assert sick.stats()["requests_total"] == before
     sick.set_behaviour()
-    wait_until(lambda: metric(s, "vigie_sidecar_endpoint_available", pool="gpu-a", endpoint=sick.url) == 1,
+    wait_until(lambda: gauge(s, "vigie_sidecar_endpoint_available", pool="gpu-a", endpoint=sick.url) == 1,
                what="endpoint back")
     for i in range(20):
         ask(s, f"k{i}")

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub route_refusals: IntCounterVec,
     pub endpoint_available: IntGaugeVec,
     pub endpoint_waiting: IntGaugeVec,
+    pub tokens: IntCounterVec,
+    pub usage_records: IntCounterVec,
     pub inflight: IntGauge,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
@@ -90,6 +92,27 @@ impl Metrics {
             ),
             &["pool", "endpoint"],
         )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_tokens_total",
+                "Tokens by tenant (namespace), workload, requested and served model, pool and type (prompt, completion, cached_prompt, reasoning).",
+            ),
+            &[
+                "namespace",
+                "workload",
+                "model",
+                "served_model",
+                "pool",
+                "type",
+            ],
+        )?;
+        let usage_records = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_usage_records_total",
+                "Answers metered, by source of the figures (upstream, estimated, upstream_error).",
+            ),
+            &["source"],
+        )?;
         let inflight = IntGauge::new("vigie_sidecar_inflight_requests", "Requests in progress.")?;
         let policy_info = IntGaugeVec::new(
             Opts::new(
@@ -143,6 +166,8 @@ impl Metrics {
         registry.register(Box::new(route_refusals.clone()))?;
         registry.register(Box::new(endpoint_available.clone()))?;
         registry.register(Box::new(endpoint_waiting.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(usage_records.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(policy_info.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
@@ -156,6 +181,8 @@ impl Metrics {
             route_refusals,
             endpoint_available,
             endpoint_waiting,
+            tokens,
+            usage_records,
             inflight,
             policy_info,
             policy_reloads,

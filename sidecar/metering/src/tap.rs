@@ -1,0 +1,310 @@
+//! Watches an answer go by: reads the upstream's usage, keeps the generated text for an
+//! estimate, and strips the usage chunk the sidecar asked for on the app's behalf.
+
+use serde_json::Value;
+use vigie_wire::api::Operation;
+
+use crate::estimate;
+use crate::usage::{self, Usage, UsageSource};
+
+/// Largest non-streamed body kept to read its usage (bigger: estimated).
+const MAX_JSON: usize = 32 << 20;
+/// Generated text kept for an estimate.
+const MAX_TEXT: usize = 1 << 20;
+
+#[derive(Debug)]
+pub struct UsageTap {
+    op: Operation,
+    sse: bool,
+    /// The app did not ask for the usage chunk: remove it.
+    strip: bool,
+    buf: Vec<u8>,
+    too_big: bool,
+    usage: Option<Usage>,
+    generated: String,
+    /// The answer ended normally (`[DONE]`, `message_stop`, a whole JSON body).
+    complete: bool,
+}
+
+impl UsageTap {
+    pub fn new(op: Operation, sse: bool, strip: bool) -> Self {
+        Self {
+            op,
+            sse,
+            strip,
+            buf: Vec::new(),
+            too_big: false,
+            usage: None,
+            generated: String::new(),
+            complete: false,
+        }
+    }
+
+    /// Sees a chunk of the answer. `None`: forward it unchanged; `Some(bytes)`: forward
+    /// these instead (whole events, without the stripped usage chunk).
+    pub fn observe(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        if !self.sse {
+            if !self.too_big && self.buf.len() + data.len() <= MAX_JSON {
+                self.buf.extend_from_slice(data);
+            } else {
+                self.too_big = true;
+                self.buf = Vec::new();
+            }
+            return None;
+        }
+        self.buf.extend_from_slice(data);
+        let mut out = self.strip.then(|| Vec::with_capacity(data.len()));
+        while let Some(end) = event_end(&self.buf) {
+            let event: Vec<u8> = self.buf.drain(..end).collect();
+            let keep = self.event(&event);
+            if let Some(o) = out.as_mut()
+                && keep
+            {
+                o.extend_from_slice(&event);
+            }
+        }
+        out
+    }
+
+    /// End of the answer: what is left to forward (an unterminated last event).
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        if !self.sse {
+            if !self.too_big
+                && let Ok(v) = serde_json::from_slice::<Value>(&self.buf)
+            {
+                self.complete = true;
+                self.usage = match self.op {
+                    Operation::Messages => v.get("usage").and_then(usage::anthropic),
+                    _ => v.get("usage").and_then(usage::openai),
+                };
+                if self.usage.is_none() {
+                    let mut v = v;
+                    let mut text = String::new();
+                    vigie_wire::dlp::text::response_texts(self.op, &mut v, &mut |s| {
+                        text.push_str(s)
+                    });
+                    self.generated = text;
+                }
+            }
+            self.buf = Vec::new();
+            return None;
+        }
+        let rest = std::mem::take(&mut self.buf);
+        if !rest.is_empty() {
+            let keep = self.event(&rest);
+            if self.strip && keep {
+                return Some(rest);
+            }
+        }
+        self.strip.then(Vec::new)
+    }
+
+    /// The figures for this request: the upstream's when it gave them for a complete
+    /// answer; otherwise counted (`prompt` is asked for only then).
+    pub fn result(&self, prompt: impl FnOnce() -> u64) -> (Usage, UsageSource) {
+        match self.usage {
+            Some(u) if self.complete => (u, UsageSource::Upstream),
+            partial => {
+                let completion = estimate::tokens(&self.generated);
+                // Anthropic reports input tokens at the start: keep them if we have them.
+                let prompt = partial.map_or_else(prompt, |u| u.prompt);
+                (
+                    Usage {
+                        prompt,
+                        completion: partial.map_or(completion, |u| u.completion.max(completion)),
+                        ..Usage::default()
+                    },
+                    UsageSource::Estimated,
+                )
+            }
+        }
+    }
+
+    /// One SSE event: records what it says; `false` if it must not be forwarded.
+    fn event(&mut self, raw: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(raw);
+        let mut data = String::new();
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        if data.trim() == "[DONE]" {
+            self.complete = true;
+            return true;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&data) else {
+            return true;
+        };
+        match self.op {
+            Operation::Messages => self.anthropic_event(&v),
+            _ => return self.openai_chunk(&v),
+        }
+        true
+    }
+
+    fn openai_chunk(&mut self, v: &Value) -> bool {
+        if let Some(u) = v.get("usage").and_then(usage::openai) {
+            self.usage = Some(u);
+        }
+        let choices = v.get("choices").and_then(Value::as_array);
+        for c in choices.into_iter().flatten() {
+            for p in [
+                "/delta/content",
+                "/delta/reasoning_content",
+                "/delta/function_call/arguments",
+                "/text",
+            ] {
+                if let Some(s) = c.pointer(p).and_then(Value::as_str) {
+                    self.keep_text(s);
+                }
+            }
+            for call in c
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(s) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                    self.keep_text(s);
+                }
+            }
+        }
+        // The usage-only chunk (no choices) the app did not ask for.
+        let usage_only =
+            v.get("usage").is_some_and(|u| !u.is_null()) && choices.is_some_and(Vec::is_empty);
+        !(self.strip && usage_only)
+    }
+
+    fn anthropic_event(&mut self, v: &Value) {
+        match v.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                self.usage = v.pointer("/message/usage").and_then(usage::anthropic);
+            }
+            Some("message_delta") => {
+                if let Some(out) = v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
+                    let mut u = self.usage.unwrap_or_default();
+                    u.completion = out;
+                    self.usage = Some(u);
+                }
+            }
+            Some("content_block_delta") => {
+                for p in ["/delta/text", "/delta/partial_json", "/delta/thinking"] {
+                    if let Some(s) = v.pointer(p).and_then(Value::as_str) {
+                        self.keep_text(s);
+                    }
+                }
+            }
+            Some("message_stop") => self.complete = true,
+            _ => {}
+        }
+    }
+
+    fn keep_text(&mut self, s: &str) {
+        if self.generated.len() + s.len() <= MAX_TEXT {
+            self.generated.push_str(s);
+        }
+    }
+}
+
+/// End (exclusive) of the first complete event in `buf`.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(content: &str) -> String {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":content}}]})
+        )
+    }
+    const USAGE: &str = "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n";
+
+    #[test]
+    fn strips_the_injected_usage_chunk_whatever_the_cuts() {
+        let stream = format!("{}{}{USAGE}data: [DONE]\n\n", chunk("Bon"), chunk("jour"));
+        for cut in 1..stream.len() {
+            let mut tap = UsageTap::new(Operation::ChatCompletions, true, true);
+            let mut out = Vec::new();
+            for part in [&stream.as_bytes()[..cut], &stream.as_bytes()[cut..]] {
+                out.extend(tap.observe(part).unwrap());
+            }
+            out.extend(tap.finish().unwrap());
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(
+                out,
+                format!("{}{}data: [DONE]\n\n", chunk("Bon"), chunk("jour"))
+            );
+            let (u, src) = tap.result(|| unreachable!());
+            assert_eq!((u.prompt, u.completion, src), (9, 2, UsageSource::Upstream));
+        }
+    }
+
+    #[test]
+    fn passes_through_when_the_app_asked_and_estimates_a_cut_stream() {
+        let mut tap = UsageTap::new(Operation::ChatCompletions, true, false);
+        assert_eq!(tap.observe(chunk("Hello").as_bytes()), None);
+        assert_eq!(tap.observe(chunk(" world").as_bytes()), None);
+        // No usage, no [DONE]: the stream was cut.
+        let (u, src) = tap.result(|| 7);
+        assert_eq!(
+            (u.prompt, u.completion, src),
+            (7, 2, UsageSource::Estimated)
+        );
+    }
+
+    #[test]
+    fn anthropic_stream_and_json_bodies() {
+        let mut tap = UsageTap::new(Operation::Messages, true, false);
+        let events = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Salut\"}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        tap.observe(events.as_bytes());
+        tap.finish();
+        assert_eq!(tap.result(|| 0).0.completion, 5);
+        assert_eq!(tap.result(|| 0).1, UsageSource::Upstream);
+
+        let mut tap = UsageTap::new(Operation::Embeddings, false, false);
+        tap.observe(br#"{"object":"list","data":[],"usage":{"prompt_tokens":4,"total_tokens":4}}"#);
+        tap.finish();
+        assert_eq!(
+            tap.result(|| 0),
+            (
+                Usage {
+                    prompt: 4,
+                    ..Usage::default()
+                },
+                UsageSource::Upstream
+            )
+        );
+
+        // A JSON answer without usage: counted from its text.
+        let mut tap = UsageTap::new(Operation::ChatCompletions, false, false);
+        tap.observe(br#"{"choices":[{"message":{"role":"assistant","content":"Hello world"}}]}"#);
+        tap.finish();
+        assert_eq!(
+            tap.result(|| 3),
+            (
+                Usage {
+                    prompt: 3,
+                    completion: 2,
+                    ..Usage::default()
+                },
+                UsageSource::Estimated
+            )
+        );
+    }
+}
