@@ -11,6 +11,8 @@ use crate::usage::{self, Usage, UsageSource};
 const MAX_JSON: usize = 32 << 20;
 /// Generated text kept for an estimate.
 const MAX_TEXT: usize = 1 << 20;
+/// Event payloads kept unparsed before being reduced to their text.
+const EVENTS_BATCH: usize = 64 << 10;
 
 #[derive(Debug)]
 pub struct UsageTap {
@@ -21,7 +23,12 @@ pub struct UsageTap {
     buf: Vec<u8>,
     too_big: bool,
     usage: Option<Usage>,
+    /// Generated text (non-streamed answers without usage).
     generated: String,
+    /// `data:` payloads of streamed events without usage, one per line: parsed only if
+    /// an estimate is needed (most upstreams report usage; parsing every chunk would
+    /// cost more than the rest of metering).
+    events: String,
     /// The answer ended normally (`[DONE]`, `message_stop`, a whole JSON body).
     complete: bool,
 }
@@ -36,6 +43,7 @@ impl UsageTap {
             too_big: false,
             usage: None,
             generated: String::new(),
+            events: String::new(),
             complete: false,
         }
     }
@@ -105,7 +113,7 @@ impl UsageTap {
         match self.usage {
             Some(u) if self.complete => (u, UsageSource::Upstream),
             partial => {
-                let completion = estimate::tokens(&self.generated);
+                let completion = estimate::tokens(&self.generated_text());
                 // Anthropic reports input tokens at the start: keep them if we have them.
                 let prompt = partial.map_or_else(prompt, |u| u.prompt);
                 (
@@ -120,6 +128,75 @@ impl UsageTap {
         }
     }
 
+    /// Keeps an event's payload for a possible estimate; past `EVENTS_BATCH` bytes the
+    /// batch is reduced to its text, so memory stays bounded on long answers.
+    fn keep_event(&mut self, data: &str) {
+        // Multi-line data: the line breaks are between JSON tokens.
+        self.events.push_str(&data.replace('\n', " "));
+        self.events.push('\n');
+        if self.events.len() > EVENTS_BATCH {
+            let text = self.events_text();
+            self.events.clear();
+            if self.generated.len() + text.len() <= MAX_TEXT {
+                self.generated.push_str(&text);
+            }
+        }
+    }
+
+    /// The text the model generated, from the kept events (streams) or the body.
+    fn generated_text(&self) -> String {
+        let mut text = self.generated.clone();
+        text.push_str(&self.events_text());
+        text
+    }
+
+    /// The generated text in the kept event payloads.
+    fn events_text(&self) -> String {
+        let mut text = String::new();
+        for line in self.events.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let pointers: &[&str] = match self.op {
+                Operation::Messages => &["/delta/text", "/delta/partial_json", "/delta/thinking"],
+                _ => &[],
+            };
+            for p in pointers {
+                if let Some(s) = v.pointer(p).and_then(Value::as_str) {
+                    text.push_str(s);
+                }
+            }
+            for c in v
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for p in [
+                    "/delta/content",
+                    "/delta/reasoning_content",
+                    "/delta/function_call/arguments",
+                    "/text",
+                ] {
+                    if let Some(s) = c.pointer(p).and_then(Value::as_str) {
+                        text.push_str(s);
+                    }
+                }
+                for call in c
+                    .pointer("/delta/tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(s) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                        text.push_str(s);
+                    }
+                }
+            }
+        }
+        text
+    }
+
     /// One SSE event: records what it says; `false` if it must not be forwarded.
     fn event(&mut self, raw: &[u8]) -> bool {
         let text = String::from_utf8_lossy(raw);
@@ -132,80 +209,55 @@ impl UsageTap {
                 data.push_str(v.strip_prefix(' ').unwrap_or(v));
             }
         }
-        if data.trim() == "[DONE]" {
+        let data = data.trim();
+        if data == "[DONE]" {
             self.complete = true;
             return true;
         }
-        let Ok(v) = serde_json::from_str::<Value>(&data) else {
+        // Only events that carry usage (or end the answer) are parsed now.
+        if !data.contains("\"usage\"") {
+            if self.op == Operation::Messages && data.contains("\"message_stop\"") {
+                self.complete = true;
+            } else {
+                self.keep_event(data);
+            }
+            return true;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
             return true;
         };
         match self.op {
-            Operation::Messages => self.anthropic_event(&v),
-            _ => return self.openai_chunk(&v),
-        }
-        true
-    }
-
-    fn openai_chunk(&mut self, v: &Value) -> bool {
-        if let Some(u) = v.get("usage").and_then(usage::openai) {
-            self.usage = Some(u);
-        }
-        let choices = v.get("choices").and_then(Value::as_array);
-        for c in choices.into_iter().flatten() {
-            for p in [
-                "/delta/content",
-                "/delta/reasoning_content",
-                "/delta/function_call/arguments",
-                "/text",
-            ] {
-                if let Some(s) = c.pointer(p).and_then(Value::as_str) {
-                    self.keep_text(s);
+            Operation::Messages => {
+                match v.get("type").and_then(Value::as_str) {
+                    Some("message_start") => {
+                        self.usage = v.pointer("/message/usage").and_then(usage::anthropic);
+                    }
+                    Some("message_delta") => {
+                        if let Some(out) = v.pointer("/usage/output_tokens").and_then(Value::as_u64)
+                        {
+                            let mut u = self.usage.unwrap_or_default();
+                            u.completion = out;
+                            self.usage = Some(u);
+                        }
+                    }
+                    _ => {}
                 }
+                true
             }
-            for call in c
-                .pointer("/delta/tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(s) = call.pointer("/function/arguments").and_then(Value::as_str) {
-                    self.keep_text(s);
-                }
-            }
-        }
-        // The usage-only chunk (no choices) the app did not ask for.
-        let usage_only =
-            v.get("usage").is_some_and(|u| !u.is_null()) && choices.is_some_and(Vec::is_empty);
-        !(self.strip && usage_only)
-    }
-
-    fn anthropic_event(&mut self, v: &Value) {
-        match v.get("type").and_then(Value::as_str) {
-            Some("message_start") => {
-                self.usage = v.pointer("/message/usage").and_then(usage::anthropic);
-            }
-            Some("message_delta") => {
-                if let Some(out) = v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
-                    let mut u = self.usage.unwrap_or_default();
-                    u.completion = out;
+            _ => {
+                if let Some(u) = v.get("usage").and_then(usage::openai) {
                     self.usage = Some(u);
                 }
-            }
-            Some("content_block_delta") => {
-                for p in ["/delta/text", "/delta/partial_json", "/delta/thinking"] {
-                    if let Some(s) = v.pointer(p).and_then(Value::as_str) {
-                        self.keep_text(s);
-                    }
+                let choices = v.get("choices").and_then(Value::as_array);
+                if choices.is_some_and(|c| !c.is_empty()) {
+                    // Usage on a chunk that also carries text (some servers do).
+                    self.keep_event(data);
                 }
+                // The usage-only chunk (no choices) the app did not ask for.
+                let usage_only = v.get("usage").is_some_and(|u| !u.is_null())
+                    && choices.is_some_and(Vec::is_empty);
+                !(self.strip && usage_only)
             }
-            Some("message_stop") => self.complete = true,
-            _ => {}
-        }
-    }
-
-    fn keep_text(&mut self, s: &str) {
-        if self.generated.len() + s.len() <= MAX_TEXT {
-            self.generated.push_str(s);
         }
     }
 }
@@ -306,5 +358,17 @@ mod tests {
                 UsageSource::Estimated
             )
         );
+    }
+
+    #[test]
+    fn long_cut_streams_are_estimated_from_all_their_text() {
+        let mut tap = UsageTap::new(Operation::ChatCompletions, true, true);
+        // ~250 kB of events: several batches reduced to text on the way.
+        for _ in 0..2000 {
+            tap.observe(chunk(" mot").as_bytes());
+        }
+        let (u, src) = tap.result(|| 1);
+        assert_eq!(src, UsageSource::Estimated);
+        assert!((1900..=2100).contains(&u.completion), "{}", u.completion);
     }
 }
