@@ -6,6 +6,9 @@ use bytes::Bytes;
 use vigie_metering::{UsageSource, UsageTap, estimate};
 use vigie_wire::api::Operation;
 
+use vigie_proto::v1::PoolCost;
+
+use crate::policy::PoolRuntime;
 use crate::telemetry::Metrics;
 
 /// Who and what a request is billed to.
@@ -23,6 +26,7 @@ struct Answer {
     served_model: String,
     status: u16,
     tap: UsageTap,
+    cost: Option<PoolCost>,
 }
 
 #[derive(Debug)]
@@ -58,12 +62,13 @@ impl<'a> Meter<'a> {
     }
 
     /// An upstream answer starts (the last one wins: earlier attempts were not relayed).
-    pub fn answer(&mut self, pool: &str, served_model: &str, status: u16, sse: bool) {
+    pub fn answer(&mut self, pool: &PoolRuntime, served_model: &str, status: u16, sse: bool) {
         self.answer = Some(Answer {
-            pool: pool.to_string(),
+            pool: pool.name.clone(),
             served_model: served_model.to_string(),
             status,
             tap: UsageTap::new(self.op, sse, self.strip_usage && sse),
+            cost: pool.cost.clone(),
         });
     }
 
@@ -120,6 +125,26 @@ impl<'a> Meter<'a> {
                         kind,
                     ])
                     .inc_by(n);
+            }
+        }
+        if let Some(c) = &a.cost {
+            let who = [
+                self.who.namespace.as_str(),
+                self.who.workload.as_str(),
+                self.who.model.as_str(),
+                a.pool.as_str(),
+            ];
+            let price = (usage.prompt as f64 * c.input_per_1k
+                + usage.completion as f64 * c.output_per_1k)
+                / 1000.0;
+            if price > 0.0 {
+                let mut labels = who.to_vec();
+                labels.push(c.currency.as_str());
+                self.metrics.cost.with_label_values(&labels).inc_by(price);
+            }
+            let gpu = (usage.prompt + usage.completion) as f64 * c.gpu_seconds_per_1k / 1000.0;
+            if gpu > 0.0 {
+                self.metrics.gpu_seconds.with_label_values(&who).inc_by(gpu);
             }
         }
         if source == UsageSource::Estimated {

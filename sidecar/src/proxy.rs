@@ -356,11 +356,8 @@ impl SidecarApp {
                             .with_label_values(&[&pool.name, &format!("status_{status}")])
                             .inc();
                         warn!(pool = %pool.name, endpoint = %endpoint.url, status, "upstream error status, trying the next endpoint");
-                        last_answer = Some((
-                            exchange,
-                            pool.name.as_str(),
-                            attempt.target.upstream_model.as_str(),
-                        ));
+                        last_answer =
+                            Some((exchange, pool, attempt.target.upstream_model.as_str()));
                         continue;
                     }
                     self.metrics
@@ -368,7 +365,7 @@ impl SidecarApp {
                         .with_label_values(&[&pool.name, "response"])
                         .inc();
                     meter.answer(
-                        &pool.name,
+                        pool,
                         &attempt.target.upstream_model,
                         status,
                         exchange

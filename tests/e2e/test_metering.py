@@ -129,3 +129,25 @@ def test_cut_streams_and_client_aborts_are_billed_for_what_was_generated(mocks, 
     stream.close()
     records(s, 2, "estimated")
     assert tokens(s, "completion") < 8 + 50
+
+
+def test_cost_and_gpu_seconds_from_the_pool_prices(mocks, sidecars):
+    m = mocks()
+    s = sidecars(simple_policy(m, cost={"currency": "EUR", "inputPer1k": 0.5, "outputPer1k": 1.5, "gpuSecondsPer1k": 2}),
+                 extra_args=["--namespace", "team-a"])
+    client(s).chat.completions.create(model="mistral-7b", messages=MSG, max_tokens=20)
+    records(s, 1)
+    p, c = m.stats()["prompt_tokens"], m.stats()["generation_tokens"]
+    cost = metric(s, "vigie_sidecar_cost_total", namespace="team-a", pool="gpu-a", currency="EUR")
+    assert abs(cost - (p * 0.5 + c * 1.5) / 1000) < 1e-9
+    assert abs(metric(s, "vigie_sidecar_gpu_seconds_total", pool="gpu-a") - (p + c) * 2 / 1000) < 1e-9
+
+
+def test_absurd_max_tokens_is_refused_before_anything_is_sent(mocks, sidecars):
+    m = mocks()
+    s = sidecars(simple_policy(m))
+    for bad in (-5, 0, 10**12):
+        with pytest.raises(openai.BadRequestError) as exc:
+            client(s).chat.completions.create(model="mistral-7b", messages=MSG, max_tokens=bad)
+        assert exc.value.body["param"] == "max_tokens"
+    assert m.stats()["requests_total"] == 0

@@ -62,6 +62,8 @@ pub struct PoolRuntime {
     pub probe_interval: Option<Duration>,
     /// Next endpoint for round robin.
     pub round_robin: std::sync::atomic::AtomicUsize,
+    /// Prices (per 1,000 tokens) and GPU-seconds estimate, when the policy sets them.
+    pub cost: Option<vigie_proto::v1::PoolCost>,
 }
 
 /// The sensitivity levels of the policy format, as the DLP engine orders them.
@@ -184,6 +186,7 @@ impl Snapshot {
                 },
                 probe_interval,
                 round_robin: std::sync::atomic::AtomicUsize::new(0),
+                cost: p.cost.clone(),
             });
         }
         let dlp = match &policy.dlp {

@@ -1,8 +1,8 @@
 //! The sidecar's Prometheus metrics, in their own registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct Metrics {
     pub endpoint_waiting: IntGaugeVec,
     pub tokens: IntCounterVec,
     pub usage_records: IntCounterVec,
+    pub cost: CounterVec,
+    pub gpu_seconds: CounterVec,
     pub inflight: IntGauge,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
@@ -113,6 +115,20 @@ impl Metrics {
             ),
             &["source"],
         )?;
+        let cost = CounterVec::new(
+            Opts::new(
+                "vigie_sidecar_cost_total",
+                "Cost of the tokens served, from the pool's prices, by tenant, workload, model, pool and currency.",
+            ),
+            &["namespace", "workload", "model", "pool", "currency"],
+        )?;
+        let gpu_seconds = CounterVec::new(
+            Opts::new(
+                "vigie_sidecar_gpu_seconds_total",
+                "Estimated GPU-seconds of the tokens served (pools with gpuSecondsPer1k), by tenant, workload, model and pool.",
+            ),
+            &["namespace", "workload", "model", "pool"],
+        )?;
         let inflight = IntGauge::new("vigie_sidecar_inflight_requests", "Requests in progress.")?;
         let policy_info = IntGaugeVec::new(
             Opts::new(
@@ -168,6 +184,8 @@ impl Metrics {
         registry.register(Box::new(endpoint_waiting.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(usage_records.clone()))?;
+        registry.register(Box::new(cost.clone()))?;
+        registry.register(Box::new(gpu_seconds.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(policy_info.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
@@ -183,6 +201,8 @@ impl Metrics {
             endpoint_waiting,
             tokens,
             usage_records,
+            cost,
+            gpu_seconds,
             inflight,
             policy_info,
             policy_reloads,

@@ -10,7 +10,13 @@ use super::ApiError;
 pub struct RequestHead {
     pub model: String,
     pub stream: bool,
+    /// `max_completion_tokens` or `max_tokens` (Anthropic: `max_tokens`), when set.
+    pub max_tokens: Option<u64>,
 }
+
+/// Largest output a request may ask for: beyond any model's context, so a bigger value
+/// is a mistake (or an attempt to reserve an absurd budget), refused up front.
+pub const MAX_OUTPUT_TOKENS: u64 = 10_000_000;
 
 #[derive(Deserialize)]
 struct Head<'a> {
@@ -18,6 +24,10 @@ struct Head<'a> {
     model: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<Value>,
+    #[serde(default)]
+    max_completion_tokens: Option<Value>,
 }
 
 /// Reads `model` and `stream`; the whole body must be a JSON object.
@@ -59,9 +69,30 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, ApiError> {
             );
         }
     };
+    let mut max_tokens = None;
+    for (param, v) in [
+        ("max_completion_tokens", &head.max_completion_tokens),
+        ("max_tokens", &head.max_tokens),
+    ] {
+        match v {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => {
+                    max_tokens = max_tokens.or(Some(n));
+                }
+                _ => {
+                    return Err(ApiError::invalid_request(format!(
+                        "`{param}` must be an integer from 1 to {MAX_OUTPUT_TOKENS}."
+                    ))
+                    .with_param(param));
+                }
+            },
+        }
+    }
     Ok(RequestHead {
         model,
         stream: head.stream.unwrap_or(false),
+        max_tokens,
     })
 }
 
@@ -176,10 +207,26 @@ mod tests {
             h,
             RequestHead {
                 model: "m".into(),
-                stream: true
+                stream: true,
+                max_tokens: None,
             }
         );
         assert!(!parse_head(br#"{"model":"m"}"#).unwrap().stream);
+        assert_eq!(
+            parse_head(br#"{"model":"m","max_tokens":64}"#).unwrap().max_tokens,
+            Some(64)
+        );
+        for bad in [
+            r#"{"model":"m","max_tokens":-1}"#,
+            r#"{"model":"m","max_tokens":0}"#,
+            r#"{"model":"m","max_tokens":1.5}"#,
+            r#"{"model":"m","max_tokens":"10"}"#,
+            r#"{"model":"m","max_completion_tokens":99999999999}"#,
+        ] {
+            let e = parse_head(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.status, 400, "{bad}");
+            assert!(e.body()["error"]["param"].as_str().unwrap().starts_with("max_"), "{bad}");
+        }
         // Escaped model names are decoded.
         assert_eq!(parse_head(br#"{"model":"a\"b"}"#).unwrap().model, "a\"b");
     }
