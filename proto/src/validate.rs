@@ -435,28 +435,43 @@ fn validate_match(r: &mut Report, p: &str, m: &crate::v1::RouteMatch) {
     }
 }
 
-/// The loop a route's fallback chain runs into, if any (models in order).
+/// The loop a route's fallback chain runs into, if any (models in order). One
+/// depth-first walk over the model → fallback models graph, each model explored once.
 fn fallback_cycle(routes: &[Route], start: &Route) -> Option<Vec<String>> {
-    // Every route of a model may fall back: follow all of them (depth-first).
-    fn walk<'a>(routes: &'a [Route], model: &'a str, path: &mut Vec<&'a str>) -> bool {
+    let mut edges: HashMap<&str, Vec<&str>> = HashMap::new();
+    for r in routes.iter().filter(|r| !r.fallback_model.is_empty()) {
+        let next = edges.entry(r.model.as_str()).or_default();
+        if !next.contains(&r.fallback_model.as_str()) {
+            next.push(r.fallback_model.as_str());
+        }
+    }
+    // Models fully explored without finding a loop.
+    let mut done: HashSet<&str> = HashSet::new();
+    fn walk<'a>(
+        edges: &HashMap<&'a str, Vec<&'a str>>,
+        model: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut HashSet<&'a str>,
+    ) -> bool {
         if path.contains(&model) {
             path.push(model);
             return true;
         }
+        if done.contains(model) {
+            return false;
+        }
         path.push(model);
-        for r in routes
-            .iter()
-            .filter(|r| r.model == model && !r.fallback_model.is_empty())
-        {
-            if walk(routes, &r.fallback_model, path) {
+        for next in edges.get(model).into_iter().flatten() {
+            if walk(edges, next, path, done) {
                 return true;
             }
         }
         path.pop();
+        done.insert(model);
         false
     }
     let mut path = vec![start.model.as_str()];
-    walk(routes, &start.fallback_model, &mut path).then(|| {
+    walk(&edges, &start.fallback_model, &mut path, &mut done).then(|| {
         let from = path
             .iter()
             .position(|m| Some(m) == path.last())
@@ -469,9 +484,12 @@ fn fallback_cycle(routes: &[Route], start: &Route) -> Option<Vec<String>> {
 /// public providers external).
 pub fn hosting_of(pool: &Pool) -> Hosting {
     match Hosting::try_from(pool.hosting) {
+        // Every kind named: a new public provider must not default to on-prem.
         Ok(Hosting::Unspecified) | Err(_) => match PoolKind::try_from(pool.kind) {
-            Ok(PoolKind::Openai | PoolKind::Mistral | PoolKind::Anthropic) => Hosting::External,
-            _ => Hosting::OnPrem,
+            Ok(PoolKind::Vllm | PoolKind::OpenaiCompatible) => Hosting::OnPrem,
+            Ok(PoolKind::Openai | PoolKind::Mistral | PoolKind::Anthropic)
+            | Ok(PoolKind::Unspecified)
+            | Err(_) => Hosting::External,
         },
         Ok(h) => h,
     }
@@ -670,5 +688,29 @@ mod tests {
                 SensitivityLevel::Personal
             ]
         );
+    }
+
+    #[test]
+    fn long_fallback_chains_validate_quickly() {
+        // 40 models, two conditional routes each falling back to the next: 2^40 paths
+        // for a naive walk.
+        let mut routes = Vec::new();
+        for i in 0..40 {
+            for h in ["a", "b"] {
+                routes.push(format!(
+                    r#"{{"model":"m{i}","match":{{"headers":{{"x-{h}":"1"}}}},"pools":["p"],"fallbackModel":"m{}"}}"#,
+                    i + 1
+                ));
+            }
+        }
+        let aliases: Vec<String> = (0..=40).map(|i| format!("\"m{i}\"")).collect();
+        let p = policy(&format!(
+            r#"{{"name":"c","pools":[{{"name":"p","kind":"POOL_KIND_VLLM","endpoints":[{{"url":"http://a:1"}}],"models":[{{"name":"x","aliases":[{}]}}]}}],"routes":[{}]}}"#,
+            aliases.join(","),
+            routes.join(",")
+        ));
+        let t = std::time::Instant::now();
+        assert_eq!(validate(&p), Ok(()));
+        assert!(t.elapsed() < std::time::Duration::from_secs(2));
     }
 }

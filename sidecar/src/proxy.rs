@@ -173,12 +173,16 @@ impl SidecarApp {
             .map_or(DEFAULT_SENSITIVITY_HEADER, |d| {
                 d.sensitivity_header.as_str()
             });
-        let declared = session
-            .req_header()
-            .headers
-            .get(sensitivity_header)
-            .and_then(|v| v.to_str().ok())
-            .and_then(dlp::parse_level);
+        // An unreadable declaration is refused, never taken as public (fail closed).
+        let declared = match session.req_header().headers.get(sensitivity_header) {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(dlp::parse_level) {
+                Some(l) => Some(l),
+                None => {
+                    return Err((ApiError::bad_sensitivity(sensitivity_header), true));
+                }
+            },
+        };
         let mut level = declared;
 
         // DLP on what the model will read, before anything leaves the pod.
@@ -232,7 +236,7 @@ impl SidecarApp {
                 model: model.clone(),
             },
         );
-        let body = meter.prepare(body);
+        meter.prepare(&body);
 
         // Prefix affinity only matters where a pool has several endpoints to choose from.
         let prefix = targets
@@ -260,18 +264,21 @@ impl SidecarApp {
         let mut last_answer = None;
         self.retry_budget.deposit(Instant::now());
         let mut tries = 0usize;
-        loop {
+        while let Some(attempt) = attempts.next() {
             // Every attempt after the first spends from the sidecar's retry budget.
             if tries > 0 && !self.retry_budget.withdraw(Instant::now()) {
                 self.metrics
                     .upstream_attempts
                     .with_label_values(&["-", "retry_budget_exhausted"])
                     .inc();
+                if attempt.pick.probe {
+                    // The probe slot was taken by this pick: give it back.
+                    snapshot.pools[attempt.target.pool].endpoints[attempt.endpoint]
+                        .balance
+                        .record(vigie_balance::Outcome::Neutral, None, Instant::now());
+                }
                 break;
             }
-            let Some(attempt) = attempts.next() else {
-                break;
-            };
             tries += 1;
             let pool = &snapshot.pools[attempt.target.pool];
             let endpoint = &pool.endpoints[attempt.endpoint];
@@ -289,11 +296,13 @@ impl SidecarApp {
                 .route_picks
                 .with_label_values(&[&pool.name, reason])
                 .inc();
+            // Asking for the usage chunk only where the upstream accepts the field.
+            let (base, asked_usage) = meter.body_for(pool.kind, &body);
             let payload = if attempt.target.upstream_model == model {
-                body.clone()
+                base
             } else {
                 Bytes::from(
-                    api::request::rewrite_model(&body, &attempt.target.upstream_model)
+                    api::request::rewrite_model(&base, &attempt.target.upstream_model)
                         .map_err(|e| (e, true))?,
                 )
             };
@@ -336,13 +345,15 @@ impl SidecarApp {
                             .balance
                             .throttle(Duration::from_secs(wait), Instant::now());
                     }
-                    // 5xx says the endpoint is unwell; 429 only that it is busy.
-                    let health = match status {
-                        500.. => vigie_balance::Outcome::Failure,
-                        429 => vigie_balance::Outcome::Neutral,
-                        _ => vigie_balance::Outcome::Success,
+                    // 5xx says the endpoint is unwell; a 4xx (429 included) is the request's
+                    // or the quota's problem: no verdict, and no latency sample (fast
+                    // errors must not attract traffic).
+                    let (health, sample) = match status {
+                        500.. => (vigie_balance::Outcome::Failure, None),
+                        400..=499 => (vigie_balance::Outcome::Neutral, None),
+                        _ => (vigie_balance::Outcome::Success, Some(ttfb)),
                     };
-                    endpoint.balance.record(health, Some(ttfb), Instant::now());
+                    endpoint.balance.record(health, sample, Instant::now());
                     self.metrics
                         .ttfb
                         .with_label_values(&[&pool.name])
@@ -372,6 +383,7 @@ impl SidecarApp {
                             .session
                             .response_header()
                             .is_some_and(upstream::is_event_stream),
+                        asked_usage,
                     );
                     if tries > 1 {
                         info!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, attempts = tries, "answered after retries");
@@ -400,8 +412,13 @@ impl SidecarApp {
                         .with_label_values(&[&pool.name, outcome])
                         .inc();
                     warn!(pool = %pool.name, endpoint = %endpoint.url, error = %e, "upstream attempt failed");
-                    // Nothing has reached the client yet: every kind is retried.
+                    // The request may have reached the upstream and be generating: a
+                    // broken exchange is not sent again (no duplicate generation).
+                    let retry = !matches!(e, AttemptError::Broken(_));
                     last_error = Some(e);
+                    if !retry {
+                        break;
+                    }
                 }
             }
         }
@@ -410,7 +427,7 @@ impl SidecarApp {
                 .session
                 .response_header()
                 .map_or(502, |h| h.status.as_u16());
-            meter.answer(pool, served, status, false);
+            meter.answer(pool, served, status, false, false);
             return Ok(match answer_dlp {
                 None => self.relay(session, exchange, op, &mut meter).await,
                 Some(filter) => {

@@ -161,6 +161,10 @@ def test_sensitive_requests_only_reach_cleared_pools(mocks, sidecars):
     assert "restricted" in exc.value.message and "big" in exc.value.message
     assert external.stats()["requests_total"] == 1
     assert metric(s, "vigie_sidecar_route_refusals_total", level="restricted") == 1
+    # An unreadable declaration is refused, never taken as public.
+    r = post(s, "chat", "personnel")
+    assert r.status_code == 400 and "x-vigie-sensitivity" in r.json()["error"]["message"]
+    assert external.stats()["requests_total"] == 1
     # The cleared pool is down: an error, never the external pool.
     onprem.stop()
     r = post(s, "chat", "restricted")

@@ -124,9 +124,13 @@ impl Health {
                 };
                 true
             }
-            Circuit::HalfOpen { probe_since } => {
+            // Only when no probe is out (or the last one was lost): one at a time.
+            Circuit::HalfOpen { probe_since }
+                if probe_since
+                    .is_none_or(|t| now.duration_since(t) >= self.config.probe_timeout) =>
+            {
                 inner.circuit = Circuit::HalfOpen {
-                    probe_since: Some(probe_since.unwrap_or(now)),
+                    probe_since: Some(now),
                 };
                 true
             }

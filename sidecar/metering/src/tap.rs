@@ -7,10 +7,14 @@ use vigie_wire::api::Operation;
 use crate::estimate;
 use crate::usage::{self, Usage, UsageSource};
 
-/// Largest non-streamed body kept to read its usage (bigger: estimated).
-const MAX_JSON: usize = 32 << 20;
+/// Largest non-streamed body kept whole; past it only its tail is kept (usage comes
+/// last in every server's answers), so memory stays bounded.
+const MAX_JSON: usize = 4 << 20;
+const JSON_TAIL: usize = 64 << 10;
 /// Generated text kept for an estimate.
 const MAX_TEXT: usize = 1 << 20;
+/// Longest event held while looking for its end.
+const MAX_EVENT: usize = 1 << 20;
 /// Event payloads kept unparsed before being reduced to their text.
 const EVENTS_BATCH: usize = 64 << 10;
 
@@ -52,15 +56,21 @@ impl UsageTap {
     /// these instead (whole events, without the stripped usage chunk).
     pub fn observe(&mut self, data: &[u8]) -> Option<Vec<u8>> {
         if !self.sse {
-            if !self.too_big && self.buf.len() + data.len() <= MAX_JSON {
-                self.buf.extend_from_slice(data);
-            } else {
+            self.buf.extend_from_slice(data);
+            if self.buf.len() > MAX_JSON || (self.too_big && self.buf.len() > 2 * JSON_TAIL) {
                 self.too_big = true;
-                self.buf = Vec::new();
+                let cut = self.buf.len().saturating_sub(JSON_TAIL);
+                self.buf.drain(..cut);
             }
             return None;
         }
         self.buf.extend_from_slice(data);
+        if self.buf.len() > MAX_EVENT {
+            // Not SSE as we know it: stop rewriting, forward what was held.
+            let held = std::mem::take(&mut self.buf);
+            let stripping = std::mem::replace(&mut self.strip, false);
+            return stripping.then_some(held);
+        }
         let mut out = self.strip.then(|| Vec::with_capacity(data.len()));
         while let Some(end) = event_end(&self.buf) {
             let event: Vec<u8> = self.buf.drain(..end).collect();
@@ -77,9 +87,14 @@ impl UsageTap {
     /// End of the answer: what is left to forward (an unterminated last event).
     pub fn finish(&mut self) -> Option<Vec<u8>> {
         if !self.sse {
-            if !self.too_big
-                && let Ok(v) = serde_json::from_slice::<Value>(&self.buf)
-            {
+            if self.too_big {
+                // Only the tail was kept: read the `usage` object found there.
+                self.usage = usage_in_tail(&self.buf).and_then(|u| match self.op {
+                    Operation::Messages => usage::anthropic(&u),
+                    _ => usage::openai(&u),
+                });
+                self.complete = self.usage.is_some();
+            } else if let Ok(v) = serde_json::from_slice::<Value>(&self.buf) {
                 self.complete = true;
                 self.usage = match self.op {
                     Operation::Messages => v.get("usage").and_then(usage::anthropic),
@@ -105,6 +120,11 @@ impl UsageTap {
             }
         }
         self.strip.then(Vec::new)
+    }
+
+    /// Whether [`UsageTap::result`] will have to count tokens (CPU work).
+    pub fn needs_estimate(&self) -> bool {
+        !(self.usage.is_some() && self.complete)
     }
 
     /// The figures for this request: the upstream's when it gave them for a complete
@@ -255,21 +275,34 @@ impl UsageTap {
                 }
                 // The usage-only chunk (no choices) the app did not ask for.
                 let usage_only = v.get("usage").is_some_and(|u| !u.is_null())
-                    && choices.is_some_and(Vec::is_empty);
+                    && choices.is_none_or(Vec::is_empty);
                 !(self.strip && usage_only)
             }
         }
     }
 }
 
-/// End (exclusive) of the first complete event in `buf`.
+/// The value of the last `"usage":` key in a fragment of a JSON document.
+fn usage_in_tail(tail: &[u8]) -> Option<Value> {
+    let key = b"\"usage\"";
+    let at = tail.windows(key.len()).rposition(|w| w == key)?;
+    let rest = &tail[at + key.len()..];
+    let colon = rest.iter().position(|b| *b == b':')?;
+    let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<Value>();
+    values.next()?.ok()
+}
+
+/// End (exclusive) of the first complete event in `buf`: a blank line, whatever the
+/// line ends (LF, CRLF or a lone CR, as the SSE format allows).
 fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"]
+        .iter()
+        .filter_map(|sep| {
+            buf.windows(sep.len())
+                .position(|w| w == *sep)
+                .map(|i| i + sep.len())
+        })
+        .min()
 }
 
 #[cfg(test)]
@@ -370,5 +403,42 @@ mod tests {
         let (u, src) = tap.result(|| 1);
         assert_eq!(src, UsageSource::Estimated);
         assert!((1900..=2100).contains(&u.completion), "{}", u.completion);
+    }
+
+    #[test]
+    fn usage_chunk_without_choices_and_cr_line_ends() {
+        let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\r\r\
+            data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\r\rdata: [DONE]\r\r";
+        let mut tap = UsageTap::new(Operation::ChatCompletions, true, true);
+        let mut out = tap.observe(stream.as_bytes()).unwrap();
+        out.extend(tap.finish().unwrap());
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("usage") && out.contains("[DONE]"), "{out}");
+        assert_eq!(tap.result(|| 0).1, UsageSource::Upstream);
+    }
+
+    #[test]
+    fn huge_json_answers_keep_only_their_tail() {
+        let mut tap = UsageTap::new(Operation::Embeddings, false, false);
+        tap.observe(b"{\"object\":\"list\",\"data\":[{\"embedding\":[");
+        let chunk = "0.125,".repeat(100_000);
+        for _ in 0..10 {
+            tap.observe(chunk.as_bytes());
+        }
+        tap.observe(
+            b"0.5]}],\"model\":\"e\",\"usage\":{\"prompt_tokens\":12,\"total_tokens\":12}}",
+        );
+        assert!(tap.buf.len() <= 2 * JSON_TAIL + 100_000 * 6);
+        tap.finish();
+        assert_eq!(
+            tap.result(|| 0),
+            (
+                Usage {
+                    prompt: 12,
+                    ..Usage::default()
+                },
+                UsageSource::Upstream
+            )
+        );
     }
 }

@@ -14,7 +14,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tracing::{debug, info, warn};
 use vigie_balance::ServerLoad;
-use vigie_proto::v1::{Balancing, PoolKind};
+use vigie_proto::v1::{Balancing, Hosting, PoolKind};
 use vigie_wire::api::vllm;
 
 use crate::policy::{PolicyStore, PoolRuntime, Timeouts};
@@ -35,6 +35,11 @@ enum Check {
 }
 
 fn check_for(pool: &PoolRuntime) -> Option<Check> {
+    // Only the organisation's own servers: a provider's API is neither ours to probe
+    // nor guaranteed to have these paths.
+    if pool.hosting != Hosting::OnPrem {
+        return None;
+    }
     match (pool.kind, pool.balancing) {
         (PoolKind::Vllm, Balancing::QueueAware) => Some(Check::Metrics),
         (PoolKind::Vllm | PoolKind::OpenaiCompatible, _) => Some(Check::Health),
@@ -178,7 +183,9 @@ impl Prober {
                     None => true,
                 }
             }
-            (Ok((status, _)), _) => (200..300).contains(status),
+            // A server without a health path answers 404: reachable is all we learn.
+            (Ok((status, _)), Check::Health) => (200..300).contains(status) || *status == 404,
+            (Ok((status, _)), Check::Metrics) => (200..300).contains(status),
             (Err(_), _) => false,
         };
         let detail = match &result {

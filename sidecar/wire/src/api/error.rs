@@ -95,6 +95,13 @@ impl ApiError {
         .with_param("model")
     }
 
+    /// The app declared a sensitivity level the sidecar does not know.
+    pub fn bad_sensitivity(header: &str) -> Self {
+        Self::invalid_request(format!(
+            "The `{header}` header must be one of public, internal, personal, restricted."
+        ))
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             413,

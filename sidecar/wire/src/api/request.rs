@@ -213,7 +213,9 @@ mod tests {
         );
         assert!(!parse_head(br#"{"model":"m"}"#).unwrap().stream);
         assert_eq!(
-            parse_head(br#"{"model":"m","max_tokens":64}"#).unwrap().max_tokens,
+            parse_head(br#"{"model":"m","max_tokens":64}"#)
+                .unwrap()
+                .max_tokens,
             Some(64)
         );
         for bad in [
@@ -225,7 +227,13 @@ mod tests {
         ] {
             let e = parse_head(bad.as_bytes()).unwrap_err();
             assert_eq!(e.status, 400, "{bad}");
-            assert!(e.body()["error"]["param"].as_str().unwrap().starts_with("max_"), "{bad}");
+            assert!(
+                e.body()["error"]["param"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("max_"),
+                "{bad}"
+            );
         }
         // Escaped model names are decoded.
         assert_eq!(parse_head(br#"{"model":"a\"b"}"#).unwrap().model, "a\"b");
