@@ -57,9 +57,12 @@ impl<'a> Meter<'a> {
 
     /// Prepares, for a streaming request that does not ask for usage, the variant that
     /// does (so that the upstream reports exact figures).
-    pub fn prepare(&mut self, body: &Bytes) {
-        let (rewritten, _) = vigie_metering::request::ask_for_usage(self.op, body);
-        self.with_usage = rewritten.map(Bytes::from);
+    pub fn prepare(&mut self, body: &Bytes, stream: bool) {
+        // Only streams can lack usage: no second parse of other bodies.
+        self.with_usage = stream
+            .then(|| vigie_metering::request::ask_for_usage(self.op, body).0)
+            .flatten()
+            .map(Bytes::from);
         self.body = body.clone();
     }
 

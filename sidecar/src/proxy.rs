@@ -161,7 +161,8 @@ impl SidecarApp {
         let mut body = read_body(session, self.settings.max_body_bytes)
             .await
             .map_err(|e| (e, false))?;
-        let RequestHead { model, .. } = api::request::parse_head(&body).map_err(|e| (e, true))?;
+        let RequestHead { model, stream, .. } =
+            api::request::parse_head(&body).map_err(|e| (e, true))?;
         if snapshot.routes_for(&model).is_none() {
             return Err((ApiError::model_not_found(&model), true));
         }
@@ -236,7 +237,7 @@ impl SidecarApp {
                 model: model.clone(),
             },
         );
-        meter.prepare(&body);
+        meter.prepare(&body, stream);
 
         // Prefix affinity only matters where a pool has several endpoints to choose from.
         let prefix = targets
@@ -390,13 +391,9 @@ impl SidecarApp {
                     } else {
                         debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, "forwarded");
                     }
-                    return Ok(match answer_dlp {
-                        None => self.relay(session, exchange, op, &mut meter).await,
-                        Some(filter) => {
-                            self.relay_filtered(session, exchange, op, filter, &mut meter)
-                                .await
-                        }
-                    });
+                    return Ok(self
+                        .deliver(session, exchange, op, answer_dlp, &mut meter)
+                        .await);
                 }
                 Err(e) => {
                     endpoint
@@ -428,13 +425,9 @@ impl SidecarApp {
                 .response_header()
                 .map_or(502, |h| h.status.as_u16());
             meter.answer(pool, served, status, false, false);
-            return Ok(match answer_dlp {
-                None => self.relay(session, exchange, op, &mut meter).await,
-                Some(filter) => {
-                    self.relay_filtered(session, exchange, op, filter, &mut meter)
-                        .await
-                }
-            });
+            return Ok(self
+                .deliver(session, exchange, op, answer_dlp, &mut meter)
+                .await);
         }
         let err = match last_error {
             None => ApiError::no_endpoint(&model),
@@ -446,6 +439,24 @@ impl SidecarApp {
         Err((err, true))
     }
 
+    /// Sends the upstream's answer to the app: as is, or through answer-side DLP.
+    async fn deliver(
+        &self,
+        session: &mut ServerSession,
+        exchange: Exchange,
+        op: Operation,
+        answer_dlp: Option<ResponseDlp<'_>>,
+        meter: &mut Meter<'_>,
+    ) -> Outcome {
+        match answer_dlp {
+            None => self.relay(session, exchange, op, meter).await,
+            Some(filter) => {
+                self.relay_filtered(session, exchange, op, filter, meter)
+                    .await
+            }
+        }
+    }
+
     /// Streams the upstream response to the client chunk by chunk, without buffering.
     async fn relay(
         &self,
@@ -454,16 +465,9 @@ impl SidecarApp {
         op: Operation,
         meter: &mut Meter<'_>,
     ) -> Outcome {
-        let Some(up_header) = ex.session.response_header() else {
+        let Some((status, sse, mut header)) = answer_head(&ex) else {
             return Outcome::broken(502);
         };
-        let status = up_header.status.as_u16();
-        let sse = upstream::is_event_stream(up_header);
-        let mut header = match upstream::downstream_response(up_header) {
-            Ok(h) => h,
-            Err(_) => return Outcome::broken(502),
-        };
-        add_route_header(&mut header, &ex);
         if meter.rewrites() {
             // The injected usage chunk is removed: the length changes.
             header.remove_header(&http::header::CONTENT_LENGTH);
@@ -548,17 +552,10 @@ impl SidecarApp {
         filter: ResponseDlp<'_>,
         meter: &mut Meter<'_>,
     ) -> Outcome {
-        let Some(up_header) = ex.session.response_header() else {
+        let Some((status, sse, mut header)) = answer_head(&ex) else {
             return Outcome::broken(502);
         };
-        let status = up_header.status.as_u16();
-        let sse = upstream::is_event_stream(up_header);
-        let mut header = match upstream::downstream_response(up_header) {
-            Ok(h) => h,
-            Err(_) => return Outcome::broken(502),
-        };
         header.remove_header(&http::header::CONTENT_LENGTH);
-        add_route_header(&mut header, &ex);
         if !sse {
             return self
                 .relay_json(session, ex, op, filter, header, meter)
@@ -806,9 +803,13 @@ async fn respond_json(
     }
 }
 
-/// The optional debugging header naming the route taken (pool, endpoint, why).
-fn add_route_header(header: &mut ResponseHeader, ex: &Exchange) {
+/// The upstream answer's status, whether it is an event stream, and the header for the
+/// app (hop-by-hop headers removed, the optional `x-vigie-route` debugging header added).
+fn answer_head(ex: &Exchange) -> Option<(u16, bool, ResponseHeader)> {
+    let up = ex.session.response_header()?;
+    let mut header = upstream::downstream_response(up).ok()?;
     if let Some(route) = &ex.route {
         let _ = header.insert_header("x-vigie-route", route.as_str());
     }
+    Some((up.status.as_u16(), upstream::is_event_stream(up), header))
 }

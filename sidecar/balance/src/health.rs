@@ -74,19 +74,7 @@ impl Health {
     /// Whether the endpoint may be picked now (an expired ejection counts: the pick
     /// then becomes the probe, see [`Health::begin`]).
     pub fn available(&self, now: Instant) -> bool {
-        if self.closed.load(Ordering::Acquire) {
-            return true;
-        }
-        let Ok(inner) = self.inner.lock() else {
-            return true;
-        };
-        match inner.circuit {
-            Circuit::Closed { .. } => true,
-            Circuit::Open { until } => now >= until,
-            Circuit::HalfOpen { probe_since } => {
-                probe_since.is_none_or(|t| now.duration_since(t) >= self.config.probe_timeout)
-            }
-        }
+        self.closed.load(Ordering::Acquire) || self.wants_probe(now)
     }
 
     /// The ejection has ended and no probe is in flight: the next request should go
@@ -96,10 +84,14 @@ impl Health {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
-        let Ok(inner) = self.inner.lock() else {
-            return false;
-        };
-        match inner.circuit {
+        self.inner
+            .lock()
+            .is_ok_and(|inner| self.probe_due(inner.circuit, now))
+    }
+
+    /// Open past its deadline, or half-open with no probe out (or a lost one).
+    fn probe_due(&self, circuit: Circuit, now: Instant) -> bool {
+        match circuit {
             Circuit::Closed { .. } => false,
             Circuit::Open { until } => now >= until,
             Circuit::HalfOpen { probe_since } => {
@@ -117,25 +109,14 @@ impl Health {
         let Ok(mut inner) = self.inner.lock() else {
             return false;
         };
-        match inner.circuit {
-            Circuit::Open { until } if now >= until => {
-                inner.circuit = Circuit::HalfOpen {
-                    probe_since: Some(now),
-                };
-                true
-            }
-            // Only when no probe is out (or the last one was lost): one at a time.
-            Circuit::HalfOpen { probe_since }
-                if probe_since
-                    .is_none_or(|t| now.duration_since(t) >= self.config.probe_timeout) =>
-            {
-                inner.circuit = Circuit::HalfOpen {
-                    probe_since: Some(now),
-                };
-                true
-            }
-            _ => false,
+        if !self.probe_due(inner.circuit, now) {
+            return false;
         }
+        // One probe at a time: the slot is taken until its outcome (or its timeout).
+        inner.circuit = Circuit::HalfOpen {
+            probe_since: Some(now),
+        };
+        true
     }
 
     pub fn record(&self, outcome: Outcome, now: Instant) {

@@ -174,44 +174,8 @@ impl UsageTap {
     fn events_text(&self) -> String {
         let mut text = String::new();
         for line in self.events.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            let pointers: &[&str] = match self.op {
-                Operation::Messages => &["/delta/text", "/delta/partial_json", "/delta/thinking"],
-                _ => &[],
-            };
-            for p in pointers {
-                if let Some(s) = v.pointer(p).and_then(Value::as_str) {
-                    text.push_str(s);
-                }
-            }
-            for c in v
-                .get("choices")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                for p in [
-                    "/delta/content",
-                    "/delta/reasoning_content",
-                    "/delta/function_call/arguments",
-                    "/text",
-                ] {
-                    if let Some(s) = c.pointer(p).and_then(Value::as_str) {
-                        text.push_str(s);
-                    }
-                }
-                for call in c
-                    .pointer("/delta/tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(s) = call.pointer("/function/arguments").and_then(Value::as_str) {
-                        text.push_str(s);
-                    }
-                }
+            if let Ok(v) = serde_json::from_str::<Value>(line) {
+                vigie_wire::dlp::text::stream_event_texts(self.op, &v, &mut |s| text.push_str(s));
             }
         }
         text

@@ -190,7 +190,7 @@ pub struct Attempt<'a> {
 #[derive(Debug)]
 pub struct Attempts<'a> {
     snapshot: &'a Snapshot,
-    targets: &'a [Target],
+    targets: &'a [&'a Target],
     target: usize,
     tried: Vec<usize>,
     remaining: usize,
@@ -202,7 +202,7 @@ pub struct Attempts<'a> {
 impl<'a> Attempts<'a> {
     pub fn new(
         snapshot: &'a Snapshot,
-        targets: &'a [Target],
+        targets: &'a [&'a Target],
         max_attempts: usize,
         request: Request,
     ) -> Self {
@@ -336,7 +336,7 @@ mod tests {
         )
         .unwrap();
         let s = Snapshot::compile(policy, &EndpointRegistry::default()).unwrap();
-        let targets: Vec<Target> = s.routes_for("m").unwrap()[0].targets.clone();
+        let targets: Vec<&Target> = s.routes_for("m").unwrap()[0].targets.iter().collect();
         let targets = targets.as_slice();
         let seen: Vec<(usize, usize)> = Attempts::new(&s, targets, 10, Request::default())
             .map(|a| (a.target.pool, a.endpoint))

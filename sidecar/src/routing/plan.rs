@@ -66,9 +66,9 @@ fn order(targets: &[Target]) -> Vec<&Target> {
 
 impl Snapshot {
     /// The targets to try for `model`, most preferred first.
-    pub fn plan(&self, model: &str, ctx: &RouteContext<'_>) -> Result<Vec<Target>, PlanError> {
+    pub fn plan(&self, model: &str, ctx: &RouteContext<'_>) -> Result<Vec<&Target>, PlanError> {
         let level = ctx.level.unwrap_or(Level::Public);
-        let mut out: Vec<Target> = Vec::new();
+        let mut out: Vec<&Target> = Vec::new();
         let mut uncleared = false;
         let mut chain: Vec<&str> = Vec::new();
         let mut current = Some(model);
@@ -88,7 +88,7 @@ impl Snapshot {
                 if !cleared {
                     uncleared = true;
                 } else if !out.iter().any(|o| o.pool == t.pool) {
-                    out.push(t.clone());
+                    out.push(t);
                 }
             }
             current = route.fallback.as_deref();
@@ -113,9 +113,11 @@ impl Snapshot {
             namespace: "",
             labels: &labels,
         };
-        self.plan(model, &ctx)
-            .ok()
-            .map(|p| p.into_iter().map(|t| (t.pool, t.upstream_model)).collect())
+        self.plan(model, &ctx).ok().map(|p| {
+            p.into_iter()
+                .map(|t| (t.pool, t.upstream_model.clone()))
+                .collect()
+        })
     }
 }
 
@@ -132,7 +134,7 @@ mod tests {
         .unwrap()
     }
 
-    fn names(s: &Snapshot, plan: &[Target]) -> Vec<String> {
+    fn names(s: &Snapshot, plan: &[&Target]) -> Vec<String> {
         plan.iter().map(|t| s.pools[t.pool].name.clone()).collect()
     }
 

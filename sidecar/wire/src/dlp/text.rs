@@ -174,6 +174,50 @@ pub fn response_texts(op: Operation, body: &mut Value, f: &mut dyn FnMut(&mut St
     }
 }
 
+/// The texts the model wrote in one streamed event (OpenAI chunk or Anthropic event):
+/// content, reasoning, tool-call and legacy function-call arguments, completions text;
+/// Anthropic text, thinking and tool-input deltas. Read-only (metering counts them).
+pub fn stream_event_texts(op: Operation, event: &Value, f: &mut dyn FnMut(&str)) {
+    let mut visit = |v: &Value, pointers: &[&str]| {
+        for p in pointers {
+            if let Some(s) = v.pointer(p).and_then(Value::as_str) {
+                f(s);
+            }
+        }
+    };
+    if op == Operation::Messages {
+        visit(
+            event,
+            &["/delta/text", "/delta/thinking", "/delta/partial_json"],
+        );
+        return;
+    }
+    for c in event
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        visit(
+            c,
+            &[
+                "/delta/content",
+                "/delta/reasoning_content",
+                "/delta/function_call/arguments",
+                "/text",
+            ],
+        );
+        for call in c
+            .pointer("/delta/tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            visit(call, &["/function/arguments"]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
