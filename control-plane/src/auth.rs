@@ -12,6 +12,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::{Request, Status};
 use vigie_proto::v1::Identity;
 
+use crate::k8s_tokens::K8sTokens;
 use crate::store::{Store, TokenRecord, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,11 +120,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     store: Arc<dyn Store>,
+    k8s: Option<Arc<K8sTokens>>,
 }
 
 impl Authenticator {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self { store, k8s: None }
+    }
+
+    /// Also accept Kubernetes service-account tokens as workload credentials.
+    pub fn with_k8s_tokens(mut self, k8s: Arc<K8sTokens>) -> Self {
+        self.k8s = Some(k8s);
+        self
     }
 
     /// The caller, if its token is valid and its role is one of `allowed`.
@@ -160,7 +168,14 @@ impl Authenticator {
             .trim();
         // Never echo the token back: errors only say what was wrong with it.
         let invalid = || Status::unauthenticated("invalid or revoked token");
-        let rest = token.strip_prefix("vigie_").ok_or_else(invalid)?;
+        let Some(rest) = token.strip_prefix("vigie_") else {
+            return match &self.k8s {
+                Some(k8s) if token.split('.').count() == 3 => k8s
+                    .verify(token)
+                    .map_err(|e| Status::unauthenticated(format!("service-account token: {e}"))),
+                _ => Err(invalid()),
+            };
+        };
         let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
         let record = self
             .store

@@ -7,10 +7,13 @@
 //! - [`hub`]: in-memory policies and connected watchers of one replica.
 //! - [`service`]: the gRPC services.
 //! - [`server`]: wiring (health, reflection, TLS).
+//! - [`webhook`]: HTTPS server of the sidecar-injection webhook.
 
 pub mod auth;
 pub mod hub;
+pub mod k8s_tokens;
 pub mod policy;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod webhook;

@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 
 use vigie_control_plane::auth::{Role, new_token};
+use vigie_control_plane::k8s_tokens::{JwksSource, K8sTokenSettings};
 use vigie_control_plane::server::{ServerSettings, TlsFiles, serve};
 use vigie_control_plane::store::{self, AuditRecord, now_ms};
+use vigie_control_plane::webhook;
 
 #[derive(Debug, Parser)]
 #[command(name = "vigie-control-plane", version, about = "Vigie control plane")]
@@ -38,7 +40,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the gRPC API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list or revoke API tokens (works directly on the database).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -65,6 +67,34 @@ struct ServeArgs {
     /// Name of this replica in the status view (default: host name and process id).
     #[arg(long, env = "VIGIE_REPLICA")]
     replica: Option<String>,
+    /// Serve the sidecar-injection webhook (HTTPS) on this address.
+    #[arg(long, env = "VIGIE_WEBHOOK_LISTEN", requires_all = ["webhook_tls_cert", "webhook_tls_key"])]
+    webhook_listen: Option<SocketAddr>,
+    /// Webhook certificate and key (PEM); re-read when the files change.
+    #[arg(long, env = "VIGIE_WEBHOOK_TLS_CERT")]
+    webhook_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "VIGIE_WEBHOOK_TLS_KEY")]
+    webhook_tls_key: Option<PathBuf>,
+    /// Accept Kubernetes projected service-account tokens with this audience from
+    /// workloads, verified against --k8s-jwks-file or --k8s-jwks-url.
+    #[arg(
+        long,
+        env = "VIGIE_K8S_TOKEN_AUDIENCE",
+        default_value = "vigie-control-plane"
+    )]
+    k8s_token_audience: String,
+    /// Required `iss` of those tokens (default: not checked).
+    #[arg(long, env = "VIGIE_K8S_TOKEN_ISSUER")]
+    k8s_token_issuer: Option<String>,
+    /// The service-account issuer's keys (JWKS), as a file…
+    #[arg(long, env = "VIGIE_K8S_JWKS_FILE", conflicts_with = "k8s_jwks_url")]
+    k8s_jwks_file: Option<PathBuf>,
+    /// …or fetched from the API server (in a pod: https://kubernetes.default.svc/openid/v1/jwks).
+    #[arg(long, env = "VIGIE_K8S_JWKS_URL")]
+    k8s_jwks_url: Option<String>,
+    /// What the webhook injects (JSON; default: built-in settings).
+    #[arg(long, env = "VIGIE_WEBHOOK_CONFIG")]
+    webhook_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,6 +272,43 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Token(cmd) => token_command(&url, cmd).await,
         Command::Serve(s) => {
+            let s = *s;
+            let webhook = match (s.webhook_listen, s.webhook_tls_cert, s.webhook_tls_key) {
+                (Some(listen), Some(cert), Some(key)) => Some(webhook::WebhookSettings {
+                    listen,
+                    cert,
+                    key,
+                    config: webhook::load_config(s.webhook_config.as_ref())?,
+                }),
+                _ => None,
+            };
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            let stopped = move || {
+                let mut rx = stop_rx.clone();
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                }
+            };
+            let webhook_task = webhook.map(|w| tokio::spawn(webhook::serve(w, stopped())));
+            const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+            let jwks = match (s.k8s_jwks_file, s.k8s_jwks_url) {
+                (Some(file), _) => Some(JwksSource::File(file)),
+                (None, Some(url)) => Some(JwksSource::Url {
+                    url,
+                    ca: PathBuf::from(SA_DIR).join("ca.crt"),
+                    token: PathBuf::from(SA_DIR).join("token"),
+                }),
+                (None, None) => None,
+            };
+            let k8s_tokens = jwks.map(|jwks| K8sTokenSettings {
+                audience: s.k8s_token_audience,
+                issuer: s.k8s_token_issuer,
+                jwks,
+            });
             let store = store::open(&url).await.context("opening the database")?;
             info!(database = %store::sql::redact_url(&url), "database ready");
             let tls = s.tls_cert.zip(s.tls_key).map(|(cert, key)| TlsFiles {
@@ -249,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
                 key,
                 client_ca: s.tls_client_ca,
             });
-            serve(
+            let grpc = serve(
                 store,
                 ServerSettings {
                     listen: s.listen,
@@ -257,10 +324,25 @@ async fn main() -> anyhow::Result<()> {
                     max_message_bytes: s.max_message_bytes,
                     resync: Duration::from_millis(s.resync_ms.max(100)),
                     replica: s.replica.unwrap_or_else(replica_name),
+                    k8s_tokens,
                 },
-                shutdown_signal(),
-            )
-            .await
+                stopped(),
+            );
+            let Some(mut webhook_task) = webhook_task else {
+                return grpc.await;
+            };
+            tokio::pin!(grpc);
+            // Either server failing (a port taken, say) stops the process.
+            tokio::select! {
+                r = &mut grpc => {
+                    r?;
+                    webhook_task.await?
+                }
+                r = &mut webhook_task => {
+                    r??;
+                    grpc.await
+                }
+            }
         }
     }
 }

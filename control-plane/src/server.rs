@@ -16,6 +16,7 @@ use vigie_proto::v1::status_service_server::StatusServiceServer;
 
 use crate::auth::Authenticator;
 use crate::hub::Hub;
+use crate::k8s_tokens::{K8sTokenSettings, K8sTokens};
 use crate::service::audit::AuditApi;
 use crate::service::discovery::DiscoveryApi;
 use crate::service::policy::PolicyApi;
@@ -37,6 +38,8 @@ pub struct ServerSettings {
     pub max_message_bytes: usize,
     pub resync: Duration,
     pub replica: String,
+    /// Accept Kubernetes projected service-account tokens from workloads.
+    pub k8s_tokens: Option<K8sTokenSettings>,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -54,7 +57,14 @@ pub async fn serve(
         .context("loading policies from the store")?;
     let hub_task = tokio::spawn(hub.clone().run(settings.resync));
 
-    let auth = Authenticator::new(store.clone());
+    let mut auth = Authenticator::new(store.clone());
+    if let Some(k8s) = settings.k8s_tokens.clone() {
+        auth = auth.with_k8s_tokens(
+            K8sTokens::start(k8s)
+                .await
+                .context("loading the service-account issuer keys")?,
+        );
+    }
     let max = settings.max_message_bytes;
     let policy = PolicyServiceServer::new(PolicyApi {
         store: store.clone(),

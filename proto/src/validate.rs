@@ -592,6 +592,7 @@ mod tests {
             include_str!("../../docs/examples/policy.json"),
             include_str!("../../docs/examples/policy-team-a.json"),
             include_str!("../../docs/examples/policy-routing.json"),
+            include_str!("../../deploy/examples/shop/policy.json"),
         ] {
             assert_eq!(validate(&policy(doc)), Ok(()));
         }

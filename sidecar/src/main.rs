@@ -81,9 +81,15 @@ struct Args {
     workload: String,
     #[arg(long, env = "NODE_NAME", default_value = "")]
     node: String,
-    /// Pod label `key=value`; repeat for several.
+    #[arg(long, env = "POD_UID", default_value = "")]
+    pod_uid: String,
+    /// Pod label `key=value`; repeat for several. Added to (and overriding) the
+    /// labels of --labels-file.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Downward-API file of the pod's labels (`fieldRef: metadata.labels`).
+    #[arg(long, env = "VIGIE_LABELS_FILE")]
+    labels_file: Option<PathBuf>,
     /// How often the policy file is checked for changes, in milliseconds.
     #[arg(long, env = "VIGIE_POLICY_POLL_MS", default_value_t = 500)]
     policy_poll_ms: u64,
@@ -208,6 +214,13 @@ impl BackgroundService for PolicyFileTask {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logs(&args.log_format);
+    let mut labels = match &args.labels_file {
+        Some(path) => {
+            vigie_sidecar::control::podinfo::read_labels(path).map_err(anyhow::Error::msg)?
+        }
+        None => Default::default(),
+    };
+    labels.extend(args.labels.iter().cloned());
 
     let store = Arc::new(PolicyStore::default());
     let registry = Arc::new(EndpointRegistry::default());
@@ -271,8 +284,9 @@ fn main() -> anyhow::Result<()> {
                     service_account: args.service_account.clone(),
                     pod: args.pod.clone(),
                     node: args.node.clone(),
-                    labels: args.labels.iter().cloned().collect(),
+                    labels: labels.clone().into_iter().collect(),
                     kind: ClientKind::Sidecar as i32,
+                    pod_uid: args.pod_uid.clone(),
                 },
                 client_version: env!("CARGO_PKG_VERSION").to_string(),
                 max_backoff: Duration::from_millis(args.control_plane_max_backoff_ms.max(100)),
@@ -303,7 +317,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 args.workload.clone()
             },
-            labels: args.labels.iter().cloned().collect(),
+            labels: labels.clone(),
             route_debug_header: args.route_debug_header,
         },
         retry_budget: vigie_balance::RetryBudget::default(),

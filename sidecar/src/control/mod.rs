@@ -7,6 +7,7 @@
 //! backoff and full jitter, serving on what it has meanwhile.
 
 pub mod lkg;
+pub mod podinfo;
 
 use std::path::PathBuf;
 use std::sync::Arc;

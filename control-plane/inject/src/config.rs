@@ -1,0 +1,190 @@
+//! What the webhook injects. Read at start from a JSON file (the `vigie-inject`
+//! ConfigMap in `deploy/base`), every field optional, unknown fields refused.
+
+use serde::{Deserialize, Serialize};
+
+use crate::quantity;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct InjectConfig {
+    /// Sidecar image, pinned by tag or digest.
+    pub sidecar_image: String,
+    pub image_pull_policy: String,
+    /// Where the proxy listens inside the pod (loopback only: only the pod's own
+    /// containers reach it).
+    pub proxy_port: u16,
+    /// Health, readiness and metrics; on all addresses so the kubelet's probes and
+    /// Prometheus reach it.
+    pub admin_port: u16,
+    /// The control plane as seen from application namespaces.
+    pub control_plane_url: String,
+    /// CA bundle the sidecar trusts for the control plane, as a path mounted from the
+    /// `vigie-control-plane-ca` ConfigMap; empty for plaintext.
+    pub control_plane_ca_configmap: String,
+    /// Audience of the projected service-account token the sidecar presents.
+    pub token_audience: String,
+    pub token_expiration_seconds: i64,
+    /// Secret holding provider credentials (environment variables for the sidecar
+    /// only); optional, so pods start in namespaces that use only on-prem pools.
+    pub credentials_secret: String,
+    /// Native sidecar (init container with `restartPolicy: Always`, Kubernetes ≥ 1.29).
+    /// `false` injects a classic container for older clusters (see docs/kubernetes.md).
+    pub native_sidecar: bool,
+    pub log_level: String,
+    pub resources: SidecarResources,
+    /// Never injected, whatever their labels.
+    pub skip_namespaces: Vec<String>,
+    pub run_as_user: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SidecarResources {
+    pub cpu_request: String,
+    pub memory_request: String,
+    /// Empty: no CPU limit (throttling a proxy adds latency to every request).
+    pub cpu_limit: String,
+    pub memory_limit: String,
+}
+
+impl Default for SidecarResources {
+    fn default() -> Self {
+        Self {
+            cpu_request: "100m".into(),
+            memory_request: "64Mi".into(),
+            cpu_limit: String::new(),
+            memory_limit: "256Mi".into(),
+        }
+    }
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        Self {
+            sidecar_image: format!("ghcr.io/vigie-dev/vigie-sidecar:{}", crate::VERSION),
+            image_pull_policy: "IfNotPresent".into(),
+            proxy_port: 15080,
+            admin_port: 15090,
+            control_plane_url: "http://vigie-control-plane.vigie-system.svc:50051".into(),
+            control_plane_ca_configmap: String::new(),
+            token_audience: "vigie-control-plane".into(),
+            token_expiration_seconds: 3600,
+            credentials_secret: "vigie-provider-credentials".into(),
+            native_sidecar: true,
+            log_level: "info".into(),
+            resources: SidecarResources::default(),
+            skip_namespaces: [
+                "kube-system",
+                "kube-public",
+                "kube-node-lease",
+                "vigie-system",
+            ]
+            .map(String::from)
+            .to_vec(),
+            run_as_user: 65532,
+        }
+    }
+}
+
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl InjectConfig {
+    /// Every problem, each naming its field, so a bad ConfigMap fails at start.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if self.sidecar_image.trim().is_empty() {
+            errors.push("sidecarImage: must not be empty".to_string());
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&self.image_pull_policy.as_str()) {
+            errors.push(format!(
+                "imagePullPolicy: {:?} is not Always, IfNotPresent or Never",
+                self.image_pull_policy
+            ));
+        }
+        if self.proxy_port == 0 || self.admin_port == 0 || self.proxy_port == self.admin_port {
+            errors.push("proxyPort, adminPort: must be two different non-zero ports".into());
+        }
+        if !self.control_plane_url.starts_with("http://")
+            && !self.control_plane_url.starts_with("https://")
+        {
+            errors.push("controlPlaneUrl: must start with http:// or https://".into());
+        }
+        if self.token_audience.is_empty() {
+            errors.push("tokenAudience: must not be empty".into());
+        }
+        // The kubelet refuses projected tokens valid for less than 10 minutes.
+        if self.token_expiration_seconds < 600 {
+            errors.push("tokenExpirationSeconds: must be at least 600".into());
+        }
+        if !LOG_LEVELS.contains(&self.log_level.as_str()) {
+            errors.push(format!(
+                "logLevel: {:?} is not one of {LOG_LEVELS:?}",
+                self.log_level
+            ));
+        }
+        let r = &self.resources;
+        for (field, value) in [
+            ("resources.cpuRequest", &r.cpu_request),
+            ("resources.memoryRequest", &r.memory_request),
+            ("resources.cpuLimit", &r.cpu_limit),
+            ("resources.memoryLimit", &r.memory_limit),
+        ] {
+            if !value.is_empty()
+                && let Err(e) = quantity::parse(value)
+            {
+                errors.push(format!("{field}: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// The proxy's base URL as the application sees it.
+    pub fn proxy_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        InjectConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let cfg: InjectConfig = serde_json::from_value(serde_json::json!({
+            "sidecarImage": "",
+            "proxyPort": 15090,
+            "controlPlaneUrl": "grpc://cp",
+            "logLevel": "loud",
+            "tokenExpirationSeconds": 60,
+            "resources": {"memoryLimit": "lots"}
+        }))
+        .unwrap();
+        let err = cfg.validate().unwrap_err();
+        for field in [
+            "sidecarImage",
+            "proxyPort",
+            "controlPlaneUrl",
+            "logLevel",
+            "tokenExpirationSeconds",
+            "resources.memoryLimit",
+        ] {
+            assert!(err.contains(field), "{field} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<InjectConfig>(r#"{"sidecarImg": "x"}"#).unwrap_err();
+        assert!(err.to_string().contains("sidecarImg"), "{err}");
+    }
+}

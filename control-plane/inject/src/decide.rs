@@ -1,0 +1,131 @@
+//! Whether a pod gets the sidecar. The webhook's selectors already filter by
+//! namespace and pod labels; the same rules are checked again here so that a
+//! hand-edited `MutatingWebhookConfiguration` cannot inject where it must not.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::{INJECT_LABEL, InjectConfig, SIDECAR_NAME, STATUS_ANNOTATION};
+
+/// Which webhook entry called: the URL path tells how the pod was selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `/inject/namespace`: the namespace is labelled `vigie.io/inject=enabled`.
+    Namespace,
+    /// `/inject/pod`: the pod is labelled `vigie.io/inject=enabled`.
+    Pod,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Inject,
+    Skip(SkipReason),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    SystemNamespace(String),
+    HostNetwork,
+    OptedOut,
+    NotOptedIn,
+    AlreadyInjected,
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::SystemNamespace(ns) => write!(f, "namespace {ns} is never injected"),
+            SkipReason::HostNetwork => {
+                f.write_str("hostNetwork pod: a loopback sidecar would be shared by the node")
+            }
+            SkipReason::OptedOut => write!(f, "pod labelled {INJECT_LABEL}=disabled"),
+            SkipReason::NotOptedIn => write!(f, "pod not labelled {INJECT_LABEL}=enabled"),
+            SkipReason::AlreadyInjected => f.write_str("already injected"),
+        }
+    }
+}
+
+pub(crate) fn label<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
+    pod.pointer("/metadata/labels")?.get(key)?.as_str()
+}
+
+pub(crate) fn containers<'a>(pod: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
+    pod.get("spec")
+        .and_then(|s| s.get(field))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+pub fn decide(cfg: &InjectConfig, namespace: &str, pod: &Value, trigger: Trigger) -> Decision {
+    if cfg.skip_namespaces.iter().any(|n| n == namespace) {
+        return Decision::Skip(SkipReason::SystemNamespace(namespace.to_string()));
+    }
+    let already = pod
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(STATUS_ANNOTATION))
+        .is_some()
+        || containers(pod, "initContainers")
+            .chain(containers(pod, "containers"))
+            .any(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME));
+    if already {
+        return Decision::Skip(SkipReason::AlreadyInjected);
+    }
+    if pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Decision::Skip(SkipReason::HostNetwork);
+    }
+    match (label(pod, INJECT_LABEL), trigger) {
+        (Some("disabled"), _) => Decision::Skip(SkipReason::OptedOut),
+        (Some("enabled"), _) | (_, Trigger::Namespace) => Decision::Inject,
+        (_, Trigger::Pod) => Decision::Skip(SkipReason::NotOptedIn),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(labels: Value, spec: Value) -> Value {
+        json!({"metadata": {"labels": labels}, "spec": spec})
+    }
+
+    #[test]
+    fn rules() {
+        let cfg = InjectConfig::default();
+        let plain = pod(json!({}), json!({"containers": [{"name": "app"}]}));
+        assert_eq!(
+            decide(&cfg, "apps", &plain, Trigger::Namespace),
+            Decision::Inject
+        );
+        assert_eq!(
+            decide(&cfg, "apps", &plain, Trigger::Pod),
+            Decision::Skip(SkipReason::NotOptedIn)
+        );
+        assert_eq!(
+            decide(&cfg, "kube-system", &plain, Trigger::Namespace),
+            Decision::Skip(SkipReason::SystemNamespace("kube-system".into()))
+        );
+        let opted_in = pod(json!({INJECT_LABEL: "enabled"}), json!({}));
+        assert_eq!(
+            decide(&cfg, "apps", &opted_in, Trigger::Pod),
+            Decision::Inject
+        );
+        let opted_out = pod(json!({INJECT_LABEL: "disabled"}), json!({}));
+        assert_eq!(
+            decide(&cfg, "apps", &opted_out, Trigger::Namespace),
+            Decision::Skip(SkipReason::OptedOut)
+        );
+        let host = pod(json!({}), json!({"hostNetwork": true}));
+        assert_eq!(
+            decide(&cfg, "apps", &host, Trigger::Namespace),
+            Decision::Skip(SkipReason::HostNetwork)
+        );
+        let by_hand = pod(json!({}), json!({"containers": [{"name": SIDECAR_NAME}]}));
+        assert_eq!(
+            decide(&cfg, "apps", &by_hand, Trigger::Namespace),
+            Decision::Skip(SkipReason::AlreadyInjected)
+        );
+    }
+}

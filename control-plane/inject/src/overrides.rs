@@ -1,0 +1,198 @@
+//! Per-pod overrides through `vigie.io/*` annotations. Every annotation under the
+//! prefix is checked: a typo is an error, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use crate::config::{InjectConfig, LOG_LEVELS};
+use crate::mutate::SDK_ENV;
+use crate::quantity;
+
+pub const CPU_REQUEST: &str = "vigie.io/sidecar-cpu-request";
+pub const CPU_LIMIT: &str = "vigie.io/sidecar-cpu-limit";
+pub const MEMORY_REQUEST: &str = "vigie.io/sidecar-memory-request";
+pub const MEMORY_LIMIT: &str = "vigie.io/sidecar-memory-limit";
+pub const LOG_LEVEL: &str = "vigie.io/log-level";
+/// Comma-separated SDK variables not to set on the application containers.
+pub const DISABLE_SDK_ENV: &str = "vigie.io/disable-sdk-env";
+/// `false`: classic sidecar container for this pod (clusters older than 1.29).
+pub const NATIVE_SIDECAR: &str = "vigie.io/native-sidecar";
+
+const KNOWN: [&str; 8] = [
+    CPU_REQUEST,
+    CPU_LIMIT,
+    MEMORY_REQUEST,
+    MEMORY_LIMIT,
+    LOG_LEVEL,
+    DISABLE_SDK_ENV,
+    NATIVE_SIDECAR,
+    crate::STATUS_ANNOTATION,
+];
+
+/// The injection settings of one pod: the configuration with its annotations applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodSettings {
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    pub log_level: String,
+    pub disabled_sdk_env: Vec<String>,
+    pub native_sidecar: bool,
+}
+
+/// The pod's settings, or every invalid annotation with its reason.
+pub fn resolve(
+    cfg: &InjectConfig,
+    annotations: &BTreeMap<String, String>,
+) -> Result<PodSettings, Vec<String>> {
+    let mut errors = Vec::new();
+    let r = &cfg.resources;
+    let mut settings = PodSettings {
+        cpu_request: r.cpu_request.clone(),
+        cpu_limit: r.cpu_limit.clone(),
+        memory_request: r.memory_request.clone(),
+        memory_limit: r.memory_limit.clone(),
+        log_level: cfg.log_level.clone(),
+        disabled_sdk_env: Vec::new(),
+        native_sidecar: cfg.native_sidecar,
+    };
+    for (key, value) in annotations {
+        if !key.starts_with("vigie.io/") {
+            continue;
+        }
+        let value = value.trim();
+        match key.as_str() {
+            CPU_REQUEST | CPU_LIMIT | MEMORY_REQUEST | MEMORY_LIMIT => {
+                match quantity::parse(value) {
+                    Ok(_) => {
+                        let slot = match key.as_str() {
+                            CPU_REQUEST => &mut settings.cpu_request,
+                            CPU_LIMIT => &mut settings.cpu_limit,
+                            MEMORY_REQUEST => &mut settings.memory_request,
+                            _ => &mut settings.memory_limit,
+                        };
+                        *slot = value.to_string();
+                    }
+                    Err(e) => errors.push(format!("annotation {key}: {e}")),
+                }
+            }
+            LOG_LEVEL => {
+                if LOG_LEVELS.contains(&value) {
+                    settings.log_level = value.to_string();
+                } else {
+                    errors.push(format!(
+                        "annotation {key}: {value:?} is not one of {}",
+                        LOG_LEVELS.join(", ")
+                    ));
+                }
+            }
+            DISABLE_SDK_ENV => {
+                for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    if SDK_ENV.iter().any(|v| v.name == name) {
+                        settings.disabled_sdk_env.push(name.to_string());
+                    } else {
+                        let known: Vec<_> = SDK_ENV.iter().map(|v| v.name).collect();
+                        errors.push(format!(
+                            "annotation {key}: {name:?} is not an injected variable ({})",
+                            known.join(", ")
+                        ));
+                    }
+                }
+            }
+            NATIVE_SIDECAR => match value {
+                "true" => settings.native_sidecar = true,
+                "false" => settings.native_sidecar = false,
+                other => errors.push(format!("annotation {key}: {other:?} is not true or false")),
+            },
+            crate::STATUS_ANNOTATION => {}
+            unknown => {
+                errors.push(format!(
+                    "annotation {unknown} is not a Vigie setting (known: {})",
+                    KNOWN[..7].join(", ")
+                ));
+            }
+        }
+    }
+    for (what, request, limit) in [
+        ("cpu", &settings.cpu_request, &settings.cpu_limit),
+        ("memory", &settings.memory_request, &settings.memory_limit),
+    ] {
+        if let (Ok(req), Ok(lim)) = (quantity::parse(request), quantity::parse(limit))
+            && req > lim
+        {
+            errors.push(format!(
+                "sidecar {what} request {request} is above its limit {limit}"
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(settings)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn valid_overrides_apply() {
+        let s = resolve(
+            &InjectConfig::default(),
+            &annotations(&[
+                (CPU_REQUEST, "250m"),
+                (MEMORY_LIMIT, "1Gi"),
+                (LOG_LEVEL, "debug"),
+                (DISABLE_SDK_ENV, "ANTHROPIC_BASE_URL, OPENAI_API_BASE"),
+                (NATIVE_SIDECAR, "false"),
+                ("other.io/thing", "anything"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.cpu_request, "250m");
+        assert_eq!(s.memory_limit, "1Gi");
+        assert_eq!(s.memory_request, "64Mi");
+        assert_eq!(s.log_level, "debug");
+        assert_eq!(
+            s.disabled_sdk_env,
+            ["ANTHROPIC_BASE_URL", "OPENAI_API_BASE"]
+        );
+        assert!(!s.native_sidecar);
+    }
+
+    #[test]
+    fn every_invalid_annotation_is_reported() {
+        let errors = resolve(
+            &InjectConfig::default(),
+            &annotations(&[
+                (CPU_REQUEST, "lots"),
+                (LOG_LEVEL, "verbose"),
+                (DISABLE_SDK_ENV, "PATH"),
+                (NATIVE_SIDECAR, "yes"),
+                ("vigie.io/sidecar-memroy-limit", "1Gi"),
+                (MEMORY_REQUEST, "2Gi"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 6, "{errors:?}");
+        let all = errors.join("\n");
+        for needle in [
+            "sidecar-cpu-request: \"lots\"",
+            "\"verbose\" is not one of",
+            "\"PATH\" is not an injected variable",
+            "\"yes\" is not true or false",
+            "vigie.io/sidecar-memroy-limit is not a Vigie setting",
+            "memory request 2Gi is above its limit 256Mi",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+    }
+}

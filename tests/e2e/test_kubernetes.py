@@ -1,0 +1,175 @@
+"""Kubernetes integration without a cluster: the injection webhook over real HTTPS,
+and projected service-account tokens (JWTs signed like the API server signs them)
+accepted by the control plane from sidecars that read their labels from a
+downward-API file."""
+
+import base64
+import json
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness import ROOT as REPO, GrpcError, binary, free_port, wait_until
+from test_watch import apply, routed_to
+
+FIXTURES = REPO / "control-plane/inject/tests/fixtures"
+TESTDATA = REPO / "control-plane/testdata"
+
+
+def webhook_pki(d: Path) -> dict:
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=vigie-root-ca")
+    (d / "w.ext").write_text("subjectAltName=DNS:vigie-control-plane.vigie-system.svc,IP:127.0.0.1\n"
+                             "extendedKeyUsage=serverAuth\n")
+    run("req", *ec, "-keyout", "w.key", "-out", "w.csr", "-subj", "/CN=vigie-control-plane.vigie-system.svc")
+    run("x509", "-req", "-in", "w.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "w.crt", "-days", "2", "-extfile", "w.ext")
+    return {"ca": str(d / "ca.crt"), "cert": str(d / "w.crt"), "key": str(d / "w.key")}
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def service_account_token(key: Path, namespace: str, sa: str, audience="vigie-control-plane", ttl=3600) -> str:
+    """A projected service-account token as the kubelet gets it: RS256 by the issuer."""
+    now = int(time.time())
+    header = {"alg": "RS256", "kid": "test-issuer-key", "typ": "JWT"}
+    claims = {"aud": [audience], "exp": now + ttl, "iat": now, "nbf": now,
+              "iss": "https://kubernetes.default.svc.cluster.local",
+              "sub": f"system:serviceaccount:{namespace}:{sa}",
+              "kubernetes.io": {"namespace": namespace, "pod": {"name": f"{sa}-0", "uid": "u1"},
+                                "serviceaccount": {"name": sa, "uid": "u2"}}}
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing_input.encode(),
+                               check=True, capture_output=True).stdout
+    return f"{signing_input}.{b64url(signature)}"
+
+
+@pytest.fixture
+def webhook(control_planes, tmp_path):
+    pki = webhook_pki(tmp_path)
+    port = free_port()
+    cp = control_planes(extra_args=["--webhook-listen", f"127.0.0.1:{port}", "--webhook-tls-cert", pki["cert"],
+                                    "--webhook-tls-key", pki["key"],
+                                    "--webhook-config", str(REPO / "deploy/base/inject.json")])
+    url = f"https://127.0.0.1:{port}"
+    client = httpx.Client(verify=ssl.create_default_context(cafile=pki["ca"]), timeout=5)
+    wait_until(lambda: _up(client, url), timeout=10, what="webhook listening")
+    yield cp, client, url
+    client.close()
+
+
+def _up(client, url) -> bool:
+    try:
+        return client.get(url + "/healthz").status_code == 200
+    except httpx.ConnectError:
+        return False
+
+
+def review(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_webhook_injects_over_https_for_a_client_trusting_the_ca(webhook):
+    cp, client, url = webhook
+    r = client.post(url + "/inject/namespace", json=review("deployment-pod.json"))
+    assert r.status_code == 200
+    out = r.json()
+    assert out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview"
+    resp = out["response"]
+    assert resp["uid"] == "a1b2" and resp["allowed"] is True and resp["patchType"] == "JSONPatch"
+    patch = json.loads(base64.b64decode(resp["patch"]))
+    sidecar = next(op["value"] for op in patch if op["path"] == "/spec/initContainers")[0]
+    assert sidecar["name"] == "vigie-sidecar" and sidecar["restartPolicy"] == "Always"
+    # The image is the one the ConfigMap (deploy/base/inject.json) names.
+    assert sidecar["image"] == json.loads((REPO / "deploy/base/inject.json").read_text())["sidecarImage"]
+    # The pod-selector path leaves a pod that did not opt in alone.
+    r = client.post(url + "/inject/pod", json=review("deployment-pod.json"))
+    assert r.status_code == 200 and "patch" not in r.json()["response"]
+    assert "vigie::inject" in cp.log() and "injected" in cp.log()
+
+
+def test_webhook_refuses_what_is_not_an_admission_review_without_a_500(webhook):
+    _, client, url = webhook
+    r = client.post(url + "/inject/namespace", content=b'{"apiVersion": "v1", "env": "sk-live-abc"')
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("not an admission.k8s.io/v1 AdmissionReview: truncated JSON")
+    assert "sk-live" not in r.text
+    r = client.post(url + "/inject/namespace", json={"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})
+    assert r.status_code == 400 and "no `request`" in r.json()["error"]
+    r = client.post(url + "/inject/namespace", json=review("service.json"))
+    assert r.status_code == 200 and r.json()["response"]["allowed"] is True and "patch" not in r.json()["response"]
+    r = client.post(url + "/inject/namespace", json=review("invalid-annotations.json"))
+    assert r.json()["response"]["allowed"] is False
+    assert r.status_code == 200
+    assert client.post(url + "/elsewhere", json={}).status_code == 404
+
+
+def test_webhook_is_not_trusted_without_the_ca(webhook):
+    _, _, url = webhook
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(url + "/inject/namespace", json=review("deployment-pod.json"), timeout=5)
+
+
+def test_a_bad_injection_config_stops_the_control_plane_at_start(tmp_path):
+    pki = webhook_pki(tmp_path)
+    bad = tmp_path / "inject.json"
+    bad.write_text(json.dumps({"sidecarImage": "", "logLevel": "loud"}))
+    r = subprocess.run([binary("vigie-control-plane"), "--data-dir", tmp_path / "d", "serve", "--listen", "127.0.0.1:0",
+                        "--webhook-listen", "127.0.0.1:0", "--webhook-tls-cert", pki["cert"],
+                        "--webhook-tls-key", pki["key"], "--webhook-config", bad],
+                       capture_output=True, timeout=20)
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert "sidecarImage: must not be empty" in err and "logLevel" in err
+
+
+def test_projected_service_account_token_lets_a_sidecar_watch_as_its_namespace(control_planes, mocks, sidecars, tmp_path):
+    cp = control_planes(extra_args=["--k8s-jwks-file", str(TESTDATA / "sa-jwks.json"),
+                                    "--k8s-token-issuer", "https://kubernetes.default.svc.cluster.local"])
+    admin = cp.token("alice", "admin")
+    m = mocks("gpu")
+    # Scoped by a workload label that only the downward-API file carries.
+    cp.call("PolicyService/ApplyPolicy", {"policy": routed_to(m, scope={"namespace": "team-a",
+                                                                        "workloadLabels": {"app": "chat"}})},
+            token=admin)
+    eff = cp.call("PolicyService/GetEffectivePolicy",
+                  {"identity": {"namespace": "team-a", "serviceAccount": "app", "labels": {"app": "chat"}}},
+                  token=admin)
+    labels = tmp_path / "labels"
+    labels.write_text('app="chat"\npod-template-hash="7d9f8b6c5"\n')
+    token = service_account_token(TESTDATA / "sa-signer.pem", "team-a", "app")
+    s = sidecars(None, control_plane=cp, token=token, env={"VIGIE_LABELS_FILE": str(labels)})
+    assert s.policy_version() == eff["version"]
+    r = httpx.post(s.base_url + "/v1/chat/completions",
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    assert r.status_code == 200
+
+    # The token is a workload credential: no admin calls.
+    with pytest.raises(GrpcError) as e:
+        cp.call("PolicyService/ListPolicies", {}, token=token)
+    assert e.value.code == "PermissionDenied"
+    # Forged, expired, for another audience: refused, and the reason says which.
+    for bad, reason in [
+        (service_account_token(TESTDATA / "forger.pem", "team-a", "app"), "bad signature"),
+        (service_account_token(TESTDATA / "sa-signer.pem", "team-a", "app", ttl=-120), "expired"),
+        (service_account_token(TESTDATA / "sa-signer.pem", "team-a", "app", audience="api"), "wrong audience"),
+    ]:
+        with pytest.raises(GrpcError) as e:
+            cp.call("StatusService/ListClients", {}, token=bad)
+        assert e.value.code == "Unauthenticated" and reason in e.value.text, e.value.text
+        assert bad.split(".")[2][:16] not in e.value.text
+    # A token of team-b cannot watch as team-a.
+    other = service_account_token(TESTDATA / "sa-signer.pem", "team-b", "app")
+    intruder = sidecars(None, control_plane=cp, token=other, wait_ready=False)
+    time.sleep(1.5)
+    assert intruder.policy_version() in (None, "")
+    assert "PermissionDenied" in intruder.process.log() or "permission" in intruder.process.log().lower()
