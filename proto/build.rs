@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["vigie/v1/policy.proto", "vigie/v1/control.proto"];
+    let protos = [
+        "vigie/v1/policy.proto",
+        "vigie/v1/control.proto",
+        "vigie/v1/usage.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

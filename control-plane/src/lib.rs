@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod hub;
 pub mod k8s_tokens;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod service;

@@ -10,6 +10,7 @@ use tracing::info;
 
 use vigie_control_plane::auth::{Role, new_token};
 use vigie_control_plane::k8s_tokens::{JwksSource, K8sTokenSettings};
+use vigie_control_plane::metrics::Metrics;
 use vigie_control_plane::server::{ServerSettings, TlsFiles, serve};
 use vigie_control_plane::store::{self, AuditRecord, now_ms};
 use vigie_control_plane::webhook;
@@ -67,6 +68,9 @@ struct ServeArgs {
     /// Name of this replica in the status view (default: host name and process id).
     #[arg(long, env = "VIGIE_REPLICA")]
     replica: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) on this address.
+    #[arg(long, env = "VIGIE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Serve the sidecar-injection webhook (HTTPS) on this address.
     #[arg(long, env = "VIGIE_WEBHOOK_LISTEN", requires_all = ["webhook_tls_cert", "webhook_tls_key"])]
     webhook_listen: Option<SocketAddr>,
@@ -294,6 +298,15 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let webhook_task = webhook.map(|w| tokio::spawn(webhook::serve(w, stopped())));
+            let metrics = Metrics::new().context("registering metrics")?;
+            if let Some(listen) = s.metrics_listen {
+                let (m, stop) = (metrics.clone(), stopped());
+                tokio::spawn(async move {
+                    if let Err(e) = vigie_control_plane::metrics::serve(m, listen, stop).await {
+                        tracing::error!(error = %e, "metrics server stopped");
+                    }
+                });
+            }
             const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
             let jwks = match (s.k8s_jwks_file, s.k8s_jwks_url) {
                 (Some(file), _) => Some(JwksSource::File(file)),
@@ -325,6 +338,7 @@ async fn main() -> anyhow::Result<()> {
                     resync: Duration::from_millis(s.resync_ms.max(100)),
                     replica: s.replica.unwrap_or_else(replica_name),
                     k8s_tokens,
+                    metrics,
                 },
                 stopped(),
             );

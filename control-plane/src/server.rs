@@ -13,6 +13,7 @@ use vigie_proto::v1::audit_service_server::AuditServiceServer;
 use vigie_proto::v1::discovery_service_server::DiscoveryServiceServer;
 use vigie_proto::v1::policy_service_server::PolicyServiceServer;
 use vigie_proto::v1::status_service_server::StatusServiceServer;
+use vigie_proto::v1::usage_service_server::UsageServiceServer;
 
 use crate::auth::Authenticator;
 use crate::hub::Hub;
@@ -21,6 +22,7 @@ use crate::service::audit::AuditApi;
 use crate::service::discovery::DiscoveryApi;
 use crate::service::policy::PolicyApi;
 use crate::service::status::StatusApi;
+use crate::service::usage::UsageApi;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -40,6 +42,7 @@ pub struct ServerSettings {
     pub replica: String,
     /// Accept Kubernetes projected service-account tokens from workloads.
     pub k8s_tokens: Option<K8sTokenSettings>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -80,6 +83,12 @@ pub async fn serve(
     let status = StatusServiceServer::new(StatusApi {
         store: store.clone(),
         auth: auth.clone(),
+    })
+    .max_decoding_message_size(max);
+    let usage = UsageServiceServer::new(UsageApi {
+        store: store.clone(),
+        auth: auth.clone(),
+        metrics: settings.metrics.clone(),
     })
     .max_decoding_message_size(max);
     let audit = AuditServiceServer::new(AuditApi {
@@ -140,6 +149,7 @@ pub async fn serve(
         .add_service(discovery)
         .add_service(status)
         .add_service(audit)
+        .add_service(usage)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move {

@@ -13,10 +13,14 @@ use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use tracing::{error, info};
 
+use vigie_ledger::Ledger;
 use vigie_proto::v1::{ClientKind, Identity};
 use vigie_sidecar::admin::AdminApp;
 use vigie_sidecar::control::lkg::LastKnownGood;
+use vigie_sidecar::control::usage::Shipping;
 use vigie_sidecar::control::{self, Applier, ControlPlaneConfig};
+use vigie_sidecar::metering::user::UserSettings;
+use vigie_sidecar::metering::{Attribution, MeterShared, RecordIds, record_interrupted};
 use vigie_sidecar::policy::PolicyStore;
 use vigie_sidecar::policy::file::{FileWatcher, Reload};
 use vigie_sidecar::proxy::{Settings, SidecarApp};
@@ -104,6 +108,25 @@ struct Args {
     /// (debugging; off by default: it tells the app about the infrastructure).
     #[arg(long, env = "VIGIE_ROUTE_DEBUG_HEADER")]
     route_debug_header: bool,
+    /// Header naming the end user a request is billed to.
+    #[arg(long, env = "VIGIE_USER_HEADER", default_value = "x-vigie-user")]
+    user_header: String,
+    /// Claim of the end user's JWT (sent as a bearer token in --user-jwt-header) that
+    /// names the user; takes precedence over --user-header.
+    #[arg(long, env = "VIGIE_USER_JWT_CLAIM")]
+    user_jwt_claim: Option<String>,
+    #[arg(long, env = "VIGIE_USER_JWT_HEADER", default_value = "authorization")]
+    user_jwt_header: String,
+    /// JWKS the end user's JWT must be signed with (401 otherwise). Without it, the
+    /// claim is recorded as declared (flagged unverified).
+    #[arg(long, env = "VIGIE_USER_JWKS_FILE")]
+    user_jwks_file: Option<PathBuf>,
+    /// Required `aud` of the end user's JWT (with --user-jwks-file).
+    #[arg(long, env = "VIGIE_USER_JWT_AUDIENCE")]
+    user_jwt_audience: Option<String>,
+    /// Managed mode: how often the usage ledger is flushed to disk and shipped, in ms.
+    #[arg(long, env = "VIGIE_LEDGER_FLUSH_MS", default_value_t = 1000)]
+    ledger_flush_ms: u64,
     /// Worker threads. One is plenty for one pod's traffic.
     #[arg(long, env = "VIGIE_THREADS", default_value_t = 1)]
     threads: usize,
@@ -128,13 +151,57 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 struct ControlPlaneTask {
     config: ControlPlaneConfig,
     applier: Applier,
+    shipper: Option<UsageShipper>,
+}
+
+struct UsageShipper {
+    ledger: Arc<Ledger>,
+    shipping: Shipping,
 }
 
 #[async_trait]
 impl BackgroundService for ControlPlaneTask {
     async fn start(&self, shutdown: ShutdownWatch) {
-        control::run(self.config.clone(), self.applier.clone(), shutdown).await;
+        let watch = control::run(self.config.clone(), self.applier.clone(), shutdown.clone());
+        match &self.shipper {
+            None => watch.await,
+            Some(s) => {
+                let ship = control::usage::run(
+                    self.config.clone(),
+                    s.ledger.clone(),
+                    self.applier.metrics.clone(),
+                    s.shipping.clone(),
+                    shutdown,
+                );
+                tokio::join!(watch, ship);
+            }
+        }
     }
+}
+
+fn user_settings(args: &Args) -> anyhow::Result<UserSettings> {
+    let header = |name: &str, flag: &str| {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .with_context(|| format!("{flag}: {name:?} is not a header name"))
+    };
+    let jwks = match &args.user_jwks_file {
+        Some(p) => Some(
+            serde_json::from_slice(
+                &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not a JWKS document", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(UserSettings {
+        header: (!args.user_header.is_empty())
+            .then(|| header(&args.user_header, "--user-header"))
+            .transpose()?,
+        jwt_claim: args.user_jwt_claim.clone(),
+        jwt_header: Some(header(&args.user_jwt_header, "--user-jwt-header")?),
+        jwks,
+        audience: args.user_jwt_audience.clone(),
+    })
 }
 
 enum PolicySource {
@@ -225,6 +292,42 @@ fn main() -> anyhow::Result<()> {
     let store = Arc::new(PolicyStore::default());
     let registry = Arc::new(EndpointRegistry::default());
     let metrics = Metrics::new().context("registering metrics")?;
+    let users = user_settings(&args)?;
+    // The usage ledger lives next to the last-known-good policy, in managed mode (it is
+    // shipped to the control plane).
+    let ledger = match &args.control_plane {
+        Some(_) => {
+            let (ledger, dangling) =
+                Ledger::open(&args.state_dir.join("ledger")).context("opening the usage ledger")?;
+            Some((Arc::new(ledger), dangling))
+        }
+        None => None,
+    };
+    let meter = MeterShared {
+        metrics: metrics.clone(),
+        ledger: ledger.as_ref().map(|(l, _)| l.clone()),
+        ids: Arc::new(RecordIds::new().context("seeding usage record ids")?),
+        who: Attribution {
+            namespace: args.namespace.clone(),
+            workload: if args.workload.is_empty() {
+                args.service_account.clone()
+            } else {
+                args.workload.clone()
+            },
+            pod: args.pod.clone(),
+        },
+    };
+    let mut shipper = None;
+    if let Some((ledger, dangling)) = ledger {
+        if !dangling.is_empty() {
+            info!(
+                requests = dangling.len(),
+                "usage ledger: recording requests interrupted by the last stop"
+            );
+        }
+        record_interrupted(&meter, dangling);
+        shipper = Some(ledger);
+    }
     let source = match &args.policy_file {
         Some(path) => {
             let mut watcher = FileWatcher::new(path.clone(), store.clone(), registry);
@@ -291,7 +394,16 @@ fn main() -> anyhow::Result<()> {
                 client_version: env!("CARGO_PKG_VERSION").to_string(),
                 max_backoff: Duration::from_millis(args.control_plane_max_backoff_ms.max(100)),
             };
-            PolicySource::ControlPlane(Box::new(ControlPlaneTask { config, applier }))
+            PolicySource::ControlPlane(Box::new(ControlPlaneTask {
+                config,
+                applier,
+                shipper: shipper.take().map(|ledger| UsageShipper {
+                    ledger,
+                    shipping: Shipping {
+                        interval: Duration::from_millis(args.ledger_flush_ms.max(50)),
+                    },
+                }),
+            }))
         }
     };
 
@@ -308,6 +420,7 @@ fn main() -> anyhow::Result<()> {
         store: store.clone(),
         upstream: Upstream::new(128),
         metrics: metrics.clone(),
+        meter,
         settings: Settings {
             max_body_bytes: args.max_body_bytes,
             max_attempts: args.max_attempts,
@@ -318,6 +431,7 @@ fn main() -> anyhow::Result<()> {
                 args.workload.clone()
             },
             labels: labels.clone(),
+            users,
             route_debug_header: args.route_debug_header,
         },
         retry_budget: vigie_balance::RetryBudget::default(),

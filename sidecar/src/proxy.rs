@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, Operation, request::RequestHead};
 use crate::dlp::{self, Counts, Pseudonyms, response::ResponseDlp};
-use crate::metering::{Attribution, Meter};
+use crate::metering::{Meter, MeterShared, user};
 use crate::policy::{PolicyStore, Snapshot};
 use crate::routing::{Attempts, PlanError, RouteContext};
 use crate::telemetry::Metrics;
@@ -33,6 +33,8 @@ pub struct Settings {
     pub namespace: String,
     pub workload: String,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Where the end user of a request is read from.
+    pub users: user::UserSettings,
     /// Adds `x-vigie-route` (pool, endpoint, reason, attempts) to answers; for debugging.
     pub route_debug_header: bool,
 }
@@ -45,6 +47,7 @@ pub struct SidecarApp {
     pub store: Arc<PolicyStore>,
     pub upstream: Upstream,
     pub metrics: Metrics,
+    pub meter: MeterShared,
     pub settings: Settings,
     /// Retries may add at most 20 % to the request rate (plus 10 per second).
     pub retry_budget: vigie_balance::RetryBudget,
@@ -124,18 +127,27 @@ impl SidecarApp {
                 return (None, Outcome::broken(status));
             }
         };
+        // Every request but a model listing gets exactly one usage record.
+        let mut meter =
+            (operation != Operation::ListModels).then(|| Meter::new(&self.meter, operation));
         let Some(snapshot) = self.store.current() else {
             respond_error(
                 session,
                 &ApiError::no_policy().with_flavour(operation.flavour()),
             )
             .await;
+            if let Some(m) = meter.as_mut() {
+                m.status(503);
+            }
             return (Some(operation), Outcome::broken(503));
         };
-        if operation == Operation::ListModels {
+        let Some(mut meter) = meter else {
             return (Some(operation), list_models(session, &snapshot).await);
-        }
-        let outcome = match self.forward(session, operation, &snapshot).await {
+        };
+        let outcome = match self
+            .forward(session, operation, &snapshot, &mut meter)
+            .await
+        {
             Ok(outcome) => outcome,
             Err((e, reusable)) => {
                 let e = e.with_flavour(operation.flavour());
@@ -146,6 +158,7 @@ impl SidecarApp {
                 }
             }
         };
+        meter.status(outcome.status);
         (Some(operation), outcome)
     }
 
@@ -157,12 +170,17 @@ impl SidecarApp {
         session: &mut ServerSession,
         op: Operation,
         snapshot: &Snapshot,
+        meter: &mut Meter,
     ) -> Result<Outcome, (ApiError, bool)> {
         let mut body = read_body(session, self.settings.max_body_bytes)
             .await
             .map_err(|e| (e, false))?;
         let RequestHead { model, stream, .. } =
             api::request::parse_head(&body).map_err(|e| (e, true))?;
+        meter.begin(&model, stream, body.len());
+        let user = user::identify(&self.settings.users, &session.req_header().headers)
+            .map_err(|e| (e, true))?;
+        meter.user(&user);
         if snapshot.routes_for(&model).is_none() {
             return Err((ApiError::model_not_found(&model), true));
         }
@@ -208,6 +226,7 @@ impl SidecarApp {
             .sensitivity
             .with_label_values(&[level.map_or("unspecified", |l| l.as_str())])
             .inc();
+        meter.level(level);
         let ctx = RouteContext {
             level,
             headers: &session.req_header().headers,
@@ -228,15 +247,6 @@ impl SidecarApp {
             (err, true)
         })?;
         let answer_dlp = ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms);
-        let mut meter = Meter::new(
-            &self.metrics,
-            op,
-            Attribution {
-                namespace: self.settings.namespace.clone(),
-                workload: self.settings.workload.clone(),
-                model: model.clone(),
-            },
-        );
         meter.prepare(&body, stream);
 
         // Prefix affinity only matters where a pool has several endpoints to choose from.
@@ -368,8 +378,12 @@ impl SidecarApp {
                             .with_label_values(&[&pool.name, &format!("status_{status}")])
                             .inc();
                         warn!(pool = %pool.name, endpoint = %endpoint.url, status, "upstream error status, trying the next endpoint");
-                        last_answer =
-                            Some((exchange, pool, attempt.target.upstream_model.as_str()));
+                        last_answer = Some((
+                            exchange,
+                            pool,
+                            endpoint.url.as_str(),
+                            attempt.target.upstream_model.as_str(),
+                        ));
                         continue;
                     }
                     self.metrics
@@ -378,6 +392,7 @@ impl SidecarApp {
                         .inc();
                     meter.answer(
                         pool,
+                        &endpoint.url,
                         &attempt.target.upstream_model,
                         status,
                         exchange
@@ -391,9 +406,7 @@ impl SidecarApp {
                     } else {
                         debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, "forwarded");
                     }
-                    return Ok(self
-                        .deliver(session, exchange, op, answer_dlp, &mut meter)
-                        .await);
+                    return Ok(self.deliver(session, exchange, op, answer_dlp, meter).await);
                 }
                 Err(e) => {
                     endpoint
@@ -419,15 +432,13 @@ impl SidecarApp {
                 }
             }
         }
-        if let Some((exchange, pool, served)) = last_answer {
+        if let Some((exchange, pool, endpoint, served)) = last_answer {
             let status = exchange
                 .session
                 .response_header()
                 .map_or(502, |h| h.status.as_u16());
-            meter.answer(pool, served, status, false, false);
-            return Ok(self
-                .deliver(session, exchange, op, answer_dlp, &mut meter)
-                .await);
+            meter.answer(pool, endpoint, served, status, false, false);
+            return Ok(self.deliver(session, exchange, op, answer_dlp, meter).await);
         }
         let err = match last_error {
             None => ApiError::no_endpoint(&model),
@@ -446,7 +457,7 @@ impl SidecarApp {
         exchange: Exchange,
         op: Operation,
         answer_dlp: Option<ResponseDlp<'_>>,
-        meter: &mut Meter<'_>,
+        meter: &mut Meter,
     ) -> Outcome {
         match answer_dlp {
             None => self.relay(session, exchange, op, meter).await,
@@ -463,7 +474,7 @@ impl SidecarApp {
         session: &mut ServerSession,
         mut ex: Exchange,
         op: Operation,
-        meter: &mut Meter<'_>,
+        meter: &mut Meter,
     ) -> Outcome {
         let Some((status, sse, mut header)) = answer_head(&ex) else {
             return Outcome::broken(502);
@@ -505,6 +516,7 @@ impl SidecarApp {
                     }
                     Err(e) => {
                         warn!(error = %e, "upstream failed mid-response");
+                        meter.upstream_broke();
                         if sse {
                             // Close the stream with an error event the SDK raises as an APIError.
                             let event = api::sse::error_event(&ApiError::upstream_broken().with_flavour(op.flavour()));
@@ -550,7 +562,7 @@ impl SidecarApp {
         mut ex: Exchange,
         op: Operation,
         filter: ResponseDlp<'_>,
-        meter: &mut Meter<'_>,
+        meter: &mut Meter,
     ) -> Outcome {
         let Some((status, sse, mut header)) = answer_head(&ex) else {
             return Outcome::broken(502);
@@ -588,6 +600,7 @@ impl SidecarApp {
                         }
                         Err(e) => {
                             warn!(error = %e, "upstream failed mid-response");
+                            meter.upstream_broke();
                             self.record_dlp(sse_filter.counts(), "response");
                             let event = api::sse::error_event(&ApiError::upstream_broken().with_flavour(op.flavour()));
                             let clean = session.write_response_body(event, true).await.is_ok()
@@ -638,7 +651,7 @@ impl SidecarApp {
         op: Operation,
         mut filter: ResponseDlp<'_>,
         mut header: ResponseHeader,
-        meter: &mut Meter<'_>,
+        meter: &mut Meter,
     ) -> Outcome {
         let status = header.status.as_u16();
         let mut body = BytesMut::new();
@@ -653,6 +666,7 @@ impl SidecarApp {
                 Ok(None) => break,
                 Err(e) => {
                     warn!(error = %e, "upstream failed mid-response");
+                    meter.upstream_broke();
                     respond_error(
                         session,
                         &ApiError::upstream_broken().with_flavour(op.flavour()),

@@ -276,6 +276,21 @@ class ControlPlane:
             args += ["-H", f"authorization: Bearer {token}"]
         return [str(a) for a in args]
 
+    def stream(self, method: str, body: dict, token: str) -> list[dict]:
+        """A server-streaming call: every message grpcurl prints, in order."""
+        args = self.grpcurl_args(token) + ["-d", "@", self.address, f"vigie.v1.{method}"]
+        out = subprocess.run(args, input=json.dumps(body), capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise GrpcError("Unknown", out.stderr + out.stdout)
+        decoder, text, pos, messages = json.JSONDecoder(), out.stdout, 0, []
+        while True:
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            if pos >= len(text):
+                return messages
+            message, pos = decoder.raw_decode(text, pos)
+            messages.append(message)
+
     def call(self, method: str, body: dict | None = None, token: str | None = None, tls_client: bool = True) -> dict:
         """Calls `vigie.v1.<method>` with the real grpcurl; raises GrpcError on failure."""
         args = self.grpcurl_args(token, tls_client)

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod discovery;
 pub mod policy;
 pub mod status;
+pub mod usage;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};

@@ -6,12 +6,13 @@
 //! `NOTIFY` so every replica pushes them to its own watchers).
 
 pub mod sql;
+pub mod usage;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
-use vigie_proto::v1::{Identity, Policy, RevisionAction};
+use vigie_proto::v1::{Identity, Policy, RevisionAction, UsageFilter, UsageRecord};
 
 use crate::auth::Role;
 
@@ -174,6 +175,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn write_status(&self, events: &[StatusEvent]) -> Result<(), StoreError>;
     async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+
+    /// Stores usage records not stored yet (by id); returns how many were new.
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<u64, StoreError>;
+    /// Records of `filter` ordered by (start, id), after the given one.
+    async fn usage_page(
+        &self,
+        filter: &UsageFilter,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
+    /// Totals by the given columns and fixed-width buckets (0: none), by currency.
+    async fn usage_totals(
+        &self,
+        filter: &UsageFilter,
+        columns: &[&'static str],
+        bucket_ms: i64,
+    ) -> Result<Vec<usage::TotalsRow>, StoreError>;
 
     /// Runs until the store fails: wakes `changed` whenever another replica commits.
     /// Returns at once for a store that has no other replicas.

@@ -10,7 +10,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row as _};
 use tokio::sync::Notify;
 use tracing::{info, warn};
-use vigie_proto::v1::{Identity, Policy, RevisionAction};
+use vigie_proto::v1::{Identity, Policy, RevisionAction, UsageFilter, UsageRecord};
 
 use super::{
     AuditFilter, AuditRecord, ClientRecord, NewRevision, Revision, StatusEvent, Store, StoreError,
@@ -27,7 +27,7 @@ pub enum Dialect {
 
 #[derive(Debug)]
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     dialect: Dialect,
     url: String,
 }
@@ -38,11 +38,12 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
         Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
         Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
     };
-    vec![(
-        1,
-        vec![
-            format!(
-                "CREATE TABLE vigie_revisions (
+    vec![
+        (
+            1,
+            vec![
+                format!(
+                    "CREATE TABLE vigie_revisions (
                     revision {serial},
                     name TEXT NOT NULL,
                     action BIGINT NOT NULL,
@@ -52,16 +53,16 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
                     summary TEXT NOT NULL,
                     comment TEXT NOT NULL,
                     restored_revision BIGINT NOT NULL)"
-            ),
-            "CREATE INDEX vigie_revisions_by_name ON vigie_revisions (name, revision)".into(),
-            // One row per name: its latest revision; `live` = 0 once deleted.
-            "CREATE TABLE vigie_heads (
+                ),
+                "CREATE INDEX vigie_revisions_by_name ON vigie_revisions (name, revision)".into(),
+                // One row per name: its latest revision; `live` = 0 once deleted.
+                "CREATE TABLE vigie_heads (
                 name TEXT PRIMARY KEY,
                 revision BIGINT NOT NULL,
                 live BIGINT NOT NULL)"
-                .into(),
-            format!(
-                "CREATE TABLE vigie_audit (
+                    .into(),
+                format!(
+                    "CREATE TABLE vigie_audit (
                     id {serial},
                     at BIGINT NOT NULL,
                     actor TEXT NOT NULL,
@@ -71,8 +72,8 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
                     revision BIGINT NOT NULL,
                     summary TEXT NOT NULL,
                     comment TEXT NOT NULL)"
-            ),
-            "CREATE TABLE vigie_tokens (
+                ),
+                "CREATE TABLE vigie_tokens (
                 id TEXT PRIMARY KEY,
                 name TEXT NOT NULL UNIQUE,
                 role TEXT NOT NULL,
@@ -81,8 +82,8 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
                 secret_sha256 TEXT NOT NULL,
                 created_at BIGINT NOT NULL,
                 revoked_at BIGINT NOT NULL)"
-                .into(),
-            "CREATE TABLE vigie_clients (
+                    .into(),
+                "CREATE TABLE vigie_clients (
                 client_id TEXT PRIMARY KEY,
                 identity TEXT NOT NULL,
                 replica TEXT NOT NULL,
@@ -95,9 +96,11 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
                 nack_error TEXT NOT NULL,
                 nacked_at BIGINT NOT NULL,
                 client_version TEXT NOT NULL)"
-                .into(),
-        ],
-    )]
+                    .into(),
+            ],
+        ),
+        (2, super::usage::migration()),
+    ]
 }
 
 impl SqlStore {
@@ -573,6 +576,29 @@ impl Store for SqlStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(client_from_row).collect()
+    }
+
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<u64, StoreError> {
+        self.insert_usage_rows(records, now_ms()).await
+    }
+
+    async fn usage_page(
+        &self,
+        filter: &UsageFilter,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        self.usage_page_at(filter, after, limit, now_ms()).await
+    }
+
+    async fn usage_totals(
+        &self,
+        filter: &UsageFilter,
+        columns: &[&'static str],
+        bucket_ms: i64,
+    ) -> Result<Vec<super::usage::TotalsRow>, StoreError> {
+        self.usage_totals_rows(filter, columns, bucket_ms, now_ms())
+            .await
     }
 
     async fn listen_changes(&self, changed: Arc<Notify>) -> Result<(), StoreError> {

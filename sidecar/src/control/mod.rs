@@ -8,6 +8,7 @@
 
 pub mod lkg;
 pub mod podinfo;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,7 +131,28 @@ impl Applier {
     }
 }
 
-async fn channel(cfg: &ControlPlaneConfig) -> Result<Channel, WatchError> {
+/// The workload token, re-read at every connection (projected tokens rotate).
+pub(crate) fn read_token(cfg: &ControlPlaneConfig) -> Result<String, WatchError> {
+    Ok(match &cfg.token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| WatchError::Config(format!("token file {}: {e}", p.display())))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    })
+}
+
+pub(crate) fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), WatchError> {
+    if !token.is_empty() {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| WatchError::Config("token has invalid characters".into()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(())
+}
+
+pub(crate) async fn channel(cfg: &ControlPlaneConfig) -> Result<Channel, WatchError> {
     let mut endpoint = Endpoint::from_shared(cfg.url.clone())
         .map_err(|e| WatchError::Config(format!("control plane URL: {e}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -164,13 +186,7 @@ async fn session(
     applier: &Applier,
     got_snapshot: &mut bool,
 ) -> Result<(), WatchError> {
-    let token = match &cfg.token_file {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| WatchError::Config(format!("token file {}: {e}", p.display())))?
-            .trim()
-            .to_string(),
-        None => String::new(),
-    };
+    let token = read_token(cfg)?;
     let mut client =
         DiscoveryServiceClient::new(channel(cfg).await?).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(8);
@@ -183,12 +199,7 @@ async fn session(
     };
     tx.send(hello).await.map_err(|_| WatchError::Closed)?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if !token.is_empty() {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| WatchError::Config("token has invalid characters".into()))?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    authorize(&mut request, &token)?;
     let mut inbound = client.watch(request).await?.into_inner();
     applier.metrics.control_plane_connected.set(1);
     info!(url = %cfg.url, "connected to the control plane");
@@ -236,7 +247,7 @@ async fn session(
 
 /// Delay before reconnection attempt `n` (0-based): exponential from 250 ms, capped,
 /// with full jitter so a control-plane restart is not met by every pod at once.
-pub fn backoff(n: u32, max: Duration) -> Duration {
+pub(crate) fn backoff(n: u32, max: Duration) -> Duration {
     let base = Duration::from_millis(250).saturating_mul(1u32 << n.min(16));
     let ceiling = base.min(max);
     ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub endpoint_waiting: IntGaugeVec,
     pub tokens: IntCounterVec,
     pub usage_records: IntCounterVec,
+    pub ledger: IntCounterVec,
     pub cost: CounterVec,
     pub gpu_seconds: CounterVec,
     pub inflight: IntGauge,
@@ -115,6 +116,13 @@ impl Metrics {
             ),
             &["source"],
         )?;
+        let ledger = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_usage_ledger_total",
+                "Usage ledger events: written (one per request), interrupted (found at restart), shipped (stored by the control plane), duplicate (already stored), error (disk or shipping failure).",
+            ),
+            &["event"],
+        )?;
         let cost = CounterVec::new(
             Opts::new(
                 "vigie_sidecar_cost_total",
@@ -184,6 +192,7 @@ impl Metrics {
         registry.register(Box::new(endpoint_waiting.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(usage_records.clone()))?;
+        registry.register(Box::new(ledger.clone()))?;
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(gpu_seconds.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
@@ -201,6 +210,7 @@ impl Metrics {
             endpoint_waiting,
             tokens,
             usage_records,
+            ledger,
             cost,
             gpu_seconds,
             inflight,

@@ -102,6 +102,17 @@ impl ApiError {
         ))
     }
 
+    /// The end-user token could not be verified (`reason` names the check, never the
+    /// token).
+    pub fn invalid_user_token(reason: &str) -> Self {
+        Self::new(
+            401,
+            "authentication_error",
+            Some("invalid_user_token"),
+            format!("The end-user token was refused: {reason}."),
+        )
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             413,

@@ -1,0 +1,319 @@
+//! `UsageService`: sidecars report their ledgers; admins and auditors query totals and
+//! export raw records.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use vigie_proto::v1::usage_service_server::UsageService;
+use vigie_proto::v1::{
+    ExportUsageRequest, QueryUsageRequest, QueryUsageResponse, ReportUsageRequest,
+    ReportUsageResponse, TimeBucket, UsageDimension, UsageFilter, UsageRecord, UsageRow,
+    UsageTotals,
+};
+
+use super::{invalid, store_error};
+use crate::auth::{Authenticator, Role};
+use crate::store::Store;
+use crate::store::usage::{TotalsRow, dimension_column};
+
+/// Largest batch a sidecar may report at once.
+pub const MAX_REPORT: usize = 5000;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, Clone)]
+pub struct UsageApi {
+    pub store: Arc<dyn Store>,
+    pub auth: Authenticator,
+    pub metrics: crate::metrics::Metrics,
+}
+
+fn check_record(i: usize, r: &UsageRecord) -> Result<(), Status> {
+    let id_ok = !r.id.is_empty()
+        && r.id.len() <= 128
+        && r.id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !id_ok {
+        return Err(invalid(
+            &format!("records[{i}].id"),
+            "1 to 128 characters among letters, digits, - _ . :",
+        ));
+    }
+    if r.namespace.is_empty() {
+        return Err(invalid(
+            &format!("records[{i}].namespace"),
+            "must not be empty",
+        ));
+    }
+    if r.ended_at_ms < r.started_at_ms {
+        return Err(invalid(
+            &format!("records[{i}].endedAtMs"),
+            "must not be before startedAtMs",
+        ));
+    }
+    if !r.cost.is_finite() || r.cost < 0.0 || !r.gpu_seconds.is_finite() || r.gpu_seconds < 0.0 {
+        return Err(invalid(
+            &format!("records[{i}].cost"),
+            "cost and gpuSeconds must be finite and not negative",
+        ));
+    }
+    Ok(())
+}
+
+fn check_filter(f: &UsageFilter) -> Result<(), Status> {
+    if f.from_ms < 0 {
+        return Err(invalid("filter.fromMs", "must not be negative"));
+    }
+    if f.to_ms != 0 && f.to_ms <= f.from_ms {
+        return Err(invalid(
+            "filter.toMs",
+            "must be after fromMs (or 0 for now)",
+        ));
+    }
+    Ok(())
+}
+
+/// First millisecond of the UTC calendar month containing `ms`.
+fn month_start(ms: i64) -> i64 {
+    // Howard Hinnant's days-to-civil and back.
+    let days = ms.div_euclid(DAY_MS);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5; // day of month, 0-based
+    (days - d) * DAY_MS
+}
+
+fn totals(r: &TotalsRow) -> UsageTotals {
+    UsageTotals {
+        requests: r.requests,
+        prompt_tokens: r.prompt,
+        completion_tokens: r.completion,
+        cached_prompt_tokens: r.cached,
+        reasoning_tokens: r.reasoning,
+        estimated_requests: r.estimated,
+        cost: r.cost,
+        gpu_seconds: r.gpu_seconds,
+    }
+}
+
+fn add(into: &mut UsageTotals, r: &TotalsRow) {
+    into.requests += r.requests;
+    into.prompt_tokens += r.prompt;
+    into.completion_tokens += r.completion;
+    into.cached_prompt_tokens += r.cached;
+    into.reasoning_tokens += r.reasoning;
+    into.estimated_requests += r.estimated;
+    into.cost += r.cost;
+    into.gpu_seconds += r.gpu_seconds;
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<UsageRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl UsageService for UsageApi {
+    async fn report_usage(
+        &self,
+        req: Request<ReportUsageRequest>,
+    ) -> Result<Response<ReportUsageResponse>, Status> {
+        let who = self
+            .auth
+            .check(&req, &[Role::Admin, Role::Workload])
+            .await?;
+        let records = req.into_inner().records;
+        if records.len() > MAX_REPORT {
+            return Err(invalid(
+                "records",
+                &format!("at most {MAX_REPORT} per call"),
+            ));
+        }
+        for (i, r) in records.iter().enumerate() {
+            check_record(i, r)?;
+            if who.role == Role::Workload && r.namespace != who.namespace {
+                return Err(Status::permission_denied(format!(
+                    "records[{i}].namespace: a workload of {} reports only its own usage",
+                    who.namespace
+                )));
+            }
+        }
+        let accepted = self
+            .store
+            .insert_usage(&records)
+            .await
+            .map_err(store_error)?;
+        let accepted = u32::try_from(accepted).unwrap_or(u32::MAX);
+        let total = u32::try_from(records.len()).unwrap_or(u32::MAX);
+        self.metrics
+            .usage_ingested(&records, accepted, total.saturating_sub(accepted));
+        Ok(Response::new(ReportUsageResponse {
+            accepted,
+            duplicates: total.saturating_sub(accepted),
+        }))
+    }
+
+    async fn query_usage(
+        &self,
+        req: Request<QueryUsageRequest>,
+    ) -> Result<Response<QueryUsageResponse>, Status> {
+        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let r = req.into_inner();
+        let filter = r.filter.unwrap_or_default();
+        check_filter(&filter)?;
+        let mut columns = Vec::new();
+        for (i, d) in r.group_by.iter().enumerate() {
+            let column = UsageDimension::try_from(*d)
+                .ok()
+                .and_then(dimension_column)
+                .ok_or_else(|| invalid(&format!("groupBy[{i}]"), "not a usage dimension"))?;
+            columns.push(column);
+        }
+        let bucket =
+            TimeBucket::try_from(r.bucket).map_err(|_| invalid("bucket", "not a time bucket"))?;
+        let width = match bucket {
+            TimeBucket::Unspecified => 0,
+            TimeBucket::Hour => HOUR_MS,
+            TimeBucket::Day | TimeBucket::Month => DAY_MS,
+        };
+        let rows = self
+            .store
+            .usage_totals(&filter, &columns, width)
+            .await
+            .map_err(store_error)?;
+        let rows = if bucket == TimeBucket::Month {
+            // Days merged into calendar months.
+            let mut months: BTreeMap<(i64, String, Vec<String>), UsageTotals> = BTreeMap::new();
+            for row in &rows {
+                let key = (
+                    month_start(row.bucket_start_ms),
+                    row.currency.clone(),
+                    row.key.clone(),
+                );
+                add(months.entry(key).or_default(), row);
+            }
+            months
+                .into_iter()
+                .map(|((bucket_start_ms, currency, key), totals)| UsageRow {
+                    bucket_start_ms,
+                    key,
+                    currency,
+                    totals: Some(totals),
+                })
+                .collect()
+        } else {
+            rows.iter()
+                .map(|row| UsageRow {
+                    bucket_start_ms: row.bucket_start_ms,
+                    key: row.key.clone(),
+                    currency: row.currency.clone(),
+                    totals: Some(totals(row)),
+                })
+                .collect()
+        };
+        Ok(Response::new(QueryUsageResponse { rows }))
+    }
+
+    type ExportUsageStream = ExportStream;
+
+    async fn export_usage(
+        &self,
+        req: Request<ExportUsageRequest>,
+    ) -> Result<Response<Self::ExportUsageStream>, Status> {
+        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let filter = req.into_inner().filter.unwrap_or_default();
+        check_filter(&filter)?;
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut after = None;
+            loop {
+                let page = match store.usage_page(&filter, after.clone(), 1000).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_error(e))).await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { return };
+                after = Some((last.started_at_ms, last.id.clone()));
+                let full = page.len() == 1000;
+                for r in page {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+                if !full {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn month_start_is_the_first_of_the_utc_month() {
+        // 2026-11-29T09:00Z → 2026-11-01T00:00Z; 2024-02-29 → 2024-02-01; epoch.
+        assert_eq!(month_start(1_795_942_800_000), 1_793_491_200_000);
+        assert_eq!(month_start(1_709_208_000_000), 1_706_745_600_000);
+        assert_eq!(month_start(0), 0);
+        assert_eq!(month_start(DAY_MS * 31), DAY_MS * 31);
+    }
+
+    #[test]
+    fn bad_records_name_their_field() {
+        let good = UsageRecord {
+            id: "pod-1:42".into(),
+            namespace: "team-a".into(),
+            started_at_ms: 10,
+            ended_at_ms: 20,
+            ..Default::default()
+        };
+        assert!(check_record(0, &good).is_ok());
+        for (bad, field) in [
+            (
+                UsageRecord {
+                    id: "a b".into(),
+                    ..good.clone()
+                },
+                "records[3].id",
+            ),
+            (
+                UsageRecord {
+                    namespace: String::new(),
+                    ..good.clone()
+                },
+                "records[3].namespace",
+            ),
+            (
+                UsageRecord {
+                    ended_at_ms: 5,
+                    ..good.clone()
+                },
+                "records[3].endedAtMs",
+            ),
+            (
+                UsageRecord {
+                    cost: f64::NAN,
+                    ..good.clone()
+                },
+                "records[3].cost",
+            ),
+        ] {
+            let e = check_record(3, &bad).unwrap_err();
+            assert!(e.message().starts_with(field), "{}", e.message());
+        }
+    }
+}

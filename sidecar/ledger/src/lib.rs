@@ -1,0 +1,396 @@
+//! The sidecar's usage ledger: one record per request, on local disk until the control
+//! plane has acknowledged it.
+//!
+//! Lines of JSON in append-only segment files (`seg-<n>.jsonl`): a `begin` line when a
+//! request starts, an `end` line (the complete [`UsageRecord`]) when it ends. Both are
+//! written with one `write` each, so a killed process loses nothing it wrote: the page
+//! cache keeps it. (A node crash loses what was not yet flushed: [`Ledger::sync`] runs
+//! on a timer.) At start, a `begin` without its `end` is a request the process died
+//! in: [`Ledger::open`] returns them so the caller records them as interrupted.
+//!
+//! Shipping reads `end` lines from a cursor ([`Ledger::pending`]); once the control
+//! plane has stored a batch (idempotently, by record id) the cursor moves
+//! ([`Ledger::ack`]) and is written atomically. A crash between the two resends the
+//! batch, which the control plane counts as duplicates: nothing is lost or doubled.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use vigie_proto::v1::UsageRecord;
+
+/// A new segment is started beyond this size.
+const SEGMENT_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ledger {path}: unreadable cursor")]
+    Cursor { path: String },
+    #[error("ledger lock poisoned")]
+    Poisoned,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
+    move |source| LedgerError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Line {
+    Begin(UsageRecord),
+    End(UsageRecord),
+}
+
+/// Where shipping has got to: the byte after the last acknowledged line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Cursor {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// Records to ship, and the cursor to acknowledge once they are stored.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<UsageRecord>,
+    pub next: Cursor,
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    segment: u64,
+    size: u64,
+    cursor: Cursor,
+    /// Requests begun and not ended: id → segment of their `begin`.
+    open: HashMap<String, u64>,
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("seg-{n:020}.jsonl"))
+}
+
+fn segments(dir: &Path) -> Result<Vec<u64>, LedgerError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let name = entry.map_err(io(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_prefix("seg-")
+            .and_then(|s| s.strip_suffix(".jsonl"))
+            .and_then(|s| s.parse().ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Every complete line of a segment from `offset`, with the offset after each. A last
+/// line without its newline (a write cut by a node crash) is not returned.
+fn read_lines(path: &Path, offset: u64) -> Result<Vec<(Line, u64)>, LedgerError> {
+    let mut file = File::open(path).map_err(io(path))?;
+    file.seek(SeekFrom::Start(offset)).map_err(io(path))?;
+    let mut reader = BufReader::new(file);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(io(path))?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            break;
+        }
+        pos += n as u64;
+        match serde_json::from_slice::<Line>(&buf) {
+            Ok(line) => out.push((line, pos)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), offset = pos, error = %e, "skipping an unreadable ledger line")
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `dir`. Returns it with the requests that began
+    /// and never ended (the previous process died during them), to be recorded as
+    /// interrupted with [`Ledger::end`].
+    pub fn open(dir: &Path) -> Result<(Ledger, Vec<UsageRecord>), LedgerError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let cursor_path = dir.join("cursor.json");
+        let cursor = match fs::read(&cursor_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| LedgerError::Cursor {
+                path: cursor_path.display().to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Cursor::default(),
+            Err(e) => return Err(io(&cursor_path)(e)),
+        };
+        let existing = segments(dir)?;
+        let mut begun: HashMap<String, UsageRecord> = HashMap::new();
+        let mut ended = std::collections::HashSet::new();
+        for &n in &existing {
+            for (line, _) in read_lines(&segment_path(dir, n), 0)? {
+                match line {
+                    Line::Begin(r) => {
+                        begun.insert(r.id.clone(), r);
+                    }
+                    Line::End(r) => {
+                        ended.insert(r.id);
+                    }
+                }
+            }
+        }
+        let mut dangling: Vec<UsageRecord> = begun
+            .into_iter()
+            .filter(|(id, _)| !ended.contains(id))
+            .map(|(_, r)| r)
+            .collect();
+        dangling.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
+        // Always a fresh segment: the last one may end with a torn line.
+        let segment = existing.last().map_or(cursor.segment.max(1), |n| n + 1);
+        let path = segment_path(dir, segment);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let ledger = Ledger {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                file,
+                segment,
+                size: 0,
+                cursor,
+                open: HashMap::new(),
+            }),
+        };
+        Ok((ledger, dangling))
+    }
+
+    fn append(&self, line: &Line, id: &str, begin: bool) -> Result<(), LedgerError> {
+        let mut text = serde_json::to_vec(line).map_err(|e| LedgerError::Io {
+            path: self.dir.display().to_string(),
+            source: e.into(),
+        })?;
+        text.push(b'\n');
+        let mut inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        if inner.size >= SEGMENT_BYTES {
+            let next = inner.segment + 1;
+            let path = segment_path(&self.dir, next);
+            inner.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            inner.segment = next;
+            inner.size = 0;
+        }
+        let path = segment_path(&self.dir, inner.segment);
+        // One write per line: a killed process never leaves half of one behind.
+        inner.file.write_all(&text).map_err(io(&path))?;
+        inner.size += text.len() as u64;
+        let segment = inner.segment;
+        if begin {
+            inner.open.insert(id.to_string(), segment);
+        } else {
+            inner.open.remove(id);
+        }
+        Ok(())
+    }
+
+    /// A request started (its id must be unique; the record holds what is known).
+    pub fn begin(&self, record: &UsageRecord) -> Result<(), LedgerError> {
+        self.append(&Line::Begin(record.clone()), &record.id, true)
+    }
+
+    /// A request ended: its complete record.
+    pub fn end(&self, record: &UsageRecord) -> Result<(), LedgerError> {
+        self.append(&Line::End(record.clone()), &record.id, false)
+    }
+
+    /// Flushes the current segment to disk (node crashes).
+    pub fn sync(&self) -> Result<(), LedgerError> {
+        let inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        let path = segment_path(&self.dir, inner.segment);
+        inner.file.sync_data().map_err(io(&path))
+    }
+
+    /// Up to `max` ended records after the cursor.
+    pub fn pending(&self, max: usize) -> Result<Batch, LedgerError> {
+        let cursor = self.inner.lock().map_err(|_| LedgerError::Poisoned)?.cursor;
+        let mut batch = Batch {
+            records: Vec::new(),
+            next: cursor,
+        };
+        for n in segments(&self.dir)?
+            .into_iter()
+            .filter(|&n| n >= cursor.segment)
+        {
+            let from = if n == cursor.segment {
+                cursor.offset
+            } else {
+                0
+            };
+            for (line, after) in read_lines(&segment_path(&self.dir, n), from)? {
+                if batch.records.len() >= max {
+                    return Ok(batch);
+                }
+                if let Line::End(r) = line {
+                    batch.records.push(r);
+                }
+                batch.next = Cursor {
+                    segment: n,
+                    offset: after,
+                };
+            }
+        }
+        Ok(batch)
+    }
+
+    /// The control plane stored everything before `next`: move the cursor (written
+    /// atomically) and delete the segments nothing needs any more.
+    pub fn ack(&self, next: Cursor) -> Result<(), LedgerError> {
+        let mut inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        if next <= inner.cursor {
+            return Ok(());
+        }
+        let path = self.dir.join("cursor.json");
+        let tmp = self.dir.join("cursor.json.tmp");
+        let text = serde_json::to_vec(&next).map_err(|e| io(&path)(e.into()))?;
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&text).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        inner.cursor = next;
+        let oldest_open = inner.open.values().min().copied().unwrap_or(u64::MAX);
+        let current = inner.segment;
+        drop(inner);
+        for n in segments(&self.dir)? {
+            // Shipped, not being written, and no request still open in it.
+            if n < next.segment && n < current && n < oldest_open {
+                let p = segment_path(&self.dir, n);
+                fs::remove_file(&p).map_err(io(&p))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Segment files on disk (for tests and the status view).
+    pub fn segment_count(&self) -> Result<usize, LedgerError> {
+        Ok(segments(&self.dir)?.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> UsageRecord {
+        UsageRecord {
+            id: id.into(),
+            namespace: "team-a".into(),
+            started_at_ms: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ended_records_are_shipped_once_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, dangling) = Ledger::open(dir.path()).unwrap();
+        assert!(dangling.is_empty());
+        for id in ["a", "b", "c"] {
+            ledger.begin(&rec(id)).unwrap();
+            ledger.end(&rec(id)).unwrap();
+        }
+        let batch = ledger.pending(2).unwrap();
+        assert_eq!(
+            batch
+                .records
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        ledger.ack(batch.next).unwrap();
+        drop(ledger);
+
+        // Restart: only "c" is left to ship, nothing dangles.
+        let (ledger, dangling) = Ledger::open(dir.path()).unwrap();
+        assert!(dangling.is_empty());
+        let batch = ledger.pending(10).unwrap();
+        assert_eq!(batch.records.len(), 1);
+        assert_eq!(batch.records[0].id, "c");
+        ledger.ack(batch.next).unwrap();
+        assert!(ledger.pending(10).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_request_begun_and_never_ended_is_returned_at_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path()).unwrap();
+        ledger.begin(&rec("done")).unwrap();
+        ledger.begin(&rec("cut")).unwrap();
+        ledger.end(&rec("done")).unwrap();
+        drop(ledger);
+        let (_, dangling) = Ledger::open(dir.path()).unwrap();
+        assert_eq!(dangling.len(), 1);
+        assert_eq!(dangling[0].id, "cut");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path()).unwrap();
+        ledger.end(&rec("whole")).unwrap();
+        drop(ledger);
+        let seg = segment_path(dir.path(), segments(dir.path()).unwrap()[0]);
+        let mut f = OpenOptions::new().append(true).open(seg).unwrap();
+        f.write_all(br#"{"end":{"id":"torn""#).unwrap();
+        let (ledger, _) = Ledger::open(dir.path()).unwrap();
+        let batch = ledger.pending(10).unwrap();
+        assert_eq!(batch.records.len(), 1);
+        assert_eq!(batch.records[0].id, "whole");
+    }
+
+    #[test]
+    fn acknowledged_segments_are_deleted_unless_a_request_is_open_in_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path()).unwrap();
+        ledger.begin(&rec("long")).unwrap();
+        // Force a few segments.
+        ledger.inner.lock().unwrap().size = SEGMENT_BYTES;
+        ledger.end(&rec("x")).unwrap();
+        ledger.inner.lock().unwrap().size = SEGMENT_BYTES;
+        ledger.end(&rec("y")).unwrap();
+        assert_eq!(ledger.segment_count().unwrap(), 3);
+        let batch = ledger.pending(10).unwrap();
+        ledger.ack(batch.next).unwrap();
+        // The first segment holds the open "long" request: kept.
+        assert_eq!(ledger.segment_count().unwrap(), 3);
+        ledger.end(&rec("long")).unwrap();
+        let batch = ledger.pending(10).unwrap();
+        assert_eq!(batch.records.len(), 1);
+        ledger.ack(batch.next).unwrap();
+        assert_eq!(ledger.segment_count().unwrap(), 1);
+    }
+}

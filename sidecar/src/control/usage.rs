@@ -1,0 +1,115 @@
+//! Ships the usage ledger to the control plane (`UsageService.ReportUsage`): batches
+//! of ended records from the ledger's cursor; the cursor moves only once the control
+//! plane has stored them (idempotently, by id), so a crash anywhere resends at worst,
+//! and a resend is counted as duplicates, never twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{debug, warn};
+use vigie_ledger::Ledger;
+use vigie_proto::v1::ReportUsageRequest;
+use vigie_proto::v1::usage_service_client::UsageServiceClient;
+
+use super::{ControlPlaneConfig, WatchError, authorize, backoff, channel, read_token};
+use crate::telemetry::Metrics;
+
+/// Records per report.
+const BATCH: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct Shipping {
+    /// How often the ledger is flushed to disk and new records are looked for.
+    pub interval: Duration,
+}
+
+async fn ship_once(
+    cfg: &ControlPlaneConfig,
+    client: &mut Option<UsageServiceClient<tonic::transport::Channel>>,
+    ledger: &Ledger,
+    metrics: &Metrics,
+) -> Result<usize, WatchError> {
+    let batch = ledger
+        .pending(BATCH)
+        .map_err(|e| WatchError::Config(e.to_string()))?;
+    if batch.records.is_empty() {
+        // Nothing to send, but the cursor may still move past begin lines.
+        ledger
+            .ack(batch.next)
+            .map_err(|e| WatchError::Config(e.to_string()))?;
+        return Ok(0);
+    }
+    let c = match client {
+        Some(c) => c,
+        None => client.insert(UsageServiceClient::new(channel(cfg).await?)),
+    };
+    let n = batch.records.len();
+    let mut request = tonic::Request::new(ReportUsageRequest {
+        records: batch.records,
+    });
+    authorize(&mut request, &read_token(cfg)?)?;
+    let reply = c.report_usage(request).await?.into_inner();
+    ledger
+        .ack(batch.next)
+        .map_err(|e| WatchError::Config(e.to_string()))?;
+    metrics
+        .ledger
+        .with_label_values(&["shipped"])
+        .inc_by(u64::from(reply.accepted));
+    metrics
+        .ledger
+        .with_label_values(&["duplicate"])
+        .inc_by(u64::from(reply.duplicates));
+    debug!(
+        records = n,
+        accepted = reply.accepted,
+        duplicates = reply.duplicates,
+        "usage shipped"
+    );
+    Ok(n)
+}
+
+/// Runs until `shutdown`; flushes and ships a last time on the way out.
+pub async fn run(
+    cfg: ControlPlaneConfig,
+    ledger: Arc<Ledger>,
+    metrics: Metrics,
+    shipping: Shipping,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut client = None;
+    let mut failures: u32 = 0;
+    loop {
+        if let Err(e) = ledger.sync() {
+            metrics.ledger.with_label_values(&["error"]).inc();
+            warn!(error = %e, "usage ledger flush failed");
+        }
+        let wait = match ship_once(&cfg, &mut client, &ledger, &metrics).await {
+            // A full batch: more may be waiting.
+            Ok(n) if n == BATCH => {
+                failures = 0;
+                Duration::ZERO
+            }
+            Ok(_) => {
+                failures = 0;
+                shipping.interval
+            }
+            Err(e) => {
+                client = None;
+                let delay = backoff(failures, cfg.max_backoff).max(shipping.interval);
+                failures = failures.saturating_add(1);
+                warn!(error = %e, retry_in_ms = delay.as_millis(), "usage not shipped yet; kept in the local ledger");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {
+                let _ = ledger.sync();
+                let _ = tokio::time::timeout(Duration::from_secs(2), ship_once(&cfg, &mut client, &ledger, &metrics)).await;
+                return;
+            }
+        }
+    }
+}

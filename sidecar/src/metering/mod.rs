@@ -1,0 +1,378 @@
+//! Metering glue: one [`Meter`] per request. It writes a `begin` line to the usage
+//! ledger once the request is read, is fed by the relay, and on drop — whether the
+//! answer completed, was refused, the upstream broke or the app left — writes exactly
+//! one record (`end` line) and advances the counters. Figures come from
+//! `vigie_metering` (plain Rust); the ledger is `vigie_ledger`.
+
+pub mod user;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use vigie_ledger::Ledger;
+use vigie_metering::{Usage, UsageSource, UsageTap, estimate};
+use vigie_proto::v1::{
+    PoolCost, PoolKind, SensitivityLevel, UsageOutcome, UsageRecord, UsageSource as RecordSource,
+};
+use vigie_wire::api::Operation;
+use vigie_wire::dlp::Level;
+
+use crate::policy::PoolRuntime;
+use crate::telemetry::Metrics;
+
+/// Who a request is billed to (fixed for the sidecar's pod).
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
+    pub namespace: String,
+    pub workload: String,
+    pub pod: String,
+}
+
+/// Unique record ids: a random prefix drawn at start, then a counter.
+#[derive(Debug)]
+pub struct RecordIds {
+    boot: String,
+    next: AtomicU64,
+}
+
+impl RecordIds {
+    pub fn new() -> Result<Self, getrandom::Error> {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b)?;
+        Ok(Self {
+            boot: b.iter().map(|x| format!("{x:02x}")).collect(),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}-{}",
+            self.boot,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// What every meter of the sidecar shares.
+#[derive(Debug, Clone)]
+pub struct MeterShared {
+    pub metrics: Metrics,
+    pub ledger: Option<Arc<Ledger>>,
+    pub ids: Arc<RecordIds>,
+    pub who: Attribution,
+}
+
+#[derive(Debug)]
+struct Answer {
+    pool: String,
+    endpoint: String,
+    served_model: String,
+    status: u16,
+    tap: UsageTap,
+    cost: Option<PoolCost>,
+    strips: bool,
+}
+
+#[derive(Debug)]
+pub struct Meter {
+    shared: MeterShared,
+    op: Operation,
+    record: UsageRecord,
+    /// The request, for a prompt estimate when the upstream reports none.
+    body: Bytes,
+    /// The request with `stream_options.include_usage` added (streaming OpenAI-style
+    /// requests that did not ask for it).
+    with_usage: Option<Bytes>,
+    answer: Option<Answer>,
+    upstream_broke: bool,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Meter {
+    pub fn new(shared: &MeterShared, op: Operation) -> Self {
+        let record = UsageRecord {
+            id: shared.ids.next(),
+            started_at_ms: now_ms(),
+            namespace: shared.who.namespace.clone(),
+            workload: shared.who.workload.clone(),
+            pod: shared.who.pod.clone(),
+            operation: op.name().to_string(),
+            ..Default::default()
+        };
+        Self {
+            shared: shared.clone(),
+            op,
+            record,
+            body: Bytes::new(),
+            with_usage: None,
+            answer: None,
+            upstream_broke: false,
+        }
+    }
+
+    /// The request is read: the ledger's `begin` line is written.
+    pub fn begin(&mut self, model: &str, stream: bool, body_len: usize) {
+        self.record.model = model.to_string();
+        self.record.stream = stream;
+        if let Some(ledger) = &self.shared.ledger {
+            // Should the process die before the end, the restart records it as
+            // interrupted with this rough prompt figure (4 bytes per token).
+            let mut begin = self.record.clone();
+            begin.prompt_tokens = body_len as u64 / 4;
+            if let Err(e) = ledger.begin(&begin) {
+                self.shared
+                    .metrics
+                    .ledger
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(error = %e, "usage ledger: begin not written");
+            }
+        }
+    }
+
+    /// The body as it will be sent (after DLP), and for a stream that does not ask for
+    /// usage, the variant that does (so that the upstream reports exact figures).
+    pub fn prepare(&mut self, body: &Bytes, stream: bool) {
+        // Only streams can lack usage: no second parse of other bodies.
+        self.with_usage = stream
+            .then(|| vigie_metering::request::ask_for_usage(self.op, body).0)
+            .flatten()
+            .map(Bytes::from);
+        self.body = body.clone();
+    }
+
+    pub fn user(&mut self, user: &user::User) {
+        self.record.user = user.name.clone();
+        self.record.user_verified = user.verified;
+    }
+
+    pub fn level(&mut self, level: Option<Level>) {
+        self.record.sensitivity = match level {
+            None => SensitivityLevel::Unspecified,
+            Some(Level::Public) => SensitivityLevel::Public,
+            Some(Level::Internal) => SensitivityLevel::Internal,
+            Some(Level::Personal) => SensitivityLevel::Personal,
+            Some(Level::Restricted) => SensitivityLevel::Restricted,
+        } as i32;
+    }
+
+    /// The body for an upstream of this kind, and whether it asks for the usage chunk on
+    /// the app's behalf. vLLM and OpenAI accept `stream_options`; Mistral and strict
+    /// OpenAI-compatible servers reject unknown fields (and Mistral sends usage anyway).
+    pub fn body_for(&self, kind: PoolKind, body: &Bytes) -> (Bytes, bool) {
+        match (&self.with_usage, kind) {
+            (Some(b), PoolKind::Vllm | PoolKind::Openai) => (b.clone(), true),
+            _ => (body.clone(), false),
+        }
+    }
+
+    /// An upstream answer starts (the last one wins: earlier attempts were not relayed).
+    /// `asked_usage`: the request sent was the one with `include_usage` added.
+    pub fn answer(
+        &mut self,
+        pool: &PoolRuntime,
+        endpoint: &str,
+        served_model: &str,
+        status: u16,
+        sse: bool,
+        asked_usage: bool,
+    ) {
+        self.answer = Some(Answer {
+            pool: pool.name.clone(),
+            endpoint: endpoint.to_string(),
+            served_model: served_model.to_string(),
+            status,
+            tap: UsageTap::new(self.op, sse, asked_usage && sse),
+            cost: pool.cost.clone(),
+            strips: asked_usage && sse,
+        });
+    }
+
+    /// Whether the relay must rewrite the answer's framing (the usage chunk is stripped).
+    pub fn rewrites(&self) -> bool {
+        self.answer.as_ref().is_some_and(|a| a.strips)
+    }
+
+    /// A chunk of the answer: what to forward instead, if anything changed.
+    pub fn observe(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        self.answer.as_mut().and_then(|a| a.tap.observe(data))
+    }
+
+    /// End of the answer: the rest to forward, if the framing was rewritten.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        self.answer.as_mut().and_then(|a| a.tap.finish())
+    }
+
+    /// The upstream failed mid-answer: billed for what it generated.
+    pub fn upstream_broke(&mut self) {
+        self.upstream_broke = true;
+    }
+
+    /// The status the app received (499: it went away).
+    pub fn status(&mut self, status: u16) {
+        self.record.status = u32::from(status);
+    }
+
+    fn record(&mut self) {
+        let mut record = std::mem::take(&mut self.record);
+        record.ended_at_ms = now_ms().max(record.started_at_ms);
+        let shared = self.shared.clone();
+        let Some(a) = self.answer.take() else {
+            // No upstream answer (refused, unreachable): nothing was generated.
+            record.outcome = UsageOutcome::Refused as i32;
+            record.source = RecordSource::None as i32;
+            write(&shared, &record);
+            return;
+        };
+        record.pool = a.pool.clone();
+        record.endpoint = a.endpoint.clone();
+        record.served_model = a.served_model.clone();
+        if a.status >= 400 {
+            shared
+                .metrics
+                .usage_records
+                .with_label_values(&["upstream_error"])
+                .inc();
+            record.outcome = UsageOutcome::UpstreamError as i32;
+            record.source = RecordSource::None as i32;
+            write(&shared, &record);
+            return;
+        }
+        record.outcome = if record.status == 499 {
+            UsageOutcome::ClientAborted
+        } else if self.upstream_broke {
+            UsageOutcome::UpstreamError
+        } else {
+            UsageOutcome::Completed
+        } as i32;
+        let estimate_needed = a.tap.needs_estimate();
+        let op = self.op;
+        let body = std::mem::take(&mut self.body);
+        let job = move || {
+            let mut record = record;
+            let (usage, source) = a.tap.result(|| estimate::prompt_tokens(op, &body));
+            account(&shared.metrics, &mut record, &a, usage, source);
+            write(&shared, &record);
+        };
+        // Counting tokens is CPU work: off the async workers when an estimate is needed.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if estimate_needed => {
+                rt.spawn_blocking(job);
+            }
+            _ => job(),
+        }
+    }
+}
+
+/// The request's one record, to the ledger.
+fn write(shared: &MeterShared, record: &UsageRecord) {
+    let Some(ledger) = &shared.ledger else { return };
+    match ledger.end(record) {
+        Ok(()) => shared.metrics.ledger.with_label_values(&["written"]).inc(),
+        Err(e) => {
+            shared.metrics.ledger.with_label_values(&["error"]).inc();
+            tracing::error!(error = %e, "usage ledger: record not written");
+        }
+    }
+}
+
+/// Adds one answer's figures to the record and the counters.
+fn account(
+    metrics: &Metrics,
+    record: &mut UsageRecord,
+    a: &Answer,
+    usage: Usage,
+    source: UsageSource,
+) {
+    metrics
+        .usage_records
+        .with_label_values(&[source.as_str()])
+        .inc();
+    record.prompt_tokens = usage.prompt;
+    record.completion_tokens = usage.completion;
+    record.cached_prompt_tokens = usage.cached_prompt;
+    record.reasoning_tokens = usage.reasoning;
+    record.source = match source {
+        UsageSource::Upstream => RecordSource::Reported,
+        UsageSource::Estimated => RecordSource::Estimated,
+    } as i32;
+    for (kind, n) in [
+        ("prompt", usage.prompt),
+        ("completion", usage.completion),
+        ("cached_prompt", usage.cached_prompt),
+        ("reasoning", usage.reasoning),
+    ] {
+        if n > 0 {
+            metrics
+                .tokens
+                .with_label_values(&[
+                    &record.namespace,
+                    &record.workload,
+                    &record.model,
+                    &a.served_model,
+                    &a.pool,
+                    kind,
+                ])
+                .inc_by(n);
+        }
+    }
+    if let Some(c) = &a.cost {
+        let labels = [
+            record.namespace.as_str(),
+            record.workload.as_str(),
+            record.model.as_str(),
+            a.pool.as_str(),
+        ];
+        let price = (usage.prompt as f64 * c.input_per_1k
+            + usage.completion as f64 * c.output_per_1k)
+            / 1000.0;
+        record.currency = c.currency.clone();
+        record.cost = price;
+        if price > 0.0 {
+            let mut with_currency = labels.to_vec();
+            with_currency.push(c.currency.as_str());
+            metrics.cost.with_label_values(&with_currency).inc_by(price);
+        }
+        let gpu = (usage.prompt + usage.completion) as f64 * c.gpu_seconds_per_1k / 1000.0;
+        record.gpu_seconds = gpu;
+        if gpu > 0.0 {
+            metrics.gpu_seconds.with_label_values(&labels).inc_by(gpu);
+        }
+    }
+    if source == UsageSource::Estimated {
+        tracing::debug!(model = %record.model, pool = %a.pool, "usage estimated");
+    }
+}
+
+/// Requests the previous process died during, recorded as interrupted.
+pub fn record_interrupted(shared: &MeterShared, dangling: Vec<UsageRecord>) {
+    for mut r in dangling {
+        r.ended_at_ms = now_ms().max(r.started_at_ms);
+        r.status = 0;
+        r.outcome = UsageOutcome::Interrupted as i32;
+        r.source = if r.prompt_tokens > 0 {
+            RecordSource::Estimated
+        } else {
+            RecordSource::None
+        } as i32;
+        shared
+            .metrics
+            .ledger
+            .with_label_values(&["interrupted"])
+            .inc();
+        write(shared, &r);
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
