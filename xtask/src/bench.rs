@@ -560,6 +560,18 @@ pub fn control_plane() -> anyhow::Result<()> {
         .env("VIGIE_BIN_DIR", root().join("target/release")))
 }
 
+/// `cargo xtask bench usage`: ledger ingestion at the control plane
+/// (`tests/bench/usage.py` drives `vigie-usage-load` against both stores).
+pub fn usage() -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    step("building release binaries");
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    step("usage ingestion benchmark");
+    run(Command::new(crate::util::venv_python())
+        .arg(root().join("tests/bench/usage.py"))
+        .env("VIGIE_BIN_DIR", root().join("target/release")))
+}
+
 /// `cargo xtask bench routing`: the picker's overhead (plain Rust), then routing
 /// quality through a release sidecar (`tests/bench/routing.py`).
 pub fn routing(duration_s: u64) -> anyhow::Result<()> {

@@ -62,6 +62,9 @@ enum Bench {
     /// Policy propagation to 1,000 real gRPC watchers, memory per watcher, ApplyPolicy
     /// throughput; embedded store and PostgreSQL.
     ControlPlane,
+    /// Usage-ledger ingestion at the control plane (records/s, batched, concurrent
+    /// clients); embedded store and PostgreSQL.
+    Usage,
     /// DLP: engine throughput, and precision/recall/throughput side by side with
     /// Microsoft Presidio on the same labelled French corpus.
     Dlp {
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             what: Bench::ControlPlane,
         } => bench::control_plane(),
+        Cmd::Bench { what: Bench::Usage } => bench::usage(),
         Cmd::Bench {
             what: Bench::Dlp { samples },
         } => bench::dlp(samples),

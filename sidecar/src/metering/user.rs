@@ -226,13 +226,13 @@ mod tests {
                 jwt(SIGNER, json!({"sub": "x", "exp": now() + 60})),
                 "no `email` claim",
             ),
-            ("e30.e30.e30".to_string(), "unknown key"),
+            ("e30.e30.e30".to_string(), "malformed"),
         ] {
             let h = headers(&[("authorization", format!("Bearer {t}"))]);
             let e = identify(&settings(true), &h).unwrap_err();
             assert_eq!(e.status, 401);
             assert!(e.message.contains(reason), "{reason}: {}", e.message);
-            assert!(!e.message.contains(&t[..12]));
+            assert!(!e.message.contains(&t[..t.len().min(12)]));
         }
     }
 

@@ -1,0 +1,58 @@
+//! Cost of the ledger on the request path: one `begin` and one `end` line per request
+//! (two `write` calls), with a realistic record, in a temporary directory:
+//! `cargo run --release -p vigie-ledger --example append_cost [requests]`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::time::Instant;
+
+use vigie_ledger::Ledger;
+use vigie_proto::v1::UsageRecord;
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map_or(200_000, |a| a.parse().unwrap());
+    let dir = std::env::temp_dir().join(format!("vigie-ledger-bench-{}", std::process::id()));
+    let (ledger, _) = Ledger::open(&dir).unwrap();
+    let base = UsageRecord {
+        namespace: "team-a".into(),
+        workload: "chatbot".into(),
+        pod: "chatbot-7d9f8b6c5-x2x4q".into(),
+        user: "ana@corp.example".into(),
+        model: "gpt-4o-mini".into(),
+        operation: "chat_completions".into(),
+        started_at_ms: 1_795_942_800_000,
+        ..Default::default()
+    };
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut r = base.clone();
+        r.id = format!("0123456789abcdef-{i}");
+        let t = Instant::now();
+        ledger.begin(&r).unwrap();
+        r.served_model = "mistral-small".into();
+        r.pool = "onprem-gpu".into();
+        r.endpoint = "http://10.0.3.7:8000".into();
+        r.prompt_tokens = 412;
+        r.completion_tokens = 128;
+        r.status = 200;
+        r.outcome = 1;
+        r.source = 1;
+        ledger.end(&r).unwrap();
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+        if i % 10_000 == 9_999 {
+            // What the shipper does: ship and acknowledge, so segments are recycled.
+            let b = ledger.pending(usize::MAX).unwrap();
+            ledger.ack(b.next).unwrap();
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let q = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize];
+    println!(
+        "{n} requests (begin + end): p50 {:.2} µs, p99 {:.2} µs, max {:.1} µs",
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
