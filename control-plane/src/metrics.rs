@@ -13,6 +13,7 @@ pub struct Metrics {
     registry: Registry,
     usage_records: IntCounterVec,
     tokens: IntCounterVec,
+    leases: IntCounterVec,
 }
 
 impl Metrics {
@@ -32,12 +33,21 @@ impl Metrics {
             ),
             &["namespace", "workload", "model", "pool", "type"],
         )?;
+        let leases = IntCounterVec::new(
+            Opts::new(
+                "vigie_control_plane_budget_leases_total",
+                "Allowance lease requests by budget: granted (in full), partial, or exhausted (nothing left: the sidecars reject until the window ends).",
+            ),
+            &["budget", "result"],
+        )?;
+        registry.register(Box::new(leases.clone()))?;
         registry.register(Box::new(usage_records.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         Ok(Self {
             registry,
             usage_records,
             tokens,
+            leases,
         })
     }
 
@@ -68,6 +78,17 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    pub fn lease(&self, budget: &str, granted: f64, want: f64) {
+        let result = if granted >= want {
+            "granted"
+        } else if granted > 0.0 {
+            "partial"
+        } else {
+            "exhausted"
+        };
+        self.leases.with_label_values(&[budget, result]).inc();
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -12,6 +12,7 @@ use tracing::info;
 use vigie_proto::v1::audit_service_server::AuditServiceServer;
 use vigie_proto::v1::discovery_service_server::DiscoveryServiceServer;
 use vigie_proto::v1::policy_service_server::PolicyServiceServer;
+use vigie_proto::v1::quota_service_server::QuotaServiceServer;
 use vigie_proto::v1::status_service_server::StatusServiceServer;
 use vigie_proto::v1::usage_service_server::UsageServiceServer;
 
@@ -21,6 +22,7 @@ use crate::k8s_tokens::{K8sTokenSettings, K8sTokens};
 use crate::service::audit::AuditApi;
 use crate::service::discovery::DiscoveryApi;
 use crate::service::policy::PolicyApi;
+use crate::service::quota::QuotaApi;
 use crate::service::status::StatusApi;
 use crate::service::usage::UsageApi;
 use crate::store::Store;
@@ -91,6 +93,13 @@ pub async fn serve(
         metrics: settings.metrics.clone(),
     })
     .max_decoding_message_size(max);
+    let quota = QuotaServiceServer::new(QuotaApi {
+        store: store.clone(),
+        auth: auth.clone(),
+        hub: hub.clone(),
+        metrics: settings.metrics.clone(),
+    })
+    .max_decoding_message_size(max);
     let audit = AuditServiceServer::new(AuditApi {
         store: store.clone(),
         auth,
@@ -150,6 +159,7 @@ pub async fn serve(
         .add_service(status)
         .add_service(audit)
         .add_service(usage)
+        .add_service(quota)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move {

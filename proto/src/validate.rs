@@ -10,7 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::v1::{
-    Balancing, Hosting, Policy, Pool, PoolKind, Route, Scope, SensitivityLevel, credentials,
+    Balancing, BudgetFailMode, Hosting, Policy, Pool, PoolKind, Route, Scope, SensitivityLevel,
+    credentials,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +51,7 @@ pub fn validate(policy: &Policy) -> Result<(), Violations> {
         validate_scope(&mut r, scope);
     }
     // A policy may carry only some sections (e.g. a cluster-wide DLP baseline).
-    if policy.pools.is_empty() && policy.dlp.is_none() {
+    if policy.pools.is_empty() && policy.dlp.is_none() && policy.budgets.is_none() {
         r.add(
             "pools",
             "at least one pool is required (or another section, such as dlp)",
@@ -58,10 +59,92 @@ pub fn validate(policy: &Policy) -> Result<(), Violations> {
     }
     validate_pools(&mut r, &policy.pools);
     validate_routes(&mut r, policy);
+    if let Some(b) = &policy.budgets {
+        validate_budgets(&mut r, b);
+    }
     if r.0.is_empty() {
         Ok(())
     } else {
         Err(Violations(r.0))
+    }
+}
+
+/// Longest fixed budget window: a calendar month covers longer needs.
+const MAX_BUDGET_WINDOW_S: i64 = 31 * 86_400;
+
+fn validate_budgets(r: &mut Report, b: &crate::v1::Budgets) {
+    use crate::v1::{BudgetKey, BudgetUnit, BudgetWindow};
+    if BudgetFailMode::try_from(b.fail_mode).is_err() {
+        r.add("budgets.failMode", "unknown fail mode");
+    }
+    if b.default_max_tokens > 10_000_000 {
+        r.add("budgets.defaultMaxTokens", "must be at most 10000000");
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, budget) in b.budgets.iter().enumerate() {
+        let p = format!("budgets.budgets[{i}]");
+        validate_name(r, &format!("{p}.name"), &budget.name);
+        if !names.insert(budget.name.as_str()) {
+            r.add(
+                format!("{p}.name"),
+                format!("{:?} is used twice", budget.name),
+            );
+        }
+        let unit = BudgetUnit::try_from(budget.unit).unwrap_or(BudgetUnit::Unspecified);
+        if unit == BudgetUnit::Unspecified {
+            r.add(format!("{p}.unit"), "required: tokens, cost or requests");
+        }
+        if !budget.limit.is_finite() || budget.limit <= 0.0 {
+            r.add(format!("{p}.limit"), "must be a positive number");
+        }
+        let iso_4217 =
+            budget.currency.len() == 3 && budget.currency.bytes().all(|c| c.is_ascii_uppercase());
+        match unit {
+            BudgetUnit::Cost if !iso_4217 => {
+                r.add(
+                    format!("{p}.currency"),
+                    "an ISO 4217 code (e.g. EUR) is required for a cost budget",
+                );
+            }
+            BudgetUnit::Cost => {}
+            _ if !budget.currency.is_empty() => {
+                r.add(format!("{p}.currency"), "only for cost budgets");
+            }
+            _ => {}
+        }
+        let window = BudgetWindow::try_from(budget.window).unwrap_or(BudgetWindow::Unspecified);
+        match (&budget.window_duration, window) {
+            (None, BudgetWindow::Unspecified) => {
+                r.add(
+                    format!("{p}.window"),
+                    "required: minute, hour, day, month, or windowDuration",
+                );
+            }
+            (Some(_), w) if w != BudgetWindow::Unspecified => {
+                r.add(
+                    format!("{p}.windowDuration"),
+                    "set window or windowDuration, not both",
+                );
+            }
+            (Some(d), _) if d.seconds < 1 || d.nanos != 0 || d.seconds > MAX_BUDGET_WINDOW_S => {
+                r.add(
+                    format!("{p}.windowDuration"),
+                    "whole seconds between 1s and 31 days",
+                );
+            }
+            _ => {}
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (j, k) in budget.per.iter().enumerate() {
+            if BudgetKey::try_from(*k).unwrap_or(BudgetKey::Unspecified) == BudgetKey::Unspecified {
+                r.add(
+                    format!("{p}.per[{j}]"),
+                    "namespace, workload, user or model",
+                );
+            } else if !seen.insert(*k) {
+                r.add(format!("{p}.per[{j}]"), "listed twice");
+            }
+        }
     }
 }
 

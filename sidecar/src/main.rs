@@ -15,8 +15,10 @@ use tracing::{error, info};
 
 use vigie_ledger::Ledger;
 use vigie_proto::v1::{ClientKind, Identity};
+use vigie_quota::{LeaseSource, LocalLeases, Quota};
 use vigie_sidecar::admin::AdminApp;
 use vigie_sidecar::control::lkg::LastKnownGood;
+use vigie_sidecar::control::quota::ControlPlaneLeases;
 use vigie_sidecar::control::usage::Shipping;
 use vigie_sidecar::control::{self, Applier, ControlPlaneConfig};
 use vigie_sidecar::metering::user::UserSettings;
@@ -318,6 +320,8 @@ fn main() -> anyhow::Result<()> {
         },
     };
     let mut shipper = None;
+    // Budget allowance: from the control plane when managed, else kept locally.
+    let mut lease_source: Option<Arc<dyn LeaseSource>> = None;
     if let Some((ledger, dangling)) = ledger {
         if !dangling.is_empty() {
             info!(
@@ -394,6 +398,10 @@ fn main() -> anyhow::Result<()> {
                 client_version: env!("CARGO_PKG_VERSION").to_string(),
                 max_backoff: Duration::from_millis(args.control_plane_max_backoff_ms.max(100)),
             };
+            lease_source = Some(Arc::new(ControlPlaneLeases::new(
+                config.clone(),
+                metrics.clone(),
+            )));
             PolicySource::ControlPlane(Box::new(ControlPlaneTask {
                 config,
                 applier,
@@ -421,6 +429,9 @@ fn main() -> anyhow::Result<()> {
         upstream: Upstream::new(128),
         metrics: metrics.clone(),
         meter,
+        quota: Arc::new(Quota::new(
+            lease_source.unwrap_or_else(|| Arc::new(LocalLeases::default())),
+        )),
         settings: Settings {
             max_body_bytes: args.max_body_bytes,
             max_attempts: args.max_attempts,

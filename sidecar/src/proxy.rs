@@ -48,6 +48,8 @@ pub struct SidecarApp {
     pub upstream: Upstream,
     pub metrics: Metrics,
     pub meter: MeterShared,
+    /// Budget counters and their allowance (leased from the control plane, or local).
+    pub quota: Arc<vigie_quota::Quota>,
     pub settings: Settings,
     /// Retries may add at most 20 % to the request rate (plus 10 per second).
     pub retry_budget: vigie_balance::RetryBudget,
@@ -175,8 +177,11 @@ impl SidecarApp {
         let mut body = read_body(session, self.settings.max_body_bytes)
             .await
             .map_err(|e| (e, false))?;
-        let RequestHead { model, stream, .. } =
-            api::request::parse_head(&body).map_err(|e| (e, true))?;
+        let RequestHead {
+            model,
+            stream,
+            max_tokens,
+        } = api::request::parse_head(&body).map_err(|e| (e, true))?;
         meter.begin(&model, stream, body.len());
         let user = user::identify(&self.settings.users, &session.req_header().headers)
             .map_err(|e| (e, true))?;
@@ -246,6 +251,19 @@ impl SidecarApp {
             };
             (err, true)
         })?;
+        if !snapshot.budgets.is_empty() {
+            self.admit(
+                snapshot,
+                &targets,
+                &model,
+                &user.name,
+                body.len(),
+                max_tokens,
+                meter,
+            )
+            .await
+            .map_err(|e| (e, true))?;
+        }
         let answer_dlp = ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms);
         meter.prepare(&body, stream);
 
@@ -479,6 +497,7 @@ impl SidecarApp {
         let Some((status, sse, mut header)) = answer_head(&ex) else {
             return Outcome::broken(502);
         };
+        meter.warn_header(&mut header);
         if meter.rewrites() {
             // The injected usage chunk is removed: the length changes.
             header.remove_header(&http::header::CONTENT_LENGTH);
@@ -544,6 +563,81 @@ impl SidecarApp {
 }
 
 impl SidecarApp {
+    /// Budgets: reserve the request's estimate (prompt ≈ bytes / 4, plus max_tokens or
+    /// the policy's default), or refuse it.
+    #[allow(clippy::too_many_arguments)]
+    async fn admit(
+        &self,
+        snapshot: &Snapshot,
+        targets: &[&crate::policy::Target],
+        model: &str,
+        user: &str,
+        body_len: usize,
+        max_tokens: Option<u64>,
+        meter: &mut Meter,
+    ) -> Result<(), ApiError> {
+        let prompt = body_len as f64 / 4.0;
+        let completion = max_tokens.unwrap_or(snapshot.default_max_tokens) as f64;
+        // Cost at the dearest price, per currency, of the pools the request may reach.
+        let mut cost: Vec<(String, f64)> = Vec::new();
+        for c in targets
+            .iter()
+            .filter_map(|t| snapshot.pools[t.pool].cost.as_ref())
+        {
+            let v = (prompt * c.input_per_1k + completion * c.output_per_1k) / 1000.0;
+            match cost.iter_mut().find(|(k, _)| *k == c.currency) {
+                Some(e) => e.1 = e.1.max(v),
+                None => cost.push((c.currency.clone(), v)),
+            }
+        }
+        let request = vigie_quota::Request {
+            namespace: self.settings.namespace.clone(),
+            workload: self.settings.workload.clone(),
+            user: user.to_string(),
+            model: model.to_string(),
+            tokens: prompt + completion,
+            cost,
+        };
+        let decision = self
+            .quota
+            .admit(
+                &snapshot.budgets,
+                &request,
+                snapshot.budgets_fail_open,
+                crate::metering::now_ms(),
+            )
+            .await;
+        let count = |budget: &str, what: &str| {
+            self.metrics
+                .budget_decisions
+                .with_label_values(&[budget, what])
+                .inc();
+        };
+        match decision {
+            vigie_quota::Decision::Admit {
+                reservation,
+                warnings,
+            } => {
+                for w in &warnings {
+                    count(w, "warned");
+                }
+                meter.reserved(self.quota.clone(), reservation, warnings);
+                Ok(())
+            }
+            vigie_quota::Decision::Reject {
+                budget,
+                retry_after_s,
+            } => {
+                count(&budget, "rejected");
+                Err(ApiError::budget_exceeded(&budget, retry_after_s))
+            }
+            vigie_quota::Decision::Unavailable { budget } => {
+                count(&budget, "unavailable");
+                Err(ApiError::quota_unavailable(&budget))
+            }
+        }
+    }
+
     fn record_dlp(&self, counts: &Counts, direction: &str) {
         for ((detector, action), n) in counts {
             self.metrics
@@ -567,6 +661,7 @@ impl SidecarApp {
         let Some((status, sse, mut header)) = answer_head(&ex) else {
             return Outcome::broken(502);
         };
+        meter.warn_header(&mut header);
         header.remove_header(&http::header::CONTENT_LENGTH);
         if !sse {
             return self

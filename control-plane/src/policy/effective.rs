@@ -34,6 +34,11 @@ const SECTIONS: &[Section] = &[
         present: |p| p.dlp.is_some(),
         take: |dst, src| dst.dlp.clone_from(&src.dlp),
     },
+    Section {
+        name: "budgets",
+        present: |p| p.budgets.is_some(),
+        take: |dst, src| dst.budgets.clone_from(&src.budgets),
+    },
 ];
 
 /// Version reported when no policy matches.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use vigie_proto::v1::{Policy, Pool, Route, Scope};
+use vigie_proto::v1::{Budget, Policy, Pool, Route, Scope};
 
 fn describe_scope(s: Option<&Scope>) -> String {
     let Some(s) = s else {
@@ -27,6 +27,14 @@ fn describe_scope(s: Option<&Scope>) -> String {
     } else {
         parts.join(",")
     }
+}
+
+fn budgets(p: &Policy) -> BTreeMap<&str, &Budget> {
+    p.budgets
+        .iter()
+        .flat_map(|b| b.budgets.iter())
+        .map(|b| (b.name.as_str(), b))
+        .collect()
 }
 
 /// Added, removed and changed entries of two named collections.
@@ -116,6 +124,15 @@ pub fn summarize(old: Option<&Policy>, new: Option<&Policy>) -> String {
                     b.custom_detectors.len()
                 )),
                 _ => {}
+            }
+            diff("budgets", &budgets(o), &budgets(n), &mut out);
+            let settings = |p: &Policy| {
+                p.budgets
+                    .as_ref()
+                    .map(|b| (b.fail_mode, b.default_max_tokens))
+            };
+            if settings(o) != settings(n) {
+                out.push("budget settings changed".into());
             }
             if out.is_empty() {
                 // Same sets, same contents: only the order of entries differs.

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod discovery;
 pub mod policy;
+pub mod quota;
 pub mod status;
 pub mod usage;
 

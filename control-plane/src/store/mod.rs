@@ -5,6 +5,7 @@
 //! and for PostgreSQL (several replicas share the state; changes are announced with
 //! `NOTIFY` so every replica pushes them to its own watchers).
 
+pub mod quota;
 pub mod sql;
 pub mod usage;
 
@@ -192,6 +193,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         columns: &[&'static str],
         bucket_ms: i64,
     ) -> Result<Vec<usage::TotalsRow>, StoreError>;
+
+    /// Grants up to `want` of a budget counter's allowance (after charging `overdraft`),
+    /// never beyond `limit`, atomically.
+    async fn grant_quota(&self, ask: &quota::QuotaAsk) -> Result<quota::QuotaGrant, StoreError>;
 
     /// Runs until the store fails: wakes `changed` whenever another replica commits.
     /// Returns at once for a store that has no other replicas.

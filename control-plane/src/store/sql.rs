@@ -28,7 +28,7 @@ pub enum Dialect {
 #[derive(Debug)]
 pub struct SqlStore {
     pub(super) pool: AnyPool,
-    dialect: Dialect,
+    pub(super) dialect: Dialect,
     url: String,
 }
 
@@ -100,6 +100,7 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
             ],
         ),
         (2, super::usage::migration()),
+        (3, super::quota::migration()),
     ]
 }
 
@@ -599,6 +600,13 @@ impl Store for SqlStore {
     ) -> Result<Vec<super::usage::TotalsRow>, StoreError> {
         self.usage_totals_rows(filter, columns, bucket_ms, now_ms())
             .await
+    }
+
+    async fn grant_quota(
+        &self,
+        ask: &super::quota::QuotaAsk,
+    ) -> Result<super::quota::QuotaGrant, StoreError> {
+        self.grant_quota_row(ask, now_ms()).await
     }
 
     async fn listen_changes(&self, changed: Arc<Notify>) -> Result<(), StoreError> {

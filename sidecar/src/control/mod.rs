@@ -8,6 +8,7 @@
 
 pub mod lkg;
 pub mod podinfo;
+pub mod quota;
 pub mod usage;
 
 use std::path::PathBuf;

@@ -15,6 +15,7 @@ use vigie_metering::{Usage, UsageSource, UsageTap, estimate};
 use vigie_proto::v1::{
     PoolCost, PoolKind, SensitivityLevel, UsageOutcome, UsageRecord, UsageSource as RecordSource,
 };
+use vigie_quota::{Quota, Reservation};
 use vigie_wire::api::Operation;
 use vigie_wire::dlp::Level;
 
@@ -87,7 +88,14 @@ pub struct Meter {
     with_usage: Option<Bytes>,
     answer: Option<Answer>,
     upstream_broke: bool,
+    /// Budget reservations, settled with the actual figures.
+    quota: Option<(Arc<Quota>, Reservation)>,
+    /// Soft budgets over their limit (told to the app in a header).
+    budget_warnings: Vec<String>,
 }
+
+/// Header naming the soft budgets a request went over.
+pub const BUDGET_WARNING_HEADER: &str = "x-vigie-budget-warning";
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -114,6 +122,21 @@ impl Meter {
             with_usage: None,
             answer: None,
             upstream_broke: false,
+            quota: None,
+            budget_warnings: Vec::new(),
+        }
+    }
+
+    /// The request was admitted by its budgets.
+    pub fn reserved(&mut self, quota: Arc<Quota>, reservation: Reservation, warnings: Vec<String>) {
+        self.quota = Some((quota, reservation));
+        self.budget_warnings = warnings;
+    }
+
+    /// Adds the soft-budget warning to an answer's header.
+    pub fn warn_header(&self, header: &mut pingora::http::ResponseHeader) {
+        if !self.budget_warnings.is_empty() {
+            let _ = header.insert_header(BUDGET_WARNING_HEADER, self.budget_warnings.join(", "));
         }
     }
 
@@ -224,10 +247,12 @@ impl Meter {
         let mut record = std::mem::take(&mut self.record);
         record.ended_at_ms = now_ms().max(record.started_at_ms);
         let shared = self.shared.clone();
+        let quota = self.quota.take();
         let Some(a) = self.answer.take() else {
             // No upstream answer (refused, unreachable): nothing was generated.
             record.outcome = UsageOutcome::Refused as i32;
             record.source = RecordSource::None as i32;
+            settle(quota.as_ref(), &record);
             write(&shared, &record);
             return;
         };
@@ -242,6 +267,7 @@ impl Meter {
                 .inc();
             record.outcome = UsageOutcome::UpstreamError as i32;
             record.source = RecordSource::None as i32;
+            settle(quota.as_ref(), &record);
             write(&shared, &record);
             return;
         }
@@ -259,6 +285,7 @@ impl Meter {
             let mut record = record;
             let (usage, source) = a.tap.result(|| estimate::prompt_tokens(op, &body));
             account(&shared.metrics, &mut record, &a, usage, source);
+            settle(quota.as_ref(), &record);
             write(&shared, &record);
         };
         // Counting tokens is CPU work: off the async workers when an estimate is needed.
@@ -268,6 +295,14 @@ impl Meter {
             }
             _ => job(),
         }
+    }
+}
+
+/// Budgets get back what their reservation overestimated (or are charged the excess).
+fn settle(quota: Option<&(Arc<Quota>, Reservation)>, record: &UsageRecord) {
+    if let Some((quota, reservation)) = quota {
+        let tokens = (record.prompt_tokens + record.completion_tokens) as f64;
+        quota.settle(reservation, tokens, record.cost, &record.currency);
     }
 }
 

@@ -111,6 +111,12 @@ pub struct Snapshot {
     pub models: Vec<String>,
     /// Compiled DLP section (patterns compiled once per policy version).
     pub dlp: Option<Arc<vigie_dlp::policy::CompiledDlp>>,
+    /// Budgets and rate limits (empty: none).
+    pub budgets: Vec<vigie_quota::Budget>,
+    /// Admit when the control plane cannot be reached for allowance.
+    pub budgets_fail_open: bool,
+    /// Completion tokens reserved for a request without max_tokens.
+    pub default_max_tokens: u64,
 }
 
 impl Snapshot {
@@ -289,8 +295,20 @@ impl Snapshot {
         }
         let mut models: Vec<String> = routes.keys().cloned().collect();
         models.sort();
+        let budgets_section = policy.budgets.clone().unwrap_or_default();
         Ok(Snapshot {
             version: version_of(&policy),
+            budgets: budgets_section
+                .budgets
+                .iter()
+                .map(vigie_quota::Budget::from_policy)
+                .collect(),
+            budgets_fail_open: budgets_section.fail_mode()
+                != vigie_proto::v1::BudgetFailMode::Closed,
+            default_max_tokens: match budgets_section.default_max_tokens {
+                0 => 1024,
+                n => u64::from(n),
+            },
             policy,
             pools,
             routes,

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub usage_records: IntCounterVec,
     pub ledger: IntCounterVec,
+    pub budget_decisions: IntCounterVec,
+    pub budget_leases: IntCounterVec,
     pub cost: CounterVec,
     pub gpu_seconds: CounterVec,
     pub inflight: IntGauge,
@@ -123,6 +125,20 @@ impl Metrics {
             ),
             &["event"],
         )?;
+        let budget_decisions = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_budget_decisions_total",
+                "Requests a budget stopped or flagged: rejected (hard, 429), warned (soft, over the limit), unavailable (fail-closed, no allowance).",
+            ),
+            &["budget", "decision"],
+        )?;
+        let budget_leases = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_budget_leases_total",
+                "Allowance leases asked of the control plane, by budget and result (granted, partial, exhausted, error).",
+            ),
+            &["budget", "result"],
+        )?;
         let cost = CounterVec::new(
             Opts::new(
                 "vigie_sidecar_cost_total",
@@ -193,6 +209,8 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(usage_records.clone()))?;
         registry.register(Box::new(ledger.clone()))?;
+        registry.register(Box::new(budget_decisions.clone()))?;
+        registry.register(Box::new(budget_leases.clone()))?;
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(gpu_seconds.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
@@ -211,6 +229,8 @@ impl Metrics {
             tokens,
             usage_records,
             ledger,
+            budget_decisions,
+            budget_leases,
             cost,
             gpu_seconds,
             inflight,

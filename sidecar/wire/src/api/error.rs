@@ -113,6 +113,32 @@ impl ApiError {
         )
     }
 
+    /// A hard budget (policy section `budgets`) is spent until its window ends.
+    pub fn budget_exceeded(budget: &str, retry_after_s: u64) -> Self {
+        let mut e = Self::new(
+            429,
+            "rate_limit_error",
+            Some("budget_exceeded"),
+            format!(
+                "Budget `{budget}` is exhausted for the current window; retry in {retry_after_s} s."
+            ),
+        );
+        e.retry_after = Some(retry_after_s);
+        e
+    }
+
+    /// Fail-closed budgets and no allowance from the control plane.
+    pub fn quota_unavailable(budget: &str) -> Self {
+        Self::new(
+            503,
+            "server_error",
+            Some("quota_unavailable"),
+            format!(
+                "Allowance for budget `{budget}` cannot be obtained right now; the request was not forwarded."
+            ),
+        )
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             413,
