@@ -69,6 +69,24 @@ pub fn validate(policy: &Policy) -> Result<(), Violations> {
     }
 }
 
+fn validate_cost(r: &mut Report, p: &str, c: &crate::v1::PoolCost) {
+    if c.currency.len() != 3 || !c.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        r.add(
+            format!("{p}.currency"),
+            "must be an ISO 4217 code such as EUR",
+        );
+    }
+    for (field, v) in [
+        ("inputPer1k", c.input_per_1k),
+        ("outputPer1k", c.output_per_1k),
+        ("gpuSecondsPer1k", c.gpu_seconds_per_1k),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            r.add(format!("{p}.{field}"), "must be a number ≥ 0");
+        }
+    }
+}
+
 /// Longest fixed budget window: a calendar month covers longer needs.
 const MAX_BUDGET_WINDOW_S: i64 = 31 * 86_400;
 
@@ -317,20 +335,11 @@ fn validate_pools(r: &mut Report, pools: &[Pool]) {
             );
         }
         if let Some(c) = &pool.cost {
-            if c.currency.len() != 3 || !c.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-                r.add(
-                    format!("{p}.cost.currency"),
-                    "must be an ISO 4217 code such as EUR",
-                );
-            }
-            for (field, v) in [
-                ("inputPer1k", c.input_per_1k),
-                ("outputPer1k", c.output_per_1k),
-                ("gpuSecondsPer1k", c.gpu_seconds_per_1k),
-            ] {
-                if !v.is_finite() || v < 0.0 {
-                    r.add(format!("{p}.cost.{field}"), "must be a number ≥ 0");
-                }
+            validate_cost(r, &format!("{p}.cost"), c);
+        }
+        for (j, m) in pool.models.iter().enumerate() {
+            if let Some(c) = &m.cost {
+                validate_cost(r, &format!("{p}.models[{j}].cost"), c);
             }
         }
         if let Some(d) = &pool.probe_interval

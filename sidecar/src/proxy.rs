@@ -607,11 +607,14 @@ impl SidecarApp {
                 crate::metering::now_ms(),
             )
             .await;
+        // A telemetry event per decision that is not a plain admission (never the user:
+        // it may be personal data).
         let count = |budget: &str, what: &str| {
             self.metrics
                 .budget_decisions
                 .with_label_values(&[budget, what])
                 .inc();
+            info!(target: "vigie::budget", budget, decision = what, model, "budget decision");
         };
         match decision {
             vigie_quota::Decision::Admit {

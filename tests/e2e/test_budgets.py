@@ -26,8 +26,8 @@ def chat(s, user=None, max_tokens=20):
                       json={"model": "mistral-7b", "messages": MSG, "max_tokens": max_tokens})
 
 
-def managed_setup(control_planes, mocks, section):
-    cp = control_planes()
+def managed_setup(control_planes, mocks, section, database_url=None):
+    cp = control_planes(database_url=database_url)
     admin = cp.token("alice", "admin")
     workload = cp.token("w", "workload", namespace="team-a")
     m = mocks("gpu")
@@ -36,11 +36,12 @@ def managed_setup(control_planes, mocks, section):
     return cp, admin, workload, m
 
 
-def test_three_sidecars_share_one_token_budget_and_the_window_rolls_over(control_planes, mocks, sidecars):
+def test_three_sidecars_share_one_token_budget_and_the_window_rolls_over(database_url, control_planes, mocks,
+                                                                         sidecars):
     limit = 2000
     cp, admin, workload, m = managed_setup(control_planes, mocks, budgets({
         "name": "team-tokens", "unit": "BUDGET_UNIT_TOKENS", "limit": limit, "windowDuration": "12s",
-        "match": {"namespace": "team-a"}}))
+        "match": {"namespace": "team-a"}}), database_url)
     # Start at the beginning of a window, so the run fits in one.
     time.sleep(12 - time.time() % 12 + 0.2)
     fleet = [sidecars(None, control_plane=cp, token=workload, identity={"pod": f"app-{i}"}) for i in range(3)]
@@ -73,6 +74,11 @@ def test_three_sidecars_share_one_token_budget_and_the_window_rolls_over(control
     assert leases <= admitted / 2, f"{leases} leases for {admitted} requests"
     assert 'decision="rejected"' in httpx.get(fleet[0].admin_url + "/metrics").text or \
         any('decision="rejected"' in httpx.get(s.admin_url + "/metrics").text for s in fleet)
+    # The authority's view: everything charged in this window, never above the limit.
+    [counter] = cp.call("UsageService/GetBudgetStatus", {"budget": "team-tokens"}, token=admin)["counters"]
+    assert counter["budget"] == "e2e/team-tokens" and counter["limit"] == limit
+    assert used <= counter["charged"] <= limit
+    assert "budget_decision" not in rejections[0].text
     # The next window starts afresh.
     time.sleep(retry + 0.3)
     assert chat(fleet[0]).status_code == 200

@@ -151,3 +151,23 @@ def test_absurd_max_tokens_is_refused_before_anything_is_sent(mocks, sidecars):
             client(s).chat.completions.create(model="mistral-7b", messages=MSG, max_tokens=bad)
         assert exc.value.body["param"] == "max_tokens"
     assert m.stats()["requests_total"] == 0
+
+
+def test_a_model_priced_apart_from_its_pool(mocks, sidecars):
+    m = mocks(models=("mistral-7b", "mixtral-8x22b"))
+    policy = simple_policy(m, cost={"currency": "EUR", "inputPer1k": 0.5, "outputPer1k": 1.5})
+    policy["pools"][0]["models"] = [
+        {"name": "mistral-7b"},
+        {"name": "mixtral-8x22b", "cost": {"currency": "EUR", "inputPer1k": 2, "outputPer1k": 6, "gpuSecondsPer1k": 9}},
+    ]
+    s = sidecars(policy, extra_args=["--namespace", "team-a"])
+    client(s).chat.completions.create(model="mixtral-8x22b", messages=MSG, max_tokens=10)
+    records(s, 1)
+    p, c = m.stats()["prompt_tokens"], m.stats()["generation_tokens"]
+    cost = metric(s, "vigie_sidecar_cost_total", model="mixtral-8x22b", currency="EUR")
+    assert abs(cost - (p * 2 + c * 6) / 1000) < 1e-9
+    assert abs(metric(s, "vigie_sidecar_gpu_seconds_total", model="mixtral-8x22b") - (p + c) * 9 / 1000) < 1e-9
+    # The pool's price still applies to the other model.
+    client(s).chat.completions.create(model="mistral-7b", messages=MSG, max_tokens=10)
+    records(s, 2)
+    assert metric(s, "vigie_sidecar_cost_total", model="mistral-7b", currency="EUR") > 0

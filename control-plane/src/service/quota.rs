@@ -88,6 +88,7 @@ impl QuotaService for QuotaApi {
                 budget: id.clone(),
                 key,
                 window_start_ms: start,
+                window_end_ms: end,
                 want: r.want,
                 overdraft: r.overdraft,
                 limit: spec.limit,

@@ -9,9 +9,9 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 use vigie_proto::v1::usage_service_server::UsageService;
 use vigie_proto::v1::{
-    ExportUsageRequest, QueryUsageRequest, QueryUsageResponse, ReportUsageRequest,
-    ReportUsageResponse, TimeBucket, UsageDimension, UsageFilter, UsageRecord, UsageRow,
-    UsageTotals,
+    BudgetCounter, ExportUsageRequest, GetBudgetStatusRequest, GetBudgetStatusResponse,
+    QueryUsageRequest, QueryUsageResponse, ReportUsageRequest, ReportUsageResponse, TimeBucket,
+    UsageDimension, UsageFilter, UsageRecord, UsageRow, UsageTotals,
 };
 
 use super::{invalid, store_error};
@@ -217,6 +217,31 @@ impl UsageService for UsageApi {
                 .collect()
         };
         Ok(Response::new(QueryUsageResponse { rows }))
+    }
+
+    async fn get_budget_status(
+        &self,
+        req: Request<GetBudgetStatusRequest>,
+    ) -> Result<Response<GetBudgetStatusResponse>, Status> {
+        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let budget = req.into_inner().budget;
+        let counters = self
+            .store
+            .quota_status(&budget)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|c| BudgetCounter {
+                budget: c.budget,
+                key: serde_json::from_str(&c.key).unwrap_or_default(),
+                window_start_ms: c.window_start_ms,
+                window_end_ms: c.window_end_ms,
+                limit: c.limit,
+                charged: c.charged,
+                remaining: (c.limit - c.charged).max(0.0),
+            })
+            .collect();
+        Ok(Response::new(GetBudgetStatusResponse { counters }))
     }
 
     type ExportUsageStream = ExportStream;

@@ -197,6 +197,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Grants up to `want` of a budget counter's allowance (after charging `overdraft`),
     /// never beyond `limit`, atomically.
     async fn grant_quota(&self, ask: &quota::QuotaAsk) -> Result<quota::QuotaGrant, StoreError>;
+    /// Counters of current windows (`budget`: `policy/name`, `name`, or empty for all).
+    async fn quota_status(&self, budget: &str) -> Result<Vec<quota::QuotaRow>, StoreError>;
 
     /// Runs until the store fails: wakes `changed` whenever another replica commits.
     /// Returns at once for a store that has no other replicas.

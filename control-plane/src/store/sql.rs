@@ -609,6 +609,10 @@ impl Store for SqlStore {
         self.grant_quota_row(ask, now_ms()).await
     }
 
+    async fn quota_status(&self, budget: &str) -> Result<Vec<super::quota::QuotaRow>, StoreError> {
+        self.quota_rows(budget, now_ms()).await
+    }
+
     async fn listen_changes(&self, changed: Arc<Notify>) -> Result<(), StoreError> {
         if self.dialect != Dialect::Postgres {
             return Ok(());

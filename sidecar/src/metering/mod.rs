@@ -213,7 +213,7 @@ impl Meter {
             served_model: served_model.to_string(),
             status,
             tap: UsageTap::new(self.op, sse, asked_usage && sse),
-            cost: pool.cost.clone(),
+            cost: pool.cost_of(served_model).cloned(),
             strips: asked_usage && sse,
         });
     }

@@ -64,6 +64,15 @@ pub struct PoolRuntime {
     pub round_robin: std::sync::atomic::AtomicUsize,
     /// Prices (per 1,000 tokens) and GPU-seconds estimate, when the policy sets them.
     pub cost: Option<vigie_proto::v1::PoolCost>,
+    /// Per upstream model name, prices that override `cost`.
+    pub model_costs: HashMap<String, vigie_proto::v1::PoolCost>,
+}
+
+impl PoolRuntime {
+    /// The prices of an upstream model here: its own, else the pool's.
+    pub fn cost_of(&self, upstream_model: &str) -> Option<&vigie_proto::v1::PoolCost> {
+        self.model_costs.get(upstream_model).or(self.cost.as_ref())
+    }
 }
 
 /// The sensitivity levels of the policy format, as the DLP engine orders them.
@@ -193,6 +202,11 @@ impl Snapshot {
                 probe_interval,
                 round_robin: std::sync::atomic::AtomicUsize::new(0),
                 cost: p.cost.clone(),
+                model_costs: p
+                    .models
+                    .iter()
+                    .filter_map(|m| m.cost.clone().map(|c| (m.name.clone(), c)))
+                    .collect(),
             });
         }
         let dlp = match &policy.dlp {
