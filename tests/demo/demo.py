@@ -194,11 +194,49 @@ def main():
         for e in reversed(cp.call("AuditService/ListAuditEvents", {"policy": "demo"}, token=admin)["events"]):
             show(e["action"], f"rev {e['revision']} by {e['actor']}: {e['summary']} [{e.get('comment', '')}]")
 
+        title("Budgets: a per-user rate limit pushed as its own policy, enforced by the sidecar")
+        limits = {"name": "budgets-baseline", "budgets": {"budgets": [
+            {"name": "per-user-rpm", "per": ["BUDGET_KEY_USER"], "unit": "BUDGET_UNIT_REQUESTS", "limit": 3,
+             "window": "BUDGET_WINDOW_MINUTE"},
+            {"name": "team-a-daily-eur", "match": {"namespace": "team-a"}, "unit": "BUDGET_UNIT_COST", "currency": "EUR",
+             "limit": 50, "window": "BUDGET_WINDOW_DAY"}]}}
+        before = sidecar.policy_version()
+        r = cp.call("PolicyService/ApplyPolicy", {"policy": limits, "comment": "CHG-004 fair use"}, token=admin)
+        wait_until(lambda: sidecar.policy_version() != before, what="budget policy push")
+        show("ApplyPolicy", f"revision {r['revision']['revision']}: {r['revision']['summary']}")
+        ana = openai.OpenAI(base_url=sidecar.base_url + "/v1", api_key="placeholder", max_retries=0,
+                            default_headers={"x-vigie-user": "ana"})
+        for i in range(3):
+            ana.chat.completions.create(model="gpt-4o-mini", max_tokens=3, messages=[{"role": "user", "content": f"q{i}"}])
+        try:
+            ana.chat.completions.create(model="gpt-4o-mini", max_tokens=3, messages=[{"role": "user", "content": "q3"}])
+        except openai.RateLimitError as e:
+            show("ana's 4th request", f"{e.status_code} {e.code}, Retry-After {e.response.headers['retry-after']} s")
+        counters = cp.call("UsageService/GetBudgetStatus", {"budget": "per-user-rpm"}, token=admin)["counters"]
+        for c in counters:
+            show("GetBudgetStatus", f"{c['budget']} key={c['key']}: {c.get('charged', 0):g} of {c['limit']:g}")
+
+        title("Metering: every request's record reached the control plane's ledger (UsageService)")
+        def ledger(event):
+            return sum(float(line.rsplit(" ", 1)[1]) for line in sidecar.metrics().splitlines()
+                       if line.startswith(f'vigie_sidecar_usage_ledger_total{{event="{event}"}}'))
+        wait_until(lambda: ledger("written") > 0 and ledger("shipped") + ledger("duplicate") == ledger("written"),
+                   what="ledger shipped")
+        show("sidecar ledger", f"{ledger('written'):.0f} records written, {ledger('shipped'):.0f} stored by the control plane")
+        rows = cp.call("UsageService/QueryUsage", {"groupBy": ["USAGE_DIMENSION_SERVED_MODEL", "USAGE_DIMENSION_OUTCOME"]},
+                       token=admin)["rows"]
+        for row in rows:
+            t = row["totals"]
+            key = " / ".join(k or "-" for k in row["key"])
+            show("QueryUsage", f"{key}: {t['requests']} requests, {t.get('promptTokens', 0)} prompt + "
+                               f"{t.get('completionTokens', 0)} completion tokens")
+
         title("Sidecar metrics (excerpt)")
         for line in sidecar.metrics().splitlines():
             if line.startswith(("vigie_sidecar_requests_total", "vigie_sidecar_upstream_attempts_total", "vigie_sidecar_policy_info",
                                 "vigie_sidecar_dlp_findings_total", "vigie_sidecar_route_picks_total",
-                                "vigie_sidecar_route_refusals_total")):
+                                "vigie_sidecar_route_refusals_total", "vigie_sidecar_tokens_total",
+                                "vigie_sidecar_budget_decisions_total")):
                 print(f"   {DIM}{line}{RESET}")
         print(f"\n{BOLD}Demo complete.{RESET}")
     finally:

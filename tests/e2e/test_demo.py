@@ -33,6 +33,10 @@ def test_demo_runs_and_narrates():
         "the app got back       Dossier de M. Durand, NIR 1 85 05 78 006 084 91, IBAN [IBAN], écrire à [EMAIL_ADDRESS]",
         "400 dlp_blocked: The request was blocked by the data-loss policy: it contains CLASSIFICATION_MARKING.",
         'vigie_sidecar_dlp_findings_total{action="pseudonymize",detector="FR_NIR",direction="request"} 2',
+        "ana's 4th request      429 budget_exceeded, Retry-After",
+        "budgets-baseline/per-user-rpm key=['ana']: 3 of 3",
+        "USAGE_OUTCOME_COMPLETED",
+        'vigie_sidecar_budget_decisions_total{budget="per-user-rpm",decision="rejected"} 1',
         "Demo complete.",
     ]:
         assert expected in out, f"missing {expected!r} in:\n{out}"

@@ -100,6 +100,10 @@ pub fn summarize(old: Option<&Policy>, new: Option<&Policy>) -> String {
             if let Some(d) = &p.dlp {
                 s.push_str(&format!("; dlp {} rules", d.rules.len()));
             }
+            let b: Vec<&str> = budgets(p).keys().copied().collect();
+            if !b.is_empty() {
+                s.push_str(&format!("; budgets {}", b.join(", ")));
+            }
             s
         }
         (Some(o), Some(n)) => {

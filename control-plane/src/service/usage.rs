@@ -10,8 +10,9 @@ use tonic::{Request, Response, Status};
 use vigie_proto::v1::usage_service_server::UsageService;
 use vigie_proto::v1::{
     BudgetCounter, ExportUsageRequest, GetBudgetStatusRequest, GetBudgetStatusResponse,
-    QueryUsageRequest, QueryUsageResponse, ReportUsageRequest, ReportUsageResponse, TimeBucket,
-    UsageDimension, UsageFilter, UsageRecord, UsageRow, UsageTotals,
+    QueryUsageRequest, QueryUsageResponse, ReportUsageRequest, ReportUsageResponse,
+    SensitivityLevel, TimeBucket, UsageDimension, UsageFilter, UsageOutcome, UsageRecord, UsageRow,
+    UsageSource as RecordSource, UsageTotals,
 };
 
 use super::{invalid, store_error};
@@ -89,6 +90,21 @@ fn month_start(ms: i64) -> i64 {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5; // day of month, 0-based
     (days - d) * DAY_MS
+}
+
+fn enum_name(d: i32, stored: &str) -> String {
+    let Ok(n) = stored.parse::<i32>() else {
+        return stored.to_string();
+    };
+    let name = match UsageDimension::try_from(d) {
+        Ok(UsageDimension::Outcome) => UsageOutcome::try_from(n).ok().map(|e| e.as_str_name()),
+        Ok(UsageDimension::Source) => RecordSource::try_from(n).ok().map(|e| e.as_str_name()),
+        Ok(UsageDimension::Sensitivity) => {
+            SensitivityLevel::try_from(n).ok().map(|e| e.as_str_name())
+        }
+        _ => None,
+    };
+    name.map_or_else(|| stored.to_string(), String::from)
 }
 
 fn totals(r: &TotalsRow) -> UsageTotals {
@@ -181,11 +197,17 @@ impl UsageService for UsageApi {
             TimeBucket::Hour => HOUR_MS,
             TimeBucket::Day | TimeBucket::Month => DAY_MS,
         };
-        let rows = self
+        let mut rows = self
             .store
             .usage_totals(&filter, &columns, width)
             .await
             .map_err(store_error)?;
+        // Enumerations by name, as grpcurl prints them elsewhere.
+        for row in &mut rows {
+            for (value, d) in row.key.iter_mut().zip(&r.group_by) {
+                *value = enum_name(*d, value);
+            }
+        }
         let rows = if bucket == TimeBucket::Month {
             // Days merged into calendar months.
             let mut months: BTreeMap<(i64, String, Vec<String>), UsageTotals> = BTreeMap::new();
