@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use vigie_proto::v1::{UsageDimension, UsageFilter, UsageRecord};
 
 use super::StoreError;
-use super::sql::SqlStore;
+use super::sql::{Dialect, SqlStore};
 
 pub(super) fn migration() -> Vec<String> {
     vec![
@@ -89,8 +89,16 @@ impl Sql {
     }
 }
 
-/// Rows per INSERT: 26 parameters each, well under both backends' limits.
-const INSERT_CHUNK: usize = 500;
+/// Rows per INSERT (26 parameters each). PostgreSQL: large statements amortize the
+/// round trips. SQLite: binding through sqlx costs more per parameter the more a
+/// statement has (1,000 records: 378 ms in 500-row statements, 15–21 ms in 10–20-row
+/// ones, measured), so small statements in one transaction.
+fn insert_chunk(d: Dialect) -> usize {
+    match d {
+        Dialect::Sqlite => 16,
+        Dialect::Postgres => 500,
+    }
+}
 
 fn i64_of(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -190,7 +198,7 @@ impl SqlStore {
     ) -> Result<u64, StoreError> {
         let mut inserted = 0;
         let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(INSERT_CHUNK) {
+        for chunk in records.chunks(insert_chunk(self.dialect)) {
             let mut q = Sql::new(
                 "INSERT INTO vigie_usage (id, started_at, ended_at, namespace, workload, pod, user_name,
                  user_verified, model, served_model, pool, endpoint, sensitivity, operation, stream,
