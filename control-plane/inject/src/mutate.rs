@@ -295,8 +295,10 @@ fn volumes(cfg: &InjectConfig) -> Vec<Volume> {
         },
         Volume {
             name: VOLUME_STATE.into(),
+            // Last-known-good policy and the usage ledger, which grows by about 1 KB per
+            // request while the control plane is unreachable (256 Mi: ~250,000 requests).
             empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(Quantity("16Mi".into())),
+                size_limit: Some(Quantity("256Mi".into())),
                 ..Default::default()
             }),
             ..Default::default()

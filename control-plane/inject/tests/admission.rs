@@ -229,6 +229,19 @@ fn deployment_pod_is_injected_as_a_native_sidecar() {
         .unwrap();
     assert_eq!(projection.audience.as_deref(), Some("vigie-control-plane"));
     assert_eq!(projection.expiration_seconds, Some(3600));
+    // Room for the usage ledger while the control plane is unreachable.
+    let state = volumes.iter().find(|v| v.name == "vigie-state").unwrap();
+    assert_eq!(
+        state
+            .empty_dir
+            .as_ref()
+            .unwrap()
+            .size_limit
+            .as_ref()
+            .unwrap()
+            .0,
+        "256Mi"
+    );
 
     let meta = &pod.metadata;
     let labels = meta.labels.as_ref().unwrap();
