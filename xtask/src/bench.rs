@@ -548,28 +548,27 @@ impl RssSampler {
     }
 }
 
-/// `cargo xtask bench control-plane`: release build, then the Python orchestrator
-/// (it reuses the end-to-end harness to start PostgreSQL and the control plane).
-pub fn control_plane() -> anyhow::Result<()> {
+/// Release build, then a Python orchestrator of `tests/bench/` (it reuses the
+/// end-to-end harness to start PostgreSQL and the control plane).
+fn python_bench(what: &str, script: &str) -> anyhow::Result<()> {
     crate::setup::setup()?;
     step("building release binaries");
     run(cargo().args(["build", "--release", "--bins"]))?;
-    step("control-plane benchmark");
+    step(what);
     run(Command::new(crate::util::venv_python())
-        .arg(root().join("tests/bench/control_plane.py"))
+        .arg(root().join("tests/bench").join(script))
         .env("VIGIE_BIN_DIR", root().join("target/release")))
+}
+
+/// `cargo xtask bench control-plane`: propagation, memory per watcher, apply rate.
+pub fn control_plane() -> anyhow::Result<()> {
+    python_bench("control-plane benchmark", "control_plane.py")
 }
 
 /// `cargo xtask bench usage`: ledger ingestion at the control plane
 /// (`tests/bench/usage.py` drives `vigie-usage-load` against both stores).
 pub fn usage() -> anyhow::Result<()> {
-    crate::setup::setup()?;
-    step("building release binaries");
-    run(cargo().args(["build", "--release", "--bins"]))?;
-    step("usage ingestion benchmark");
-    run(Command::new(crate::util::venv_python())
-        .arg(root().join("tests/bench/usage.py"))
-        .env("VIGIE_BIN_DIR", root().join("target/release")))
+    python_bench("usage ingestion benchmark", "usage.py")
 }
 
 /// `cargo xtask bench routing`: the picker's overhead (plain Rust), then routing
