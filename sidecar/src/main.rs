@@ -426,7 +426,7 @@ fn main() -> anyhow::Result<()> {
 
     let app = SidecarApp {
         store: store.clone(),
-        upstream: Upstream::new(128),
+        upstream: Upstream::new(128).keeping_private(users.header.iter().cloned().collect()),
         metrics: metrics.clone(),
         meter,
         quota: Arc::new(Quota::new(

@@ -59,6 +59,9 @@ pub enum AttemptError {
 
 pub struct Upstream {
     connector: Connector,
+    /// Request headers that stay in the pod besides `x-vigie-*` (e.g. a custom
+    /// end-user header: personal data the provider has no need for).
+    private_headers: Vec<http::HeaderName>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -80,7 +83,14 @@ impl Upstream {
         let options = pingora::connectors::ConnectorOptions::new(keepalive_pool_size);
         Self {
             connector: Connector::new(Some(options)),
+            private_headers: Vec::new(),
         }
+    }
+
+    /// Also keeps these request headers from the upstream.
+    pub fn keeping_private(mut self, headers: Vec<http::HeaderName>) -> Self {
+        self.private_headers = headers;
+        self
     }
 
     /// Sends the request and waits for the response header. Retries once on a fresh
@@ -107,8 +117,14 @@ impl Upstream {
         peer.options.total_connection_timeout = Some(timeouts.connect * 2);
         peer.options.idle_timeout = Some(POOL_IDLE);
         peer.options.write_timeout = Some(timeouts.idle);
-        let header = upstream_request(endpoint, credential, downstream, body.len())
-            .map_err(|e| AttemptError::Broken(e.to_string()))?;
+        let header = upstream_request(
+            endpoint,
+            credential,
+            downstream,
+            body.len(),
+            &self.private_headers,
+        )
+        .map_err(|e| AttemptError::Broken(e.to_string()))?;
 
         for _ in 0..2 {
             let (mut session, reused) = self
@@ -171,6 +187,7 @@ pub fn upstream_request(
     credential: Option<&Credential>,
     downstream: &RequestHeader,
     body_len: usize,
+    private: &[http::HeaderName],
 ) -> PResult<RequestHeader> {
     let path_and_query = downstream.uri.path_and_query().map_or("/", |p| p.as_str());
     let path = format!("{}{}", endpoint.path_prefix, path_and_query);
@@ -179,6 +196,7 @@ pub fn upstream_request(
         // `x-vigie-*` headers are for the sidecar (declared sensitivity, …), not upstream.
         if !DROPPED_REQUEST_HEADERS.contains(&name.as_str())
             && !name.as_str().starts_with("x-vigie-")
+            && !private.contains(name)
         {
             req.append_header(name.clone(), value.clone())?;
         }
@@ -239,7 +257,10 @@ mod tests {
             header: http::header::AUTHORIZATION,
             value: HeaderValue::from_static("Bearer real"),
         };
-        let up = upstream_request(&ep, Some(&cred), &down, 42).unwrap();
+        down.insert_header("x-user-id", "ana@corp.example").unwrap();
+        let private = [http::HeaderName::from_static("x-user-id")];
+        let up = upstream_request(&ep, Some(&cred), &down, 42, &private).unwrap();
+        assert!(up.headers.get("x-user-id").is_none());
         assert_eq!(up.uri.to_string(), "/openai/v1/chat/completions?x=1");
         assert_eq!(up.headers["host"], "api.example.com");
         assert_eq!(up.headers["authorization"], "Bearer real");
@@ -253,7 +274,7 @@ mod tests {
             header: HeaderName::from_static("x-api-key"),
             value: HeaderValue::from_static("real"),
         };
-        let up = upstream_request(&ep, Some(&anthropic), &down, 0).unwrap();
+        let up = upstream_request(&ep, Some(&anthropic), &down, 0, &[]).unwrap();
         assert_eq!(up.headers["x-api-key"], "real");
         assert!(up.headers.get("authorization").is_none());
     }
