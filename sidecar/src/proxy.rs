@@ -399,7 +399,7 @@ impl SidecarApp {
                         last_answer = Some((
                             exchange,
                             pool,
-                            endpoint.url.as_str(),
+                            &**endpoint,
                             attempt.target.upstream_model.as_str(),
                         ));
                         continue;
@@ -410,7 +410,7 @@ impl SidecarApp {
                         .inc();
                     meter.answer(
                         pool,
-                        &endpoint.url,
+                        endpoint,
                         &attempt.target.upstream_model,
                         status,
                         exchange
@@ -519,9 +519,12 @@ impl SidecarApp {
                             None => data,
                             Some(rewritten) => Bytes::from(rewritten),
                         };
-                        if !data.is_empty() && session.write_response_body(data, false).await.is_err() {
-                            debug!("client went away mid-response");
-                            return Outcome::broken(499);
+                        if !data.is_empty() {
+                            if session.write_response_body(data, false).await.is_err() {
+                                debug!("client went away mid-response");
+                                return Outcome::broken(499);
+                            }
+                            meter.first_chunk();
                         }
                     }
                     Ok(None) => {
@@ -708,8 +711,11 @@ impl SidecarApp {
                     };
                     match out {
                         Ok(bytes) => {
-                            if !bytes.is_empty() && session.write_response_body(Bytes::from(bytes), false).await.is_err() {
-                                return Outcome::broken(499);
+                            if !bytes.is_empty() {
+                                if session.write_response_body(Bytes::from(bytes), false).await.is_err() {
+                                    return Outcome::broken(499);
+                                }
+                                meter.first_chunk();
                             }
                         }
                         Err(blocked) => {
@@ -796,6 +802,7 @@ impl SidecarApp {
         {
             return Outcome::broken(502);
         }
+        meter.first_chunk();
         let ok = session
             .write_response_header(Box::new(header))
             .await

@@ -94,7 +94,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Demo => demo::demo(),
         Cmd::Ci => ci::ci(),
-        Cmd::E2e { pytest_args } => ci::e2e(&pytest_args),
+        Cmd::E2e { pytest_args } => {
+            setup::setup()?;
+            ci::e2e(&pytest_args)
+        }
         Cmd::Fuzz { seconds } => {
             setup::setup()?;
             ci::fuzz(seconds)

@@ -1,9 +1,9 @@
 //! Token counts with a real tokenizer, for when the upstream reports none.
 //!
-//! `o200k_base` (GPT-4o family) for every model: exact for OpenAI's current models, and
-//! for open models (Mistral, Llama…) within a few percent on French and English prose —
-//! their own tokenizers are not shipped with the sidecar. Loaded on first use only
-//! (it costs memory, and most upstreams report usage).
+//! `o200k_base` (GPT-4o family) for every model: exact for OpenAI's current models, an
+//! approximation for open models (Mistral, Llama… use their own tokenizers, which the
+//! sidecar does not ship; the gap has not been measured here). Estimates are flagged as
+//! such. Loaded on first use only (it costs memory, and most upstreams report usage).
 
 use std::sync::LazyLock;
 

@@ -20,6 +20,7 @@ use vigie_wire::api::Operation;
 use vigie_wire::dlp::Level;
 
 use crate::policy::PoolRuntime;
+use crate::routing::Endpoint;
 use crate::telemetry::Metrics;
 
 /// Who a request is billed to (fixed for the sidecar's pod).
@@ -68,6 +69,10 @@ pub struct MeterShared {
 #[derive(Debug)]
 struct Answer {
     pool: String,
+    /// `gen_ai.provider.name`.
+    provider: &'static str,
+    /// `server.address` (host:port of the upstream).
+    server: String,
     endpoint: String,
     served_model: String,
     status: u16,
@@ -88,6 +93,8 @@ pub struct Meter {
     with_usage: Option<Bytes>,
     answer: Option<Answer>,
     upstream_broke: bool,
+    started: std::time::Instant,
+    first_chunk: Option<std::time::Duration>,
     /// Budget reservations, settled with the actual figures.
     quota: Option<(Arc<Quota>, Reservation)>,
     /// Soft budgets over their limit (told to the app in a header).
@@ -122,6 +129,8 @@ impl Meter {
             with_usage: None,
             answer: None,
             upstream_broke: false,
+            started: std::time::Instant::now(),
+            first_chunk: None,
             quota: None,
             budget_warnings: Vec::new(),
         }
@@ -201,7 +210,7 @@ impl Meter {
     pub fn answer(
         &mut self,
         pool: &PoolRuntime,
-        endpoint: &str,
+        endpoint: &Endpoint,
         served_model: &str,
         status: u16,
         sse: bool,
@@ -209,7 +218,9 @@ impl Meter {
     ) {
         self.answer = Some(Answer {
             pool: pool.name.clone(),
-            endpoint: endpoint.to_string(),
+            provider: provider_name(pool.kind),
+            server: format!("{}:{}", endpoint.host, endpoint.port),
+            endpoint: endpoint.url.clone(),
             served_model: served_model.to_string(),
             status,
             tap: UsageTap::new(self.op, sse, asked_usage && sse),
@@ -231,6 +242,13 @@ impl Meter {
     /// End of the answer: the rest to forward, if the framing was rewritten.
     pub fn finish(&mut self) -> Option<Vec<u8>> {
         self.answer.as_mut().and_then(|a| a.tap.finish())
+    }
+
+    /// The first bytes of the answer went to the app (time to first chunk).
+    pub fn first_chunk(&mut self) {
+        if self.first_chunk.is_none() {
+            self.first_chunk = Some(self.started.elapsed());
+        }
     }
 
     /// The upstream failed mid-answer: billed for what it generated.
@@ -259,6 +277,33 @@ impl Meter {
         record.pool = a.pool.clone();
         record.endpoint = a.endpoint.clone();
         record.served_model = a.served_model.clone();
+        let error_type = match (a.status, record.status) {
+            (s @ 400.., _) => s.to_string(),
+            (_, 499) => "client_aborted".to_string(),
+            _ if self.upstream_broke => "upstream_broken".to_string(),
+            _ => String::new(),
+        };
+        let labels = [
+            gen_ai_operation(self.op),
+            a.provider,
+            record.model.as_str(),
+            a.served_model.as_str(),
+            a.server.as_str(),
+        ];
+        let mut with_error = labels.to_vec();
+        with_error.push(&error_type);
+        shared
+            .metrics
+            .gen_ai_operation_duration
+            .with_label_values(&with_error)
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(t) = self.first_chunk {
+            shared
+                .metrics
+                .time_to_first_chunk
+                .with_label_values(&labels[..3])
+                .observe(t.as_secs_f64());
+        }
         if a.status >= 400 {
             shared
                 .metrics
@@ -284,7 +329,7 @@ impl Meter {
         let job = move || {
             let mut record = record;
             let (usage, source) = a.tap.result(|| estimate::prompt_tokens(op, &body));
-            account(&shared.metrics, &mut record, &a, usage, source);
+            account(op, &shared.metrics, &mut record, &a, usage, source);
             settle(quota.as_ref(), &record);
             write(&shared, &record);
         };
@@ -320,6 +365,7 @@ fn write(shared: &MeterShared, record: &UsageRecord) {
 
 /// Adds one answer's figures to the record and the counters.
 fn account(
+    op: Operation,
     metrics: &Metrics,
     record: &mut UsageRecord,
     a: &Answer,
@@ -358,6 +404,19 @@ fn account(
                 .inc_by(n);
         }
     }
+    for (kind, n) in [("input", usage.prompt), ("output", usage.completion)] {
+        metrics
+            .gen_ai_token_usage
+            .with_label_values(&[
+                gen_ai_operation(op),
+                a.provider,
+                &record.model,
+                &a.served_model,
+                &a.server,
+                kind,
+            ])
+            .observe(n as f64);
+    }
     if let Some(c) = &a.cost {
         let labels = [
             record.namespace.as_str(),
@@ -383,6 +442,26 @@ fn account(
     }
     if source == UsageSource::Estimated {
         tracing::debug!(model = %record.model, pool = %a.pool, "usage estimated");
+    }
+}
+
+/// `gen_ai.operation.name` (Anthropic's Messages API is a chat too).
+fn gen_ai_operation(op: Operation) -> &'static str {
+    match op {
+        Operation::Messages => "chat",
+        other => other.name(),
+    }
+}
+
+/// `gen_ai.provider.name` of a pool kind (the semantic conventions' well-known values
+/// where one exists).
+fn provider_name(kind: PoolKind) -> &'static str {
+    match kind {
+        PoolKind::Openai => "openai",
+        PoolKind::Anthropic => "anthropic",
+        PoolKind::Mistral => "mistral_ai",
+        PoolKind::Vllm => "vllm",
+        PoolKind::OpenaiCompatible | PoolKind::Unspecified => "openai_compatible",
     }
 }
 

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub usage_records: IntCounterVec,
     pub ledger: IntCounterVec,
+    pub gen_ai_token_usage: HistogramVec,
+    pub gen_ai_operation_duration: HistogramVec,
+    pub time_to_first_chunk: HistogramVec,
     pub budget_decisions: IntCounterVec,
     pub budget_leases: IntCounterVec,
     pub cost: CounterVec,
@@ -125,6 +128,56 @@ impl Metrics {
             ),
             &["event"],
         )?;
+        // OpenTelemetry GenAI semantic conventions (gen_ai.client.token.usage and
+        // gen_ai.client.operation.duration), with their recommended buckets; attribute
+        // names with dots as underscores, as Prometheus exporters write them.
+        let gen_ai_labels = [
+            "gen_ai_operation_name",
+            "gen_ai_provider_name",
+            "gen_ai_request_model",
+            "gen_ai_response_model",
+            "server_address",
+        ];
+        let mut token_labels = gen_ai_labels.to_vec();
+        token_labels.push("gen_ai_token_type");
+        let gen_ai_token_usage = HistogramVec::new(
+            HistogramOpts::new(
+                "gen_ai_client_token_usage",
+                "Tokens per request by type (input, output): gen_ai.client.token.usage.",
+            )
+            .buckets(vec![
+                1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+                4194304.0, 16777216.0, 67108864.0,
+            ]),
+            &token_labels,
+        )?;
+        let mut duration_labels = gen_ai_labels.to_vec();
+        duration_labels.push("error_type");
+        let gen_ai_operation_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gen_ai_client_operation_duration_seconds",
+                "Time from the request to the end of the answer: gen_ai.client.operation.duration.",
+            )
+            .buckets(vec![
+                0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96,
+                81.92,
+            ]),
+            &duration_labels,
+        )?;
+        let time_to_first_chunk = HistogramVec::new(
+            HistogramOpts::new(
+                "vigie_sidecar_time_to_first_chunk_seconds",
+                "Time from the request to the first bytes of the answer sent to the app.",
+            )
+            .buckets(vec![
+                0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+            ]),
+            &[
+                "gen_ai_operation_name",
+                "gen_ai_provider_name",
+                "gen_ai_request_model",
+            ],
+        )?;
         let budget_decisions = IntCounterVec::new(
             Opts::new(
                 "vigie_sidecar_budget_decisions_total",
@@ -209,6 +262,9 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(usage_records.clone()))?;
         registry.register(Box::new(ledger.clone()))?;
+        registry.register(Box::new(gen_ai_token_usage.clone()))?;
+        registry.register(Box::new(gen_ai_operation_duration.clone()))?;
+        registry.register(Box::new(time_to_first_chunk.clone()))?;
         registry.register(Box::new(budget_decisions.clone()))?;
         registry.register(Box::new(budget_leases.clone()))?;
         registry.register(Box::new(cost.clone()))?;
@@ -229,6 +285,9 @@ impl Metrics {
             tokens,
             usage_records,
             ledger,
+            gen_ai_token_usage,
+            gen_ai_operation_duration,
+            time_to_first_chunk,
             budget_decisions,
             budget_leases,
             cost,
