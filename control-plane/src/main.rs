@@ -277,12 +277,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(cmd) => token_command(&url, cmd).await,
         Command::Serve(s) => {
             let s = *s;
+            let metrics = Metrics::new().context("registering metrics")?;
             let webhook = match (s.webhook_listen, s.webhook_tls_cert, s.webhook_tls_key) {
                 (Some(listen), Some(cert), Some(key)) => Some(webhook::WebhookSettings {
                     listen,
                     cert,
                     key,
                     config: webhook::load_config(s.webhook_config.as_ref())?,
+                    metrics: metrics.clone(),
                 }),
                 _ => None,
             };
@@ -298,7 +300,6 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let webhook_task = webhook.map(|w| tokio::spawn(webhook::serve(w, stopped())));
-            let metrics = Metrics::new().context("registering metrics")?;
             if let Some(listen) = s.metrics_listen {
                 let (m, stop) = (metrics.clone(), stopped());
                 tokio::spawn(async move {

@@ -14,6 +14,7 @@ pub struct Metrics {
     usage_records: IntCounterVec,
     tokens: IntCounterVec,
     leases: IntCounterVec,
+    injections: IntCounterVec,
 }
 
 impl Metrics {
@@ -41,6 +42,14 @@ impl Metrics {
             &["budget", "result"],
         )?;
         registry.register(Box::new(leases.clone()))?;
+        let injections = IntCounterVec::new(
+            Opts::new(
+                "vigie_control_plane_injections_total",
+                "Admission reviews answered by the injection webhook: injected, skipped (opted out, hostNetwork, system namespace, already injected), denied (invalid annotations), ignored (not a pod creation), malformed.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(injections.clone()))?;
         registry.register(Box::new(usage_records.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         Ok(Self {
@@ -48,6 +57,7 @@ impl Metrics {
             usage_records,
             tokens,
             leases,
+            injections,
         })
     }
 
@@ -89,6 +99,10 @@ impl Metrics {
             "exhausted"
         };
         self.leases.with_label_values(&[budget, result]).inc();
+    }
+
+    pub fn injection(&self, result: &str) {
+        self.injections.with_label_values(&[result]).inc();
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -30,6 +30,7 @@ pub struct WebhookSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub config: InjectConfig,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Reads an injection configuration file (JSON, see `deploy/base/inject.json`).
@@ -51,25 +52,52 @@ pub fn load_config(path: Option<&PathBuf>) -> anyhow::Result<InjectConfig> {
 /// (1.5 MiB), twice for UPDATE, with room to spare.
 const MAX_REVIEW_BYTES: usize = 4 << 20;
 
-pub fn router(config: Arc<InjectConfig>) -> Router {
+#[derive(Debug, Clone)]
+struct WebhookState {
+    config: Arc<InjectConfig>,
+    metrics: crate::metrics::Metrics,
+}
+
+fn router(state: WebhookState) -> Router {
     Router::new()
         .route(
             vigie_inject::PATH_NAMESPACE,
-            post(|State(cfg), body| handle(cfg, Trigger::Namespace, body)),
+            post(|State(state), body| handle(state, Trigger::Namespace, body)),
         )
         .route(
             vigie_inject::PATH_POD,
-            post(|State(cfg), body| handle(cfg, Trigger::Pod, body)),
+            post(|State(state), body| handle(state, Trigger::Pod, body)),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
-        .with_state(config)
+        .with_state(state)
 }
 
-async fn handle(cfg: Arc<InjectConfig>, trigger: Trigger, body: Bytes) -> Response {
-    match vigie_inject::review(&body, trigger, &cfg) {
-        Ok(review) => axum::Json(review).into_response(),
+/// What an answer did, for the counter.
+fn result_of(review: &serde_json::Value) -> &'static str {
+    let response = &review["response"];
+    if response["allowed"] == false {
+        "denied"
+    } else if response.get("patch").is_some() {
+        "injected"
+    } else if response["auditAnnotations"]["injection"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("skipped"))
+    {
+        "skipped"
+    } else {
+        "ignored"
+    }
+}
+
+async fn handle(state: WebhookState, trigger: Trigger, body: Bytes) -> Response {
+    match vigie_inject::review(&body, trigger, &state.config) {
+        Ok(review) => {
+            state.metrics.injection(result_of(&review));
+            axum::Json(review).into_response()
+        }
         Err(e) => {
+            state.metrics.injection("malformed");
             warn!(target: "vigie::inject", error = %e, "malformed admission review");
             (
                 StatusCode::BAD_REQUEST,
@@ -167,7 +195,10 @@ pub async fn serve(
         native = settings.config.native_sidecar,
         "injection webhook serving"
     );
-    let app = router(Arc::new(settings.config));
+    let app = router(WebhookState {
+        config: Arc::new(settings.config),
+        metrics: settings.metrics,
+    });
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

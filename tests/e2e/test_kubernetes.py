@@ -56,10 +56,12 @@ def service_account_token(key: Path, namespace: str, sa: str, audience="vigie-co
 @pytest.fixture
 def webhook(control_planes, tmp_path):
     pki = webhook_pki(tmp_path)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     cp = control_planes(extra_args=["--webhook-listen", f"127.0.0.1:{port}", "--webhook-tls-cert", pki["cert"],
                                     "--webhook-tls-key", pki["key"],
-                                    "--webhook-config", str(REPO / "deploy/base/inject.json")])
+                                    "--webhook-config", str(REPO / "deploy/base/inject.json"),
+                                    "--metrics-listen", f"127.0.0.1:{metrics_port}"])
+    cp.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     url = f"https://127.0.0.1:{port}"
     client = httpx.Client(verify=ssl.create_default_context(cafile=pki["ca"]), timeout=5)
     wait_until(lambda: _up(client, url), timeout=10, what="webhook listening")
@@ -94,11 +96,17 @@ def test_webhook_injects_over_https_for_a_client_trusting_the_ca(webhook):
     # The pod-selector path leaves a pod that did not opt in alone.
     r = client.post(url + "/inject/pod", json=review("deployment-pod.json"))
     assert r.status_code == 200 and "patch" not in r.json()["response"]
+    r = client.post(url + "/inject/namespace", json=review("host-network-pod.json"))
+    assert "patch" not in r.json()["response"]
+    text = httpx.get(cp.metrics_url).text
+    assert 'vigie_control_plane_injections_total{result="injected"} 1' in text
+    # Skipped: the pod path without opt-in, and the hostNetwork pod.
+    assert 'vigie_control_plane_injections_total{result="skipped"} 2' in text
     assert "vigie::inject" in cp.log() and "injected" in cp.log()
 
 
 def test_webhook_refuses_what_is_not_an_admission_review_without_a_500(webhook):
-    _, client, url = webhook
+    cp, client, url = webhook
     r = client.post(url + "/inject/namespace", content=b'{"apiVersion": "v1", "env": "sk-live-abc"')
     assert r.status_code == 400
     assert r.json()["error"].startswith("not an admission.k8s.io/v1 AdmissionReview: truncated JSON")
@@ -111,6 +119,10 @@ def test_webhook_refuses_what_is_not_an_admission_review_without_a_500(webhook):
     assert r.json()["response"]["allowed"] is False
     assert r.status_code == 200
     assert client.post(url + "/elsewhere", json={}).status_code == 404
+    # Every answer counted by result, at the control plane's /metrics.
+    text = httpx.get(cp.metrics_url).text
+    for result, n in [("malformed", 2), ("ignored", 1), ("denied", 1)]:
+        assert f'vigie_control_plane_injections_total{{result="{result}"}} {n}' in text, text
 
 
 def test_webhook_is_not_trusted_without_the_ca(webhook):
