@@ -305,7 +305,7 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let meter = MeterShared {
+    let meter = Arc::new(MeterShared {
         metrics: metrics.clone(),
         ledger: ledger.as_ref().map(|(l, _)| l.clone()),
         ids: Arc::new(RecordIds::new().context("seeding usage record ids")?),
@@ -318,7 +318,7 @@ fn main() -> anyhow::Result<()> {
             },
             pod: args.pod.clone(),
         },
-    };
+    });
     let mut shipper = None;
     // Budget allowance: from the control plane when managed, else kept locally.
     let mut lease_source: Option<Arc<dyn LeaseSource>> = None;

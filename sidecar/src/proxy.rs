@@ -47,7 +47,7 @@ pub struct SidecarApp {
     pub store: Arc<PolicyStore>,
     pub upstream: Upstream,
     pub metrics: Metrics,
-    pub meter: MeterShared,
+    pub meter: Arc<MeterShared>,
     /// Budget counters and their allowance (leased from the control plane, or local).
     pub quota: Arc<vigie_quota::Quota>,
     pub settings: Settings,
@@ -399,7 +399,7 @@ impl SidecarApp {
                         last_answer = Some((
                             exchange,
                             pool,
-                            &**endpoint,
+                            endpoint,
                             attempt.target.upstream_model.as_str(),
                         ));
                         continue;

@@ -4,6 +4,7 @@ the control plane has stored it, then queryable and exportable with grpcurl. Kil
 the sidecar or the control plane loses nothing and duplicates nothing; both storage
 backends."""
 
+import datetime
 import json
 import time
 
@@ -96,6 +97,11 @@ def test_every_request_gets_one_record_with_exact_figures(database_url, control_
     hourly = cp.call("UsageService/QueryUsage", {"bucket": "TIME_BUCKET_HOUR"}, token=admin)["rows"]
     assert sum(int(r["totals"]["requests"]) for r in hourly) == 5
     assert all(int(r["bucketStartMs"]) % 3_600_000 == 0 for r in hourly)
+    monthly = cp.call("UsageService/QueryUsage", {"bucket": "TIME_BUCKET_MONTH"}, token=admin)["rows"]
+    first_of_month = datetime.datetime.now(datetime.timezone.utc).replace(day=1, hour=0, minute=0, second=0,
+                                                                           microsecond=0)
+    assert {int(r["bucketStartMs"]) for r in monthly} == {int(first_of_month.timestamp() * 1000)}
+    assert sum(int(r["totals"]["requests"]) for r in monthly) == 5
     assert 'vigie_sidecar_usage_ledger_total{event="shipped"} 5' in httpx.get(s.admin_url + "/metrics").text
 
 
@@ -187,7 +193,8 @@ def test_usage_service_refuses_bad_input_and_other_namespaces(control_planes, mo
     again = cp.call("UsageService/ReportUsage", {"records": [rec | {"namespace": "team-a"}]}, token=workload)
     assert again == {"duplicates": 1}
     with pytest.raises(GrpcError) as e:
-        cp.call("UsageService/ExportUsage", {"filter": {}}, token=workload)
+        cp.stream("UsageService/ExportUsage", {"filter": {}}, token=workload)
+    assert "PermissionDenied" in e.value.text
     with pytest.raises(GrpcError) as e:
         cp.call("UsageService/QueryUsage", {"groupBy": ["USAGE_DIMENSION_UNSPECIFIED"]}, token=admin)
     assert e.value.code == "InvalidArgument" and "groupBy[0]" in e.value.text

@@ -32,8 +32,8 @@ fn patch_of(response: &Value) -> Option<json_patch::Patch> {
 }
 
 /// Reviews, applies the patch, checks a second pass changes nothing; returns the
-/// patched pod, its raw JSON and the patch.
-fn inject(name: &str, trigger: Trigger) -> (Pod, Value, json_patch::Patch) {
+/// patched pod and the patch.
+fn inject(name: &str, trigger: Trigger) -> (Pod, json_patch::Patch) {
     let mut request = fixture(name);
     let response = respond(&request, trigger);
     assert_eq!(response["allowed"], true, "{response}");
@@ -42,7 +42,7 @@ fn inject(name: &str, trigger: Trigger) -> (Pod, Value, json_patch::Patch) {
     json_patch::patch(&mut object, &patch).unwrap();
     let pod: Pod = serde_json::from_value(object.clone()).unwrap();
 
-    request["request"]["object"] = object.clone();
+    request["request"]["object"] = object;
     let again = respond(&request, trigger);
     assert_eq!(again["allowed"], true);
     assert!(
@@ -53,7 +53,7 @@ fn inject(name: &str, trigger: Trigger) -> (Pod, Value, json_patch::Patch) {
         again["auditAnnotations"]["injection"],
         "skipped: already injected"
     );
-    (pod, object, patch)
+    (pod, patch)
 }
 
 fn not_patched(name: &str, trigger: Trigger) -> Value {
@@ -182,7 +182,7 @@ fn check_app(app: &Container) {
 
 #[test]
 fn deployment_pod_is_injected_as_a_native_sidecar() {
-    let (pod, raw, patch) = inject("deployment-pod.json", Trigger::Namespace);
+    let (pod, patch) = inject("deployment-pod.json", Trigger::Namespace);
     let spec = pod.spec.as_ref().unwrap();
     let init = spec.init_containers.as_ref().unwrap();
     assert_eq!(init.len(), 1);
@@ -269,12 +269,11 @@ fn deployment_pod_is_injected_as_a_native_sidecar() {
             other => panic!("unexpected patch operation {other:?}"),
         }
     }
-    assert!(raw.to_string().len() > 1000);
 }
 
 #[test]
 fn job_pod_gets_a_sidecar_that_lets_the_job_complete() {
-    let (pod, _, _) = inject("job-pod.json", Trigger::Namespace);
+    let (pod, _) = inject("job-pod.json", Trigger::Namespace);
     let spec = pod.spec.unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
     let init = spec.init_containers.unwrap();
@@ -288,7 +287,7 @@ fn job_pod_gets_a_sidecar_that_lets_the_job_complete() {
 
 #[test]
 fn existing_init_containers_run_after_the_sidecar_and_use_it() {
-    let (pod, _, _) = inject("existing-init-containers.json", Trigger::Namespace);
+    let (pod, _) = inject("existing-init-containers.json", Trigger::Namespace);
     let spec = pod.spec.unwrap();
     let init = spec.init_containers.unwrap();
     let names: Vec<_> = init.iter().map(|c| c.name.as_str()).collect();
@@ -308,7 +307,7 @@ fn existing_init_containers_run_after_the_sidecar_and_use_it() {
 
 #[test]
 fn per_pod_annotations_override_resources_level_variables_and_mode() {
-    let (pod, _, _) = inject("tuned-classic.json", Trigger::Namespace);
+    let (pod, _) = inject("tuned-classic.json", Trigger::Namespace);
     let spec = pod.spec.unwrap();
     assert!(spec.init_containers.is_none());
     let sidecar = &spec.containers[0];
@@ -338,7 +337,7 @@ fn per_pod_annotations_override_resources_level_variables_and_mode() {
 
 #[test]
 fn pod_opted_in_outside_an_enabled_namespace_is_injected() {
-    let (pod, _, _) = inject("opted-in-pod.json", Trigger::Pod);
+    let (pod, _) = inject("opted-in-pod.json", Trigger::Pod);
     check_sidecar(&pod.spec.unwrap().init_containers.unwrap()[0], true);
     // Called through the pod-selector path without the label: nothing.
     not_patched("deployment-pod.json", Trigger::Pod);

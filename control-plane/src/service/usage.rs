@@ -78,20 +78,6 @@ fn check_filter(f: &UsageFilter) -> Result<(), Status> {
     Ok(())
 }
 
-/// First millisecond of the UTC calendar month containing `ms`.
-fn month_start(ms: i64) -> i64 {
-    // Howard Hinnant's days-to-civil and back.
-    let days = ms.div_euclid(DAY_MS);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5; // day of month, 0-based
-    (days - d) * DAY_MS
-}
-
 fn enum_name(d: i32, stored: &str) -> String {
     let Ok(n) = stored.parse::<i32>() else {
         return stored.to_string();
@@ -213,7 +199,7 @@ impl UsageService for UsageApi {
             let mut months: BTreeMap<(i64, String, Vec<String>), UsageTotals> = BTreeMap::new();
             for row in &rows {
                 let key = (
-                    month_start(row.bucket_start_ms),
+                    vigie_quota::Window::Month.bounds(row.bucket_start_ms).0,
                     row.currency.clone(),
                     row.key.clone(),
                 );
@@ -309,15 +295,6 @@ impl UsageService for UsageApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn month_start_is_the_first_of_the_utc_month() {
-        // 2026-11-29T09:00Z → 2026-11-01T00:00Z; 2024-02-29 → 2024-02-01; epoch.
-        assert_eq!(month_start(1_795_942_800_000), 1_793_491_200_000);
-        assert_eq!(month_start(1_709_208_000_000), 1_706_745_600_000);
-        assert_eq!(month_start(0), 0);
-        assert_eq!(month_start(DAY_MS * 31), DAY_MS * 31);
-    }
 
     #[test]
     fn bad_records_name_their_field() {

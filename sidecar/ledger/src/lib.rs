@@ -46,11 +46,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Line {
     Begin(UsageRecord),
     End(UsageRecord),
+}
+
+/// [`Line`] as written: borrowed, so appending copies nothing.
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum LineRef<'a> {
+    Begin(&'a UsageRecord),
+    End(&'a UsageRecord),
 }
 
 /// Where shipping has got to: the byte after the last acknowledged line.
@@ -186,7 +194,7 @@ impl Ledger {
         Ok((ledger, dangling))
     }
 
-    fn append(&self, line: &Line, id: &str, begin: bool) -> Result<(), LedgerError> {
+    fn append(&self, line: &LineRef<'_>, id: &str, begin: bool) -> Result<(), LedgerError> {
         let mut text = serde_json::to_vec(line).map_err(|e| LedgerError::Io {
             path: self.dir.display().to_string(),
             source: e.into(),
@@ -219,12 +227,12 @@ impl Ledger {
 
     /// A request started (its id must be unique; the record holds what is known).
     pub fn begin(&self, record: &UsageRecord) -> Result<(), LedgerError> {
-        self.append(&Line::Begin(record.clone()), &record.id, true)
+        self.append(&LineRef::Begin(record), &record.id, true)
     }
 
     /// A request ended: its complete record.
     pub fn end(&self, record: &UsageRecord) -> Result<(), LedgerError> {
-        self.append(&Line::End(record.clone()), &record.id, false)
+        self.append(&LineRef::End(record), &record.id, false)
     }
 
     /// Flushes the current segment to disk (node crashes).

@@ -238,10 +238,17 @@ pub struct Stats {
     pub lease_errors: std::sync::atomic::AtomicU64,
 }
 
+#[derive(Debug, Default)]
+struct Counters {
+    map: HashMap<CounterKey, Arc<Counter>>,
+    /// Earliest end of a window held: nothing to forget before then.
+    next_expiry_ms: i64,
+}
+
 #[derive(Debug)]
 pub struct Quota {
     source: Arc<dyn LeaseSource>,
-    counters: Mutex<HashMap<CounterKey, Arc<Counter>>>,
+    counters: Mutex<Counters>,
     pub stats: Stats,
 }
 
@@ -254,16 +261,31 @@ impl Quota {
     pub fn new(source: Arc<dyn LeaseSource>) -> Self {
         Self {
             source,
-            counters: Mutex::new(HashMap::new()),
+            counters: Mutex::new(Counters::default()),
             stats: Stats::default(),
         }
     }
 
     fn counter(&self, key: CounterKey, window_end_ms: i64, now_ms: i64) -> Arc<Counter> {
         let mut counters = lock(&self.counters);
-        // Windows that ended are forgotten (their unspent allowance with them).
-        counters.retain(|_, c| c.window_end_ms > now_ms);
+        // Windows that ended are forgotten (their unspent allowance with them); the map
+        // is only walked when one has.
+        if !counters.map.is_empty() && now_ms >= counters.next_expiry_ms {
+            counters.map.retain(|_, c| c.window_end_ms > now_ms);
+            counters.next_expiry_ms = counters
+                .map
+                .values()
+                .map(|c| c.window_end_ms)
+                .min()
+                .unwrap_or(i64::MAX);
+        }
+        counters.next_expiry_ms = if counters.map.is_empty() {
+            window_end_ms
+        } else {
+            counters.next_expiry_ms.min(window_end_ms)
+        };
         counters
+            .map
             .entry(key)
             .or_insert_with(|| {
                 Arc::new(Counter {

@@ -66,15 +66,14 @@ pub struct MeterShared {
     pub who: Attribution,
 }
 
+/// The answer being relayed (pool, endpoint and served model go straight into the
+/// record).
 #[derive(Debug)]
 struct Answer {
-    pool: String,
     /// `gen_ai.provider.name`.
     provider: &'static str,
-    /// `server.address` (host:port of the upstream).
-    server: String,
-    endpoint: String,
-    served_model: String,
+    /// Its `authority` is `server.address`.
+    endpoint: Arc<Endpoint>,
     status: u16,
     tap: UsageTap,
     cost: Option<PoolCost>,
@@ -83,7 +82,7 @@ struct Answer {
 
 #[derive(Debug)]
 pub struct Meter {
-    shared: MeterShared,
+    shared: Arc<MeterShared>,
     op: Operation,
     record: UsageRecord,
     /// The request, for a prompt estimate when the upstream reports none.
@@ -111,7 +110,7 @@ pub fn now_ms() -> i64 {
 }
 
 impl Meter {
-    pub fn new(shared: &MeterShared, op: Operation) -> Self {
+    pub fn new(shared: &Arc<MeterShared>, op: Operation) -> Self {
         let record = UsageRecord {
             id: shared.ids.next(),
             started_at_ms: now_ms(),
@@ -155,10 +154,12 @@ impl Meter {
         self.record.stream = stream;
         if let Some(ledger) = &self.shared.ledger {
             // Should the process die before the end, the restart records it as
-            // interrupted with this rough prompt figure (4 bytes per token).
-            let mut begin = self.record.clone();
-            begin.prompt_tokens = body_len as u64 / 4;
-            if let Err(e) = ledger.begin(&begin) {
+            // interrupted with this rough prompt figure (4 bytes per token); the real
+            // figure replaces it once the answer is counted.
+            self.record.prompt_tokens = body_len as u64 / 4;
+            let written = ledger.begin(&self.record);
+            self.record.prompt_tokens = 0;
+            if let Err(e) = written {
                 self.shared
                     .metrics
                     .ledger
@@ -210,18 +211,18 @@ impl Meter {
     pub fn answer(
         &mut self,
         pool: &PoolRuntime,
-        endpoint: &Endpoint,
+        endpoint: &Arc<Endpoint>,
         served_model: &str,
         status: u16,
         sse: bool,
         asked_usage: bool,
     ) {
+        self.record.pool.clone_from(&pool.name);
+        self.record.endpoint.clone_from(&endpoint.url);
+        self.record.served_model = served_model.to_string();
         self.answer = Some(Answer {
-            pool: pool.name.clone(),
             provider: provider_name(pool.kind),
-            server: format!("{}:{}", endpoint.host, endpoint.port),
-            endpoint: endpoint.url.clone(),
-            served_model: served_model.to_string(),
+            endpoint: endpoint.clone(),
             status,
             tap: UsageTap::new(self.op, sse, asked_usage && sse),
             cost: pool.cost_of(served_model).cloned(),
@@ -274,34 +275,34 @@ impl Meter {
             write(&shared, &record);
             return;
         };
-        record.pool = a.pool.clone();
-        record.endpoint = a.endpoint.clone();
-        record.served_model = a.served_model.clone();
+        let status_text;
         let error_type = match (a.status, record.status) {
-            (s @ 400.., _) => s.to_string(),
-            (_, 499) => "client_aborted".to_string(),
-            _ if self.upstream_broke => "upstream_broken".to_string(),
-            _ => String::new(),
+            (s @ 400.., _) => {
+                status_text = s.to_string();
+                status_text.as_str()
+            }
+            (_, 499) => "client_aborted",
+            _ if self.upstream_broke => "upstream_broken",
+            _ => "",
         };
-        let labels = [
-            gen_ai_operation(self.op),
-            a.provider,
-            record.model.as_str(),
-            a.served_model.as_str(),
-            a.server.as_str(),
-        ];
-        let mut with_error = labels.to_vec();
-        with_error.push(&error_type);
+        let (op, model) = (gen_ai_operation(self.op), record.model.as_str());
         shared
             .metrics
             .gen_ai_operation_duration
-            .with_label_values(&with_error)
+            .with_label_values(&[
+                op,
+                a.provider,
+                model,
+                &record.served_model,
+                &a.endpoint.authority,
+                error_type,
+            ])
             .observe(self.started.elapsed().as_secs_f64());
         if let Some(t) = self.first_chunk {
             shared
                 .metrics
                 .time_to_first_chunk
-                .with_label_values(&labels[..3])
+                .with_label_values(&[op, a.provider, model])
                 .observe(t.as_secs_f64());
         }
         if a.status >= 400 {
@@ -397,8 +398,8 @@ fn account(
                     &record.namespace,
                     &record.workload,
                     &record.model,
-                    &a.served_model,
-                    &a.pool,
+                    &record.served_model,
+                    &record.pool,
                     kind,
                 ])
                 .inc_by(n);
@@ -411,8 +412,8 @@ fn account(
                 gen_ai_operation(op),
                 a.provider,
                 &record.model,
-                &a.served_model,
-                &a.server,
+                &record.served_model,
+                &a.endpoint.authority,
                 kind,
             ])
             .observe(n as f64);
@@ -422,7 +423,7 @@ fn account(
             record.namespace.as_str(),
             record.workload.as_str(),
             record.model.as_str(),
-            a.pool.as_str(),
+            record.pool.as_str(),
         ];
         let price = (usage.prompt as f64 * c.input_per_1k
             + usage.completion as f64 * c.output_per_1k)
@@ -441,7 +442,7 @@ fn account(
         }
     }
     if source == UsageSource::Estimated {
-        tracing::debug!(model = %record.model, pool = %a.pool, "usage estimated");
+        tracing::debug!(model = %record.model, pool = %record.pool, "usage estimated");
     }
 }
 
