@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 use tonic::{Request, Status};
-use vigie_proto::v1::Identity;
+use vigie_proto::v1::{ClientKind, Identity};
 
 use crate::k8s_tokens::K8sTokens;
 use crate::store::{Store, TokenRecord, now_ms};
@@ -23,6 +23,8 @@ pub enum Role {
     Auditor,
     /// Watches and reports for its own identity only.
     Workload,
+    /// An egress agent: watches every live policy (for the pods of its node), nothing else.
+    Agent,
 }
 
 impl Role {
@@ -31,6 +33,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Auditor => "auditor",
             Role::Workload => "workload",
+            Role::Agent => "agent",
         }
     }
 }
@@ -48,8 +51,9 @@ impl FromStr for Role {
             "admin" => Ok(Role::Admin),
             "auditor" => Ok(Role::Auditor),
             "workload" => Ok(Role::Workload),
+            "agent" => Ok(Role::Agent),
             other => Err(format!(
-                "unknown role {other:?} (admin, auditor or workload)"
+                "unknown role {other:?} (admin, auditor, workload or agent)"
             )),
         }
     }
@@ -71,8 +75,11 @@ impl Principal {
         match self.role {
             Role::Admin => true,
             Role::Auditor => false,
+            // Agents see every policy; only they may ask for that view.
+            Role::Agent => identity.kind == ClientKind::EgressAgent as i32,
             Role::Workload => {
-                identity.namespace == self.namespace
+                identity.kind != ClientKind::EgressAgent as i32
+                    && identity.namespace == self.namespace
                     && (self.service_account.is_empty()
                         || identity.service_account == self.service_account)
             }

@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, error, info, warn};
-use vigie_proto::v1::{Ack, EffectivePolicy, Identity, Snapshot};
+use vigie_proto::v1::{
+    Ack, ClientKind, EffectivePolicy, EgressBundle, Identity, PolicyHead, Snapshot,
+};
 
 use crate::policy::effective::effective;
 use crate::store::{Revision, StatusEvent, Store, StoreError, now_ms};
@@ -152,12 +155,13 @@ impl Hub {
         let _ = self.status.send(e);
     }
 
-    fn snapshot(&self, effective: EffectivePolicy) -> Arc<Snapshot> {
+    fn snapshot(&self, content: Content) -> Arc<Snapshot> {
         let n = self.next_nonce.fetch_add(1, Ordering::Relaxed);
         Arc::new(Snapshot {
-            version: effective.version.clone(),
+            version: content.version,
             nonce: format!("{}-{n}", self.replica),
-            effective: Some(effective),
+            effective: content.effective,
+            egress: content.egress,
         })
     }
 
@@ -168,7 +172,7 @@ impl Hub {
         client_version: String,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let snapshot = self.snapshot(self.effective_for(&identity));
+        let snapshot = self.snapshot(content_for(&self.heads(), &identity));
         let (tx, rx) = watch::channel(snapshot.clone());
         self.send_status(StatusEvent::Connected {
             client_id: client_id.clone(),
@@ -259,13 +263,13 @@ impl Hub {
             return;
         };
         // Many pods share an identity shape; compute each effective policy once.
-        let mut cache: HashMap<String, EffectivePolicy> = HashMap::new();
+        let mut cache: HashMap<String, Content> = HashMap::new();
         let mut pushed = 0usize;
         for w in watchers.values_mut() {
             let key = identity_key(&w.identity);
             let eff = cache
                 .entry(key)
-                .or_insert_with(|| effective(&heads, &w.identity));
+                .or_insert_with(|| content_for(&heads, &w.identity));
             if eff.version == w.version {
                 continue;
             }
@@ -305,8 +309,52 @@ impl Hub {
     }
 }
 
-/// What the effective policy depends on.
+/// What a watcher is sent: its effective policy (sidecars), or every live policy
+/// (egress agents, which compute the effective policy of each pod on their node).
+#[derive(Clone)]
+struct Content {
+    version: String,
+    effective: Option<EffectivePolicy>,
+    egress: Option<EgressBundle>,
+}
+
+fn content_for(heads: &[Revision], id: &Identity) -> Content {
+    if id.kind == ClientKind::EgressAgent as i32 {
+        let policies: Vec<PolicyHead> = heads
+            .iter()
+            .filter_map(|r| {
+                r.policy.as_ref().map(|p| PolicyHead {
+                    name: r.name.clone(),
+                    revision: r.revision,
+                    policy: Some(p.clone()),
+                })
+            })
+            .collect();
+        let mut h = Sha256::new();
+        for p in &policies {
+            h.update(p.name.as_bytes());
+            h.update(b"@");
+            h.update(p.revision.to_be_bytes());
+        }
+        return Content {
+            version: format!("bundle-{}", &hex::encode(h.finalize())[..16]),
+            effective: None,
+            egress: Some(EgressBundle { policies }),
+        };
+    }
+    let effective = effective(heads, id);
+    Content {
+        version: effective.version.clone(),
+        effective: Some(effective),
+        egress: None,
+    }
+}
+
+/// What the snapshot depends on.
 fn identity_key(id: &Identity) -> String {
+    if id.kind == ClientKind::EgressAgent as i32 {
+        return "\u{0}egress-agent".to_string();
+    }
     let mut labels: Vec<_> = id.labels.iter().collect();
     labels.sort();
     format!("{}\u{0}{}\u{0}{labels:?}", id.namespace, id.service_account)

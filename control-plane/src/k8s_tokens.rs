@@ -38,6 +38,8 @@ pub struct K8sTokenSettings {
     /// When set, the `iss` claim must equal it.
     pub issuer: Option<String>,
     pub jwks: JwksSource,
+    /// `namespace/serviceaccount` of the egress agents: their tokens get the agent role.
+    pub agent_service_account: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,9 +131,18 @@ impl K8sTokens {
         let data = decode::<Claims>(token, &key, &validation)
             .map_err(|e| TokenError::Invalid(e.kind_description()))?;
         let claims = data.claims;
+        let who = format!(
+            "{}/{}",
+            claims.kubernetes.namespace, claims.kubernetes.serviceaccount.name
+        );
+        let role = if self.settings.agent_service_account.as_deref() == Some(who.as_str()) {
+            Role::Agent
+        } else {
+            Role::Workload
+        };
         Ok(Principal {
             name: claims.sub,
-            role: Role::Workload,
+            role,
             namespace: claims.kubernetes.namespace,
             service_account: claims.kubernetes.serviceaccount.name,
         })
@@ -225,6 +236,7 @@ mod tests {
     fn verifier(issuer: Option<&str>) -> K8sTokens {
         K8sTokens::with_keys(
             K8sTokenSettings {
+                agent_service_account: None,
                 audience: "vigie-control-plane".into(),
                 issuer: issuer.map(String::from),
                 jwks: JwksSource::File("unused".into()),

@@ -87,6 +87,14 @@ struct ServeArgs {
         default_value = "vigie-control-plane"
     )]
     k8s_token_audience: String,
+    /// The egress agents' service account (`namespace/name`): its tokens may watch
+    /// every policy, as an egress agent.
+    #[arg(
+        long,
+        env = "VIGIE_K8S_AGENT_SERVICE_ACCOUNT",
+        default_value = "vigie-system/vigie-egress-agent"
+    )]
+    k8s_agent_service_account: String,
     /// Required `iss` of those tokens (default: not checked).
     #[arg(long, env = "VIGIE_K8S_TOKEN_ISSUER")]
     k8s_token_issuer: Option<String>,
@@ -322,6 +330,7 @@ async fn main() -> anyhow::Result<()> {
                 audience: s.k8s_token_audience,
                 issuer: s.k8s_token_issuer,
                 jwks,
+                agent_service_account: Some(s.k8s_agent_service_account),
             });
             let store = store::open(&url).await.context("opening the database")?;
             info!(database = %store::sql::redact_url(&url), "database ready");

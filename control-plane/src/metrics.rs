@@ -15,6 +15,7 @@ pub struct Metrics {
     tokens: IntCounterVec,
     leases: IntCounterVec,
     injections: IntCounterVec,
+    egress_denials: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,6 +51,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(injections.clone()))?;
+        let egress_denials = IntCounterVec::new(
+            Opts::new(
+                "vigie_control_plane_egress_denials_total",
+                "Egress denials reported by the node agents (connections and packets refused by the eBPF programs).",
+            ),
+            &["namespace"],
+        )?;
+        registry.register(Box::new(egress_denials.clone()))?;
         registry.register(Box::new(usage_records.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         Ok(Self {
@@ -58,6 +67,7 @@ impl Metrics {
             tokens,
             leases,
             injections,
+            egress_denials,
         })
     }
 
@@ -99,6 +109,12 @@ impl Metrics {
             "exhausted"
         };
         self.leases.with_label_values(&[budget, result]).inc();
+    }
+
+    pub fn egress_denials(&self, namespace: &str, count: u64) {
+        self.egress_denials
+            .with_label_values(&[namespace])
+            .inc_by(count);
     }
 
     pub fn injection(&self, result: &str) {

@@ -11,6 +11,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::info;
 use vigie_proto::v1::audit_service_server::AuditServiceServer;
 use vigie_proto::v1::discovery_service_server::DiscoveryServiceServer;
+use vigie_proto::v1::egress_service_server::EgressServiceServer;
 use vigie_proto::v1::policy_service_server::PolicyServiceServer;
 use vigie_proto::v1::quota_service_server::QuotaServiceServer;
 use vigie_proto::v1::status_service_server::StatusServiceServer;
@@ -21,6 +22,7 @@ use crate::hub::Hub;
 use crate::k8s_tokens::{K8sTokenSettings, K8sTokens};
 use crate::service::audit::AuditApi;
 use crate::service::discovery::DiscoveryApi;
+use crate::service::egress::EgressApi;
 use crate::service::policy::PolicyApi;
 use crate::service::quota::QuotaApi;
 use crate::service::status::StatusApi;
@@ -100,6 +102,12 @@ pub async fn serve(
         metrics: settings.metrics.clone(),
     })
     .max_decoding_message_size(max);
+    let egress = EgressServiceServer::new(EgressApi {
+        store: store.clone(),
+        auth: auth.clone(),
+        metrics: settings.metrics.clone(),
+    })
+    .max_decoding_message_size(max);
     let audit = AuditServiceServer::new(AuditApi {
         store: store.clone(),
         auth,
@@ -160,6 +168,7 @@ pub async fn serve(
         .add_service(audit)
         .add_service(usage)
         .add_service(quota)
+        .add_service(egress)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move {

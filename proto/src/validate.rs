@@ -51,7 +51,11 @@ pub fn validate(policy: &Policy) -> Result<(), Violations> {
         validate_scope(&mut r, scope);
     }
     // A policy may carry only some sections (e.g. a cluster-wide DLP baseline).
-    if policy.pools.is_empty() && policy.dlp.is_none() && policy.budgets.is_none() {
+    if policy.pools.is_empty()
+        && policy.dlp.is_none()
+        && policy.budgets.is_none()
+        && policy.egress.is_none()
+    {
         r.add(
             "pools",
             "at least one pool is required (or another section, such as dlp)",
@@ -61,6 +65,9 @@ pub fn validate(policy: &Policy) -> Result<(), Violations> {
     validate_routes(&mut r, policy);
     if let Some(b) = &policy.budgets {
         validate_budgets(&mut r, b);
+    }
+    if let Some(e) = &policy.egress {
+        validate_egress(&mut r, e);
     }
     if r.0.is_empty() {
         Ok(())
@@ -89,6 +96,70 @@ fn validate_cost(r: &mut Report, p: &str, c: &crate::v1::PoolCost) {
 
 /// Longest fixed budget window: a calendar month covers longer needs.
 const MAX_BUDGET_WINDOW_S: i64 = 31 * 86_400;
+
+/// Protocol number of an egress rule (unspecified: TCP).
+pub fn egress_protocol(p: i32) -> Option<u8> {
+    use crate::v1::EgressProtocol;
+    use vigie_egress_common::{PROTO_ANY, PROTO_TCP, PROTO_UDP};
+    match EgressProtocol::try_from(p).ok()? {
+        EgressProtocol::Unspecified | EgressProtocol::Tcp => Some(PROTO_TCP),
+        EgressProtocol::Udp => Some(PROTO_UDP),
+        EgressProtocol::Any => Some(PROTO_ANY),
+    }
+}
+
+/// Parses egress rules, reporting each bad field; `None` if any was bad.
+pub fn egress_rules(
+    rules: &[crate::v1::EgressRule],
+    path: &str,
+    mut bad: impl FnMut(String, String),
+) -> Option<Vec<vigie_egress_common::compile::Rule>> {
+    use vigie_egress_common::compile::{RuleError, parse_net, parse_ports};
+    let mut out = Vec::with_capacity(rules.len());
+    let mut ok = true;
+    for (i, rule) in rules.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let net = parse_net(&rule.cidr).map_err(|e| bad(format!("{p}.cidr"), e.to_string()));
+        let ports = parse_ports(&rule.ports).map_err(|e: RuleError| {
+            bad(format!("{p}.ports"), e.to_string());
+        });
+        let proto = egress_protocol(rule.protocol);
+        if proto.is_none() {
+            bad(format!("{p}.protocol"), "unknown protocol".into());
+        }
+        match (net, ports, proto) {
+            (Ok(net), Ok((from, to)), Some(proto)) => out.push(
+                vigie_egress_common::compile::Rule::new(net, from, to, proto),
+            ),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn validate_egress(r: &mut Report, e: &crate::v1::Egress) {
+    for (field, rules) in [
+        ("egress.allow", &e.allow),
+        ("egress.sidecarAllow", &e.sidecar_allow),
+    ] {
+        let parsed = egress_rules(rules, field, |p, reason| r.add(p, reason));
+        // The maps hold a bounded number of prefixes and port ranges per prefix: a
+        // policy that does not fit is refused here, never loaded in part.
+        if let Some(parsed) = parsed
+            && let Err(err) = vigie_egress_common::compile::compile(&parsed)
+        {
+            r.add(field, err.to_string());
+        }
+    }
+    for (i, ip) in e.dns_resolvers.iter().enumerate() {
+        if ip.trim().parse::<std::net::IpAddr>().is_err() {
+            r.add(
+                format!("egress.dnsResolvers[{i}]"),
+                format!("{ip:?} is not an IP address"),
+            );
+        }
+    }
+}
 
 fn validate_budgets(r: &mut Report, b: &crate::v1::Budgets) {
     use crate::v1::{BudgetKey, BudgetUnit, BudgetWindow};

@@ -48,12 +48,21 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: s
     raise TimeoutError(f"timed out waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
 
 
+def in_cgroup(cgroup: Path | None, args: list) -> list[str]:
+    """`args`, started inside the cgroup v2 directory `cgroup` (moved in before exec)."""
+    args = [str(a) for a in args]
+    if cgroup is None:
+        return args
+    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *args]
+
+
 class Process:
-    def __init__(self, args: list[str], env: dict | None = None, log_path: Path | None = None):
+    def __init__(self, args: list[str], env: dict | None = None, log_path: Path | None = None,
+                 cgroup: Path | None = None):
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="vigie-", suffix=".log")[1])
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(a) for a in args],
+            in_cgroup(cgroup, args),
             stdout=subprocess.PIPE,
             stderr=self._log,
             env={**os.environ, **(env or {})},
@@ -130,7 +139,8 @@ class Sidecar:
 
     def __init__(self, policy: dict | None = None, extra_args: list[str] | None = None, env: dict | None = None,
                  workdir: Path | None = None, control_plane: "ControlPlane | None" = None, token: str | None = None,
-                 identity: dict | None = None, wait_ready: bool = True, ports: tuple[int, int] | None = None):
+                 identity: dict | None = None, wait_ready: bool = True, ports: tuple[int, int] | None = None,
+                 cgroup: Path | None = None):
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="vigie-sidecar-"))
         self.port, self.admin_port = ports or (free_port(), free_port())
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -166,7 +176,7 @@ class Sidecar:
                              "--control-plane-key", control_plane.tls["client_key"]]
         args += list(extra_args or [])
         self.process = Process(args, env={"RUST_LOG": "info,pingora=warn", **(env or {})},
-                               log_path=self.dir / f"sidecar-{time.monotonic_ns()}.log")
+                               log_path=self.dir / f"sidecar-{time.monotonic_ns()}.log", cgroup=cgroup)
         if wait_ready:
             try:
                 wait_until(self.ready, timeout=20, what="sidecar readiness")

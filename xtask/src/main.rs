@@ -65,6 +65,16 @@ enum Bench {
     /// Usage-ledger ingestion at the control plane (records/s, batched, concurrent
     /// clients); embedded store and PostgreSQL.
     Usage,
+    /// eBPF egress: connect() latency with the programs and a 10,000-entry policy vs
+    /// without; denial events drained per second (root).
+    Egress {
+        /// Connects per configuration per round.
+        #[arg(long, default_value_t = 2000)]
+        per_round: usize,
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 15)]
+        rounds: usize,
+    },
     /// DLP: engine throughput, and precision/recall/throughput side by side with
     /// Microsoft Presidio on the same labelled French corpus.
     Dlp {
@@ -106,6 +116,9 @@ fn main() -> anyhow::Result<()> {
             what: Bench::ControlPlane,
         } => bench::control_plane(),
         Cmd::Bench { what: Bench::Usage } => bench::usage(),
+        Cmd::Bench {
+            what: Bench::Egress { per_round, rounds },
+        } => bench::egress(per_round, rounds),
         Cmd::Bench {
             what: Bench::Dlp { samples },
         } => bench::dlp(samples),

@@ -7,11 +7,13 @@ use anyhow::Context as _;
 
 use crate::util::{output, root, run, step, venv_python};
 
-/// Debian packages: build (protoc, cmake for zlib-ng, clang and bpftool for eBPF,
+/// Debian packages: build (protoc and the well-known types, cmake for zlib-ng, clang and bpftool for eBPF,
 /// Hyperscan for DLP), tests and benchmarks (nginx as the reverse-proxy baseline,
 /// PostgreSQL for the HA store, wrk).
 pub const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
+    // The well-known types (google/protobuf/*.proto); not always pulled in by protoc.
+    "libprotobuf-dev",
     "cmake",
     "pkg-config",
     "clang",

@@ -344,10 +344,14 @@ fn egress_agent_component_has_only_the_capabilities_it_needs() {
         serde_json::json!(["BPF", "NET_ADMIN", "SYS_ADMIN"])
     );
     assert_eq!(sc["privileged"], false);
-    assert_eq!(
-        env(c, "VIGIE_ENROL_LABEL").unwrap(),
-        vigie_inject::ENROL_LABEL
+    // The lister selects exactly the pods the webhook enrols.
+    let lister = &ds["spec"]["template"]["spec"]["containers"][1];
+    let script = lister["args"][0].as_str().unwrap();
+    assert!(
+        script.contains(&format!("{}=enforced", vigie_inject::ENROL_LABEL)),
+        "{script}"
     );
+    assert_eq!(env(c, "VIGIE_PODS_FILE").unwrap(), "/run/vigie/pods.json");
     assert_eq!(
         ds["spec"]["template"]["metadata"]["labels"][vigie_inject::INJECT_LABEL],
         "disabled"

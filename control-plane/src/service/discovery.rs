@@ -67,7 +67,7 @@ impl DiscoveryService for DiscoveryApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let who = self
             .auth
-            .check(&req, &[Role::Workload, Role::Admin])
+            .check(&req, &[Role::Workload, Role::Agent, Role::Admin])
             .await?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())

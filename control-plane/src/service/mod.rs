@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod discovery;
+pub mod egress;
 pub mod policy;
 pub mod quota;
 pub mod status;

@@ -5,6 +5,7 @@
 //! and for PostgreSQL (several replicas share the state; changes are announced with
 //! `NOTIFY` so every replica pushes them to its own watchers).
 
+pub mod egress;
 pub mod quota;
 pub mod sql;
 pub mod usage;
@@ -199,6 +200,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn grant_quota(&self, ask: &quota::QuotaAsk) -> Result<quota::QuotaGrant, StoreError>;
     /// Counters of current windows (`budget`: `policy/name`, `name`, or empty for all).
     async fn quota_status(&self, budget: &str) -> Result<Vec<quota::QuotaRow>, StoreError>;
+    /// Egress denials reported by node agents.
+    async fn insert_denials(
+        &self,
+        denials: &[vigie_proto::v1::EgressDenial],
+    ) -> Result<(), StoreError>;
+    async fn denials(
+        &self,
+        filter: &egress::DenialFilter,
+    ) -> Result<Vec<vigie_proto::v1::EgressDenial>, StoreError>;
 
     /// Runs until the store fails: wakes `changed` whenever another replica commits.
     /// Returns at once for a store that has no other replicas.

@@ -10,7 +10,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row as _};
 use tokio::sync::Notify;
 use tracing::{info, warn};
-use vigie_proto::v1::{Identity, Policy, RevisionAction, UsageFilter, UsageRecord};
+use vigie_proto::v1::{EgressDenial, Identity, Policy, RevisionAction, UsageFilter, UsageRecord};
 
 use super::{
     AuditFilter, AuditRecord, ClientRecord, NewRevision, Revision, StatusEvent, Store, StoreError,
@@ -101,6 +101,7 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
         ),
         (2, super::usage::migration()),
         (3, super::quota::migration()),
+        (4, super::egress::migration()),
     ]
 }
 
@@ -611,6 +612,19 @@ impl Store for SqlStore {
 
     async fn quota_status(&self, budget: &str) -> Result<Vec<super::quota::QuotaRow>, StoreError> {
         self.quota_rows(budget, now_ms()).await
+    }
+
+    async fn insert_denials(&self, denials: &[EgressDenial]) -> Result<(), StoreError> {
+        // The id only orders rows of equal last_seen (arrival order); not a key.
+        self.insert_denial_rows(denials, now_ms().saturating_mul(1000))
+            .await
+    }
+
+    async fn denials(
+        &self,
+        filter: &super::egress::DenialFilter,
+    ) -> Result<Vec<EgressDenial>, StoreError> {
+        self.denial_rows(filter).await
     }
 
     async fn listen_changes(&self, changed: Arc<Notify>) -> Result<(), StoreError> {

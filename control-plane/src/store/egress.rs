@@ -1,0 +1,118 @@
+//! Egress denials reported by the node agents (`vigie_egress_denials`): one row per
+//! aggregated report entry (source, destination, count, first and last seen).
+
+use sqlx::Row as _;
+use vigie_proto::v1::EgressDenial;
+
+use super::StoreError;
+use super::sql::SqlStore;
+
+pub(super) fn migration() -> Vec<String> {
+    vec![
+        "CREATE TABLE vigie_egress_denials (
+            id BIGINT NOT NULL,
+            node TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            pod TEXT NOT NULL,
+            container TEXT NOT NULL,
+            role TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            port BIGINT NOT NULL,
+            protocol TEXT NOT NULL,
+            hook TEXT NOT NULL,
+            command TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            first_seen BIGINT NOT NULL,
+            last_seen BIGINT NOT NULL)"
+            .into(),
+        "CREATE INDEX vigie_egress_denials_recent ON vigie_egress_denials (last_seen)".into(),
+        "CREATE INDEX vigie_egress_denials_pod ON vigie_egress_denials (namespace, pod, last_seen)"
+            .into(),
+    ]
+}
+
+/// What ListDenials asks for.
+#[derive(Debug, Clone, Default)]
+pub struct DenialFilter {
+    pub namespace: String,
+    pub pod: String,
+    pub limit: u32,
+}
+
+fn ms(t: Option<&pbjson_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+impl SqlStore {
+    pub(super) async fn insert_denial_rows(
+        &self,
+        rows: &[EgressDenial],
+        id_base: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (i, d) in rows.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO vigie_egress_denials (id, node, namespace, pod, container, role, destination, port,
+                     protocol, hook, command, count, first_seen, last_seen)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            )
+            .bind(id_base + i as i64)
+            .bind(&d.node)
+            .bind(&d.namespace)
+            .bind(&d.pod)
+            .bind(&d.container)
+            .bind(&d.role)
+            .bind(&d.destination)
+            .bind(i64::from(d.port))
+            .bind(&d.protocol)
+            .bind(&d.hook)
+            .bind(&d.command)
+            .bind(i64::try_from(d.count).unwrap_or(i64::MAX))
+            .bind(ms(d.first_seen.as_ref()))
+            .bind(ms(d.last_seen.as_ref()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn denial_rows(
+        &self,
+        f: &DenialFilter,
+    ) -> Result<Vec<EgressDenial>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node, namespace, pod, container, role, destination, port, protocol, hook, command, count,
+                    first_seen, last_seen
+             FROM vigie_egress_denials
+             WHERE ($1 = '' OR namespace = $1) AND ($2 = '' OR pod = $2)
+             ORDER BY last_seen DESC, id DESC LIMIT $3",
+        )
+        .bind(&f.namespace)
+        .bind(&f.pod)
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let port: i64 = r.try_get("port")?;
+                let count: i64 = r.try_get("count")?;
+                Ok(EgressDenial {
+                    node: r.try_get("node")?,
+                    namespace: r.try_get("namespace")?,
+                    pod: r.try_get("pod")?,
+                    container: r.try_get("container")?,
+                    role: r.try_get("role")?,
+                    destination: r.try_get("destination")?,
+                    port: u32::try_from(port).unwrap_or(0),
+                    protocol: r.try_get("protocol")?,
+                    hook: r.try_get("hook")?,
+                    command: r.try_get("command")?,
+                    count: u64::try_from(count).unwrap_or(0),
+                    first_seen: Some(crate::service::timestamp(r.try_get("first_seen")?)),
+                    last_seen: Some(crate::service::timestamp(r.try_get("last_seen")?)),
+                })
+            })
+            .collect()
+    }
+}

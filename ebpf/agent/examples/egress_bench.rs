@@ -1,0 +1,216 @@
+//! Cost of the egress programs on `connect()`, and how many denial events the agent
+//! drains without loss. Root only (loads eBPF, creates cgroups).
+//!
+//! `cargo xtask bench egress` (or `cargo run --release -p vigie-egress --example
+//! egress_bench -- [connects per round] [rounds]`).
+//!
+//! Three cgroups, same process moved between them round by round (interleaved, so
+//! drift affects all alike): `none` (outside the attach point: no program runs),
+//! `attached` (programs run, cgroup not enrolled: every other pod of the node) and
+//! `enrolled` (enrolled with a 10,000-entry policy, connect allowed by a trie lookup).
+//! Then a flood of denied connects, with the agent's drain loop running.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::panic
+)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net};
+use vigie_egress::bpf::Enforcer;
+use vigie_egress::plan::Desired;
+use vigie_egress::{cgroups, events, metrics};
+use vigie_egress_common::PROTO_TCP;
+use vigie_egress_common::compile::{Rule, compile};
+
+fn move_to(cg: &Path) {
+    std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
+        .expect("moving into the cgroup");
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let per_round: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2_000);
+    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(15);
+    let mount = cgroups::cgroup2_mount().expect("cgroup v2");
+    let base = mount.join(format!("vigie-bench-{}", std::process::id()));
+    let none = base.join("none");
+    let root = base.join("attach");
+    let attached = root.join("attached");
+    let enrolled = root.join("enrolled");
+    for d in [&none, &attached, &enrolled] {
+        std::fs::create_dir_all(d).expect("creating cgroups (root needed)");
+    }
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/vigie-bench-{}", std::process::id()));
+    let original = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+
+    let (mut enforcer, channels) =
+        Enforcer::start(&pin_dir, &root).expect("loading the programs (root, bpffs)");
+    // 10,000 /30 networks in 10.0.0.0/16.. plus loopback.
+    let mut rules: Vec<Rule> = (0..10_000u32)
+        .map(|i| {
+            let a = Ipv4Addr::from(0x0a00_0000 + i * 4);
+            Rule::new(IpNet::V4(Ipv4Net::new(a, 30).unwrap()), 443, 443, PROTO_TCP)
+        })
+        .collect();
+    rules.push(Rule::host(Ipv4Addr::LOCALHOST.into(), 1, PROTO_TCP));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rules.push(Rule::host(Ipv4Addr::LOCALHOST.into(), port, PROTO_TCP));
+    let entries = Arc::new(compile(&rules).unwrap());
+    let enrolled_id = cgroups::cgroup_id(&enrolled).unwrap();
+    let desired = Desired {
+        enrolled: BTreeMap::from([(enrolled_id, 1)]),
+        policies: HashMap::from([(1, entries.clone())]),
+        names: HashMap::new(),
+    };
+    let t = Instant::now();
+    enforcer.apply(&desired).unwrap();
+    println!(
+        "policy: {} trie entries loaded in {:.1} ms",
+        entries.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let target = format!("127.0.0.1:{port}");
+    let mut samples: HashMap<&str, Vec<f64>> = HashMap::new();
+    // The kernel's own account of the programs' run time (kernel.bpf_stats_enabled
+    // while this fd lives): the cost per connect without the syscall's noise.
+    let _stats_on =
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enabling BPF run-time stats");
+    let mut kernel: HashMap<&str, BTreeMap<String, (u64, Duration)>> = HashMap::new();
+    let setups = [
+        ("none", &none),
+        ("attached", &attached),
+        ("enrolled", &enrolled),
+    ];
+    // Warm-up.
+    for (_, cg) in setups {
+        move_to(cg);
+        for _ in 0..200 {
+            drop(TcpStream::connect(&target).unwrap());
+        }
+    }
+    for _ in 0..rounds {
+        for (name, cg) in setups {
+            move_to(cg);
+            let before = enforcer.program_stats();
+            let v = samples.entry(name).or_default();
+            for _ in 0..per_round {
+                let t = Instant::now();
+                let s = TcpStream::connect(&target).unwrap();
+                v.push(t.elapsed().as_secs_f64() * 1e6);
+                drop(s);
+            }
+            let k = kernel.entry(name).or_default();
+            for ((prog, n1, t1), (_, n0, t0)) in enforcer.program_stats().into_iter().zip(before) {
+                let e = k.entry(prog).or_default();
+                e.0 += n1 - n0;
+                e.1 += t1 - t0;
+            }
+        }
+    }
+    let mut stats = BTreeMap::new();
+    for (name, mut v) in samples {
+        v.sort_by(f64::total_cmp);
+        stats.insert(name, (pct(&v, 0.5), pct(&v, 0.99), v.len()));
+    }
+    println!("connect() to a loopback listener, µs (TcpStream::connect: socket + connect):");
+    for (name, (p50, p99, n)) in &stats {
+        println!("  {name:9} p50 {p50:7.2}  p99 {p99:7.2}  (n={n})");
+    }
+    let (n50, n99, _) = stats["none"];
+    for name in ["attached", "enrolled"] {
+        let (p50, p99, _) = stats[name];
+        println!(
+            "  added by the programs, {name:9}: p50 {:+.2} µs, p99 {:+.2} µs",
+            p50 - n50,
+            p99 - n99
+        );
+    }
+
+    println!("kernel-measured program time per connect (run_time / connects), ns:");
+    for name in ["attached", "enrolled"] {
+        let connects = (per_round * rounds) as f64;
+        let mut total = 0.0;
+        let mut parts = Vec::new();
+        for (prog, (runs, time)) in &kernel[name] {
+            if *runs == 0 {
+                continue;
+            }
+            total += time.as_nanos() as f64 / connects;
+            parts.push(format!(
+                "{prog} {:.0} ns × {:.1} runs",
+                time.as_nanos() as f64 / *runs as f64,
+                *runs as f64 / connects
+            ));
+        }
+        println!(
+            "  {name:9} {total:6.0} ns per connect ({})",
+            parts.join(", ")
+        );
+    }
+
+    // Event flood: denied connects as fast as one thread goes, the drain loop running.
+    let m = metrics::Metrics::new().unwrap();
+    let names: events::Names = Arc::new(RwLock::new(HashMap::new()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.spawn(events::drain(
+        channels.events,
+        names,
+        m.clone(),
+        20,
+        events::Pending::new("bench"),
+    ));
+    move_to(&enrolled);
+    let (denied_before, lost_before) = enforcer.stats();
+    let flood = Duration::from_secs(3);
+    let t = Instant::now();
+    let mut attempts = 0u64;
+    while t.elapsed() < flood {
+        let r = TcpStream::connect("127.0.0.1:2");
+        assert!(r.is_err());
+        attempts += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let (denied, lost) = enforcer.stats();
+    let drained: u64 = m.denials.with_label_values(&["", "", "", "tcp"]).get();
+    println!(
+        "denial flood: {attempts} refused connects in {secs:.1} s ({:.0}/s), kernel counted {}, drained {} ({:.0}/s), lost {}",
+        attempts as f64 / secs,
+        denied - denied_before,
+        drained,
+        drained as f64 / secs,
+        lost - lost_before
+    );
+
+    // Leave no trace: back to the original cgroup, unpin, remove.
+    if let Some(path) = original.lines().find_map(|l| l.strip_prefix("0::")) {
+        move_to(&mount.join(path.trim_start_matches('/')));
+    }
+    drop(enforcer);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    for d in [&attached, &enrolled, &root, &none, &base] {
+        let _ = std::fs::remove_dir(d);
+    }
+}

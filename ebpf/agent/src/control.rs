@@ -1,0 +1,192 @@
+//! The agent's side of `DiscoveryService.Watch` (kind `CLIENT_KIND_EGRESS_AGENT`):
+//! every live policy arrives as a bundle; the main loop applies it and the outcome is
+//! sent back as an ACK or NACK. Reconnects with capped exponential backoff.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tracing::{info, warn};
+use vigie_proto::v1::discovery_service_client::DiscoveryServiceClient;
+use vigie_proto::v1::egress_service_client::EgressServiceClient;
+use vigie_proto::v1::{
+    Ack, EgressBundle, Hello, Identity, ReportDenialsRequest, WatchRequest, watch_request,
+};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
+    /// Re-read at every connection (projected tokens rotate).
+    pub token_file: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub identity: Identity,
+}
+
+/// A bundle to apply, with where to send the outcome.
+pub type Update = (String, EgressBundle, oneshot::Sender<Result<(), String>>);
+
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("{0}")]
+    Config(String),
+    #[error("connection: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("control plane: {}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("stream closed")]
+    Closed,
+}
+
+/// A channel to the control plane and the current token.
+async fn connect(cfg: &Config) -> Result<(Channel, String), WatchError> {
+    let token = match &cfg.token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| WatchError::Config(format!("token file {}: {e}", p.display())))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    };
+    let mut endpoint = Endpoint::from_shared(cfg.url.clone())
+        .map_err(|e| WatchError::Config(format!("control plane URL: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20));
+    if cfg.url.starts_with("https://") {
+        let ca = cfg.ca.as_ref().ok_or_else(|| {
+            WatchError::Config("an https control plane needs --control-plane-ca".into())
+        })?;
+        let pem =
+            std::fs::read(ca).map_err(|e| WatchError::Config(format!("{}: {e}", ca.display())))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+    }
+    Ok((endpoint.connect().await?, token))
+}
+
+fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), WatchError> {
+    if !token.is_empty() {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| WatchError::Config("token has invalid characters".into()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(())
+}
+
+async fn session(
+    cfg: &Config,
+    updates: &mpsc::Sender<Update>,
+    metrics: &Metrics,
+) -> Result<(), WatchError> {
+    let (channel, token) = connect(cfg).await?;
+    let mut client = DiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(WatchRequest {
+        message: Some(watch_request::Message::Hello(Hello {
+            identity: Some(cfg.identity.clone()),
+            current_version: String::new(),
+            client_version: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+    })
+    .await
+    .map_err(|_| WatchError::Closed)?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    authorize(&mut request, &token)?;
+    let mut inbound = client.watch(request).await?.into_inner();
+    metrics.control_plane_connected.set(1);
+    info!(url = %cfg.url, "connected to the control plane");
+    while let Some(snapshot) = inbound.message().await? {
+        let bundle = snapshot.egress.unwrap_or_default();
+        let (done, outcome) = oneshot::channel();
+        updates
+            .send((snapshot.version.clone(), bundle, done))
+            .await
+            .map_err(|_| WatchError::Closed)?;
+        let result = outcome
+            .await
+            .unwrap_or_else(|_| Err("agent shutting down".into()));
+        let ack = Ack {
+            version: snapshot.version,
+            nonce: snapshot.nonce,
+            accepted: result.is_ok(),
+            error_detail: result.err().unwrap_or_default(),
+        };
+        tx.send(WatchRequest {
+            message: Some(watch_request::Message::Ack(ack)),
+        })
+        .await
+        .map_err(|_| WatchError::Closed)?;
+    }
+    Err(WatchError::Closed)
+}
+
+pub async fn run(cfg: Config, updates: mpsc::Sender<Update>, metrics: Metrics) {
+    let mut failures: u32 = 0;
+    loop {
+        let result = session(&cfg, &updates, &metrics).await;
+        metrics.control_plane_connected.set(0);
+        if updates.is_closed() {
+            return;
+        }
+        let delay = Duration::from_millis(250)
+            .saturating_mul(1 << failures.min(6))
+            .min(Duration::from_secs(15));
+        failures = failures.saturating_add(1);
+        if let Err(e) = result {
+            warn!(error = %e, retry_in_ms = delay.as_millis(), "control plane watch interrupted; enforcement continues on the current maps");
+        }
+        tokio::time::sleep(delay).await;
+        failures = failures.min(3);
+    }
+}
+
+/// Sends the aggregated denials every `every`; what cannot be sent stays pending
+/// (bounded: see `events::Pending`).
+pub async fn report(
+    cfg: Config,
+    pending: crate::events::Pending,
+    every: Duration,
+    metrics: Metrics,
+) {
+    let mut client: Option<EgressServiceClient<Channel>> = None;
+    let mut token = String::new();
+    loop {
+        tokio::time::sleep(every).await;
+        let batch = pending.take(1000);
+        if batch.is_empty() {
+            continue;
+        }
+        if client.is_none() {
+            match connect(&cfg).await {
+                Ok((channel, t)) => {
+                    client = Some(EgressServiceClient::new(channel));
+                    token = t;
+                }
+                Err(e) => {
+                    warn!(error = %e, pending = batch.len(), "cannot report denials to the control plane; kept for later");
+                    pending.put_back(batch, &metrics);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let mut request = tonic::Request::new(ReportDenialsRequest {
+            denials: batch.clone(),
+        });
+        if authorize(&mut request, &token).is_err() {
+            pending.put_back(batch, &metrics);
+            continue;
+        }
+        match c.report_denials(request).await {
+            Ok(_) => metrics.reported.inc_by(batch.len() as u64),
+            Err(e) => {
+                warn!(code = ?e.code(), message = %e.message(), "denial report refused; kept for later");
+                client = None;
+                pending.put_back(batch, &metrics);
+            }
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! `vigie-egress`: the node agent of Vigie's zero-trust egress.
+//!
+//! Loads the eBPF programs once (pinned, so enforcement outlives the agent), then
+//! keeps the maps in step with two inputs: the enrolled pods of this node (their
+//! cgroups found by the kubelet's naming conventions) and the policies from the
+//! control plane. Denials are drained from the kernel, counted and logged as
+//! security events. See docs/egress.md.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+use vigie_proto::v1::{ClientKind, EgressBundle, Identity};
+
+use vigie_egress::bpf::{self, Enforcer};
+use vigie_egress::plan::{self, ResolvedPod, Settings};
+use vigie_egress::{cgroups, control, events, metrics, pods};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigie-egress",
+    version,
+    about = "Vigie egress agent (eBPF, per node)"
+)]
+struct Args {
+    /// This node's name (pods scheduled elsewhere are ignored).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The control plane, e.g. http://vigie-control-plane.vigie-system:50051.
+    #[arg(long, env = "VIGIE_CONTROL_PLANE_URL")]
+    control_plane: String,
+    /// Token with the agent role (or the agent's projected service-account token).
+    #[arg(long, env = "VIGIE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA of an https control plane.
+    #[arg(long, env = "VIGIE_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
+    /// The node's pods as a Kubernetes PodList document, re-read when it changes.
+    #[arg(long, env = "VIGIE_PODS_FILE")]
+    pods_file: PathBuf,
+    /// Cgroup the programs attach to, under which pod cgroups are searched (default:
+    /// the cgroup v2 mount point, found in the mount table).
+    #[arg(long, env = "VIGIE_CGROUP_ROOT")]
+    cgroup_root: Option<PathBuf>,
+    /// Directory on a bpf file system for the pinned maps and links.
+    #[arg(long, env = "VIGIE_PIN_DIR", default_value = "/sys/fs/bpf/vigie")]
+    pin_dir: PathBuf,
+    /// Where the last applied bundle is kept (used at start if the control plane is away).
+    #[arg(long, env = "VIGIE_STATE_DIR", default_value = "/var/lib/vigie-egress")]
+    state_dir: PathBuf,
+    /// The sidecar's proxy port (app containers may reach it on loopback).
+    #[arg(long, env = "VIGIE_SIDECAR_PORT", default_value_t = vigie_egress::DEFAULT_SIDECAR_PORT)]
+    sidecar_port: u16,
+    #[arg(long, env = "VIGIE_SIDECAR_CONTAINER", default_value = vigie_egress::DEFAULT_SIDECAR_CONTAINER)]
+    sidecar_container: String,
+    /// DNS resolvers when a policy names none (default: nameservers of /etc/resolv.conf).
+    #[arg(long, env = "VIGIE_DNS", value_delimiter = ',')]
+    dns: Vec<IpAddr>,
+    #[arg(long, env = "VIGIE_METRICS_LISTEN", default_value = "0.0.0.0:15095")]
+    metrics_listen: SocketAddr,
+    /// Denial events logged per pod per second (the rest are counted).
+    #[arg(long, env = "VIGIE_EVENTS_PER_SECOND", default_value_t = 20)]
+    events_per_second: u32,
+    /// How often aggregated denials are sent to the control plane.
+    #[arg(long, env = "VIGIE_REPORT_MS", default_value_t = 2000)]
+    report_ms: u64,
+    /// How often pods and cgroups are re-read.
+    #[arg(long, env = "VIGIE_RESYNC_MS", default_value_t = 500)]
+    resync_ms: u64,
+    /// `json` or `text`.
+    #[arg(long, env = "VIGIE_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn resolv_conf_nameservers() -> Vec<IpAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse().ok())
+        .collect()
+}
+
+async fn resolve(host: &str, port: u16) -> Vec<IpAddr> {
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+        Err(e) => {
+            warn!(host, error = %e, "cannot resolve; its addresses are not allowed until it resolves");
+            Vec::new()
+        }
+    }
+}
+
+/// Inputs of the last plan, to skip work when nothing moved.
+#[derive(PartialEq)]
+struct Fingerprint {
+    bundle: String,
+    pods_mtime: Option<SystemTime>,
+    resolved_pods: usize,
+    enrolled_pods: usize,
+    hosts: Vec<(String, Vec<IpAddr>)>,
+}
+
+struct Agent {
+    args: Args,
+    cgroup_root: PathBuf,
+    enforcer: Enforcer,
+    settings: Settings,
+    metrics: metrics::Metrics,
+    names: events::Names,
+    bundle: Option<(String, EgressBundle)>,
+    resolved_hosts: HashMap<String, Vec<IpAddr>>,
+    hosts_at: Option<Instant>,
+    last: Option<Fingerprint>,
+}
+
+impl Agent {
+    fn bundle_file(&self) -> PathBuf {
+        self.args.state_dir.join("bundle.json")
+    }
+
+    fn load_saved_bundle(&mut self) {
+        let path = self.bundle_file();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        match serde_json::from_str::<(String, EgressBundle)>(&text) {
+            Ok(b) => {
+                info!(version = %b.0, "last applied bundle loaded from disk");
+                self.bundle = Some(b);
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "saved bundle unreadable; waiting for the control plane")
+            }
+        }
+    }
+
+    fn save_bundle(&self) {
+        let Some(b) = &self.bundle else { return };
+        let path = self.bundle_file();
+        let tmp = path.with_extension("json.tmp");
+        let write = std::fs::create_dir_all(&self.args.state_dir)
+            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(b).unwrap_or_default()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = write {
+            warn!(path = %path.display(), error = %e, "cannot save the bundle");
+        }
+    }
+
+    async fn refresh_hosts(&mut self, force: bool) {
+        if !force
+            && self
+                .hosts_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+        {
+            return;
+        }
+        let Some((_, bundle)) = &self.bundle else {
+            return;
+        };
+        let mut out = HashMap::new();
+        for host in plan::endpoint_hosts(&bundle.policies) {
+            let ips = resolve(&host, 443).await;
+            out.insert(host, ips);
+        }
+        if let Ok(url) = url::Url::parse(&self.args.control_plane)
+            && let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default())
+        {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let ips = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => resolve(host, port).await,
+            };
+            self.settings.control_plane = ips.into_iter().map(|ip| (ip, port)).collect();
+        }
+        self.resolved_hosts = out;
+        self.hosts_at = Some(Instant::now());
+    }
+
+    fn resolve_pods(&self, pods: &[pods::PodInfo]) -> Vec<ResolvedPod> {
+        pods.iter()
+            .filter_map(|p| {
+                let dir = cgroups::find_pod_dir(&self.cgroup_root, &p.uid)?;
+                let pod_cgroup = cgroups::cgroup_id(&dir).ok()?;
+                let containers = p
+                    .containers
+                    .iter()
+                    .filter_map(|(name, id)| {
+                        let c = cgroups::find_container_dir(&dir, id)?;
+                        Some((name.clone(), cgroups::cgroup_id(&c).ok()?))
+                    })
+                    .collect();
+                Some(ResolvedPod {
+                    info: p.clone(),
+                    pod_cgroup,
+                    containers,
+                })
+            })
+            .collect()
+    }
+
+    /// Plans and applies if an input moved. `Err` leaves the maps as they were.
+    fn reconcile(&mut self, force: bool) -> Result<(), String> {
+        let Some((version, bundle)) = &self.bundle else {
+            return Ok(());
+        };
+        let pods_mtime = std::fs::metadata(&self.args.pods_file)
+            .and_then(|m| m.modified())
+            .ok();
+        let pods = pods::load(&self.args.pods_file, &self.args.node).map_err(|e| e.to_string())?;
+        let resolved = self.resolve_pods(&pods);
+        let full = resolved
+            .iter()
+            .filter(|p| p.containers.len() == p.info.containers.len())
+            .count();
+        let mut hosts: Vec<_> = self.resolved_hosts.clone().into_iter().collect();
+        hosts.sort();
+        let fp = Fingerprint {
+            bundle: version.clone(),
+            pods_mtime,
+            resolved_pods: resolved.len(),
+            enrolled_pods: full,
+            hosts,
+        };
+        if !force && self.last.as_ref() == Some(&fp) {
+            return Ok(());
+        }
+        let (desired, errors) = plan::plan(
+            &bundle.policies,
+            &resolved,
+            &self.settings,
+            &self.resolved_hosts,
+        );
+        for e in &errors {
+            error!(error = %e, "pod policy cannot be compiled; the pod may reach nothing");
+        }
+        match self.enforcer.apply(&desired) {
+            Ok(applied) => {
+                self.metrics.applies.with_label_values(&["ok"]).inc();
+                if applied != bpf::Applied::default() {
+                    info!(
+                        version = %version,
+                        pods = resolved.len(),
+                        waiting_for_cgroups = pods.len() - resolved.len(),
+                        loaded = applied.loaded_policies,
+                        removed = applied.removed_policies,
+                        enrolled_changed = applied.enrolled_changed,
+                        unenrolled = applied.unenrolled,
+                        "egress maps updated"
+                    );
+                }
+                self.metrics.enrolled_pods.set(resolved.len() as i64);
+                self.metrics
+                    .enrolled_cgroups
+                    .set(desired.enrolled.len() as i64);
+                self.metrics.policies.set(desired.policies.len() as i64);
+                self.metrics.allow_entries.set(desired.entries() as i64);
+                self.metrics.bundle.reset();
+                self.metrics.bundle.with_label_values(&[version]).set(1);
+                if let Ok(mut n) = self.names.write() {
+                    *n = desired.names;
+                }
+                self.last = Some(fp);
+                self.metrics.ready.store(true, Ordering::Relaxed);
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors.join("; "))
+                }
+            }
+            Err(e) => {
+                self.metrics.applies.with_label_values(&["error"]).inc();
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    // aya warns at length when the kernel refuses the object's BTF (Rust type names
+    // are not valid BTF names); the programs load without it.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive("aya::bpf=error".parse().unwrap_or_default());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    init_tracing(&args.log_format);
+    if args.dns.is_empty() {
+        args.dns = resolv_conf_nameservers();
+    }
+    let cgroup_root = match &args.cgroup_root {
+        Some(p) => p.clone(),
+        None => cgroups::cgroup2_mount().context("finding the cgroup v2 mount")?,
+    };
+    let metrics = metrics::Metrics::new().context("metrics")?;
+    let (enforcer, channels) =
+        Enforcer::start(&args.pin_dir, &cgroup_root).context("loading the egress programs")?;
+    let names: events::Names = Arc::new(RwLock::new(HashMap::new()));
+    let pending = events::Pending::new(&args.node);
+    tokio::spawn(events::drain(
+        channels.events,
+        names.clone(),
+        metrics.clone(),
+        args.events_per_second,
+        pending.clone(),
+    ));
+    if let Some(logger) = channels.logger {
+        tokio::spawn(drain_program_logs(logger));
+    }
+    let settings = Settings {
+        sidecar_port: args.sidecar_port,
+        sidecar_container: args.sidecar_container.clone(),
+        dns: args.dns.clone(),
+        control_plane: Vec::new(),
+    };
+    let (updates_tx, mut updates) = mpsc::channel::<control::Update>(1);
+    let control = control::Config {
+        url: args.control_plane.clone(),
+        token_file: args.token_file.clone(),
+        ca: args.control_plane_ca.clone(),
+        identity: Identity {
+            node: args.node.clone(),
+            kind: ClientKind::EgressAgent as i32,
+            ..Identity::default()
+        },
+    };
+    tokio::spawn(control::run(control.clone(), updates_tx, metrics.clone()));
+    tokio::spawn(control::report(
+        control,
+        pending,
+        Duration::from_millis(args.report_ms),
+        metrics.clone(),
+    ));
+    let resync = Duration::from_millis(args.resync_ms.max(50));
+    let mut agent = Agent {
+        args,
+        cgroup_root,
+        enforcer,
+        settings,
+        metrics: metrics.clone(),
+        names,
+        bundle: None,
+        resolved_hosts: HashMap::new(),
+        hosts_at: None,
+        last: None,
+    };
+    let enforcer_stats = Arc::new(Mutex::new((0u64, 0u64)));
+    {
+        let stats = enforcer_stats.clone();
+        let m = metrics.clone();
+        let served = metrics.clone();
+        let listen = agent.args.metrics_listen;
+        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Ok(s) = stats.lock() {
+                m.kernel_denials.set(s.0 as i64);
+                m.events_lost.set(s.1 as i64);
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(served, listen, refresh).await {
+                error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    agent.load_saved_bundle();
+    agent.refresh_hosts(true).await;
+    if let Err(e) = agent.reconcile(true) {
+        warn!(error = %e, "initial plan incomplete");
+    }
+    let mut tick = tokio::time::interval(resync);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some((version, bundle, done)) = updates.recv() => {
+                let previous = agent.bundle.replace((version.clone(), bundle));
+                agent.refresh_hosts(true).await;
+                let result = agent.reconcile(true);
+                match &result {
+                    Ok(()) => agent.save_bundle(),
+                    Err(e) => {
+                        error!(version = %version, error = %e, "bundle rejected; keeping the previous one");
+                        agent.bundle = previous;
+                    }
+                }
+                let _ = done.send(result);
+            }
+            _ = tick.tick() => {
+                agent.refresh_hosts(false).await;
+                if let Err(e) = agent.reconcile(false) {
+                    warn!(error = %e, "resync failed; the maps keep their state");
+                }
+                if let Ok(mut s) = enforcer_stats.lock() {
+                    *s = agent.enforcer.stats();
+                }
+            }
+            _ = term.recv() => {
+                // The links and maps stay pinned: enforcement goes on without us.
+                info!("terminating; enforcement stays in the kernel");
+                return Ok(());
+            }
+            _ = tokio::signal::ctrl_c() => {
+                info!("interrupted; enforcement stays in the kernel");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// aya-log records from the programs, forwarded to our logs.
+async fn drain_program_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    let Ok(mut fd) = events::pollable(logger) else {
+        warn!("cannot poll the eBPF log buffer");
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

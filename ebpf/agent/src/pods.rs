@@ -1,0 +1,171 @@
+//! The pods of this node that are enrolled in egress enforcement.
+//!
+//! Read from a Kubernetes `PodList` document (`kubectl get pods -o json`, or what a
+//! node-local informer writes), re-read when it changes. A pod is enrolled when it is
+//! scheduled on this node and carries the label the webhook sets.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Set by the injection webhook on every pod it injects.
+pub const ENROL_LABEL: &str = "vigie.io/egress";
+pub const ENROL_VALUE: &str = "enforced";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    /// (container name, runtime container id) of started containers.
+    pub containers: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a Kubernetes PodList: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Deserialize)]
+struct PodList {
+    #[serde(default)]
+    items: Vec<Pod>,
+}
+
+#[derive(Deserialize)]
+struct Pod {
+    metadata: Meta,
+    #[serde(default)]
+    spec: Spec,
+    #[serde(default)]
+    status: Status,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    name: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    node_name: String,
+    #[serde(default)]
+    service_account_name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    #[serde(default)]
+    container_statuses: Vec<ContainerStatus>,
+    #[serde(default)]
+    init_container_statuses: Vec<ContainerStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerStatus {
+    name: String,
+    #[serde(default, rename = "containerID")]
+    container_id: String,
+}
+
+/// Enrolled pods of `node` in a PodList document.
+pub fn parse(text: &str, node: &str) -> Result<Vec<PodInfo>, serde_json::Error> {
+    let list: PodList = serde_json::from_str(text)?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.spec.node_name == node)
+        .filter(|p| p.metadata.labels.get(ENROL_LABEL).map(String::as_str) == Some(ENROL_VALUE))
+        .map(|p| PodInfo {
+            namespace: p.metadata.namespace,
+            name: p.metadata.name,
+            uid: p.metadata.uid,
+            service_account: if p.spec.service_account_name.is_empty() {
+                "default".into()
+            } else {
+                p.spec.service_account_name
+            },
+            labels: p.metadata.labels,
+            containers: p
+                .status
+                .init_container_statuses
+                .into_iter()
+                .chain(p.status.container_statuses)
+                .filter(|c| !c.container_id.is_empty())
+                .map(|c| (c.name, c.container_id))
+                .collect(),
+        })
+        .collect())
+}
+
+pub fn load(path: &Path, node: &str) -> Result<Vec<PodInfo>, PodsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PodsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, node).map_err(|source| PodsError::Parse {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrolled_pods_of_this_node_with_started_containers() {
+        let doc = r#"{"apiVersion":"v1","kind":"PodList","items":[
+          {"metadata":{"name":"chat-1","namespace":"shop","uid":"u1",
+             "labels":{"app":"chat","vigie.io/egress":"enforced"}},
+           "spec":{"nodeName":"n1","serviceAccountName":"chat"},
+           "status":{"qosClass":"Burstable",
+             "initContainerStatuses":[{"name":"vigie-sidecar","containerID":"containerd://aaa"}],
+             "containerStatuses":[{"name":"app","containerID":"containerd://bbb"},
+                                  {"name":"waiting","ready":false}]}},
+          {"metadata":{"name":"other-node","namespace":"shop","uid":"u2",
+             "labels":{"vigie.io/egress":"enforced"}},"spec":{"nodeName":"n2"}},
+          {"metadata":{"name":"not-enrolled","namespace":"shop","uid":"u3"},
+           "spec":{"nodeName":"n1"}},
+          {"metadata":{"name":"new","namespace":"shop","uid":"u4",
+             "labels":{"vigie.io/egress":"enforced"}},"spec":{"nodeName":"n1"}}
+        ]}"#;
+        let pods = parse(doc, "n1").unwrap();
+        assert_eq!(pods.len(), 2);
+        assert_eq!(pods[0].name, "chat-1");
+        assert_eq!(pods[0].service_account, "chat");
+        assert_eq!(
+            pods[0].containers,
+            vec![
+                ("vigie-sidecar".to_string(), "containerd://aaa".to_string()),
+                ("app".to_string(), "containerd://bbb".to_string())
+            ]
+        );
+        assert_eq!(pods[1].name, "new");
+        assert_eq!(pods[1].service_account, "default");
+        assert!(pods[1].containers.is_empty());
+        assert!(parse("{\"items\": 3}", "n1").is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! What the eBPF programs and the agent agree on: map names, key and value layouts,
+//! the event record. `#![no_std]` so the programs can use it; the policy compiler
+//! (feature `std`) turns rules into map entries and is unit-tested without root.
+#![no_std]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+#[cfg(feature = "std")]
+pub mod compile;
+
+/// Port ranges kept per destination prefix (after inheriting those of the prefixes
+/// that contain it). A policy needing more is refused, never truncated.
+pub const MAX_PORT_RULES: usize = 8;
+/// Cgroup ancestry levels examined for an enrolled cgroup (pod and container cgroups
+/// sit at depth 3–5 under the kubelet's hierarchy).
+pub const MAX_CGROUP_LEVELS: u32 = 12;
+
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Which program saw (and refused) the traffic.
+pub const HOOK_CONNECT4: u8 = 1;
+pub const HOOK_CONNECT6: u8 = 2;
+pub const HOOK_SENDMSG4: u8 = 3;
+pub const HOOK_SENDMSG6: u8 = 4;
+pub const HOOK_SKB_EGRESS: u8 = 5;
+
+/// Map and program names (bpffs pin names too).
+pub const MAP_ENROLLED: &str = "VIGIE_ENROLLED";
+pub const MAP_ALLOW: &str = "VIGIE_ALLOW";
+pub const MAP_EVENTS: &str = "VIGIE_EVENTS";
+pub const MAP_STATS: &str = "VIGIE_STATS";
+pub const PROGRAMS: [&str; 5] = [
+    "vigie_connect4",
+    "vigie_connect6",
+    "vigie_sendmsg4",
+    "vigie_sendmsg6",
+    "vigie_skb_egress",
+];
+
+/// Index in the per-CPU stats array.
+pub const STAT_DENIED: u32 = 0;
+/// Denials whose event did not fit in the ring buffer.
+pub const STAT_EVENTS_LOST: u32 = 1;
+pub const STAT_COUNT: u32 = 2;
+
+/// One allowed port range for one protocol (`PROTO_ANY` matches every protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRule {
+    pub proto: u8,
+    pub _pad: u8,
+    pub from: u16,
+    pub to: u16,
+}
+
+impl PortRule {
+    #[inline(always)]
+    pub fn matches(&self, proto: u8, port: u16) -> bool {
+        (self.proto == PROTO_ANY || self.proto == proto) && port >= self.from && port <= self.to
+    }
+}
+
+/// Value of the allow trie: what may be reached in a prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allow {
+    pub count: u32,
+    pub rules: [PortRule; MAX_PORT_RULES],
+}
+
+impl Allow {
+    #[inline(always)]
+    pub fn permits(&self, proto: u8, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_PORT_RULES {
+            if i as u32 >= self.count {
+                return false;
+            }
+            if self.rules[i].matches(proto, port) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Key data of the allow trie: the policy id first (so one trie holds every policy and
+/// a lookup never crosses policies), then the IPv6 address; IPv4 is stored v4-mapped
+/// (`::ffff:a.b.c.d`), so `connect6` to a mapped address meets the IPv4 rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestKey {
+    pub policy: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Trie prefix length covering the policy id.
+pub const POLICY_PREFIX_BITS: u32 = 32;
+
+impl DestKey {
+    #[inline(always)]
+    pub fn new(policy: u32, addr: [u8; 16]) -> Self {
+        DestKey {
+            policy: policy.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// `::ffff:a.b.c.d` for an IPv4 address given in network byte order.
+#[inline(always)]
+pub fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+/// A refused connection or packet, sent to the agent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEvent {
+    pub cgroup_id: u64,
+    /// The enrolled cgroup whose policy refused (the pod's or the container's).
+    pub enrolled_cgroup_id: u64,
+    pub policy: u32,
+    pub pid: u32,
+    /// Destination, IPv4 v4-mapped.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub hook: u8,
+    pub comm: [u8; 16],
+    pub _pad: [u8; 4],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers and arrays, padding spelled out, no
+    // pointers: any bit pattern is valid.
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::Allow {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::DestKey {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::DenyEvent {}
+}
+
+// The agent decodes events field by field at these offsets (see its events.rs).
+const _: () = assert!(core::mem::size_of::<DenyEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

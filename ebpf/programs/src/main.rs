@@ -1,0 +1,297 @@
+//! Vigie egress programs, attached to the cgroup that holds the enrolled pods.
+//!
+//! Every hook finds the deepest enrolled ancestor of the caller's cgroup (a pod's
+//! cgroup for its app containers, the sidecar container's own cgroup for the
+//! sidecar), then looks the destination up in that policy's allow trie. Not enrolled:
+//! allowed untouched. Enrolled and not allowed: refused (`EPERM` for sockets, dropped
+//! for packets) and reported through the ring buffer.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::bindings::__sk_buff;
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
+    bpf_skb_cgroup_id,
+};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
+use aya_ebpf::macros::{cgroup_skb, cgroup_sock_addr, map};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, RingBuf};
+use aya_ebpf::programs::{SkBuffContext, SockAddrContext};
+use aya_log_ebpf::{debug, warn};
+use vigie_egress_common::{
+    Allow, DenyEvent, DestKey, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
+    HOOK_SKB_EGRESS, MAX_CGROUP_LEVELS, POLICY_PREFIX_BITS, PROTO_TCP, PROTO_UDP, STAT_COUNT,
+    STAT_DENIED, STAT_EVENTS_LOST, v4_mapped,
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+/// Enrolled cgroup id → policy id. Pinned: enforcement outlives the agent.
+#[map(name = "VIGIE_ENROLLED")]
+static VIGIE_ENROLLED: HashMap<u64, u32> = HashMap::pinned(65_536, 0);
+
+/// (policy id, destination prefix) → allowed ports and protocols.
+#[map(name = "VIGIE_ALLOW")]
+static VIGIE_ALLOW: LpmTrie<DestKey, Allow> = LpmTrie::pinned(262_144, 0);
+
+/// Denials for the agent (1 MiB ≈ 16k events).
+#[map(name = "VIGIE_EVENTS")]
+static VIGIE_EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
+
+#[map(name = "VIGIE_STATS")]
+static VIGIE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+#[derive(Clone, Copy)]
+struct Enrolled {
+    cgroup: u64,
+    policy: u32,
+}
+
+/// Deepest enrolled ancestor (the cgroup itself included), given a level → id lookup.
+#[inline(always)]
+fn deepest_enrolled(ancestor: impl Fn(u32) -> u64) -> Option<Enrolled> {
+    // Plain integers rather than an Option carried across iterations: LLVM may
+    // otherwise fold the map's nullable pointer into arithmetic the verifier refuses.
+    let mut cgroup = 0u64;
+    let mut policy = 0u32;
+    let mut level = 1;
+    while level < MAX_CGROUP_LEVELS {
+        let id = ancestor(level);
+        if id == 0 {
+            break;
+        }
+        if let Some(p) = VIGIE_ENROLLED.get_ptr(&id) {
+            // SAFETY: non-null pointer to a live map value, read at once.
+            policy = unsafe { core::ptr::read_volatile(p) };
+            cgroup = id;
+        }
+        level += 1;
+    }
+    if cgroup == 0 {
+        None
+    } else {
+        Some(Enrolled { cgroup, policy })
+    }
+}
+
+#[inline(always)]
+fn permitted(policy: u32, addr: [u8; 16], proto: u8, port: u16) -> bool {
+    let key = Key::new(POLICY_PREFIX_BITS + 128, DestKey::new(policy, addr));
+    VIGIE_ALLOW
+        .get(&key)
+        .is_some_and(|allow| allow.permits(proto, port))
+}
+
+#[inline(always)]
+fn count(stat: u32) {
+    if let Some(p) = VIGIE_STATS.get_ptr_mut(stat) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn report(ctx_hook: u8, leaf: u64, e: Enrolled, addr: [u8; 16], port: u16, proto: u8, task: bool) {
+    count(STAT_DENIED);
+    let (pid, comm) = if task {
+        (
+            (bpf_get_current_pid_tgid() >> 32) as u32,
+            bpf_get_current_comm().unwrap_or([0; 16]),
+        )
+    } else {
+        (0, [0; 16])
+    };
+    match VIGIE_EVENTS.reserve::<DenyEvent>(0) {
+        Some(mut slot) => {
+            slot.write(DenyEvent {
+                cgroup_id: leaf,
+                enrolled_cgroup_id: e.cgroup,
+                policy: e.policy,
+                pid,
+                addr,
+                port,
+                proto,
+                hook: ctx_hook,
+                comm,
+                _pad: [0; 4],
+            });
+            slot.submit(0);
+        }
+        None => count(STAT_EVENTS_LOST),
+    }
+}
+
+/// Socket hooks: the calling task is the one connecting or sending.
+#[inline(always)]
+fn sock_verdict(hook: u8, addr: [u8; 16], port: u16, proto: u8) -> i32 {
+    // SAFETY: helpers without pointer arguments.
+    let Some(e) = deepest_enrolled(|l| unsafe { bpf_get_current_ancestor_cgroup_id(l as i32) })
+    else {
+        return ALLOW;
+    };
+    if permitted(e.policy, addr, proto, port) {
+        return ALLOW;
+    }
+    // SAFETY: helper without arguments.
+    let leaf = unsafe { bpf_get_current_cgroup_id() };
+    report(hook, leaf, e, addr, port, proto, true);
+    DENY
+}
+
+fn v6_bytes(words: [u32; 4]) -> [u8; 16] {
+    // The words hold network-order bytes; reading them back as stored keeps that order.
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+/// (destination, port, protocol) of a `connect`/`sendmsg` on an IPv4 socket.
+#[inline(always)]
+fn sock_v4(ctx: &SockAddrContext) -> ([u8; 16], u16, u8) {
+    // SAFETY: the kernel hands a valid bpf_sock_addr; 4-byte field reads are allowed.
+    let sa = unsafe { &*ctx.sock_addr };
+    (
+        v4_mapped(sa.user_ip4.to_ne_bytes()),
+        u16::from_be(sa.user_port as u16),
+        sa.protocol as u8,
+    )
+}
+
+#[inline(always)]
+fn sock_v6(ctx: &SockAddrContext) -> ([u8; 16], u16, u8) {
+    // SAFETY: as above.
+    let sa = unsafe { &*ctx.sock_addr };
+    let words = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
+    (
+        v6_bytes(words),
+        u16::from_be(sa.user_port as u16),
+        sa.protocol as u8,
+    )
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn vigie_connect4(ctx: SockAddrContext) -> i32 {
+    let (addr, port, proto) = sock_v4(&ctx);
+    let v = sock_verdict(HOOK_CONNECT4, addr, port, proto);
+    if v == DENY {
+        debug!(&ctx, "connect4 refused, port {}", port);
+    }
+    v
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn vigie_connect6(ctx: SockAddrContext) -> i32 {
+    let (addr, port, proto) = sock_v6(&ctx);
+    sock_verdict(HOOK_CONNECT6, addr, port, proto)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn vigie_sendmsg4(ctx: SockAddrContext) -> i32 {
+    let (addr, port, _) = sock_v4(&ctx);
+    sock_verdict(HOOK_SENDMSG4, addr, port, PROTO_UDP)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn vigie_sendmsg6(ctx: SockAddrContext) -> i32 {
+    let (addr, port, _) = sock_v6(&ctx);
+    sock_verdict(HOOK_SENDMSG6, addr, port, PROTO_UDP)
+}
+
+/// What the socket hooks do not see: ICMP (ping sockets), raw sockets, and TCP
+/// connections opened without `connect()` (TCP Fast Open). Only packets that start
+/// something are judged: a TCP SYN without ACK, UDP, other protocols; replies on
+/// accepted connections (SYN-ACK and later) pass.
+#[cgroup_skb(egress)]
+pub fn vigie_skb_egress(ctx: SkBuffContext) -> i32 {
+    // Parse first: most packets (TCP past the handshake) are let through without
+    // walking the cgroup ancestry.
+    let Ok(packet) = parse(&ctx) else {
+        // Unparsable: judged below as "enrolled traffic we cannot read".
+        return skb_judge(&ctx, None);
+    };
+    match packet {
+        None => ALLOW,
+        Some(p) => skb_judge(&ctx, Some(p)),
+    }
+}
+
+/// (destination, protocol, port) of a packet that starts something; `None` for one
+/// that belongs to an established exchange.
+#[inline(always)]
+fn parse(ctx: &SkBuffContext) -> Result<Option<([u8; 16], u8, u16)>, ()> {
+    let first: u8 = ctx.load(0).map_err(|_| ())?;
+    let (addr, proto, l4) = match first >> 4 {
+        4 => {
+            let ihl = usize::from(first & 0x0f) * 4;
+            let proto: u8 = ctx.load(9).map_err(|_| ())?;
+            let dst: [u8; 4] = ctx.load(16).map_err(|_| ())?;
+            (v4_mapped(dst), proto, ihl)
+        }
+        6 => {
+            let proto: u8 = ctx.load(6).map_err(|_| ())?;
+            let dst: [u8; 16] = ctx.load(24).map_err(|_| ())?;
+            (dst, proto, 40)
+        }
+        _ => return Err(()),
+    };
+    let port = match proto {
+        PROTO_TCP => {
+            let flags: u8 = ctx.load(l4 + 13).map_err(|_| ())?;
+            let syn_only = flags & 0x02 != 0 && flags & 0x10 == 0;
+            if !syn_only {
+                return Ok(None);
+            }
+            u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|_| ())?)
+        }
+        PROTO_UDP => u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|_| ())?),
+        _ => 0,
+    };
+    Ok(Some((addr, proto, port)))
+}
+
+#[inline(always)]
+fn skb_judge(ctx: &SkBuffContext, packet: Option<([u8; 16], u8, u16)>) -> i32 {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: the kernel hands a valid __sk_buff.
+    let Some(e) = deepest_enrolled(|l| unsafe { bpf_skb_ancestor_cgroup_id(skb, l as i32) })
+    else {
+        return ALLOW;
+    };
+    let Some((addr, proto, port)) = packet else {
+        // Enrolled traffic that cannot be parsed is not let through.
+        warn!(ctx, "unparsable egress packet dropped");
+        return DENY;
+    };
+    if permitted(e.policy, addr, proto, port) {
+        return ALLOW;
+    }
+    // SAFETY: valid skb pointer from the kernel.
+    let leaf = unsafe { bpf_skb_cgroup_id(skb) };
+    report(HOOK_SKB_EGRESS, leaf, e, addr, port, proto, false);
+    DENY
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,281 @@
+"""Zero-trust egress, in the real kernel: the eBPF programs of `vigie-egress` attached
+to real cgroups, real processes in them, a real control plane delivering policies, the
+real sidecar in the sidecar's cgroup and the official OpenAI SDK in the app's.
+
+Root only (CI runs as root); fails loudly otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from egress import EgressAgent, Node, Remote, require_root
+from harness import ControlPlane, GrpcError, MockPool, Process, Sidecar, free_port, pool, wait_until
+
+NS, POD = "shop", "chat-0"
+
+
+@pytest.fixture
+def world(tmp_path):
+    """CP + policy, a node with one enrolled pod (sidecar + app), the agent, the real
+    sidecar in its container's cgroup, a remote host, a local listener."""
+    require_root()
+    cleanups = []
+    try:
+        remote = Remote(1 + int(time.monotonic_ns() % 200))
+        cleanups.append(remote.cleanup)
+        remote.serve_tcp(8080)
+        remote.serve_tcp(8080, remote.ip6)
+        mock = MockPool("gpu", models=["mistral-7b"])
+        cleanups.append(mock.stop)
+        cp = ControlPlane()
+        cleanups.append(cp.stop)
+        admin = cp.token("alice", "admin")
+        policy = {"name": "shop", "scope": {"namespace": NS},
+                  "pools": [pool("gpu", [mock.url], [{"name": "mistral-7b"}])]}
+        cp.call("PolicyService/ApplyPolicy", {"policy": policy}, token=admin)
+        node = Node()
+        cleanups.append(node.cleanup)
+        pod = node.add_pod(NS, POD)
+        # Another process listening on loopback, on a port the app must not reach.
+        other = socket.socket()
+        other.bind(("127.0.0.1", 0))
+        other.listen(16)
+        cleanups.append(other.close)
+        sidecar_port, admin_port = free_port(), free_port()
+        agent = EgressAgent(node, cp, cp.token("egress", "agent"), dns=[remote.ip], sidecar_port=sidecar_port)
+        cleanups.append(agent.stop)
+        sidecar = Sidecar(control_plane=cp, token=cp.token("shop-sidecar", "workload", namespace=NS),
+                          identity={"namespace": NS, "pod": POD, "service_account": "default"},
+                          ports=(sidecar_port, admin_port), cgroup=pod["containers"]["vigie-sidecar"],
+                          )
+        cleanups.append(sidecar.stop)
+        yield {"cp": cp, "admin": admin, "policy": policy, "node": node, "pod": pod, "agent": agent,
+               "sidecar": sidecar, "mock": mock, "remote": remote, "other_port": other.getsockname()[1]}
+    finally:
+        for c in reversed(cleanups):
+            c()
+
+
+def app(w):
+    return w["pod"]["containers"]["app"]
+
+
+def side(w):
+    return w["pod"]["containers"]["vigie-sidecar"]
+
+
+def test_app_reaches_its_sidecar_and_dns_only(world):
+    w, node, remote = world, world["node"], world["remote"]
+    sc, mock = w["sidecar"], w["mock"]
+    # Control: from outside the pod, everything here is reachable.
+    assert node.probe(None, "tcp", "127.0.0.1", mock.port)["ok"]
+    assert node.probe(None, "tcp", "127.0.0.1", w["other_port"])["ok"]
+    assert node.probe(None, "tcp", remote.ip, 8080)["ok"]
+    assert node.probe(None, "tcp", remote.ip6, 8080)["ok"]
+
+    # The app's traffic goes through the sidecar: the OpenAI SDK, in the app's cgroup.
+    chat = node.run(app(w), [sys.executable, "-c", (
+        "from openai import OpenAI\n"
+        f"c = OpenAI(base_url='{sc.base_url}/v1', api_key='unused', max_retries=0)\n"
+        "r = c.chat.completions.create(model='mistral-7b', messages=[{'role':'user','content':'hi'}])\n"
+        "print(r.choices[0].message.content)\n")], timeout=60)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip()
+    assert mock.stats()["requests_total"] >= 1
+
+    deny = {"ok": False, "errno": "EPERM"}
+    # Loopback: the sidecar port only, and only on 127.0.0.1 / ::1.
+    assert node.probe(app(w), "tcp", "127.0.0.1", sc.port)["ok"]
+    assert node.probe(app(w), "tcp", "127.0.0.1", mock.port) == deny, "direct to the pool"
+    assert node.probe(app(w), "tcp", "127.0.0.1", w["other_port"]) == deny
+    assert node.probe(app(w), "tcp", "127.0.0.2", sc.port) == deny
+    # IPv6: allowed on ::1 (nothing listens there: refused, not denied), denied elsewhere.
+    assert node.probe(app(w), "tcp", "::1", sc.port) == {"ok": False, "errno": "ECONNREFUSED"}
+    assert node.probe(app(w), "tcp", "::1", w["other_port"]) == deny
+    # v4-mapped IPv6 meets the IPv4 rules.
+    assert node.probe(app(w), "tcp", "::ffff:127.0.0.1", sc.port)["ok"]
+    assert node.probe(app(w), "tcp", "::ffff:127.0.0.1", mock.port) == deny
+    assert node.probe(app(w), "tcp", f"::ffff:{remote.ip}", 8080) == deny
+    # The outside world.
+    assert node.probe(app(w), "tcp", remote.ip, 8080) == deny
+    assert node.probe(app(w), "tcp", remote.ip6, 8080) == deny
+    # UDP: DNS to the resolver only.
+    assert node.probe(app(w), "udp", remote.ip, 53)["ok"]
+    assert node.probe(app(w), "udp", remote.ip, 5353) == deny
+    assert node.probe(app(w), "udp", remote.local_ip, 53) == deny
+    # ICMP (no socket hook sees it): dropped by the cgroup_skb backstop.
+    assert node.probe(None, "ping", remote.ip)["ok"]
+    assert not node.probe(app(w), "ping", remote.ip)["ok"]
+
+    # The sidecar reaches its pool and the control plane, nothing else.
+    assert node.probe(side(w), "tcp", "127.0.0.1", mock.port)["ok"]
+    assert node.probe(side(w), "tcp", "127.0.0.1", w["cp"].port)["ok"]
+    assert node.probe(side(w), "tcp", remote.ip, 8080) == deny
+    assert node.probe(side(w), "tcp", "127.0.0.1", w["other_port"]) == deny
+    assert sc.ready(), "the sidecar still serves (its control-plane stream is allowed)"
+
+    # Every denial is an event with who, what and where.
+    agent = w["agent"]
+    events = wait_until(lambda: [e for e in agent.events() if e["port"] == 8080 and e["protocol"] == "tcp"
+                                 and e["destination"] == remote.ip and e["hook"] == "connect4"],
+                        what="egress.denied event for the remote host")
+    ev = events[0]
+    assert (ev["namespace"], ev["pod"], ev["container"]) == (NS, POD, "app")
+    assert ev["role"] == "app"
+    assert ev["command"].startswith("python")
+    assert ev["pid"] > 0
+    all_events = wait_until(lambda: agent.events() if len(agent.events()) >= 13 else None, what="13 events")
+    assert len(all_events) == 13, "one event per refused attempt"
+    by = {(e["destination"], e["port"], e["protocol"], e["hook"]) for e in all_events}
+    assert (remote.ip6, 8080, "tcp", "connect6") in by
+    assert (remote.ip, 5353, "udp", "sendmsg4") in by
+    assert (remote.ip, 0, "icmp", "skb_egress") in by
+    assert ("127.0.0.1", mock.port, "tcp", "connect6") in by, "v4-mapped destination shown as IPv4"
+    assert any(e["role"] == "sidecar" and e["container"] == "vigie-sidecar" for e in all_events)
+    # The control plane has them too, aggregated, for the SOC (grpcurl).
+    def reported():
+        rows = w["cp"].call("EgressService/ListDenials", {"namespace": NS}, token=w["admin"]).get("denials", [])
+        return rows if len(rows) >= 13 else None
+    rows = wait_until(reported, timeout=15, what="denials reported to the control plane")
+    mine = [r for r in rows if r["destination"] == remote.ip and r.get("port") == 8080 and r["hook"] == "connect4"
+            and r.get("container") == "app"]
+    assert mine and mine[0]["node"] == "n1" and int(mine[0]["count"]) == 1 and mine[0]["role"] == "app"
+    assert mine[0]["protocol"] == "tcp" and mine[0]["command"].startswith("python")
+    assert sum(int(r["count"]) for r in rows) == 13
+    auditor = w["cp"].token("soc", "auditor")
+    assert w["cp"].call("EgressService/ListDenials", {"namespace": NS, "limit": 2}, token=auditor)["denials"]
+    with pytest.raises(GrpcError) as e:
+        w["cp"].call("EgressService/ListDenials", {}, token=w["cp"].token("x", "workload", namespace=NS))
+    assert e.value.code == "PermissionDenied"
+    metrics = agent.metrics()
+    assert f'vigie_egress_denials_total{{container="app",namespace="{NS}",pod="{POD}",protocol="tcp"}}' in metrics
+    assert "vigie_egress_enrolled_cgroups 2" in metrics
+    assert "vigie_egress_events_lost 0" in metrics
+    assert "vigie_egress_denials_reported_total 13" in metrics
+
+
+def test_denial_reports_are_validated(control_planes):
+    cp = control_planes()
+    agent = cp.token("egress", "agent")
+    good = {"node": "n1", "namespace": NS, "pod": POD, "destination": "10.1.2.3", "port": 443,
+            "protocol": "tcp", "hook": "connect4", "count": "3"}
+    assert cp.call("EgressService/ReportDenials", {"denials": [good]}, token=agent)["accepted"] == 1
+    for field, value, reason in [("destination", "example.com", "must be an IP address"),
+                                 ("port", 70000, "must be at most 65535"), ("count", "0", "must be at least 1"),
+                                 ("node", "", "must not be empty")]:
+        with pytest.raises(GrpcError) as e:
+            cp.call("EgressService/ReportDenials", {"denials": [good, {**good, field: value}]}, token=agent)
+        assert e.value.code == "InvalidArgument"
+        assert f"denials[1].{field}: {reason}" in e.value.text, e.value.text
+    with pytest.raises(GrpcError) as e:
+        cp.call("EgressService/ReportDenials", {"denials": [good]}, token=cp.token("w", "workload", namespace=NS))
+    assert e.value.code == "PermissionDenied"
+
+
+def test_policy_update_applies_on_the_next_connect(world):
+    w, node, remote = world, world["node"], world["remote"]
+    assert node.probe(app(w), "tcp", remote.ip, 8080)["errno"] == "EPERM"
+    policy = {**w["policy"], "egress": {
+        "allow": [{"cidr": f"{remote.ip}/32", "ports": "8000-8100", "description": "partner API"}],
+        "sidecarAllow": [{"cidr": remote.ip6, "ports": "8080"}],
+    }}
+    w["cp"].call("PolicyService/ApplyPolicy", {"policy": policy}, token=w["admin"])
+    wait_until(lambda: node.probe(app(w), "tcp", remote.ip, 8080)["ok"], timeout=10, what="allow applied")
+    assert node.probe(app(w), "tcp", remote.ip, 9000)["errno"] == "EPERM", "outside the port range"
+    assert node.probe(side(w), "tcp", remote.ip, 8080)["errno"] == "EPERM", "app rules are not the sidecar's"
+    assert node.probe(side(w), "tcp", remote.ip6, 8080)["ok"]
+    # The agent ACKed the bundle.
+    clients = w["cp"].call("StatusService/ListClients", {}, token=w["admin"])["clients"]
+    agent_status = next(c for c in clients if c["clientId"] == "node/n1")
+    assert agent_status.get("ackedVersion", "").startswith("bundle-")
+    # Back to the default.
+    w["cp"].call("PolicyService/ApplyPolicy", {"policy": w["policy"]}, token=w["admin"])
+    wait_until(lambda: node.probe(app(w), "tcp", remote.ip, 8080).get("errno") == "EPERM", timeout=10,
+               what="allow withdrawn")
+
+
+def test_agent_restart_never_opens_a_window(world):
+    w, node, remote = world, world["node"], world["remote"]
+    agent = w["agent"]
+    assert node.probe(app(w), "tcp", remote.ip, 8080)["errno"] == "EPERM"
+    before = subprocess.run(["bpftool", "cgroup", "show", str(node.root)], capture_output=True, text=True).stdout
+    agent.stop()  # SIGKILL: no chance to clean up
+    # Agent gone: still enforced, still allowed where it should be.
+    for _ in range(5):
+        assert node.probe(app(w), "tcp", remote.ip, 8080)["errno"] == "EPERM"
+        assert node.probe(app(w), "tcp", "127.0.0.1", w["sidecar"].port)["ok"]
+    # A pod created while the agent is away is enrolled when it is back.
+    late = node.add_pod(NS, "chat-1")
+    agent.start(wait=False)
+    # Connects attempted during the restart are refused, every one of them.
+    deadline = time.monotonic() + 30
+    while not agent.ready():
+        assert node.probe(app(w), "tcp", remote.ip, 8080)["errno"] == "EPERM"
+        assert time.monotonic() < deadline, agent.process.log()
+    assert node.probe(app(w), "tcp", remote.ip, 8080)["errno"] == "EPERM"
+    wait_until(lambda: node.probe(late["containers"]["app"], "tcp", remote.ip, 8080).get("errno") == "EPERM",
+               timeout=10, what="late pod enrolled")
+    after = subprocess.run(["bpftool", "cgroup", "show", str(node.root)], capture_output=True, text=True).stdout
+    names = [line.split()[-1] for line in after.splitlines()[1:] if line.strip()]
+    assert sorted(names) == sorted(line.split()[-1] for line in before.splitlines()[1:] if line.strip())
+    assert len(names) == 5, after
+    assert "adopted=true" in agent.process.log() or '"adopted":true' in agent.process.log()
+
+
+def test_pods_come_and_go_with_either_cgroup_layout(world):
+    w, node, remote = world, world["node"], world["remote"]
+    fs_pod = node.add_pod(NS, "batch-0", layout="cgroupfs")
+    free_pod = node.add_pod(NS, "legacy-0", enrolled=False)
+    wait_until(lambda: node.probe(fs_pod["containers"]["app"], "tcp", remote.ip, 8080).get("errno") == "EPERM",
+               timeout=10, what="cgroupfs pod enrolled")
+    assert node.probe(free_pod["containers"]["app"], "tcp", remote.ip, 8080)["ok"], "not enrolled: untouched"
+    # The pod leaves the node: its cgroup is no longer enforced.
+    node.pods = [p for p in node.pods if p["metadata"]["name"] != "batch-0"]
+    node.write_pods()
+    wait_until(lambda: node.probe(fs_pod["containers"]["app"], "tcp", remote.ip, 8080)["ok"], timeout=10,
+               what="pod removed")
+
+
+@pytest.mark.parametrize("egress, path, reason", [
+    ({"allow": [{"cidr": "10.0.0.300/8"}]}, "egress.allow[0].cidr", "not an IP address or CIDR"),
+    ({"allow": [{"cidr": "10.1.2.3/8"}]}, "egress.allow[0].cidr", "host bits set; write 10.0.0.0/8"),
+    ({"allow": [{"cidr": "10.0.0.0/8", "ports": "9000-80"}]}, "egress.allow[0].ports", "reversed"),
+    ({"sidecarAllow": [{"cidr": "::1", "ports": "http"}]}, "egress.sidecarAllow[0].ports", "not a port"),
+    ({"dnsResolvers": ["dns.example"]}, "egress.dnsResolvers[0]", "not an IP address"),
+    ({"allow": [{"cidr": "10.0.0.0/8", "ports": str(1000 + 2 * i)} for i in range(9)]}, "egress.allow",
+     "at most 8 fit"),
+    ({"allow": [{"cidr": f"10.{i // 256}.{i % 256}.0/24"} for i in range(16385)]}, "egress.allow",
+     "at most 16384 fit in the maps"),
+])
+def test_bad_egress_policies_are_refused_with_field_paths(control_planes, egress, path, reason):
+    cp = control_planes()
+    admin = cp.token("alice", "admin")
+    with pytest.raises(GrpcError) as e:
+        cp.call("PolicyService/ApplyPolicy", {"policy": {"name": "bad", "egress": egress}}, token=admin)
+    assert e.value.code == "InvalidArgument"
+    assert path in e.value.text and reason in e.value.text, e.value.text
+
+
+def test_only_agents_get_every_policy(control_planes):
+    cp = control_planes()
+    admin = cp.token("alice", "admin")
+    cp.call("PolicyService/ApplyPolicy", {"policy": {"name": "e", "egress": {"allow": [{"cidr": "10.0.0.0/8"}]}}},
+            token=admin)
+    workload = cp.token("w", "workload", namespace="shop")
+    hello = {"hello": {"identity": {"node": "n1", "kind": "CLIENT_KIND_EGRESS_AGENT"}}}
+    with pytest.raises(GrpcError) as e:
+        cp.stream("DiscoveryService/Watch", hello, token=workload)
+    assert "PermissionDenied" in e.value.text
+    agent = cp.token("egress", "agent")
+    with pytest.raises(GrpcError) as e:
+        cp.stream("DiscoveryService/Watch",
+                  {"hello": {"identity": {"namespace": "shop", "pod": "p", "kind": "CLIENT_KIND_SIDECAR"}}},
+                  token=agent)
+    assert "PermissionDenied" in e.value.text
