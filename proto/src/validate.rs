@@ -138,16 +138,30 @@ pub fn egress_rules(
 }
 
 fn validate_egress(r: &mut Report, e: &crate::v1::Egress) {
+    use vigie_egress_common::compile::check_user_rules;
+    // The maps hold a bounded number of prefixes and port ranges per prefix: a policy
+    // that does not fit is refused here, never loaded in part. The user's lists are
+    // held to tighter limits than the maps, leaving room for the rules the agent adds
+    // (loopback, DNS, control plane, pool endpoints).
     for (field, rules) in [
         ("egress.allow", &e.allow),
         ("egress.sidecarAllow", &e.sidecar_allow),
+        ("egress.redirect", &e.redirect),
     ] {
-        let parsed = egress_rules(rules, field, |p, reason| r.add(p, reason));
-        // The maps hold a bounded number of prefixes and port ranges per prefix: a
-        // policy that does not fit is refused here, never loaded in part.
-        if let Some(parsed) = parsed
-            && let Err(err) = vigie_egress_common::compile::compile(&parsed)
-        {
+        let Some(parsed) = egress_rules(rules, field, |p, reason| r.add(p, reason)) else {
+            continue;
+        };
+        if field == "egress.redirect" {
+            for (i, rule) in parsed.iter().enumerate() {
+                if rule.port.proto != vigie_egress_common::PROTO_TCP {
+                    r.add(
+                        format!("{field}[{i}].protocol"),
+                        "only TCP connections can be redirected to the sidecar",
+                    );
+                }
+            }
+        }
+        if let Err(err) = check_user_rules(&parsed) {
             r.add(field, err.to_string());
         }
     }

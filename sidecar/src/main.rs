@@ -110,6 +110,10 @@ struct Args {
     /// (debugging; off by default: it tells the app about the infrastructure).
     #[arg(long, env = "VIGIE_ROUTE_DEBUG_HEADER")]
     route_debug_header: bool,
+    /// The node's egress agent (`http://host:port`), asked where connections that
+    /// the kernel redirected to this sidecar were going (`egress.redirect`).
+    #[arg(long, env = "VIGIE_EGRESS_AGENT_URL")]
+    egress_agent_url: Option<String>,
     /// Header naming the end user a request is billed to.
     #[arg(long, env = "VIGIE_USER_HEADER", default_value = "x-vigie-user")]
     user_header: String,
@@ -446,6 +450,13 @@ fn main() -> anyhow::Result<()> {
             route_debug_header: args.route_debug_header,
         },
         retry_budget: vigie_balance::RetryBudget::default(),
+        original: match &args.egress_agent_url {
+            Some(url) => Some(Arc::new(
+                vigie_sidecar::routing::original::OriginalDestinations::new(url)
+                    .map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        },
     };
     let mut proxy = Service::new("vigie-proxy".to_string(), app);
     proxy.add_tcp(&args.listen);

@@ -53,6 +53,8 @@ pub struct SidecarApp {
     pub settings: Settings,
     /// Retries may add at most 20 % to the request rate (plus 10 per second).
     pub retry_budget: vigie_balance::RetryBudget,
+    /// Original destinations of connections the egress programs redirected here.
+    pub original: Option<Arc<crate::routing::original::OriginalDestinations>>,
 }
 
 /// How a request ended, for metrics and connection reuse.
@@ -232,11 +234,19 @@ impl SidecarApp {
             .with_label_values(&[level.map_or("unspecified", |l| l.as_str())])
             .inc();
         meter.level(level);
+        let original = match (
+            &self.original,
+            session.client_addr().and_then(|a| a.as_inet()),
+        ) {
+            (Some(o), Some(peer)) => o.lookup(*peer).await,
+            _ => None,
+        };
         let ctx = RouteContext {
             level,
             headers: &session.req_header().headers,
             namespace: &self.settings.namespace,
             labels: &self.settings.labels,
+            original,
         };
         let targets = snapshot.plan(&model, &ctx).map_err(|e| {
             let err = match e {
@@ -351,12 +361,16 @@ impl SidecarApp {
                 Ok(mut exchange) => {
                     let ttfb = sent.elapsed();
                     if self.settings.route_debug_header {
-                        exchange.route = Some(format!(
+                        let mut route = format!(
                             "pool={}; endpoint={}; reason={reason}; attempts={}",
                             pool.name,
                             endpoint.url,
                             self.settings.max_attempts.max(1) - attempts.remaining()
-                        ));
+                        );
+                        if let Some(dst) = original {
+                            route.push_str(&format!("; original={dst}"));
+                        }
+                        exchange.route = Some(route);
                     }
                     let status = exchange
                         .session

@@ -215,10 +215,13 @@ class EgressAgent:
             "--sidecar-port", str(sidecar_port),
             "--dns", ",".join(dns),
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+            # Sidecars ask this agent where redirected connections were going.
+            "--lookup-address", f"127.0.0.1:{self.metrics_port}",
             "--resync-ms", "100",
             "--log-format", "json",
             *(extra_args or []),
         ]
+        self.url = f"http://127.0.0.1:{self.metrics_port}"
         self.process: Process | None = None
         self.start(wait)
 

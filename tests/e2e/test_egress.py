@@ -34,11 +34,15 @@ def world(tmp_path):
         remote.serve_tcp(8080, remote.ip6)
         mock = MockPool("gpu", models=["mistral-7b"])
         cleanups.append(mock.stop)
+        # A second pool, standing for an in-cluster vLLM Service apps might call directly.
+        direct = MockPool("gpu-b", models=["mistral-7b"])
+        cleanups.append(direct.stop)
         cp = ControlPlane()
         cleanups.append(cp.stop)
         admin = cp.token("alice", "admin")
         policy = {"name": "shop", "scope": {"namespace": NS},
-                  "pools": [pool("gpu", [mock.url], [{"name": "mistral-7b"}])]}
+                  "pools": [pool("gpu", [mock.url], [{"name": "mistral-7b"}]),
+                            pool("gpu-b", [direct.url], [{"name": "mistral-7b"}])]}
         cp.call("PolicyService/ApplyPolicy", {"policy": policy}, token=admin)
         node = Node()
         cleanups.append(node.cleanup)
@@ -54,10 +58,11 @@ def world(tmp_path):
         sidecar = Sidecar(control_plane=cp, token=cp.token("shop-sidecar", "workload", namespace=NS),
                           identity={"namespace": NS, "pod": POD, "service_account": "default"},
                           ports=(sidecar_port, admin_port), cgroup=pod["containers"]["vigie-sidecar"],
+                          extra_args=["--route-debug-header", "--egress-agent-url", agent.url],
                           )
         cleanups.append(sidecar.stop)
         yield {"cp": cp, "admin": admin, "policy": policy, "node": node, "pod": pod, "agent": agent,
-               "sidecar": sidecar, "mock": mock, "remote": remote, "other_port": other.getsockname()[1]}
+               "sidecar": sidecar, "mock": mock, "direct": direct, "remote": remote, "other_port": other.getsockname()[1]}
     finally:
         for c in reversed(cleanups):
             c()
@@ -201,6 +206,58 @@ def test_policy_update_applies_on_the_next_connect(world):
                what="allow withdrawn")
 
 
+CHAT_WITH_ROUTE = (
+    "import sys\n"
+    "from openai import OpenAI\n"
+    "c = OpenAI(base_url=sys.argv[1], api_key='unused', max_retries=0)\n"
+    "r = c.chat.completions.with_raw_response.create(model='mistral-7b', "
+    "messages=[{'role': 'user', 'content': 'hi'}])\n"
+    "print(r.headers.get('x-vigie-route', ''))\n"
+    "print(r.parse().choices[0].message.content)\n"
+)
+
+
+def test_redirect_sends_direct_calls_through_the_sidecar(world):
+    w, node = world, world["node"]
+    direct, mock, agent = w["direct"], w["mock"], w["agent"]
+    # Without a redirect rule the app cannot call the pool directly.
+    assert node.probe(app(w), "tcp", "127.0.0.1", direct.port)["errno"] == "EPERM"
+    policy = {**w["policy"], "egress": {"redirect": [{"cidr": "127.0.0.1", "ports": str(direct.port),
+                                                      "description": "vLLM Service called directly"}]}}
+    w["cp"].call("PolicyService/ApplyPolicy", {"policy": policy}, token=w["admin"])
+    wait_until(lambda: node.probe(app(w), "tcp", "127.0.0.1", direct.port)["ok"], timeout=10,
+               what="redirect applied")
+    before = (direct.stats()["requests_total"], mock.stats()["requests_total"])
+    # The app believes it calls the vLLM Service; the kernel hands the connection to
+    # the sidecar, which learns where it was going and routes to that pool.
+    out = node.run(app(w), [sys.executable, "-c", CHAT_WITH_ROUTE, f"http://127.0.0.1:{direct.port}/v1"],
+                   timeout=60)
+    assert out.returncode == 0, out.stderr
+    route, content = out.stdout.splitlines()[:2]
+    assert "pool=gpu-b" in route and f"original=127.0.0.1:{direct.port}" in route, route
+    assert content
+    assert direct.stats()["requests_total"] == before[0] + 1
+    assert mock.stats()["requests_total"] == before[1]
+    # Through the sidecar's own address, the usual order (pool gpu first), no original.
+    out = node.run(app(w), [sys.executable, "-c", CHAT_WITH_ROUTE, f"{w['sidecar'].base_url}/v1"], timeout=60)
+    assert out.returncode == 0, out.stderr
+    route = out.stdout.splitlines()[0]
+    assert "pool=gpu;" in route and "original=" not in route, route
+    # Only app containers are redirected: the sidecar reaches the pool itself.
+    assert node.probe(side(w), "tcp", "127.0.0.1", direct.port)["ok"]
+    metrics = agent.metrics()
+    redirected = [l for l in metrics.splitlines() if l.startswith("vigie_egress_redirected_connections ")]
+    assert redirected and int(float(redirected[0].split()[1])) >= 2, redirected
+    denied = [e for e in agent.events() if e["port"] == direct.port and e["role"] == "app"
+              and e["destination"] == "127.0.0.1"]
+    assert len(denied) == 1, "only the try before the redirect rule was refused"
+    # The lookup answers only for redirected connections.
+    import httpx
+    r = httpx.get(f"{agent.url}/v1/original-destination", params={"netns": 1, "peer": "127.0.0.1:1"})
+    assert r.status_code == 404
+    assert httpx.get(f"{agent.url}/v1/original-destination", params={"peer": "x"}).status_code == 400
+
+
 def test_agent_restart_never_opens_a_window(world):
     w, node, remote = world, world["node"], world["remote"]
     agent = w["agent"]
@@ -225,7 +282,7 @@ def test_agent_restart_never_opens_a_window(world):
     after = subprocess.run(["bpftool", "cgroup", "show", str(node.root)], capture_output=True, text=True).stdout
     names = [line.split()[-1] for line in after.splitlines()[1:] if line.strip()]
     assert sorted(names) == sorted(line.split()[-1] for line in before.splitlines()[1:] if line.strip())
-    assert len(names) == 5, after
+    assert len(names) == 6, after
     assert "adopted=true" in agent.process.log() or '"adopted":true' in agent.process.log()
 
 

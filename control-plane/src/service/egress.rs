@@ -17,6 +17,8 @@ use crate::store::egress::DenialFilter;
 
 /// Most entries per report (an agent aggregates; more means a flood).
 const MAX_REPORT: usize = 1000;
+/// Longest name accepted (a DNS subdomain, as Kubernetes names).
+const MAX_NAME: usize = 253;
 
 #[derive(Debug, Clone)]
 pub struct EgressApi {
@@ -52,6 +54,20 @@ impl EgressService for EgressApi {
             }
             if d.count == 0 {
                 return Err(invalid(&p("count"), "must be at least 1"));
+            }
+            for (field, value) in [
+                ("node", &d.node),
+                ("namespace", &d.namespace),
+                ("pod", &d.pod),
+                ("container", &d.container),
+                ("role", &d.role),
+                ("protocol", &d.protocol),
+                ("hook", &d.hook),
+                ("command", &d.command),
+            ] {
+                if value.len() > MAX_NAME {
+                    return Err(invalid(&p(field), &format!("at most {MAX_NAME} bytes")));
+                }
             }
         }
         self.store

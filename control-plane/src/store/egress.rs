@@ -40,15 +40,25 @@ pub struct DenialFilter {
 }
 
 fn ms(t: Option<&pbjson_types::Timestamp>) -> i64 {
-    t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    t.map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos) / 1_000_000)
+    })
 }
+
+/// Denials older than this are deleted as new ones arrive (a scanning pod adds rows
+/// every report interval).
+pub const RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
 impl SqlStore {
     pub(super) async fn insert_denial_rows(
         &self,
         rows: &[EgressDenial],
-        id_base: i64,
+        now_ms: i64,
     ) -> Result<(), StoreError> {
+        // The id only orders rows of equal last_seen (arrival order); not a key.
+        let id_base = now_ms.saturating_mul(1000);
         let mut tx = self.pool.begin().await?;
         for (i, d) in rows.iter().enumerate() {
             sqlx::query(
@@ -73,6 +83,10 @@ impl SqlStore {
             .execute(&mut *tx)
             .await?;
         }
+        sqlx::query("DELETE FROM vigie_egress_denials WHERE last_seen < $1")
+            .bind(now_ms - RETENTION_MS)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -114,5 +128,65 @@ impl SqlStore {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::timestamp;
+
+    fn denial(pod: &str, last_seen_ms: i64) -> EgressDenial {
+        EgressDenial {
+            node: "n1".into(),
+            namespace: "shop".into(),
+            pod: pod.into(),
+            destination: "10.1.2.3".into(),
+            port: 443,
+            protocol: "tcp".into(),
+            hook: "connect4".into(),
+            count: 2,
+            first_seen: Some(timestamp(last_seen_ms - 5)),
+            last_seen: Some(timestamp(last_seen_ms)),
+            ..EgressDenial::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn denials_are_listed_newest_first_and_old_ones_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/d.db?mode=rwc", dir.path().display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let now = 1_800_000_000_000;
+        store
+            .insert_denial_rows(&[denial("old", now - RETENTION_MS + 1000)], now - 2000)
+            .await
+            .unwrap();
+        store
+            .insert_denial_rows(&[denial("a", now - 10), denial("b", now)], now)
+            .await
+            .unwrap();
+        let all = store
+            .denial_rows(&DenialFilter {
+                limit: 10,
+                ..DenialFilter::default()
+            })
+            .await
+            .unwrap();
+        let pods: Vec<&str> = all.iter().map(|d| d.pod.as_str()).collect();
+        assert_eq!(pods, ["b", "a", "old"]);
+        assert_eq!(all[0].count, 2);
+        assert_eq!(all[0].last_seen, Some(timestamp(now)));
+        // Past the retention, the next insert deletes it.
+        store
+            .insert_denial_rows(&[denial("c", now + 2000)], now + 2000)
+            .await
+            .unwrap();
+        let f = DenialFilter {
+            namespace: "shop".into(),
+            pod: "old".into(),
+            limit: 10,
+        };
+        assert!(store.denial_rows(&f).await.unwrap().is_empty());
     }
 }

@@ -615,9 +615,7 @@ impl Store for SqlStore {
     }
 
     async fn insert_denials(&self, denials: &[EgressDenial]) -> Result<(), StoreError> {
-        // The id only orders rows of equal last_seen (arrival order); not a key.
-        self.insert_denial_rows(denials, now_ms().saturating_mul(1000))
-            .await
+        self.insert_denial_rows(denials, now_ms()).await
     }
 
     async fn denials(

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 use vigie_egress::bpf::Enforcer;
-use vigie_egress::plan::Desired;
+use vigie_egress::plan::{Compiled, Desired};
 use vigie_egress::{cgroups, events, metrics};
 use vigie_egress_common::PROTO_TCP;
 use vigie_egress_common::compile::{Rule, compile};
@@ -67,7 +67,10 @@ fn main() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     rules.push(Rule::host(Ipv4Addr::LOCALHOST.into(), port, PROTO_TCP));
-    let entries = Arc::new(compile(&rules).unwrap());
+    let entries = Arc::new(Compiled {
+        allow: compile(&rules).unwrap(),
+        ..Compiled::default()
+    });
     let enrolled_id = cgroups::cgroup_id(&enrolled).unwrap();
     let desired = Desired {
         enrolled: BTreeMap::from([(enrolled_id, 1)]),
@@ -78,7 +81,7 @@ fn main() {
     enforcer.apply(&desired).unwrap();
     println!(
         "policy: {} trie entries loaded in {:.1} ms",
-        entries.len(),
+        entries.allow.len(),
         t.elapsed().as_secs_f64() * 1e3
     );
 
@@ -182,7 +185,7 @@ fn main() {
         events::Pending::new("bench"),
     ));
     move_to(&enrolled);
-    let (denied_before, lost_before) = enforcer.stats();
+    let (denied_before, lost_before, _) = enforcer.stats();
     let flood = Duration::from_secs(3);
     let t = Instant::now();
     let mut attempts = 0u64;
@@ -193,7 +196,7 @@ fn main() {
     }
     let secs = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    let (denied, lost) = enforcer.stats();
+    let (denied, lost, _) = enforcer.stats();
     let drained: u64 = m.denials.with_label_values(&["", "", "", "tcp"]).get();
     println!(
         "denial flood: {attempts} refused connects in {secs:.1} s ({:.0}/s), kernel counted {}, drained {} ({:.0}/s), lost {}",

@@ -16,17 +16,22 @@ use std::sync::Arc;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSkbAttachType};
 use aya::{Ebpf, EbpfLoader};
 use tracing::{info, warn};
 use vigie_egress_common::compile::Entry;
 use vigie_egress_common::{
-    Allow, DestKey, MAP_ALLOW, MAP_ENROLLED, MAP_EVENTS, MAP_STATS, POLICY_PREFIX_BITS, PROGRAMS,
-    STAT_DENIED, STAT_EVENTS_LOST,
+    Allow, DENY_ALL_POLICY, DestKey, MAP_ALLOW, MAP_ENROLLED, MAP_EVENTS, MAP_ORIG_PEER,
+    MAP_REDIRECT, MAP_REDIRECT_PORT, MAP_STATS, OrigDst, POLICY_PREFIX_BITS, PROGRAMS, PeerKey,
+    STAT_DENIED, STAT_EVENTS_LOST, STAT_REDIRECTED,
 };
 
-use crate::plan::{Desired, PolicyKey};
+use crate::plan::{Compiled, Desired, PolicyKey, key_of};
+
+/// Client end of a redirected connection → where it was going (read by the lookup
+/// endpoint the sidecars call).
+pub type OrigPeers = Arc<std::sync::Mutex<BpfHashMap<MapData, PeerKey, OrigDst>>>;
 
 /// The programs, built for bpfel-unknown-none by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vigie-egress-ebpf"));
@@ -82,9 +87,11 @@ fn on_bpffs(dir: &Path) -> std::io::Result<bool> {
 pub struct Enforcer {
     enrolled: BpfHashMap<MapData, u64, u32>,
     allow: LpmTrie<MapData, DestKey, Allow>,
+    redirect: LpmTrie<MapData, DestKey, Allow>,
+    redirect_port: BpfHashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
-    /// Policies in the trie: content key → (policy id, its trie keys).
-    loaded: HashMap<PolicyKey, (u32, Arc<Vec<Entry>>)>,
+    /// Policies in the maps: content key → (policy id, what was loaded).
+    loaded: HashMap<PolicyKey, (u32, Arc<Compiled>)>,
     next_id: u32,
     /// Kept alive: the links are pinned, the object holds the programs' fds.
     bpf: Ebpf,
@@ -93,6 +100,7 @@ pub struct Enforcer {
 /// What the agent drains besides applying plans.
 pub struct Channels {
     pub events: RingBuf<MapData>,
+    pub orig_peers: OrigPeers,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -130,24 +138,17 @@ impl Enforcer {
         for name in PROGRAMS {
             let link = attach(&mut bpf, name, &cg)?;
             let path = links_dir.join(name);
-            // New link first, then the old one goes: never a moment without one.
-            if path.exists() {
-                match PinnedLink::from_pin(&path) {
-                    Ok(old) => match old.unpin() {
-                        Ok(old) => drop(old),
-                        Err(e) => {
-                            warn!(link = %path.display(), error = %e, "could not unpin the previous link")
-                        }
-                    },
-                    Err(e) => {
-                        warn!(link = %path.display(), error = %e, "unreadable pinned link replaced")
-                    }
-                }
-            }
-            link.pin(&path).map_err(|e| BpfError::Pin {
-                path: path.display().to_string(),
+            // bpffs refuses names with a dot.
+            let fresh = links_dir.join(format!("{name}_new"));
+            let _ = std::fs::remove_file(&fresh);
+            // The new link is attached (we hold it) and pinned beside the old one, then
+            // renamed over it: the old link loses its last reference and detaches. A
+            // crash at any step leaves one pinned link or both, never none.
+            link.pin(&fresh).map_err(|e| BpfError::Pin {
+                path: fresh.display().to_string(),
                 detail: e.to_string(),
             })?;
+            std::fs::rename(&fresh, &path).map_err(io(format!("replacing {}", path.display())))?;
         }
         let take = |bpf: &mut Ebpf, name: &'static str| {
             bpf.take_map(name).ok_or(BpfError::MissingMap(name))
@@ -159,32 +160,132 @@ impl Enforcer {
         let stats =
             PerCpuArray::try_from(take(&mut bpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
         let events = RingBuf::try_from(take(&mut bpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
+        let redirect =
+            LpmTrie::try_from(take(&mut bpf, MAP_REDIRECT)?).map_err(map_err(MAP_REDIRECT))?;
+        let redirect_port = BpfHashMap::try_from(take(&mut bpf, MAP_REDIRECT_PORT)?)
+            .map_err(map_err(MAP_REDIRECT_PORT))?;
+        let orig_peers =
+            BpfHashMap::try_from(take(&mut bpf, MAP_ORIG_PEER)?).map_err(map_err(MAP_ORIG_PEER))?;
         let mut this = Enforcer {
             enrolled,
             allow,
+            redirect,
+            redirect_port,
             stats,
             loaded: HashMap::new(),
             next_id: 1,
             bpf,
         };
-        let in_use = this.policy_ids_in_trie();
-        this.next_id = in_use.iter().max().map_or(1, |m| m.saturating_add(1));
+        this.adopt();
         info!(
             adopted,
             enrolled = this.enrolled.keys().count(),
-            policies = in_use.len(),
+            policies = this.loaded.len(),
             cgroup = %cgroup.display(),
             "egress programs attached"
         );
-        Ok((this, Channels { events, logger }))
+        Ok((
+            this,
+            Channels {
+                events,
+                orig_peers: Arc::new(std::sync::Mutex::new(orig_peers)),
+                logger,
+            },
+        ))
     }
 
-    fn policy_ids_in_trie(&self) -> BTreeSet<u32> {
-        self.allow
-            .keys()
+    /// Rebuilds what a previous agent loaded from the pinned maps, so a restart with
+    /// unchanged policies rewrites nothing, and new ids never collide with old ones.
+    fn adopt(&mut self) {
+        let mut by_id: HashMap<u32, Compiled> = HashMap::new();
+        for (redirect, trie) in [(false, &self.allow), (true, &self.redirect)] {
+            for (key, allow) in trie.iter().filter_map(Result::ok) {
+                let id = u32::from_be_bytes(key.data().policy);
+                let entry = Entry {
+                    addr: key.data().addr,
+                    prefix_len: u8::try_from(key.prefix_len().saturating_sub(POLICY_PREFIX_BITS))
+                        .unwrap_or(u8::MAX),
+                    allow,
+                };
+                let c = by_id.entry(id).or_default();
+                if redirect {
+                    c.redirect.push(entry);
+                } else {
+                    c.allow.push(entry);
+                }
+            }
+        }
+        for (id, port) in self.redirect_port.iter().filter_map(Result::ok) {
+            by_id.entry(id).or_default().redirect_port = u16::try_from(port).unwrap_or(0);
+        }
+        let mut max_id = self
+            .enrolled
+            .iter()
             .filter_map(Result::ok)
-            .map(|k| u32::from_be_bytes(k.data().policy))
-            .collect()
+            .map(|(_, id)| id)
+            .filter(|id| *id != DENY_ALL_POLICY)
+            .max()
+            .unwrap_or(0);
+        for (id, mut c) in by_id {
+            max_id = max_id.max(id);
+            // The compiler's order: by address, then prefix length.
+            c.allow.sort_by_key(|e| (e.addr, e.prefix_len));
+            c.redirect.sort_by_key(|e| (e.addr, e.prefix_len));
+            self.loaded.entry(key_of(&c)).or_insert((id, Arc::new(c)));
+        }
+        self.next_id = max_id.saturating_add(1).max(1);
+    }
+
+    fn allocate_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if id != DENY_ALL_POLICY && !self.loaded.values().any(|(used, _)| *used == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Loads one policy under `id`; on error removes what it had written.
+    fn load(&mut self, id: u32, c: &Compiled) -> Result<(), BpfError> {
+        let mut written: Vec<(bool, Key<DestKey>)> = Vec::new();
+        let mut result = Ok(());
+        'load: for (redirect, entries) in [(false, &c.allow), (true, &c.redirect)] {
+            for e in entries {
+                let key = Self::trie_key(id, e);
+                let trie = if redirect {
+                    &mut self.redirect
+                } else {
+                    &mut self.allow
+                };
+                if let Err(source) = trie.insert(&key, e.allow, 0) {
+                    let name = if redirect { MAP_REDIRECT } else { MAP_ALLOW };
+                    result = Err(BpfError::Map { name, source });
+                    break 'load;
+                }
+                written.push((redirect, key));
+            }
+        }
+        if result.is_ok() && c.redirect_port != 0 {
+            result = self
+                .redirect_port
+                .insert(id, u32::from(c.redirect_port), 0)
+                .map_err(|source| BpfError::Map {
+                    name: MAP_REDIRECT_PORT,
+                    source,
+                });
+        }
+        if result.is_err() {
+            for (redirect, key) in written {
+                let trie = if redirect {
+                    &mut self.redirect
+                } else {
+                    &mut self.allow
+                };
+                let _ = trie.remove(&key);
+            }
+        }
+        result
     }
 
     fn trie_key(id: u32, e: &Entry) -> Key<DestKey> {
@@ -194,42 +295,40 @@ impl Enforcer {
         )
     }
 
-    /// Brings the maps to `desired`. On error, nothing that was half-loaded stays and
-    /// no cgroup points to it.
+    /// Brings the maps to `desired`. A policy that cannot be loaded is removed before
+    /// anything points to it, and its cgroups fail closed (they reach nothing); the
+    /// error is returned once everything else is in place.
     pub fn apply(&mut self, desired: &Desired) -> Result<Applied, BpfError> {
         let mut out = Applied::default();
-        for (key, entries) in &desired.policies {
-            if self.loaded.contains_key(key) {
+        let mut failure: Option<BpfError> = None;
+        for (key, compiled) in &desired.policies {
+            if self.loaded.contains_key(key) || compiled.is_empty() {
                 continue;
             }
-            let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1).max(1);
-            for (n, e) in entries.iter().enumerate() {
-                if let Err(source) = self.allow.insert(&Self::trie_key(id, e), e.allow, 0) {
-                    for done in &entries[..n] {
-                        let _ = self.allow.remove(&Self::trie_key(id, done));
-                    }
-                    return Err(BpfError::Map {
-                        name: MAP_ALLOW,
-                        source,
-                    });
+            let id = self.allocate_id();
+            match self.load(id, compiled) {
+                Ok(()) => {
+                    self.loaded.insert(*key, (id, compiled.clone()));
+                    out.loaded_policies += 1;
+                }
+                Err(e) => {
+                    warn!(error = %e, "a policy could not be loaded; its pods reach nothing");
+                    failure.get_or_insert(e);
                 }
             }
-            self.loaded.insert(*key, (id, entries.clone()));
-            out.loaded_policies += 1;
         }
         for (cgroup, key) in &desired.enrolled {
-            let Some((id, _)) = self.loaded.get(key) else {
-                continue;
-            };
-            if self.enrolled.get(cgroup, 0).ok() != Some(*id) {
-                self.enrolled
-                    .insert(cgroup, id, 0)
-                    .map_err(|source| BpfError::Map {
-                        name: MAP_ENROLLED,
-                        source,
-                    })?;
-                out.enrolled_changed += 1;
+            let id = self.loaded.get(key).map_or(DENY_ALL_POLICY, |(id, _)| *id);
+            if self.enrolled.get(cgroup, 0).ok() != Some(id) {
+                match self.enrolled.insert(cgroup, id, 0) {
+                    Ok(()) => out.enrolled_changed += 1,
+                    Err(source) => {
+                        failure.get_or_insert(BpfError::Map {
+                            name: MAP_ENROLLED,
+                            source,
+                        });
+                    }
+                }
             }
         }
         let gone: Vec<u64> = self
@@ -242,28 +341,60 @@ impl Enforcer {
             let _ = self.enrolled.remove(&cgroup);
             out.unenrolled += 1;
         }
-        // Entries no cgroup points to any more: ours, and those of a previous agent.
-        let live: BTreeSet<u32> = desired
-            .policies
-            .keys()
-            .filter_map(|k| self.loaded.get(k).map(|(id, _)| *id))
-            .collect();
+        // Entries no cgroup points to any more (ours, or a previous agent's) go last.
         self.loaded.retain(|k, _| desired.policies.contains_key(k));
-        let stale: Vec<Key<DestKey>> = self
+        let referenced: BTreeSet<u32> = self
+            .enrolled
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, id)| id)
+            .collect();
+        let live: BTreeSet<u32> = self
+            .loaded
+            .values()
+            .map(|(id, _)| *id)
+            .chain(referenced)
+            .collect();
+        self.loaded.retain(|_, (id, _)| live.contains(id));
+        let is_stale = |k: &Key<DestKey>| !live.contains(&u32::from_be_bytes(k.data().policy));
+        let stale_allow: Vec<Key<DestKey>> = self
             .allow
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !live.contains(&u32::from_be_bytes(k.data().policy)))
+            .filter(is_stale)
             .collect();
-        let stale_ids: BTreeSet<u32> = stale
+        let stale_redirect: Vec<Key<DestKey>> = self
+            .redirect
+            .keys()
+            .filter_map(Result::ok)
+            .filter(is_stale)
+            .collect();
+        let stale_ports: Vec<u32> = self
+            .redirect_port
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !live.contains(id))
+            .collect();
+        let stale_ids: BTreeSet<u32> = stale_allow
             .iter()
+            .chain(&stale_redirect)
             .map(|k| u32::from_be_bytes(k.data().policy))
+            .chain(stale_ports.iter().copied())
             .collect();
-        for k in stale {
+        for k in stale_allow {
             let _ = self.allow.remove(&k);
         }
+        for k in stale_redirect {
+            let _ = self.redirect.remove(&k);
+        }
+        for id in stale_ports {
+            let _ = self.redirect_port.remove(&id);
+        }
         out.removed_policies = stale_ids.len();
-        Ok(out)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Per program: (name, runs, time spent) as the kernel counts them (only while
@@ -279,49 +410,52 @@ impl Enforcer {
             .collect()
     }
 
-    /// (denials, events lost) summed over CPUs, since the maps were created.
-    pub fn stats(&self) -> (u64, u64) {
+    /// (denials, events lost, redirected) summed over CPUs, since the maps were created.
+    pub fn stats(&self) -> (u64, u64, u64) {
         let sum = |i: u32| {
             self.stats
                 .get(&i, 0)
                 .map(|v| v.iter().copied().sum::<u64>())
                 .unwrap_or(0)
         };
-        (sum(STAT_DENIED), sum(STAT_EVENTS_LOST))
+        (
+            sum(STAT_DENIED),
+            sum(STAT_EVENTS_LOST),
+            sum(STAT_REDIRECTED),
+        )
     }
 }
 
 fn attach(bpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, BpfError> {
     let err = |source| BpfError::Program { name, source };
+    let pin_err = |e: aya::programs::links::LinkError| BpfError::Pin {
+        path: name.into(),
+        detail: e.to_string(),
+    };
     let prog = bpf.program_mut(name).ok_or(BpfError::Program {
         name,
         source: aya::programs::ProgramError::UnexpectedProgramType,
     })?;
     // With bpf_link (kernel ≥ 5.7) links always stack; the kernel refuses any flag.
     let mode = CgroupAttachMode::Single;
-    let link: FdLink =
-        if name == "vigie_skb_egress" {
-            let p: &mut CgroupSkb = prog.try_into().map_err(err)?;
+    match prog {
+        aya::programs::Program::SockOps(p) => {
+            p.load().map_err(err)?;
+            let id = p.attach(cgroup, mode).map_err(err)?;
+            p.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+        aya::programs::Program::CgroupSkb(p) => {
             p.load().map_err(err)?;
             let id = p
                 .attach(cgroup, CgroupSkbAttachType::Egress, mode)
                 .map_err(err)?;
-            p.take_link(id).map_err(err)?.try_into().map_err(
-                |e: aya::programs::links::LinkError| BpfError::Pin {
-                    path: name.into(),
-                    detail: e.to_string(),
-                },
-            )?
-        } else {
-            let p: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
+            p.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+        aya::programs::Program::CgroupSockAddr(p) => {
             p.load().map_err(err)?;
             let id = p.attach(cgroup, mode).map_err(err)?;
-            p.take_link(id).map_err(err)?.try_into().map_err(
-                |e: aya::programs::links::LinkError| BpfError::Pin {
-                    path: name.into(),
-                    detail: e.to_string(),
-                },
-            )?
-        };
-    Ok(link)
+            p.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+        _ => Err(err(aya::programs::ProgramError::UnexpectedProgramType)),
+    }
 }

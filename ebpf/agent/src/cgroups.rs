@@ -90,12 +90,19 @@ pub fn find_container_dir(pod_dir: &Path, container_id: &str) -> Option<PathBuf>
     if id.len() < 12 {
         return None;
     }
+    // Exactly the runtimes' forms: CRI-O also puts `crio-conmon-<id>.scope` (its
+    // monitor) in the pod's cgroup, which must not be taken for the container.
+    let forms = [
+        id.to_string(),
+        format!("cri-containerd-{id}.scope"),
+        format!("crio-{id}.scope"),
+        format!("crio-{id}"),
+        format!("docker-{id}.scope"),
+    ];
     std::fs::read_dir(pod_dir).ok()?.flatten().find_map(|e| {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        let bare = name.strip_suffix(".scope").unwrap_or(&name);
-        let bare = bare.rsplit_once('-').map_or(bare, |(_, id)| id);
-        (bare == id).then(|| e.path())
+        forms.iter().any(|f| *f == name).then(|| e.path())
     })
 }
 
@@ -140,7 +147,7 @@ mod tests {
                 "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podother.slice/x"
                     .into(),
                 format!("{pod}/{container}"),
-                format!("{pod}/crio-conmon-{ID}.scope-not-it"),
+                format!("{pod}/crio-conmon-{ID}.scope"),
             ]);
             let found = find_pod_dir(root.path(), UID).unwrap();
             assert_eq!(found, root.path().join(&pod), "{pod}");

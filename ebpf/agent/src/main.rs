@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -63,8 +63,13 @@ struct Args {
     /// DNS resolvers when a policy names none (default: nameservers of /etc/resolv.conf).
     #[arg(long, env = "VIGIE_DNS", value_delimiter = ',')]
     dns: Vec<IpAddr>,
+    /// Metrics, readiness, and the original-destination lookup for sidecars.
     #[arg(long, env = "VIGIE_METRICS_LISTEN", default_value = "0.0.0.0:15095")]
     metrics_listen: SocketAddr,
+    /// How sidecars reach this agent's lookup (e.g. a node-local Service's address);
+    /// their egress rules allow it. Default: none (no redirect lookups).
+    #[arg(long, env = "VIGIE_LOOKUP_ADDRESS")]
+    lookup_address: Option<SocketAddr>,
     /// Denial events logged per pod per second (the rest are counted).
     #[arg(long, env = "VIGIE_EVENTS_PER_SECOND", default_value_t = 20)]
     events_per_second: u32,
@@ -102,7 +107,8 @@ async fn resolve(host: &str, port: u16) -> Vec<IpAddr> {
 #[derive(PartialEq)]
 struct Fingerprint {
     bundle: String,
-    pods_mtime: Option<SystemTime>,
+    /// Content of the pods document (the lister rewrites it every 2 s unchanged).
+    pods: Vec<pods::PodInfo>,
     resolved_pods: usize,
     enrolled_pods: usize,
     hosts: Vec<(String, Vec<IpAddr>)>,
@@ -119,6 +125,9 @@ struct Agent {
     resolved_hosts: HashMap<String, Vec<IpAddr>>,
     hosts_at: Option<Instant>,
     last: Option<Fingerprint>,
+    /// Pods already resolved, by UID: reused while their cgroup directory exists, so a
+    /// pass that cannot read the tree does not unenrol anyone.
+    resolved: HashMap<String, (PathBuf, ResolvedPod)>,
 }
 
 impl Agent {
@@ -167,7 +176,11 @@ impl Agent {
         };
         let mut out = HashMap::new();
         for host in plan::endpoint_hosts(&bundle.policies) {
-            let ips = resolve(&host, 443).await;
+            let mut ips = resolve(&host, 443).await;
+            if ips.is_empty() {
+                // A resolver hiccup must not cut the sidecars off their pools.
+                ips = self.resolved_hosts.get(&host).cloned().unwrap_or_default();
+            }
             out.insert(host, ips);
         }
         if let Ok(url) = url::Url::parse(&self.args.control_plane)
@@ -178,44 +191,72 @@ impl Agent {
                 Ok(ip) => vec![ip],
                 Err(_) => resolve(host, port).await,
             };
-            self.settings.control_plane = ips.into_iter().map(|ip| (ip, port)).collect();
+            if !ips.is_empty() {
+                self.settings.control_plane = ips.into_iter().map(|ip| (ip, port)).collect();
+            }
         }
         self.resolved_hosts = out;
         self.hosts_at = Some(Instant::now());
     }
 
-    fn resolve_pods(&self, pods: &[pods::PodInfo]) -> Vec<ResolvedPod> {
-        pods.iter()
-            .filter_map(|p| {
-                let dir = cgroups::find_pod_dir(&self.cgroup_root, &p.uid)?;
-                let pod_cgroup = cgroups::cgroup_id(&dir).ok()?;
-                let containers = p
-                    .containers
-                    .iter()
-                    .filter_map(|(name, id)| {
-                        let c = cgroups::find_container_dir(&dir, id)?;
-                        Some((name.clone(), cgroups::cgroup_id(&c).ok()?))
-                    })
-                    .collect();
-                Some(ResolvedPod {
-                    info: p.clone(),
-                    pod_cgroup,
-                    containers,
+    fn resolve_pods(&mut self, pods: &[pods::PodInfo]) -> Vec<ResolvedPod> {
+        let mut out = Vec::with_capacity(pods.len());
+        let mut seen = std::collections::HashSet::new();
+        for p in pods {
+            seen.insert(p.uid.clone());
+            if let Some((dir, cached)) = self.resolved.get(&p.uid)
+                && cached.info == *p
+                && cached.containers.len() == p.containers.len()
+                && dir.exists()
+            {
+                out.push(cached.clone());
+                continue;
+            }
+            let Some(dir) = cgroups::find_pod_dir(&self.cgroup_root, &p.uid) else {
+                // Not found this pass: keep what was known while its directory exists.
+                if let Some((dir, cached)) = self.resolved.get(&p.uid)
+                    && dir.exists()
+                {
+                    out.push(cached.clone());
+                }
+                continue;
+            };
+            let Ok(pod_cgroup) = cgroups::cgroup_id(&dir) else {
+                continue;
+            };
+            let containers = p
+                .containers
+                .iter()
+                .filter_map(|(name, id)| {
+                    let c = cgroups::find_container_dir(&dir, id)?;
+                    Some((name.clone(), cgroups::cgroup_id(&c).ok()?))
                 })
-            })
-            .collect()
+                .collect();
+            let r = ResolvedPod {
+                info: p.clone(),
+                pod_cgroup,
+                containers,
+            };
+            self.resolved.insert(p.uid.clone(), (dir, r.clone()));
+            out.push(r);
+        }
+        self.resolved.retain(|uid, _| seen.contains(uid));
+        out
     }
 
-    /// Plans and applies if an input moved. `Err` leaves the maps as they were.
+    /// Plans and applies if an input moved. An unreadable pods document changes
+    /// nothing (retried on the next tick); pods whose policy cannot be compiled are
+    /// logged and fail closed; `Err` only when the maps could not be updated.
     fn reconcile(&mut self, force: bool) -> Result<(), String> {
-        let Some((version, bundle)) = &self.bundle else {
+        let Some((version, _)) = &self.bundle else {
             return Ok(());
         };
-        let pods_mtime = std::fs::metadata(&self.args.pods_file)
-            .and_then(|m| m.modified())
-            .ok();
+        let version = version.clone();
         let pods = pods::load(&self.args.pods_file, &self.args.node).map_err(|e| e.to_string())?;
         let resolved = self.resolve_pods(&pods);
+        let Some((_, bundle)) = &self.bundle else {
+            return Ok(());
+        };
         let full = resolved
             .iter()
             .filter(|p| p.containers.len() == p.info.containers.len())
@@ -224,7 +265,7 @@ impl Agent {
         hosts.sort();
         let fp = Fingerprint {
             bundle: version.clone(),
-            pods_mtime,
+            pods: pods.clone(),
             resolved_pods: resolved.len(),
             enrolled_pods: full,
             hosts,
@@ -239,8 +280,9 @@ impl Agent {
             &self.resolved_hosts,
         );
         for e in &errors {
-            error!(error = %e, "pod policy cannot be compiled; the pod may reach nothing");
+            error!(error = %e, "pod policy cannot be compiled; the pod reaches nothing");
         }
+        self.metrics.pod_errors.set(errors.len() as i64);
         match self.enforcer.apply(&desired) {
             Ok(applied) => {
                 self.metrics.applies.with_label_values(&["ok"]).inc();
@@ -263,17 +305,13 @@ impl Agent {
                 self.metrics.policies.set(desired.policies.len() as i64);
                 self.metrics.allow_entries.set(desired.entries() as i64);
                 self.metrics.bundle.reset();
-                self.metrics.bundle.with_label_values(&[version]).set(1);
+                self.metrics.bundle.with_label_values(&[&version]).set(1);
                 if let Ok(mut n) = self.names.write() {
                     *n = desired.names;
                 }
                 self.last = Some(fp);
                 self.metrics.ready.store(true, Ordering::Relaxed);
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(errors.join("; "))
-                }
+                Ok(())
             }
             Err(e) => {
                 self.metrics.applies.with_label_values(&["error"]).inc();
@@ -330,6 +368,7 @@ async fn main() -> anyhow::Result<()> {
         sidecar_container: args.sidecar_container.clone(),
         dns: args.dns.clone(),
         control_plane: Vec::new(),
+        lookup: args.lookup_address.map(|a| (a.ip(), a.port())),
     };
     let (updates_tx, mut updates) = mpsc::channel::<control::Update>(1);
     let control = control::Config {
@@ -361,21 +400,24 @@ async fn main() -> anyhow::Result<()> {
         resolved_hosts: HashMap::new(),
         hosts_at: None,
         last: None,
+        resolved: HashMap::new(),
     };
-    let enforcer_stats = Arc::new(Mutex::new((0u64, 0u64)));
+    let enforcer_stats = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
     {
         let stats = enforcer_stats.clone();
         let m = metrics.clone();
         let served = metrics.clone();
+        let peers = channels.orig_peers.clone();
         let listen = agent.args.metrics_listen;
         let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Ok(s) = stats.lock() {
                 m.kernel_denials.set(s.0 as i64);
                 m.events_lost.set(s.1 as i64);
+                m.redirected.set(s.2 as i64);
             }
         });
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(served, listen, refresh).await {
+            if let Err(e) = metrics::serve(served, listen, refresh, peers).await {
                 error!(error = %e, "metrics server stopped");
             }
         });
@@ -390,15 +432,14 @@ async fn main() -> anyhow::Result<()> {
     loop {
         tokio::select! {
             Some((version, bundle, done)) = updates.recv() => {
-                let previous = agent.bundle.replace((version.clone(), bundle));
+                // The control plane validated the bundle: it is the one to enforce, even
+                // if applying it fails now (retried every tick; the NACK says why).
+                agent.bundle = Some((version.clone(), bundle));
+                agent.save_bundle();
                 agent.refresh_hosts(true).await;
                 let result = agent.reconcile(true);
-                match &result {
-                    Ok(()) => agent.save_bundle(),
-                    Err(e) => {
-                        error!(version = %version, error = %e, "bundle rejected; keeping the previous one");
-                        agent.bundle = previous;
-                    }
+                if let Err(e) = &result {
+                    error!(version = %version, error = %e, "bundle not fully applied; retrying");
                 }
                 let _ = done.send(result);
             }

@@ -18,9 +18,11 @@ pub struct Metrics {
     pub events_suppressed: IntCounter,
     /// Read from the kernel's per-CPU counters at scrape time.
     pub kernel_denials: IntGauge,
+    pub redirected: IntGauge,
     pub events_lost: IntGauge,
     pub enrolled_cgroups: IntGauge,
     pub enrolled_pods: IntGauge,
+    pub pod_errors: IntGauge,
     pub policies: IntGauge,
     pub allow_entries: IntGauge,
     pub applies: IntCounterVec,
@@ -49,6 +51,10 @@ impl Metrics {
             "vigie_egress_kernel_denials",
             "Denials counted in the kernel since the maps were created (survives agent restarts).",
         )?;
+        let redirected = IntGauge::new(
+            "vigie_egress_redirected_connections",
+            "Connections redirected to the sidecar (counted in the kernel since the maps were created).",
+        )?;
         let events_lost = IntGauge::new(
             "vigie_egress_events_lost",
             "Denials whose event did not fit in the ring buffer (counted in the kernel).",
@@ -60,6 +66,10 @@ impl Metrics {
         let enrolled_pods = IntGauge::new(
             "vigie_egress_enrolled_pods",
             "Enrolled pods of this node whose cgroups were found.",
+        )?;
+        let pod_errors = IntGauge::new(
+            "vigie_egress_pod_policy_errors",
+            "Enrolled pods whose policy could not be compiled (they reach nothing).",
         )?;
         let policies = IntGauge::new(
             "vigie_egress_policies",
@@ -99,9 +109,11 @@ impl Metrics {
             Box::new(denials.clone()),
             Box::new(events_suppressed.clone()),
             Box::new(kernel_denials.clone()),
+            Box::new(redirected.clone()),
             Box::new(events_lost.clone()),
             Box::new(enrolled_cgroups.clone()),
             Box::new(enrolled_pods.clone()),
+            Box::new(pod_errors.clone()),
             Box::new(policies.clone()),
             Box::new(allow_entries.clone()),
             Box::new(applies.clone()),
@@ -115,9 +127,11 @@ impl Metrics {
             denials,
             events_suppressed,
             kernel_denials,
+            redirected,
             events_lost,
             enrolled_cgroups,
             enrolled_pods,
+            pod_errors,
             policies,
             allow_entries,
             applies,
@@ -137,15 +151,68 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/readyz` until the process ends; `refresh` runs before
-/// each scrape (kernel counters).
+#[derive(Debug, serde::Deserialize)]
+struct OrigQuery {
+    /// Network namespace cookie of the asking sidecar (SO_NETNS_COOKIE).
+    netns: u64,
+    /// The accepted connection's peer, `ip:port`.
+    peer: SocketAddr,
+}
+
+/// `GET /v1/original-destination?netns=N&peer=IP:PORT`: where a connection redirected
+/// to the sidecar was going. 404 when it was not redirected (or is too old).
+async fn original_destination(
+    peers: crate::bpf::OrigPeers,
+    q: Result<axum::extract::Query<OrigQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let Ok(axum::extract::Query(q)) = q else {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"error": "expected ?netns=<cookie>&peer=<ip>:<port>"})),
+        )
+            .into_response();
+    };
+    let addr = match q.peer.ip() {
+        std::net::IpAddr::V4(a) => vigie_egress_common::v4_mapped(a.octets()),
+        std::net::IpAddr::V6(a) => a.octets(),
+    };
+    let key = vigie_egress_common::PeerKey {
+        netns: q.netns,
+        addr,
+        port: q.peer.port(),
+        _pad: [0; 6],
+    };
+    let found = peers.lock().ok().and_then(|m| m.get(&key, 0).ok());
+    match found {
+        Some(o) => {
+            let ip = std::net::Ipv6Addr::from(o.addr);
+            let ip: std::net::IpAddr = ip.to_ipv4_mapped().map_or(ip.into(), Into::into);
+            axum::Json(serde_json::json!({"destination": ip.to_string(), "port": o.port}))
+                .into_response()
+        }
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "not a redirected connection"})),
+        )
+            .into_response(),
+    }
+}
+
+/// Serves `/metrics`, `/readyz` and the original-destination lookup until the
+/// process ends; `refresh` runs before each scrape (kernel counters).
 pub async fn serve(
     metrics: Metrics,
     listen: SocketAddr,
     refresh: Arc<dyn Fn() + Send + Sync>,
+    peers: crate::bpf::OrigPeers,
 ) -> anyhow::Result<()> {
     let ready = metrics.ready.clone();
     let app = axum::Router::new()
+        .route(
+            "/v1/original-destination",
+            axum::routing::get(move |q| original_destination(peers.clone(), q)),
+        )
         .route(
             "/metrics",
             axum::routing::get(move || {

@@ -25,6 +25,30 @@ pub struct Settings {
     pub dns: Vec<IpAddr>,
     /// Control-plane addresses the sidecars may reach.
     pub control_plane: Vec<(IpAddr, u16)>,
+    /// Where sidecars ask this agent for the original destination of redirected
+    /// connections (their rules allow it).
+    pub lookup: Option<(IpAddr, u16)>,
+}
+
+/// One policy as the maps hold it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub allow: Vec<Entry>,
+    /// Destinations whose TCP connections go to the sidecar instead (app policies).
+    pub redirect: Vec<Entry>,
+    /// The sidecar port they go to (0: no redirect).
+    pub redirect_port: u16,
+}
+
+impl Compiled {
+    pub fn entries(&self) -> usize {
+        self.allow.len() + self.redirect.len()
+    }
+
+    /// Allows nothing, redirects nothing: enrolled cgroups reach nothing.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.redirect.is_empty()
+    }
 }
 
 /// A pod whose cgroups were found.
@@ -61,20 +85,21 @@ pub struct CgroupName {
     pub role: Role,
 }
 
-/// Content hash of a compiled policy: equal policies share trie entries.
+/// Content hash of a compiled policy: equal policies share trie entries (and a
+/// restarted agent recognises what a previous one loaded).
 pub type PolicyKey = u64;
 
 #[derive(Debug, Default, Clone)]
 pub struct Desired {
     pub enrolled: BTreeMap<u64, PolicyKey>,
-    pub policies: HashMap<PolicyKey, Arc<Vec<Entry>>>,
+    pub policies: HashMap<PolicyKey, Arc<Compiled>>,
     /// Every known cgroup of an enrolled pod (containers included), for events.
     pub names: HashMap<u64, CgroupName>,
 }
 
 impl Desired {
     pub fn entries(&self) -> usize {
-        self.policies.values().map(|p| p.len()).sum()
+        self.policies.values().map(|p| p.entries()).sum()
     }
 }
 
@@ -119,13 +144,22 @@ fn resolvers(egress: Option<&Egress>, settings: &Settings) -> Vec<IpAddr> {
     }
 }
 
-/// The (app, sidecar) rules of a pod.
+/// The rules of a pod.
+#[derive(Debug, Default)]
+pub struct PodRules {
+    pub app: Vec<Rule>,
+    pub sidecar: Vec<Rule>,
+    /// Redirected to the sidecar (app containers only).
+    pub redirect: Vec<Rule>,
+}
+
+/// The rules of a pod, from its effective policy.
 pub fn pod_rules(
     heads: &[PolicyHead],
     pod: &PodInfo,
     settings: &Settings,
     resolved: &HashMap<String, Vec<IpAddr>>,
-) -> Result<(Vec<Rule>, Vec<Rule>), String> {
+) -> Result<PodRules, String> {
     let identity = Identity {
         namespace: pod.namespace.clone(),
         pod: pod.name.clone(),
@@ -143,12 +177,13 @@ pub fn pod_rules(
         egress_rules(rules, path, |p, reason| bad.push(format!("{p}: {reason}")))
             .unwrap_or_default()
     };
-    let (extra_app, extra_sidecar) = match egress {
+    let (extra_app, extra_sidecar, redirect) = match egress {
         Some(e) => (
             parse(&e.allow, "egress.allow"),
             parse(&e.sidecar_allow, "egress.sidecarAllow"),
+            parse(&e.redirect, "egress.redirect"),
         ),
-        None => (Vec::new(), Vec::new()),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     };
     if !bad.is_empty() {
         return Err(format!("policy {:?}: {}", policy.name, bad.join("; ")));
@@ -159,7 +194,7 @@ pub fn pod_rules(
     app.extend(extra_app);
 
     let mut sidecar = dns;
-    for (ip, port) in &settings.control_plane {
+    for (ip, port) in settings.control_plane.iter().chain(&settings.lookup) {
         sidecar.push(Rule::host(*ip, *port, PROTO_TCP));
     }
     for endpoint in policy.pools.iter().flat_map(|p| &p.endpoints) {
@@ -178,19 +213,28 @@ pub fn pod_rules(
         sidecar.extend(ips.into_iter().map(|ip| Rule::host(ip, port, PROTO_TCP)));
     }
     sidecar.extend(extra_sidecar);
-    Ok((app, sidecar))
+    Ok(PodRules {
+        app,
+        sidecar,
+        redirect,
+    })
 }
 
-fn key_of(entries: &[Entry]) -> PolicyKey {
+pub fn key_of(c: &Compiled) -> PolicyKey {
     let mut h = DefaultHasher::new();
-    for e in entries {
-        e.addr.hash(&mut h);
-        e.prefix_len.hash(&mut h);
-        e.allow.count.hash(&mut h);
-        for r in &e.allow.rules[..e.allow.count as usize] {
-            r.hash(&mut h);
+    for (tag, entries) in [(0u8, &c.allow), (1, &c.redirect)] {
+        tag.hash(&mut h);
+        entries.len().hash(&mut h);
+        for e in entries {
+            e.addr.hash(&mut h);
+            e.prefix_len.hash(&mut h);
+            e.allow.count.hash(&mut h);
+            for r in e.allow.rules.iter().take(e.allow.count as usize) {
+                r.hash(&mut h);
+            }
         }
     }
+    c.redirect_port.hash(&mut h);
     h.finish()
 }
 
@@ -204,10 +248,18 @@ pub fn plan(
 ) -> (Desired, Vec<String>) {
     let mut d = Desired::default();
     let mut errors = Vec::new();
-    let add = |d: &mut Desired, rules: &[Rule]| -> Result<PolicyKey, String> {
-        let entries = compile(rules).map_err(|e| e.to_string())?;
-        let key = key_of(&entries);
-        d.policies.entry(key).or_insert_with(|| Arc::new(entries));
+    let add = |d: &mut Desired, rules: &[Rule], redirect: &[Rule]| -> Result<PolicyKey, String> {
+        let c = Compiled {
+            allow: compile(rules).map_err(|e| e.to_string())?,
+            redirect: compile(redirect).map_err(|e| e.to_string())?,
+            redirect_port: if redirect.is_empty() {
+                0
+            } else {
+                settings.sidecar_port
+            },
+        };
+        let key = key_of(&c);
+        d.policies.entry(key).or_insert_with(|| Arc::new(c));
         Ok(key)
     };
     for pod in pods {
@@ -217,13 +269,17 @@ pub fn plan(
             container: container.to_string(),
             role,
         };
-        let compiled = pod_rules(heads, &pod.info, settings, resolved)
-            .and_then(|(app, sidecar)| Ok((add(&mut d, &app)?, add(&mut d, &sidecar)?)));
+        let compiled = pod_rules(heads, &pod.info, settings, resolved).and_then(|r| {
+            Ok((
+                add(&mut d, &r.app, &r.redirect)?,
+                add(&mut d, &r.sidecar, &[])?,
+            ))
+        });
         let (app_key, sidecar_key) = match compiled {
             Ok(keys) => keys,
             Err(e) => {
                 errors.push(format!("{}/{}: {e}", pod.info.namespace, pod.info.name));
-                let nothing = add(&mut d, &[]).unwrap_or_default();
+                let nothing = add(&mut d, &[], &[]).unwrap_or_default();
                 (nothing, nothing)
             }
         };
@@ -285,6 +341,7 @@ mod tests {
             sidecar_container: "vigie-sidecar".into(),
             dns: vec!["10.96.0.10".parse().unwrap()],
             control_plane: vec![("10.96.0.20".parse().unwrap(), 50051)],
+            lookup: Some(("10.96.0.30".parse().unwrap(), 15095)),
         }
     }
 
@@ -306,8 +363,8 @@ mod tests {
         let (d, errors) = plan(&h, &[pod("shop", &[])], &settings(), &resolved);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(d.enrolled.len(), 2);
-        let app = &d.policies[&d.enrolled[&100]];
-        let sidecar = &d.policies[&d.enrolled[&101]];
+        let app = &d.policies[&d.enrolled[&100]].allow;
+        let sidecar = &d.policies[&d.enrolled[&101]].allow;
         assert!(
             !d.enrolled.contains_key(&102),
             "app containers inherit the pod's policy"
@@ -326,6 +383,15 @@ mod tests {
         assert!(permits(sidecar, v4("10.0.3.7"), PROTO_TCP, 8000));
         assert!(permits(sidecar, v4("192.0.2.44"), PROTO_TCP, 443));
         assert!(permits(sidecar, v4("10.96.0.20"), PROTO_TCP, 50051));
+        assert!(
+            permits(sidecar, v4("10.96.0.30"), PROTO_TCP, 15095),
+            "the agent's lookup"
+        );
+        assert!(!permits(app, v4("10.96.0.30"), PROTO_TCP, 15095));
+        assert_eq!(
+            d.policies[&d.enrolled[&100]].redirect_port, 0,
+            "nothing to redirect"
+        );
         assert!(!permits(sidecar, v4("10.0.3.8"), PROTO_TCP, 8000));
         assert_eq!(d.names[&102].container, "app");
         assert_eq!(d.names[&101].role, Role::Sidecar);
@@ -343,7 +409,7 @@ mod tests {
                 "egress":{"allow":[{"cidr":"10.30.0.1","protocol":"EGRESS_PROTOCOL_UDP","ports":"9000"}]}}"#,
         ]);
         let (d, _) = plan(&h, &[pod("shop", &[])], &settings(), &HashMap::new());
-        let app = &d.policies[&d.enrolled[&100]];
+        let app = &d.policies[&d.enrolled[&100]].allow;
         assert!(permits(app, v4("10.20.5.5"), PROTO_TCP, 5432));
         assert!(permits(app, v4("10.96.0.53"), PROTO_UDP, 53));
         assert!(!permits(app, v4("10.96.0.10"), PROTO_UDP, 53));
@@ -353,12 +419,34 @@ mod tests {
             &settings(),
             &HashMap::new(),
         );
-        let app = &d.policies[&d.enrolled[&100]];
+        let app = &d.policies[&d.enrolled[&100]].allow;
         assert!(!permits(app, v4("10.20.5.5"), PROTO_TCP, 5432));
         assert!(permits(app, v4("10.30.0.1"), PROTO_UDP, 9000));
         let (d, _) = plan(&h, &[pod("other", &[])], &settings(), &HashMap::new());
-        let app = &d.policies[&d.enrolled[&100]];
+        let app = &d.policies[&d.enrolled[&100]].allow;
         assert!(!permits(app, v4("10.20.5.5"), PROTO_TCP, 5432));
+    }
+
+    #[test]
+    fn redirect_rules_go_to_the_app_policy_with_the_sidecar_port() {
+        let h = heads(&[
+            ROUTING,
+            r#"{"name":"r","egress":{"redirect":[{"cidr":"10.0.3.7","ports":"8000"}]}}"#,
+        ]);
+        let (d, _) = plan(&h, &[pod("shop", &[])], &settings(), &HashMap::new());
+        let app = &d.policies[&d.enrolled[&100]];
+        assert_eq!(app.redirect_port, 15080);
+        assert!(permits(&app.redirect, v4("10.0.3.7"), PROTO_TCP, 8000));
+        assert!(
+            !permits(&app.allow, v4("10.0.3.7"), PROTO_TCP, 8000),
+            "redirected, not allowed"
+        );
+        let sidecar = &d.policies[&d.enrolled[&101]];
+        assert!(sidecar.redirect.is_empty() && sidecar.redirect_port == 0);
+        assert!(
+            permits(&sidecar.allow, v4("10.0.3.7"), PROTO_TCP, 8000),
+            "its pool"
+        );
     }
 
     #[test]
@@ -382,7 +470,11 @@ mod tests {
         }
         let (d, errors) = plan(&bad, &[pod("shop", &[])], &settings(), &HashMap::new());
         assert_eq!(d.enrolled.len(), 2);
-        assert!(d.policies[&d.enrolled[&100]].is_empty(), "fails closed");
+        assert_eq!(
+            *d.policies[&d.enrolled[&100]],
+            Compiled::default(),
+            "fails closed"
+        );
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("egress.allow[0].cidr"), "{errors:?}");
     }

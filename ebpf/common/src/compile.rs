@@ -16,8 +16,12 @@ use ipnet::IpNet;
 
 use crate::{Allow, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP, PortRule, v4_mapped};
 
-/// Largest number of trie entries one compiled policy may use.
-pub const MAX_ENTRIES_PER_POLICY: usize = 16_384;
+/// Largest number of trie entries one compiled policy may use in the maps.
+pub const MAX_ENTRIES_PER_POLICY: usize = USER_MAX_ENTRIES + 1_024;
+/// What a policy's own rule list may use (checked by the control plane at apply
+/// time); the difference is headroom for the rules the agent adds.
+pub const USER_MAX_ENTRIES: usize = 16_384;
+pub const USER_MAX_PORT_RULES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
@@ -36,11 +40,15 @@ pub enum RuleError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
     #[error(
-        "destination {prefix} needs {needed} port ranges (with those of the prefixes containing it); at most {MAX_PORT_RULES} fit"
+        "destination {prefix} needs {needed} port ranges (with those of the prefixes containing it); at most {max} fit"
     )]
-    TooManyPortRanges { prefix: String, needed: usize },
-    #[error("{entries} destination prefixes; at most {MAX_ENTRIES_PER_POLICY} fit in the maps")]
-    TooManyEntries { entries: usize },
+    TooManyPortRanges {
+        prefix: String,
+        needed: usize,
+        max: usize,
+    },
+    #[error("{entries} destination prefixes; at most {max} fit in the maps")]
+    TooManyEntries { entries: usize, max: usize },
 }
 
 /// One allowed destination.
@@ -189,8 +197,23 @@ fn prefix_eq(a: &[u8; 16], b: &[u8; 16], bits: u8) -> bool {
     (a[full] & mask) == (b[full] & mask)
 }
 
-/// Compiles rules into trie entries, each carrying its ancestors' port rules.
+/// Compiles rules into trie entries, each carrying its ancestors' port rules, within
+/// what the maps hold (the agent, with its own rules added).
 pub fn compile(rules: &[Rule]) -> Result<Vec<Entry>, CompileError> {
+    compile_within(rules, MAX_ENTRIES_PER_POLICY, MAX_PORT_RULES)
+}
+
+/// The check the control plane applies to a policy's own rule lists: tighter than the
+/// maps, so the rules an agent adds always fit.
+pub fn check_user_rules(rules: &[Rule]) -> Result<Vec<Entry>, CompileError> {
+    compile_within(rules, USER_MAX_ENTRIES, USER_MAX_PORT_RULES)
+}
+
+fn compile_within(
+    rules: &[Rule],
+    max_entries: usize,
+    max_ranges: usize,
+) -> Result<Vec<Entry>, CompileError> {
     // (addr, len) sorts ancestors before descendants: an ancestor's address is the
     // descendant's truncated, hence ≤, and on equal address the shorter comes first.
     let mut own: BTreeMap<Prefix, Vec<PortRule>> = BTreeMap::new();
@@ -199,8 +222,11 @@ pub fn compile(rules: &[Rule]) -> Result<Vec<Entry>, CompileError> {
             .or_default()
             .push(normalise(r.port));
     }
-    if own.len() > MAX_ENTRIES_PER_POLICY {
-        return Err(CompileError::TooManyEntries { entries: own.len() });
+    if own.len() > max_entries {
+        return Err(CompileError::TooManyEntries {
+            entries: own.len(),
+            max: max_entries,
+        });
     }
     let mut out = Vec::with_capacity(own.len());
     // Open ancestors with their effective (inherited + own) rules.
@@ -216,10 +242,11 @@ pub fn compile(rules: &[Rule]) -> Result<Vec<Entry>, CompileError> {
             rules.extend_from_slice(inherited);
         }
         let rules = merge(rules);
-        if rules.len() > MAX_PORT_RULES {
+        if rules.len() > max_ranges {
             return Err(CompileError::TooManyPortRanges {
                 prefix: display_prefix(&prefix),
                 needed: rules.len(),
+                max: max_ranges,
             });
         }
         let mut allow = Allow {
@@ -385,12 +412,15 @@ mod tests {
                 .push(Rule::parse("10.1.0.0/16", &(2000 + 10 * p).to_string(), PROTO_TCP).unwrap());
         }
         assert_eq!(
-            compile(&rules),
+            check_user_rules(&rules),
             Err(CompileError::TooManyPortRanges {
                 prefix: "10.1.0.0/16".into(),
-                needed: 10
+                needed: 10,
+                max: USER_MAX_PORT_RULES,
             })
         );
+        // The maps hold more: what the agent adds to a full user list still fits.
+        assert!(compile(&rules).is_ok());
     }
 
     #[test]
@@ -417,7 +447,7 @@ mod tests {
         let e = compile(&rules).unwrap();
         assert_eq!(e.len(), 10_000);
         assert!(permits(&e, ip("10.0.0.6"), PROTO_TCP, 443));
-        let too_many: Vec<Rule> = (0..(MAX_ENTRIES_PER_POLICY as u32 + 1))
+        let too_many: Vec<Rule> = (0..(USER_MAX_ENTRIES as u32 + 1))
             .map(|i| {
                 Rule::host(
                     IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
@@ -427,8 +457,9 @@ mod tests {
             })
             .collect();
         assert!(matches!(
-            compile(&too_many),
+            check_user_rules(&too_many),
             Err(CompileError::TooManyEntries { .. })
         ));
+        assert!(compile(&too_many).is_ok(), "headroom for the agent's rules");
     }
 }

@@ -9,9 +9,14 @@ extern crate std;
 #[cfg(feature = "std")]
 pub mod compile;
 
-/// Port ranges kept per destination prefix (after inheriting those of the prefixes
-/// that contain it). A policy needing more is refused, never truncated.
-pub const MAX_PORT_RULES: usize = 8;
+/// Port ranges kept per destination prefix in the maps (after inheriting those of the
+/// prefixes that contain it). A policy's own rules may use
+/// [`compile::USER_MAX_PORT_RULES`]; the rest is headroom for the rules the agent adds
+/// (loopback, DNS, control plane, pool endpoints). Never truncated: refused.
+pub const MAX_PORT_RULES: usize = 12;
+/// Policy id that no trie entry carries: a cgroup enrolled with it reaches nothing
+/// (fail closed). Never allocated to a compiled policy.
+pub const DENY_ALL_POLICY: u32 = u32::MAX;
 /// Cgroup ancestry levels examined for an enrolled cgroup (pod and container cgroups
 /// sit at depth 3–5 under the kubelet's hierarchy).
 pub const MAX_CGROUP_LEVELS: u32 = 12;
@@ -34,19 +39,31 @@ pub const MAP_ENROLLED: &str = "VIGIE_ENROLLED";
 pub const MAP_ALLOW: &str = "VIGIE_ALLOW";
 pub const MAP_EVENTS: &str = "VIGIE_EVENTS";
 pub const MAP_STATS: &str = "VIGIE_STATS";
-pub const PROGRAMS: [&str; 5] = [
+/// (policy id, destination prefix) → ports redirected to the sidecar (app policies).
+pub const MAP_REDIRECT: &str = "VIGIE_REDIRECT";
+/// Policy id → the sidecar's port that redirected connections go to.
+pub const MAP_REDIRECT_PORT: &str = "VIGIE_REDIRECT_PORT";
+/// Socket cookie → original destination, between `connect` and `sock_ops`.
+pub const MAP_ORIG_COOKIE: &str = "VIGIE_ORIG_COOKIE";
+/// (netns cookie, client address, client port) → original destination: what the
+/// sidecar looks up (through the agent) for an accepted connection.
+pub const MAP_ORIG_PEER: &str = "VIGIE_ORIG_PEER";
+pub const PROGRAMS: [&str; 6] = [
     "vigie_connect4",
     "vigie_connect6",
     "vigie_sendmsg4",
     "vigie_sendmsg6",
     "vigie_skb_egress",
+    "vigie_sock_ops",
 ];
 
 /// Index in the per-CPU stats array.
 pub const STAT_DENIED: u32 = 0;
 /// Denials whose event did not fit in the ring buffer.
 pub const STAT_EVENTS_LOST: u32 = 1;
-pub const STAT_COUNT: u32 = 2;
+/// Connections redirected to the sidecar.
+pub const STAT_REDIRECTED: u32 = 2;
+pub const STAT_COUNT: u32 = 3;
 
 /// One allowed port range for one protocol (`PROTO_ANY` matches every protocol).
 #[repr(C)]
@@ -139,8 +156,33 @@ pub struct DenyEvent {
     pub _pad: [u8; 4],
 }
 
+/// Where a redirected connection was going.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// IPv6 form, IPv4 v4-mapped.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// The client end of a redirected connection, as the sidecar sees its peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub netns: u64,
+    /// IPv6 form, IPv4 v4-mapped.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::OrigDst {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::PeerKey {}
     // SAFETY: plain `#[repr(C)]` integers and arrays, padding spelled out, no
     // pointers: any bit pattern is valid.
     #[allow(unsafe_code)]
@@ -154,3 +196,5 @@ mod pod {
 // The agent decodes events field by field at these offsets (see its events.rs).
 const _: () = assert!(core::mem::size_of::<DenyEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 24);
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 32);

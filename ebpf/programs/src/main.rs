@@ -8,19 +8,20 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::bindings::__sk_buff;
+use aya_ebpf::EbpfContext as _;
+use aya_ebpf::bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, __sk_buff};
 use aya_ebpf::helpers::generated::{
-    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
-    bpf_skb_cgroup_id,
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+    bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
 };
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
-use aya_ebpf::macros::{cgroup_skb, cgroup_sock_addr, map};
+use aya_ebpf::macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, RingBuf};
-use aya_ebpf::programs::{SkBuffContext, SockAddrContext};
-use aya_log_ebpf::{debug, warn};
+use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::programs::{SkBuffContext, SockAddrContext, SockOpsContext};
+use aya_log_ebpf::warn;
 use vigie_egress_common::{
-    Allow, DenyEvent, DestKey, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
+    Allow, DenyEvent, DestKey, HOOK_CONNECT4, OrigDst, PeerKey, STAT_REDIRECTED, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
     HOOK_SKB_EGRESS, MAX_CGROUP_LEVELS, POLICY_PREFIX_BITS, PROTO_TCP, PROTO_UDP, STAT_COUNT,
     STAT_DENIED, STAT_EVENTS_LOST, v4_mapped,
 };
@@ -42,6 +43,22 @@ static VIGIE_EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 
 #[map(name = "VIGIE_STATS")]
 static VIGIE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+/// (policy id, destination prefix) → ports redirected to the sidecar.
+#[map(name = "VIGIE_REDIRECT")]
+static VIGIE_REDIRECT: LpmTrie<DestKey, Allow> = LpmTrie::pinned(65_536, 0);
+
+/// Policy id → sidecar port for redirected connections.
+#[map(name = "VIGIE_REDIRECT_PORT")]
+static VIGIE_REDIRECT_PORT: HashMap<u32, u32> = HashMap::pinned(65_536, 0);
+
+/// Socket cookie → original destination (from connect to sock_ops).
+#[map(name = "VIGIE_ORIG_COOKIE")]
+static VIGIE_ORIG_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65_536, 0);
+
+/// Client end of a redirected connection → original destination.
+#[map(name = "VIGIE_ORIG_PEER")]
+static VIGIE_ORIG_PEER: LruHashMap<PeerKey, OrigDst> = LruHashMap::pinned(65_536, 0);
 
 #[derive(Clone, Copy)]
 struct Enrolled {
@@ -123,14 +140,16 @@ fn report(ctx_hook: u8, leaf: u64, e: Enrolled, addr: [u8; 16], port: u16, proto
     }
 }
 
+/// The deepest enrolled ancestor of the calling task's cgroup.
+#[inline(always)]
+fn current_enrolled() -> Option<Enrolled> {
+    // SAFETY: helpers without pointer arguments.
+    deepest_enrolled(|l| unsafe { bpf_get_current_ancestor_cgroup_id(l as i32) })
+}
+
 /// Socket hooks: the calling task is the one connecting or sending.
 #[inline(always)]
-fn sock_verdict(hook: u8, addr: [u8; 16], port: u16, proto: u8) -> i32 {
-    // SAFETY: helpers without pointer arguments.
-    let Some(e) = deepest_enrolled(|l| unsafe { bpf_get_current_ancestor_cgroup_id(l as i32) })
-    else {
-        return ALLOW;
-    };
+fn sock_judge(e: Enrolled, hook: u8, addr: [u8; 16], port: u16, proto: u8) -> i32 {
     if permitted(e.policy, addr, proto, port) {
         return ALLOW;
     }
@@ -138,6 +157,48 @@ fn sock_verdict(hook: u8, addr: [u8; 16], port: u16, proto: u8) -> i32 {
     let leaf = unsafe { bpf_get_current_cgroup_id() };
     report(hook, leaf, e, addr, port, proto, true);
     DENY
+}
+
+#[inline(always)]
+fn sock_verdict(hook: u8, addr: [u8; 16], port: u16, proto: u8) -> i32 {
+    match current_enrolled() {
+        Some(e) => sock_judge(e, hook, addr, port, proto),
+        None => ALLOW,
+    }
+}
+
+/// The sidecar port to send this TCP connection to, if the policy redirects it.
+#[inline(always)]
+fn redirect_to(e: Enrolled, addr: [u8; 16], port: u16, proto: u8) -> Option<u16> {
+    if proto != PROTO_TCP {
+        return None;
+    }
+    let key = Key::new(POLICY_PREFIX_BITS + 128, DestKey::new(e.policy, addr));
+    if !VIGIE_REDIRECT
+        .get(&key)
+        .is_some_and(|r| r.permits(proto, port))
+    {
+        return None;
+    }
+    let p = VIGIE_REDIRECT_PORT.get_ptr(&e.policy)?;
+    // SAFETY: non-null pointer to a live map value, read at once.
+    let to = unsafe { core::ptr::read_volatile(p) };
+    (to != 0).then_some(to as u16)
+}
+
+/// Keeps the original destination under the socket's cookie for `sock_ops`.
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16) {
+    // SAFETY: the program's own context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let orig = OrigDst {
+        addr,
+        port,
+        _pad: [0; 6],
+    };
+    // An LRU map: a full map evicts the oldest, never fails the connect.
+    let _ = VIGIE_ORIG_COOKIE.insert(&cookie, &orig, 0);
+    count(STAT_REDIRECTED);
 }
 
 fn v6_bytes(words: [u32; 4]) -> [u8; 16] {
@@ -184,20 +245,97 @@ fn sock_v6(ctx: &SockAddrContext) -> ([u8; 16], u16, u8) {
     )
 }
 
+/// Redirected connections go to the sidecar on 127.0.0.1 (v4-mapped for IPv6 sockets).
+const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
+
 #[cgroup_sock_addr(connect4)]
 pub fn vigie_connect4(ctx: SockAddrContext) -> i32 {
     let (addr, port, proto) = sock_v4(&ctx);
-    let v = sock_verdict(HOOK_CONNECT4, addr, port, proto);
-    if v == DENY {
-        debug!(&ctx, "connect4 refused, port {}", port);
+    let Some(e) = current_enrolled() else {
+        return ALLOW;
+    };
+    if let Some(to) = redirect_to(e, addr, port, proto) {
+        remember(&ctx, addr, port);
+        // SAFETY: connect4 may rewrite user_ip4 and user_port (4-byte writes).
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(LOOPBACK4);
+            (*ctx.sock_addr).user_port = u32::from(to.to_be());
+        }
+        return ALLOW;
     }
-    v
+    sock_judge(e, HOOK_CONNECT4, addr, port, proto)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn vigie_connect6(ctx: SockAddrContext) -> i32 {
     let (addr, port, proto) = sock_v6(&ctx);
-    sock_verdict(HOOK_CONNECT6, addr, port, proto)
+    let Some(e) = current_enrolled() else {
+        return ALLOW;
+    };
+    if let Some(to) = redirect_to(e, addr, port, proto) {
+        remember(&ctx, addr, port);
+        // SAFETY: connect6 may rewrite user_ip6 (4-byte writes) and user_port.
+        unsafe {
+            (*ctx.sock_addr).user_ip6[0] = 0;
+            (*ctx.sock_addr).user_ip6[1] = 0;
+            (*ctx.sock_addr).user_ip6[2] = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+            (*ctx.sock_addr).user_ip6[3] = u32::from_ne_bytes(LOOPBACK4);
+            (*ctx.sock_addr).user_port = u32::from(to.to_be());
+        }
+        return ALLOW;
+    }
+    sock_judge(e, HOOK_CONNECT6, addr, port, proto)
+}
+
+/// Re-keys a redirected connection by its client end once the kernel has chosen the
+/// local port: the sidecar knows the accepted connection only by its peer address.
+#[sock_ops]
+pub fn vigie_sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
+        return 1;
+    }
+    // SAFETY: the program's own context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(p) = VIGIE_ORIG_COOKIE.get_ptr(&cookie) else {
+        return 1;
+    };
+    // SAFETY: non-null pointer to a live map value, read at once.
+    let orig = unsafe { core::ptr::read_volatile(p) };
+    let ops = ctx.ops;
+    // Every field read unconditionally, at a constant offset from the context pointer:
+    // loads chosen by a branch get merged into one load through a computed pointer,
+    // which the verifier refuses for context memory.
+    // SAFETY: the kernel hands a valid bpf_sock_ops; 4-byte field reads are allowed.
+    let (family, ip4, ip6) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).family)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip4)),
+            [
+                core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[0])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[1])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[2])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[3])),
+            ],
+        )
+    };
+    let addr = if family == 2 {
+        v4_mapped(ip4.to_ne_bytes())
+    } else {
+        v6_bytes(ip6)
+    };
+    // SAFETY: as above.
+    let local_port = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_port)) };
+    let key = PeerKey {
+        // SAFETY: the program's own context pointer.
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        addr,
+        // local_port is in host byte order in bpf_sock_ops.
+        port: local_port as u16,
+        _pad: [0; 6],
+    };
+    let _ = VIGIE_ORIG_PEER.insert(&key, &orig, 0);
+    let _ = VIGIE_ORIG_COOKIE.remove(&cookie);
+    1
 }
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -238,6 +376,12 @@ fn parse(ctx: &SkBuffContext) -> Result<Option<([u8; 16], u8, u16)>, ()> {
     let (addr, proto, l4) = match first >> 4 {
         4 => {
             let ihl = usize::from(first & 0x0f) * 4;
+            // A fragment after the first carries no transport header; its datagram
+            // was judged by its first fragment.
+            let frag: u16 = u16::from_be(ctx.load(6).map_err(|_| ())?);
+            if frag & 0x1fff != 0 {
+                return Ok(None);
+            }
             let proto: u8 = ctx.load(9).map_err(|_| ())?;
             let dst: [u8; 4] = ctx.load(16).map_err(|_| ())?;
             (v4_mapped(dst), proto, ihl)

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use vigie_balance::{EndpointState, HasState, HealthConfig, Pick, Request};
 use vigie_proto::v1::Balancing;
 
+pub mod original;
 mod plan;
 pub mod probe;
 pub use plan::{PlanError, RouteContext};
@@ -74,6 +75,21 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             resolved: Mutex::new(None),
         })
+    }
+
+    /// Whether `addr` is this endpoint (its literal address, or one it resolved to).
+    pub fn is_address(&self, addr: SocketAddr) -> bool {
+        if self.port != addr.port() {
+            return false;
+        }
+        if self.host.parse::<std::net::IpAddr>().ok() == Some(addr.ip()) {
+            return true;
+        }
+        self.resolved
+            .lock()
+            .ok()
+            .and_then(|r| r.as_ref().map(|(addrs, _)| addrs.contains(&addr)))
+            .unwrap_or(false)
     }
 
     pub fn inflight(&self) -> u32 {

@@ -20,6 +20,9 @@ pub struct RouteContext<'a> {
     /// The calling workload (the sidecar's own pod).
     pub namespace: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+    /// Where the app's connection was going before the kernel redirected it to the
+    /// sidecar (`egress.redirect`); the pool with that endpoint is preferred.
+    pub original: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,15 @@ impl Snapshot {
             }
             current = route.fallback.as_deref();
         }
+        if let Some(dst) = ctx.original {
+            // Stable: the route's order stays among the pools that have it and the rest.
+            out.sort_by_key(|t| {
+                !self
+                    .pools
+                    .get(t.pool)
+                    .is_some_and(|p| p.endpoints.iter().any(|e| e.is_address(dst)))
+            });
+        }
         match (out.is_empty(), uncleared) {
             (false, _) => Ok(out),
             (true, true) => Err(PlanError::NotCleared(level)),
@@ -112,6 +124,7 @@ impl Snapshot {
             headers: &headers,
             namespace: "",
             labels: &labels,
+            original: None,
         };
         self.plan(model, &ctx).ok().map(|p| {
             p.into_iter()
@@ -156,7 +169,25 @@ mod tests {
             headers,
             namespace: "team-a",
             labels,
+            original: None,
         }
+    }
+
+    #[test]
+    fn the_pool_the_app_was_calling_comes_first() {
+        let s = snapshot(
+            r#"{"name":"p","pools":[
+              {"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://10.0.0.1:8000"}],"models":[{"name":"m"}]},
+              {"name":"b","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://10.0.0.2:8000"}],"models":[{"name":"m"}]}]}"#,
+        );
+        let headers = HeaderMap::new();
+        let labels = BTreeMap::new();
+        let mut c = ctx(None, &headers, &labels);
+        assert_eq!(names(&s, &s.plan("m", &c).unwrap()), ["a", "b"]);
+        c.original = Some("10.0.0.2:8000".parse().unwrap());
+        assert_eq!(names(&s, &s.plan("m", &c).unwrap()), ["b", "a"]);
+        c.original = Some("10.0.0.2:9000".parse().unwrap());
+        assert_eq!(names(&s, &s.plan("m", &c).unwrap()), ["a", "b"], "port differs");
     }
 
     #[test]

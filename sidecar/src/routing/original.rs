@@ -1,0 +1,159 @@
+//! Where a connection was going before the egress programs redirected it here.
+//!
+//! With `egress.redirect`, an app's plain-HTTP connection to, say, an in-cluster vLLM
+//! Service is sent to the sidecar by the kernel (`connect4/6` rewrite). The original
+//! destination is kept by the egress agent, keyed by this pod's network namespace and
+//! the client end of the connection (our peer). The sidecar asks once per connection
+//! (cached while the client's port cannot be reused: TCP's TIME_WAIT) and prefers
+//! the pool that has that destination as an endpoint.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt as _;
+use tracing::{debug, warn};
+
+/// A client port is not reused for 60 s after its connection closed (TIME_WAIT).
+const CACHE_TTL: Duration = Duration::from_secs(30);
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
+const MAX_CACHE: usize = 4096;
+
+#[derive(Debug)]
+pub struct OriginalDestinations {
+    /// `host:port` of the egress agent's lookup endpoint.
+    agent: String,
+    /// This pod's network namespace cookie.
+    netns: u64,
+    cache: Mutex<HashMap<SocketAddr, (Instant, Option<SocketAddr>)>>,
+}
+
+/// The network namespace cookie of the calling thread's namespace (Linux ≥ 5.14).
+pub fn netns_cookie() -> std::io::Result<u64> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a live u64, on a
+    // socket we own for the duration of the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            std::ptr::addr_of_mut!(cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+impl OriginalDestinations {
+    pub fn new(agent_url: &str) -> Result<Self, String> {
+        let url = url::Url::parse(agent_url).map_err(|e| format!("--egress-agent-url: {e}"))?;
+        if url.scheme() != "http" {
+            return Err("--egress-agent-url must be http:// (a node-local agent)".into());
+        }
+        let host = url.host_str().ok_or("--egress-agent-url has no host")?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let netns = netns_cookie().map_err(|e| format!("network namespace cookie: {e}"))?;
+        Ok(Self {
+            agent: format!("{host}:{port}"),
+            netns,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The original destination of the connection whose client end is `peer`, if
+    /// the kernel redirected it. Only loopback peers can have been redirected.
+    pub async fn lookup(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        if !peer.ip().is_loopback() && peer.ip().to_canonical() != std::net::Ipv4Addr::LOCALHOST {
+            return None;
+        }
+        let now = Instant::now();
+        if let Ok(cache) = self.cache.lock()
+            && let Some((at, found)) = cache.get(&peer)
+            && now.duration_since(*at) < CACHE_TTL
+        {
+            return *found;
+        }
+        let found = match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(peer)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                warn!(error = %e, "original-destination lookup failed");
+                return None;
+            }
+            Err(_) => {
+                warn!("original-destination lookup timed out");
+                return None;
+            }
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= MAX_CACHE {
+                cache.retain(|_, (at, _)| now.duration_since(*at) < CACHE_TTL);
+            }
+            cache.insert(peer, (now, found));
+        }
+        debug!(%peer, original = ?found, "original destination");
+        found
+    }
+
+    async fn ask(&self, peer: SocketAddr) -> Result<Option<SocketAddr>, String> {
+        let stream = tokio::net::TcpStream::connect(&self.agent)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let uri = format!("/v1/original-destination?netns={}&peer={peer}", self.netns);
+        let req = http::Request::get(uri)
+            .header(http::header::HOST, &self.agent)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(format!("agent answered {status}"));
+        }
+        #[derive(serde::Deserialize)]
+        struct Found {
+            destination: std::net::IpAddr,
+            port: u16,
+        }
+        let f: Found = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok(Some(SocketAddr::new(f.destination, f.port)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_netns_cookie_is_readable_unprivileged() {
+        let a = netns_cookie().unwrap();
+        assert_ne!(a, 0);
+        assert_eq!(a, netns_cookie().unwrap(), "one namespace, one cookie");
+    }
+
+    #[test]
+    fn only_http_agent_urls() {
+        assert!(OriginalDestinations::new("https://agent:15095").is_err());
+        assert!(OriginalDestinations::new("http://127.0.0.1:15095").is_ok());
+    }
+}
