@@ -19,6 +19,9 @@ pub struct InjectConfig {
     pub admin_port: u16,
     /// The control plane as seen from application namespaces.
     pub control_plane_url: String,
+    /// The node's egress agent (a node-local Service), which the sidecar asks where
+    /// redirected connections were going (`egress.redirect`); empty: not asked.
+    pub egress_agent_url: String,
     /// CA bundle the sidecar trusts for the control plane, as a path mounted from the
     /// `vigie-control-plane-ca` ConfigMap; empty for plaintext.
     pub control_plane_ca_configmap: String,
@@ -67,6 +70,7 @@ impl Default for InjectConfig {
             proxy_port: 15080,
             admin_port: 15090,
             control_plane_url: "http://vigie-control-plane.vigie-system.svc:50051".into(),
+            egress_agent_url: "http://vigie-egress-agent.vigie-system.svc:15095".into(),
             control_plane_ca_configmap: String::new(),
             token_audience: "vigie-control-plane".into(),
             token_expiration_seconds: 3600,
@@ -109,6 +113,11 @@ impl InjectConfig {
             && !self.control_plane_url.starts_with("https://")
         {
             errors.push("controlPlaneUrl: must start with http:// or https://".into());
+        }
+        if !self.egress_agent_url.is_empty() && !self.egress_agent_url.starts_with("http://") {
+            errors.push(
+                "egressAgentUrl: must start with http:// (a node-local agent), or be empty".into(),
+            );
         }
         if self.token_audience.is_empty() {
             errors.push("tokenAudience: must not be empty".into());

@@ -204,6 +204,12 @@ pub fn sidecar(cfg: &InjectConfig, settings: &PodSettings, workload: &str) -> Co
             ..Default::default()
         },
     ];
+    if !cfg.egress_agent_url.is_empty() {
+        env.push(value_env(
+            "VIGIE_EGRESS_AGENT_URL",
+            cfg.egress_agent_url.clone(),
+        ));
+    }
     if !cfg.control_plane_ca_configmap.is_empty() {
         env.push(value_env(
             "VIGIE_CONTROL_PLANE_CA",

@@ -118,6 +118,11 @@ fn check_sidecar(sidecar: &Container, native: bool) {
         value(sidecar, "VIGIE_CONTROL_PLANE_TOKEN_FILE"),
         Some("/var/run/secrets/vigie/token")
     );
+    // The sidecar asks the node's egress agent where redirected connections were going.
+    assert_eq!(
+        value(sidecar, "VIGIE_EGRESS_AGENT_URL"),
+        Some("http://vigie-egress-agent.vigie-system.svc:15095")
+    );
     for (var, path) in [
         ("POD_NAME", "metadata.name"),
         ("POD_NAMESPACE", "metadata.namespace"),

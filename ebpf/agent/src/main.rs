@@ -66,10 +66,10 @@ struct Args {
     /// Metrics, readiness, and the original-destination lookup for sidecars.
     #[arg(long, env = "VIGIE_METRICS_LISTEN", default_value = "0.0.0.0:15095")]
     metrics_listen: SocketAddr,
-    /// How sidecars reach this agent's lookup (e.g. a node-local Service's address);
-    /// their egress rules allow it. Default: none (no redirect lookups).
+    /// How sidecars reach this agent's lookup, `host:port` (e.g. a node-local
+    /// Service); their egress rules allow its addresses. Default: none.
     #[arg(long, env = "VIGIE_LOOKUP_ADDRESS")]
-    lookup_address: Option<SocketAddr>,
+    lookup_address: Option<String>,
     /// Denial events logged per pod per second (the rest are counted).
     #[arg(long, env = "VIGIE_EVENTS_PER_SECOND", default_value_t = 20)]
     events_per_second: u32,
@@ -193,6 +193,19 @@ impl Agent {
             };
             if !ips.is_empty() {
                 self.settings.control_plane = ips.into_iter().map(|ip| (ip, port)).collect();
+            }
+        }
+        if let Some(addr) = &self.args.lookup_address
+            && let Some((host, port)) = addr.rsplit_once(':')
+            && let Ok(port) = port.parse::<u16>()
+        {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let ips = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => resolve(host, port).await,
+            };
+            if !ips.is_empty() {
+                self.settings.lookup = ips.into_iter().map(|ip| (ip, port)).collect();
             }
         }
         self.resolved_hosts = out;
@@ -344,6 +357,13 @@ async fn main() -> anyhow::Result<()> {
     if args.dns.is_empty() {
         args.dns = resolv_conf_nameservers();
     }
+    if let Some(a) = &args.lookup_address
+        && a.rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+    {
+        anyhow::bail!("--lookup-address {a:?}: expected host:port");
+    }
     let cgroup_root = match &args.cgroup_root {
         Some(p) => p.clone(),
         None => cgroups::cgroup2_mount().context("finding the cgroup v2 mount")?,
@@ -368,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
         sidecar_container: args.sidecar_container.clone(),
         dns: args.dns.clone(),
         control_plane: Vec::new(),
-        lookup: args.lookup_address.map(|a| (a.ip(), a.port())),
+        lookup: Vec::new(),
     };
     let (updates_tx, mut updates) = mpsc::channel::<control::Update>(1);
     let control = control::Config {

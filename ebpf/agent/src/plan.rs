@@ -27,7 +27,7 @@ pub struct Settings {
     pub control_plane: Vec<(IpAddr, u16)>,
     /// Where sidecars ask this agent for the original destination of redirected
     /// connections (their rules allow it).
-    pub lookup: Option<(IpAddr, u16)>,
+    pub lookup: Vec<(IpAddr, u16)>,
 }
 
 /// One policy as the maps hold it.
@@ -341,7 +341,7 @@ mod tests {
             sidecar_container: "vigie-sidecar".into(),
             dns: vec!["10.96.0.10".parse().unwrap()],
             control_plane: vec![("10.96.0.20".parse().unwrap(), 50051)],
-            lookup: Some(("10.96.0.30".parse().unwrap(), 15095)),
+            lookup: vec![("10.96.0.30".parse().unwrap(), 15095)],
         }
     }
 

@@ -187,7 +187,11 @@ mod tests {
         c.original = Some("10.0.0.2:8000".parse().unwrap());
         assert_eq!(names(&s, &s.plan("m", &c).unwrap()), ["b", "a"]);
         c.original = Some("10.0.0.2:9000".parse().unwrap());
-        assert_eq!(names(&s, &s.plan("m", &c).unwrap()), ["a", "b"], "port differs");
+        assert_eq!(
+            names(&s, &s.plan("m", &c).unwrap()),
+            ["a", "b"],
+            "port differs"
+        );
     }
 
     #[test]
