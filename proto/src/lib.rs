@@ -10,6 +10,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/vigie.v1.serde.rs"));
 }
 
+pub mod client;
 pub mod effective;
 pub mod validate;
 

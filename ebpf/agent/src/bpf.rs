@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -68,22 +68,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BpfError {
     move |source| BpfError::Io { what, source }
 }
 
-/// Whether `dir` is on a bpffs, from the mount table (longest mount point prefix).
-fn on_bpffs(dir: &Path) -> std::io::Result<bool> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let dir = dir.canonicalize()?;
-    let best = table
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount = PathBuf::from(left.split_whitespace().nth(4)?);
-            let fstype = right.split_whitespace().next()?;
-            dir.starts_with(&mount).then_some((mount, fstype == "bpf"))
-        })
-        .max_by_key(|(m, _)| m.as_os_str().len());
-    Ok(best.is_some_and(|(_, bpf)| bpf))
-}
-
 pub struct Enforcer {
     enrolled: BpfHashMap<MapData, u64, u32>,
     allow: LpmTrie<MapData, DestKey, Allow>,
@@ -117,7 +101,8 @@ impl Enforcer {
     /// found under `pin_dir`).
     pub fn start(pin_dir: &Path, cgroup: &Path) -> Result<(Enforcer, Channels), BpfError> {
         std::fs::create_dir_all(pin_dir).map_err(io(format!("creating {}", pin_dir.display())))?;
-        if !on_bpffs(pin_dir).map_err(io("reading the mount table"))? {
+        let fstype = crate::cgroups::fs_type_of(pin_dir).map_err(io("reading the mount table"))?;
+        if fstype.as_deref() != Some("bpf") {
             return Err(BpfError::NotBpffs(pin_dir.display().to_string()));
         }
         let links_dir = pin_dir.join("links");

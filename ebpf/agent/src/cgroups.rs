@@ -30,12 +30,34 @@ pub fn cgroup2_mount() -> std::io::Result<PathBuf> {
 }
 
 fn mount_from_mountinfo(table: &str) -> Option<PathBuf> {
-    table.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
+    mounts(table)
+        .into_iter()
+        .find_map(|(mount, fstype)| (fstype == "cgroup2").then_some(mount))
+}
+
+/// (mount point, file-system type) of every line of a `/proc/self/mountinfo` table.
+pub fn mounts(table: &str) -> Vec<(PathBuf, String)> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            Some((
+                PathBuf::from(left.split_whitespace().nth(4)?),
+                right.split_whitespace().next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The file-system type `dir` is on (its longest mount point prefix).
+pub fn fs_type_of(dir: &Path) -> std::io::Result<Option<String>> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let dir = dir.canonicalize()?;
+    Ok(mounts(&table)
+        .into_iter()
+        .filter(|(mount, _)| dir.starts_with(mount))
+        .max_by_key(|(mount, _)| mount.as_os_str().len())
+        .map(|(_, fstype)| fstype))
 }
 
 /// The cgroup id the kernel reports (`bpf_get_current_cgroup_id`) is the cgroup

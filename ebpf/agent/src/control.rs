@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 use vigie_proto::v1::discovery_service_client::DiscoveryServiceClient;
 use vigie_proto::v1::egress_service_client::EgressServiceClient;
@@ -29,51 +29,13 @@ pub struct Config {
 /// A bundle to apply, with where to send the outcome.
 pub type Update = (String, EgressBundle, oneshot::Sender<Result<(), String>>);
 
-#[derive(Debug, thiserror::Error)]
-enum WatchError {
-    #[error("{0}")]
-    Config(String),
-    #[error("connection: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("control plane: {}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
-    #[error("stream closed")]
-    Closed,
-}
+use vigie_proto::client::{ClientError as WatchError, authorize};
 
 /// A channel to the control plane and the current token.
 async fn connect(cfg: &Config) -> Result<(Channel, String), WatchError> {
-    let token = match &cfg.token_file {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| WatchError::Config(format!("token file {}: {e}", p.display())))?
-            .trim()
-            .to_string(),
-        None => String::new(),
-    };
-    let mut endpoint = Endpoint::from_shared(cfg.url.clone())
-        .map_err(|e| WatchError::Config(format!("control plane URL: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20));
-    if cfg.url.starts_with("https://") {
-        let ca = cfg.ca.as_ref().ok_or_else(|| {
-            WatchError::Config("an https control plane needs --control-plane-ca".into())
-        })?;
-        let pem =
-            std::fs::read(ca).map_err(|e| WatchError::Config(format!("{}: {e}", ca.display())))?;
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
-    }
-    Ok((endpoint.connect().await?, token))
-}
-
-fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), WatchError> {
-    if !token.is_empty() {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| WatchError::Config("token has invalid characters".into()))?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    Ok(())
+    let token = vigie_proto::client::read_token(cfg.token_file.as_deref())?;
+    let channel = vigie_proto::client::channel(&cfg.url, cfg.ca.as_deref(), None).await?;
+    Ok((channel, token))
 }
 
 async fn session(

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use tonic::transport::Channel;
 use tracing::{error, info, warn};
 use vigie_proto::v1::discovery_service_client::DiscoveryServiceClient;
 use vigie_proto::v1::{Ack, EffectivePolicy, Hello, Identity, WatchRequest, watch_request};
@@ -45,17 +45,8 @@ pub struct ControlPlaneConfig {
     pub max_backoff: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WatchError {
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("connection: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("control plane: {}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
-    #[error("the control plane closed the stream")]
-    Closed,
-}
+/// Errors of the control-plane clients (shared with the egress agent).
+pub use vigie_proto::client::ClientError as WatchError;
 
 /// Installs snapshots; plain Rust so it is testable without a control plane.
 #[derive(Debug, Clone)]
@@ -134,50 +125,20 @@ impl Applier {
 
 /// The workload token, re-read at every connection (projected tokens rotate).
 pub(crate) fn read_token(cfg: &ControlPlaneConfig) -> Result<String, WatchError> {
-    Ok(match &cfg.token_file {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| WatchError::Config(format!("token file {}: {e}", p.display())))?
-            .trim()
-            .to_string(),
-        None => String::new(),
-    })
+    vigie_proto::client::read_token(cfg.token_file.as_deref())
 }
 
-pub(crate) fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), WatchError> {
-    if !token.is_empty() {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| WatchError::Config("token has invalid characters".into()))?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    Ok(())
-}
+pub(crate) use vigie_proto::client::authorize;
 
 pub(crate) async fn channel(cfg: &ControlPlaneConfig) -> Result<Channel, WatchError> {
-    let mut endpoint = Endpoint::from_shared(cfg.url.clone())
-        .map_err(|e| WatchError::Config(format!("control plane URL: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10));
-    if cfg.url.starts_with("https://") {
-        let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| WatchError::Config(format!("{}: {e}", p.display())))
-        };
-        let mut tls = ClientTlsConfig::new();
-        match &cfg.ca {
-            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca)?)),
-            None => {
-                return Err(WatchError::Config(
-                    "an https control plane needs --control-plane-ca".into(),
-                ));
-            }
-        }
-        if let Some((cert, key)) = &cfg.client_cert {
-            tls = tls.identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
-        }
-        endpoint = endpoint.tls_config(tls)?;
-    }
-    Ok(endpoint.connect().await?)
+    vigie_proto::client::channel(
+        &cfg.url,
+        cfg.ca.as_deref(),
+        cfg.client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+    .await
 }
 
 /// One connection: hello, then snapshots and ACKs until the stream ends.
