@@ -8,6 +8,8 @@
 //! drift affects all alike): `none` (outside the attach point: no program runs),
 //! `attached` (programs run, cgroup not enrolled: every other pod of the node) and
 //! `enrolled` (enrolled with a 10,000-entry policy, connect allowed by a trie lookup).
+//! The listener is a separate process outside those cgroups, so what is timed is the
+//! client side of `connect()`, as for a pod calling out.
 //! Then a flood of denied connects, with the agent's drain loop running.
 #![allow(
     clippy::expect_used,
@@ -38,67 +40,21 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let per_round: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2_000);
-    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(15);
-    let mount = cgroups::cgroup2_mount().expect("cgroup v2");
-    let base = mount.join(format!("vigie-bench-{}", std::process::id()));
-    let none = base.join("none");
-    let root = base.join("attach");
-    let attached = root.join("attached");
-    let enrolled = root.join("enrolled");
-    for d in [&none, &attached, &enrolled] {
-        std::fs::create_dir_all(d).expect("creating cgroups (root needed)");
-    }
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/vigie-bench-{}", std::process::id()));
-    let original = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-
-    let (mut enforcer, channels) =
-        Enforcer::start(&pin_dir, &root).expect("loading the programs (root, bpffs)");
-    // 10,000 /30 networks in 10.0.0.0/16.. plus loopback.
-    let mut rules: Vec<Rule> = (0..10_000u32)
-        .map(|i| {
-            let a = Ipv4Addr::from(0x0a00_0000 + i * 4);
-            Rule::new(IpNet::V4(Ipv4Net::new(a, 30).unwrap()), 443, 443, PROTO_TCP)
-        })
-        .collect();
-    rules.push(Rule::host(Ipv4Addr::LOCALHOST.into(), 1, PROTO_TCP));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    rules.push(Rule::host(Ipv4Addr::LOCALHOST.into(), port, PROTO_TCP));
-    let entries = Arc::new(Compiled {
-        allow: compile(&rules).unwrap(),
-        ..Compiled::default()
-    });
-    let enrolled_id = cgroups::cgroup_id(&enrolled).unwrap();
-    let desired = Desired {
-        enrolled: BTreeMap::from([(enrolled_id, 1)]),
-        policies: HashMap::from([(1, entries.clone())]),
-        names: HashMap::new(),
-    };
-    let t = Instant::now();
-    enforcer.apply(&desired).unwrap();
-    println!(
-        "policy: {} trie entries loaded in {:.1} ms",
-        entries.allow.len(),
-        t.elapsed().as_secs_f64() * 1e3
-    );
-
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            drop(s);
-        }
-    });
-    let target = format!("127.0.0.1:{port}");
+/// Interleaved wall-clock rounds, then a kernel-stats breakdown; prints both.
+fn measure(
+    enforcer: &Enforcer,
+    setups: [(&'static str, &Path); 3],
+    target: &str,
+    per_round: usize,
+    rounds: usize,
+) {
     let mut samples: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut kernel: HashMap<&str, BTreeMap<String, (u64, Duration)>> = HashMap::new();
-    let setups = [("none", &none), ("attached", &attached), ("enrolled", &enrolled)];
     // Warm-up.
     for (_, cg) in setups {
         move_to(cg);
         for _ in 0..200 {
-            drop(TcpStream::connect(&target).unwrap());
+            drop(TcpStream::connect(target).unwrap());
         }
     }
     // Wall clock first, with kernel stats off (they slow every program run).
@@ -108,7 +64,7 @@ fn main() {
             let v = samples.entry(name).or_default();
             for _ in 0..per_round {
                 let t = Instant::now();
-                let s = TcpStream::connect(&target).unwrap();
+                let s = TcpStream::connect(target).unwrap();
                 v.push(t.elapsed().as_secs_f64() * 1e6);
                 drop(s);
             }
@@ -124,7 +80,7 @@ fn main() {
             move_to(cg);
             let before = enforcer.program_stats();
             for _ in 0..per_round {
-                drop(TcpStream::connect(&target).unwrap());
+                drop(TcpStream::connect(target).unwrap());
             }
             let k = kernel.entry(name).or_default();
             for ((prog, n1, t1), (_, n0, t0)) in enforcer.program_stats().into_iter().zip(before) {
@@ -175,6 +131,99 @@ fn main() {
             parts.join(", ")
         );
     }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--listener") {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        println!("{}", listener.local_addr().unwrap().port());
+        for s in listener.incoming() {
+            drop(s);
+        }
+        return;
+    }
+    let per_round: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2_000);
+    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(15);
+    let mount = cgroups::cgroup2_mount().expect("cgroup v2");
+    let base = mount.join(format!("vigie-bench-{}", std::process::id()));
+    let none = base.join("none");
+    let root = base.join("attach");
+    let attached = root.join("attached");
+    let enrolled = root.join("enrolled");
+    for d in [&none, &attached, &enrolled] {
+        std::fs::create_dir_all(d).expect("creating cgroups (root needed)");
+    }
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/vigie-bench-{}", std::process::id()));
+    let original = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+
+    let (mut enforcer, channels) =
+        Enforcer::start(&pin_dir, &root).expect("loading the programs (root, bpffs)");
+    // 10,000 /30 networks in 10.0.0.0/16.. plus loopback.
+    let mut rules: Vec<Rule> = (0..10_000u32)
+        .map(|i| {
+            let a = Ipv4Addr::from(0x0a00_0000 + i * 4);
+            Rule::new(IpNet::V4(Ipv4Net::new(a, 30).unwrap()), 443, 443, PROTO_TCP)
+        })
+        .collect();
+    rules.push(Rule::host(Ipv4Addr::LOCALHOST.into(), 1, PROTO_TCP));
+    // The listener is another process, left in our original cgroup: only the client
+    // side of connect() runs through the programs, as for a pod calling out.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--listener")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    rules.push(Rule::host(Ipv4Addr::LOCALHOST.into(), port, PROTO_TCP));
+    let entries = Arc::new(Compiled {
+        allow: compile(&rules).unwrap(),
+        ..Compiled::default()
+    });
+    let enrolled_id = cgroups::cgroup_id(&enrolled).unwrap();
+    let desired = Desired {
+        enrolled: BTreeMap::from([(enrolled_id, 1)]),
+        policies: HashMap::from([(1, entries.clone())]),
+        names: HashMap::new(),
+    };
+    let t = Instant::now();
+    enforcer.apply(&desired).unwrap();
+    println!(
+        "policy: {} trie entries loaded in {:.1} ms",
+        entries.allow.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    let target = format!("127.0.0.1:{port}");
+    let setups: [(&'static str, &Path); 3] = [
+        ("none", none.as_path()),
+        ("attached", attached.as_path()),
+        ("enrolled", enrolled.as_path()),
+    ];
+    println!("\n— no redirect in force (sock_ops not attached)");
+    measure(&enforcer, setups, &target, per_round, rounds);
+    // The same policy plus a redirect rule: the sock_ops program is attached and runs
+    // on every TCP event of every socket below the attach point.
+    let with_redirect = Arc::new(Compiled {
+        allow: entries.allow.clone(),
+        redirect: compile(&[Rule::parse("192.0.2.1", "80", PROTO_TCP).unwrap()]).unwrap(),
+        redirect_port: 15080,
+    });
+    enforcer
+        .apply(&Desired {
+            enrolled: BTreeMap::from([(enrolled_id, 2)]),
+            policies: HashMap::from([(2, with_redirect)]),
+            names: HashMap::new(),
+        })
+        .unwrap();
+    println!("\n— a redirect rule in force (sock_ops attached)");
+    measure(&enforcer, setups, &target, per_round, rounds);
 
     // Event flood: denied connects as fast as one thread goes, the drain loop running.
     let m = metrics::Metrics::new().unwrap();
@@ -218,6 +267,8 @@ fn main() {
     if let Some(path) = original.lines().find_map(|l| l.strip_prefix("0::")) {
         move_to(&mount.join(path.trim_start_matches('/')));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     drop(enforcer);
     let _ = std::fs::remove_dir_all(&pin_dir);
     for d in [&attached, &enrolled, &root, &none, &base] {

@@ -33,6 +33,8 @@ use crate::plan::{Compiled, Desired, PolicyKey, key_of};
 /// endpoint the sidecars call).
 pub type OrigPeers = Arc<std::sync::Mutex<BpfHashMap<MapData, PeerKey, OrigDst>>>;
 
+const SOCK_OPS: &str = "vigie_sock_ops";
+
 /// The programs, built for bpfel-unknown-none by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vigie-egress-ebpf"));
 
@@ -77,6 +79,10 @@ pub struct Enforcer {
     /// Policies in the maps: content key → (policy id, what was loaded).
     loaded: HashMap<PolicyKey, (u32, Arc<Compiled>)>,
     next_id: u32,
+    cgroup: File,
+    links_dir: std::path::PathBuf,
+    /// Whether the sock_ops program (redirects only) is attached.
+    sock_ops: bool,
     /// Kept alive: the links are pinned, the object holds the programs' fds.
     bpf: Ebpf,
 }
@@ -120,21 +126,6 @@ impl Enforcer {
             }
         };
         let cg = File::open(cgroup).map_err(io(format!("opening cgroup {}", cgroup.display())))?;
-        for name in PROGRAMS {
-            let link = attach(&mut bpf, name, &cg)?;
-            let path = links_dir.join(name);
-            // bpffs refuses names with a dot.
-            let fresh = links_dir.join(format!("{name}_new"));
-            let _ = std::fs::remove_file(&fresh);
-            // The new link is attached (we hold it) and pinned beside the old one, then
-            // renamed over it: the old link loses its last reference and detaches. A
-            // crash at any step leaves one pinned link or both, never none.
-            link.pin(&fresh).map_err(|e| BpfError::Pin {
-                path: fresh.display().to_string(),
-                detail: e.to_string(),
-            })?;
-            std::fs::rename(&fresh, &path).map_err(io(format!("replacing {}", path.display())))?;
-        }
         let take = |bpf: &mut Ebpf, name: &'static str| {
             bpf.take_map(name).ok_or(BpfError::MissingMap(name))
         };
@@ -160,7 +151,18 @@ impl Enforcer {
             loaded: HashMap::new(),
             next_id: 1,
             bpf,
+            cgroup: cg,
+            links_dir,
+            sock_ops: false,
         };
+        for name in PROGRAMS {
+            // sock_ops only serves redirects: attached when a plan has one (it runs
+            // on every TCP event of every socket below the attach point).
+            if name == SOCK_OPS && !this.links_dir.join(name).exists() {
+                continue;
+            }
+            this.attach_pinned(name)?;
+        }
         this.adopt();
         info!(
             adopted,
@@ -219,6 +221,42 @@ impl Enforcer {
             self.loaded.entry(key_of(&c)).or_insert((id, Arc::new(c)));
         }
         self.next_id = max_id.saturating_add(1).max(1);
+    }
+
+    /// Attaches `name` (loading it first if needed) and pins the link, replacing a
+    /// pinned one: the new link is pinned beside the old one and renamed over it, so
+    /// the old link loses its last reference and detaches. A crash at any step leaves
+    /// one pinned link or both, never none.
+    fn attach_pinned(&mut self, name: &'static str) -> Result<(), BpfError> {
+        let link = attach(&mut self.bpf, name, &self.cgroup)?;
+        let path = self.links_dir.join(name);
+        // bpffs refuses names with a dot.
+        let fresh = self.links_dir.join(format!("{name}_new"));
+        let _ = std::fs::remove_file(&fresh);
+        link.pin(&fresh).map_err(|e| BpfError::Pin {
+            path: fresh.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        std::fs::rename(&fresh, &path).map_err(io(format!("replacing {}", path.display())))?;
+        if name == SOCK_OPS {
+            self.sock_ops = true;
+        }
+        Ok(())
+    }
+
+    /// Attaches or detaches the sock_ops program as redirects come and go.
+    fn sock_ops_for(&mut self, needed: bool) -> Result<(), BpfError> {
+        if needed && !self.sock_ops {
+            self.attach_pinned(SOCK_OPS)?;
+            info!("redirects in force: sock_ops attached");
+        } else if !needed && self.sock_ops {
+            // The pin is the link's last reference: removing it detaches the program.
+            std::fs::remove_file(self.links_dir.join(SOCK_OPS))
+                .map_err(io("detaching sock_ops"))?;
+            self.sock_ops = false;
+            info!("no redirects: sock_ops detached");
+        }
+        Ok(())
     }
 
     fn allocate_id(&mut self) -> u32 {
@@ -280,12 +318,26 @@ impl Enforcer {
         )
     }
 
-    /// Brings the maps to `desired`. A policy that cannot be loaded is removed before
-    /// anything points to it, and its cgroups fail closed (they reach nothing); the
-    /// error is returned once everything else is in place.
+    /// Brings the maps to `desired`: cgroups of pods gone are released and their
+    /// policies deleted first (room for the new ones), new policies are loaded, cgroups
+    /// switched, then what nothing points to any more is deleted. A policy that cannot
+    /// be loaded is removed before anything points to it, and its cgroups fail closed
+    /// (they reach nothing); the error is returned once everything else is in place.
     pub fn apply(&mut self, desired: &Desired) -> Result<Applied, BpfError> {
         let mut out = Applied::default();
         let mut failure: Option<BpfError> = None;
+        let gone: Vec<u64> = self
+            .enrolled
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|c| !desired.enrolled.contains_key(c))
+            .collect();
+        for cgroup in gone {
+            let _ = self.enrolled.remove(&cgroup);
+            out.unenrolled += 1;
+        }
+        self.loaded.retain(|k, _| desired.policies.contains_key(k));
+        out.removed_policies += self.purge();
         for (key, compiled) in &desired.policies {
             if self.loaded.contains_key(key) || compiled.is_empty() {
                 continue;
@@ -316,31 +368,27 @@ impl Enforcer {
                 }
             }
         }
-        let gone: Vec<u64> = self
-            .enrolled
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|c| !desired.enrolled.contains_key(c))
-            .collect();
-        for cgroup in gone {
-            let _ = self.enrolled.remove(&cgroup);
-            out.unenrolled += 1;
+        out.removed_policies += self.purge();
+        let redirects = desired.policies.values().any(|c| c.redirect_port != 0);
+        if let Err(e) = self.sock_ops_for(redirects) {
+            failure.get_or_insert(e);
         }
-        // Entries no cgroup points to any more (ours, or a previous agent's) go last.
-        self.loaded.retain(|k, _| desired.policies.contains_key(k));
-        let referenced: BTreeSet<u32> = self
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Deletes the entries of every policy id that is neither loaded for the current
+    /// plan nor pointed to by an enrolled cgroup; returns how many ids went.
+    fn purge(&mut self) -> usize {
+        let live: BTreeSet<u32> = self
             .enrolled
             .iter()
             .filter_map(Result::ok)
             .map(|(_, id)| id)
+            .chain(self.loaded.values().map(|(id, _)| *id))
             .collect();
-        let live: BTreeSet<u32> = self
-            .loaded
-            .values()
-            .map(|(id, _)| *id)
-            .chain(referenced)
-            .collect();
-        self.loaded.retain(|_, (id, _)| live.contains(id));
         let is_stale = |k: &Key<DestKey>| !live.contains(&u32::from_be_bytes(k.data().policy));
         let stale_allow: Vec<Key<DestKey>> = self
             .allow
@@ -375,11 +423,22 @@ impl Enforcer {
         for id in stale_ports {
             let _ = self.redirect_port.remove(&id);
         }
-        out.removed_policies = stale_ids.len();
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(out),
+        // A loaded policy whose entries went (not possible today) is loaded again.
+        self.loaded.retain(|_, (id, _)| live.contains(id));
+        stale_ids.len()
+    }
+
+    /// What the maps hold: allow entries per policy id, and the enrolled cgroups with
+    /// their policy id (tests and diagnostics).
+    pub fn dump(&self) -> (HashMap<u32, usize>, HashMap<u64, u32>) {
+        let mut per_id: HashMap<u32, usize> = HashMap::new();
+        for k in self.allow.keys().filter_map(Result::ok) {
+            *per_id
+                .entry(u32::from_be_bytes(k.data().policy))
+                .or_default() += 1;
         }
+        let enrolled = self.enrolled.iter().filter_map(Result::ok).collect();
+        (per_id, enrolled)
     }
 
     /// Per program: (name, runs, time spent) as the kernel counts them (only while

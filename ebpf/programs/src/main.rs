@@ -12,7 +12,7 @@ use aya_ebpf::EbpfContext as _;
 use aya_ebpf::bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, __sk_buff};
 use aya_ebpf::helpers::generated::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
-    bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+    bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
 };
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
 use aya_ebpf::macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops};
@@ -356,8 +356,15 @@ pub fn vigie_sendmsg6(ctx: SockAddrContext) -> i32 {
 /// accepted connections (SYN-ACK and later) pass.
 #[cgroup_skb(egress)]
 pub fn vigie_skb_egress(ctx: SkBuffContext) -> i32 {
-    // Parse first: most packets (TCP past the handshake) are let through without
-    // walking the cgroup ancestry.
+    // Packets of TCP and UDP sockets were judged by the socket hooks (connect, and
+    // sendmsg for unconnected UDP; TCP Fast Open goes through the connect hook too):
+    // let them through at the cost of one helper call. What is left is what no
+    // socket hook sees: raw sockets, ICMP, packets without a socket.
+    if judged_by_socket_hooks(&ctx) {
+        return ALLOW;
+    }
+    // Parse before walking the cgroup ancestry: replies on accepted connections go
+    // through without it.
     let Ok(packet) = parse(&ctx) else {
         // Unparsable: judged below as "enrolled traffic we cannot read".
         return skb_judge(&ctx, None);
@@ -367,6 +374,28 @@ pub fn vigie_skb_egress(ctx: SkBuffContext) -> i32 {
         Some(p) => skb_judge(&ctx, Some(p)),
     }
 }
+
+#[inline(always)]
+fn judged_by_socket_hooks(ctx: &SkBuffContext) -> bool {
+    let skb = ctx.skb.skb;
+    // SAFETY: the kernel hands a valid __sk_buff; `sk` may be null, checked below.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: non-null socket pointer from the context.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return false;
+    }
+    // SAFETY: bpf_sk_fullsock returned a valid full socket.
+    let (ty, proto) = unsafe { ((*full).type_, (*full).protocol) };
+    (ty == SOCK_STREAM && proto == u32::from(PROTO_TCP))
+        || (ty == SOCK_DGRAM && proto == u32::from(PROTO_UDP))
+}
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 
 /// (destination, protocol, port) of a packet that starts something; `None` for one
 /// that belongs to an established exchange.
