@@ -5,6 +5,8 @@ Run by `cargo xtask demo`. The "app" below is plain OpenAI / Anthropic SDK code;
 its base URL points at the sidecar, as the injection webhook does in a cluster.
 """
 
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ import anthropic  # noqa: E402
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
+from egress import EgressAgent, Node  # noqa: E402
 from harness import ControlPlane, MockPool, Sidecar, pool, wait_until  # noqa: E402
 
 BOLD, DIM, RESET = "\033[1m", "\033[2m", "\033[0m"
@@ -31,6 +34,44 @@ def show(label, value):
 def served_by(response) -> str:
     """The mock instance that answered (its name is in the response id)."""
     return "-".join(response.id.split("-")[2:-1])
+
+
+class Cleanup:
+    def __init__(self, fn):
+        self.stop = fn
+
+
+SDK_CALL = (
+    "import sys, openai\n"
+    "c = openai.OpenAI(base_url=sys.argv[1], api_key='placeholder', max_retries=0)\n"
+    "r = c.chat.completions.create(model='gpt-4o-mini', max_tokens=5, messages=[{'role': 'user', 'content': 'hi'}])\n"
+    "print(r.model)\n"
+)
+
+
+def egress_demo(cp, admin, sidecar, gpu1, cloud, started):
+    """A pod of namespace team-a, enrolled: its app runs in its own cgroup, as on a node."""
+    node = Node("node-1")
+    started.append(Cleanup(node.cleanup))
+    pod = node.add_pod("team-a", "chatbot-0", containers=("app",))
+    app = pod["containers"]["app"]
+    agent = EgressAgent(node, cp, cp.token("node-1-agent", "agent"), dns=["127.0.0.53"], sidecar_port=sidecar.port)
+    started.append(agent)
+    show("vigie-egress", "5 programs attached (connect4/6, sendmsg4/6, cgroup_skb); team-a/chatbot-0 enrolled")
+    out = subprocess.run(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(app), sys.executable, "-c",
+                          SDK_CALL, sidecar.base_url + "/v1"], capture_output=True, text=True, timeout=60)
+    show("app → its sidecar", f"200, served model {out.stdout.strip()}" if out.returncode == 0 else out.stderr[-200:])
+    for label, port in [("app → gpu-1 directly", gpu1.port), ("app → the provider", cloud.port)]:
+        r = node.probe(app, "tcp", "127.0.0.1", port)
+        show(label, "connect() refused: EPERM" if r.get("errno") == "EPERM" else r)
+    ev = wait_until(lambda: [e for e in agent.events() if e["port"] == gpu1.port], what="denial event")[0]
+    show("agent's security event", f"egress.denied {ev['namespace']}/{ev['pod']} container={ev['container']} → "
+                                   f"{ev['destination']}:{ev['port']}/{ev['protocol']} ({ev['hook']}, {ev['command']})")
+    rows = wait_until(lambda: cp.call("EgressService/ListDenials", {"namespace": "team-a"}, token=admin).get("denials"),
+                      timeout=15, what="denials at the control plane")
+    for r in sorted(rows, key=lambda r: r["port"]):
+        show("ListDenials", f"node {r['node']}: {r['namespace']}/{r['pod']} → {r['destination']}:{r['port']} "
+                            f"×{r['count']}")
 
 
 def main():
@@ -230,6 +271,12 @@ def main():
             key = " / ".join(k or "-" for k in row["key"])
             show("QueryUsage", f"{key}: {t['requests']} requests, {t.get('promptTokens', 0)} prompt + "
                                f"{t.get('completionTokens', 0)} completion tokens")
+
+        title("Zero-trust egress (eBPF): the app cannot go around its sidecar")
+        if os.geteuid() != 0:
+            show("not shown", "loading eBPF programs needs root: run `sudo cargo xtask demo`")
+        else:
+            egress_demo(cp, admin, sidecar, gpu1, cloud, started)
 
         title("Sidecar metrics (excerpt)")
         for line in sidecar.metrics().splitlines():

@@ -37,6 +37,11 @@ def test_demo_runs_and_narrates():
         "budgets-baseline/per-user-rpm key=['ana']: 3 of 3",
         "USAGE_OUTCOME_COMPLETED",
         'vigie_sidecar_budget_decisions_total{budget="per-user-rpm",decision="rejected"} 1',
+        "app → its sidecar      200, served model mistral-small",
+        "app → gpu-1 directly   connect() refused: EPERM",
+        "app → the provider     connect() refused: EPERM",
+        "agent's security event egress.denied team-a/chatbot-0 container=app → 127.0.0.1:",
+        "ListDenials            node node-1: team-a/chatbot-0 → 127.0.0.1:",
         "Demo complete.",
     ]:
         assert expected in out, f"missing {expected!r} in:\n{out}"

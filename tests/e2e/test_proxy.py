@@ -295,7 +295,10 @@ def test_policy_reload_keeps_in_flight_requests(mocks, sidecars):
     assert len(text.split()) == 30
     assert old.stats()["completed"] == 1 and old.stats()["aborted"] == 0
     # A broken policy is rejected and the last good one stays in force.
-    s.policy_path.write_text('{"name": "broken", "pools": [{"name": "x", "endpoints": [{"url": "ftp://nope"}]}]}')
+    # Written whole (tmp + rename), so the poller never reads a half-written file.
+    tmp = s.policy_path.with_suffix(".tmp")
+    tmp.write_text('{"name": "broken", "pools": [{"name": "x", "endpoints": [{"url": "ftp://nope"}]}]}')
+    tmp.replace(s.policy_path)
     wait_until(lambda: 'vigie_sidecar_policy_reloads_total{result="rejected"} 1' in s.metrics(), timeout=5, what="rejection")
     assert "pools[0].endpoints[0].url: scheme must be http or https" in s.process.log()
     client(s.base_url).chat.completions.create(model="mistral-7b", messages=MSG)

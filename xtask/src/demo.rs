@@ -6,7 +6,7 @@ use crate::util::{cargo, root, run, step, venv_python};
 
 pub fn demo() -> anyhow::Result<()> {
     crate::setup::setup()?;
-    step("building vigie-sidecar and vigie-mock-pool");
+    step("building the binaries (control plane, sidecar, egress agent, mock pool)");
     run(cargo().args(["build", "--bins"]))?;
     let root = root();
     run(Command::new(venv_python())
