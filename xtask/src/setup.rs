@@ -9,7 +9,7 @@ use crate::util::{output, root, run, step, venv_python};
 
 /// Debian packages: build (protoc and the well-known types, cmake for zlib-ng, clang and bpftool for eBPF,
 /// Hyperscan for DLP), tests and benchmarks (nginx as the reverse-proxy baseline,
-/// PostgreSQL for the HA store, wrk).
+/// PostgreSQL for the HA store, wrk, iproute2 for the egress tests' network namespaces).
 pub const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     // The well-known types (google/protobuf/*.proto); not always pulled in by protoc.
@@ -22,6 +22,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "nginx",
     "postgresql",
     "wrk",
+    // The egress tests: network namespaces and veth pairs (`ip netns`).
+    "iproute2",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.10.0";
