@@ -283,6 +283,7 @@ def test_agent_restart_never_opens_a_window(world):
     deadline = time.monotonic() + 30
     while not agent.ready():
         assert node.probe(app(w), "tcp", remote.ip, 8080)["errno"] == "EPERM"
+        assert node.probe(app(w), "tcp", "127.0.0.1", w["sidecar"].port)["ok"], "allowed traffic flows throughout"
         assert time.monotonic() < deadline, agent.process.log()
     assert node.probe(app(w), "tcp", remote.ip, 8080)["errno"] == "EPERM"
     wait_until(lambda: node.probe(late["containers"]["app"], "tcp", remote.ip, 8080).get("errno") == "EPERM",
@@ -300,12 +301,15 @@ def test_pods_come_and_go_with_either_cgroup_layout(world):
     free_pod = node.add_pod(NS, "legacy-0", enrolled=False)
     wait_until(lambda: node.probe(fs_pod["containers"]["app"], "tcp", remote.ip, 8080).get("errno") == "EPERM",
                timeout=10, what="cgroupfs pod enrolled")
+    wait_until(lambda: 'pod="batch-0"' in w["agent"].metrics(), timeout=10, what="batch-0 denial counted")
     assert node.probe(free_pod["containers"]["app"], "tcp", remote.ip, 8080)["ok"], "not enrolled: untouched"
     # The pod leaves the node: its cgroup is no longer enforced.
     node.pods = [p for p in node.pods if p["metadata"]["name"] != "batch-0"]
     node.write_pods()
     wait_until(lambda: node.probe(fs_pod["containers"]["app"], "tcp", remote.ip, 8080)["ok"], timeout=10,
                what="pod removed")
+    # Its denial series leave the agent's metrics with it.
+    assert wait_until(lambda: 'pod="batch-0"' not in w["agent"].metrics(), timeout=10, what="series dropped")
 
 
 @pytest.mark.parametrize("egress, path, reason", [

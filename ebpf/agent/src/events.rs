@@ -350,10 +350,7 @@ pub async fn drain(
             let Some(ev) = decode(&item) else { continue };
             let d = describe(&ev, &names);
             pending.add(&d, SystemTime::now(), &metrics);
-            metrics
-                .denials
-                .with_label_values(&[&d.namespace, &d.pod, &d.container, d.protocol])
-                .inc();
+            metrics.denied(&d.namespace, &d.pod, &d.container, d.protocol);
             let (log, suppressed) = limiter.admit(ev.enrolled_cgroup_id, now);
             if suppressed > 0 {
                 info!(target: "vigie::security", event = "egress.denied.suppressed", namespace = %d.namespace, pod = %d.pod, suppressed, "further egress denials not logged (rate limit)");

@@ -319,6 +319,11 @@ impl Agent {
                 self.metrics.allow_entries.set(desired.entries() as i64);
                 self.metrics.bundle.reset();
                 self.metrics.bundle.with_label_values(&[&version]).set(1);
+                let present: std::collections::HashSet<(String, String)> = pods
+                    .iter()
+                    .map(|p| (p.namespace.clone(), p.name.clone()))
+                    .collect();
+                self.metrics.forget_pods_except(&present);
                 if let Ok(mut n) = self.names.write() {
                     *n = desired.names;
                 }

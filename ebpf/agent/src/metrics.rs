@@ -1,6 +1,7 @@
 //! Prometheus metrics on `--metrics-listen` (`/metrics`), plus `/readyz` (programs
 //! attached and a plan applied). Labels carry names, never payloads.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,9 @@ use prometheus::{
     Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tracing::info;
+
+/// (namespace, pod) → its (container, protocol) label pairs.
+type DenialSeries = HashMap<(String, String), HashSet<(String, String)>>;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -31,6 +35,9 @@ pub struct Metrics {
     pub reported: IntCounter,
     pub reports_dropped: IntCounter,
     pub ready: Arc<AtomicBool>,
+    /// Label sets of `denials` per (namespace, pod), to drop a pod's series when it
+    /// leaves the node (they would otherwise accumulate forever).
+    denial_series: Arc<std::sync::Mutex<DenialSeries>>,
 }
 
 impl Metrics {
@@ -140,7 +147,38 @@ impl Metrics {
             reported,
             reports_dropped,
             ready: Arc::new(AtomicBool::new(false)),
+            denial_series: Arc::default(),
         })
+    }
+
+    /// Counts a denial of `namespace/pod` (container, protocol).
+    pub fn denied(&self, namespace: &str, pod: &str, container: &str, protocol: &str) {
+        self.denials
+            .with_label_values(&[namespace, pod, container, protocol])
+            .inc();
+        if let Ok(mut s) = self.denial_series.lock() {
+            s.entry((namespace.to_string(), pod.to_string()))
+                .or_default()
+                .insert((container.to_string(), protocol.to_string()));
+        }
+    }
+
+    /// Drops the denial series of pods no longer on the node.
+    pub fn forget_pods_except(&self, present: &HashSet<(String, String)>) {
+        let Ok(mut s) = self.denial_series.lock() else {
+            return;
+        };
+        s.retain(|(ns, pod), labels| {
+            if present.contains(&(ns.clone(), pod.clone())) {
+                return true;
+            }
+            for (container, protocol) in labels.iter() {
+                let _ = self
+                    .denials
+                    .remove_label_values(&[ns, pod, container, protocol]);
+            }
+            false
+        });
     }
 
     pub fn render(&self) -> Vec<u8> {
