@@ -14,6 +14,8 @@ use crate::telemetry::Metrics;
 pub struct AdminApp {
     pub store: Arc<PolicyStore>,
     pub metrics: Metrics,
+    /// With `--egress-required`: whether the kernel enforces this pod's egress.
+    pub egress_enforced: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -31,6 +33,13 @@ impl ServeHttp for AdminApp {
         match session.req_header().uri.path() {
             "/healthz" => text(200, "text/plain", b"ok\n".to_vec()),
             // Ready once a policy is in force: before that every request would get a 503.
+            "/readyz" if self
+                .egress_enforced
+                .as_ref()
+                .is_some_and(|e| !e.load(std::sync::atomic::Ordering::Relaxed)) =>
+            {
+                text(503, "application/json", br#"{"ready":false,"reason":"egress enforcement not in place yet"}"#.to_vec())
+            }
             "/readyz" => match self.store.current() {
                 Some(s) => text(200, "application/json", serde_json::json!({"ready": true, "policy": s.policy.name, "version": s.version}).to_string().into_bytes()),
                 None => text(503, "application/json", br#"{"ready":false,"reason":"no policy loaded"}"#.to_vec()),

@@ -110,6 +110,10 @@ struct Args {
     /// (debugging; off by default: it tells the app about the infrastructure).
     #[arg(long, env = "VIGIE_ROUTE_DEBUG_HEADER")]
     route_debug_header: bool,
+    /// Not ready until the kernel enforces this pod's egress (the node's egress agent
+    /// enrolled it): a native sidecar then holds the app containers back until then.
+    #[arg(long, env = "VIGIE_EGRESS_REQUIRED")]
+    egress_required: bool,
     /// The node's egress agent (`http://host:port`), asked where connections that
     /// the kernel redirected to this sidecar were going (`egress.redirect`).
     #[arg(long, env = "VIGIE_EGRESS_AGENT_URL")]
@@ -158,6 +162,19 @@ struct ControlPlaneTask {
     config: ControlPlaneConfig,
     applier: Applier,
     shipper: Option<UsageShipper>,
+}
+
+/// Watches whether the kernel enforces this pod's egress (`--egress-required`).
+struct EgressGate(Arc<std::sync::atomic::AtomicBool>);
+
+#[async_trait]
+impl BackgroundService for EgressGate {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            () = control::egress_gate::watch(self.0.clone()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 struct UsageShipper {
@@ -460,17 +477,24 @@ fn main() -> anyhow::Result<()> {
     };
     let mut proxy = Service::new("vigie-proxy".to_string(), app);
     proxy.add_tcp(&args.listen);
+    let egress_enforced = args
+        .egress_required
+        .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let mut admin = Service::new(
         "vigie-admin".to_string(),
         AdminApp {
             store: store.clone(),
             metrics: metrics.clone(),
+            egress_enforced: egress_enforced.clone(),
         },
     );
     admin.add_tcp(&args.admin_listen);
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("policy-source", source));
+    if let Some(flag) = &egress_enforced {
+        server.add_service(background_service("egress-gate", EgressGate(flag.clone())));
+    }
     server.add_service(background_service(
         "endpoint-prober",
         Prober {

@@ -312,6 +312,35 @@ def test_pods_come_and_go_with_either_cgroup_layout(world):
     assert wait_until(lambda: 'pod="batch-0"' not in w["agent"].metrics(), timeout=10, what="series dropped")
 
 
+def test_sidecar_is_not_ready_before_its_pod_is_enforced(world):
+    """With --egress-required a native sidecar holds the app containers back until the
+    agent has enrolled the pod: the app never runs unenforced."""
+    w, node = world, world["node"]
+    late = node.add_pod(NS, "chat-2", enrolled=False)
+    policy = {"name": "local", "pools": [pool("gpu", [w["mock"].url], [{"name": "mistral-7b"}])]}
+    sc = Sidecar(policy=policy, extra_args=["--egress-required"], cgroup=late["containers"]["vigie-sidecar"],
+                 wait_ready=False)
+    try:
+        import httpx
+        def readyz():
+            try:
+                return httpx.get(f"{sc.admin_url}/readyz", timeout=1)
+            except httpx.TransportError:
+                return None
+        r = wait_until(readyz, what="sidecar admin up")
+        time.sleep(1.5)
+        r = readyz()
+        assert r.status_code == 503 and "egress enforcement not in place" in r.text, r.text
+        # The pod gets its label (as the webhook sets it at creation): enrolled, ready.
+        for p in node.pods:
+            if p["metadata"]["name"] == "chat-2":
+                p["metadata"]["labels"]["vigie.io/egress"] = "enforced"
+        node.write_pods()
+        wait_until(lambda: readyz().status_code == 200, timeout=10, what="ready once enforced")
+    finally:
+        sc.stop()
+
+
 @pytest.mark.parametrize("egress, path, reason", [
     ({"allow": [{"cidr": "10.0.0.300/8"}]}, "egress.allow[0].cidr", "not an IP address or CIDR"),
     ({"allow": [{"cidr": "10.1.2.3/8"}]}, "egress.allow[0].cidr", "host bits set; write 10.0.0.0/8"),

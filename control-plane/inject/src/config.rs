@@ -22,6 +22,9 @@ pub struct InjectConfig {
     /// The node's egress agent (a node-local Service), which the sidecar asks where
     /// redirected connections were going (`egress.redirect`); empty: not asked.
     pub egress_agent_url: String,
+    /// The sidecar is not ready (and holds the app containers back) until the node's
+    /// egress agent enforces the pod. Turn off only where no egress agent runs.
+    pub egress_required: bool,
     /// CA bundle the sidecar trusts for the control plane, as a path mounted from the
     /// `vigie-control-plane-ca` ConfigMap; empty for plaintext.
     pub control_plane_ca_configmap: String,
@@ -71,6 +74,7 @@ impl Default for InjectConfig {
             admin_port: 15090,
             control_plane_url: "http://vigie-control-plane.vigie-system.svc:50051".into(),
             egress_agent_url: "http://vigie-egress-agent.vigie-system.svc:15095".into(),
+            egress_required: true,
             control_plane_ca_configmap: String::new(),
             token_audience: "vigie-control-plane".into(),
             token_expiration_seconds: 3600,

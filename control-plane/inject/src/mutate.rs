@@ -204,6 +204,9 @@ pub fn sidecar(cfg: &InjectConfig, settings: &PodSettings, workload: &str) -> Co
             ..Default::default()
         },
     ];
+    if cfg.egress_required {
+        env.push(value_env("VIGIE_EGRESS_REQUIRED", "true"));
+    }
     if !cfg.egress_agent_url.is_empty() {
         env.push(value_env(
             "VIGIE_EGRESS_AGENT_URL",

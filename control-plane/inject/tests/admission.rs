@@ -123,6 +123,8 @@ fn check_sidecar(sidecar: &Container, native: bool) {
         value(sidecar, "VIGIE_EGRESS_AGENT_URL"),
         Some("http://vigie-egress-agent.vigie-system.svc:15095")
     );
+    // …and is not ready before the pod's egress is enforced (app containers wait).
+    assert_eq!(value(sidecar, "VIGIE_EGRESS_REQUIRED"), Some("true"));
     for (var, path) in [
         ("POD_NAME", "metadata.name"),
         ("POD_NAMESPACE", "metadata.namespace"),

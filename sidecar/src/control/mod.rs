@@ -6,6 +6,7 @@
 //! keeps the previous one. When the stream breaks it reconnects with exponential
 //! backoff and full jitter, serving on what it has meanwhile.
 
+pub mod egress_gate;
 pub mod lkg;
 pub mod podinfo;
 pub mod quota;
