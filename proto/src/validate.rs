@@ -97,6 +97,10 @@ fn validate_cost(r: &mut Report, p: &str, c: &crate::v1::PoolCost) {
 /// Longest fixed budget window: a calendar month covers longer needs.
 const MAX_BUDGET_WINDOW_S: i64 = 31 * 86_400;
 
+/// The address sidecars connect to to check that their pod's egress is enforced
+/// (refused with EPERM when it is); no policy may allow it to sidecars.
+pub const EGRESS_CANARY: ([u8; 4], u16) = ([192, 0, 2, 1], 9);
+
 /// Protocol number of an egress rule (unspecified: TCP).
 pub fn egress_protocol(p: i32) -> Option<u8> {
     use crate::v1::EgressProtocol;
@@ -161,8 +165,24 @@ fn validate_egress(r: &mut Report, e: &crate::v1::Egress) {
                 }
             }
         }
-        if let Err(err) = check_user_rules(&parsed) {
-            r.add(field, err.to_string());
+        match check_user_rules(&parsed) {
+            Err(err) => r.add(field, err.to_string()),
+            // Sidecars prove their pod is enforced by seeing this refused.
+            Ok(entries)
+                if field == "egress.sidecarAllow"
+                    && vigie_egress_common::compile::permits(
+                        &entries,
+                        vigie_egress_common::v4_mapped(EGRESS_CANARY.0),
+                        vigie_egress_common::PROTO_TCP,
+                        EGRESS_CANARY.1,
+                    ) =>
+            {
+                r.add(
+                    field,
+                    "must not allow 192.0.2.1:9 (TEST-NET-1): sidecars check that their pod is enforced by seeing it refused",
+                );
+            }
+            Ok(_) => {}
         }
     }
     for (i, ip) in e.dns_resolvers.iter().enumerate() {

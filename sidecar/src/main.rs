@@ -468,11 +468,17 @@ fn main() -> anyhow::Result<()> {
         },
         retry_budget: vigie_balance::RetryBudget::default(),
         original: match &args.egress_agent_url {
-            Some(url) => Some(Arc::new(
-                vigie_sidecar::routing::original::OriginalDestinations::new(url)
-                    .map_err(anyhow::Error::msg)?,
-            )),
-            None => None,
+            Some(url) if !url.is_empty() => {
+                match vigie_sidecar::routing::original::OriginalDestinations::new(url) {
+                    Ok(o) => Some(Arc::new(o)),
+                    // e.g. kernels before 5.14 (no SO_NETNS_COOKIE): serve without redirects.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "original destinations unavailable; redirected connections are routed as usual");
+                        None
+                    }
+                }
+            }
+            _ => None,
         },
     };
     let mut proxy = Service::new("vigie-proxy".to_string(), app);

@@ -176,6 +176,15 @@ impl SidecarApp {
         snapshot: &Snapshot,
         meter: &mut Meter,
     ) -> Result<Outcome, (ApiError, bool)> {
+        let looped = session
+            .req_header()
+            .headers
+            .get_all(http::header::VIA)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains(crate::upstream::VIA)));
+        if looped {
+            return Err((ApiError::loop_detected(), false));
+        }
         let mut body = read_body(session, self.settings.max_body_bytes)
             .await
             .map_err(|e| (e, false))?;
@@ -234,11 +243,18 @@ impl SidecarApp {
             .with_label_values(&[level.map_or("unspecified", |l| l.as_str())])
             .inc();
         meter.level(level);
+        // Where the app's connection was going, if the kernel redirected it here: only
+        // asked while the policy has redirect rules.
+        let redirects = snapshot
+            .policy
+            .egress
+            .as_ref()
+            .is_some_and(|e| !e.redirect.is_empty());
         let original = match (
             &self.original,
             session.client_addr().and_then(|a| a.as_inet()),
         ) {
-            (Some(o), Some(peer)) => o.lookup(*peer).await,
+            (Some(o), Some(peer)) if redirects => o.lookup(*peer).await,
             _ => None,
         };
         let ctx = RouteContext {

@@ -15,6 +15,9 @@ use crate::routing::Endpoint;
 
 /// Request headers never forwarded: hop-by-hop, framing (re-computed), and the app's own
 /// credentials (the sidecar holds the real ones).
+/// What the sidecar adds to `Via` upstream.
+pub const VIA: &str = "1.1 vigie-sidecar";
+
 const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "connection",
     "keep-alive",
@@ -201,6 +204,10 @@ pub fn upstream_request(
             req.append_header(name.clone(), value.clone())?;
         }
     }
+    // RFC 9110 `Via`, and the loop guard: a request that comes back to a sidecar
+    // (a redirect rule naming a pool endpoint while the sidecar's own cgroup is not
+    // yet enrolled) carries it and is refused (508).
+    req.append_header(http::header::VIA, VIA)?;
     req.insert_header(http::header::HOST, endpoint.authority.as_str())?;
     req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
     req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;

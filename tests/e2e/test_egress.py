@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
 from egress import EgressAgent, Node, Remote, require_root
@@ -259,8 +260,17 @@ def test_redirect_sends_direct_calls_through_the_sidecar(world):
     w["cp"].call("PolicyService/ApplyPolicy", {"policy": w["policy"]}, token=w["admin"])
     wait_until(lambda: "vigie_sock_ops" not in programs(), timeout=10, what="sock_ops detached")
     assert len(programs()) == 5
+    # …and comes back with the next redirect rule (the same agent attaches it again).
+    w["cp"].call("PolicyService/ApplyPolicy", {"policy": policy}, token=w["admin"])
+    wait_until(lambda: "vigie_sock_ops" in programs(), timeout=10, what="sock_ops attached again")
+    out = node.run(app(w), [sys.executable, "-c", CHAT_WITH_ROUTE, f"http://127.0.0.1:{direct.port}/v1"],
+                   timeout=60)
+    assert out.returncode == 0 and f"original=127.0.0.1:{direct.port}" in out.stdout, out.stdout + out.stderr
+    # A request that comes back to a sidecar (a redirect loop) is refused, not re-sent.
+    r = httpx.post(f"{w['sidecar'].base_url}/v1/chat/completions", headers={"via": "1.1 vigie-sidecar"},
+                   json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    assert r.status_code == 508 and r.json()["error"]["code"] == "loop_detected", r.text
     # The lookup answers only for redirected connections.
-    import httpx
     r = httpx.get(f"{agent.url}/v1/original-destination", params={"netns": 1, "peer": "127.0.0.1:1"})
     assert r.status_code == 404
     assert httpx.get(f"{agent.url}/v1/original-destination", params={"peer": "x"}).status_code == 400
@@ -321,7 +331,6 @@ def test_sidecar_is_not_ready_before_its_pod_is_enforced(world):
     sc = Sidecar(policy=policy, extra_args=["--egress-required"], cgroup=late["containers"]["vigie-sidecar"],
                  wait_ready=False)
     try:
-        import httpx
         def readyz():
             try:
                 return httpx.get(f"{sc.admin_url}/readyz", timeout=1)
@@ -347,6 +356,9 @@ def test_sidecar_is_not_ready_before_its_pod_is_enforced(world):
     ({"allow": [{"cidr": "10.0.0.0/8", "ports": "9000-80"}]}, "egress.allow[0].ports", "reversed"),
     ({"sidecarAllow": [{"cidr": "::1", "ports": "http"}]}, "egress.sidecarAllow[0].ports", "not a port"),
     ({"dnsResolvers": ["dns.example"]}, "egress.dnsResolvers[0]", "not an IP address"),
+    ({"sidecarAllow": [{"cidr": "0.0.0.0/0"}]}, "egress.sidecarAllow", "must not allow 192.0.2.1:9"),
+    ({"redirect": [{"cidr": "10.0.0.1", "protocol": "EGRESS_PROTOCOL_UDP"}]}, "egress.redirect[0].protocol",
+     "only TCP connections can be redirected"),
     ({"allow": [{"cidr": "10.0.0.0/8", "ports": str(1000 + 2 * i)} for i in range(9)]}, "egress.allow",
      "at most 8 fit"),
     ({"allow": [{"cidr": f"10.{i // 256}.{i % 256}.0/24"} for i in range(16385)]}, "egress.allow",

@@ -354,6 +354,11 @@ impl Enforcer {
                 }
             }
         }
+        // Redirects need sock_ops in place before any cgroup points at them.
+        let redirects = desired.policies.values().any(|c| c.redirect_port != 0);
+        if redirects && let Err(e) = self.sock_ops_for(true) {
+            failure.get_or_insert(e);
+        }
         for (cgroup, key) in &desired.enrolled {
             let id = self.loaded.get(key).map_or(DENY_ALL_POLICY, |(id, _)| *id);
             if self.enrolled.get(cgroup, 0).ok() != Some(id) {
@@ -369,8 +374,7 @@ impl Enforcer {
             }
         }
         out.removed_policies += self.purge();
-        let redirects = desired.policies.values().any(|c| c.redirect_port != 0);
-        if let Err(e) = self.sock_ops_for(redirects) {
+        if !redirects && let Err(e) = self.sock_ops_for(false) {
             failure.get_or_insert(e);
         }
         match failure {
@@ -484,19 +488,31 @@ fn attach(bpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, B
     let mode = CgroupAttachMode::Single;
     match prog {
         aya::programs::Program::SockOps(p) => {
-            p.load().map_err(err)?;
+            // Loaded once per agent; attaching again (sock_ops comes and goes with
+            // redirects) reuses it.
+            if p.fd().is_err() {
+                p.load().map_err(err)?;
+            }
             let id = p.attach(cgroup, mode).map_err(err)?;
             p.take_link(id).map_err(err)?.try_into().map_err(pin_err)
         }
         aya::programs::Program::CgroupSkb(p) => {
-            p.load().map_err(err)?;
+            // Loaded once per agent; attaching again (sock_ops comes and goes with
+            // redirects) reuses it.
+            if p.fd().is_err() {
+                p.load().map_err(err)?;
+            }
             let id = p
                 .attach(cgroup, CgroupSkbAttachType::Egress, mode)
                 .map_err(err)?;
             p.take_link(id).map_err(err)?.try_into().map_err(pin_err)
         }
         aya::programs::Program::CgroupSockAddr(p) => {
-            p.load().map_err(err)?;
+            // Loaded once per agent; attaching again (sock_ops comes and goes with
+            // redirects) reuses it.
+            if p.fd().is_err() {
+                p.load().map_err(err)?;
+            }
             let id = p.attach(cgroup, mode).map_err(err)?;
             p.take_link(id).map_err(err)?.try_into().map_err(pin_err)
         }

@@ -112,6 +112,9 @@ struct Fingerprint {
     resolved_pods: usize,
     enrolled_pods: usize,
     hosts: Vec<(String, Vec<IpAddr>)>,
+    /// Resolved addresses of the control plane and of this agent's lookup.
+    control_plane: Vec<(IpAddr, u16)>,
+    lookup: Vec<(IpAddr, u16)>,
 }
 
 struct Agent {
@@ -282,6 +285,8 @@ impl Agent {
             resolved_pods: resolved.len(),
             enrolled_pods: full,
             hosts,
+            control_plane: self.settings.control_plane.clone(),
+            lookup: self.settings.lookup.clone(),
         };
         if !force && self.last.as_ref() == Some(&fp) {
             return Ok(());

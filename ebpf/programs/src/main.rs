@@ -350,16 +350,16 @@ pub fn vigie_sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_verdict(HOOK_SENDMSG6, addr, port, PROTO_UDP)
 }
 
-/// What the socket hooks do not see: ICMP (ping sockets), raw sockets, and TCP
-/// connections opened without `connect()` (TCP Fast Open). Only packets that start
-/// something are judged: a TCP SYN without ACK, UDP, other protocols; replies on
-/// accepted connections (SYN-ACK and later) pass.
+/// The backstop for what the socket hooks did not judge: ICMP (ping sockets), raw
+/// sockets, source-routed packets. Of those, only packets that start something are
+/// judged: a TCP SYN without ACK, UDP, other protocols; replies on accepted
+/// connections (SYN-ACK and later) pass.
 #[cgroup_skb(egress)]
 pub fn vigie_skb_egress(ctx: SkBuffContext) -> i32 {
-    // Packets of TCP and UDP sockets were judged by the socket hooks (connect, and
-    // sendmsg for unconnected UDP; TCP Fast Open goes through the connect hook too):
-    // let them through at the cost of one helper call. What is left is what no
-    // socket hook sees: raw sockets, ICMP, packets without a socket.
+    // Packets of connected TCP and UDP sockets to the destination the connect hook
+    // judged (TCP Fast Open goes through it too) pass after one helper call. What is
+    // left is what no socket hook saw: raw sockets, ICMP, unconnected UDP, source-routed
+    // packets, packets without a socket.
     if judged_by_socket_hooks(&ctx) {
         return ALLOW;
     }
@@ -375,6 +375,10 @@ pub fn vigie_skb_egress(ctx: SkBuffContext) -> i32 {
     }
 }
 
+/// Whether the socket hooks judged this packet's destination: a TCP or UDP socket
+/// whose connected destination is the one in the header. Anything else — raw and
+/// ICMP sockets, unconnected UDP, and packets whose header destination differs from
+/// the socket's (IPv4 source-route options, IPv6 routing headers) — is judged here.
 #[inline(always)]
 fn judged_by_socket_hooks(ctx: &SkBuffContext) -> bool {
     let skb = ctx.skb.skb;
@@ -388,10 +392,37 @@ fn judged_by_socket_hooks(ctx: &SkBuffContext) -> bool {
     if full.is_null() {
         return false;
     }
-    // SAFETY: bpf_sk_fullsock returned a valid full socket.
-    let (ty, proto) = unsafe { ((*full).type_, (*full).protocol) };
-    (ty == SOCK_STREAM && proto == u32::from(PROTO_TCP))
-        || (ty == SOCK_DGRAM && proto == u32::from(PROTO_UDP))
+    // Every field read unconditionally at a constant offset (the verifier refuses
+    // loads through a pointer the compiler derived from a branch).
+    // SAFETY: bpf_sk_fullsock returned a valid full socket; 4-byte field reads.
+    let (ty, proto, d4, d6) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*full).type_)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*full).protocol)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*full).dst_ip4)),
+            [
+                core::ptr::read_volatile(core::ptr::addr_of!((*full).dst_ip6[0])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*full).dst_ip6[1])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*full).dst_ip6[2])),
+                core::ptr::read_volatile(core::ptr::addr_of!((*full).dst_ip6[3])),
+            ],
+        )
+    };
+    let socket_kind = (ty == SOCK_STREAM && proto == u32::from(PROTO_TCP))
+        || (ty == SOCK_DGRAM && proto == u32::from(PROTO_UDP));
+    if !socket_kind {
+        return false;
+    }
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return false;
+    };
+    match first >> 4 {
+        4 => ctx.load::<u32>(16).is_ok_and(|dst| dst != 0 && dst == d4),
+        6 => ctx.load::<[u32; 4]>(24).is_ok_and(|dst| {
+            dst[0] == d6[0] && dst[1] == d6[1] && dst[2] == d6[2] && dst[3] == d6[3]
+        }),
+        _ => false,
+    }
 }
 
 const SOCK_STREAM: u32 = 1;

@@ -12,9 +12,17 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-/// TEST-NET-1 (RFC 5737), the discard port: never a pool, never the control plane. A
-/// policy must not allow it for sidecars (docs/egress.md).
-pub const CANARY: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 9));
+/// TEST-NET-1 (RFC 5737), the discard port: never a pool, never the control plane; the
+/// control plane refuses policies that allow it to sidecars.
+pub const CANARY: SocketAddr = SocketAddr::V4(SocketAddrV4::new(
+    Ipv4Addr::new(
+        vigie_proto::validate::EGRESS_CANARY.0[0],
+        vigie_proto::validate::EGRESS_CANARY.0[1],
+        vigie_proto::validate::EGRESS_CANARY.0[2],
+        vigie_proto::validate::EGRESS_CANARY.0[3],
+    ),
+    vigie_proto::validate::EGRESS_CANARY.1,
+));
 
 /// Whether the kernel refuses the canary at once (EPERM from the egress programs).
 /// Unenforced, the connect times out or is unreachable: never a refusal.

@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt as _;
 use tracing::{debug, warn};
 
-/// A client port is not reused for 60 s after its connection closed (TIME_WAIT).
+/// Well within TIME_WAIT (60 s on Linux), during which the client port of a closed
+/// connection is not reused.
 const CACHE_TTL: Duration = Duration::from_secs(30);
+/// After a failed lookup, peers are not asked about again for this long (the agent
+/// away must not slow every request).
+const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_CACHE: usize = 4096;
 
@@ -27,6 +31,8 @@ pub struct OriginalDestinations {
     /// This pod's network namespace cookie.
     netns: u64,
     cache: Mutex<HashMap<SocketAddr, (Instant, Option<SocketAddr>)>>,
+    /// Until when lookups are skipped after a failure.
+    failed_until: Mutex<Option<Instant>>,
 }
 
 /// The network namespace cookie of the calling thread's namespace (Linux ≥ 5.14).
@@ -65,6 +71,7 @@ impl OriginalDestinations {
             agent: format!("{host}:{port}"),
             netns,
             cache: Mutex::new(HashMap::new()),
+            failed_until: Mutex::new(None),
         })
     }
 
@@ -81,20 +88,36 @@ impl OriginalDestinations {
         {
             return *found;
         }
+        if self
+            .failed_until
+            .lock()
+            .ok()
+            .and_then(|f| *f)
+            .is_some_and(|until| now < until)
+        {
+            return None;
+        }
         let found = match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(peer)).await {
             Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                warn!(error = %e, "original-destination lookup failed");
-                return None;
-            }
-            Err(_) => {
-                warn!("original-destination lookup timed out");
+            failed => {
+                let reason = match failed {
+                    Ok(Err(e)) => e,
+                    _ => "timed out".to_string(),
+                };
+                // One warning per backoff period, not one per request.
+                warn!(error = %reason, backoff_s = FAILURE_BACKOFF.as_secs(), "original-destination lookup failed; routing as usual meanwhile");
+                if let Ok(mut f) = self.failed_until.lock() {
+                    *f = Some(now + FAILURE_BACKOFF);
+                }
                 return None;
             }
         };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= MAX_CACHE {
                 cache.retain(|_, (at, _)| now.duration_since(*at) < CACHE_TTL);
+                if cache.len() >= MAX_CACHE {
+                    cache.clear();
+                }
             }
             cache.insert(peer, (now, found));
         }

@@ -45,6 +45,16 @@ impl ApiError {
         self
     }
 
+    /// The request came back to a sidecar it already went through.
+    pub fn loop_detected() -> Self {
+        Self::new(
+            508,
+            "invalid_request_error",
+            Some("loop_detected"),
+            "The request came back to the sidecar it went through (a redirect loop); it was not sent again.",
+        )
+    }
+
     pub fn invalid_request(message: impl Into<String>) -> Self {
         Self::new(400, "invalid_request_error", None, message)
     }
