@@ -47,6 +47,14 @@ pub async fn channel(
     Ok(endpoint.connect().await?)
 }
 
+/// Delay before reconnection attempt `n` (0-based): exponential from 250 ms, capped,
+/// with full jitter so a control-plane restart is not met by every client at once.
+pub fn backoff(n: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1u32 << n.min(16));
+    let ceiling = base.min(max);
+    ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
 /// The token in `path` (trimmed), or none.
 pub fn read_token(path: Option<&Path>) -> Result<String, ClientError> {
     Ok(match path {
@@ -67,4 +75,22 @@ pub fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), 
         request.metadata_mut().insert("authorization", value);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let max = Duration::from_secs(30);
+        for _ in 0..100 {
+            let d0 = backoff(0, max);
+            assert!(d0 >= Duration::from_millis(125) && d0 <= Duration::from_millis(250));
+            let d20 = backoff(20, max);
+            assert!(d20 >= Duration::from_secs(15) && d20 <= max);
+        }
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(5, max)).collect();
+        assert!(spread.len() > 10, "jittered");
+    }
 }

@@ -33,6 +33,12 @@ fam = socket.AF_INET6 if family == "6" else socket.AF_INET
 try:
     if op == "tcp":
         s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(3); s.connect((host, port)); s.close()
+    elif op == "lsrr":
+        # connect() to an allowed address, with an IPv4 loose source route whose first
+        # hop (the packet's real destination) is sys.argv[5].
+        s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(3)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([131, 7, 4]) + socket.inet_aton(sys.argv[5]) + b"\x01")
+        s.connect((host, port)); s.close()
     elif op == "udp":
         s = socket.socket(fam, socket.SOCK_DGRAM); s.sendto(b"\x00" * 12, (host, port)); s.close()
     elif op == "ping":
@@ -125,9 +131,9 @@ class Node:
         tmp.write_text(json.dumps({"apiVersion": "v1", "kind": "PodList", "items": self.pods}))
         tmp.replace(self.pods_file)
 
-    def probe(self, cgroup: Path | None, op: str, host: str, port: int = 0) -> dict:
+    def probe(self, cgroup: Path | None, op: str, host: str, port: int = 0, *extra: str) -> dict:
         family = "6" if ":" in host else "4"
-        out = subprocess.run(in_cgroup(cgroup, [sys.executable, "-c", PROBE, op, family, host, str(port)]),
+        out = subprocess.run(in_cgroup(cgroup, [sys.executable, "-c", PROBE, op, family, host, str(port), *extra]),
                              capture_output=True, text=True, timeout=20)
         if out.returncode != 0:
             raise RuntimeError(f"probe failed: {out.stderr}")

@@ -185,6 +185,18 @@ def test_denial_reports_are_validated(control_planes):
     assert e.value.code == "PermissionDenied"
 
 
+def test_source_routed_packets_are_judged_by_their_real_destination(world):
+    """connect() to an allowed address with an IPv4 loose source route: the packet
+    really goes to the route's first hop, so the backstop judges that one."""
+    w, node, remote = world, world["node"], world["remote"]
+    sc_port = w["sidecar"].port
+    r = node.probe(app(w), "lsrr", "127.0.0.1", sc_port, remote.ip)
+    assert not r["ok"], r
+    wait_until(lambda: [e for e in w["agent"].events() if e["hook"] == "skb_egress"
+                        and e["destination"] == remote.ip and e["port"] == sc_port and e["role"] == "app"],
+               what="source-routed SYN refused by the backstop")
+
+
 def test_policy_update_applies_on_the_next_connect(world):
     w, node, remote = world, world["node"], world["remote"]
     assert node.probe(app(w), "tcp", remote.ip, 8080)["errno"] == "EPERM"

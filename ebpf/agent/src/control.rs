@@ -38,10 +38,12 @@ async fn connect(cfg: &Config) -> Result<(Channel, String), WatchError> {
     Ok((channel, token))
 }
 
+/// One connection; `got_snapshot` tells the caller it was healthy (backoff resets).
 async fn session(
     cfg: &Config,
     updates: &mpsc::Sender<Update>,
     metrics: &Metrics,
+    got_snapshot: &mut bool,
 ) -> Result<(), WatchError> {
     let (channel, token) = connect(cfg).await?;
     let mut client = DiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
@@ -61,6 +63,7 @@ async fn session(
     metrics.control_plane_connected.set(1);
     info!(url = %cfg.url, "connected to the control plane");
     while let Some(snapshot) = inbound.message().await? {
+        *got_snapshot = true;
         let bundle = snapshot.egress.unwrap_or_default();
         let (done, outcome) = oneshot::channel();
         updates
@@ -88,22 +91,26 @@ async fn session(
 pub async fn run(cfg: Config, updates: mpsc::Sender<Update>, metrics: Metrics) {
     let mut failures: u32 = 0;
     loop {
-        let result = session(&cfg, &updates, &metrics).await;
+        let mut got_snapshot = false;
+        let result = session(&cfg, &updates, &metrics, &mut got_snapshot).await;
         metrics.control_plane_connected.set(0);
         if updates.is_closed() {
             return;
         }
-        let delay = Duration::from_millis(250)
-            .saturating_mul(1 << failures.min(6))
-            .min(Duration::from_secs(15));
+        if got_snapshot {
+            failures = 0;
+        }
+        let delay = vigie_proto::client::backoff(failures, MAX_BACKOFF);
         failures = failures.saturating_add(1);
         if let Err(e) = result {
             warn!(error = %e, retry_in_ms = delay.as_millis(), "control plane watch interrupted; enforcement continues on the current maps");
         }
         tokio::time::sleep(delay).await;
-        failures = failures.min(3);
     }
 }
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// Sends the aggregated denials every `every`; what cannot be sent stays pending
 /// (bounded: see `events::Pending`).

@@ -103,6 +103,16 @@ async fn resolve(host: &str, port: u16) -> Vec<IpAddr> {
     }
 }
 
+/// `host` (an address, bracketed or not, or a name) with `port`.
+async fn addresses(host: &str, port: u16) -> Vec<(IpAddr, u16)> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ips = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => resolve(host, port).await,
+    };
+    ips.into_iter().map(|ip| (ip, port)).collect()
+}
+
 /// Inputs of the last plan, to skip work when nothing moved.
 #[derive(PartialEq)]
 struct Fingerprint {
@@ -186,29 +196,22 @@ impl Agent {
             }
             out.insert(host, ips);
         }
+        // Kept as they were when a lookup fails.
         if let Ok(url) = url::Url::parse(&self.args.control_plane)
             && let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default())
         {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let ips = match host.parse::<IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => resolve(host, port).await,
-            };
-            if !ips.is_empty() {
-                self.settings.control_plane = ips.into_iter().map(|ip| (ip, port)).collect();
+            let addrs = addresses(host, port).await;
+            if !addrs.is_empty() {
+                self.settings.control_plane = addrs;
             }
         }
         if let Some(addr) = &self.args.lookup_address
             && let Some((host, port)) = addr.rsplit_once(':')
             && let Ok(port) = port.parse::<u16>()
         {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let ips = match host.parse::<IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => resolve(host, port).await,
-            };
-            if !ips.is_empty() {
-                self.settings.lookup = ips.into_iter().map(|ip| (ip, port)).collect();
+            let addrs = addresses(host, port).await;
+            if !addrs.is_empty() {
+                self.settings.lookup = addrs;
             }
         }
         self.resolved_hosts = out;

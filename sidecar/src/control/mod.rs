@@ -208,13 +208,7 @@ async fn session(
     Err(WatchError::Closed)
 }
 
-/// Delay before reconnection attempt `n` (0-based): exponential from 250 ms, capped,
-/// with full jitter so a control-plane restart is not met by every pod at once.
-pub(crate) fn backoff(n: u32, max: Duration) -> Duration {
-    let base = Duration::from_millis(250).saturating_mul(1u32 << n.min(16));
-    let ceiling = base.min(max);
-    ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
-}
+pub(crate) use vigie_proto::client::backoff;
 
 /// Runs until `shutdown` turns true.
 pub async fn run(cfg: ControlPlaneConfig, applier: Applier, mut shutdown: watch::Receiver<bool>) {
@@ -244,19 +238,6 @@ pub async fn run(cfg: ControlPlaneConfig, applier: Applier, mut shutdown: watch:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let max = Duration::from_secs(30);
-        for _ in 0..100 {
-            let d0 = backoff(0, max);
-            assert!(d0 >= Duration::from_millis(125) && d0 <= Duration::from_millis(250));
-            let d20 = backoff(20, max);
-            assert!(d20 >= Duration::from_secs(15) && d20 <= max);
-        }
-        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(5, max)).collect();
-        assert!(spread.len() > 1, "no jitter");
-    }
 
     fn applier(dir: &std::path::Path) -> Applier {
         Applier {
