@@ -143,10 +143,17 @@ impl Authenticator {
 
     /// The caller, if its token is valid and its role is one of `allowed`.
     pub async fn check<T>(&self, req: &Request<T>, allowed: &[Role]) -> Result<Principal, Status> {
-        let principal = self.authenticate(req.metadata()).await?;
+        let principal = match self.authenticate(req.metadata()).await {
+            Ok(p) => p,
+            Err(status) => {
+                crate::events::access_denied(req, None, "unauthenticated");
+                return Err(status);
+            }
+        };
         if allowed.contains(&principal.role) {
             Ok(principal)
         } else {
+            crate::events::access_denied(req, Some(&principal), "role");
             let names: Vec<_> = allowed.iter().map(|r| r.as_str()).collect();
             Err(Status::permission_denied(format!(
                 "token {:?} has role {}; this call needs {}",

@@ -10,6 +10,7 @@
 //! - [`webhook`]: HTTPS server of the sidecar-injection webhook.
 
 pub mod auth;
+pub mod events;
 pub mod hub;
 pub mod k8s_tokens;
 pub mod metrics;

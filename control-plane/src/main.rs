@@ -286,6 +286,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(s) => {
             let s = *s;
             let metrics = Metrics::new().context("registering metrics")?;
+            // Security events (admin actions, refused calls and policies) over OTLP.
+            vigie_telemetry::Telemetry::init("vigie-control-plane", Vec::new(), metrics.registry())
+                .context("telemetry (OTEL_* environment)")?;
             let webhook = match (s.webhook_listen, s.webhook_tls_cert, s.webhook_tls_key) {
                 (Some(listen), Some(cert), Some(key)) => Some(webhook::WebhookSettings {
                     listen,

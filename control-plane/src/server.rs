@@ -159,6 +159,14 @@ pub async fn serve(
 
     let hub_for_shutdown = hub.clone();
     let result = builder
+        // The called method, for security events about refused calls.
+        .layer(tower::util::MapRequestLayer::new(
+            |mut req: http::Request<tonic::body::Body>| {
+                let path = req.uri().path().trim_start_matches('/').to_string();
+                req.extensions_mut().insert(crate::events::CallPath(path));
+                req
+            },
+        ))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -62,6 +62,11 @@ const SECTIONS: &[Section] = &[
         present: |p| p.egress.is_some(),
         take: |dst, src| dst.egress.clone_from(&src.egress),
     },
+    Section {
+        name: "telemetry",
+        present: |p| p.telemetry.is_some(),
+        take: |dst, src| dst.telemetry.clone_from(&src.telemetry),
+    },
 ];
 
 /// Version reported when no policy matches.

@@ -55,6 +55,7 @@ pub fn validate(policy: &Policy) -> Result<(), Violations> {
         && policy.dlp.is_none()
         && policy.budgets.is_none()
         && policy.egress.is_none()
+        && policy.telemetry.is_none()
     {
         r.add(
             "pools",
@@ -68,6 +69,9 @@ pub fn validate(policy: &Policy) -> Result<(), Violations> {
     }
     if let Some(e) = &policy.egress {
         validate_egress(&mut r, e);
+    }
+    if let Some(t) = &policy.telemetry {
+        validate_telemetry(&mut r, t);
     }
     if r.0.is_empty() {
         Ok(())
@@ -192,6 +196,38 @@ fn validate_egress(r: &mut Report, e: &crate::v1::Egress) {
                 format!("{ip:?} is not an IP address"),
             );
         }
+    }
+}
+
+/// User attribute modes of the telemetry section.
+pub const USER_ATTRIBUTE_MODES: &[&str] = &["hashed", "plain", "omitted"];
+
+fn validate_telemetry(r: &mut Report, t: &crate::v1::Telemetry) {
+    if !t.otlp_endpoint.is_empty() {
+        match url::Url::parse(&t.otlp_endpoint) {
+            Err(_) => r.add("telemetry.otlpEndpoint", "not a URL"),
+            Ok(u) => {
+                if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                    r.add("telemetry.otlpEndpoint", "must be an http:// or https:// URL with a host");
+                } else if !u.username().is_empty() || u.password().is_some() {
+                    // Collector credentials are secrets: OTEL_EXPORTER_OTLP_HEADERS, not policy.
+                    r.add("telemetry.otlpEndpoint", "must not carry credentials (use OTEL_EXPORTER_OTLP_HEADERS in the pod)");
+                } else if u.scheme() == "https" && t.otlp_protocol == "http/protobuf" {
+                    r.add("telemetry.otlpEndpoint", "https is supported with otlpProtocol grpc only");
+                }
+            }
+        }
+    }
+    if !matches!(t.otlp_protocol.as_str(), "" | "grpc" | "http/protobuf") {
+        r.add("telemetry.otlpProtocol", "must be grpc or http/protobuf");
+    }
+    if let Some(ratio) = t.trace_sample_ratio
+        && !(0.0..=1.0).contains(&ratio)
+    {
+        r.add("telemetry.traceSampleRatio", "must be between 0 and 1");
+    }
+    if !t.user_attribute.is_empty() && !USER_ATTRIBUTE_MODES.contains(&t.user_attribute.as_str()) {
+        r.add("telemetry.userAttribute", "must be hashed, plain or omitted");
     }
 }
 

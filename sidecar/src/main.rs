@@ -12,6 +12,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 use tracing::{error, info};
+use vigie_telemetry::opentelemetry::KeyValue;
 
 use vigie_ledger::Ledger;
 use vigie_proto::v1::{ClientKind, Identity};
@@ -270,18 +271,11 @@ impl PolicyFileTask {
         match watcher.poll() {
             Reload::Unchanged => {}
             Reload::Installed(s) => {
-                self.metrics
-                    .policy_reloads
-                    .with_label_values(&["installed"])
-                    .inc();
-                self.metrics.set_policy(&s.policy.name, &s.version);
+                vigie_sidecar::telemetry::policy_installed(&self.metrics, &s, "file");
                 info!(policy = %s.policy.name, version = %s.version, "policy installed");
             }
             Reload::Rejected(e) => {
-                self.metrics
-                    .policy_reloads
-                    .with_label_values(&["rejected"])
-                    .inc();
+                vigie_sidecar::telemetry::policy_rejected(&self.metrics, "", "file", &e.to_string());
                 error!(error = %e, "policy rejected; keeping the previous one");
             }
         }
@@ -315,6 +309,19 @@ fn main() -> anyhow::Result<()> {
     let store = Arc::new(PolicyStore::default());
     let registry = Arc::new(EndpointRegistry::default());
     let metrics = Metrics::new().context("registering metrics")?;
+    let workload = if args.workload.is_empty() {
+        args.service_account.clone()
+    } else {
+        args.workload.clone()
+    };
+    vigie_sidecar::telemetry::events::set_origin(&args.namespace, &workload);
+    let mut resource = vec![KeyValue::new("k8s.namespace.name", args.namespace.clone())];
+    if !args.pod.is_empty() {
+        resource.push(KeyValue::new("k8s.pod.name", args.pod.clone()));
+    }
+    // OTLP export (OTEL_* environment, then the policy's telemetry section).
+    vigie_telemetry::Telemetry::init("vigie-sidecar", resource, metrics.registry())
+        .context("telemetry (OTEL_* environment)")?;
     let users = user_settings(&args)?;
     // The usage ledger lives next to the last-known-good policy, in managed mode (it is
     // shipped to the control plane).
@@ -332,11 +339,7 @@ fn main() -> anyhow::Result<()> {
         ids: Arc::new(RecordIds::new().context("seeding usage record ids")?),
         who: Attribution {
             namespace: args.namespace.clone(),
-            workload: if args.workload.is_empty() {
-                args.service_account.clone()
-            } else {
-                args.workload.clone()
-            },
+            workload,
             pod: args.pod.clone(),
         },
     });
@@ -359,11 +362,7 @@ fn main() -> anyhow::Result<()> {
             // The first load is synchronous: a sidecar with a broken policy must say so and stop.
             match watcher.poll() {
                 Reload::Installed(s) => {
-                    metrics.set_policy(&s.policy.name, &s.version);
-                    metrics
-                        .policy_reloads
-                        .with_label_values(&["installed"])
-                        .inc();
+                    vigie_sidecar::telemetry::policy_installed(&metrics, &s, "file");
                     info!(policy = %s.policy.name, version = %s.version, models = s.models.len(), "policy loaded");
                     if args.check {
                         println!(

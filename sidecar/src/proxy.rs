@@ -14,6 +14,7 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
+use opentelemetry::KeyValue;
 use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, Operation, request::RequestHead};
@@ -21,7 +22,8 @@ use crate::dlp::{self, Counts, Pseudonyms, response::ResponseDlp};
 use crate::metering::{Meter, MeterShared, user};
 use crate::policy::{PolicyStore, Snapshot};
 use crate::routing::{Attempts, PlanError, RouteContext};
-use crate::telemetry::Metrics;
+use crate::telemetry::trace::UserAttribute;
+use crate::telemetry::{Metrics, events};
 use crate::upstream::{self, AttemptError, Exchange, Upstream};
 
 #[derive(Debug, Clone)]
@@ -133,7 +135,9 @@ impl SidecarApp {
         };
         // Every request but a model listing gets exactly one usage record.
         let mut meter =
-            (operation != Operation::ListModels).then(|| Meter::new(&self.meter, operation));
+            (operation != Operation::ListModels).then(|| {
+                Meter::new(&self.meter, operation, &session.req_header().headers)
+            });
         let Some(snapshot) = self.store.current() else {
             respond_error(
                 session,
@@ -192,11 +196,26 @@ impl SidecarApp {
             model,
             stream,
             max_tokens,
+            temperature,
+            top_p,
         } = api::request::parse_head(&body).map_err(|e| (e, true))?;
         meter.begin(&model, stream, body.len());
         let user = user::identify(&self.settings.users, &session.req_header().headers)
             .map_err(|e| (e, true))?;
         meter.user(&user);
+        if meter.trace.recording() {
+            let t = snapshot.policy.telemetry.as_ref();
+            let mode = UserAttribute::parse(t.map_or("", |t| t.user_attribute.as_str()));
+            let mut kv = vec![KeyValue::new("vigie.policy.version", snapshot.version.clone())];
+            kv.extend(
+                mode.value(&snapshot.policy.name, &user.name)
+                    .map(|u| KeyValue::new("vigie.user", u)),
+            );
+            kv.extend(max_tokens.map(|n| KeyValue::new("gen_ai.request.max_tokens", n as i64)));
+            kv.extend(temperature.map(|t| KeyValue::new("gen_ai.request.temperature", t)));
+            kv.extend(top_p.map(|t| KeyValue::new("gen_ai.request.top_p", t)));
+            meter.trace.set_all(kv);
+        }
         if snapshot.routes_for(&model).is_none() {
             return Err((ApiError::model_not_found(&model), true));
         }
@@ -224,14 +243,16 @@ impl SidecarApp {
         let mut pseudonyms = Pseudonyms::default();
         if let Some(policy) = &snapshot.dlp {
             let scan = dlp::scan_request(policy, op, &body, declared).map_err(|e| (e, true))?;
-            self.record_dlp(&scan.counts, "request");
+            self.record_dlp(meter, &scan.counts, "request");
             level = scan.level;
             if !scan.blocked.is_empty() {
                 self.metrics
                     .dlp_blocked
                     .with_label_values(&["request"])
                     .inc();
-                return Err((ApiError::dlp_blocked_request(&scan.blocked), true));
+                let e = ApiError::dlp_blocked_request(&scan.blocked);
+                self.blocked(meter, "dlp_request", e.status);
+                return Err((e, true));
             }
             if let Some(rewritten) = scan.body {
                 body = Bytes::from(rewritten);
@@ -243,6 +264,10 @@ impl SidecarApp {
             .with_label_values(&[level.map_or("unspecified", |l| l.as_str())])
             .inc();
         meter.level(level);
+        meter.trace.set(KeyValue::new(
+            "vigie.sensitivity",
+            level.map_or("unspecified", |l| l.as_str()),
+        ));
         // Where the app's connection was going, if the kernel redirected it here: only
         // asked while the policy has redirect rules.
         let redirects = snapshot
@@ -272,7 +297,9 @@ impl SidecarApp {
                         .route_refusals
                         .with_label_values(&[level.as_str()])
                         .inc();
-                    ApiError::no_cleared_pool(&model, level.as_str())
+                    let e = ApiError::no_cleared_pool(&model, level.as_str());
+                    self.blocked(meter, "sensitivity_not_cleared", e.status);
+                    e
                 }
             };
             (err, true)
@@ -362,6 +389,8 @@ impl SidecarApp {
                 )
             };
             let _inflight = endpoint.start();
+            let attempt_span = meter.trace.attempt(&pool.name, endpoint, tries, reason);
+            meter.trace.set(KeyValue::new("vigie.retries", tries as i64 - 1));
             let sent = Instant::now();
             match self
                 .upstream
@@ -371,6 +400,7 @@ impl SidecarApp {
                     pool.credential.as_ref(),
                     session.req_header(),
                     payload,
+                    attempt_span.context(),
                 )
                 .await
             {
@@ -392,6 +422,7 @@ impl SidecarApp {
                         .session
                         .response_header()
                         .map_or(502, |h| h.status.as_u16());
+                    attempt_span.status(status);
                     if status == 429
                         && let Some(wait) = exchange
                             .session
@@ -465,6 +496,7 @@ impl SidecarApp {
                         AttemptError::FirstByteTimeout => "first_byte_timeout",
                         AttemptError::Broken(_) => "broken",
                     };
+                    attempt_span.fail(outcome);
                     self.metrics
                         .upstream_attempts
                         .with_label_values(&[&pool.name, outcome])
@@ -657,6 +689,10 @@ impl SidecarApp {
                 for w in &warnings {
                     count(w, "warned");
                 }
+                meter.trace.set(KeyValue::new(
+                    "vigie.budget.decision",
+                    if warnings.is_empty() { "admitted" } else { "warned" },
+                ));
                 meter.reserved(self.quota.clone(), reservation, warnings);
                 Ok(())
             }
@@ -665,22 +701,61 @@ impl SidecarApp {
                 retry_after_s,
             } => {
                 count(&budget, "rejected");
+                self.budget_refused(meter, snapshot, &budget, "rejected");
                 Err(ApiError::budget_exceeded(&budget, retry_after_s))
             }
             vigie_quota::Decision::Unavailable { budget } => {
                 count(&budget, "unavailable");
+                self.budget_refused(meter, snapshot, &budget, "unavailable");
                 Err(ApiError::quota_unavailable(&budget))
             }
         }
     }
 
-    fn record_dlp(&self, counts: &Counts, direction: &str) {
+    /// DLP findings: counters, security events, and the request's span.
+    fn record_dlp(&self, meter: &mut Meter, counts: &Counts, direction: &'static str) {
+        if counts.is_empty() {
+            return;
+        }
         for ((detector, action), n) in counts {
             self.metrics
                 .dlp_findings
                 .with_label_values(&[detector, direction, action])
                 .inc_by(*n);
         }
+        let version = self.store.current().map(|s| s.version.clone()).unwrap_or_default();
+        events::dlp_findings(
+            counts,
+            direction,
+            meter.model(),
+            &version,
+            &meter.trace.span_context(),
+        );
+        meter.trace.add_findings(direction, counts);
+    }
+
+    fn budget_refused(&self, meter: &Meter, snapshot: &Snapshot, budget: &str, decision: &'static str) {
+        meter.trace.set(KeyValue::new("vigie.budget.decision", decision));
+        meter.trace.set(KeyValue::new("vigie.budget.name", budget.to_string()));
+        events::budget_exceeded(
+            budget,
+            decision,
+            meter.model(),
+            &snapshot.version,
+            &meter.trace.span_context(),
+        );
+    }
+
+    /// A request refused by policy: the security event.
+    fn blocked(&self, meter: &Meter, reason: &'static str, status: u16) {
+        let version = self.store.current().map(|s| s.version.clone()).unwrap_or_default();
+        events::request_blocked(
+            reason,
+            status,
+            meter.model(),
+            &version,
+            &meter.trace.span_context(),
+        );
     }
 
     /// Like [`SidecarApp::relay`], with answer-side DLP and placeholder restoration.
@@ -732,7 +807,7 @@ impl SidecarApp {
                         Err(e) => {
                             warn!(error = %e, "upstream failed mid-response");
                             meter.upstream_broke();
-                            self.record_dlp(sse_filter.counts(), "response");
+                            self.record_dlp(meter, sse_filter.counts(), "response");
                             let event = api::sse::error_event(&ApiError::upstream_broken().with_flavour(op.flavour()));
                             let clean = session.write_response_body(event, true).await.is_ok()
                                 && session.finish_body().await.is_ok();
@@ -749,9 +824,10 @@ impl SidecarApp {
                             }
                         }
                         Err(blocked) => {
-                            self.record_dlp(sse_filter.counts(), "response");
+                            self.record_dlp(meter, sse_filter.counts(), "response");
                             self.metrics.dlp_blocked.with_label_values(&["response"]).inc();
                             let e = ApiError::dlp_blocked_response(&blocked.0).with_flavour(op.flavour());
+                            self.blocked(meter, "dlp_response", e.status);
                             let clean = session.write_response_body(api::sse::error_event(&e), true).await.is_ok()
                                 && session.finish_body().await.is_ok();
                             // The upstream is dropped mid-answer: its connection is not reused.
@@ -768,7 +844,7 @@ impl SidecarApp {
                 }
             }
         }
-        self.record_dlp(sse_filter.counts(), "response");
+        self.record_dlp(meter, sse_filter.counts(), "response");
         if session.finish_body().await.is_err() {
             return Outcome::broken(status);
         }
@@ -813,7 +889,7 @@ impl SidecarApp {
         meter.observe(&body);
         meter.finish();
         let filtered = filter.filter_json(op, &body);
-        self.record_dlp(&filter.counts, "response");
+        self.record_dlp(meter, &filter.counts, "response");
         let out = match filtered {
             Ok(out) => out,
             Err(blocked) => {
@@ -822,6 +898,7 @@ impl SidecarApp {
                     .with_label_values(&["response"])
                     .inc();
                 let e = ApiError::dlp_blocked_response(&blocked.0).with_flavour(op.flavour());
+                self.blocked(meter, "dlp_response", e.status);
                 respond_error(session, &e).await;
                 return Outcome::done(e.status);
             }

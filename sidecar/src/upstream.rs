@@ -105,6 +105,7 @@ impl Upstream {
         credential: Option<&Credential>,
         downstream: &RequestHeader,
         body: Bytes,
+        trace: Option<&opentelemetry::Context>,
     ) -> Result<Exchange, AttemptError> {
         let addrs = endpoint
             .addresses()
@@ -126,6 +127,7 @@ impl Upstream {
             downstream,
             body.len(),
             &self.private_headers,
+            trace,
         )
         .map_err(|e| AttemptError::Broken(e.to_string()))?;
 
@@ -191,6 +193,7 @@ pub fn upstream_request(
     downstream: &RequestHeader,
     body_len: usize,
     private: &[http::HeaderName],
+    trace: Option<&opentelemetry::Context>,
 ) -> PResult<RequestHeader> {
     let path_and_query = downstream.uri.path_and_query().map_or("/", |p| p.as_str());
     let path = format!("{}{}", endpoint.path_prefix, path_and_query);
@@ -213,6 +216,17 @@ pub fn upstream_request(
     req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
     if let Some(c) = credential {
         req.insert_header(c.header.clone(), c.value.clone())?;
+    }
+    // The attempt's span becomes the upstream's parent (W3C trace context); without
+    // tracing, the app's own `traceparent` went through above.
+    if let Some(cx) = trace {
+        let mut carrier = http::HeaderMap::new();
+        vigie_telemetry::inject(cx, &mut carrier);
+        for (name, value) in carrier {
+            if let Some(name) = name {
+                req.insert_header(name, value)?;
+            }
+        }
     }
     Ok(req)
 }
@@ -266,7 +280,7 @@ mod tests {
         };
         down.insert_header("x-user-id", "ana@corp.example").unwrap();
         let private = [http::HeaderName::from_static("x-user-id")];
-        let up = upstream_request(&ep, Some(&cred), &down, 42, &private).unwrap();
+        let up = upstream_request(&ep, Some(&cred), &down, 42, &private, None).unwrap();
         assert!(up.headers.get("x-user-id").is_none());
         assert_eq!(up.uri.to_string(), "/openai/v1/chat/completions?x=1");
         assert_eq!(up.headers["host"], "api.example.com");
@@ -281,7 +295,7 @@ mod tests {
             header: HeaderName::from_static("x-api-key"),
             value: HeaderValue::from_static("real"),
         };
-        let up = upstream_request(&ep, Some(&anthropic), &down, 0, &[]).unwrap();
+        let up = upstream_request(&ep, Some(&anthropic), &down, 0, &[], None).unwrap();
         assert_eq!(up.headers["x-api-key"], "real");
         assert!(up.headers.get("authorization").is_none());
     }

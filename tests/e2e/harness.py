@@ -230,8 +230,9 @@ class ControlPlane:
 
     def __init__(self, database_url: str | None = None, workdir: Path | None = None, tls: dict | None = None,
                  extra_args: list[str] | None = None, port: int | None = None, replica: str = "cp-0",
-                 resync_ms: int = 1000):
+                 resync_ms: int = 1000, env: dict | None = None):
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="vigie-cp-"))
+        self.env = dict(env or {})
         self.db_args = ["--database-url", database_url] if database_url else ["--data-dir", str(self.dir / "data")]
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -250,7 +251,8 @@ class ControlPlane:
             args += ["--tls-cert", self.tls["cert"], "--tls-key", self.tls["key"]]
             if self.tls.get("client_ca"):
                 args += ["--tls-client-ca", self.tls["client_ca"]]
-        self.process = Process(args, env={"RUST_LOG": "info"}, log_path=self.dir / f"cp-{time.monotonic_ns()}.log")
+        self.process = Process(args, env={"RUST_LOG": "info", **self.env},
+                               log_path=self.dir / f"cp-{time.monotonic_ns()}.log")
         line = self.process.proc.stdout.readline().decode()
         if not line:
             raise RuntimeError(f"control plane did not start:\n{self.process.log()}")

@@ -126,6 +126,12 @@ impl PolicyApi {
                         comment = %rev.comment,
                         "policy changed"
                     );
+                    crate::events::policy_changed(
+                        who,
+                        rev.action.as_str_name(),
+                        &rev.name,
+                        rev.revision,
+                    );
                     self.hub.notify_changed();
                     return Ok((rev, true));
                 }
@@ -155,7 +161,10 @@ impl PolicyService for PolicyApi {
         let who = self.auth.check(&req, &[Role::Admin]).await?;
         let r = req.into_inner();
         let policy = r.policy.ok_or_else(|| invalid("policy", "is required"))?;
-        validate(&policy).map_err(|v| violations_status(&v))?;
+        validate(&policy).map_err(|v| {
+            crate::events::policy_rejected(&who, &policy.name, &v);
+            violations_status(&v)
+        })?;
         let (rev, written) = self
             .write(
                 &who,
@@ -335,7 +344,10 @@ impl PolicyService for PolicyApi {
             ))
         })?;
         // Rules may have tightened since: an old revision must still be valid.
-        validate(&policy).map_err(|v| violations_status(&v))?;
+        validate(&policy).map_err(|v| {
+            crate::events::policy_rejected(&who, &policy.name, &v);
+            violations_status(&v)
+        })?;
         let (rev, written) = self
             .write(
                 &who,

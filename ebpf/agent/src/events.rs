@@ -2,6 +2,8 @@
 //! container), counted, rate-limited per enrolled cgroup, and logged as security
 //! events (`vigie::security`, `event = "egress.denied"`).
 
+use vigie_telemetry::SecurityEvent;
+use vigie_telemetry::security::names;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, RwLock};
@@ -183,6 +185,20 @@ fn log_denial(d: &Denial) {
         policy_id = d.policy,
         "egress denied"
     );
+    // The same event over OTLP (docs/security-events.md), under the same rate limit.
+    SecurityEvent::new(names::EGRESS_DENIED, "network", "failure", "egress denied")
+        .warn()
+        .attr("k8s.namespace.name", &d.namespace)
+        .attr("k8s.pod.name", &d.pod)
+        .attr("k8s.container.name", &d.container)
+        .attr("vigie.egress.role", d.role)
+        .attr("destination.address", d.destination.to_string())
+        .attr("destination.port", d.port)
+        .attr("network.transport", d.protocol)
+        .attr("vigie.egress.hook", d.hook)
+        .attr("process.pid", d.pid)
+        .attr("process.command", &d.command)
+        .export();
 }
 
 /// Registers a ring buffer (events or aya-log's) with the reactor, for readability.
@@ -354,6 +370,11 @@ pub async fn drain(
             let (log, suppressed) = limiter.admit(ev.enrolled_cgroup_id, now);
             if suppressed > 0 {
                 info!(target: "vigie::security", event = "egress.denied.suppressed", namespace = %d.namespace, pod = %d.pod, suppressed, "further egress denials not logged (rate limit)");
+                SecurityEvent::new(names::EGRESS_DENIED, "network", "failure", "further egress denials not logged (rate limit)")
+                    .attr("k8s.namespace.name", &d.namespace)
+                    .attr("k8s.pod.name", &d.pod)
+                    .attr("vigie.egress.suppressed", suppressed)
+                    .export();
             }
             if log {
                 log_denial(&d);

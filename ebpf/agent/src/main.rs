@@ -382,6 +382,13 @@ async fn main() -> anyhow::Result<()> {
         None => cgroups::cgroup2_mount().context("finding the cgroup v2 mount")?,
     };
     let metrics = metrics::Metrics::new().context("metrics")?;
+    // Egress denials as security events over OTLP.
+    vigie_telemetry::Telemetry::init(
+        "vigie-egress-agent",
+        vec![vigie_telemetry::opentelemetry::KeyValue::new("k8s.node.name", args.node.clone())],
+        metrics.registry(),
+    )
+    .context("telemetry (OTEL_* environment)")?;
     let (enforcer, channels) =
         Enforcer::start(&args.pin_dir, &cgroup_root).context("loading the egress programs")?;
     let names: events::Names = Arc::new(RwLock::new(HashMap::new()));

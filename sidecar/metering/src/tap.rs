@@ -35,6 +35,71 @@ pub struct UsageTap {
     events: String,
     /// The answer ended normally (`[DONE]`, `message_stop`, a whole JSON body).
     complete: bool,
+    response: Response,
+}
+
+/// What the answer says about itself (`gen_ai.response.*`): id, model, finish reasons.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Response {
+    pub id: Option<String>,
+    pub model: Option<String>,
+    pub finish_reasons: Vec<String>,
+}
+
+/// Longest id or model name kept; a few finish reasons at most (one per choice).
+const MAX_RESPONSE_FIELD: usize = 256;
+const MAX_FINISH_REASONS: usize = 16;
+
+impl Response {
+    fn note(&mut self, op: Operation, v: &Value) {
+        let text = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty() && s.len() <= MAX_RESPONSE_FIELD)
+                .map(str::to_string)
+        };
+        let (id, model) = match (op, v.get("type").and_then(Value::as_str)) {
+            (Operation::Messages, Some("message_start")) => (text("/message/id"), text("/message/model")),
+            _ => (text("/id"), text("/model")),
+        };
+        if id.is_some() {
+            self.id = id;
+        }
+        if model.is_some() {
+            self.model = model;
+        }
+        let mut reasons = Vec::new();
+        match op {
+            Operation::Messages => {
+                reasons.extend(text("/stop_reason"));
+                reasons.extend(text("/delta/stop_reason"));
+            }
+            _ => {
+                for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(r) = c.get("finish_reason").and_then(Value::as_str) {
+                        reasons.push(r.to_string());
+                    }
+                }
+            }
+        }
+        for r in reasons {
+            if self.finish_reasons.len() < MAX_FINISH_REASONS && r.len() <= MAX_RESPONSE_FIELD {
+                self.finish_reasons.push(r);
+            }
+        }
+    }
+}
+
+/// Whether an OpenAI-style chunk ends a choice (`"finish_reason"` with a string value):
+/// only those are parsed, the others stay unparsed.
+fn ends_a_choice(data: &str) -> bool {
+    let key = "\"finish_reason\"";
+    data.match_indices(key).any(|(at, _)| {
+        data[at + key.len()..]
+            .trim_start()
+            .strip_prefix(':')
+            .is_some_and(|rest| rest.trim_start().starts_with('"'))
+    })
 }
 
 impl UsageTap {
@@ -49,7 +114,13 @@ impl UsageTap {
             generated: String::new(),
             events: String::new(),
             complete: false,
+            response: Response::default(),
         }
+    }
+
+    /// What the answer said about itself so far.
+    pub fn response(&self) -> &Response {
+        &self.response
     }
 
     /// Sees a chunk of the answer. `None`: forward it unchanged; `Some(bytes)`: forward
@@ -96,6 +167,7 @@ impl UsageTap {
                 self.complete = self.usage.is_some();
             } else if let Ok(v) = serde_json::from_slice::<Value>(&self.buf) {
                 self.complete = true;
+                self.response.note(self.op, &v);
                 self.usage = match self.op {
                     Operation::Messages => v.get("usage").and_then(usage::anthropic),
                     _ => v.get("usage").and_then(usage::openai),
@@ -198,11 +270,17 @@ impl UsageTap {
             self.complete = true;
             return true;
         }
-        // Only events that carry usage (or end the answer) are parsed now.
+        // Only events that carry usage, end a choice or end the answer are parsed now.
         if !data.contains("\"usage\"") {
             if self.op == Operation::Messages && data.contains("\"message_stop\"") {
                 self.complete = true;
             } else {
+                if self.op != Operation::Messages
+                    && ends_a_choice(data)
+                    && let Ok(v) = serde_json::from_str::<Value>(data)
+                {
+                    self.response.note(self.op, &v);
+                }
                 self.keep_event(data);
             }
             return true;
@@ -210,6 +288,7 @@ impl UsageTap {
         let Ok(v) = serde_json::from_str::<Value>(data) else {
             return true;
         };
+        self.response.note(self.op, &v);
         match self.op {
             Operation::Messages => {
                 match v.get("type").and_then(Value::as_str) {
@@ -280,6 +359,35 @@ mod tests {
         )
     }
     const USAGE: &str = "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n";
+
+    #[test]
+    fn reads_response_id_model_and_finish_reasons() {
+        let mut tap = UsageTap::new(Operation::ChatCompletions, true, true);
+        let finish = "data: {\"id\":\"chatcmpl-1\",\"model\":\"llama-3\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\" : \"stop\"}]}\n\n";
+        for part in [chunk("Hi"), finish.to_string(), USAGE.to_string(), "data: [DONE]\n\n".into()] {
+            tap.observe(part.as_bytes());
+        }
+        tap.finish();
+        let r = tap.response();
+        // The usage chunk's id ("c") is the last one seen.
+        assert_eq!(r.id.as_deref(), Some("c"));
+        assert_eq!(r.model.as_deref(), Some("llama-3"));
+        assert_eq!(r.finish_reasons, ["stop"]);
+        assert!(!ends_a_choice(&chunk("\"finish_reason\": \"x\"")));
+        assert!(!ends_a_choice(r#"{"finish_reason":null}"#));
+
+        let mut tap = UsageTap::new(Operation::Messages, true, false);
+        tap.observe(b"data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude\",\"usage\":{\"input_tokens\":3}}}\n\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n");
+        tap.finish();
+        assert_eq!(tap.response().id.as_deref(), Some("msg_1"));
+        assert_eq!(tap.response().model.as_deref(), Some("claude"));
+        assert_eq!(tap.response().finish_reasons, ["end_turn"]);
+
+        let mut tap = UsageTap::new(Operation::ChatCompletions, false, false);
+        tap.observe(br#"{"id":"x1","model":"m","choices":[{"finish_reason":"length"},{"finish_reason":"stop"}]}"#);
+        tap.finish();
+        assert_eq!(tap.response().finish_reasons, ["length", "stop"]);
+    }
 
     #[test]
     fn strips_the_injected_usage_chunk_whatever_the_cuts() {

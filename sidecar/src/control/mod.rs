@@ -73,6 +73,10 @@ impl Applier {
             None => {
                 self.store.clear();
                 self.metrics.clear_policy();
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["installed"])
+                    .inc();
                 info!("no policy applies to this workload any more; requests get 503");
             }
             Some(policy) => {
@@ -86,15 +90,10 @@ impl Applier {
                 let snapshot = Arc::new(snapshot);
                 self.store.install(snapshot.clone());
                 self.registry.retain_used();
-                self.metrics
-                    .set_policy(&snapshot.policy.name, &snapshot.version);
+                crate::telemetry::policy_installed(&self.metrics, &snapshot, "control_plane");
                 info!(policy = %snapshot.policy.name, version = %snapshot.version, "policy installed from the control plane");
             }
         }
-        self.metrics
-            .policy_reloads
-            .with_label_values(&["installed"])
-            .inc();
         if persist && let Err(e) = self.lkg.save(effective) {
             // The policy is in force; only a restart without control plane would miss it.
             error!(error = %e, "could not persist the last-known-good snapshot");
@@ -185,11 +184,12 @@ async fn session(
                 error_detail: String::new(),
             },
             Err(reason) => {
-                applier
-                    .metrics
-                    .policy_reloads
-                    .with_label_values(&["rejected"])
-                    .inc();
+                crate::telemetry::policy_rejected(
+                    &applier.metrics,
+                    &snapshot.version,
+                    "control_plane",
+                    &reason,
+                );
                 error!(version = %snapshot.version, error = %reason, "snapshot rejected; keeping the previous policy");
                 Ack {
                     version: snapshot.version,

@@ -19,9 +19,12 @@ use vigie_quota::{Quota, Reservation};
 use vigie_wire::api::Operation;
 use vigie_wire::dlp::Level;
 
+use opentelemetry::KeyValue;
+
 use crate::policy::PoolRuntime;
 use crate::routing::Endpoint;
 use crate::telemetry::Metrics;
+use crate::telemetry::trace::{RequestSpan, server_attributes};
 
 /// Who a request is billed to (fixed for the sidecar's pod).
 #[derive(Debug, Clone, Default)]
@@ -98,6 +101,8 @@ pub struct Meter {
     quota: Option<(Arc<Quota>, Reservation)>,
     /// Soft budgets over their limit (told to the app in a header).
     budget_warnings: Vec<String>,
+    /// The request's span, ended with the record.
+    pub trace: RequestSpan,
 }
 
 /// Header naming the soft budgets a request went over.
@@ -110,7 +115,7 @@ pub fn now_ms() -> i64 {
 }
 
 impl Meter {
-    pub fn new(shared: &Arc<MeterShared>, op: Operation) -> Self {
+    pub fn new(shared: &Arc<MeterShared>, op: Operation, headers: &http::HeaderMap) -> Self {
         let record = UsageRecord {
             id: shared.ids.next(),
             started_at_ms: now_ms(),
@@ -132,6 +137,7 @@ impl Meter {
             first_chunk: None,
             quota: None,
             budget_warnings: Vec::new(),
+            trace: RequestSpan::start(headers, gen_ai_operation(op)),
         }
     }
 
@@ -152,6 +158,15 @@ impl Meter {
     pub fn begin(&mut self, model: &str, stream: bool, body_len: usize) {
         self.record.model = model.to_string();
         self.record.stream = stream;
+        if self.trace.recording() {
+            self.trace.rename(format!("{} {model}", gen_ai_operation(self.op)));
+            self.trace.set_all([
+                KeyValue::new("gen_ai.request.model", model.to_string()),
+                KeyValue::new("vigie.tenant", self.record.namespace.clone()),
+                KeyValue::new("vigie.workload", self.record.workload.clone()),
+                KeyValue::new("vigie.stream", stream),
+            ]);
+        }
         if let Some(ledger) = &self.shared.ledger {
             // Should the process die before the end, the restart records it as
             // interrupted with this rough prompt figure (4 bytes per token); the real
@@ -179,6 +194,11 @@ impl Meter {
             .flatten()
             .map(Bytes::from);
         self.body = body.clone();
+    }
+
+    /// The requested model (empty before the body is read).
+    pub fn model(&self) -> &str {
+        &self.record.model
     }
 
     pub fn user(&mut self, user: &user::User) {
@@ -220,6 +240,15 @@ impl Meter {
         self.record.pool.clone_from(&pool.name);
         self.record.endpoint.clone_from(&endpoint.url);
         self.record.served_model = served_model.to_string();
+        if self.trace.recording() {
+            self.trace.set_all(server_attributes(&endpoint.authority));
+            self.trace.set_all([
+                KeyValue::new("gen_ai.provider.name", provider_name(pool.kind)),
+                KeyValue::new("vigie.pool", pool.name.clone()),
+                KeyValue::new("vigie.endpoint", endpoint.url.clone()),
+                KeyValue::new("vigie.served_model", served_model.to_string()),
+            ]);
+        }
         self.answer = Some(Answer {
             provider: provider_name(pool.kind),
             endpoint: endpoint.clone(),
@@ -248,7 +277,12 @@ impl Meter {
     /// The first bytes of the answer went to the app (time to first chunk).
     pub fn first_chunk(&mut self) {
         if self.first_chunk.is_none() {
-            self.first_chunk = Some(self.started.elapsed());
+            let t = self.started.elapsed();
+            self.first_chunk = Some(t);
+            self.trace.event(
+                "vigie.first_chunk",
+                vec![KeyValue::new("vigie.time_to_first_chunk", t.as_secs_f64())],
+            );
         }
     }
 
@@ -265,6 +299,8 @@ impl Meter {
     fn record(&mut self) {
         let mut record = std::mem::take(&mut self.record);
         record.ended_at_ms = now_ms().max(record.started_at_ms);
+        let ended = std::time::SystemTime::now();
+        let mut trace = std::mem::take(&mut self.trace);
         let shared = self.shared.clone();
         let quota = self.quota.take();
         let Some(a) = self.answer.take() else {
@@ -273,6 +309,13 @@ impl Meter {
             record.source = RecordSource::None as i32;
             settle(quota.as_ref(), &record);
             write(&shared, &record);
+            trace.set(KeyValue::new("http.response.status_code", i64::from(record.status)));
+            let error_type = match record.status {
+                0..400 => String::new(),
+                499 => "client_aborted".to_string(),
+                s => s.to_string(),
+            };
+            trace.end(&error_type, ended);
             return;
         };
         let status_text;
@@ -305,6 +348,7 @@ impl Meter {
                 .with_label_values(&[op, a.provider, model])
                 .observe(t.as_secs_f64());
         }
+        trace.set(KeyValue::new("http.response.status_code", i64::from(record.status)));
         if a.status >= 400 {
             shared
                 .metrics
@@ -315,8 +359,10 @@ impl Meter {
             record.source = RecordSource::None as i32;
             settle(quota.as_ref(), &record);
             write(&shared, &record);
+            trace.end(error_type, ended);
             return;
         }
+        let error_type = error_type.to_string();
         record.outcome = if record.status == 499 {
             UsageOutcome::ClientAborted
         } else if self.upstream_broke {
@@ -333,6 +379,10 @@ impl Meter {
             account(op, &shared.metrics, &mut record, &a, usage, source);
             settle(quota.as_ref(), &record);
             write(&shared, &record);
+            if trace.recording() {
+                trace.set_all(response_attributes(&record, a.tap.response()));
+            }
+            trace.end(&error_type, ended);
         };
         // Counting tokens is CPU work: off the async workers when an estimate is needed.
         match tokio::runtime::Handle::try_current() {
@@ -444,6 +494,38 @@ fn account(
     if source == UsageSource::Estimated {
         tracing::debug!(model = %record.model, pool = %record.pool, "usage estimated");
     }
+}
+
+/// The answer's figures on the request's span (GenAI conventions).
+fn response_attributes(record: &UsageRecord, r: &vigie_metering::tap::Response) -> Vec<KeyValue> {
+    let mut kv = vec![
+        KeyValue::new("gen_ai.usage.input_tokens", record.prompt_tokens as i64),
+        KeyValue::new("gen_ai.usage.output_tokens", record.completion_tokens as i64),
+        KeyValue::new(
+            "vigie.usage.source",
+            if record.source == RecordSource::Reported as i32 { "reported" } else { "estimated" },
+        ),
+        KeyValue::new(
+            "gen_ai.response.model",
+            r.model.clone().unwrap_or_else(|| record.served_model.clone()),
+        ),
+    ];
+    if let Some(id) = &r.id {
+        kv.push(KeyValue::new("gen_ai.response.id", id.clone()));
+    }
+    if !r.finish_reasons.is_empty() {
+        let list: Vec<opentelemetry::StringValue> =
+            r.finish_reasons.iter().cloned().map(Into::into).collect();
+        kv.push(KeyValue::new(
+            "gen_ai.response.finish_reasons",
+            opentelemetry::Value::Array(opentelemetry::Array::String(list)),
+        ));
+    }
+    if record.cost > 0.0 {
+        kv.push(KeyValue::new("vigie.cost", record.cost));
+        kv.push(KeyValue::new("vigie.cost.currency", record.currency.clone()));
+    }
+    kv
 }
 
 /// `gen_ai.operation.name` (Anthropic's Messages API is a chat too).

@@ -136,6 +136,7 @@ impl Prober {
                     pool.credential.as_ref(),
                     &req,
                     bytes::Bytes::new(),
+                    None,
                 )
                 .await
                 .map_err(|e| e.to_string())?;

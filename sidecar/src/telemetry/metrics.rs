@@ -36,6 +36,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The registry, for metrics of other crates (telemetry export counters).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(

@@ -6,12 +6,15 @@ use serde_json::Value;
 
 use super::ApiError;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RequestHead {
     pub model: String,
     pub stream: bool,
     /// `max_completion_tokens` or `max_tokens` (Anthropic: `max_tokens`), when set.
     pub max_tokens: Option<u64>,
+    /// Sampling parameters, for telemetry (`gen_ai.request.*`); not checked here.
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
 }
 
 /// Largest output a request may ask for: beyond any model's context, so a bigger value
@@ -28,6 +31,10 @@ struct Head<'a> {
     max_tokens: Option<Value>,
     #[serde(default)]
     max_completion_tokens: Option<Value>,
+    #[serde(default)]
+    temperature: Option<Value>,
+    #[serde(default)]
+    top_p: Option<Value>,
 }
 
 /// Reads `model` and `stream`; the whole body must be a JSON object.
@@ -93,6 +100,8 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, ApiError> {
         model,
         stream: head.stream.unwrap_or(false),
         max_tokens,
+        temperature: head.temperature.as_ref().and_then(Value::as_f64),
+        top_p: head.top_p.as_ref().and_then(Value::as_f64),
     })
 }
 
@@ -200,7 +209,7 @@ mod tests {
     #[test]
     fn reads_model_and_stream() {
         let h = parse_head(
-            br#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true}"#,
+            br#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true,"temperature":0.2,"top_p":"x"}"#,
         )
         .unwrap();
         assert_eq!(
@@ -209,6 +218,8 @@ mod tests {
                 model: "m".into(),
                 stream: true,
                 max_tokens: None,
+                temperature: Some(0.2),
+                top_p: None,
             }
         );
         assert!(!parse_head(br#"{"model":"m"}"#).unwrap().stream);

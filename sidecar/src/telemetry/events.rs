@@ -1,0 +1,101 @@
+//! The sidecar's security events (schema: docs/security-events.md). Each carries the
+//! workload it happened in and, when the request is traced, its trace and span ids.
+
+use std::sync::OnceLock;
+
+use opentelemetry::trace::SpanContext;
+use vigie_telemetry::SecurityEvent;
+use vigie_telemetry::security::names;
+
+/// Where the sidecar runs (namespace, workload), set once at start.
+static ORIGIN: OnceLock<(String, String)> = OnceLock::new();
+
+pub fn set_origin(namespace: &str, workload: &str) {
+    let _ = ORIGIN.set((namespace.to_string(), workload.to_string()));
+}
+
+fn with_origin(e: SecurityEvent) -> SecurityEvent {
+    match ORIGIN.get() {
+        Some((namespace, workload)) => e
+            .attr("k8s.namespace.name", namespace)
+            .attr("vigie.workload", workload),
+        None => e,
+    }
+}
+
+/// One event per (detector, action) found in one direction of a request.
+pub fn dlp_findings(
+    counts: &vigie_wire::dlp::Counts,
+    direction: &'static str,
+    model: &str,
+    policy_version: &str,
+    span: &SpanContext,
+) {
+    for ((detector, action), n) in counts {
+        let e = SecurityEvent::new(names::DLP_FINDING, "dlp", "success", "sensitive data detected")
+            .attr("vigie.dlp.detector", detector.as_str())
+            .attr("vigie.dlp.action", *action)
+            .attr("vigie.dlp.direction", direction)
+            .attr("vigie.dlp.count", *n)
+            .attr("gen_ai.request.model", model)
+            .attr("vigie.policy.version", policy_version)
+            .in_span(span);
+        let e = if *action == "block" { e.warn() } else { e };
+        with_origin(e).emit();
+    }
+}
+
+/// A request refused by policy (DLP block, sensitivity routing, loop).
+pub fn request_blocked(
+    reason: &'static str,
+    status: u16,
+    model: &str,
+    policy_version: &str,
+    span: &SpanContext,
+) {
+    let e = SecurityEvent::new(names::REQUEST_BLOCKED, "access", "failure", "request blocked by policy")
+        .warn()
+        .attr("vigie.block.reason", reason)
+        .attr("http.response.status_code", status)
+        .attr("gen_ai.request.model", model)
+        .attr("vigie.policy.version", policy_version)
+        .in_span(span);
+    with_origin(e).emit();
+}
+
+/// A budget refused a request (`rejected`) or could not be checked (`unavailable`).
+pub fn budget_exceeded(
+    budget: &str,
+    decision: &'static str,
+    model: &str,
+    policy_version: &str,
+    span: &SpanContext,
+) {
+    let e = SecurityEvent::new(names::BUDGET_EXCEEDED, "budget", "failure", "request refused by a budget")
+        .warn()
+        .attr("vigie.budget.name", budget)
+        .attr("vigie.budget.decision", decision)
+        .attr("gen_ai.request.model", model)
+        .attr("vigie.policy.version", policy_version)
+        .in_span(span);
+    with_origin(e).emit();
+}
+
+/// A policy took effect in this sidecar.
+pub fn policy_applied(name: &str, version: &str, source: &'static str) {
+    let e = SecurityEvent::new(names::POLICY_APPLIED, "policy", "success", "policy applied")
+        .attr("vigie.policy.name", name)
+        .attr("vigie.policy.version", version)
+        .attr("vigie.policy.source", source);
+    with_origin(e).emit();
+}
+
+/// A policy was refused; the previous one stays in force.
+pub fn policy_rejected(version: &str, source: &'static str, reason: &str) {
+    let e = SecurityEvent::new(names::POLICY_REJECTED, "policy", "failure", "policy rejected; the previous one stays in force")
+        .warn()
+        .attr("vigie.policy.version", version)
+        .attr("vigie.policy.source", source)
+        .attr("error.message", reason);
+    with_origin(e).emit();
+}
