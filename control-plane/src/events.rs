@@ -29,7 +29,11 @@ pub fn policy_changed(who: &Principal, action: &str, policy: &str, revision: i64
 }
 
 /// A call refused: no valid token (`principal` unknown) or a role without the right.
-pub fn access_denied<T>(req: &tonic::Request<T>, principal: Option<&Principal>, reason: &'static str) {
+pub fn access_denied<T>(
+    req: &tonic::Request<T>,
+    principal: Option<&Principal>,
+    reason: &'static str,
+) {
     let mut e = SecurityEvent::new(names::ADMIN_ACTION, "admin", "failure", "call refused")
         .warn()
         .attr("vigie.admin.method", method_of(req))
@@ -43,13 +47,22 @@ pub fn access_denied<T>(req: &tonic::Request<T>, principal: Option<&Principal>, 
 }
 
 /// A policy refused by validation (field paths and reasons only).
-pub fn policy_rejected(who: &Principal, policy: &str, violations: &vigie_proto::validate::Violations) {
-    SecurityEvent::new(names::POLICY_REJECTED, "policy", "failure", "policy refused by validation")
-        .warn()
-        .attr("vigie.admin.principal", &who.name)
-        .attr("vigie.admin.role", who.role.as_str())
-        .attr("vigie.policy.name", policy)
-        .attr("vigie.policy.source", "control_plane")
-        .attr("error.message", violations.to_string())
-        .emit();
+pub fn policy_rejected(
+    who: &Principal,
+    policy: &str,
+    violations: &vigie_proto::validate::Violations,
+) {
+    SecurityEvent::new(
+        names::POLICY_REJECTED,
+        "policy",
+        "failure",
+        "policy refused by validation",
+    )
+    .warn()
+    .attr("vigie.admin.principal", &who.name)
+    .attr("vigie.admin.role", who.role.as_str())
+    .attr("vigie.policy.name", policy)
+    .attr("vigie.policy.source", "control_plane")
+    .attr("error.message", violations.to_string())
+    .emit();
 }

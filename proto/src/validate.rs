@@ -208,12 +208,21 @@ fn validate_telemetry(r: &mut Report, t: &crate::v1::Telemetry) {
             Err(_) => r.add("telemetry.otlpEndpoint", "not a URL"),
             Ok(u) => {
                 if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-                    r.add("telemetry.otlpEndpoint", "must be an http:// or https:// URL with a host");
+                    r.add(
+                        "telemetry.otlpEndpoint",
+                        "must be an http:// or https:// URL with a host",
+                    );
                 } else if !u.username().is_empty() || u.password().is_some() {
                     // Collector credentials are secrets: OTEL_EXPORTER_OTLP_HEADERS, not policy.
-                    r.add("telemetry.otlpEndpoint", "must not carry credentials (use OTEL_EXPORTER_OTLP_HEADERS in the pod)");
+                    r.add(
+                        "telemetry.otlpEndpoint",
+                        "must not carry credentials (use OTEL_EXPORTER_OTLP_HEADERS in the pod)",
+                    );
                 } else if u.scheme() == "https" && t.otlp_protocol == "http/protobuf" {
-                    r.add("telemetry.otlpEndpoint", "https is supported with otlpProtocol grpc only");
+                    r.add(
+                        "telemetry.otlpEndpoint",
+                        "https is supported with otlpProtocol grpc only",
+                    );
                 }
             }
         }
@@ -227,7 +236,10 @@ fn validate_telemetry(r: &mut Report, t: &crate::v1::Telemetry) {
         r.add("telemetry.traceSampleRatio", "must be between 0 and 1");
     }
     if !t.user_attribute.is_empty() && !USER_ATTRIBUTE_MODES.contains(&t.user_attribute.as_str()) {
-        r.add("telemetry.userAttribute", "must be hashed, plain or omitted");
+        r.add(
+            "telemetry.userAttribute",
+            "must be hashed, plain or omitted",
+        );
     }
 }
 
@@ -765,6 +777,29 @@ mod tests {
 
     fn policy(json: &str) -> Policy {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn telemetry_section() {
+        let ok = policy(
+            r#"{"name":"t","telemetry":{"otlpEndpoint":"https://otel.example:4317","otlpProtocol":"grpc",
+            "traceSampleRatio":0.25,"userAttribute":"omitted"}}"#,
+        );
+        validate(&ok).unwrap();
+        let bad = policy(
+            r#"{"name":"t","telemetry":{"otlpEndpoint":"http://u:p@otel:4317","otlpProtocol":"http/json",
+            "traceSampleRatio":-0.1,"userAttribute":"email"}}"#,
+        );
+        let v = validate(&bad).unwrap_err().to_string();
+        for path in [
+            "telemetry.otlpEndpoint",
+            "telemetry.otlpProtocol",
+            "telemetry.traceSampleRatio",
+            "telemetry.userAttribute",
+        ] {
+            assert!(v.contains(path), "{path} missing: {v}");
+        }
+        assert!(!v.contains("u:p@"), "credentials echoed: {v}");
     }
 
     #[test]

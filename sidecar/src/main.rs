@@ -275,7 +275,12 @@ impl PolicyFileTask {
                 info!(policy = %s.policy.name, version = %s.version, "policy installed");
             }
             Reload::Rejected(e) => {
-                vigie_sidecar::telemetry::policy_rejected(&self.metrics, "", "file", &e.to_string());
+                vigie_sidecar::telemetry::policy_rejected(
+                    &self.metrics,
+                    "",
+                    "file",
+                    &e.to_string(),
+                );
                 error!(error = %e, "policy rejected; keeping the previous one");
             }
         }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use opentelemetry::KeyValue;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
-use opentelemetry::KeyValue;
 use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiError, Operation, request::RequestHead};
@@ -134,10 +134,8 @@ impl SidecarApp {
             }
         };
         // Every request but a model listing gets exactly one usage record.
-        let mut meter =
-            (operation != Operation::ListModels).then(|| {
-                Meter::new(&self.meter, operation, &session.req_header().headers)
-            });
+        let mut meter = (operation != Operation::ListModels)
+            .then(|| Meter::new(&self.meter, operation, &session.req_header().headers));
         let Some(snapshot) = self.store.current() else {
             respond_error(
                 session,
@@ -206,7 +204,10 @@ impl SidecarApp {
         if meter.trace.recording() {
             let t = snapshot.policy.telemetry.as_ref();
             let mode = UserAttribute::parse(t.map_or("", |t| t.user_attribute.as_str()));
-            let mut kv = vec![KeyValue::new("vigie.policy.version", snapshot.version.clone())];
+            let mut kv = vec![KeyValue::new(
+                "vigie.policy.version",
+                snapshot.version.clone(),
+            )];
             kv.extend(
                 mode.value(&snapshot.policy.name, &user.name)
                     .map(|u| KeyValue::new("vigie.user", u)),
@@ -390,7 +391,9 @@ impl SidecarApp {
             };
             let _inflight = endpoint.start();
             let attempt_span = meter.trace.attempt(&pool.name, endpoint, tries, reason);
-            meter.trace.set(KeyValue::new("vigie.retries", tries as i64 - 1));
+            meter
+                .trace
+                .set(KeyValue::new("vigie.retries", tries as i64 - 1));
             let sent = Instant::now();
             match self
                 .upstream
@@ -691,7 +694,11 @@ impl SidecarApp {
                 }
                 meter.trace.set(KeyValue::new(
                     "vigie.budget.decision",
-                    if warnings.is_empty() { "admitted" } else { "warned" },
+                    if warnings.is_empty() {
+                        "admitted"
+                    } else {
+                        "warned"
+                    },
                 ));
                 meter.reserved(self.quota.clone(), reservation, warnings);
                 Ok(())
@@ -723,7 +730,11 @@ impl SidecarApp {
                 .with_label_values(&[detector, direction, action])
                 .inc_by(*n);
         }
-        let version = self.store.current().map(|s| s.version.clone()).unwrap_or_default();
+        let version = self
+            .store
+            .current()
+            .map(|s| s.version.clone())
+            .unwrap_or_default();
         events::dlp_findings(
             counts,
             direction,
@@ -734,9 +745,19 @@ impl SidecarApp {
         meter.trace.add_findings(direction, counts);
     }
 
-    fn budget_refused(&self, meter: &Meter, snapshot: &Snapshot, budget: &str, decision: &'static str) {
-        meter.trace.set(KeyValue::new("vigie.budget.decision", decision));
-        meter.trace.set(KeyValue::new("vigie.budget.name", budget.to_string()));
+    fn budget_refused(
+        &self,
+        meter: &Meter,
+        snapshot: &Snapshot,
+        budget: &str,
+        decision: &'static str,
+    ) {
+        meter
+            .trace
+            .set(KeyValue::new("vigie.budget.decision", decision));
+        meter
+            .trace
+            .set(KeyValue::new("vigie.budget.name", budget.to_string()));
         events::budget_exceeded(
             budget,
             decision,
@@ -748,7 +769,11 @@ impl SidecarApp {
 
     /// A request refused by policy: the security event.
     fn blocked(&self, meter: &Meter, reason: &'static str, status: u16) {
-        let version = self.store.current().map(|s| s.version.clone()).unwrap_or_default();
+        let version = self
+            .store
+            .current()
+            .map(|s| s.version.clone())
+            .unwrap_or_default();
         events::request_blocked(
             reason,
             status,

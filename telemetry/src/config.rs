@@ -120,6 +120,15 @@ impl EnvConfig {
 
     pub fn from_lookup(get: Lookup<'_>) -> Result<Self, ConfigError> {
         let disabled = get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim() == "true");
+        for var in [
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
+        ] {
+            if get(var).is_some_and(|v| v.trim() != "none") {
+                return Err(invalid(var, "compression is not supported (none)"));
+            }
+        }
         let timeout = millis(get, "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?;
         let batching = |prefix: &str| -> Result<Batching, ConfigError> {
             let max_queue = number(get, &format!("{prefix}_MAX_QUEUE_SIZE"), 2048)?;
@@ -132,7 +141,11 @@ impl EnvConfig {
                 max_batch: max_batch.min(max_queue),
                 // 1 s rather than the SDK's 5 s: security events should reach the SIEM soon.
                 delay: millis(get, &format!("{prefix}_SCHEDULE_DELAY"), 1000)?,
-                timeout: millis(get, &format!("{prefix}_EXPORT_TIMEOUT"), timeout.as_millis() as u64)?,
+                timeout: millis(
+                    get,
+                    &format!("{prefix}_EXPORT_TIMEOUT"),
+                    timeout.as_millis() as u64,
+                )?,
             })
         };
         let sample_ratio = match get("OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
@@ -149,7 +162,9 @@ impl EnvConfig {
             Some(other) => {
                 return Err(invalid(
                     "OTEL_TRACES_SAMPLER",
-                    format!("unsupported sampler {other:?} (parentbased_traceidratio, parentbased_always_on, parentbased_always_off)"),
+                    format!(
+                        "unsupported sampler {other:?} (parentbased_traceidratio, parentbased_always_on, parentbased_always_off)"
+                    ),
                 ));
             }
         };
@@ -212,7 +227,10 @@ fn destination(
         None | Some("otlp") => {}
         Some("none") => return Ok(None),
         Some(other) => {
-            return Err(invalid(exporter_var, format!("unsupported exporter {other:?} (otlp, none)")));
+            return Err(invalid(
+                exporter_var,
+                format!("unsupported exporter {other:?} (otlp, none)"),
+            ));
         }
     }
     let s = signal.env();
@@ -220,7 +238,10 @@ fn destination(
     let protocol = match get(&protocol_var).or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL")) {
         None => Protocol::Grpc,
         Some(p) => Protocol::parse(&p).ok_or_else(|| {
-            invalid(&protocol_var, format!("unsupported protocol {p:?} (grpc, http/protobuf)"))
+            invalid(
+                &protocol_var,
+                format!("unsupported protocol {p:?} (grpc, http/protobuf)"),
+            )
         })?,
     };
     let signal_var = format!("OTEL_EXPORTER_OTLP_{s}_ENDPOINT");
@@ -236,9 +257,7 @@ fn destination(
 
 /// An endpoint must be an absolute http(s) URL.
 pub fn check_url(endpoint: &str) -> Result<(), String> {
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|_| "not a URL".to_string())?;
+    let uri: http::Uri = endpoint.parse().map_err(|_| "not a URL".to_string())?;
     match (uri.scheme_str(), uri.host()) {
         (Some("http" | "https"), Some(_)) => Ok(()),
         _ => Err("must be an http:// or https:// URL with a host".to_string()),
@@ -246,16 +265,16 @@ pub fn check_url(endpoint: &str) -> Result<(), String> {
 }
 
 fn ratio(v: &str) -> Option<f64> {
-    v.trim().parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r))
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
 }
 
 fn number(get: Lookup<'_>, var: &str, default: usize) -> Result<usize, ConfigError> {
     match get(var) {
         None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| invalid(var, "a whole number")),
+        Some(v) => v.trim().parse().map_err(|_| invalid(var, "a whole number")),
     }
 }
 
@@ -299,13 +318,19 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ])
         .unwrap();
-        assert_eq!(c.traces.unwrap().endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(
+            c.traces.unwrap().endpoint,
+            "http://collector:4318/v1/traces"
+        );
         assert_eq!(c.logs.unwrap().endpoint, "http://collector:4318/v1/logs");
         let g = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap();
-        assert_eq!(g.traces.unwrap(), Destination {
-            endpoint: "http://collector:4317".into(),
-            protocol: Protocol::Grpc
-        });
+        assert_eq!(
+            g.traces.unwrap(),
+            Destination {
+                endpoint: "http://collector:4317".into(),
+                protocol: Protocol::Grpc
+            }
+        );
     }
 
     #[test]
@@ -323,11 +348,33 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         for (pairs, var) in [
-            (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")], "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-            (vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a")], "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
-            (vec![("OTEL_TRACES_SAMPLER_ARG", "1.5")], "OTEL_TRACES_SAMPLER_ARG"),
-            (vec![("OTEL_TRACES_SAMPLER", "jaeger_remote")], "OTEL_TRACES_SAMPLER"),
-            (vec![("OTEL_BSP_MAX_QUEUE_SIZE", "lots")], "OTEL_BSP_MAX_QUEUE_SIZE"),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            ),
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a"),
+                ],
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            ),
+            (
+                vec![("OTEL_TRACES_SAMPLER_ARG", "1.5")],
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
+            (
+                vec![("OTEL_TRACES_SAMPLER", "jaeger_remote")],
+                "OTEL_TRACES_SAMPLER",
+            ),
+            (
+                vec![("OTEL_BSP_MAX_QUEUE_SIZE", "lots")],
+                "OTEL_BSP_MAX_QUEUE_SIZE",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")],
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ),
         ] {
             let e = env(&pairs).unwrap_err().to_string();
             assert!(e.starts_with(var), "{e}");
@@ -352,12 +399,15 @@ mod tests {
         assert_eq!(e.traces.unwrap().endpoint, "http://policy:4318/v1/traces");
         assert_eq!(e.logs.unwrap().endpoint, "http://policy:4318/v1/logs");
         assert_eq!(e.sample_ratio, 0.1);
-        let off = env(&[("OTEL_SDK_DISABLED", "true"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:1")])
-            .unwrap()
-            .with(&PolicyOverrides {
-                endpoint: Some("http://policy:4317".into()),
-                ..Default::default()
-            });
+        let off = env(&[
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:1"),
+        ])
+        .unwrap()
+        .with(&PolicyOverrides {
+            endpoint: Some("http://policy:4317".into()),
+            ..Default::default()
+        });
         assert_eq!(off.traces, None);
     }
 }

@@ -14,14 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use opentelemetry::logs::LoggerProvider as _;
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample};
-use opentelemetry::logs::LoggerProvider as _;
+use opentelemetry_sdk::trace::{
+    Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
+};
 use tokio::sync::watch;
 
 pub use config::{EnvConfig, PolicyOverrides, Protocol};
@@ -231,5 +233,6 @@ pub fn extract(headers: &http::HeaderMap) -> Context {
 
 /// Writes `cx`'s span as `traceparent` (and `tracestate`) into `headers`.
 pub fn inject(cx: &Context, headers: &mut http::HeaderMap) {
-    TraceContextPropagator::new().inject_context(cx, &mut opentelemetry_http::HeaderInjector(headers));
+    TraceContextPropagator::new()
+        .inject_context(cx, &mut opentelemetry_http::HeaderInjector(headers));
 }

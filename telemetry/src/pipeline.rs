@@ -90,7 +90,8 @@ impl Switches {
     pub fn apply(&self, e: &Effective) {
         self.traces_on.store(e.traces.is_some(), Ordering::Relaxed);
         self.logs_on.store(e.logs.is_some(), Ordering::Relaxed);
-        self.ratio.store(e.sample_ratio.to_bits(), Ordering::Relaxed);
+        self.ratio
+            .store(e.sample_ratio.to_bits(), Ordering::Relaxed);
     }
     pub fn ratio(&self) -> f64 {
         f64::from_bits(self.ratio.load(Ordering::Relaxed))
@@ -108,9 +109,17 @@ pub struct Queue<T> {
 impl<T> Queue<T> {
     fn push(&self, item: T) {
         match self.tx.try_send(item) {
-            Ok(()) => self.stats.queued.with_label_values(&[self.signal.as_str()]).inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => self.stats.drop_n(self.signal, "queue_full", 1),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.stats.drop_n(self.signal, "shutdown", 1),
+            Ok(()) => self
+                .stats
+                .queued
+                .with_label_values(&[self.signal.as_str()])
+                .inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.drop_n(self.signal, "queue_full", 1)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.stats.drop_n(self.signal, "shutdown", 1)
+            }
         }
     }
 }
@@ -172,7 +181,12 @@ pub fn queues(
     stats: &Stats,
     span_batching: Batching,
     log_batching: Batching,
-) -> (Queue<SpanData>, Queue<LogItem>, mpsc::Receiver<SpanData>, mpsc::Receiver<LogItem>) {
+) -> (
+    Queue<SpanData>,
+    Queue<LogItem>,
+    mpsc::Receiver<SpanData>,
+    mpsc::Receiver<LogItem>,
+) {
     let (stx, srx) = mpsc::channel(span_batching.max_queue);
     let (ltx, lrx) = mpsc::channel(log_batching.max_queue);
     (
@@ -246,7 +260,10 @@ trait SignalExporter: Sized {
     fn destination(e: &Effective) -> Option<Destination>;
     fn build(d: &Destination, timeout: Duration, tls: &Tls) -> Result<Self, BuildError>;
     fn with_resource(&mut self, r: &Resource);
-    fn send(&self, batch: Vec<Self::Item>) -> impl std::future::Future<Output = OTelSdkResult> + Send;
+    fn send(
+        &self,
+        batch: Vec<Self::Item>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send;
 }
 
 /// The exporter builders of both signals have the same shape but no common trait.
@@ -255,7 +272,10 @@ macro_rules! build_exporter {
         let d: &Destination = $d;
         match d.protocol {
             Protocol::Grpc => {
-                let b = $builder.with_tonic().with_endpoint(&d.endpoint).with_timeout($timeout);
+                let b = $builder
+                    .with_tonic()
+                    .with_endpoint(&d.endpoint)
+                    .with_timeout($timeout);
                 if d.endpoint.starts_with("https://") {
                     b.with_tls_config($tls.tonic()).build()?
                 } else {
@@ -284,7 +304,12 @@ impl SignalExporter for opentelemetry_otlp::SpanExporter {
         e.traces.clone()
     }
     fn build(d: &Destination, timeout: Duration, tls: &Tls) -> Result<Self, BuildError> {
-        Ok(build_exporter!(opentelemetry_otlp::SpanExporter::builder(), d, timeout, tls))
+        Ok(build_exporter!(
+            opentelemetry_otlp::SpanExporter::builder(),
+            d,
+            timeout,
+            tls
+        ))
     }
     fn with_resource(&mut self, r: &Resource) {
         self.set_resource(r);
@@ -301,7 +326,12 @@ impl SignalExporter for opentelemetry_otlp::LogExporter {
         e.logs.clone()
     }
     fn build(d: &Destination, timeout: Duration, tls: &Tls) -> Result<Self, BuildError> {
-        Ok(build_exporter!(opentelemetry_otlp::LogExporter::builder(), d, timeout, tls))
+        Ok(build_exporter!(
+            opentelemetry_otlp::LogExporter::builder(),
+            d,
+            timeout,
+            tls
+        ))
     }
     fn with_resource(&mut self, r: &Resource) {
         self.set_resource(r);
@@ -402,6 +432,74 @@ async fn export_loop<E: SignalExporter>(
             },
         }
         // Counted as waiting until sent, so that a flush at exit waits for it.
-        stats.queued.with_label_values(&[signal.as_str()]).sub(n as i64);
+        stats
+            .queued
+            .with_label_values(&[signal.as_str()])
+            .sub(n as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batching(max_queue: usize, max_batch: usize, delay_ms: u64) -> Batching {
+        Batching {
+            max_queue,
+            max_batch,
+            delay: Duration::from_millis(delay_ms),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let stats = Stats::new(&Registry::new()).unwrap();
+        let (tx, _rx) = mpsc::channel(2);
+        let q = Queue {
+            signal: Signal::Traces,
+            tx,
+            stats: stats.clone(),
+        };
+        for i in 0..5u32 {
+            let t = std::time::Instant::now();
+            q.push(i);
+            assert!(t.elapsed() < Duration::from_millis(50));
+        }
+        assert_eq!(stats.queued.with_label_values(&["traces"]).get(), 2);
+        assert_eq!(
+            stats
+                .dropped
+                .with_label_values(&["traces", "queue_full"])
+                .get(),
+            3
+        );
+        assert_eq!(
+            stats
+                .dropped
+                .with_label_values(&["logs", "queue_full"])
+                .get(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_fill_up_or_leave_after_the_delay() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for i in 0..5 {
+            tx.send(i).await.unwrap();
+        }
+        assert_eq!(
+            next_batch(&mut rx, &batching(16, 3, 1000)).await,
+            Some(vec![0, 1, 2])
+        );
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            next_batch(&mut rx, &batching(16, 3, 50)).await,
+            Some(vec![3, 4])
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        drop(tx);
+        assert_eq!(next_batch(&mut rx, &batching(16, 3, 50)).await, None);
     }
 }

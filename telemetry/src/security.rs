@@ -76,6 +76,9 @@ impl std::fmt::Display for Value {
     }
 }
 
+/// Version of the schema in docs/security-events.md (attributes are only added within one).
+pub const SCHEMA_VERSION: i64 = 1;
+
 /// Event names of the schema (the log record's `EventName` and `event.name`).
 pub mod names {
     pub const DLP_FINDING: &str = "vigie.dlp.finding";
@@ -100,7 +103,12 @@ pub struct SecurityEvent {
 impl SecurityEvent {
     /// `category`: `dlp`, `access`, `budget`, `policy`, `network`, `admin`;
     /// `outcome`: `success` or `failure` (of the action the event is about).
-    pub fn new(name: &'static str, category: &'static str, outcome: &'static str, body: &'static str) -> Self {
+    pub fn new(
+        name: &'static str,
+        category: &'static str,
+        outcome: &'static str,
+        body: &'static str,
+    ) -> Self {
         Self {
             name,
             severity: Severity::Info,
@@ -109,6 +117,7 @@ impl SecurityEvent {
                 ("event.name", Value::from(name)),
                 ("vigie.event.category", Value::from(category)),
                 ("vigie.event.outcome", Value::from(outcome)),
+                ("vigie.schema.version", Value::Int(SCHEMA_VERSION)),
             ],
             span: None,
         }
@@ -143,8 +152,12 @@ impl SecurityEvent {
             let _ = write!(attrs, "{}{k}={v}", if attrs.is_empty() { "" } else { " " });
         }
         match self.severity {
-            Severity::Warn => tracing::warn!(target: "vigie::security", event = self.name, attributes = %attrs, "{}", self.body),
-            _ => tracing::info!(target: "vigie::security", event = self.name, attributes = %attrs, "{}", self.body),
+            Severity::Warn => {
+                tracing::warn!(target: "vigie::security", event = self.name, attributes = %attrs, "{}", self.body)
+            }
+            _ => {
+                tracing::info!(target: "vigie::security", event = self.name, attributes = %attrs, "{}", self.body)
+            }
         }
         self.export();
     }

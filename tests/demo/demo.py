@@ -19,6 +19,7 @@ import openai  # noqa: E402
 
 from egress import EgressAgent, Node  # noqa: E402
 from harness import ControlPlane, MockPool, Sidecar, pool, wait_until  # noqa: E402
+from otlp import OtlpReceiver  # noqa: E402
 
 BOLD, DIM, RESET = "\033[1m", "\033[2m", "\033[0m"
 
@@ -49,13 +50,14 @@ SDK_CALL = (
 )
 
 
-def egress_demo(cp, admin, sidecar, gpu1, cloud, started):
+def egress_demo(cp, admin, sidecar, gpu1, cloud, started, otel):
     """A pod of namespace team-a, enrolled: its app runs in its own cgroup, as on a node."""
     node = Node("node-1")
     started.append(Cleanup(node.cleanup))
     pod = node.add_pod("team-a", "chatbot-0", containers=("app",))
     app = pod["containers"]["app"]
-    agent = EgressAgent(node, cp, cp.token("node-1-agent", "agent"), dns=["127.0.0.53"], sidecar_port=sidecar.port)
+    agent = EgressAgent(node, cp, cp.token("node-1-agent", "agent"), dns=["127.0.0.53"], sidecar_port=sidecar.port,
+                        env=otel)
     started.append(agent)
     show("vigie-egress", "5 programs attached (connect4/6, sendmsg4/6, cgroup_skb); team-a/chatbot-0 enrolled")
     out = subprocess.run(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(app), sys.executable, "-c",
@@ -94,8 +96,15 @@ def main():
             ],
             "routes": [{"model": "gpt-4o-mini", "pools": ["onprem-gpu"]}],
         }
+        title("Starting an OpenTelemetry collector (stand-in for the SOC's: OTLP over gRPC)")
+        collector = OtlpReceiver("grpc").start()
+        started.append(collector)
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
+                "OTEL_BLRP_SCHEDULE_DELAY": "100"}
+        show("OTLP endpoint", collector.endpoint + " (every Vigie binary exports traces and security events there)")
+
         title("Starting the control plane (embedded SQLite store) and creating API tokens")
-        cp = ControlPlane(replica="demo")
+        cp = ControlPlane(replica="demo", env=otel)
         started.append(cp)
         show("gRPC address", cp.address + " (reflection on: grpcurl needs no .proto files)")
         admin = cp.token("secops-alice", "admin")
@@ -116,7 +125,7 @@ def main():
         title("Starting the sidecar: it watches the control plane as team-a/chatbot-0")
         sidecar = Sidecar(control_plane=cp, token=workload,
                           identity={"namespace": "team-a", "pod": "chatbot-0", "service_account": "chatbot"},
-                          env={"DEMO_PROVIDER_KEY": "sk-demo-provider-key-held-by-the-sidecar"})
+                          env={"DEMO_PROVIDER_KEY": "sk-demo-provider-key-held-by-the-sidecar", **otel})
         started.append(sidecar)
         show("app-facing URL", sidecar.base_url + "/v1")
         show("admin URL", sidecar.admin_url + " (/healthz /readyz /metrics)")
@@ -276,7 +285,22 @@ def main():
         if os.geteuid() != 0:
             show("not shown", "loading eBPF programs needs root: run `sudo cargo xtask demo`")
         else:
-            egress_demo(cp, admin, sidecar, gpu1, cloud, started)
+            egress_demo(cp, admin, sidecar, gpu1, cloud, started, otel)
+
+        title("OpenTelemetry: what the SOC's collector received")
+        time.sleep(0.5)
+        spans = [x for x in collector.spans() if x["name"].startswith("chat ")]
+        show("request spans", f"{len(spans)} (GenAI conventions), {len(collector.spans()) - len(spans)} attempt spans")
+        streamed = next(x for x in spans if x["attributes"].get("vigie.dlp.findings"))
+        a = streamed["attributes"]
+        show("a span", f"{streamed['name']}: provider={a['gen_ai.provider.name']} "
+                       f"response.model={a.get('gen_ai.response.model')} "
+                       f"tokens={a.get('gen_ai.usage.input_tokens')}+{a.get('gen_ai.usage.output_tokens')} "
+                       f"pool={a.get('vigie.pool')} findings={','.join(a['vigie.dlp.findings'])}")
+        counts = {}
+        for lg in collector.logs():
+            counts[lg["event_name"]] = counts.get(lg["event_name"], 0) + 1
+        show("security events", ", ".join(f"{k} ×{v}" for k, v in sorted(counts.items())))
 
         title("Sidecar metrics (excerpt)")
         for line in sidecar.metrics().splitlines():

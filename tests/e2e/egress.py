@@ -204,8 +204,9 @@ class Remote:
 
 class EgressAgent:
     def __init__(self, node: Node, control_plane, token: str, dns: list[str], sidecar_port: int,
-                 extra_args: list[str] | None = None, wait: bool = True):
+                 extra_args: list[str] | None = None, wait: bool = True, env: dict | None = None):
         self.node = node
+        self.env = dict(env or {})
         self.metrics_port = free_port()
         token_path = node.dir / "agent-token"
         token_path.write_text(token)
@@ -232,7 +233,7 @@ class EgressAgent:
         self.start(wait)
 
     def start(self, wait: bool = True):
-        self.process = Process(self.args, env={"RUST_LOG": "info"},
+        self.process = Process(self.args, env={"RUST_LOG": "info", **self.env},
                                log_path=self.node.dir / f"agent-{time.monotonic_ns()}.log")
         if wait:
             wait_until(self.ready, timeout=30, what="egress agent readiness")

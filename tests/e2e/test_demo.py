@@ -42,6 +42,13 @@ def test_demo_runs_and_narrates():
         "app → the provider     connect() refused: EPERM",
         "agent's security event egress.denied team-a/chatbot-0 container=app → 127.0.0.1:",
         "ListDenials            node node-1: team-a/chatbot-0 → 127.0.0.1:",
+        "OTLP endpoint          http://127.0.0.1:",
+        "findings=request:",
+        "vigie.admin.action ×",
+        "vigie.dlp.finding ×",
+        "vigie.policy.applied ×",
+        "vigie.request.blocked ×",
+        "vigie.budget.exceeded ×",
         "Demo complete.",
     ]:
         assert expected in out, f"missing {expected!r} in:\n{out}"

@@ -18,6 +18,7 @@ import pytest
 
 from egress import EgressAgent, Node, Remote, require_root
 from harness import ControlPlane, GrpcError, MockPool, Process, Sidecar, free_port, pool, wait_until
+from otlp import OtlpReceiver
 
 NS, POD = "shop", "chat-0"
 
@@ -54,7 +55,11 @@ def world(tmp_path):
         other.listen(16)
         cleanups.append(other.close)
         sidecar_port, admin_port = free_port(), free_port()
-        agent = EgressAgent(node, cp, cp.token("egress", "agent"), dns=[remote.ip], sidecar_port=sidecar_port)
+        # An OTLP collector for the agent's security events.
+        otlp = OtlpReceiver("grpc").start()
+        cleanups.append(otlp.stop)
+        agent = EgressAgent(node, cp, cp.token("egress", "agent"), dns=[remote.ip], sidecar_port=sidecar_port,
+                            env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BLRP_SCHEDULE_DELAY": "50"})
         cleanups.append(agent.stop)
         sidecar = Sidecar(control_plane=cp, token=cp.token("shop-sidecar", "workload", namespace=NS),
                           identity={"namespace": NS, "pod": POD, "service_account": "default"},
@@ -62,7 +67,7 @@ def world(tmp_path):
                           extra_args=["--route-debug-header", "--egress-agent-url", agent.url],
                           )
         cleanups.append(sidecar.stop)
-        yield {"cp": cp, "admin": admin, "policy": policy, "node": node, "pod": pod, "agent": agent,
+        yield {"otlp": otlp, "cp": cp, "admin": admin, "policy": policy, "node": node, "pod": pod, "agent": agent,
                "sidecar": sidecar, "mock": mock, "direct": direct, "remote": remote, "other_port": other.getsockname()[1]}
     finally:
         for c in reversed(cleanups):
@@ -145,6 +150,24 @@ def test_app_reaches_its_sidecar_and_dns_only(world):
     assert (remote.ip, 0, "icmp", "skb_egress") in by
     assert ("127.0.0.1", mock.port, "tcp", "connect6") in by, "v4-mapped destination shown as IPv4"
     assert any(e["role"] == "sidecar" and e["container"] == "vigie-sidecar" for e in all_events)
+    # The same events over OTLP, as documented in docs/security-events.md.
+    records = w["otlp"].wait_for(
+        lambda r: [x for x in r.logs() if x["event_name"] == "vigie.egress.denied"] if len(
+            [x for x in r.logs() if x["event_name"] == "vigie.egress.denied"]) >= 13 else None,
+        what="13 egress.denied log records")
+    assert len(records) == 13
+    exported = {(x["attributes"]["destination.address"], x["attributes"]["destination.port"],
+                 x["attributes"]["network.transport"], x["attributes"]["vigie.egress.hook"]) for x in records}
+    assert exported == by
+    rec = next(x for x in records if x["attributes"]["destination.address"] == remote.ip
+               and x["attributes"]["vigie.egress.hook"] == "connect4")
+    assert rec["severity_text"] == "WARN" and rec["resource"]["service.name"] == "vigie-egress-agent"
+    assert rec["resource"]["k8s.node.name"] == "n1"
+    a = rec["attributes"]
+    assert (a["k8s.namespace.name"], a["k8s.pod.name"], a["k8s.container.name"], a["vigie.egress.role"]) \
+        == (NS, POD, "app", "app")
+    assert a["process.command"].startswith("python") and a["process.pid"] > 0
+    assert a["vigie.event.category"] == "network" and a["vigie.event.outcome"] == "failure"
     # The control plane has them too, aggregated, for the SOC (grpcurl).
     def reported():
         rows = w["cp"].call("EgressService/ListDenials", {"namespace": NS}, token=w["admin"]).get("denials", [])

@@ -128,6 +128,7 @@ def test_scripted_session_spans_and_security_events(mocks, sidecars):
         assert (fa["vigie.dlp.detector"], fa["vigie.dlp.action"], fa["vigie.dlp.direction"], fa["vigie.dlp.count"]) \
             == ("IBAN", "redact", "request", 1)
         assert fa["event.name"] == "vigie.dlp.finding" and fa["vigie.event.category"] == "dlp"
+        assert fa["vigie.schema.version"] == 1
         assert fa["k8s.namespace.name"] == "team-a" and fa["vigie.policy.version"] == version
         assert (finding["trace_id"], finding["span_id"]) == (span["trace_id"], span["span_id"])
         assert finding["severity_text"] == "INFO"
@@ -316,7 +317,7 @@ def test_sidecar_metrics_names_and_labels(mocks, sidecars):
                                                       "gen_ai_request_model"},
         "vigie_sidecar_requests": {"operation", "status"},
         "vigie_sidecar_route_picks": {"pool", "reason"},
-        "vigie_sidecar_endpoint_available": {"pool", "endpoint"},
+        "vigie_sidecar_upstream_attempts": {"pool", "outcome"},
         "vigie_sidecar_policy_info": {"name", "version"},
         "vigie_telemetry_exported": {"signal"},
         "vigie_telemetry_queue_length": {"signal"},
@@ -326,3 +327,37 @@ def test_sidecar_metrics_names_and_labels(mocks, sidecars):
         got = {k for x in fams[name].samples for k in x.labels} - {"le"}
         assert labels <= got, (name, got)
     assert fams["vigie_telemetry_exported"].type == "counter"
+
+
+@pytest.mark.parametrize("telemetry, path, reason", [
+    ({"otlpEndpoint": "collector:4317"}, "telemetry.otlpEndpoint", "http:// or https://"),
+    ({"otlpEndpoint": "http://user:secret@collector:4317"}, "telemetry.otlpEndpoint", "must not carry credentials"),
+    ({"otlpEndpoint": "https://c:4318", "otlpProtocol": "http/protobuf"}, "telemetry.otlpEndpoint", "grpc only"),
+    ({"otlpProtocol": "http/json"}, "telemetry.otlpProtocol", "grpc or http/protobuf"),
+    ({"traceSampleRatio": 1.5}, "telemetry.traceSampleRatio", "between 0 and 1"),
+    ({"userAttribute": "email"}, "telemetry.userAttribute", "hashed, plain or omitted"),
+])
+def test_bad_telemetry_sections_are_refused_with_field_paths(control_planes, telemetry, path, reason):
+    from harness import GrpcError
+    cp = control_planes()
+    with pytest.raises(GrpcError) as e:
+        cp.call("PolicyService/ApplyPolicy", {"policy": {"name": "bad", "telemetry": telemetry}},
+                token=cp.token("alice", "admin"))
+    assert e.value.code == "InvalidArgument"
+    assert path in e.value.text and reason in e.value.text, e.value.text
+    assert "secret" not in e.value.text
+
+
+def test_bad_otel_environment_stops_the_sidecar_with_the_variable_name(mocks, tmp_path):
+    import json
+    import subprocess
+    from harness import binary
+    policy = tmp_path / "p.json"
+    policy.write_text(json.dumps(simple_policy(mocks("gpu"))))
+    for env, var in [({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+                     ({"OTEL_TRACES_SAMPLER_ARG": "2"}, "OTEL_TRACES_SAMPLER_ARG"),
+                     ({"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}, "OTEL_EXPORTER_OTLP_COMPRESSION")]:
+        out = subprocess.run([binary("vigie-sidecar"), "--policy-file", policy, "--listen", f"127.0.0.1:{free_port()}",
+                              "--admin-listen", f"127.0.0.1:{free_port()}"], env={"PATH": "/usr/bin:/bin", **env},
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode != 0 and var in out.stderr, out.stderr

@@ -675,6 +675,68 @@ fn event_times(host: &str, body: &str) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
+/// A release mock pool pinned to CPU 0; its address.
+fn start_mock(extra: &[&str]) -> anyhow::Result<(Proc, String)> {
+    let mut mock = pinned(0, &bin("vigie-mock-pool"));
+    mock.args(["--models", MODEL, "--threads", "1", "--capacity", "100000"])
+        .args(extra)
+        .stdout(Stdio::piped());
+    let mut mock = Proc(mock.spawn().context("starting mock")?);
+    let mut line = String::new();
+    BufReader::new(mock.0.stdout.take().context("mock stdout")?).read_line(&mut line)?;
+    let addr = serde_json::from_str::<Value>(&line)?["listening"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((mock, addr))
+}
+
+/// One vLLM pool on the mock at `addr`.
+fn bench_policy(addr: &str) -> Value {
+    serde_json::json!({"name": "bench", "pools": [{"name": "gpu", "kind": "POOL_KIND_VLLM",
+        "endpoints": [{"url": format!("http://{addr}")}], "models": [{"name": MODEL}]}]})
+}
+
+/// A release sidecar pinned to CPU 1 (policy file `name`), ready.
+struct BenchSidecar {
+    proc: Proc,
+    host: String,
+    admin: String,
+}
+
+fn start_sidecar(
+    policy: &Value,
+    name: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<BenchSidecar> {
+    let dir = root().join("target/bench");
+    let (port, admin) = (free_port()?, free_port()?);
+    let file = dir.join(format!("policy-{name}.json"));
+    std::fs::write(&file, policy.to_string())?;
+    let mut cmd = pinned(1, &bin("vigie-sidecar"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin}"),
+    ])
+    .arg("--policy-file")
+    .arg(&file)
+    .env("RUST_LOG", "warn")
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let p = Proc(cmd.spawn()?);
+    let admin = format!("127.0.0.1:{admin}");
+    wait_http(&format!("http://{admin}/readyz"), Duration::from_secs(20))?;
+    Ok(BenchSidecar {
+        proc: p,
+        host: format!("127.0.0.1:{port}"),
+        admin,
+    })
+}
+
 /// `cargo xtask bench dlp-latency`: the same sidecar with DLP off and with every
 /// built-in detector on in both directions: request latency, time to first token, and
 /// the delay DLP adds to each streamed chunk.
@@ -691,20 +753,6 @@ pub fn dlp_latency(duration_s: u64, rate: u32) -> anyhow::Result<()> {
     })?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let start_mock = |extra: &[&str]| -> anyhow::Result<(Proc, String)> {
-        let mut mock = pinned(0, &bin("vigie-mock-pool"));
-        mock.args(["--models", MODEL, "--threads", "1", "--capacity", "100000"])
-            .args(extra)
-            .stdout(Stdio::piped());
-        let mut mock = Proc(mock.spawn().context("starting mock")?);
-        let mut line = String::new();
-        BufReader::new(mock.0.stdout.take().context("mock stdout")?).read_line(&mut line)?;
-        let addr = serde_json::from_str::<Value>(&line)?["listening"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        Ok((mock, addr))
-    };
     let (_fast, fast_addr) = start_mock(&[])?;
     // A paced stream (50 tokens/s) for the per-chunk delay.
     let (_paced, paced_addr) = start_mock(&["--tokens-per-sec", "50"])?;
@@ -712,8 +760,7 @@ pub fn dlp_latency(duration_s: u64, rate: u32) -> anyhow::Result<()> {
     let mut chunk_times: Vec<Vec<Vec<f64>>> = Vec::new();
     for dlp_on in [false, true] {
         let policy_for = |addr: &str| {
-            let mut p = serde_json::json!({"name": "bench", "pools": [{"name": "gpu", "kind": "POOL_KIND_VLLM",
-                "endpoints": [{"url": format!("http://{addr}")}], "models": [{"name": MODEL}]}]});
+            let mut p = bench_policy(addr);
             if dlp_on {
                 p["dlp"] = serde_json::json!({"rules": [
                     {"detector": "*", "action": "DLP_ACTION_REDACT"},
@@ -722,28 +769,8 @@ pub fn dlp_latency(duration_s: u64, rate: u32) -> anyhow::Result<()> {
             p
         };
         let run_sidecar = |addr: &str, name: &str| -> anyhow::Result<(Proc, String)> {
-            let (port, admin) = (free_port()?, free_port()?);
-            let file = dir.join(format!("policy-{name}.json"));
-            std::fs::write(&file, policy_for(addr).to_string())?;
-            let p = Proc(
-                pinned(1, &bin("vigie-sidecar"))
-                    .args([
-                        "--listen",
-                        &format!("127.0.0.1:{port}"),
-                        "--admin-listen",
-                        &format!("127.0.0.1:{admin}"),
-                    ])
-                    .arg("--policy-file")
-                    .arg(&file)
-                    .env("RUST_LOG", "warn")
-                    .stderr(Stdio::null())
-                    .spawn()?,
-            );
-            wait_http(
-                &format!("http://127.0.0.1:{admin}/readyz"),
-                Duration::from_secs(20),
-            )?;
-            Ok((p, format!("127.0.0.1:{port}")))
+            let s = start_sidecar(&policy_for(addr), name, &[])?;
+            Ok((s.proc, s.host))
         };
         let label = if dlp_on { "DLP on" } else { "DLP off" };
         let (sc, host) = run_sidecar(&fast_addr, if dlp_on { "on" } else { "off" })?;
@@ -809,6 +836,133 @@ pub fn dlp_latency(duration_s: u64, rate: u32) -> anyhow::Result<()> {
         pct(&on_gaps, 0.99) - pct(&off_gaps, 0.99),
     );
     std::fs::write(dir.join("dlp-latency.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// The whole answer body of a GET (HTTP/1.1, connection closed by the server).
+fn http_get(url: &str) -> anyhow::Result<String> {
+    let (host, path) = split_url(url);
+    let mut s = TcpStream::connect(&host)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string()))
+}
+
+/// Sum of a Prometheus counter's samples whose line contains every `filter`.
+fn counter(metrics: &str, name: &str, filters: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// `cargo xtask bench telemetry`: a release sidecar at a fixed rate with OTLP export off,
+/// on (a collector that keeps up), with the collector down, and with a collector so slow
+/// that the queue stays full; request latency, memory, what was exported and dropped.
+/// The collector is a gRPC sink that accepts exports without decoding them
+/// (tests/bench/otlp_sink.py).
+pub fn telemetry(duration_s: u64, rate: u32) -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    step("building release binaries");
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    ensure_tools(&ProxyOpts {
+        duration_s,
+        rates: vec![rate],
+        soak_s: 0,
+        soak_rate: 0,
+        litellm: false,
+    })?;
+    std::fs::create_dir_all(root().join("target/bench"))?;
+    let (_mock, addr) = start_mock(&[])?;
+    let policy = bench_policy(&addr);
+    // The collector, in its own process on CPU 0 (with the load generator and the mock).
+    let sink = |delay_s: f64| -> anyhow::Result<(Proc, String)> {
+        let port = free_port()?;
+        let mut c = pinned(0, &crate::util::venv_python());
+        c.arg(root().join("tests/bench/otlp_sink.py"))
+            .args(["--port", &port.to_string(), "--delay", &delay_s.to_string()])
+            .stdout(Stdio::piped());
+        let mut p = Proc(c.spawn().context("starting the OTLP receiver")?);
+        let mut line = String::new();
+        BufReader::new(p.0.stdout.take().context("receiver stdout")?).read_line(&mut line)?;
+        if !line.starts_with("ready") {
+            bail!("OTLP receiver did not start: {line:?}");
+        }
+        Ok((p, format!("http://127.0.0.1:{port}")))
+    };
+    // (label, collector delay: none = export off, < 0 = collector down, sampling ratio)
+    let scenarios: [(&str, Option<f64>, &str); 5] = [
+        ("export off", None, "1"),
+        ("collector up, every request traced", Some(0.0), "1"),
+        ("collector up, 10 % of requests traced", Some(0.0), "0.1"),
+        ("collector down", Some(-1.0), "1"),
+        ("collector slow (5 s per export)", Some(5.0), "1"),
+    ];
+    let mut md = format!(
+        "| {rate} rps, {duration_s} s, 64 connections | achieved rps | 2xx | request p50 | request p99 | RSS after | peak RSS | spans exported | spans dropped (queue full / export failed) |\n|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for (i, (label, collector, ratio)) in scenarios.iter().enumerate() {
+        let (_sink, endpoint) = match collector {
+            None => (None, None),
+            // Nothing listens there.
+            Some(d) if *d < 0.0 => (None, Some(format!("http://127.0.0.1:{}", free_port()?))),
+            Some(d) => {
+                let (p, url) = sink(*d)?;
+                (Some(p), Some(url))
+            }
+        };
+        let env: Vec<(&str, String)> = endpoint
+            .map(|e| {
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", e),
+                    ("OTEL_TRACES_SAMPLER_ARG", (*ratio).to_string()),
+                ]
+            })
+            .unwrap_or_default();
+        let sc = start_sidecar(&policy, &format!("telemetry-{i}"), &env)?;
+        step(&format!("{label}: {rate} rps for {duration_s} s"));
+        let load = oha(
+            &format!("http://{}/v1/chat/completions", sc.host),
+            CHAT,
+            duration_s,
+            Some(rate),
+            64,
+        )?;
+        // Let the last batches go (or fail).
+        std::thread::sleep(Duration::from_secs(2));
+        let pid = sc.proc.0.id();
+        let metrics = http_get(&format!("http://{}/metrics", sc.admin))?;
+        let exported = counter(&metrics, "vigie_telemetry_exported_total", &["traces"]);
+        let full = counter(
+            &metrics,
+            "vigie_telemetry_dropped_total",
+            &["traces", "queue_full"],
+        );
+        let failed = counter(
+            &metrics,
+            "vigie_telemetry_dropped_total",
+            &["traces", "export_failed"],
+        );
+        let _ = writeln!(
+            md,
+            "| {label} | {:.0} | {:.3} | {:.3} ms | {:.3} ms | {:.1} MiB | {:.1} MiB | {exported:.0} | {full:.0} / {failed:.0} |",
+            load.rps,
+            load.success,
+            load.p50_ms,
+            load.p99_ms,
+            rss_kib(pid, "VmRSS") as f64 / 1024.0,
+            rss_kib(pid, "VmHWM") as f64 / 1024.0,
+        );
+    }
+    std::fs::write(root().join("target/bench/telemetry.md"), &md)?;
     println!("{md}");
     Ok(())
 }

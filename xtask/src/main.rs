@@ -89,6 +89,14 @@ enum Bench {
         #[arg(long, default_value_t = 500)]
         rate: u32,
     },
+    /// Request latency and memory with OTLP export off, on, collector down, collector
+    /// slow (queue full).
+    Telemetry {
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+    },
     /// Routing quality: round robin vs least-request vs queue-aware + prefix affinity
     /// on GPU-like mocks (finite capacity, prefix cache), TTFT and throughput; and the
     /// picker's own overhead.
@@ -128,6 +136,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             what: Bench::Routing { duration },
         } => bench::routing(duration),
+        Cmd::Bench {
+            what: Bench::Telemetry { duration, rate },
+        } => bench::telemetry(duration, rate),
         Cmd::Bench {
             what:
                 Bench::Proxy {

@@ -25,6 +25,11 @@ pub struct InjectConfig {
     /// The sidecar is not ready (and holds the app containers back) until the node's
     /// egress agent enforces the pod. Turn off only where no egress agent runs.
     pub egress_required: bool,
+    /// OTLP collector for the sidecars' traces and security events
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`); empty: not exported (a policy's `telemetry`
+    /// section may still set one). Collector credentials go in the credentials Secret as
+    /// `OTEL_EXPORTER_OTLP_HEADERS`.
+    pub otlp_endpoint: String,
     /// CA bundle the sidecar trusts for the control plane, as a path mounted from the
     /// `vigie-control-plane-ca` ConfigMap; empty for plaintext.
     pub control_plane_ca_configmap: String,
@@ -75,6 +80,7 @@ impl Default for InjectConfig {
             control_plane_url: "http://vigie-control-plane.vigie-system.svc:50051".into(),
             egress_agent_url: "http://vigie-egress-agent.vigie-system.svc:15095".into(),
             egress_required: true,
+            otlp_endpoint: String::new(),
             control_plane_ca_configmap: String::new(),
             token_audience: "vigie-control-plane".into(),
             token_expiration_seconds: 3600,
@@ -122,6 +128,12 @@ impl InjectConfig {
             errors.push(
                 "egressAgentUrl: must start with http:// (a node-local agent), or be empty".into(),
             );
+        }
+        if !self.otlp_endpoint.is_empty()
+            && !self.otlp_endpoint.starts_with("http://")
+            && !self.otlp_endpoint.starts_with("https://")
+        {
+            errors.push("otlpEndpoint: must start with http:// or https://, or be empty".into());
         }
         if self.token_audience.is_empty() {
             errors.push("tokenAudience: must not be empty".into());
@@ -179,6 +191,7 @@ mod tests {
             "controlPlaneUrl": "grpc://cp",
             "logLevel": "loud",
             "tokenExpirationSeconds": 60,
+            "otlpEndpoint": "collector:4317",
             "resources": {"memoryLimit": "lots"}
         }))
         .unwrap();
@@ -189,6 +202,7 @@ mod tests {
             "controlPlaneUrl",
             "logLevel",
             "tokenExpirationSeconds",
+            "otlpEndpoint",
             "resources.memoryLimit",
         ] {
             assert!(err.contains(field), "{field} missing from {err}");

@@ -213,6 +213,12 @@ pub fn sidecar(cfg: &InjectConfig, settings: &PodSettings, workload: &str) -> Co
             cfg.egress_agent_url.clone(),
         ));
     }
+    if !cfg.otlp_endpoint.is_empty() {
+        env.push(value_env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            cfg.otlp_endpoint.clone(),
+        ));
+    }
     if !cfg.control_plane_ca_configmap.is_empty() {
         env.push(value_env(
             "VIGIE_CONTROL_PLANE_CA",

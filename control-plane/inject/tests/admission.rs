@@ -125,6 +125,8 @@ fn check_sidecar(sidecar: &Container, native: bool) {
     );
     // …and is not ready before the pod's egress is enforced (app containers wait).
     assert_eq!(value(sidecar, "VIGIE_EGRESS_REQUIRED"), Some("true"));
+    // No collector by default (`otlpEndpoint`): nothing exported.
+    assert_eq!(value(sidecar, "OTEL_EXPORTER_OTLP_ENDPOINT"), None);
     for (var, path) in [
         ("POD_NAME", "metadata.name"),
         ("POD_NAMESPACE", "metadata.namespace"),

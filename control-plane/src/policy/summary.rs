@@ -138,6 +138,27 @@ pub fn summarize(old: Option<&Policy>, new: Option<&Policy>) -> String {
             if settings(o) != settings(n) {
                 out.push("budget settings changed".into());
             }
+            for (section, before, after, same) in [
+                (
+                    "egress",
+                    o.egress.is_some(),
+                    n.egress.is_some(),
+                    o.egress == n.egress,
+                ),
+                (
+                    "telemetry",
+                    o.telemetry.is_some(),
+                    n.telemetry.is_some(),
+                    o.telemetry == n.telemetry,
+                ),
+            ] {
+                match (before, after, same) {
+                    (_, _, true) => {}
+                    (false, true, _) => out.push(format!("{section} added")),
+                    (true, false, _) => out.push(format!("{section} removed")),
+                    _ => out.push(format!("{section} changed")),
+                }
+            }
             if out.is_empty() {
                 // Same sets, same contents: only the order of entries differs.
                 out.push(
@@ -184,5 +205,24 @@ mod tests {
         assert_eq!(summarize(Some(&a), Some(&a)), "no change");
         // URLs are not in summaries.
         assert!(!summarize(Some(&a), Some(&b)).contains("http"));
+        let t = p(
+            r#"{"name":"x","pools":[{"name":"gpu-a","endpoints":[{"url":"http://a"}]},{"name":"old"}],
+            "routes":[{"model":"m","pools":["gpu-a"]}],"telemetry":{"traceSampleRatio":0.5},
+            "egress":{"dnsResolvers":["10.0.0.10"]}}"#,
+        );
+        assert_eq!(
+            summarize(Some(&a), Some(&t)),
+            "egress added; telemetry added"
+        );
+        let mut u = t.clone();
+        u.telemetry = Some(vigie_proto::v1::Telemetry {
+            trace_sample_ratio: Some(0.1),
+            ..Default::default()
+        });
+        assert_eq!(summarize(Some(&t), Some(&u)), "telemetry changed");
+        assert_eq!(
+            summarize(Some(&t), Some(&a)),
+            "egress removed; telemetry removed"
+        );
     }
 }

@@ -2,12 +2,12 @@
 //! container), counted, rate-limited per enrolled cgroup, and logged as security
 //! events (`vigie::security`, `event = "egress.denied"`).
 
-use vigie_telemetry::SecurityEvent;
-use vigie_telemetry::security::names;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
+use vigie_telemetry::SecurityEvent;
+use vigie_telemetry::security::names;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -370,11 +370,16 @@ pub async fn drain(
             let (log, suppressed) = limiter.admit(ev.enrolled_cgroup_id, now);
             if suppressed > 0 {
                 info!(target: "vigie::security", event = "egress.denied.suppressed", namespace = %d.namespace, pod = %d.pod, suppressed, "further egress denials not logged (rate limit)");
-                SecurityEvent::new(names::EGRESS_DENIED, "network", "failure", "further egress denials not logged (rate limit)")
-                    .attr("k8s.namespace.name", &d.namespace)
-                    .attr("k8s.pod.name", &d.pod)
-                    .attr("vigie.egress.suppressed", suppressed)
-                    .export();
+                SecurityEvent::new(
+                    names::EGRESS_DENIED,
+                    "network",
+                    "failure",
+                    "further egress denials not logged (rate limit)",
+                )
+                .attr("k8s.namespace.name", &d.namespace)
+                .attr("k8s.pod.name", &d.pod)
+                .attr("vigie.egress.suppressed", suppressed)
+                .export();
             }
             if log {
                 log_denial(&d);

@@ -385,7 +385,10 @@ async fn main() -> anyhow::Result<()> {
     // Egress denials as security events over OTLP.
     vigie_telemetry::Telemetry::init(
         "vigie-egress-agent",
-        vec![vigie_telemetry::opentelemetry::KeyValue::new("k8s.node.name", args.node.clone())],
+        vec![vigie_telemetry::opentelemetry::KeyValue::new(
+            "k8s.node.name",
+            args.node.clone(),
+        )],
         metrics.registry(),
     )
     .context("telemetry (OTEL_* environment)")?;

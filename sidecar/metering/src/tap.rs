@@ -59,7 +59,9 @@ impl Response {
                 .map(str::to_string)
         };
         let (id, model) = match (op, v.get("type").and_then(Value::as_str)) {
-            (Operation::Messages, Some("message_start")) => (text("/message/id"), text("/message/model")),
+            (Operation::Messages, Some("message_start")) => {
+                (text("/message/id"), text("/message/model"))
+            }
             _ => (text("/id"), text("/model")),
         };
         if id.is_some() {
@@ -75,7 +77,12 @@ impl Response {
                 reasons.extend(text("/delta/stop_reason"));
             }
             _ => {
-                for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+                for c in v
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(r) = c.get("finish_reason").and_then(Value::as_str) {
                         reasons.push(r.to_string());
                     }
@@ -364,7 +371,12 @@ mod tests {
     fn reads_response_id_model_and_finish_reasons() {
         let mut tap = UsageTap::new(Operation::ChatCompletions, true, true);
         let finish = "data: {\"id\":\"chatcmpl-1\",\"model\":\"llama-3\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\" : \"stop\"}]}\n\n";
-        for part in [chunk("Hi"), finish.to_string(), USAGE.to_string(), "data: [DONE]\n\n".into()] {
+        for part in [
+            chunk("Hi"),
+            finish.to_string(),
+            USAGE.to_string(),
+            "data: [DONE]\n\n".into(),
+        ] {
             tap.observe(part.as_bytes());
         }
         tap.finish();

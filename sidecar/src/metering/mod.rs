@@ -159,7 +159,8 @@ impl Meter {
         self.record.model = model.to_string();
         self.record.stream = stream;
         if self.trace.recording() {
-            self.trace.rename(format!("{} {model}", gen_ai_operation(self.op)));
+            self.trace
+                .rename(format!("{} {model}", gen_ai_operation(self.op)));
             self.trace.set_all([
                 KeyValue::new("gen_ai.request.model", model.to_string()),
                 KeyValue::new("vigie.tenant", self.record.namespace.clone()),
@@ -309,7 +310,10 @@ impl Meter {
             record.source = RecordSource::None as i32;
             settle(quota.as_ref(), &record);
             write(&shared, &record);
-            trace.set(KeyValue::new("http.response.status_code", i64::from(record.status)));
+            trace.set(KeyValue::new(
+                "http.response.status_code",
+                i64::from(record.status),
+            ));
             let error_type = match record.status {
                 0..400 => String::new(),
                 499 => "client_aborted".to_string(),
@@ -348,7 +352,10 @@ impl Meter {
                 .with_label_values(&[op, a.provider, model])
                 .observe(t.as_secs_f64());
         }
-        trace.set(KeyValue::new("http.response.status_code", i64::from(record.status)));
+        trace.set(KeyValue::new(
+            "http.response.status_code",
+            i64::from(record.status),
+        ));
         if a.status >= 400 {
             shared
                 .metrics
@@ -500,14 +507,23 @@ fn account(
 fn response_attributes(record: &UsageRecord, r: &vigie_metering::tap::Response) -> Vec<KeyValue> {
     let mut kv = vec![
         KeyValue::new("gen_ai.usage.input_tokens", record.prompt_tokens as i64),
-        KeyValue::new("gen_ai.usage.output_tokens", record.completion_tokens as i64),
+        KeyValue::new(
+            "gen_ai.usage.output_tokens",
+            record.completion_tokens as i64,
+        ),
         KeyValue::new(
             "vigie.usage.source",
-            if record.source == RecordSource::Reported as i32 { "reported" } else { "estimated" },
+            if record.source == RecordSource::Reported as i32 {
+                "reported"
+            } else {
+                "estimated"
+            },
         ),
         KeyValue::new(
             "gen_ai.response.model",
-            r.model.clone().unwrap_or_else(|| record.served_model.clone()),
+            r.model
+                .clone()
+                .unwrap_or_else(|| record.served_model.clone()),
         ),
     ];
     if let Some(id) = &r.id {
@@ -523,7 +539,10 @@ fn response_attributes(record: &UsageRecord, r: &vigie_metering::tap::Response) 
     }
     if record.cost > 0.0 {
         kv.push(KeyValue::new("vigie.cost", record.cost));
-        kv.push(KeyValue::new("vigie.cost.currency", record.currency.clone()));
+        kv.push(KeyValue::new(
+            "vigie.cost.currency",
+            record.currency.clone(),
+        ));
     }
     kv
 }

@@ -32,14 +32,19 @@ pub fn dlp_findings(
     span: &SpanContext,
 ) {
     for ((detector, action), n) in counts {
-        let e = SecurityEvent::new(names::DLP_FINDING, "dlp", "success", "sensitive data detected")
-            .attr("vigie.dlp.detector", detector.as_str())
-            .attr("vigie.dlp.action", *action)
-            .attr("vigie.dlp.direction", direction)
-            .attr("vigie.dlp.count", *n)
-            .attr("gen_ai.request.model", model)
-            .attr("vigie.policy.version", policy_version)
-            .in_span(span);
+        let e = SecurityEvent::new(
+            names::DLP_FINDING,
+            "dlp",
+            "success",
+            "sensitive data detected",
+        )
+        .attr("vigie.dlp.detector", detector.as_str())
+        .attr("vigie.dlp.action", *action)
+        .attr("vigie.dlp.direction", direction)
+        .attr("vigie.dlp.count", *n)
+        .attr("gen_ai.request.model", model)
+        .attr("vigie.policy.version", policy_version)
+        .in_span(span);
         let e = if *action == "block" { e.warn() } else { e };
         with_origin(e).emit();
     }
@@ -53,13 +58,18 @@ pub fn request_blocked(
     policy_version: &str,
     span: &SpanContext,
 ) {
-    let e = SecurityEvent::new(names::REQUEST_BLOCKED, "access", "failure", "request blocked by policy")
-        .warn()
-        .attr("vigie.block.reason", reason)
-        .attr("http.response.status_code", status)
-        .attr("gen_ai.request.model", model)
-        .attr("vigie.policy.version", policy_version)
-        .in_span(span);
+    let e = SecurityEvent::new(
+        names::REQUEST_BLOCKED,
+        "access",
+        "failure",
+        "request blocked by policy",
+    )
+    .warn()
+    .attr("vigie.block.reason", reason)
+    .attr("http.response.status_code", status)
+    .attr("gen_ai.request.model", model)
+    .attr("vigie.policy.version", policy_version)
+    .in_span(span);
     with_origin(e).emit();
 }
 
@@ -71,13 +81,18 @@ pub fn budget_exceeded(
     policy_version: &str,
     span: &SpanContext,
 ) {
-    let e = SecurityEvent::new(names::BUDGET_EXCEEDED, "budget", "failure", "request refused by a budget")
-        .warn()
-        .attr("vigie.budget.name", budget)
-        .attr("vigie.budget.decision", decision)
-        .attr("gen_ai.request.model", model)
-        .attr("vigie.policy.version", policy_version)
-        .in_span(span);
+    let e = SecurityEvent::new(
+        names::BUDGET_EXCEEDED,
+        "budget",
+        "failure",
+        "request refused by a budget",
+    )
+    .warn()
+    .attr("vigie.budget.name", budget)
+    .attr("vigie.budget.decision", decision)
+    .attr("gen_ai.request.model", model)
+    .attr("vigie.policy.version", policy_version)
+    .in_span(span);
     with_origin(e).emit();
 }
 
@@ -92,10 +107,15 @@ pub fn policy_applied(name: &str, version: &str, source: &'static str) {
 
 /// A policy was refused; the previous one stays in force.
 pub fn policy_rejected(version: &str, source: &'static str, reason: &str) {
-    let e = SecurityEvent::new(names::POLICY_REJECTED, "policy", "failure", "policy rejected; the previous one stays in force")
-        .warn()
-        .attr("vigie.policy.version", version)
-        .attr("vigie.policy.source", source)
-        .attr("error.message", reason);
+    let e = SecurityEvent::new(
+        names::POLICY_REJECTED,
+        "policy",
+        "failure",
+        "policy rejected; the previous one stays in force",
+    )
+    .warn()
+    .attr("vigie.policy.version", version)
+    .attr("vigie.policy.source", source)
+    .attr("error.message", reason);
     with_origin(e).emit();
 }

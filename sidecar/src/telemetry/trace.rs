@@ -6,7 +6,9 @@
 
 use std::time::SystemTime;
 
-use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
+};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use sha2::{Digest as _, Sha256};
 
@@ -118,13 +120,20 @@ impl RequestSpan {
     pub fn add_findings(&mut self, direction: &str, counts: &vigie_wire::dlp::Counts) {
         if self.recording {
             for ((detector, action), n) in counts {
-                self.findings.push(format!("{direction}:{detector}:{action}={n}"));
+                self.findings
+                    .push(format!("{direction}:{detector}:{action}={n}"));
             }
         }
     }
 
     /// A child span for one upstream attempt; its context goes upstream as `traceparent`.
-    pub fn attempt(&self, pool: &str, endpoint: &crate::routing::Endpoint, number: usize, reason: &str) -> AttemptSpan {
+    pub fn attempt(
+        &self,
+        pool: &str,
+        endpoint: &crate::routing::Endpoint,
+        number: usize,
+        reason: &str,
+    ) -> AttemptSpan {
         let Some((cx, t)) = self.cx.as_ref().zip(vigie_telemetry::global()) else {
             return AttemptSpan::default();
         };
@@ -161,7 +170,10 @@ impl RequestSpan {
                     .into_iter()
                     .map(StringValue::from)
                     .collect();
-                span.set_attribute(KeyValue::new("vigie.dlp.findings", Value::Array(Array::String(list))));
+                span.set_attribute(KeyValue::new(
+                    "vigie.dlp.findings",
+                    Value::Array(Array::String(list)),
+                ));
             }
             if !error_type.is_empty() {
                 span.set_attribute(KeyValue::new("error.type", error_type.to_string()));
@@ -197,9 +209,13 @@ impl AttemptSpan {
 
     pub fn status(&self, status: u16) {
         if let Some(cx) = self.cx.as_ref().filter(|_| self.recording) {
-            cx.span().set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+            cx.span().set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
             if status >= 400 {
-                cx.span().set_attribute(KeyValue::new("error.type", status.to_string()));
+                cx.span()
+                    .set_attribute(KeyValue::new("error.type", status.to_string()));
                 cx.span().set_status(Status::error(status.to_string()));
             }
         }
@@ -207,7 +223,8 @@ impl AttemptSpan {
 
     pub fn fail(&self, error_type: &'static str) {
         if let Some(cx) = self.cx.as_ref().filter(|_| self.recording) {
-            cx.span().set_attribute(KeyValue::new("error.type", error_type));
+            cx.span()
+                .set_attribute(KeyValue::new("error.type", error_type));
             cx.span().set_status(Status::error(error_type));
         }
     }
@@ -244,12 +261,23 @@ mod tests {
 
     #[test]
     fn user_attribute_modes() {
-        let h = UserAttribute::Hashed.value("policy-a", "alice@example.com").unwrap();
+        let h = UserAttribute::Hashed
+            .value("policy-a", "alice@example.com")
+            .unwrap();
         assert_eq!(h.len(), 32);
         assert!(!h.contains("alice"));
-        assert_ne!(Some(h.clone()), UserAttribute::Hashed.value("policy-b", "alice@example.com"));
-        assert_eq!(Some(h), UserAttribute::Hashed.value("policy-a", "alice@example.com"));
-        assert_eq!(UserAttribute::Plain.value("s", "bob").as_deref(), Some("bob"));
+        assert_ne!(
+            Some(h.clone()),
+            UserAttribute::Hashed.value("policy-b", "alice@example.com")
+        );
+        assert_eq!(
+            Some(h),
+            UserAttribute::Hashed.value("policy-a", "alice@example.com")
+        );
+        assert_eq!(
+            UserAttribute::Plain.value("s", "bob").as_deref(),
+            Some("bob")
+        );
         assert_eq!(UserAttribute::Omitted.value("s", "bob"), None);
         assert_eq!(UserAttribute::Hashed.value("s", ""), None);
         assert_eq!(UserAttribute::parse(""), UserAttribute::Hashed);
@@ -263,9 +291,24 @@ mod tests {
                 .map(|kv| (kv.key.to_string(), kv.value.to_string()))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(get("pool.example:8000"), [("server.address".into(), "pool.example".into()), ("server.port".into(), "8000".into())]);
-        assert_eq!(get("[::1]:443"), [("server.address".into(), "::1".into()), ("server.port".into(), "443".into())]);
-        assert_eq!(get("api.openai.com"), [("server.address".to_string(), "api.openai.com".to_string())]);
+        assert_eq!(
+            get("pool.example:8000"),
+            [
+                ("server.address".into(), "pool.example".into()),
+                ("server.port".into(), "8000".into())
+            ]
+        );
+        assert_eq!(
+            get("[::1]:443"),
+            [
+                ("server.address".into(), "::1".into()),
+                ("server.port".into(), "443".into())
+            ]
+        );
+        assert_eq!(
+            get("api.openai.com"),
+            [("server.address".to_string(), "api.openai.com".to_string())]
+        );
     }
 
     #[test]
