@@ -63,6 +63,15 @@ pub fn policy_rejected(
     .attr("vigie.admin.role", who.role.as_str())
     .attr("vigie.policy.name", policy)
     .attr("vigie.policy.source", "control_plane")
-    .attr("error.message", violations.to_string())
+    // Field paths only: reasons may quote the policy (a DLP pattern).
+        .attr(
+            "vigie.policy.fields",
+            violations
+                .0
+                .iter()
+                .map(|v| v.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
     .emit();
 }

@@ -360,16 +360,22 @@ async fn main() -> anyhow::Result<()> {
             };
             tokio::pin!(grpc);
             // Either server failing (a port taken, say) stops the process.
-            tokio::select! {
-                r = &mut grpc => {
-                    r?;
-                    webhook_task.await?
-                }
-                r = &mut webhook_task => {
-                    r??;
-                    grpc.await
-                }
+            let result = tokio::select! {
+                r = &mut grpc => match r {
+                    Ok(()) => webhook_task.await.map_err(anyhow::Error::from).and_then(|r| r),
+                    Err(e) => Err(e),
+                },
+                r = &mut webhook_task => match r {
+                    Ok(Ok(())) => grpc.await,
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(e.into()),
+                },
+            };
+            // Security events still queued go out before exit (bounded wait).
+            if let Some(t) = vigie_telemetry::global() {
+                t.flush(std::time::Duration::from_secs(2));
             }
+            result
         }
     }
 }

@@ -229,6 +229,9 @@ fn validate_telemetry(r: &mut Report, t: &crate::v1::Telemetry) {
     }
     if !matches!(t.otlp_protocol.as_str(), "" | "grpc" | "http/protobuf") {
         r.add("telemetry.otlpProtocol", "must be grpc or http/protobuf");
+    } else if !t.otlp_protocol.is_empty() && t.otlp_endpoint.is_empty() {
+        // The environment's endpoint is built for the environment's protocol.
+        r.add("telemetry.otlpProtocol", "only with otlpEndpoint");
     }
     if let Some(ratio) = t.trace_sample_ratio
         && !(0.0..=1.0).contains(&ratio)

@@ -132,6 +132,11 @@ struct Args {
     /// claim is recorded as declared (flagged unverified).
     #[arg(long, env = "VIGIE_USER_JWKS_FILE")]
     user_jwks_file: Option<PathBuf>,
+    /// Secret key of the end-user pseudonyms on spans (`vigie.user`, HMAC-SHA-256): the
+    /// same file in every sidecar gives a user the same pseudonym everywhere. Unset: a
+    /// random key per process.
+    #[arg(long, env = "VIGIE_TELEMETRY_USER_KEY_FILE")]
+    telemetry_user_key_file: Option<PathBuf>,
     /// Required `aud` of the end user's JWT (with --user-jwks-file).
     #[arg(long, env = "VIGIE_USER_JWT_AUDIENCE")]
     user_jwt_audience: Option<String>,
@@ -327,6 +332,19 @@ fn main() -> anyhow::Result<()> {
     // OTLP export (OTEL_* environment, then the policy's telemetry section).
     vigie_telemetry::Telemetry::init("vigie-sidecar", resource, metrics.registry())
         .context("telemetry (OTEL_* environment)")?;
+    let user_key = match &args.telemetry_user_key_file {
+        Some(p) => {
+            let key = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            anyhow::ensure!(key.len() >= 16, "{}: the key must be at least 16 bytes", p.display());
+            key
+        }
+        None => {
+            let mut key = vec![0u8; 32];
+            getrandom::fill(&mut key).context("drawing the user pseudonym key")?;
+            key
+        }
+    };
+    vigie_sidecar::telemetry::trace::set_user_key(user_key);
     let users = user_settings(&args)?;
     // The usage ledger lives next to the last-known-good policy, in managed mode (it is
     // shipped to the control plane).

@@ -208,10 +208,7 @@ impl SidecarApp {
                 "vigie.policy.version",
                 snapshot.version.clone(),
             )];
-            kv.extend(
-                mode.value(&snapshot.policy.name, &user.name)
-                    .map(|u| KeyValue::new("vigie.user", u)),
-            );
+            kv.extend(mode.value(&user.name).map(|u| KeyValue::new("vigie.user", u)));
             kv.extend(max_tokens.map(|n| KeyValue::new("gen_ai.request.max_tokens", n as i64)));
             kv.extend(temperature.map(|t| KeyValue::new("gen_ai.request.temperature", t)));
             kv.extend(top_p.map(|t| KeyValue::new("gen_ai.request.top_p", t)));
@@ -220,6 +217,8 @@ impl SidecarApp {
         if snapshot.routes_for(&model).is_none() {
             return Err((ApiError::model_not_found(&model), true));
         }
+        // Only a model the policy knows names the span (anything else is the app's text).
+        meter.trace_model(&model);
 
         // The level the app declares; DLP may raise it.
         let sensitivity_header = snapshot
@@ -488,6 +487,8 @@ impl SidecarApp {
                     } else {
                         debug!(operation = op.name(), model = %model, pool = %pool.name, endpoint = %endpoint.url, reason, "forwarded");
                     }
+                    // The attempt ends with the answer's head; the request span goes on.
+                    drop(attempt_span);
                     return Ok(self.deliver(session, exchange, op, answer_dlp, meter).await);
                 }
                 Err(e) => {

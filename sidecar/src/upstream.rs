@@ -222,8 +222,13 @@ pub fn upstream_request(
     if let Some(cx) = trace {
         let mut carrier = http::HeaderMap::new();
         vigie_telemetry::inject(cx, &mut carrier);
+        // The app's own trace headers are replaced, not mixed with ours.
+        req.remove_header("traceparent");
+        req.remove_header("tracestate");
         for (name, value) in carrier {
-            if let Some(name) = name {
+            if let Some(name) = name
+                && !value.is_empty()
+            {
                 req.insert_header(name, value)?;
             }
         }

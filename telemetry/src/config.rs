@@ -86,6 +86,13 @@ pub struct Batching {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvConfig {
     pub disabled: bool,
+    /// Collector credentials are set (headers or a client certificate): they must not
+    /// follow a policy to another endpoint, so a policy's endpoint is then ignored.
+    pub credentials: bool,
+    /// A signal turned off (`OTEL_TRACES_EXPORTER` / `OTEL_LOGS_EXPORTER` = `none`):
+    /// a policy does not turn it back on.
+    pub traces_off: bool,
+    pub logs_off: bool,
     pub traces: Option<Destination>,
     pub logs: Option<Destination>,
     pub span_batching: Batching,
@@ -168,14 +175,32 @@ impl EnvConfig {
                 ));
             }
         };
+                let credentials = [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        ]
+        .iter()
+        .any(|v| get(v).is_some());
+        let off = |var: &str| get(var).is_some_and(|v| v.trim() == "none");
         Ok(Self {
             disabled,
+            credentials,
+            traces_off: off("OTEL_TRACES_EXPORTER"),
+            logs_off: off("OTEL_LOGS_EXPORTER"),
             traces: destination(get, Signal::Traces, "OTEL_TRACES_EXPORTER")?,
             logs: destination(get, Signal::Logs, "OTEL_LOGS_EXPORTER")?,
             span_batching: batching("OTEL_BSP")?,
             log_batching: batching("OTEL_BLRP")?,
             sample_ratio,
         })
+    }
+
+        /// Whether a policy's endpoint is not used (see [`EnvConfig::credentials`]).
+    pub fn ignores_endpoint_of(&self, policy: &PolicyOverrides) -> bool {
+        self.credentials && policy.endpoint.is_some()
     }
 
     /// The environment with the policy's overrides applied.
@@ -187,22 +212,29 @@ impl EnvConfig {
                 sample_ratio: 0.0,
             };
         }
-        let over = |signal: Signal, env: &Option<Destination>| -> Option<Destination> {
-            let protocol = policy
-                .protocol
-                .or(env.as_ref().map(|d| d.protocol))
-                .unwrap_or(Protocol::Grpc);
-            match &policy.endpoint {
-                Some(base) => Some(Destination {
-                    endpoint: signal_url(base, protocol, signal),
-                    protocol,
-                }),
-                None => env.clone().map(|d| Destination { protocol, ..d }),
+                let policy_endpoint = policy
+            .endpoint
+            .as_ref()
+            .filter(|_| !self.ignores_endpoint_of(policy));
+        // A policy's protocol goes with its endpoint (validation requires both).
+        let over = |signal: Signal, env: &Option<Destination>, off: bool| -> Option<Destination> {
+            if off {
+                return None;
+            }
+            match policy_endpoint {
+                Some(base) => {
+                    let protocol = policy.protocol.unwrap_or(Protocol::Grpc);
+                    Some(Destination {
+                        endpoint: signal_url(base, protocol, signal),
+                        protocol,
+                    })
+                }
+                None => env.clone(),
             }
         };
         Effective {
-            traces: over(Signal::Traces, &self.traces),
-            logs: over(Signal::Logs, &self.logs),
+            traces: over(Signal::Traces, &self.traces, self.traces_off),
+            logs: over(Signal::Logs, &self.logs, self.logs_off),
             sample_ratio: policy.sample_ratio.unwrap_or(self.sample_ratio),
         }
     }
@@ -251,7 +283,13 @@ fn destination(
         (None, Some(base)) => signal_url(&base, protocol, signal),
         (None, None) => return Ok(None),
     };
-    check_url(&endpoint).map_err(|why| invalid(&signal_var, why))?;
+        check_url(&endpoint).map_err(|why| invalid(&signal_var, why))?;
+    if protocol == Protocol::HttpProtobuf && endpoint.starts_with("https://") {
+        return Err(invalid(
+            &protocol_var,
+            "https is supported with grpc only (OTLP/HTTP has no TLS here)",
+        ));
+    }
     Ok(Some(Destination { endpoint, protocol }))
 }
 
@@ -409,5 +447,41 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(off.traces, None);
+    }
+
+    #[test]
+    fn collector_credentials_never_follow_a_policy_endpoint() {
+        let c = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://soc:4317"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret"),
+        ])
+        .unwrap();
+        let p = PolicyOverrides {
+            endpoint: Some("http://elsewhere:4317".into()),
+            sample_ratio: Some(0.5),
+            ..Default::default()
+        };
+        assert!(c.ignores_endpoint_of(&p));
+        let e = c.with(&p);
+        assert_eq!(e.traces.unwrap().endpoint, "https://soc:4317");
+        assert_eq!(e.sample_ratio, 0.5);
+    }
+
+    #[test]
+    fn a_signal_turned_off_stays_off_and_https_needs_grpc() {
+        let c = env(&[("OTEL_LOGS_EXPORTER", "none")]).unwrap();
+        let e = c.with(&PolicyOverrides {
+            endpoint: Some("http://policy:4317".into()),
+            ..Default::default()
+        });
+        assert_eq!(e.logs, None);
+        assert!(e.traces.is_some());
+        let err = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://a:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), "{err}");
     }
 }

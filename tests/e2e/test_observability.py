@@ -38,7 +38,7 @@ def session_policy(mock, **extra):
         {"detector": "EMAIL_ADDRESS", "action": "DLP_ACTION_ALERT"},
     ]}
     p["budgets"] = {"budgets": [{"name": "rpm-per-user", "unit": "BUDGET_UNIT_REQUESTS", "limit": 2,
-                                 "window": "BUDGET_WINDOW_MINUTE", "per": ["BUDGET_KEY_USER"]}]}
+                                 "window": "BUDGET_WINDOW_HOUR", "per": ["BUDGET_KEY_USER"]}]}
     return p | extra
 
 
@@ -70,6 +70,12 @@ def policy_version(s) -> str:
 def test_scripted_session_spans_and_security_events(mocks, sidecars):
     m = mocks("gpu", echo=True, tokens_per_sec=2000)
     with OtlpReceiver("grpc") as r:
+        exported = []  # every export body, kept across the clears below for the leak check
+
+        def clear():
+            exported.extend(r.raw())
+            r.clear()
+
         s = sidecars(session_policy(m), env=otel_env(r), extra_args=["--namespace", "team-a", "--workload", "chatbot"])
         version = policy_version(s)
         applied = r.wait_for(lambda r: events(r, "vigie.policy.applied"), what="policy applied")
@@ -112,7 +118,7 @@ def test_scripted_session_spans_and_security_events(mocks, sidecars):
         assert seen == f"00-{trace_id}-{attempt['span_id']}-01"
 
         # 2. A stream with an IBAN: redacted, a finding, time to first chunk.
-        r.clear()
+        clear()
         chunks = list(client(s).chat.completions.create(
             model="mistral-7b", stream=True, messages=[{"role": "user", "content": f"IBAN {IBAN} {CANARY}"}]))
         assert IBAN not in "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -134,7 +140,7 @@ def test_scripted_session_spans_and_security_events(mocks, sidecars):
         assert finding["severity_text"] == "INFO"
 
         # 3. A NIR: blocked before the model.
-        r.clear()
+        clear()
         with pytest.raises(openai.BadRequestError):
             client(s).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": f"NIR {NIR}"}])
         [blocked] = r.wait_for(lambda r: events(r, "vigie.request.blocked"), what="request blocked")
@@ -146,8 +152,8 @@ def test_scripted_session_spans_and_security_events(mocks, sidecars):
         [span] = r.wait_for(lambda r: request_spans(r), what="blocked span")
         assert span["attributes"]["error.type"] == "400" and span["status"]["code"] == "ERROR"
 
-        # 4. The user's fourth request of the minute: refused by the budget.
-        r.clear()
+        # 4. The user's third admitted request of the hour: refused by the budget.
+        clear()
         with pytest.raises(openai.RateLimitError):
             client(s).chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "hello"}])
         [over] = r.wait_for(lambda r: events(r, "vigie.budget.exceeded"), what="budget exceeded")
@@ -159,7 +165,7 @@ def test_scripted_session_spans_and_security_events(mocks, sidecars):
         assert (over["trace_id"], over["span_id"]) == (span["trace_id"], span["span_id"])
 
         # 5. Policy changes: applied, then a broken one rejected.
-        r.clear()
+        clear()
         s.write_policy(session_policy(m, name="e2e-v2"))
         wait_until(lambda: policy_version(s) != version, what="policy reload")
         [applied] = r.wait_for(lambda r: events(r, "vigie.policy.applied"), what="new policy applied")
@@ -167,11 +173,13 @@ def test_scripted_session_spans_and_security_events(mocks, sidecars):
         assert applied["attributes"]["vigie.policy.source"] == "file"
         s.write_policy({"name": "e2e-v3", "pools": []})
         [rejected] = r.wait_for(lambda r: events(r, "vigie.policy.rejected"), what="policy rejected")
-        assert "pools" in rejected["attributes"]["error.message"]
+        assert rejected["attributes"]["vigie.policy.fields"] == "pools"
 
         # Leak check: no sensitive value, prompt word or user name in anything exported,
         # logged or scraped.
-        everything = b"".join(r.raw())
+        clear()
+        everything = b"".join(exported)
+        assert len(exported) >= 10, "the leak check reads what was exported all along"
         exposed = {"OTLP": everything.decode("latin-1"), "log": s.process.log(), "metrics": s.metrics()}
         for value in (NIR, IBAN, EMAIL, USER, CANARY, "FR7630006000011234567890189", "185057800608491"):
             for where, text in exposed.items():
@@ -181,44 +189,74 @@ def test_scripted_session_spans_and_security_events(mocks, sidecars):
 def test_otlp_http_parent_based_sampling_and_policy_endpoint(mocks, sidecars):
     m = mocks("gpu")
     with OtlpReceiver("http") as env_r, OtlpReceiver("grpc") as policy_r:
-        p = simple_policy(m) | {"telemetry": {"traceSampleRatio": 0}}
+        p = simple_policy(m) | {"telemetry": {"traceSampleRatio": 0, "userAttribute": "omitted"}}
         s = sidecars(p, env=otel_env(env_r))
-        c = openai.OpenAI(base_url=f"{s.base_url}/v1", api_key="x", max_retries=0)
+        c = openai.OpenAI(base_url=f"{s.base_url}/v1", api_key="x", max_retries=0,
+                          default_headers={"x-vigie-user": USER})
         env_r.wait_for(lambda r: events(r, "vigie.policy.applied"), what="policy event over OTLP/HTTP")
         c.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "a"}])
-        # A caller that sampled its trace wins over the ratio (parent-based).
-        trace_id, _, tp = traceparent()
-        c.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "b"}],
-                                  extra_headers={"traceparent": tp})
         # A caller that did not sample: not recorded, but the context still propagates.
         unsampled = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
         c.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "c"}],
                                   extra_headers={"traceparent": unsampled})
-        assert m.stats()["last_request"]["traceparent"].startswith(unsampled[:36])
-        assert m.stats()["last_request"]["traceparent"].endswith("-00")
-        spans = env_r.wait_for(lambda r: request_spans(r), what="the sampled span")
-        time.sleep(0.5)
+        sent = m.stats()["last_request"]["traceparent"]
+        assert sent.startswith(unsampled[:36]) and sent.endswith("-00") and sent != unsampled
+        # A caller that sampled its trace wins over the ratio (parent-based); sent last,
+        # so once it is in, the two before it would have been too.
+        trace_id, _, tp = traceparent()
+        c.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "b"}],
+                                  extra_headers={"traceparent": tp})
+        [span] = env_r.wait_for(lambda r: [x for x in request_spans(r) if x["trace_id"] == trace_id],
+                                what="the sampled span")
         assert {x["trace_id"] for x in request_spans(env_r)} == {trace_id}
+        assert "vigie.user" not in span["attributes"], "userAttribute omitted"
 
-        # The policy points export elsewhere (gRPC): events follow at once.
+        # The policy points export elsewhere (gRPC): everything follows at once.
         s.write_policy(p | {"telemetry": {"otlpEndpoint": policy_r.endpoint, "otlpProtocol": "grpc",
-                                          "traceSampleRatio": 1}})
+                                          "traceSampleRatio": 1, "userAttribute": "plain"}})
         policy_r.wait_for(lambda r: events(r, "vigie.policy.applied"), what="events at the policy's collector")
+        env_r.clear()
         c.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "d"}])
-        policy_r.wait_for(lambda r: request_spans(r), what="spans at the policy's collector")
-        assert len(spans) == 1 and len(request_spans(env_r)) == 1
+        [moved] = policy_r.wait_for(lambda r: request_spans(r), what="spans at the policy's collector")
+        assert moved["attributes"]["vigie.user"] == USER, "userAttribute plain"
+        time.sleep(0.3)
+        assert env_r.requests() == 0, "nothing goes to the old collector any more"
+
+
+def test_collector_credentials_never_follow_a_policy_endpoint(mocks, sidecars):
+    m = mocks("gpu")
+    with OtlpReceiver("grpc") as soc, OtlpReceiver("grpc") as other:
+        env = otel_env(soc, OTEL_EXPORTER_OTLP_HEADERS="x-soc-key=soc-collector-secret")
+        p = simple_policy(m) | {"telemetry": {"otlpEndpoint": other.endpoint}}
+        s = sidecars(p, env=env)
+        openai.OpenAI(base_url=f"{s.base_url}/v1", api_key="x", max_retries=0).chat.completions.create(
+            model="mistral-7b", messages=[{"role": "user", "content": "a"}])
+        soc.wait_for(lambda r: request_spans(r), what="spans at the environment's collector")
+        time.sleep(0.3)
+        assert other.requests() == 0
+        assert "otlpEndpoint is not used" in s.process.log()
+
+
+def chat_latency(h: httpx.Client, i: int) -> float:
+    t = time.perf_counter()
+    resp = h.post("/v1/chat/completions", json={"model": "mistral-7b", "max_tokens": 2,
+                                                "messages": [{"role": "user", "content": f"q{i}"}]})
+    elapsed = time.perf_counter() - t
+    assert resp.status_code == 200
+    return elapsed
 
 
 def latencies(s, n: int) -> list[float]:
     with httpx.Client(base_url=s.base_url, timeout=10) as h:
-        out = []
-        for i in range(n):
-            t = time.perf_counter()
-            resp = h.post("/v1/chat/completions", json={"model": "mistral-7b", "max_tokens": 2,
-                                                        "messages": [{"role": "user", "content": f"q{i}"}]})
-            out.append(time.perf_counter() - t)
-            assert resp.status_code == 200
-    return out
+        return [chat_latency(h, i) for i in range(n)]
+
+
+def paired_medians(off, on, n: int) -> tuple[float, float]:
+    """Requests alternate between the two sidecars, so that load on the machine
+    affects both alike; medians of each."""
+    with httpx.Client(base_url=off.base_url, timeout=10) as a, httpx.Client(base_url=on.base_url, timeout=10) as b:
+        pairs = [(chat_latency(a, i), chat_latency(b, i)) for i in range(n)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 def dropped(s, signal: str, reason: str) -> float:
@@ -236,29 +274,37 @@ def test_collector_down_then_slow_does_not_slow_requests(mocks, sidecars):
              "OTEL_EXPORTER_OTLP_TIMEOUT": "3000"}
     off = sidecars(simple_policy(m))
     on = sidecars(simple_policy(m), env=otel_env(r, **small))
-    latencies(off, 20)
-    latencies(on, 20)  # warm both
-    base = statistics.median(latencies(off, 150))
-    down = statistics.median(latencies(on, 150))
+    paired_medians(off, on, 20)  # warm both
+    base, down = paired_medians(off, on, 150)
     wait_until(lambda: dropped(on, "traces", "export_failed") > 0, what="drops counted while down")
     try:
         r.start()
         r.set_delay(2.0)  # slow: each export holds the export thread for 2 s
-        slow = statistics.median(latencies(on, 150))
+        base_slow, slow = paired_medians(off, on, 150)
         wait_until(lambda: dropped(on, "traces", "queue_full") > 0, what="queue-full drops while slow")
-        print(f"median request latency: telemetry off {base * 1e3:.2f} ms, collector down {down * 1e3:.2f} ms, "
-              f"slow {slow * 1e3:.2f} ms")
-        # Unaffected: within noise of the run without telemetry (a blocked exporter would
-        # add seconds).
-        for v in (down, slow):
-            assert v < base * 1.5 + 0.003, (base, down, slow)
+        print(f"median request latency: collector down {down * 1e3:.2f} ms (telemetry off {base * 1e3:.2f} ms), "
+              f"slow {slow * 1e3:.2f} ms (off {base_slow * 1e3:.2f} ms)")
+        # Unaffected: within noise of the sidecar without telemetry, measured alongside
+        # (a blocked exporter would add seconds).
+        assert down < base * 1.5 + 0.003, (base, down)
+        assert slow < base_slow * 1.5 + 0.003, (base_slow, slow)
         # Recovery: the collector answers again, spans arrive.
         r.set_delay(0)
+        time.sleep(2.5)  # the export in progress ends
         r.clear()
         latencies(on, 5)
         r.wait_for(lambda r: len(request_spans(r)) >= 5, timeout=15, what="spans after recovery")
     finally:
         r.stop()
+
+
+def test_without_telemetry_the_apps_trace_context_goes_upstream_untouched(mocks, sidecars):
+    m = mocks("gpu")
+    s = sidecars(simple_policy(m))
+    _, _, tp = traceparent()
+    httpx.post(f"{s.base_url}/v1/chat/completions", timeout=10, headers={"traceparent": tp, "tracestate": "app=1"},
+               json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]}).raise_for_status()
+    assert m.stats()["last_request"]["traceparent"] == tp
 
 
 def test_control_plane_admin_actions_and_refused_calls(control_planes):
@@ -277,7 +323,7 @@ def test_control_plane_admin_actions_and_refused_calls(control_planes):
         with pytest.raises(Exception):
             cp.call("PolicyService/ApplyPolicy", {"policy": {"name": "bad", "pools": [{"name": "gpu"}]}}, token=admin)
         [rej] = r.wait_for(lambda r: events(r, "vigie.policy.rejected"), what="policy rejected")
-        assert "pools[0]" in rej["attributes"]["error.message"]
+        assert "pools[0]" in rej["attributes"]["vigie.policy.fields"]
         with pytest.raises(Exception):
             cp.call("PolicyService/DeletePolicy", {"name": "team-a"}, token=auditor)
         with pytest.raises(Exception):
@@ -334,6 +380,7 @@ def test_sidecar_metrics_names_and_labels(mocks, sidecars):
     ({"otlpEndpoint": "http://user:secret@collector:4317"}, "telemetry.otlpEndpoint", "must not carry credentials"),
     ({"otlpEndpoint": "https://c:4318", "otlpProtocol": "http/protobuf"}, "telemetry.otlpEndpoint", "grpc only"),
     ({"otlpProtocol": "http/json"}, "telemetry.otlpProtocol", "grpc or http/protobuf"),
+    ({"otlpProtocol": "grpc"}, "telemetry.otlpProtocol", "only with otlpEndpoint"),
     ({"traceSampleRatio": 1.5}, "telemetry.traceSampleRatio", "between 0 and 1"),
     ({"userAttribute": "email"}, "telemetry.userAttribute", "hashed, plain or omitted"),
 ])

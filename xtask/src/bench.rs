@@ -675,6 +675,23 @@ fn event_times(host: &str, body: &str) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
+/// Set-up of the single-sidecar benchmarks: release binaries, `oha`, target/bench.
+fn prepare_sidecar_bench(duration_s: u64, rate: u32) -> anyhow::Result<PathBuf> {
+    crate::setup::setup()?;
+    step("building release binaries");
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    ensure_tools(&ProxyOpts {
+        duration_s,
+        rates: vec![rate],
+        soak_s: 0,
+        soak_rate: 0,
+        litellm: false,
+    })?;
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// A release mock pool pinned to CPU 0; its address.
 fn start_mock(extra: &[&str]) -> anyhow::Result<(Proc, String)> {
     let mut mock = pinned(0, &bin("vigie-mock-pool"));
@@ -741,18 +758,7 @@ fn start_sidecar(
 /// built-in detector on in both directions: request latency, time to first token, and
 /// the delay DLP adds to each streamed chunk.
 pub fn dlp_latency(duration_s: u64, rate: u32) -> anyhow::Result<()> {
-    crate::setup::setup()?;
-    step("building release binaries");
-    run(cargo().args(["build", "--release", "--bins"]))?;
-    ensure_tools(&ProxyOpts {
-        duration_s,
-        rates: vec![rate],
-        soak_s: 0,
-        soak_rate: 0,
-        litellm: false,
-    })?;
-    let dir = root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
+    let dir = prepare_sidecar_bench(duration_s, rate)?;
     let (_fast, fast_addr) = start_mock(&[])?;
     // A paced stream (50 tokens/s) for the per-chunk delay.
     let (_paced, paced_addr) = start_mock(&["--tokens-per-sec", "50"])?;
@@ -870,17 +876,7 @@ fn counter(metrics: &str, name: &str, filters: &[&str]) -> f64 {
 /// The collector is a gRPC sink that accepts exports without decoding them
 /// (tests/bench/otlp_sink.py).
 pub fn telemetry(duration_s: u64, rate: u32) -> anyhow::Result<()> {
-    crate::setup::setup()?;
-    step("building release binaries");
-    run(cargo().args(["build", "--release", "--bins"]))?;
-    ensure_tools(&ProxyOpts {
-        duration_s,
-        rates: vec![rate],
-        soak_s: 0,
-        soak_rate: 0,
-        litellm: false,
-    })?;
-    std::fs::create_dir_all(root().join("target/bench"))?;
+    prepare_sidecar_bench(duration_s, rate)?;
     let (_mock, addr) = start_mock(&[])?;
     let policy = bench_policy(&addr);
     // The collector, in its own process on CPU 0 (with the load generator and the mock).

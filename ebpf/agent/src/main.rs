@@ -498,13 +498,22 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => {
                 // The links and maps stay pinned: enforcement goes on without us.
                 info!("terminating; enforcement stays in the kernel");
+                flush_telemetry();
                 return Ok(());
             }
             _ = tokio::signal::ctrl_c() => {
                 info!("interrupted; enforcement stays in the kernel");
+                flush_telemetry();
                 return Ok(());
             }
         }
+    }
+}
+
+/// Security events still queued go out before exit (bounded wait).
+fn flush_telemetry() {
+    if let Some(t) = vigie_telemetry::global() {
+        t.flush(std::time::Duration::from_secs(2));
     }
 }
 

@@ -73,6 +73,10 @@ impl Applier {
             None => {
                 self.store.clear();
                 self.metrics.clear_policy();
+                // Telemetry goes back to the pod's environment.
+                if let Some(t) = vigie_telemetry::global() {
+                    t.apply_policy(&vigie_telemetry::PolicyOverrides::default());
+                }
                 self.metrics
                     .policy_reloads
                     .with_label_values(&["installed"])

@@ -159,10 +159,7 @@ impl Meter {
         self.record.model = model.to_string();
         self.record.stream = stream;
         if self.trace.recording() {
-            self.trace
-                .rename(format!("{} {model}", gen_ai_operation(self.op)));
             self.trace.set_all([
-                KeyValue::new("gen_ai.request.model", model.to_string()),
                 KeyValue::new("vigie.tenant", self.record.namespace.clone()),
                 KeyValue::new("vigie.workload", self.record.workload.clone()),
                 KeyValue::new("vigie.stream", stream),
@@ -195,6 +192,16 @@ impl Meter {
             .flatten()
             .map(Bytes::from);
         self.body = body.clone();
+    }
+
+    /// The requested model, known to the policy: it names the span.
+    pub fn trace_model(&self, model: &str) {
+        if self.trace.recording() {
+            self.trace
+                .rename(format!("{} {model}", gen_ai_operation(self.op)));
+            self.trace
+                .set(KeyValue::new("gen_ai.request.model", model.to_string()));
+        }
     }
 
     /// The requested model (empty before the body is read).
@@ -330,6 +337,11 @@ impl Meter {
             }
             (_, 499) => "client_aborted",
             _ if self.upstream_broke => "upstream_broken",
+            // Refused by the sidecar after the upstream answered (answer-side DLP).
+            (_, s @ 400..) => {
+                status_text = s.to_string();
+                status_text.as_str()
+            }
             _ => "",
         };
         let (op, model) = (gen_ai_operation(self.op), record.model.as_str());

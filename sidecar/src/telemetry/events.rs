@@ -115,7 +115,32 @@ pub fn policy_rejected(version: &str, source: &'static str, reason: &str) {
     )
     .warn()
     .attr("vigie.policy.version", version)
-    .attr("vigie.policy.source", source)
-    .attr("error.message", reason);
+            .attr("vigie.policy.source", source)
+        .attr("vigie.policy.fields", fields_of(reason));
     with_origin(e).emit();
+}
+
+/// The field paths of a rejection (`  path: reason` lines), without the reasons: those
+/// may quote the policy (a DLP pattern, a keyword list), which stays in the local log.
+fn fields_of(reason: &str) -> String {
+    let paths: Vec<&str> = reason
+        .lines()
+        .filter_map(|l| l.trim().split_once(": ").map(|(p, _)| p))
+        .filter(|p| !p.is_empty() && !p.contains(' '))
+        .collect();
+    if paths.is_empty() {
+        "(document)".to_string()
+    } else {
+        paths.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rejections_keep_field_paths_only() {
+        let reason = "invalid policy:\n  dlp.customDetectors[0].pattern: regex parse error: \\QProject Falcon\n  pools: at least one pool is required";
+        assert_eq!(super::fields_of(reason), "dlp.customDetectors[0].pattern, pools");
+        assert_eq!(super::fields_of("reading p.json: expected value at line 1"), "(document)");
+    }
 }

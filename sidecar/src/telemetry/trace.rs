@@ -9,8 +9,21 @@ use std::time::SystemTime;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
 };
+use std::sync::OnceLock;
+
+use hmac::{Hmac, Mac as _};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
+
+/// Key of the user pseudonyms (`vigie.user`), set once at start.
+static USER_KEY: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// The key from `--telemetry-user-key-file` (shared by the sidecars that should give a
+/// user the same pseudonym), or a random one (pseudonyms then hold for this process
+/// only). Either way a user cannot be found again by hashing a staff directory.
+pub fn set_user_key(key: Vec<u8>) {
+    let _ = USER_KEY.set(key);
+}
 
 /// How the end user appears on spans (policy `telemetry.userAttribute`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,22 +43,17 @@ impl UserAttribute {
         }
     }
 
-    /// The value of `vigie.user`: a salted SHA-256 (first 16 bytes, hex) by default, so
-    /// that a user's requests can be correlated without naming them.
-    pub fn value(self, salt: &str, user: &str) -> Option<String> {
+    /// The value of `vigie.user`: by default a pseudonym, HMAC-SHA-256 of the name under
+    /// a secret key (first 16 bytes, hex), so that a user's requests correlate without
+    /// naming them; no key set: no pseudonym.
+    pub fn value(self, user: &str) -> Option<String> {
         if user.is_empty() {
             return None;
         }
         match self {
             Self::Omitted => None,
             Self::Plain => Some(user.to_string()),
-            Self::Hashed => {
-                let mut h = Sha256::new();
-                h.update(salt.as_bytes());
-                h.update([0]);
-                h.update(user.as_bytes());
-                Some(hex::encode(&h.finalize()[..16]))
-            }
+            Self::Hashed => pseudonym(USER_KEY.get()?, user),
         }
     }
 }
@@ -238,6 +246,12 @@ impl Drop for AttemptSpan {
     }
 }
 
+fn pseudonym(key: &[u8], user: &str) -> Option<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
+    mac.update(user.as_bytes());
+    Some(hex::encode(&mac.finalize().into_bytes()[..16]))
+}
+
 /// `server.address` and `server.port` of an endpoint's authority (`host:port`).
 pub fn server_attributes(authority: &str) -> Vec<KeyValue> {
     let (host, port) = match authority.rsplit_once(':') {
@@ -261,25 +275,18 @@ mod tests {
 
     #[test]
     fn user_attribute_modes() {
-        let h = UserAttribute::Hashed
-            .value("policy-a", "alice@example.com")
-            .unwrap();
+        let h = pseudonym(b"key-a", "alice@example.com").unwrap();
         assert_eq!(h.len(), 32);
         assert!(!h.contains("alice"));
-        assert_ne!(
-            Some(h.clone()),
-            UserAttribute::Hashed.value("policy-b", "alice@example.com")
-        );
-        assert_eq!(
-            Some(h),
-            UserAttribute::Hashed.value("policy-a", "alice@example.com")
-        );
-        assert_eq!(
-            UserAttribute::Plain.value("s", "bob").as_deref(),
-            Some("bob")
-        );
-        assert_eq!(UserAttribute::Omitted.value("s", "bob"), None);
-        assert_eq!(UserAttribute::Hashed.value("s", ""), None);
+        assert_ne!(Some(h.clone()), pseudonym(b"key-b", "alice@example.com"));
+        assert_eq!(Some(h), pseudonym(b"key-a", "alice@example.com"));
+        // HMAC, not a salted hash of the name.
+        assert_ne!(pseudonym(b"key-a", "alice@example.com"), pseudonym(b"", "key-aalice@example.com"));
+        set_user_key(b"key-a".to_vec());
+        assert_eq!(UserAttribute::Hashed.value("alice@example.com"), pseudonym(b"key-a", "alice@example.com"));
+        assert_eq!(UserAttribute::Plain.value("bob").as_deref(), Some("bob"));
+        assert_eq!(UserAttribute::Omitted.value("bob"), None);
+        assert_eq!(UserAttribute::Hashed.value(""), None);
         assert_eq!(UserAttribute::parse(""), UserAttribute::Hashed);
     }
 
