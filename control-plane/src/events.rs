@@ -64,14 +64,14 @@ pub fn policy_rejected(
     .attr("vigie.policy.name", policy)
     .attr("vigie.policy.source", "control_plane")
     // Field paths only: reasons may quote the policy (a DLP pattern).
-        .attr(
-            "vigie.policy.fields",
-            violations
-                .0
-                .iter()
-                .map(|v| v.path.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
+    .attr(
+        "vigie.policy.fields",
+        violations
+            .0
+            .iter()
+            .map(|v| v.path.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
     .emit();
 }

@@ -335,7 +335,11 @@ fn main() -> anyhow::Result<()> {
     let user_key = match &args.telemetry_user_key_file {
         Some(p) => {
             let key = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            anyhow::ensure!(key.len() >= 16, "{}: the key must be at least 16 bytes", p.display());
+            anyhow::ensure!(
+                key.len() >= 16,
+                "{}: the key must be at least 16 bytes",
+                p.display()
+            );
             key
         }
         None => {

@@ -208,7 +208,10 @@ impl SidecarApp {
                 "vigie.policy.version",
                 snapshot.version.clone(),
             )];
-            kv.extend(mode.value(&user.name).map(|u| KeyValue::new("vigie.user", u)));
+            kv.extend(
+                mode.value(&user.name)
+                    .map(|u| KeyValue::new("vigie.user", u)),
+            );
             kv.extend(max_tokens.map(|n| KeyValue::new("gen_ai.request.max_tokens", n as i64)));
             kv.extend(temperature.map(|t| KeyValue::new("gen_ai.request.temperature", t)));
             kv.extend(top_p.map(|t| KeyValue::new("gen_ai.request.top_p", t)));

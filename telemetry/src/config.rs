@@ -175,7 +175,7 @@ impl EnvConfig {
                 ));
             }
         };
-                let credentials = [
+        let credentials = [
             "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
             "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
@@ -198,7 +198,7 @@ impl EnvConfig {
         })
     }
 
-        /// Whether a policy's endpoint is not used (see [`EnvConfig::credentials`]).
+    /// Whether a policy's endpoint is not used (see [`EnvConfig::credentials`]).
     pub fn ignores_endpoint_of(&self, policy: &PolicyOverrides) -> bool {
         self.credentials && policy.endpoint.is_some()
     }
@@ -212,7 +212,7 @@ impl EnvConfig {
                 sample_ratio: 0.0,
             };
         }
-                let policy_endpoint = policy
+        let policy_endpoint = policy
             .endpoint
             .as_ref()
             .filter(|_| !self.ignores_endpoint_of(policy));
@@ -283,7 +283,7 @@ fn destination(
         (None, Some(base)) => signal_url(&base, protocol, signal),
         (None, None) => return Ok(None),
     };
-        check_url(&endpoint).map_err(|why| invalid(&signal_var, why))?;
+    check_url(&endpoint).map_err(|why| invalid(&signal_var, why))?;
     if protocol == Protocol::HttpProtobuf && endpoint.starts_with("https://") {
         return Err(invalid(
             &protocol_var,
@@ -482,6 +482,9 @@ mod tests {
         ])
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), "{err}");
+        assert!(
+            err.starts_with("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+            "{err}"
+        );
     }
 }

@@ -193,9 +193,11 @@ impl Telemetry {
     }
 
     /// A policy's telemetry section (or its absence: back to the environment).
-        pub fn apply_policy(&self, overrides: &PolicyOverrides) {
+    pub fn apply_policy(&self, overrides: &PolicyOverrides) {
         if self.env.ignores_endpoint_of(overrides) {
-            tracing::warn!("the policy's telemetry.otlpEndpoint is not used: collector credentials are set in this pod's OTEL_* environment and never follow a policy elsewhere");
+            tracing::warn!(
+                "the policy's telemetry.otlpEndpoint is not used: collector credentials are set in this pod's OTEL_* environment and never follow a policy elsewhere"
+            );
         }
         let effective = self.env.with(overrides);
         self.switches.apply(&effective);

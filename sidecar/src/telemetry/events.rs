@@ -115,8 +115,8 @@ pub fn policy_rejected(version: &str, source: &'static str, reason: &str) {
     )
     .warn()
     .attr("vigie.policy.version", version)
-            .attr("vigie.policy.source", source)
-        .attr("vigie.policy.fields", fields_of(reason));
+    .attr("vigie.policy.source", source)
+    .attr("vigie.policy.fields", fields_of(reason));
     with_origin(e).emit();
 }
 
@@ -140,7 +140,13 @@ mod tests {
     #[test]
     fn rejections_keep_field_paths_only() {
         let reason = "invalid policy:\n  dlp.customDetectors[0].pattern: regex parse error: \\QProject Falcon\n  pools: at least one pool is required";
-        assert_eq!(super::fields_of(reason), "dlp.customDetectors[0].pattern, pools");
-        assert_eq!(super::fields_of("reading p.json: expected value at line 1"), "(document)");
+        assert_eq!(
+            super::fields_of(reason),
+            "dlp.customDetectors[0].pattern, pools"
+        );
+        assert_eq!(
+            super::fields_of("reading p.json: expected value at line 1"),
+            "(document)"
+        );
     }
 }

@@ -281,9 +281,15 @@ mod tests {
         assert_ne!(Some(h.clone()), pseudonym(b"key-b", "alice@example.com"));
         assert_eq!(Some(h), pseudonym(b"key-a", "alice@example.com"));
         // HMAC, not a salted hash of the name.
-        assert_ne!(pseudonym(b"key-a", "alice@example.com"), pseudonym(b"", "key-aalice@example.com"));
+        assert_ne!(
+            pseudonym(b"key-a", "alice@example.com"),
+            pseudonym(b"", "key-aalice@example.com")
+        );
         set_user_key(b"key-a".to_vec());
-        assert_eq!(UserAttribute::Hashed.value("alice@example.com"), pseudonym(b"key-a", "alice@example.com"));
+        assert_eq!(
+            UserAttribute::Hashed.value("alice@example.com"),
+            pseudonym(b"key-a", "alice@example.com")
+        );
         assert_eq!(UserAttribute::Plain.value("bob").as_deref(), Some("bob"));
         assert_eq!(UserAttribute::Omitted.value("bob"), None);
         assert_eq!(UserAttribute::Hashed.value(""), None);
