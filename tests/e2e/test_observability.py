@@ -298,6 +298,44 @@ def test_collector_down_then_slow_does_not_slow_requests(mocks, sidecars):
         r.stop()
 
 
+def test_retried_attempts_and_a_client_abort_on_spans(mocks, sidecars):
+    a, b = mocks("gpu-a"), mocks("gpu-b")
+    slow = mocks("gpu-slow", models=("slow-7b",), tokens_per_sec=5)
+    for m in (a, b):
+        m.set_behaviour(fail={"kind": "status", "code": 503})
+    policy = {"name": "e2e", "pools": [
+        {"name": "gpu", "kind": "POOL_KIND_VLLM", "endpoints": [{"url": a.url}, {"url": b.url}],
+         "models": [{"name": "mistral-7b"}]},
+        {"name": "slow", "kind": "POOL_KIND_VLLM", "endpoints": [{"url": slow.url}], "models": [{"name": "slow-7b"}]}]}
+    with OtlpReceiver("grpc") as r:
+        s = sidecars(policy, env=otel_env(r))
+        resp = httpx.post(f"{s.base_url}/v1/chat/completions", timeout=10,
+                          json={"model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status_code == 503
+        [span] = r.wait_for(lambda r: request_spans(r), what="the retried request's span")
+        assert span["attributes"]["vigie.retries"] == 1
+        assert span["attributes"]["error.type"] == "503" and span["status"]["code"] == "ERROR"
+        attempts = r.wait_for(lambda r: [x for x in r.spans() if x["parent_span_id"] == span["span_id"]]
+                              if len([x for x in r.spans() if x["parent_span_id"] == span["span_id"]]) == 2 else None,
+                              what="two attempt spans")
+        assert sorted(x["attributes"]["vigie.attempt"] for x in attempts) == [1, 2]
+        assert {x["attributes"]["error.type"] for x in attempts} == {"503"}
+        assert {x["attributes"]["server.port"] for x in attempts} == {a.port, b.port}
+        for x in attempts:
+            assert span["start_ns"] <= x["start_ns"] <= x["end_ns"] <= span["end_ns"]
+
+        # The app leaves in the middle of a slow stream.
+        r.clear()
+        with httpx.stream("POST", f"{s.base_url}/v1/chat/completions", timeout=10,
+                          json={"model": "slow-7b", "stream": True, "max_tokens": 50,
+                                "messages": [{"role": "user", "content": "hi"}]}) as st:
+            next(st.iter_bytes())
+        [aborted] = r.wait_for(lambda r: request_spans(r), timeout=15, what="the aborted request's span")
+        assert aborted["attributes"]["error.type"] == "client_aborted"
+        assert aborted["attributes"]["http.response.status_code"] == 499
+        assert any(e["name"] == "vigie.first_chunk" for e in aborted["events"])
+
+
 def test_without_telemetry_the_apps_trace_context_goes_upstream_untouched(mocks, sidecars):
     m = mocks("gpu")
     s = sidecars(simple_policy(m))
