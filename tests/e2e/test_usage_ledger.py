@@ -105,12 +105,23 @@ def test_every_request_gets_one_record_with_exact_figures(database_url, control_
     assert 'vigie_sidecar_usage_ledger_total{event="shipped"} 5' in httpx.get(s.admin_url + "/metrics").text
 
 
+def ledgered(s, n: int):
+    """Waits until the sidecar has written the end lines of its `n` answered requests:
+    the end line follows the answer by a moment, and a kill -9 in that moment rightly
+    records the request as interrupted — not what the test below is about."""
+    def written():
+        return sum(float(line.rsplit(" ", 1)[1]) for line in s.metrics().splitlines()
+                   if line.startswith('vigie_sidecar_usage_ledger_total{event="written"}'))
+    wait_until(lambda: written() >= n, what=f"{n} end lines written")
+
+
 def test_kill_9_of_the_sidecar_loses_and_duplicates_nothing_even_with_the_control_plane_down(
         database_url, control_planes, mocks, sidecars):
     cp, admin, workload, m = setup(control_planes, mocks, database_url)
     s = managed(sidecars, cp, workload)
     for _ in range(6):
         client(s).chat.completions.create(model="mistral-7b", messages=MSG, max_tokens=3)
+    ledgered(s, 6)
     s.stop()  # SIGKILL
     s = managed(sidecars, cp, workload, workdir=s.dir)
     wait_records(cp, admin, 6)
@@ -119,6 +130,7 @@ def test_kill_9_of_the_sidecar_loses_and_duplicates_nothing_even_with_the_contro
     cp.stop()
     for _ in range(4):
         client(s).chat.completions.create(model="mistral-7b", messages=MSG, max_tokens=3)
+    ledgered(s, 4)
     s.stop()
     s = managed(sidecars, cp, workload, workdir=s.dir)
     for _ in range(3):
