@@ -10,7 +10,7 @@ pub mod config;
 pub mod pipeline;
 pub mod security;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
+    SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
 };
 use tokio::sync::watch;
 
@@ -89,7 +89,9 @@ impl ShouldSample for PolicySampler {
                     .unwrap_or_default(),
             };
         }
-        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(self.0.ratio())))
+        self.0
+            .sampler
+            .load()
             .should_sample(parent, trace_id, name, kind, attributes, links)
     }
 }
@@ -107,12 +109,7 @@ impl Telemetry {
         let tls = pipeline::Tls::from_env().map_err(InitError::Tls)?;
         let stats = Stats::new(registry)?;
         let effective = env.with(&PolicyOverrides::default());
-        let switches = Arc::new(pipeline::Switches {
-            traces_on: AtomicBool::new(false),
-            logs_on: AtomicBool::new(false),
-            ratio: AtomicU64::new(0),
-        });
-        switches.apply(&effective);
+        let switches = Arc::new(pipeline::Switches::new(&effective));
         let (config, config_rx) = watch::channel(effective);
         let (spans_q, logs_q, spans_rx, logs_rx) =
             pipeline::queues(&stats, env.span_batching, env.log_batching);

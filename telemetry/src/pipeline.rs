@@ -5,17 +5,18 @@
 //! A collector that is down or slow therefore only fills the queue; requests never wait.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use opentelemetry::Context;
 use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, LogProcessor, SdkLogRecord};
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use opentelemetry_sdk::trace::{Sampler, Span, SpanData, SpanExporter as _, SpanProcessor};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Batching, Destination, Effective, Protocol, Signal};
@@ -82,44 +83,56 @@ impl Stats {
 pub struct Switches {
     pub traces_on: AtomicBool,
     pub logs_on: AtomicBool,
-    /// `f64` bits of the sampling ratio.
-    pub ratio: AtomicU64,
+    /// Parent-based ratio sampling at the ratio in force, built once per change.
+    pub sampler: ArcSwap<Sampler>,
 }
 
 impl Switches {
+    pub fn new(e: &Effective) -> Self {
+        let s = Self {
+            traces_on: AtomicBool::new(false),
+            logs_on: AtomicBool::new(false),
+            sampler: ArcSwap::from_pointee(Sampler::AlwaysOff),
+        };
+        s.apply(e);
+        s
+    }
+
     pub fn apply(&self, e: &Effective) {
         self.traces_on.store(e.traces.is_some(), Ordering::Relaxed);
         self.logs_on.store(e.logs.is_some(), Ordering::Relaxed);
-        self.ratio
-            .store(e.sample_ratio.to_bits(), Ordering::Relaxed);
-    }
-    pub fn ratio(&self) -> f64 {
-        f64::from_bits(self.ratio.load(Ordering::Relaxed))
+        self.sampler.store(Arc::new(Sampler::ParentBased(Box::new(
+            Sampler::TraceIdRatioBased(e.sample_ratio),
+        ))));
     }
 }
 
-/// The producer side of one signal's queue.
+/// The producer side of one signal's queue, with its counters resolved once (no label
+/// lookup per span on the request path).
 #[derive(Debug)]
 pub struct Queue<T> {
-    signal: Signal,
     tx: mpsc::Sender<T>,
-    stats: Stats,
+    queued: IntGauge,
+    full: IntCounter,
+    closed: IntCounter,
 }
 
 impl<T> Queue<T> {
+    fn new(signal: Signal, tx: mpsc::Sender<T>, stats: &Stats) -> Self {
+        let s = signal.as_str();
+        Self {
+            tx,
+            queued: stats.queued.with_label_values(&[s]),
+            full: stats.dropped.with_label_values(&[s, "queue_full"]),
+            closed: stats.dropped.with_label_values(&[s, "shutdown"]),
+        }
+    }
+
     fn push(&self, item: T) {
         match self.tx.try_send(item) {
-            Ok(()) => self
-                .stats
-                .queued
-                .with_label_values(&[self.signal.as_str()])
-                .inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats.drop_n(self.signal, "queue_full", 1)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.stats.drop_n(self.signal, "shutdown", 1)
-            }
+            Ok(()) => self.queued.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => self.full.inc(),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.closed.inc(),
         }
     }
 }
@@ -190,16 +203,8 @@ pub fn queues(
     let (stx, srx) = mpsc::channel(span_batching.max_queue);
     let (ltx, lrx) = mpsc::channel(log_batching.max_queue);
     (
-        Queue {
-            signal: Signal::Traces,
-            tx: stx,
-            stats: stats.clone(),
-        },
-        Queue {
-            signal: Signal::Logs,
-            tx: ltx,
-            stats: stats.clone(),
-        },
+        Queue::new(Signal::Traces, stx, stats),
+        Queue::new(Signal::Logs, ltx, stats),
         srx,
         lrx,
     )
@@ -456,11 +461,7 @@ mod tests {
     fn a_full_queue_drops_and_counts_without_waiting() {
         let stats = Stats::new(&Registry::new()).unwrap();
         let (tx, _rx) = mpsc::channel(2);
-        let q = Queue {
-            signal: Signal::Traces,
-            tx,
-            stats: stats.clone(),
-        };
+        let q = Queue::new(Signal::Traces, tx, &stats);
         for i in 0..5u32 {
             let t = std::time::Instant::now();
             q.push(i);

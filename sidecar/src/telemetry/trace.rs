@@ -155,9 +155,15 @@ impl RequestSpan {
             ];
             attrs.extend(server_attributes(&endpoint.authority));
         }
+        // A name is only built for a span that is kept.
+        let name: std::borrow::Cow<'static, str> = if self.recording {
+            format!("attempt {pool}").into()
+        } else {
+            "attempt".into()
+        };
         let span = t
             .tracer()
-            .span_builder(format!("attempt {pool}"))
+            .span_builder(name)
             .with_kind(SpanKind::Client)
             .with_attributes(attrs)
             .start_with_context(t.tracer(), cx);
