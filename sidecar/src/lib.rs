@@ -1,17 +1,18 @@
 //! Vigie sidecar.
 //!
-//! Request path: [`proxy`] (Pingora glue) → [`api`] (wire formats, errors) →
-//! [`policy`] (snapshot in force) → [`dlp`] (prompt checks) → [`routing`] (pool and endpoint) → [`upstream`]
-//! (connection, TLS, credentials) → back through [`proxy`] to the client.
-//! [`admin`] serves health and [`telemetry`] metrics. Policies come from a file
-//! ([`policy::file`]) or from the control plane's watch stream ([`control`]).
+//! Request path: [`pipeline`] — intake → guard → route → budget → attempts → relay, over
+//! one request context (see `pipeline/mod.rs`). Around it: [`policy`] (the snapshot in
+//! force, route plans), [`endpoint`] (endpoint state), [`upstream`] (connections, TLS,
+//! credentials, probes), [`identity`] (the end user), [`telemetry`] (metrics, spans,
+//! security events), [`admin`] (health), and where policies come from: a file
+//! ([`policy::file`]) or the control plane's watch stream ([`control`]).
 
 pub mod admin;
 pub mod control;
-pub mod metering;
+pub mod endpoint;
+pub mod identity;
+pub mod pipeline;
 pub mod policy;
-pub mod proxy;
-pub mod routing;
 pub mod telemetry;
 pub mod upstream;
 

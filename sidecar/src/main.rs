@@ -22,15 +22,18 @@ use vigie_sidecar::control::lkg::LastKnownGood;
 use vigie_sidecar::control::quota::ControlPlaneLeases;
 use vigie_sidecar::control::usage::Shipping;
 use vigie_sidecar::control::{self, Applier, ControlPlaneConfig};
-use vigie_sidecar::metering::user::UserSettings;
-use vigie_sidecar::metering::{Attribution, MeterShared, RecordIds, record_interrupted};
+use vigie_sidecar::endpoint::EndpointRegistry;
+use vigie_sidecar::identity::UserSettings;
+use vigie_sidecar::pipeline::account::{Accounting, Attribution, RecordIds, record_interrupted};
+use vigie_sidecar::pipeline::{Settings, SidecarApp};
 use vigie_sidecar::policy::PolicyStore;
 use vigie_sidecar::policy::file::{FileWatcher, Reload};
-use vigie_sidecar::proxy::{Settings, SidecarApp};
-use vigie_sidecar::routing::EndpointRegistry;
-use vigie_sidecar::routing::probe::Prober;
 use vigie_sidecar::telemetry::Metrics;
+use vigie_sidecar::telemetry::events::Events;
+use vigie_sidecar::telemetry::trace::UserKey;
 use vigie_sidecar::upstream::Upstream;
+use vigie_sidecar::upstream::original::OriginalDestinations;
+use vigie_sidecar::upstream::probe::Prober;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -266,6 +269,7 @@ struct PolicyFileTask {
     watcher: std::sync::Mutex<FileWatcher>,
     interval: Duration,
     metrics: Metrics,
+    events: Events,
 }
 
 impl PolicyFileTask {
@@ -276,12 +280,13 @@ impl PolicyFileTask {
         match watcher.poll() {
             Reload::Unchanged => {}
             Reload::Installed(s) => {
-                vigie_sidecar::telemetry::policy_installed(&self.metrics, &s, "file");
+                vigie_sidecar::telemetry::policy_installed(&self.metrics, &self.events, &s, "file");
                 info!(policy = %s.policy.name, version = %s.version, "policy installed");
             }
             Reload::Rejected(e) => {
                 vigie_sidecar::telemetry::policy_rejected(
                     &self.metrics,
+                    &self.events,
                     "",
                     "file",
                     &e.to_string(),
@@ -324,7 +329,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         args.workload.clone()
     };
-    vigie_sidecar::telemetry::events::set_origin(&args.namespace, &workload);
+    let events = Events::new(&args.namespace, &workload);
     let mut resource = vec![KeyValue::new("k8s.namespace.name", args.namespace.clone())];
     if !args.pod.is_empty() {
         resource.push(KeyValue::new("k8s.pod.name", args.pod.clone()));
@@ -348,7 +353,7 @@ fn main() -> anyhow::Result<()> {
             key
         }
     };
-    vigie_sidecar::telemetry::trace::set_user_key(user_key);
+    let user_key = UserKey::new(user_key);
     let users = user_settings(&args)?;
     // The usage ledger lives next to the last-known-good policy, in managed mode (it is
     // shipped to the control plane).
@@ -360,13 +365,13 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let meter = Arc::new(MeterShared {
+    let accounting = Arc::new(Accounting {
         metrics: metrics.clone(),
         ledger: ledger.as_ref().map(|(l, _)| l.clone()),
         ids: Arc::new(RecordIds::new().context("seeding usage record ids")?),
         who: Attribution {
             namespace: args.namespace.clone(),
-            workload,
+            workload: workload.clone(),
             pod: args.pod.clone(),
         },
     });
@@ -380,7 +385,7 @@ fn main() -> anyhow::Result<()> {
                 "usage ledger: recording requests interrupted by the last stop"
             );
         }
-        record_interrupted(&meter, dangling);
+        record_interrupted(&accounting, dangling);
         shipper = Some(ledger);
     }
     let source = match &args.policy_file {
@@ -389,7 +394,7 @@ fn main() -> anyhow::Result<()> {
             // The first load is synchronous: a sidecar with a broken policy must say so and stop.
             match watcher.poll() {
                 Reload::Installed(s) => {
-                    vigie_sidecar::telemetry::policy_installed(&metrics, &s, "file");
+                    vigie_sidecar::telemetry::policy_installed(&metrics, &events, &s, "file");
                     info!(policy = %s.policy.name, version = %s.version, models = s.models.len(), "policy loaded");
                     if args.check {
                         println!(
@@ -406,6 +411,7 @@ fn main() -> anyhow::Result<()> {
                 watcher: std::sync::Mutex::new(watcher),
                 interval: Duration::from_millis(args.policy_poll_ms.max(50)),
                 metrics: metrics.clone(),
+                events: events.clone(),
             }))
         }
         None => {
@@ -420,6 +426,7 @@ fn main() -> anyhow::Result<()> {
                 store: store.clone(),
                 registry,
                 metrics: metrics.clone(),
+                events: events.clone(),
                 lkg: LastKnownGood::in_dir(&args.state_dir),
             };
             // Serve at once on what was last accepted; the control plane may be down.
@@ -471,42 +478,38 @@ fn main() -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
-    let app = SidecarApp {
-        store: store.clone(),
-        upstream: Upstream::new(128).keeping_private(users.header.iter().cloned().collect()),
-        metrics: metrics.clone(),
-        meter,
-        quota: Arc::new(Quota::new(
+    let original = match &args.egress_agent_url {
+        Some(url) if !url.is_empty() => match OriginalDestinations::new(url) {
+            Ok(o) => Some(Arc::new(o)),
+            // e.g. kernels before 5.14 (no SO_NETNS_COOKIE): serve without redirects.
+            Err(e) => {
+                tracing::warn!(error = %e, "original destinations unavailable; redirected connections are routed as usual");
+                None
+            }
+        },
+        _ => None,
+    };
+    let app = SidecarApp::new(
+        store.clone(),
+        Upstream::new(128).keeping_private(users.header.iter().cloned().collect()),
+        metrics.clone(),
+        events,
+        user_key,
+        accounting,
+        Arc::new(Quota::new(
             lease_source.unwrap_or_else(|| Arc::new(LocalLeases::default())),
         )),
-        settings: Settings {
+        Settings {
             max_body_bytes: args.max_body_bytes,
             max_attempts: args.max_attempts,
             namespace: args.namespace.clone(),
-            workload: if args.workload.is_empty() {
-                args.service_account.clone()
-            } else {
-                args.workload.clone()
-            },
+            workload,
             labels: labels.clone(),
             users,
             route_debug_header: args.route_debug_header,
         },
-        retry_budget: vigie_balance::RetryBudget::default(),
-        original: match &args.egress_agent_url {
-            Some(url) if !url.is_empty() => {
-                match vigie_sidecar::routing::original::OriginalDestinations::new(url) {
-                    Ok(o) => Some(Arc::new(o)),
-                    // e.g. kernels before 5.14 (no SO_NETNS_COOKIE): serve without redirects.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "original destinations unavailable; redirected connections are routed as usual");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        },
-    };
+        original,
+    );
     let mut proxy = Service::new("vigie-proxy".to_string(), app);
     proxy.add_tcp(&args.listen);
     let egress_enforced = args

@@ -10,11 +10,13 @@
 //! - [`budget`]: the retry budget shared by a sidecar's requests.
 
 pub mod budget;
+pub mod classify;
 pub mod health;
 mod pick;
 mod state;
 
 pub use budget::RetryBudget;
+pub use classify::{AttemptFailure, Verdict, classify};
 pub use health::{Health, HealthConfig, Outcome};
 pub use pick::{Pick, Reason, Request, pick, prefix_hash, round_robin};
 pub use state::{EndpointState, HasState, ServerLoad};

@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use vigie_metering::UsageTap;
-use vigie_metering::request::ask_for_usage;
 use vigie_wire::api::Operation;
+use vigie_wire::api::request::LlmRequest;
 
 fn main() {
     const N: u32 = 20_000;
@@ -21,12 +21,15 @@ fn main() {
     let t = Instant::now();
     let mut kept = 0usize;
     for _ in 0..N {
-        let (body, strip) = ask_for_usage(Operation::ChatCompletions, request);
+        let mut req =
+            LlmRequest::parse(Operation::ChatCompletions, request[..].into()).unwrap();
+        let strip = req.lacks_stream_usage();
+        let body = req.body_for("mistral-small", strip).unwrap();
         let mut tap = UsageTap::new(Operation::ChatCompletions, true, strip);
         for c in &chunks {
             kept += tap.observe(c.as_bytes()).map_or(0, |o| o.len());
         }
-        kept += tap.finish().map_or(0, |o| o.len()) + body.map_or(0, |b| b.len());
+        kept += tap.finish().map_or(0, |o| o.len()) + body.len();
         assert_eq!(tap.result(|| 0).0.completion, 200);
     }
     let stream_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(N);

@@ -22,17 +22,14 @@ pub fn tokens(text: &str) -> u64 {
 }
 
 /// Tokens of what the model reads in a request (messages, prompt, input), plus a few per
-/// message for the chat template.
-pub fn prompt_tokens(op: Operation, body: &[u8]) -> u64 {
-    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
-        return 0;
-    };
+/// message for the chat template. Reads the request's parsed tree (never the bytes).
+pub fn prompt_tokens(op: Operation, v: &mut Value) -> u64 {
     let messages = v
         .get("messages")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
     let mut total = 0;
-    vigie_wire::dlp::text::request_texts(op, &mut v, &mut |s| total += tokens(s));
+    vigie_wire::dlp::text::request_texts(op, v, &mut |s| total += tokens(s));
     // OpenAI's documented overhead: 3 tokens per message, 3 to prime the answer.
     total + 3 * messages + u64::from(messages > 0) * 3
 }
@@ -48,7 +45,7 @@ mod tests {
         assert!((10..20).contains(&n), "{n}");
         let p = prompt_tokens(
             Operation::ChatCompletions,
-            br#"{"model":"m","messages":[{"role":"user","content":"Hello world"}]}"#,
+            &mut serde_json::json!({"model":"m","messages":[{"role":"user","content":"Hello world"}]}),
         );
         assert_eq!(p, 2 + 3 + 3);
     }

@@ -115,6 +115,39 @@ pub struct Request {
     pub cost: Vec<(String, f64)>,
 }
 
+/// A price per 1,000 tokens, in a currency.
+#[derive(Debug, Clone, Copy)]
+pub struct Price<'a> {
+    pub currency: &'a str,
+    pub input_per_1k: f64,
+    pub output_per_1k: f64,
+}
+
+impl Request {
+    /// What a request is reserved before it runs: the prompt at about 4 bytes per token,
+    /// plus the output it may ask for (`max_tokens`, else the policy's default), and
+    /// their cost at the dearest of the prices it may be served at, per currency.
+    pub fn estimate<'a>(
+        mut self,
+        body_bytes: usize,
+        max_output: u64,
+        prices: impl IntoIterator<Item = Price<'a>>,
+    ) -> Self {
+        let prompt = body_bytes as f64 / 4.0;
+        let completion = max_output as f64;
+        self.tokens = prompt + completion;
+        self.cost.clear();
+        for p in prices {
+            let v = (prompt * p.input_per_1k + completion * p.output_per_1k) / 1000.0;
+            match self.cost.iter_mut().find(|(k, _)| k == p.currency) {
+                Some(e) => e.1 = e.1.max(v),
+                None => self.cost.push((p.currency.to_string(), v)),
+            }
+        }
+        self
+    }
+}
+
 impl Budget {
     fn matches(&self, r: &Request) -> bool {
         let m = &self.matcher;
@@ -479,6 +512,34 @@ impl LeaseSource for LocalLeases {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn estimate_takes_the_dearest_price_per_currency() {
+        let r = Request::default().estimate(
+            4000,
+            500,
+            [
+                Price {
+                    currency: "EUR",
+                    input_per_1k: 1.0,
+                    output_per_1k: 2.0,
+                },
+                Price {
+                    currency: "EUR",
+                    input_per_1k: 0.5,
+                    output_per_1k: 4.0,
+                },
+                Price {
+                    currency: "USD",
+                    input_per_1k: 1.0,
+                    output_per_1k: 0.0,
+                },
+            ],
+        );
+        assert_eq!(r.tokens, 1500.0);
+        // EUR: max(1.0 + 1.0, 0.5 + 2.0); USD: 1.0.
+        assert_eq!(r.cost, vec![("EUR".to_string(), 2.5), ("USD".to_string(), 1.0)]);
+    }
+
     use super::*;
 
     fn budget(unit: Unit, limit: f64, soft: bool) -> Budget {

@@ -24,7 +24,7 @@ use vigie_proto::v1::discovery_service_client::DiscoveryServiceClient;
 use vigie_proto::v1::{Ack, EffectivePolicy, Hello, Identity, WatchRequest, watch_request};
 
 use crate::policy::{PolicyStore, Snapshot};
-use crate::routing::EndpointRegistry;
+use crate::endpoint::EndpointRegistry;
 use crate::telemetry::Metrics;
 use lkg::LastKnownGood;
 
@@ -55,6 +55,7 @@ pub struct Applier {
     pub store: Arc<PolicyStore>,
     pub registry: Arc<EndpointRegistry>,
     pub metrics: Metrics,
+    pub events: crate::telemetry::events::Events,
     pub lkg: LastKnownGood,
 }
 
@@ -94,7 +95,12 @@ impl Applier {
                 let snapshot = Arc::new(snapshot);
                 self.store.install(snapshot.clone());
                 self.registry.retain_used();
-                crate::telemetry::policy_installed(&self.metrics, &snapshot, "control_plane");
+                crate::telemetry::policy_installed(
+                    &self.metrics,
+                    &self.events,
+                    &snapshot,
+                    "control_plane",
+                );
                 info!(policy = %snapshot.policy.name, version = %snapshot.version, "policy installed from the control plane");
             }
         }
@@ -190,6 +196,7 @@ async fn session(
             Err(reason) => {
                 crate::telemetry::policy_rejected(
                     &applier.metrics,
+                    &applier.events,
                     &snapshot.version,
                     "control_plane",
                     &reason,

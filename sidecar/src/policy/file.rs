@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use vigie_proto::v1::Policy;
 
 use super::{PolicyStore, Snapshot, Violations};
-use crate::routing::EndpointRegistry;
+use crate::endpoint::EndpointRegistry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

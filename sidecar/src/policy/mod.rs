@@ -4,6 +4,9 @@
 //! reload never changes the rules under an in-flight request.
 
 pub mod file;
+mod plan;
+
+pub use plan::{Attempt, Attempts, PlanError, RouteContext};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use http::{HeaderName, HeaderValue};
 use vigie_dlp::Level;
 use vigie_proto::v1::{Balancing, Hosting, Policy, PoolKind, SensitivityLevel, credentials};
 
-use crate::routing::{Endpoint, EndpointRegistry};
+use crate::endpoint::{Endpoint, EndpointRegistry};
 pub use vigie_proto::validate::{Violation, Violations, version_of};
 
 /// A provider credential; never printed.
@@ -329,6 +332,21 @@ impl Snapshot {
             models,
             dlp,
         })
+    }
+
+    /// What decides requests while no policy applies: no model, no pool (version empty).
+    pub fn none() -> Snapshot {
+        Snapshot {
+            version: String::new(),
+            policy: Policy::default(),
+            pools: Vec::new(),
+            routes: HashMap::new(),
+            models: Vec::new(),
+            dlp: None,
+            budgets: Vec::new(),
+            budgets_fail_open: false,
+            default_max_tokens: 0,
+        }
     }
 
     /// The routes of a client-facing model, in the order they are tried.

@@ -1,30 +1,39 @@
 //! The sidecar's security events (schema: docs/security-events.md). Each carries the
 //! workload it happened in and, when the request is traced, its trace and span ids.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use opentelemetry::trace::SpanContext;
 use vigie_telemetry::SecurityEvent;
 use vigie_telemetry::security::names;
 
-/// Where the sidecar runs (namespace, workload), set once at start.
-static ORIGIN: OnceLock<(String, String)> = OnceLock::new();
-
-pub fn set_origin(namespace: &str, workload: &str) {
-    let _ = ORIGIN.set((namespace.to_string(), workload.to_string()));
+/// The sidecar's security events, stamped with where it runs (namespace, workload).
+#[derive(Debug, Clone, Default)]
+pub struct Events {
+    origin: Arc<(String, String)>,
 }
 
-fn with_origin(e: SecurityEvent) -> SecurityEvent {
-    match ORIGIN.get() {
-        Some((namespace, workload)) => e
-            .attr("k8s.namespace.name", namespace)
-            .attr("vigie.workload", workload),
-        None => e,
+impl Events {
+    pub fn new(namespace: &str, workload: &str) -> Self {
+        Self {
+            origin: Arc::new((namespace.to_string(), workload.to_string())),
+        }
     }
-}
+
+    fn emit(&self, e: SecurityEvent) {
+        let (namespace, workload) = &*self.origin;
+        let e = if namespace.is_empty() && workload.is_empty() {
+            e
+        } else {
+            e.attr("k8s.namespace.name", namespace.as_str())
+                .attr("vigie.workload", workload.as_str())
+        };
+        e.emit();
+    }
 
 /// One event per (detector, action) found in one direction of a request.
 pub fn dlp_findings(
+    &self,
     counts: &vigie_wire::dlp::Counts,
     direction: &'static str,
     model: &str,
@@ -46,12 +55,13 @@ pub fn dlp_findings(
         .attr("vigie.policy.version", policy_version)
         .in_span(span);
         let e = if *action == "block" { e.warn() } else { e };
-        with_origin(e).emit();
+        self.emit(e);
     }
 }
 
 /// A request refused by policy (DLP block, sensitivity routing, loop).
 pub fn request_blocked(
+    &self,
     reason: &'static str,
     status: u16,
     model: &str,
@@ -70,11 +80,12 @@ pub fn request_blocked(
     .attr("gen_ai.request.model", model)
     .attr("vigie.policy.version", policy_version)
     .in_span(span);
-    with_origin(e).emit();
+    self.emit(e);
 }
 
 /// A budget refused a request (`rejected`) or could not be checked (`unavailable`).
 pub fn budget_exceeded(
+    &self,
     budget: &str,
     decision: &'static str,
     model: &str,
@@ -93,20 +104,20 @@ pub fn budget_exceeded(
     .attr("gen_ai.request.model", model)
     .attr("vigie.policy.version", policy_version)
     .in_span(span);
-    with_origin(e).emit();
+    self.emit(e);
 }
 
 /// A policy took effect in this sidecar.
-pub fn policy_applied(name: &str, version: &str, source: &'static str) {
+pub fn policy_applied(&self, name: &str, version: &str, source: &'static str) {
     let e = SecurityEvent::new(names::POLICY_APPLIED, "policy", "success", "policy applied")
         .attr("vigie.policy.name", name)
         .attr("vigie.policy.version", version)
         .attr("vigie.policy.source", source);
-    with_origin(e).emit();
+    self.emit(e);
 }
 
 /// A policy was refused; the previous one stays in force.
-pub fn policy_rejected(version: &str, source: &'static str, reason: &str) {
+pub fn policy_rejected(&self, version: &str, source: &'static str, reason: &str) {
     let e = SecurityEvent::new(
         names::POLICY_REJECTED,
         "policy",
@@ -117,7 +128,9 @@ pub fn policy_rejected(version: &str, source: &'static str, reason: &str) {
     .attr("vigie.policy.version", version)
     .attr("vigie.policy.source", source)
     .attr("vigie.policy.fields", fields_of(reason));
-    with_origin(e).emit();
+    self.emit(e);
+}
+
 }
 
 /// The field paths of a rejection (`  path: reason` lines), without the reasons: those

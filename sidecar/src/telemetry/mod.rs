@@ -10,7 +10,12 @@ pub use metrics::Metrics;
 use crate::policy::Snapshot;
 
 /// A policy took effect: counters, the telemetry section, the security event.
-pub fn policy_installed(metrics: &Metrics, snapshot: &Snapshot, source: &'static str) {
+pub fn policy_installed(
+    metrics: &Metrics,
+    events: &events::Events,
+    snapshot: &Snapshot,
+    source: &'static str,
+) {
     metrics
         .policy_reloads
         .with_label_values(&["installed"])
@@ -19,16 +24,22 @@ pub fn policy_installed(metrics: &Metrics, snapshot: &Snapshot, source: &'static
     if let Some(t) = vigie_telemetry::global() {
         t.apply_policy(&overrides(snapshot.policy.telemetry.as_ref()));
     }
-    events::policy_applied(&snapshot.policy.name, &snapshot.version, source);
+    events.policy_applied(&snapshot.policy.name, &snapshot.version, source);
 }
 
 /// A policy was refused (the previous one stays).
-pub fn policy_rejected(metrics: &Metrics, version: &str, source: &'static str, reason: &str) {
+pub fn policy_rejected(
+    metrics: &Metrics,
+    events: &events::Events,
+    version: &str,
+    source: &'static str,
+    reason: &str,
+) {
     metrics
         .policy_reloads
         .with_label_values(&["rejected"])
         .inc();
-    events::policy_rejected(version, source, reason);
+    events.policy_rejected(version, source, reason);
 }
 
 /// The policy's telemetry section as exporter overrides (validated already).

@@ -1,5 +1,5 @@
 //! The request's span (OpenTelemetry GenAI conventions plus `vigie.*` attributes) and a
-//! child span per upstream attempt. Held by the request's [`crate::metering::Meter`],
+//! child span per upstream attempt. Held by the request's [`crate::pipeline::RequestCtx`],
 //! which sees the request from start to its one usage record, so the span ends with
 //! the same figures. Nothing is built when the span is not recorded (sampled out, or no
 //! collector configured).
@@ -9,20 +9,27 @@ use std::time::SystemTime;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
 };
-use std::sync::OnceLock;
-
 use hmac::{Hmac, Mac as _};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use sha2::Sha256;
 
-/// Key of the user pseudonyms (`vigie.user`), set once at start.
-static USER_KEY: OnceLock<Vec<u8>> = OnceLock::new();
+/// Key of the user pseudonyms (`vigie.user`): the key from `--telemetry-user-key-file`
+/// (shared by the sidecars that should give a user the same pseudonym), or a random one
+/// (pseudonyms then hold for this process only). Either way a user cannot be found
+/// again by hashing a staff directory.
+#[derive(Clone)]
+pub struct UserKey(std::sync::Arc<[u8]>);
 
-/// The key from `--telemetry-user-key-file` (shared by the sidecars that should give a
-/// user the same pseudonym), or a random one (pseudonyms then hold for this process
-/// only). Either way a user cannot be found again by hashing a staff directory.
-pub fn set_user_key(key: Vec<u8>) {
-    let _ = USER_KEY.set(key);
+impl UserKey {
+    pub fn new(key: Vec<u8>) -> Self {
+        Self(key.into())
+    }
+}
+
+impl std::fmt::Debug for UserKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserKey(<redacted>)")
+    }
 }
 
 /// How the end user appears on spans (policy `telemetry.userAttribute`).
@@ -45,15 +52,15 @@ impl UserAttribute {
 
     /// The value of `vigie.user`: by default a pseudonym, HMAC-SHA-256 of the name under
     /// a secret key (first 16 bytes, hex), so that a user's requests correlate without
-    /// naming them; no key set: no pseudonym.
-    pub fn value(self, user: &str) -> Option<String> {
+    /// naming them.
+    pub fn value(self, key: &UserKey, user: &str) -> Option<String> {
         if user.is_empty() {
             return None;
         }
         match self {
             Self::Omitted => None,
             Self::Plain => Some(user.to_string()),
-            Self::Hashed => pseudonym(USER_KEY.get()?, user),
+            Self::Hashed => pseudonym(&key.0, user),
         }
     }
 }
@@ -138,7 +145,7 @@ impl RequestSpan {
     pub fn attempt(
         &self,
         pool: &str,
-        endpoint: &crate::routing::Endpoint,
+        endpoint: &crate::endpoint::Endpoint,
         number: usize,
         reason: &str,
     ) -> AttemptSpan {
@@ -291,14 +298,18 @@ mod tests {
             pseudonym(b"key-a", "alice@example.com"),
             pseudonym(b"", "key-aalice@example.com")
         );
-        set_user_key(b"key-a".to_vec());
+        let key = UserKey::new(b"key-a".to_vec());
         assert_eq!(
-            UserAttribute::Hashed.value("alice@example.com"),
+            UserAttribute::Hashed.value(&key, "alice@example.com"),
             pseudonym(b"key-a", "alice@example.com")
         );
-        assert_eq!(UserAttribute::Plain.value("bob").as_deref(), Some("bob"));
-        assert_eq!(UserAttribute::Omitted.value("bob"), None);
-        assert_eq!(UserAttribute::Hashed.value(""), None);
+        assert!(!format!("{key:?}").contains("key-a"));
+        assert_eq!(
+            UserAttribute::Plain.value(&key, "bob").as_deref(),
+            Some("bob")
+        );
+        assert_eq!(UserAttribute::Omitted.value(&key, "bob"), None);
+        assert_eq!(UserAttribute::Hashed.value(&key, ""), None);
         assert_eq!(UserAttribute::parse(""), UserAttribute::Hashed);
     }
 

@@ -1,10 +1,10 @@
 //! The few request fields the sidecar needs before forwarding, read without building a
 //! full JSON tree; the body is rewritten only when the model name must change.
 
-use serde::Deserialize;
+use bytes::Bytes;
 use serde_json::Value;
 
-use super::ApiError;
+use super::{ApiError, Operation};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestHead {
@@ -21,24 +21,190 @@ pub struct RequestHead {
 /// is a mistake (or an attempt to reserve an absurd budget), refused up front.
 pub const MAX_OUTPUT_TOKENS: u64 = 10_000_000;
 
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    max_tokens: Option<Value>,
-    #[serde(default)]
-    max_completion_tokens: Option<Value>,
-    #[serde(default)]
-    temperature: Option<Value>,
-    #[serde(default)]
-    top_p: Option<Value>,
+/// A request body parsed once: the head fields the sidecar decides on, and the JSON
+/// tree that DLP, prefix affinity, usage and estimates read and rewrite. The app's bytes
+/// are forwarded as they came unless something changed; then the body is serialised once
+/// per (upstream model, usage request) variant and reused by retries.
+#[derive(Debug)]
+pub struct LlmRequest {
+    op: Operation,
+    head: RequestHead,
+    raw: Bytes,
+    tree: Value,
+    /// A text was rewritten (DLP): `raw` no longer says what `tree` says.
+    rewritten: bool,
+    /// The last body built for an upstream: (model, usage asked, bytes).
+    built: Option<(String, bool, Bytes)>,
 }
 
-/// Reads `model` and `stream`; the whole body must be a JSON object.
+impl LlmRequest {
+    /// Parses and checks the body: a JSON object, valid UTF-8, nesting within
+    /// [`MAX_DEPTH`], a `model`, sane `stream` and output limits. Errors never quote
+    /// the body.
+    pub fn parse(op: Operation, raw: Bytes) -> Result<Self, ApiError> {
+        let tree = parse_tree(&raw)?;
+        let head = head_of(&tree)?;
+        Ok(Self {
+            op,
+            head,
+            raw,
+            tree,
+            rewritten: false,
+            built: None,
+        })
+    }
+
+    pub fn op(&self) -> Operation {
+        self.op
+    }
+
+    pub fn head(&self) -> &RequestHead {
+        &self.head
+    }
+
+    /// The model the app asked for.
+    pub fn model(&self) -> &str {
+        &self.head.model
+    }
+
+    /// Size of the body as the app sent it.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    pub fn tree(&self) -> &Value {
+        &self.tree
+    }
+
+    /// Calls `f` on every text the model will read (see [`crate::dlp::text`]); `f`
+    /// returns whether it changed the text.
+    pub fn edit_texts(&mut self, f: &mut dyn FnMut(&mut String) -> bool) {
+        let mut changed = false;
+        crate::dlp::text::request_texts(self.op, &mut self.tree, &mut |s| {
+            changed |= f(s);
+        });
+        if changed {
+            self.rewritten = true;
+            self.built = None;
+        }
+    }
+
+    /// Whether a text was rewritten since the body was received.
+    pub fn rewritten(&self) -> bool {
+        self.rewritten
+    }
+
+    /// The tree, for a last read (token estimates) once the request is over.
+    pub fn into_tree(self) -> Value {
+        self.tree
+    }
+
+    /// A streaming OpenAI chat or completions request that does not ask for the usage
+    /// chunk: the sidecar asks on its behalf (where the pool accepts the field) so the
+    /// upstream reports exact figures, and strips the extra chunk from the answer.
+    pub fn lacks_stream_usage(&self) -> bool {
+        matches!(self.op, Operation::ChatCompletions | Operation::Completions)
+            && self.head.stream
+            && self
+                .tree
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                != Some(true)
+    }
+
+    /// The bytes to send to an upstream that knows the model as `upstream_model`, with
+    /// `stream_options.include_usage` added when `ask_usage`: the app's own bytes when
+    /// nothing changes, else one serialisation per variant.
+    pub fn body_for(&mut self, upstream_model: &str, ask_usage: bool) -> Result<Bytes, ApiError> {
+        if !self.rewritten && !ask_usage && upstream_model == self.head.model {
+            return Ok(self.raw.clone());
+        }
+        if let Some((m, u, b)) = &self.built
+            && m == upstream_model
+            && *u == ask_usage
+        {
+            return Ok(b.clone());
+        }
+        let Value::Object(map) = &self.tree else {
+            return Err(ApiError::invalid_request(
+                "The request body must be a JSON object.",
+            ));
+        };
+        let variant = Variant {
+            map,
+            model: upstream_model,
+            usage: ask_usage,
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&variant).map_err(|_| {
+            ApiError::invalid_request("The request body could not be re-encoded.")
+        })?);
+        self.built = Some((upstream_model.to_string(), ask_usage, bytes.clone()));
+        Ok(bytes)
+    }
+
+    /// The stable head of the prompt, for KV-cache affinity (see [`prefix_key`]).
+    pub fn prefix_key(&self) -> Option<String> {
+        prefix_key(self.op, &self.tree)
+    }
+}
+
+/// The request tree serialised with another model name and, optionally, the usage
+/// chunk asked for; nothing is cloned.
+struct Variant<'a> {
+    map: &'a serde_json::Map<String, Value>,
+    model: &'a str,
+    usage: bool,
+}
+
+impl serde::Serialize for Variant<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut out = s.serialize_map(None)?;
+        let mut options_seen = false;
+        for (k, v) in self.map {
+            match k.as_str() {
+                "model" => out.serialize_entry(k, self.model)?,
+                "stream_options" if self.usage => {
+                    options_seen = true;
+                    out.serialize_entry(k, &WithUsage(v))?;
+                }
+                _ => out.serialize_entry(k, v)?,
+            }
+        }
+        if self.usage && !options_seen {
+            out.serialize_entry("stream_options", &WithUsage(&Value::Null))?;
+        }
+        out.end()
+    }
+}
+
+/// `stream_options` with `include_usage: true` (other options kept).
+struct WithUsage<'a>(&'a Value);
+
+impl serde::Serialize for WithUsage<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut out = s.serialize_map(None)?;
+        if let Value::Object(o) = self.0 {
+            for (k, v) in o.iter().filter(|(k, _)| *k != "include_usage") {
+                out.serialize_entry(k, v)?;
+            }
+        }
+        out.serialize_entry("include_usage", &true)?;
+        out.end()
+    }
+}
+
+/// Reads the head fields of a body; the whole body must be a JSON object.
 pub fn parse_head(body: &[u8]) -> Result<RequestHead, ApiError> {
+    head_of(&parse_tree(body)?)
+}
+
+fn parse_tree(body: &[u8]) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid_request(
             "The request body is empty; a JSON object is expected.",
@@ -60,15 +226,30 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, ApiError> {
             "The JSON body is nested more than {MAX_DEPTH} levels deep."
         )));
     }
-    let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         // serde_json's message gives line and column and the expected token, not content.
         ApiError::invalid_request(format!(
             "We could not parse the JSON body of your request: {}",
             describe(&e)
         ))
-    })?;
-    let model = match head.model {
-        Some(m) if !m.is_empty() => m.into_owned(),
+    })
+}
+
+fn wrong_type(param: &str, expected: &str) -> ApiError {
+    ApiError::invalid_request(format!(
+        "We could not parse the JSON body of your request: a field has the wrong type (`{param}` must be {expected})."
+    ))
+    .with_param(param)
+}
+
+fn head_of(tree: &Value) -> Result<RequestHead, ApiError> {
+    let model = match tree.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) => Some(m),
+        Some(_) => return Err(wrong_type("model", "a string")),
+    };
+    let model = match model {
+        Some(m) if !m.is_empty() => m.clone(),
         _ => {
             return Err(
                 ApiError::invalid_request("You must provide a model parameter.")
@@ -76,12 +257,14 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, ApiError> {
             );
         }
     };
+    let stream = match tree.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(wrong_type("stream", "a boolean")),
+    };
     let mut max_tokens = None;
-    for (param, v) in [
-        ("max_completion_tokens", &head.max_completion_tokens),
-        ("max_tokens", &head.max_tokens),
-    ] {
-        match v {
+    for param in ["max_completion_tokens", "max_tokens"] {
+        match tree.get(param) {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_u64() {
                 Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => {
@@ -98,10 +281,10 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, ApiError> {
     }
     Ok(RequestHead {
         model,
-        stream: head.stream.unwrap_or(false),
+        stream,
         max_tokens,
-        temperature: head.temperature.as_ref().and_then(Value::as_f64),
-        top_p: head.top_p.as_ref().and_then(Value::as_f64),
+        temperature: tree.get("temperature").and_then(Value::as_f64),
+        top_p: tree.get("top_p").and_then(Value::as_f64),
     })
 }
 
@@ -149,17 +332,6 @@ fn describe(e: &serde_json::Error) -> String {
     format!("{what} at line {} column {}", e.line(), e.column())
 }
 
-/// Replaces the `model` field; used when a client alias maps to another upstream name.
-pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
-    let mut v: Value = serde_json::from_slice(body)
-        .map_err(|_| ApiError::invalid_request("The request body must be a JSON object."))?;
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("model".into(), Value::String(model.to_string()));
-    }
-    serde_json::to_vec(&v)
-        .map_err(|_| ApiError::invalid_request("The request body could not be re-encoded."))
-}
-
 /// Longest completions prompt prefix used for affinity.
 const PROMPT_PREFIX_BYTES: usize = 2048;
 
@@ -168,9 +340,7 @@ const PROMPT_PREFIX_BYTES: usize = 2048;
 /// system prompt most apps share), or the first message when there are none (so a
 /// conversation stays where its history is cached); Anthropic: `system`, else the first
 /// message; completions: the first 2 KiB of the prompt. `None` when there is none.
-pub fn prefix_key(op: super::Operation, body: &[u8]) -> Option<String> {
-    use super::Operation;
-    let v: Value = serde_json::from_slice(body).ok()?;
+pub fn prefix_key(op: Operation, v: &Value) -> Option<String> {
     let key = match op {
         Operation::ChatCompletions => {
             let messages = v.get("messages")?.as_array()?;
@@ -300,47 +470,91 @@ mod tests {
         assert_eq!(parse_head(ok.as_bytes()).unwrap().model, "m");
     }
 
+    fn req(op: Operation, body: &str) -> LlmRequest {
+        LlmRequest::parse(op, Bytes::from(body.to_string())).unwrap()
+    }
+
     #[test]
-    fn rewrites_model_only() {
-        let out = rewrite_model(br#"{"model":"alias","n":1}"#, "real").unwrap();
+    fn forwards_the_apps_bytes_unless_something_changed() {
+        let body = r#"{"model":"alias", "n":1}"#;
+        let mut r = req(Operation::ChatCompletions, body);
+        assert_eq!(&r.body_for("alias", false).unwrap()[..], body.as_bytes());
+        let out = r.body_for("real", false).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v, serde_json::json!({"model": "real", "n": 1}));
+        // The same variant again is the same bytes (retries serialise nothing).
+        assert_eq!(r.body_for("real", false).unwrap().as_ptr(), out.as_ptr());
+    }
+
+    #[test]
+    fn asks_for_usage_only_when_a_stream_lacks_it() {
+        let mut r = req(
+            Operation::ChatCompletions,
+            r#"{"model":"m","stream":true,"stream_options":{"x":1},"messages":[]}"#,
+        );
+        assert!(r.lacks_stream_usage());
+        let v: Value = serde_json::from_slice(&r.body_for("m", true).unwrap()).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"x": 1, "include_usage": true})
+        );
+        let mut r = req(Operation::Completions, r#"{"model":"m","stream":true}"#);
+        let v: Value = serde_json::from_slice(&r.body_for("n", true).unwrap()).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "n");
+        for (op, body) in [
+            (
+                Operation::ChatCompletions,
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            ),
+            (Operation::ChatCompletions, r#"{"model":"m"}"#),
+            (Operation::Messages, r#"{"model":"m","stream":true}"#),
+        ] {
+            assert!(!req(op, body).lacks_stream_usage(), "{body}");
+        }
+    }
+
+    #[test]
+    fn rewritten_texts_are_what_is_sent() {
+        let mut r = req(
+            Operation::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user","content":"secret"}]}"#,
+        );
+        r.edit_texts(&mut |s| {
+            *s = "[X]".into();
+            true
+        });
+        assert!(r.rewritten());
+        let v: Value = serde_json::from_slice(&r.body_for("m", false).unwrap()).unwrap();
+        assert_eq!(v["messages"][0]["content"], "[X]");
     }
 
     #[test]
     fn prefix_key_is_the_stable_head_of_the_prompt() {
-        use crate::api::Operation;
+        let key = |op, body: &str| req(op, body).prefix_key();
         let chat = |q: &str| {
             format!(
                 r#"{{"model":"m","temperature":0.{},"messages":[{{"role":"system","content":"Tu es un assistant."}},{{"role":"user","content":"{q}"}},{{"role":"assistant","content":"x"}}]}}"#,
                 q.len()
             )
         };
-        let a = prefix_key(Operation::ChatCompletions, chat("Bonjour").as_bytes()).unwrap();
-        let b = prefix_key(
-            Operation::ChatCompletions,
-            chat("Autre question").as_bytes(),
-        )
-        .unwrap();
+        let a = key(Operation::ChatCompletions, &chat("Bonjour")).unwrap();
+        let b = key(Operation::ChatCompletions, &chat("Autre question")).unwrap();
         assert_eq!(
             a, b,
             "same system prompt, other question and parameters: same key"
         );
         assert!(a.contains("Tu es un assistant") && !a.contains("Bonjour"));
         // Without a system prompt, the first message keys the conversation.
-        let c = prefix_key(
+        let c = key(
             Operation::ChatCompletions,
-            br#"{"model":"m","messages":[{"role":"user","content":"Bonjour"},{"role":"assistant","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"Bonjour"},{"role":"assistant","content":"x"}]}"#,
         )
         .unwrap();
         assert!(c.contains("Bonjour"));
-        assert!(prefix_key(Operation::Embeddings, br#"{"model":"m","input":"x"}"#).is_none());
+        assert!(key(Operation::Embeddings, r#"{"model":"m","input":"x"}"#).is_none());
         assert_eq!(
-            prefix_key(
-                Operation::Completions,
-                br#"{"model":"m","prompt":["abc","d"]}"#
-            )
-            .as_deref(),
+            key(Operation::Completions, r#"{"model":"m","prompt":["abc","d"]}"#).as_deref(),
             Some("abc")
         );
     }

@@ -9,13 +9,13 @@ pub mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
 pub use vigie_dlp::Level;
 use vigie_dlp::engine::{Engine, Finding};
 use vigie_dlp::policy::{Action, CompiledDlp, DetectorActions};
 use vigie_dlp::stream::{Transform, transform_block};
 
-use crate::api::{ApiError, Operation};
+use crate::api::ApiError;
+use crate::api::request::LlmRequest;
 pub use pseudonym::Pseudonyms;
 
 /// Finding counts by (detector, action), for telemetry. Never values.
@@ -40,11 +40,9 @@ pub fn parse_level(s: &str) -> Option<Level> {
     }
 }
 
-/// The result of scanning a request.
+/// The result of scanning a request (the request itself is rewritten in place).
 #[derive(Debug, Default)]
 pub struct RequestScan {
-    /// The rewritten body, when a finding changed it.
-    pub body: Option<Vec<u8>>,
     pub pseudonyms: Pseudonyms,
     /// Maximum of the declared level and the levels of what was found.
     pub level: Option<Level>,
@@ -98,11 +96,11 @@ impl Transform for RequestTransform<'_> {
     }
 }
 
-/// Scans the texts of a request; the body is rewritten only if something changed.
+/// Scans the texts of a request and applies the actions to them in place; the body is
+/// serialised again only if something changed ([`LlmRequest::body_for`]).
 pub fn scan_request(
     dlp: &CompiledDlp,
-    op: Operation,
-    body: &[u8],
+    request: &mut LlmRequest,
     declared: Option<Level>,
 ) -> Result<RequestScan, ApiError> {
     let mut scan = RequestScan {
@@ -112,13 +110,10 @@ pub fn scan_request(
     if !dlp.scans_requests() {
         return Ok(scan);
     }
-    let mut json: Value = serde_json::from_slice(body)
-        .map_err(|_| ApiError::invalid_request("The request body must be a JSON object."))?;
-    let mut changed = false;
     let mut failure = None;
-    text::request_texts(op, &mut json, &mut |s: &mut String| {
+    request.edit_texts(&mut |s: &mut String| {
         if failure.is_some() {
-            return;
+            return false;
         }
         let mut t = RequestTransform {
             actions: &dlp.actions,
@@ -128,22 +123,20 @@ pub fn scan_request(
         match transform_block(&dlp.engine, s, &mut t) {
             Ok(new) => {
                 if t.changed {
-                    changed = true;
                     *s = new;
+                    return true;
                 }
+                false
             }
-            Err(e) => failure = Some(e),
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
         }
     });
     if let Some(e) = failure {
         tracing::error!(error = %e, "DLP scan failed; refusing the request");
         return Err(ApiError::dlp_unavailable());
-    }
-    if changed {
-        scan.body =
-            Some(serde_json::to_vec(&json).map_err(|_| {
-                ApiError::invalid_request("The request body could not be re-encoded.")
-            })?);
     }
     Ok(scan)
 }
@@ -151,6 +144,9 @@ pub fn scan_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::api::Operation;
+    use serde_json::Value;
 
     fn dlp(json: &str) -> CompiledDlp {
         vigie_dlp::policy::compile(&serde_json::from_str(json).unwrap()).unwrap()
@@ -164,8 +160,10 @@ mod tests {
             {"detector":"PHONE_NUMBER","action":"DLP_ACTION_ALERT"}]}"#,
         );
         let body = br#"{"model":"m","messages":[{"role":"user","content":"NIR 1 85 05 78 006 084 91, mail a.b@c.fr, tel 06 12 34 56 78, NIR 1 85 05 78 006 084 91"}]}"#;
-        let s = scan_request(&d, Operation::ChatCompletions, body, Some(Level::Internal)).unwrap();
-        let out: Value = serde_json::from_slice(s.body.as_ref().unwrap()).unwrap();
+        let mut r = LlmRequest::parse(Operation::ChatCompletions, body[..].into()).unwrap();
+        let s = scan_request(&d, &mut r, Some(Level::Internal)).unwrap();
+        assert!(r.rewritten());
+        let out: Value = serde_json::from_slice(&r.body_for("m", false).unwrap()).unwrap();
         assert_eq!(
             out["messages"][0]["content"],
             "NIR <FR_NIR_1>, mail [EMAIL_ADDRESS], tel 06 12 34 56 78, NIR <FR_NIR_1>"
@@ -184,7 +182,8 @@ mod tests {
     fn block_names_detectors_only() {
         let d = dlp(r#"{"rules":[{"detector":"*","action":"DLP_ACTION_BLOCK"}]}"#);
         let body = br#"{"model":"m","prompt":"IBAN FR76 3000 6000 0112 3456 7890 189"}"#;
-        let s = scan_request(&d, Operation::Completions, body, None).unwrap();
+        let mut r = LlmRequest::parse(Operation::Completions, body[..].into()).unwrap();
+        let s = scan_request(&d, &mut r, None).unwrap();
         assert_eq!(s.blocked.iter().collect::<Vec<_>>(), ["IBAN"]);
     }
 }

@@ -1,4 +1,9 @@
-//! Talking to one upstream endpoint with Pingora's connector (pooling, TLS, timeouts).
+//! Talking to upstream endpoints with Pingora's connector (pooling, TLS, timeouts):
+//! requests ([`Upstream::send`]), the background [`probe`]s of self-hosted endpoints,
+//! and the egress agent's [`original`] destinations of redirected connections.
+
+pub mod original;
+pub mod probe;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +16,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorType, Result as PResult};
 
 use crate::policy::{Credential, Timeouts};
-use crate::routing::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Request headers never forwarded: hop-by-hop, framing (re-computed), and the app's own
 /// credentials (the sidecar holds the real ones).

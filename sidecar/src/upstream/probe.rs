@@ -18,7 +18,7 @@ use vigie_proto::v1::{Balancing, Hosting, PoolKind};
 use vigie_wire::api::vllm;
 
 use crate::policy::{PolicyStore, PoolRuntime, Timeouts};
-use crate::routing::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
 

@@ -1,7 +1,6 @@
-//! Endpoint selection, as plain Rust (no Pingora types): the endpoints of the policy's
-//! pools with their live state, and the order of attempts for a request. The choice
-//! itself is `vigie_balance::pick` (queue-aware power of two choices, prefix affinity
-//! with bounded load, passive health).
+//! The endpoints of the policy's pools with their live state (load, latency, health),
+//! kept across policy reloads. A leaf: plain Rust, no policy or proxy types. Which
+//! endpoint a request tries is `policy::plan` with `vigie_balance::pick`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,16 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vigie_balance::{EndpointState, HasState, HealthConfig, Pick, Request};
-use vigie_proto::v1::Balancing;
-
-pub mod original;
-mod plan;
-pub mod probe;
-pub use plan::{PlanError, RouteContext};
+use vigie_balance::{EndpointState, HasState, HealthConfig};
 use vigie_proto::v1;
-
-use crate::policy::{Snapshot, Target};
 use vigie_proto::validate::check_endpoint_url;
 
 /// One upstream endpoint and its live state.
@@ -190,120 +181,6 @@ impl EndpointRegistry {
     }
 }
 
-/// One try: a route target and an endpoint index within its pool.
-#[derive(Debug, Clone, Copy)]
-pub struct Attempt<'a> {
-    pub target: &'a Target,
-    pub endpoint: usize,
-    /// Why this endpoint (for telemetry).
-    pub pick: Pick,
-    /// Chosen in panic mode (health ignored: nothing else was eligible).
-    pub panic: bool,
-}
-
-/// The endpoints to try for a request, in order: endpoints of the first target's pool
-/// (balanced), then those of the next target, up to a maximum number of attempts.
-#[derive(Debug)]
-pub struct Attempts<'a> {
-    snapshot: &'a Snapshot,
-    targets: &'a [&'a Target],
-    target: usize,
-    tried: Vec<usize>,
-    remaining: usize,
-    request: Request,
-    /// At least one attempt was made (panic mode only when none could be).
-    yielded: bool,
-}
-
-impl<'a> Attempts<'a> {
-    pub fn new(
-        snapshot: &'a Snapshot,
-        targets: &'a [&'a Target],
-        max_attempts: usize,
-        request: Request,
-    ) -> Self {
-        Self {
-            snapshot,
-            targets,
-            target: 0,
-            tried: Vec::new(),
-            remaining: max_attempts.max(1),
-            request,
-            yielded: false,
-        }
-    }
-
-    /// Attempts still allowed after the current one.
-    pub fn remaining(&self) -> usize {
-        self.remaining
-    }
-}
-
-impl<'a> Iterator for Attempts<'a> {
-    type Item = Attempt<'a>;
-
-    fn next(&mut self) -> Option<Attempt<'a>> {
-        loop {
-            if let Some(a) = self.next_in_order() {
-                self.yielded = true;
-                return Some(a);
-            }
-            // Nothing on the whole route is eligible (all ejected, throttled or
-            // failing checks): one pass that ignores health, rather than refusing.
-            if self.yielded || self.request.ignore_health || self.remaining == 0 {
-                return None;
-            }
-            self.request.ignore_health = true;
-            self.target = 0;
-            self.tried.clear();
-        }
-    }
-}
-
-impl<'a> Attempts<'a> {
-    fn next_in_order(&mut self) -> Option<Attempt<'a>> {
-        while self.remaining > 0 && self.target < self.targets.len() {
-            let target = &self.targets[self.target];
-            let now = Instant::now();
-            let pick = self
-                .snapshot
-                .pools
-                .get(target.pool)
-                .and_then(|p| match p.balancing {
-                    Balancing::RoundRobin if !self.request.ignore_health => {
-                        vigie_balance::round_robin(&p.endpoints, &self.tried, &p.round_robin, now)
-                    }
-                    Balancing::QueueAware | Balancing::Unspecified => {
-                        vigie_balance::pick(&p.endpoints, &self.tried, &self.request, now)
-                    }
-                    // Least request (and round robin in panic mode): no prefix affinity.
-                    _ => vigie_balance::pick(
-                        &p.endpoints,
-                        &self.tried,
-                        &Request {
-                            prefix: None,
-                            ..self.request
-                        },
-                        now,
-                    ),
-                });
-            if let Some(pick) = pick {
-                self.tried.push(pick.index);
-                self.remaining -= 1;
-                return Some(Attempt {
-                    target,
-                    endpoint: pick.index,
-                    pick,
-                    panic: self.request.ignore_health,
-                });
-            }
-            self.target += 1;
-            self.tried.clear();
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,28 +218,6 @@ mod tests {
             (e.host.as_str(), e.port, e.authority.as_str()),
             ("::1", 8080, "[::1]:8080")
         );
-    }
-
-    #[test]
-    fn attempts_walk_endpoints_then_pools() {
-        let policy = serde_json::from_str(
-            r#"{"name":"p","pools":[
-              {"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://a1:1"},{"url":"http://a2:1"}],"models":[{"name":"m"}]},
-              {"name":"b","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://b1:1"}],"models":[{"name":"m"}]}]}"#,
-        )
-        .unwrap();
-        let s = Snapshot::compile(policy, &EndpointRegistry::default()).unwrap();
-        let targets: Vec<&Target> = s.routes_for("m").unwrap()[0].targets.iter().collect();
-        let targets = targets.as_slice();
-        let seen: Vec<(usize, usize)> = Attempts::new(&s, targets, 10, Request::default())
-            .map(|a| (a.target.pool, a.endpoint))
-            .collect();
-        assert_eq!(seen.len(), 3);
-        assert_eq!(&seen[2], &(1, 0));
-        let mut first_pool: Vec<usize> = seen[..2].iter().map(|x| x.1).collect();
-        first_pool.sort();
-        assert_eq!(first_pool, vec![0, 1]);
-        assert_eq!(Attempts::new(&s, targets, 2, Request::default()).count(), 2);
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! Guard: the request's sensitivity level (declared by the app, raised by what DLP
+//! finds) and DLP on what the model will read, before anything leaves the pod.
+
+use http::HeaderMap;
+
+use super::{Refusal, RequestCtx, SidecarApp};
+use crate::api::ApiError;
+use crate::dlp::{self, Level};
+
+/// Sensitivity header when the policy has no DLP section to name one.
+const DEFAULT_SENSITIVITY_HEADER: &str = "x-vigie-sensitivity";
+
+pub fn check(app: &SidecarApp, headers: &HeaderMap, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+    let declared = declared_level(ctx, headers)?;
+    let mut level = declared;
+    if let Some(policy) = ctx.snapshot.dlp.clone()
+        && let Some(request) = ctx.request.as_mut()
+    {
+        let scan = dlp::scan_request(&policy, request, declared)?;
+        ctx.findings(&scan.counts, "request");
+        level = scan.level;
+        if !scan.blocked.is_empty() {
+            app.metrics.dlp_blocked.with_label_values(&["request"]).inc();
+            let e = ApiError::dlp_blocked_request(&scan.blocked);
+            ctx.blocked("dlp_request", e.status);
+            return Err(e.into());
+        }
+        ctx.pseudonyms = scan.pseudonyms;
+    }
+    app.metrics
+        .sensitivity
+        .with_label_values(&[level.map_or("unspecified", Level::as_str)])
+        .inc();
+    ctx.set_level(level);
+    Ok(())
+}
+
+/// The level the app declares. An unreadable declaration is refused, never taken as
+/// public (fail closed).
+fn declared_level(ctx: &RequestCtx, headers: &HeaderMap) -> Result<Option<Level>, ApiError> {
+    let header = ctx
+        .snapshot
+        .dlp
+        .as_ref()
+        .map_or(DEFAULT_SENSITIVITY_HEADER, |d| d.sensitivity_header.as_str());
+    match headers.get(header) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(dlp::parse_level)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_sensitivity(header)),
+    }
+}

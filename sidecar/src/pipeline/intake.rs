@@ -1,0 +1,113 @@
+//! Intake: the operation from method and path, the loop guard, the body read within its
+//! limit and parsed once ([`LlmRequest`]), the end user, and the request's attributes
+//! on its span.
+
+use bytes::{Bytes, BytesMut};
+use opentelemetry::KeyValue;
+use pingora::protocols::http::ServerSession;
+
+use super::{Refusal, RequestCtx, SidecarApp};
+use crate::api::request::LlmRequest;
+use crate::api::{ApiError, Operation};
+use crate::identity;
+use crate::telemetry::trace::UserAttribute;
+
+/// The operation the method and path name (404/405 otherwise).
+pub fn operation(session: &ServerSession) -> Result<Operation, ApiError> {
+    let header = session.req_header();
+    Operation::route(&header.method, header.uri.path())
+}
+
+/// Reads and parses the request; refuses a loop, an oversized or malformed body, a
+/// forged end-user token and a model the policy does not know.
+pub async fn read(
+    app: &SidecarApp,
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+) -> Result<(), Refusal> {
+    let looped = session
+        .req_header()
+        .headers
+        .get_all(http::header::VIA)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains(crate::upstream::VIA)));
+    if looped {
+        return Err(Refusal::before_body(ApiError::loop_detected()));
+    }
+    let body = read_body(session, app.settings.max_body_bytes)
+        .await
+        .map_err(Refusal::before_body)?;
+    let request = LlmRequest::parse(ctx.op, body)?;
+    let head = request.head().clone();
+    ctx.begin(request);
+    let user = identity::identify(&app.settings.users, &session.req_header().headers)?;
+    if ctx.span.recording() {
+        let t = ctx.snapshot.policy.telemetry.as_ref();
+        let mode = UserAttribute::parse(t.map_or("", |t| t.user_attribute.as_str()));
+        let mut kv = vec![KeyValue::new(
+            "vigie.policy.version",
+            ctx.snapshot.version.clone(),
+        )];
+        kv.extend(
+            mode.value(&app.user_key, &user.name)
+                .map(|u| KeyValue::new("vigie.user", u)),
+        );
+        kv.extend(
+            head.max_tokens
+                .map(|n| KeyValue::new("gen_ai.request.max_tokens", n as i64)),
+        );
+        kv.extend(
+            head.temperature
+                .map(|t| KeyValue::new("gen_ai.request.temperature", t)),
+        );
+        kv.extend(head.top_p.map(|t| KeyValue::new("gen_ai.request.top_p", t)));
+        ctx.span.set_all(kv);
+    }
+    ctx.set_user(user);
+    if ctx.snapshot.routes_for(&head.model).is_none() {
+        return Err(ApiError::model_not_found(&head.model).into());
+    }
+    // Only a model the policy knows names the span (anything else is the app's text).
+    ctx.name_span();
+    Ok(())
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await.map_err(|_| {
+            ApiError::invalid_request("The connection failed while reading the request.")
+        })?;
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(ApiError::body_too_large(limit));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(_) => {
+                return Err(ApiError::invalid_request(
+                    "The request body could not be read.",
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The request path: one HTTP request from the app in, one answer out, as named stages
+//! over one [`RequestCtx`]. Read [`SidecarApp::serve`] to follow a request:
+//!
+//! intake (operation, body parsed once, end user) → guard (sensitivity, request DLP) →
+//! route (cleared pools, in order) → budget (reserve or refuse) → attempts (endpoints,
+//! retries, health) → relay (answer streamed back through answer DLP and the usage tap).
+//!
+//! Each stage is a plain function in its own file; the context owns the policy snapshot
+//! that decides the request to its end, and records the request once when dropped
+//! ([`account`]). Pingora is only the transport here: Vigie implements its
+//! `HttpServerApp` because the body must be read before an upstream is chosen and the
+//! answer is Vigie's to shape (ADR 0001, ADR 0011).
+
+pub mod account;
+mod attempts;
+mod budget;
+mod ctx;
+mod guard;
+mod intake;
+mod relay;
+mod respond;
+mod route;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+
+pub use ctx::{Outcome, Refusal, RequestCtx};
+
+use crate::api::{ApiError, Operation};
+use crate::identity::UserSettings;
+use crate::policy::{PolicyStore, Snapshot};
+use crate::telemetry::Metrics;
+use crate::telemetry::events::Events;
+use crate::telemetry::trace::UserKey;
+use crate::upstream::Upstream;
+use crate::upstream::original::OriginalDestinations;
+
+/// What the sidecar's configuration fixes for every request.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_body_bytes: usize,
+    /// Endpoints tried per request (connect errors, 5xx, 429, first-byte timeouts).
+    pub max_attempts: usize,
+    /// The calling workload, for route conditions and attribution.
+    pub namespace: String,
+    pub workload: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where the end user of a request is read from.
+    pub users: UserSettings,
+    /// Adds `x-vigie-route` (pool, endpoint, reason, attempts) to answers; for debugging.
+    pub route_debug_header: bool,
+}
+
+/// Everything requests share: the policy in force, connections, counters, budgets.
+#[derive(Debug)]
+pub struct SidecarApp {
+    pub store: Arc<PolicyStore>,
+    pub upstream: Upstream,
+    pub metrics: Metrics,
+    pub events: Events,
+    /// Key of the end-user pseudonyms on spans.
+    pub user_key: UserKey,
+    /// Usage records: ids, attribution, the ledger.
+    pub accounting: Arc<account::Accounting>,
+    /// Budget counters and their allowance (leased from the control plane, or local).
+    pub quota: Arc<vigie_quota::Quota>,
+    pub settings: Settings,
+    /// Retries may add at most 20 % to the request rate (plus 10 per second).
+    pub retry_budget: vigie_balance::RetryBudget,
+    /// Original destinations of connections the egress programs redirected here.
+    pub original: Option<Arc<OriginalDestinations>>,
+    /// Decides requests that arrive while no policy applies (they get 503).
+    no_policy: Arc<Snapshot>,
+}
+
+impl SidecarApp {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one constructor for the shared state; each part is built at start-up"
+    )]
+    pub fn new(
+        store: Arc<PolicyStore>,
+        upstream: Upstream,
+        metrics: Metrics,
+        events: Events,
+        user_key: UserKey,
+        accounting: Arc<account::Accounting>,
+        quota: Arc<vigie_quota::Quota>,
+        settings: Settings,
+        original: Option<Arc<OriginalDestinations>>,
+    ) -> Self {
+        Self {
+            store,
+            upstream,
+            metrics,
+            events,
+            user_key,
+            accounting,
+            quota,
+            settings,
+            retry_budget: vigie_balance::RetryBudget::default(),
+            original,
+            no_policy: Arc::new(Snapshot::none()),
+        }
+    }
+
+    /// One request, start to end.
+    pub async fn handle(&self, session: &mut ServerSession) -> (Option<Operation>, Outcome) {
+        let op = match intake::operation(session) {
+            Ok(op) => op,
+            // The body was not read: the connection cannot be reused.
+            Err(e) => return (None, respond::error(session, &e).await.not_reusable()),
+        };
+        let snapshot = self.store.current();
+        if op == Operation::ListModels {
+            return (Some(op), respond::models(session, snapshot.as_deref()).await);
+        }
+        let Some(snapshot) = snapshot else {
+            // Still one usage record (refused), like every other request.
+            let mut ctx = RequestCtx::new(self, op, self.no_policy.clone(), session);
+            let e = ApiError::no_policy().with_flavour(op.flavour());
+            let outcome = respond::error(session, &e).await.not_reusable();
+            ctx.status(outcome.status);
+            return (Some(op), outcome);
+        };
+        let mut ctx = RequestCtx::new(self, op, snapshot, session);
+        let outcome = match self.serve(session, &mut ctx).await {
+            Ok(outcome) => outcome,
+            Err(refusal) => respond::refusal(session, op, refusal).await,
+        };
+        ctx.status(outcome.status);
+        (Some(op), outcome)
+    }
+
+    /// The stages. An `Err` is answered by the caller: nothing has reached the app yet.
+    async fn serve(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<Outcome, Refusal> {
+        intake::read(self, session, ctx).await?;
+        guard::check(self, session.req_header(), ctx)?;
+        // The plan borrows the request's own snapshot, never the store's current one.
+        let snapshot = ctx.snapshot.clone();
+        let targets = route::plan(self, session, ctx, &snapshot).await?;
+        budget::admit(self, ctx, &snapshot, &targets).await?;
+        let answer = attempts::forward(self, session, ctx, &snapshot, &targets).await?;
+        Ok(relay::deliver(self, session, ctx, answer).await)
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for SidecarApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "failed to read request header");
+                return None;
+            }
+        }
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let started = Instant::now();
+        self.metrics.inflight.inc();
+        let (operation, outcome) = self.handle(&mut session).await;
+        self.metrics.inflight.dec();
+        let op = operation.map_or("unknown", Operation::name);
+        self.metrics
+            .requests
+            .with_label_values(&[op, &outcome.status.to_string()])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        if !outcome.reusable {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(stream) => stream.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
+        }
+    }
+}

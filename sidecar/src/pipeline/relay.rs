@@ -1,0 +1,267 @@
+//! Relay: the upstream's answer to the app. Streamed chunk by chunk as it arrives
+//! (SSE frame by frame), through the usage tap and, with answer-side DLP or placeholders
+//! to restore, through the SSE filter (exact streaming: only what may still become a
+//! match is held back); a complete JSON answer under DLP is read whole, rewritten and
+//! sent with its new length. If the app goes away the upstream is dropped at once; if
+//! the upstream breaks mid-stream an SSE error event ends the stream cleanly.
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use tracing::{debug, warn};
+
+use super::account::BUDGET_WARNING_HEADER;
+use super::{Outcome, RequestCtx, SidecarApp, respond};
+use crate::api::{self, ApiError};
+use crate::dlp::response::{Blocked, ResponseDlp, SseFilter};
+use crate::upstream::{self, Exchange};
+
+/// Largest complete (non-streamed) answer read whole for DLP.
+const MAX_FILTERED_ANSWER: usize = 32 * 1024 * 1024;
+
+pub async fn deliver(
+    app: &SidecarApp,
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    ex: Exchange,
+) -> Outcome {
+    let Some((status, sse, mut header)) = answer_head(&ex) else {
+        return Outcome::broken(502);
+    };
+    if !ctx.budget_warnings.is_empty() {
+        let _ = header.insert_header(BUDGET_WARNING_HEADER, ctx.budget_warnings.join(", "));
+    }
+    // The filter borrows the request's snapshot and placeholders while the context
+    // goes on being fed.
+    let snapshot = ctx.snapshot.clone();
+    let pseudonyms = std::mem::take(&mut ctx.pseudonyms);
+    match ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms) {
+        Some(filter) if !sse => {
+            header.remove_header(&http::header::CONTENT_LENGTH);
+            whole(app, session, ctx, ex, filter, header).await
+        }
+        filter => {
+            let filter = filter.map(|f| f.sse(ctx.op));
+            if filter.is_some() || ctx.rewrites_answer() {
+                // Events are rewritten, or the injected usage chunk removed.
+                header.remove_header(&http::header::CONTENT_LENGTH);
+            }
+            stream(app, session, ctx, ex, status, sse, header, filter).await
+        }
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the stage's inputs: transport, context, the answer and its head, the filter"
+)]
+async fn stream(
+    app: &SidecarApp,
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    mut ex: Exchange,
+    status: u16,
+    sse: bool,
+    header: ResponseHeader,
+    mut filter: Option<SseFilter<'_>>,
+) -> Outcome {
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_err()
+    {
+        return Outcome::broken(499);
+    }
+    // A client that goes away must release the upstream at once, even mid-stream.
+    session.set_abort_on_close(true);
+    loop {
+        tokio::select! {
+            chunk = ex.session.read_response_body() => {
+                let (out, last) = match chunk {
+                    Ok(Some(data)) => {
+                        let data = ctx.observe(&data).map_or(data, Bytes::from);
+                        (through(filter.as_mut(), data), false)
+                    }
+                    Ok(None) => {
+                        let rest = ctx.answer_ended().map_or_else(Bytes::new, Bytes::from);
+                        (through_end(filter.as_mut(), rest), true)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "upstream failed mid-response");
+                        ctx.upstream_broke();
+                        if let Some(f) = &filter {
+                            ctx.findings(f.counts(), "response");
+                        }
+                        if !sse {
+                            return Outcome::broken(status);
+                        }
+                        // Close the stream with an error event the SDK raises as an APIError.
+                        let e = ApiError::upstream_broken().with_flavour(ctx.op.flavour());
+                        return end_with_event(session, &e, status).await;
+                    }
+                };
+                match out {
+                    Ok(bytes) => {
+                        if !bytes.is_empty() {
+                            if session.write_response_body(bytes, false).await.is_err() {
+                                debug!("client went away mid-response");
+                                return Outcome::broken(499);
+                            }
+                            ctx.first_chunk();
+                        }
+                    }
+                    Err(blocked) => {
+                        if let Some(f) = &filter {
+                            ctx.findings(f.counts(), "response");
+                        }
+                        let e = answer_blocked(app, ctx, &blocked);
+                        // The upstream is dropped mid-answer: its connection is not reused.
+                        return end_with_event(session, &e, status).await;
+                    }
+                }
+                if last {
+                    break;
+                }
+            }
+            _ = session.read_body_or_idle(true) => {
+                debug!("client closed the connection mid-response");
+                return Outcome::broken(499);
+            }
+        }
+    }
+    if let Some(f) = &filter {
+        ctx.findings(f.counts(), "response");
+    }
+    if session.finish_body().await.is_err() {
+        return Outcome::broken(status);
+    }
+    release(app, ex).await;
+    Outcome::done(status)
+}
+
+/// A chunk through the SSE filter, if there is one.
+fn through(filter: Option<&mut SseFilter<'_>>, data: Bytes) -> Result<Bytes, Blocked> {
+    match filter {
+        None => Ok(data),
+        Some(f) => f.push(&data).map(Bytes::from),
+    }
+}
+
+/// The last bytes, then whatever the filter still held.
+fn through_end(filter: Option<&mut SseFilter<'_>>, rest: Bytes) -> Result<Bytes, Blocked> {
+    match filter {
+        None => Ok(rest),
+        Some(f) => {
+            let mut out = f.push(&rest)?;
+            out.extend(f.finish()?);
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
+/// A complete answer under DLP: read whole (bounded), rewritten, sent with its length.
+async fn whole(
+    app: &SidecarApp,
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    mut ex: Exchange,
+    mut filter: ResponseDlp<'_>,
+    mut header: ResponseHeader,
+) -> Outcome {
+    let status = header.status.as_u16();
+    let mut body = BytesMut::new();
+    loop {
+        match ex.session.read_response_body().await {
+            Ok(Some(data)) => {
+                if body.len() + data.len() > MAX_FILTERED_ANSWER {
+                    // Too large to check: not passed through unchecked.
+                    let e = ApiError::upstream_broken().with_flavour(ctx.op.flavour());
+                    return respond::error(session, &e).await.not_reusable();
+                }
+                body.extend_from_slice(&data);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                warn!(error = %e, "upstream failed mid-response");
+                ctx.upstream_broke();
+                let e = ApiError::upstream_broken().with_flavour(ctx.op.flavour());
+                return respond::error(session, &e).await.not_reusable();
+            }
+        }
+    }
+    ctx.observe(&body);
+    ctx.answer_ended();
+    let filtered = filter.filter_json(ctx.op, &body);
+    ctx.findings(&filter.counts, "response");
+    let out = match filtered {
+        Ok(out) => out,
+        Err(blocked) => {
+            let e = answer_blocked(app, ctx, &blocked);
+            return respond::error(session, &e).await;
+        }
+    };
+    if header
+        .insert_header(http::header::CONTENT_LENGTH, out.len().to_string())
+        .is_err()
+    {
+        return Outcome::broken(502);
+    }
+    ctx.first_chunk();
+    let ok = session
+        .write_response_header(Box::new(header))
+        .await
+        .is_ok()
+        && session
+            .write_response_body(Bytes::from(out), true)
+            .await
+            .is_ok()
+        && session.finish_body().await.is_ok();
+    release(app, ex).await;
+    if ok {
+        Outcome::done(status)
+    } else {
+        Outcome::broken(status)
+    }
+}
+
+/// An answer refused by a DLP block rule: counted, reported, and the error to send.
+fn answer_blocked(app: &SidecarApp, ctx: &RequestCtx, blocked: &Blocked) -> ApiError {
+    app.metrics
+        .dlp_blocked
+        .with_label_values(&["response"])
+        .inc();
+    let e = ApiError::dlp_blocked_response(&blocked.0).with_flavour(ctx.op.flavour());
+    ctx.blocked("dlp_response", e.status);
+    e
+}
+
+/// Ends a started stream with an error event (OpenAI or Anthropic shape).
+async fn end_with_event(session: &mut ServerSession, e: &ApiError, status: u16) -> Outcome {
+    let clean = session
+        .write_response_body(api::sse::error_event(e), true)
+        .await
+        .is_ok()
+        && session.finish_body().await.is_ok();
+    Outcome {
+        status,
+        reusable: clean,
+    }
+}
+
+/// The upstream connection goes back to the pool when its answer was read whole.
+async fn release(app: &SidecarApp, ex: Exchange) {
+    if ex.session.response_done() {
+        app.upstream.release(ex).await;
+    }
+}
+
+/// The upstream answer's status, whether it is an event stream, and the header for the
+/// app (hop-by-hop headers removed, the optional `x-vigie-route` debugging header added).
+fn answer_head(ex: &Exchange) -> Option<(u16, bool, ResponseHeader)> {
+    let up = ex.session.response_header()?;
+    let mut header = upstream::downstream_response(up).ok()?;
+    if let Some(route) = &ex.route {
+        let _ = header.insert_header("x-vigie-route", route.as_str());
+    }
+    Some((up.status.as_u16(), upstream::is_event_stream(up), header))
+}
