@@ -139,9 +139,9 @@ mod tests {
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     use serde_json::json;
 
-    const SIGNER: &str = include_str!("../../../control-plane/testdata/sa-signer.pem");
-    const FORGER: &str = include_str!("../../../control-plane/testdata/forger.pem");
-    const JWKS: &str = include_str!("../../../control-plane/testdata/sa-jwks.json");
+    const SIGNER: &str = include_str!("../../control-plane/testdata/sa-signer.pem");
+    const FORGER: &str = include_str!("../../control-plane/testdata/forger.pem");
+    const JWKS: &str = include_str!("../../control-plane/testdata/sa-jwks.json");
 
     fn jwt(key: &str, claims: serde_json::Value) -> String {
         let mut h = Header::new(Algorithm::RS256);

@@ -93,7 +93,12 @@ mod tests {
         );
         let bad = classify(503, &headers(Some("5")));
         assert_eq!(
-            (bad.health, bad.sample_latency, bad.retry_elsewhere, bad.throttle),
+            (
+                bad.health,
+                bad.sample_latency,
+                bad.retry_elsewhere,
+                bad.throttle
+            ),
             (Outcome::Failure, false, true, None),
             "Retry-After is read on 429 only"
         );

@@ -21,8 +21,7 @@ fn main() {
     let t = Instant::now();
     let mut kept = 0usize;
     for _ in 0..N {
-        let mut req =
-            LlmRequest::parse(Operation::ChatCompletions, request[..].into()).unwrap();
+        let mut req = LlmRequest::parse(Operation::ChatCompletions, request[..].into()).unwrap();
         let strip = req.lacks_stream_usage();
         let body = req.body_for("mistral-small", strip).unwrap();
         let mut tap = UsageTap::new(Operation::ChatCompletions, true, strip);

@@ -537,7 +537,10 @@ mod tests {
         );
         assert_eq!(r.tokens, 1500.0);
         // EUR: max(1.0 + 1.0, 0.5 + 2.0); USD: 1.0.
-        assert_eq!(r.cost, vec![("EUR".to_string(), 2.5), ("USD".to_string(), 1.0)]);
+        assert_eq!(
+            r.cost,
+            vec![("EUR".to_string(), 2.5), ("USD".to_string(), 1.0)]
+        );
     }
 
     use super::*;

@@ -23,8 +23,8 @@ use tracing::{error, info, warn};
 use vigie_proto::v1::discovery_service_client::DiscoveryServiceClient;
 use vigie_proto::v1::{Ack, EffectivePolicy, Hello, Identity, WatchRequest, watch_request};
 
-use crate::policy::{PolicyStore, Snapshot};
 use crate::endpoint::EndpointRegistry;
+use crate::policy::{PolicyStore, Snapshot};
 use crate::telemetry::Metrics;
 use lkg::LastKnownGood;
 
@@ -255,6 +255,7 @@ mod tests {
             store: Arc::new(PolicyStore::default()),
             registry: Arc::new(EndpointRegistry::default()),
             metrics: Metrics::new().unwrap(),
+            events: crate::telemetry::events::Events::default(),
             lkg: LastKnownGood::in_dir(dir),
         }
     }

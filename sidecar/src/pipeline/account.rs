@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vigie_ledger::Ledger;
 use vigie_metering::{Usage, UsageSource, UsageTap, estimate};
-use vigie_proto::v1::{
-    PoolCost, PoolKind, SensitivityLevel, UsageOutcome, UsageRecord, UsageSource as RecordSource,
-};
+use vigie_proto::v1::{PoolCost, PoolKind, UsageOutcome, UsageRecord, UsageSource as RecordSource};
 use vigie_quota::{Quota, Reservation};
 use vigie_wire::api::Operation;
 
@@ -208,9 +206,9 @@ pub(super) fn record(ctx: &mut RequestCtx) {
     let request = ctx.request.take();
     let job = move || {
         let mut record = record;
-        let (usage, source) = a.tap.result(|| {
-            request.map_or(0, |r| estimate::prompt_tokens(op, &mut r.into_tree()))
-        });
+        let (usage, source) = a
+            .tap
+            .result(|| request.map_or(0, |r| estimate::prompt_tokens(op, &mut r.into_tree())));
         account(op, &shared.metrics, &mut record, &a, usage, source);
         settle(quota.as_ref(), &record);
         write(&shared, &record);

@@ -30,7 +30,12 @@ pub async fn forward(
     // Prefix affinity only matters where a pool has several endpoints to choose from.
     let prefix = targets
         .iter()
-        .any(|t| snapshot.pools.get(t.pool).is_some_and(|p| p.endpoints.len() > 1))
+        .any(|t| {
+            snapshot
+                .pools
+                .get(t.pool)
+                .is_some_and(|p| p.endpoints.len() > 1)
+        })
         .then(|| ctx.request.as_ref().and_then(|r| r.prefix_key()))
         .flatten()
         .map(|k| vigie_balance::prefix_hash([k.as_bytes()]));
@@ -59,7 +64,9 @@ pub async fn forward(
                 .inc();
             if attempt.pick.probe {
                 // The probe slot was taken by this pick: give it back.
-                endpoint.balance.record(Health::Neutral, None, Instant::now());
+                endpoint
+                    .balance
+                    .record(Health::Neutral, None, Instant::now());
             }
             break;
         }

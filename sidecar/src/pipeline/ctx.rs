@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use opentelemetry::KeyValue;
-use pingora::protocols::http::ServerSession;
 use vigie_metering::UsageTap;
 use vigie_proto::v1::{PoolKind, SensitivityLevel, UsageRecord};
 use vigie_quota::{Quota, Reservation};
@@ -117,7 +116,7 @@ impl RequestCtx {
         app: &SidecarApp,
         op: Operation,
         snapshot: Arc<Snapshot>,
-        session: &ServerSession,
+        headers: &http::HeaderMap,
     ) -> Self {
         let accounting = app.accounting.clone();
         Self {
@@ -127,7 +126,7 @@ impl RequestCtx {
             user: User::default(),
             level: None,
             pseudonyms: Pseudonyms::default(),
-            span: RequestSpan::start(&session.req_header().headers, gen_ai_operation(op)),
+            span: RequestSpan::start(headers, gen_ai_operation(op)),
             budget_warnings: Vec::new(),
             original: None,
             record: accounting.new_record(op),
@@ -203,7 +202,11 @@ impl RequestCtx {
     /// and whether it asks for the usage chunk on the app's behalf. vLLM and OpenAI
     /// accept `stream_options`; Mistral and strict OpenAI-compatible servers reject
     /// unknown fields (and Mistral sends usage anyway).
-    pub fn body_for(&mut self, kind: PoolKind, upstream_model: &str) -> Result<(Bytes, bool), ApiError> {
+    pub fn body_for(
+        &mut self,
+        kind: PoolKind,
+        upstream_model: &str,
+    ) -> Result<(Bytes, bool), ApiError> {
         let Some(request) = self.request.as_mut() else {
             return Err(ApiError::invalid_request("The request has no body."));
         };

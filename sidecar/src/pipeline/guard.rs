@@ -20,7 +20,10 @@ pub fn check(app: &SidecarApp, headers: &HeaderMap, ctx: &mut RequestCtx) -> Res
         ctx.findings(&scan.counts, "request");
         level = scan.level;
         if !scan.blocked.is_empty() {
-            app.metrics.dlp_blocked.with_label_values(&["request"]).inc();
+            app.metrics
+                .dlp_blocked
+                .with_label_values(&["request"])
+                .inc();
             let e = ApiError::dlp_blocked_request(&scan.blocked);
             ctx.blocked("dlp_request", e.status);
             return Err(e.into());
@@ -42,7 +45,9 @@ fn declared_level(ctx: &RequestCtx, headers: &HeaderMap) -> Result<Option<Level>
         .snapshot
         .dlp
         .as_ref()
-        .map_or(DEFAULT_SENSITIVITY_HEADER, |d| d.sensitivity_header.as_str());
+        .map_or(DEFAULT_SENSITIVITY_HEADER, |d| {
+            d.sensitivity_header.as_str()
+        });
     match headers.get(header) {
         None => Ok(None),
         Some(v) => v

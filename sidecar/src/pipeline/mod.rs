@@ -118,17 +118,25 @@ impl SidecarApp {
         };
         let snapshot = self.store.current();
         if op == Operation::ListModels {
-            return (Some(op), respond::models(session, snapshot.as_deref()).await);
+            return (
+                Some(op),
+                respond::models(session, snapshot.as_deref()).await,
+            );
         }
         let Some(snapshot) = snapshot else {
             // Still one usage record (refused), like every other request.
-            let mut ctx = RequestCtx::new(self, op, self.no_policy.clone(), session);
+            let mut ctx = RequestCtx::new(
+                self,
+                op,
+                self.no_policy.clone(),
+                &session.req_header().headers,
+            );
             let e = ApiError::no_policy().with_flavour(op.flavour());
             let outcome = respond::error(session, &e).await.not_reusable();
             ctx.status(outcome.status);
             return (Some(op), outcome);
         };
-        let mut ctx = RequestCtx::new(self, op, snapshot, session);
+        let mut ctx = RequestCtx::new(self, op, snapshot, &session.req_header().headers);
         let outcome = match self.serve(session, &mut ctx).await {
             Ok(outcome) => outcome,
             Err(refusal) => respond::refusal(session, op, refusal).await,
@@ -144,7 +152,7 @@ impl SidecarApp {
         ctx: &mut RequestCtx,
     ) -> Result<Outcome, Refusal> {
         intake::read(self, session, ctx).await?;
-        guard::check(self, session.req_header(), ctx)?;
+        guard::check(self, &session.req_header().headers, ctx)?;
         // The plan borrows the request's own snapshot, never the store's current one.
         let snapshot = ctx.snapshot.clone();
         let targets = route::plan(self, session, ctx, &snapshot).await?;

@@ -249,7 +249,7 @@ async fn end_with_event(session: &mut ServerSession, e: &ApiError, status: u16) 
 }
 
 /// The upstream connection goes back to the pool when its answer was read whole.
-async fn release(app: &SidecarApp, ex: Exchange) {
+async fn release(app: &SidecarApp, mut ex: Exchange) {
     if ex.session.response_done() {
         app.upstream.release(ex).await;
     }

@@ -21,7 +21,10 @@ pub async fn plan<'s>(
         .egress
         .as_ref()
         .is_some_and(|e| !e.redirect.is_empty());
-    let original = match (&app.original, session.client_addr().and_then(|a| a.as_inet())) {
+    let original = match (
+        &app.original,
+        session.client_addr().and_then(|a| a.as_inet()),
+    ) {
         (Some(o), Some(peer)) if redirects => o.lookup(*peer).await,
         _ => None,
     };

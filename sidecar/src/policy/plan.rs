@@ -118,9 +118,7 @@ impl Snapshot {
     }
 }
 
-impl Snapshot {
-    /// The plan for a public request with no headers, from a workload with no labels.
-    /// One try: a route target and an endpoint index within its pool.
+/// One try: a route target and an endpoint index within its pool.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt<'a> {
     pub target: &'a Target,
@@ -234,7 +232,9 @@ impl<'a> Attempts<'a> {
     }
 }
 
-#[cfg(test)]
+impl Snapshot {
+    /// The plan for a public request with no headers, from a workload with no labels.
+    #[cfg(test)]
     pub fn plan_plain(&self, model: &str) -> Option<Vec<(usize, String)>> {
         let headers = HeaderMap::new();
         let labels = BTreeMap::new();
@@ -410,5 +410,4 @@ mod tests {
         assert_eq!(first_pool, vec![0, 1]);
         assert_eq!(Attempts::new(&s, targets, 2, Request::default()).count(), 2);
     }
-
 }

@@ -6,10 +6,10 @@
 
 use std::time::SystemTime;
 
+use hmac::{Hmac, Mac as _};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
 };
-use hmac::{Hmac, Mac as _};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use sha2::Sha256;
 

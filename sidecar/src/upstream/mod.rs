@@ -15,8 +15,8 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorType, Result as PResult};
 
-use crate::policy::{Credential, Timeouts};
 use crate::endpoint::Endpoint;
+use crate::policy::{Credential, Timeouts};
 
 /// Request headers never forwarded: hop-by-hop, framing (re-computed), and the app's own
 /// credentials (the sidecar holds the real ones).

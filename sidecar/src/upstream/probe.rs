@@ -17,8 +17,8 @@ use vigie_balance::ServerLoad;
 use vigie_proto::v1::{Balancing, Hosting, PoolKind};
 use vigie_wire::api::vllm;
 
-use crate::policy::{PolicyStore, PoolRuntime, Timeouts};
 use crate::endpoint::Endpoint;
+use crate::policy::{PolicyStore, PoolRuntime, Timeouts};
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
 

@@ -3,17 +3,12 @@
 //! Prints one JSON line `{"listening": "127.0.0.1:PORT", ...}` on stdout once bound,
 //! so tests and the demo can start it on port 0.
 
-mod behaviour;
-mod server;
-mod text;
-mod wire;
-
 use std::io::Write as _;
 
 use anyhow::Context as _;
 use clap::Parser;
 
-use behaviour::{Behaviour, Failure};
+use vigie_mock_pool::{Behaviour, Failure, Mock};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,7 +82,7 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
-        let mock = server::Mock::new(args.name.clone(), args.models.clone(), behaviour);
+        let mock = Mock::new(args.name.clone(), args.models.clone(), behaviour);
         {
             let mut out = std::io::stdout().lock();
             writeln!(
@@ -97,16 +92,10 @@ fn main() -> anyhow::Result<()> {
             )?;
             out.flush()?;
         }
-        // Small SSE frames on keep-alive connections must not wait for delayed ACKs
-        // (real servers such as uvicorn set TCP_NODELAY too).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, server::router(mock))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        tokio::select! {
+            served = vigie_mock_pool::serve(listener, mock) => served?,
+            _ = tokio::signal::ctrl_c() => {}
+        }
         Ok(())
     })
 }

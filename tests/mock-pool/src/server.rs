@@ -95,11 +95,11 @@ impl Mock {
         hit
     }
 
-    fn behaviour(&self) -> Behaviour {
+    pub fn behaviour(&self) -> Behaviour {
         self.behaviour.lock().map(|b| b.clone()).unwrap_or_default()
     }
 
-    fn set_behaviour(&self, b: Behaviour) {
+    pub fn set_behaviour(&self, b: Behaviour) {
         if let (Ok(mut cur), Ok(mut q)) = (self.behaviour.lock(), self.queue.lock()) {
             if cur.capacity != b.capacity {
                 *q = Arc::new(Semaphore::new(b.capacity.max(1) as usize));
@@ -113,6 +113,17 @@ impl Mock {
             .lock()
             .map(|q| q.clone())
             .unwrap_or_else(|_| Arc::new(Semaphore::new(1)))
+    }
+}
+
+impl Mock {
+    /// The last request body the mock received (what the model saw).
+    pub fn last_request(&self) -> Option<Value> {
+        self.stats.last_request.lock().ok().and_then(|l| l.clone())
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats.requests_total.load(Ordering::SeqCst)
     }
 }
 

@@ -139,9 +139,10 @@ impl LlmRequest {
             model: upstream_model,
             usage: ask_usage,
         };
-        let bytes = Bytes::from(serde_json::to_vec(&variant).map_err(|_| {
-            ApiError::invalid_request("The request body could not be re-encoded.")
-        })?);
+        let bytes =
+            Bytes::from(serde_json::to_vec(&variant).map_err(|_| {
+                ApiError::invalid_request("The request body could not be re-encoded.")
+            })?);
         self.built = Some((upstream_model.to_string(), ask_usage, bytes.clone()));
         Ok(bytes)
     }
@@ -235,7 +236,7 @@ fn parse_tree(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-fn wrong_type(param: &str, expected: &str) -> ApiError {
+fn wrong_type(param: &'static str, expected: &str) -> ApiError {
     ApiError::invalid_request(format!(
         "We could not parse the JSON body of your request: a field has the wrong type (`{param}` must be {expected})."
     ))
@@ -554,7 +555,11 @@ mod tests {
         assert!(c.contains("Bonjour"));
         assert!(key(Operation::Embeddings, r#"{"model":"m","input":"x"}"#).is_none());
         assert_eq!(
-            key(Operation::Completions, r#"{"model":"m","prompt":["abc","d"]}"#).as_deref(),
+            key(
+                Operation::Completions,
+                r#"{"model":"m","prompt":["abc","d"]}"#
+            )
+            .as_deref(),
             Some("abc")
         );
     }
