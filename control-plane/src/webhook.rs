@@ -62,11 +62,11 @@ fn router(state: WebhookState) -> Router {
     Router::new()
         .route(
             vigie_inject::PATH_NAMESPACE,
-            post(|State(state), body| handle(state, Trigger::Namespace, body)),
+            post(|State(state), body| async move { handle(state, Trigger::Namespace, body) }),
         )
         .route(
             vigie_inject::PATH_POD,
-            post(|State(state), body| handle(state, Trigger::Pod, body)),
+            post(|State(state), body| async move { handle(state, Trigger::Pod, body) }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
@@ -90,7 +90,7 @@ fn result_of(review: &serde_json::Value) -> &'static str {
     }
 }
 
-async fn handle(state: WebhookState, trigger: Trigger, body: Bytes) -> Response {
+fn handle(state: WebhookState, trigger: Trigger, body: Bytes) -> Response {
     match vigie_inject::review(&body, trigger, &state.config) {
         Ok(review) => {
             state.metrics.injection(result_of(&review));

@@ -1,5 +1,9 @@
 // A build script fails by panicking: that is how cargo reports it.
-#![allow(clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "build script: failing loudly is its error handling"
+)]
 
 //! Builds the eBPF programs (`ebpf/programs`) for bpfel-unknown-none with the nightly
 //! toolchain and bpf-linker, and leaves the object in OUT_DIR for `include_bytes!`.

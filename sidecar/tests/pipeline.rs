@@ -2,7 +2,6 @@
 //! HTTP/1 session on a loopback port, the mock pool as a library. One test (or more) per
 //! stage: its decisions and its early exits. The black-box suite (real binaries,
 //! official SDKs) is `tests/e2e`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 

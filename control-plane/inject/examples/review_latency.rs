@@ -1,7 +1,11 @@
 //! Time of one AdmissionReview through the handler (parse, decide, mutate, diff,
 //! serialize), on the Deployment-pod fixture:
 //! `cargo run --release -p vigie-inject --example review_latency [iterations]`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "benchmark program"
+)]
 
 use std::time::Instant;
 

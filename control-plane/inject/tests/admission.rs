@@ -1,6 +1,6 @@
 //! Fixture AdmissionReviews through the handler; each patch is applied with
 //! `json-patch` and the result read back as a `k8s-openapi` Pod.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};

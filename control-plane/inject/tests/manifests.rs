@@ -1,7 +1,12 @@
 //! `deploy/` rendered by the real `kubectl kustomize`; every object read into its
 //! `k8s-openapi` type (nothing dropped on the way back: a misspelt field fails), and
 //! ports, paths, images and labels cross-checked with the webhook and the code.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,11 +11,11 @@
 //! The listener is a separate process outside those cgroups, so what is timed is the
 //! client side of `connect()`, as for a pod calling out.
 //! Then a flood of denied connects, with the agent's drain loop running.
-#![allow(
+#![expect(
     clippy::expect_used,
     clippy::unwrap_used,
     clippy::print_stdout,
-    clippy::panic
+    reason = "benchmark program"
 )]
 
 use std::collections::{BTreeMap, HashMap};

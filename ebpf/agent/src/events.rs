@@ -205,7 +205,7 @@ fn log_denial(d: &Denial) {
 pub fn pollable<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: the ring buffers own their map fd for their whole life and always
     // return that same fd, which is what `register` requires.
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "AsyncFd::register_with_interest is unsafe")]
     unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)
 }

@@ -204,6 +204,7 @@ struct OrigQuery {
 
 /// `GET /v1/original-destination?netns=N&peer=IP:PORT`: where a connection redirected
 /// to the sidecar was going. 404 when it was not redirected (or is too old).
+#[expect(clippy::unused_async, reason = "an axum handler")]
 async fn original_destination(
     peers: crate::bpf::OrigPeers,
     q: Result<axum::extract::Query<OrigQuery>, axum::extract::rejection::QueryRejection>,

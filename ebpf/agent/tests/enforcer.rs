@@ -1,7 +1,7 @@
 //! The enforcer against the real kernel (root only; CI runs as root): a policy that
 //! does not fit in the maps is never loaded in part, and the pods that needed it fail
 //! closed while the others keep their policy.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(clippy::unwrap_used, reason = "test code")]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};

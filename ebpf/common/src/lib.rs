@@ -179,17 +179,17 @@ pub struct PeerKey {
 
 #[cfg(feature = "user")]
 mod pod {
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::OrigDst {}
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::PeerKey {}
     // SAFETY: plain `#[repr(C)]` integers and arrays, padding spelled out, no
     // pointers: any bit pattern is valid.
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::Allow {}
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::DestKey {}
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::DenyEvent {}
 }
 

@@ -1,6 +1,10 @@
 //! `cargo run --release -p vigie-balance --example pick_overhead`: time per pick for
 //! pools of 2 to 64 endpoints, with and without a prefix key, on one core.
-#![allow(clippy::unwrap_used, clippy::print_stdout)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "benchmark program"
+)]
 
 use std::time::Instant;
 

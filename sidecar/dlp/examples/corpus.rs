@@ -1,7 +1,11 @@
 //! `cargo run --release -p vigie-dlp --example corpus -- N SEED`: prints the labelled
 //! corpus as JSON lines (character offsets, for other tools such as Presidio), then a
 //! last line with Vigie's own scores and scan throughput on it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "benchmark program"
+)]
 
 use std::time::Instant;
 

@@ -1,7 +1,12 @@
 //! `cargo run --release -p vigie-dlp --example scan_throughput [MiB]`: block-mode and
 //! streaming throughput of all built-in detectors on generated French prose with
 //! identifiers sprinkled in (1 in ~40 sentences), on one core.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    reason = "benchmark program"
+)]
 
 use std::time::Instant;
 

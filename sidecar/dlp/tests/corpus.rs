@@ -1,5 +1,5 @@
 //! Precision and recall of every built-in detector on the generated labelled corpus.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![expect(clippy::print_stdout, reason = "test code")]
 
 use vigie_dlp::corpus::{DETECTORS, generate};
 use vigie_dlp::scoring::{Score, score, table};

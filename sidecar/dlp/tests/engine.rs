@@ -1,5 +1,5 @@
 //! Detectors on French text, block/stream equivalence under any chunking, and no leak.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use proptest::prelude::*;
 use vigie_dlp::{Engine, Redact, StreamScanner, builtins, transform_block};

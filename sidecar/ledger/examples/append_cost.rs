@@ -1,7 +1,11 @@
 //! Cost of the ledger on the request path: one `begin` and one `end` line per request
 //! (two `write` calls), with a realistic record, in a temporary directory:
 //! `cargo run --release -p vigie-ledger --example append_cost [requests]`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "benchmark program"
+)]
 
 use std::time::Instant;
 

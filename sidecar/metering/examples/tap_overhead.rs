@@ -1,7 +1,11 @@
 //! `cargo run --release -p vigie-metering --example tap_overhead`: what metering adds to
 //! one request — the request rewrite (`include_usage`) and watching a streamed answer of
 //! 200 chunks with the usage chunk stripped; and a non-streamed answer. One core.
-#![allow(clippy::unwrap_used, clippy::print_stdout)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "benchmark program"
+)]
 
 use std::time::Instant;
 

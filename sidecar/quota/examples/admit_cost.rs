@@ -2,7 +2,11 @@
 //! allowance (leases from an in-process source, so only the engine is timed), and
 //! lease round-trips per 1,000 requests for several limits:
 //! `cargo run --release -p vigie-quota --example admit_cost [requests]`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "benchmark program"
+)]
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

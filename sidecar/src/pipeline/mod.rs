@@ -79,7 +79,7 @@ pub struct SidecarApp {
 }
 
 impl SidecarApp {
-    #[allow(
+    #[expect(
         clippy::too_many_arguments,
         reason = "one constructor for the shared state; each part is built at start-up"
     )]

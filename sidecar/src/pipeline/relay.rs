@@ -51,7 +51,7 @@ pub async fn deliver(
     }
 }
 
-#[allow(
+#[expect(
     clippy::too_many_arguments,
     reason = "the stage's inputs: transport, context, the answer and its head, the filter"
 )]

@@ -42,7 +42,10 @@ pub fn netns_cookie() -> std::io::Result<u64> {
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a live u64, on a
     // socket we own for the duration of the call.
-    #[allow(unsafe_code)]
+    #[expect(
+        unsafe_code,
+        reason = "getsockopt(SO_NETNS_COOKIE) has no safe wrapper"
+    )]
     let rc = unsafe {
         libc::getsockopt(
             std::os::fd::AsRawFd::as_raw_fd(&socket),

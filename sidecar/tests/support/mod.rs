@@ -2,6 +2,7 @@
 //! server session) on a loopback port, the mock pool as a library, a plain HTTP/1
 //! client, and a capture of the `vigie::security` log lines.
 #![allow(dead_code, reason = "each test file uses the helpers it needs")]
+#![expect(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

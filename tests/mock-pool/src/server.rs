@@ -190,8 +190,10 @@ struct Prepared {
     model: String,
 }
 
-// An error here is a ready-made response; boxing it would only add noise.
-#[allow(clippy::result_large_err)]
+#[expect(
+    clippy::result_large_err,
+    reason = "an error here is a ready-made response; boxing it would only add noise"
+)]
 /// Common front of every generating endpoint: stats, behaviour, parsing, injected status.
 fn prepare(
     mock: &Mock,
@@ -323,7 +325,10 @@ async fn admit(mock: &Arc<Mock>) -> Running {
     }
 }
 
-#[allow(clippy::panic)]
+#[expect(
+    clippy::panic,
+    reason = "unreachable: a fresh semaphore always grants a permit"
+)]
 fn unreachable_permit() -> ! {
     panic!("a fresh semaphore always grants a permit")
 }

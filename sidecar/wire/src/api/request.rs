@@ -289,8 +289,9 @@ fn head_of(tree: &Value) -> Result<RequestHead, ApiError> {
     })
 }
 
-/// Deepest JSON nesting accepted (serde_json's own recursion limit).
-pub const MAX_DEPTH: usize = 128;
+/// Deepest JSON nesting accepted: one level under serde_json's recursion limit (128),
+/// so the tree parse never meets it and the app gets this clear message instead.
+pub const MAX_DEPTH: usize = 127;
 
 /// Whether arrays/objects nest deeper than `max`, in one pass over the bytes (strings,
 /// and escapes inside them, are skipped). Skipping unknown fields would accept any
@@ -460,13 +461,13 @@ mod tests {
         );
         let e = parse_head(body.as_bytes()).unwrap_err();
         assert_eq!(e.status, 400);
-        assert!(e.message.contains("nested more than 128"), "{}", e.message);
-        // Brackets inside strings do not count; 128 real levels are fine.
+        assert!(e.message.contains("nested more than 127"), "{}", e.message);
+        // Brackets inside strings do not count; 127 real levels are fine.
         let ok = format!(
             "{{\"model\":\"m\",\"s\":\"{}\\\"[[\",\"x\":{}{}}}",
             "[".repeat(500),
-            "[".repeat(127),
-            "]".repeat(127)
+            "[".repeat(126),
+            "]".repeat(126)
         );
         assert_eq!(parse_head(ok.as_bytes()).unwrap().model, "m");
     }
