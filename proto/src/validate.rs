@@ -43,8 +43,9 @@ impl Report {
     }
 }
 
-/// Validates a policy; `Ok` means a sidecar can load it.
-pub fn validate(policy: &Policy) -> Result<(), Violations> {
+/// Validates a policy; `Ok` means a sidecar can load it. `egress` judges the egress
+/// section's rules (`vigie_egress_common::validate::EGRESS_RULES`).
+pub fn validate(policy: &Policy, egress: &dyn EgressRules) -> Result<(), Violations> {
     let mut r = Report::default();
     validate_name(&mut r, "name", &policy.name);
     if let Some(scope) = &policy.scope {
@@ -68,7 +69,7 @@ pub fn validate(policy: &Policy) -> Result<(), Violations> {
         validate_budgets(&mut r, b);
     }
     if let Some(e) = &policy.egress {
-        validate_egress(&mut r, e);
+        validate_egress(&mut r, e, egress);
     }
     if let Some(t) = &policy.telemetry {
         validate_telemetry(&mut r, t);
@@ -105,90 +106,16 @@ const MAX_BUDGET_WINDOW_S: i64 = 31 * 86_400;
 /// (refused with EPERM when it is); no policy may allow it to sidecars.
 pub const EGRESS_CANARY: ([u8; 4], u16) = ([192, 0, 2, 1], 9);
 
-/// Protocol number of an egress rule (unspecified: TCP).
-pub fn egress_protocol(p: i32) -> Option<u8> {
-    use crate::v1::EgressProtocol;
-    use vigie_egress_common::{PROTO_ANY, PROTO_TCP, PROTO_UDP};
-    match EgressProtocol::try_from(p).ok()? {
-        EgressProtocol::Unspecified | EgressProtocol::Tcp => Some(PROTO_TCP),
-        EgressProtocol::Udp => Some(PROTO_UDP),
-        EgressProtocol::Any => Some(PROTO_ANY),
-    }
+/// The egress section's rules are compiled into kernel maps by `vigie-egress-common`,
+/// which also judges them (syntax, whether they fit the maps, the canary): validation
+/// asks it through this trait, so the contract crate depends on nothing of Vigie's.
+pub trait EgressRules {
+    /// Reports each problem of the section's rule lists as (field path, reason).
+    fn check(&self, egress: &crate::v1::Egress, report: &mut dyn FnMut(String, String));
 }
 
-/// Parses egress rules, reporting each bad field; `None` if any was bad.
-pub fn egress_rules(
-    rules: &[crate::v1::EgressRule],
-    path: &str,
-    mut bad: impl FnMut(String, String),
-) -> Option<Vec<vigie_egress_common::compile::Rule>> {
-    use vigie_egress_common::compile::{RuleError, parse_net, parse_ports};
-    let mut out = Vec::with_capacity(rules.len());
-    let mut ok = true;
-    for (i, rule) in rules.iter().enumerate() {
-        let p = format!("{path}[{i}]");
-        let net = parse_net(&rule.cidr).map_err(|e| bad(format!("{p}.cidr"), e.to_string()));
-        let ports = parse_ports(&rule.ports).map_err(|e: RuleError| {
-            bad(format!("{p}.ports"), e.to_string());
-        });
-        let proto = egress_protocol(rule.protocol);
-        if proto.is_none() {
-            bad(format!("{p}.protocol"), "unknown protocol".into());
-        }
-        match (net, ports, proto) {
-            (Ok(net), Ok((from, to)), Some(proto)) => out.push(
-                vigie_egress_common::compile::Rule::new(net, from, to, proto),
-            ),
-            _ => ok = false,
-        }
-    }
-    ok.then_some(out)
-}
-
-fn validate_egress(r: &mut Report, e: &crate::v1::Egress) {
-    use vigie_egress_common::compile::check_user_rules;
-    // The maps hold a bounded number of prefixes and port ranges per prefix: a policy
-    // that does not fit is refused here, never loaded in part. The user's lists are
-    // held to tighter limits than the maps, leaving room for the rules the agent adds
-    // (loopback, DNS, control plane, pool endpoints).
-    for (field, rules) in [
-        ("egress.allow", &e.allow),
-        ("egress.sidecarAllow", &e.sidecar_allow),
-        ("egress.redirect", &e.redirect),
-    ] {
-        let Some(parsed) = egress_rules(rules, field, |p, reason| r.add(p, reason)) else {
-            continue;
-        };
-        if field == "egress.redirect" {
-            for (i, rule) in parsed.iter().enumerate() {
-                if rule.port.proto != vigie_egress_common::PROTO_TCP {
-                    r.add(
-                        format!("{field}[{i}].protocol"),
-                        "only TCP connections can be redirected to the sidecar",
-                    );
-                }
-            }
-        }
-        match check_user_rules(&parsed) {
-            Err(err) => r.add(field, err.to_string()),
-            // Sidecars prove their pod is enforced by seeing this refused.
-            Ok(entries)
-                if field == "egress.sidecarAllow"
-                    && vigie_egress_common::compile::permits(
-                        &entries,
-                        vigie_egress_common::v4_mapped(EGRESS_CANARY.0),
-                        vigie_egress_common::PROTO_TCP,
-                        EGRESS_CANARY.1,
-                    ) =>
-            {
-                r.add(
-                    field,
-                    "must not allow 192.0.2.1:9 (TEST-NET-1): sidecars check that their pod is enforced by seeing it refused",
-                );
-            }
-            Ok(_) => {}
-        }
-    }
+fn validate_egress(r: &mut Report, e: &crate::v1::Egress, rules: &dyn EgressRules) {
+    rules.check(e, &mut |path, reason| r.add(path, reason));
     for (i, ip) in e.dns_resolvers.iter().enumerate() {
         if ip.trim().parse::<std::net::IpAddr>().is_err() {
             r.add(
@@ -776,6 +703,16 @@ pub fn serves(pool: &Pool, model: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// Validation without the egress rule checks (they live with the egress compiler
+    /// and are tested there and end to end).
+    fn validate(p: &Policy) -> Result<(), Violations> {
+        struct NoEgressRules;
+        impl EgressRules for NoEgressRules {
+            fn check(&self, _: &crate::v1::Egress, _: &mut dyn FnMut(String, String)) {}
+        }
+        super::validate(p, &NoEgressRules)
+    }
+
     use super::*;
 
     fn policy(json: &str) -> Policy {

@@ -11,10 +11,11 @@ use vigie_proto::validate::{Violations, validate as validate_structure};
 /// Every section's validation: the shared structural rules, then sections that need
 /// their engine to validate (DLP patterns are compiled here, at apply time).
 pub fn validate(policy: &Policy) -> Result<(), Violations> {
-    let mut problems = match validate_structure(policy) {
-        Ok(()) => Vec::new(),
-        Err(v) => v.0,
-    };
+    let mut problems =
+        match validate_structure(policy, &vigie_egress_common::validate::EGRESS_RULES) {
+            Ok(()) => Vec::new(),
+            Err(v) => v.0,
+        };
     if let Some(dlp) = &policy.dlp
         && let Err(v) = vigie_dlp::policy::compile(dlp)
     {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use vigie_egress_common::PROTO_TCP;
 use vigie_egress_common::compile::{Entry, Rule, compile, dns_rules};
+use vigie_egress_common::validate::egress_rules;
 use vigie_proto::effective::effective;
 use vigie_proto::v1::{ClientKind, Egress, Identity, PolicyHead};
-use vigie_proto::validate::egress_rules;
 
 use crate::pods::PodInfo;
 

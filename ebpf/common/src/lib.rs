@@ -8,6 +8,8 @@ extern crate std;
 
 #[cfg(feature = "std")]
 pub mod compile;
+#[cfg(feature = "std")]
+pub mod validate;
 
 /// Port ranges kept per destination prefix in the maps (after inheriting those of the
 /// prefixes that contain it). A policy's own rules may use

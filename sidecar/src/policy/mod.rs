@@ -135,7 +135,7 @@ impl Snapshot {
     /// Validates and compiles a policy. Endpoint state (in-flight counts) is shared with
     /// the previous snapshot through `registry`, so balancing is not reset by a reload.
     pub fn compile(policy: Policy, registry: &EndpointRegistry) -> Result<Snapshot, Violations> {
-        vigie_proto::validate::validate(&policy)?;
+        vigie_proto::validate::validate(&policy, &vigie_egress_common::validate::EGRESS_RULES)?;
         let mut problems = Vec::new();
         let mut pools = Vec::with_capacity(policy.pools.len());
         for (i, p) in policy.pools.iter().enumerate() {
