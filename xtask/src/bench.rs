@@ -567,6 +567,36 @@ pub fn control_plane() -> anyhow::Result<()> {
 
 /// `cargo xtask bench usage`: ledger ingestion at the control plane
 /// (`tests/bench/usage.py` drives `vigie-usage-load` against both stores).
+/// `cargo xtask bench estimate`: resident memory and time of the estimate tokenizer,
+/// Vigie's compact o200k against tiktoken-rs (`vigie-metering` example
+/// `estimate_memory`); the two must count the same.
+pub fn estimate() -> anyhow::Result<()> {
+    step("building the estimate benchmark");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "vigie-metering",
+        "--example",
+        "estimate_memory",
+    ]))?;
+    let exe = root().join("target/release/examples/estimate_memory");
+    let mut tokens = Vec::new();
+    for which in ["vigie", "tiktoken"] {
+        let out = Command::new(&exe).arg(which).output()?;
+        anyhow::ensure!(out.status.success(), "estimate_memory {which} failed");
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        println!("{line}");
+        tokens.push(serde_json::from_str::<Value>(&line)?["tokens"].clone());
+    }
+    anyhow::ensure!(
+        tokens[0] == tokens[1],
+        "the two tokenizers disagree: {tokens:?}"
+    );
+    Ok(())
+}
+
 pub fn usage() -> anyhow::Result<()> {
     python_bench("usage ingestion benchmark", "usage.py")
 }

@@ -42,6 +42,9 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// Memory and speed of the usage-estimate tokenizer: Vigie's compact o200k vs
+    /// tiktoken-rs, each in its own process.
+    Estimate,
     /// Added latency, throughput, TTFT and memory: direct vs sidecar vs nginx vs LiteLLM.
     Proxy {
         /// Seconds per measurement.
@@ -124,6 +127,9 @@ fn main() -> anyhow::Result<()> {
             what: Bench::ControlPlane,
         } => bench::control_plane(),
         Cmd::Bench { what: Bench::Usage } => bench::usage(),
+        Cmd::Bench {
+            what: Bench::Estimate,
+        } => bench::estimate(),
         Cmd::Bench {
             what: Bench::Egress { per_round, rounds },
         } => bench::egress(per_round, rounds),

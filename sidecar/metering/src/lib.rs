@@ -8,6 +8,7 @@
 //! - [`estimate`]: token counts with a real tokenizer when the upstream gives none or
 //!   the stream was cut.
 
+pub mod bpe;
 pub mod estimate;
 pub mod tap;
 pub mod usage;
