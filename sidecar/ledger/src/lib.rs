@@ -2,11 +2,16 @@
 //! plane has acknowledged it.
 //!
 //! Lines of JSON in append-only segment files (`seg-<n>.jsonl`): a `begin` line when a
-//! request starts, an `end` line (the complete [`UsageRecord`]) when it ends. Both are
-//! written with one `write` each, so a killed process loses nothing it wrote: the page
-//! cache keeps it. (A node crash loses what was not yet flushed: [`Ledger::sync`] runs
-//! on a timer.) At start, a `begin` without its `end` is a request the process died
-//! in: [`Ledger::open`] returns them so the caller records them as interrupted.
+//! request starts, an `end` line (the complete [`UsageRecord`]) when it ends. Group
+//! commit, one `write` per request at most: a `begin` is written at once (before the
+//! request goes upstream), carrying with it the `end` lines held since the last write;
+//! `end` lines are otherwise held at most until the next [`Ledger::flush`] (the shipping
+//! timer, [`Ledger::pending`], [`Ledger::sync`]) or until [`HOLD_BYTES`] of them wait.
+//! What was written survives a killed process: the page cache keeps it. (A node crash
+//! loses what was not yet synced: [`Ledger::sync`] runs on a timer.) At start, a
+//! `begin` without its `end` is a request the process died in — or whose `end` was
+//! still held — and [`Ledger::open`] returns them so the caller records them as
+//! interrupted: a killed process never loses a request it forwarded.
 //!
 //! Shipping reads `end` lines from a cursor ([`Ledger::pending`]); once the control
 //! plane has stored a batch (idempotently, by record id) the cursor moves
@@ -24,6 +29,9 @@ use vigie_proto::v1::UsageRecord;
 
 /// A new segment is started beyond this size.
 const SEGMENT_BYTES: u64 = 4 << 20;
+
+/// `end` lines held for a group write at most (then written at once).
+pub const HOLD_BYTES: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -83,6 +91,9 @@ struct Inner {
     cursor: Cursor,
     /// Requests begun and not ended: id → segment of their `begin`.
     open: HashMap<String, u64>,
+    /// `end` lines not written yet, and their ids (still open until written).
+    held: Vec<u8>,
+    held_ids: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -189,21 +200,30 @@ impl Ledger {
                 size: 0,
                 cursor,
                 open: HashMap::new(),
+                held: Vec::new(),
+                held_ids: Vec::new(),
             }),
         };
         Ok((ledger, dangling))
     }
 
-    fn append(&self, line: &LineRef<'_>, id: &str, begin: bool) -> Result<(), LedgerError> {
+    fn line(&self, line: &LineRef<'_>) -> Result<Vec<u8>, LedgerError> {
         let mut text = serde_json::to_vec(line).map_err(|e| LedgerError::Io {
             path: self.dir.display().to_string(),
             source: e.into(),
         })?;
         text.push(b'\n');
-        let mut inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        Ok(text)
+    }
+
+    /// Writes the held `end` lines, then `extra` (a `begin`), in one `write`.
+    fn write_held(inner: &mut Inner, dir: &Path, extra: &[u8]) -> Result<(), LedgerError> {
+        if inner.held.is_empty() && extra.is_empty() {
+            return Ok(());
+        }
         if inner.size >= SEGMENT_BYTES {
             let next = inner.segment + 1;
-            let path = segment_path(&self.dir, next);
+            let path = segment_path(dir, next);
             inner.file = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -212,39 +232,70 @@ impl Ledger {
             inner.segment = next;
             inner.size = 0;
         }
-        let path = segment_path(&self.dir, inner.segment);
-        // One write per line: a killed process never leaves half of one behind.
-        inner.file.write_all(&text).map_err(io(&path))?;
-        inner.size += text.len() as u64;
-        let segment = inner.segment;
-        if begin {
-            inner.open.insert(id.to_string(), segment);
+        let path = segment_path(dir, inner.segment);
+        let written = inner.held.len() + extra.len();
+        // One write for the group: a killed process never leaves half of a line behind
+        // (a torn last line, from a node crash, is skipped when read).
+        if inner.held.is_empty() {
+            inner.file.write_all(extra).map_err(io(&path))?;
         } else {
-            inner.open.remove(id);
+            inner.held.extend_from_slice(extra);
+            let result = inner.file.write_all(&inner.held);
+            inner.held.truncate(inner.held.len() - extra.len());
+            result.map_err(io(&path))?;
+            inner.held.clear();
+            for id in std::mem::take(&mut inner.held_ids) {
+                inner.open.remove(&id);
+            }
+        }
+        inner.size += written as u64;
+        Ok(())
+    }
+
+    /// A request started (its id must be unique; the record holds what is known):
+    /// written at once, with the `end` lines held so far.
+    pub fn begin(&self, record: &UsageRecord) -> Result<(), LedgerError> {
+        let text = self.line(&LineRef::Begin(record))?;
+        let mut inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        Self::write_held(&mut inner, &self.dir, &text)?;
+        let segment = inner.segment;
+        inner.open.insert(record.id.clone(), segment);
+        Ok(())
+    }
+
+    /// A request ended: its complete record, held for the next group write.
+    pub fn end(&self, record: &UsageRecord) -> Result<(), LedgerError> {
+        let text = self.line(&LineRef::End(record))?;
+        let mut inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        inner.held.extend_from_slice(&text);
+        inner.held_ids.push(record.id.clone());
+        if inner.held.len() >= HOLD_BYTES {
+            Self::write_held(&mut inner, &self.dir, &[])?;
         }
         Ok(())
     }
 
-    /// A request started (its id must be unique; the record holds what is known).
-    pub fn begin(&self, record: &UsageRecord) -> Result<(), LedgerError> {
-        self.append(&LineRef::Begin(record), &record.id, true)
+    /// Writes the held `end` lines.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        let mut inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        Self::write_held(&mut inner, &self.dir, &[])
     }
 
-    /// A request ended: its complete record.
-    pub fn end(&self, record: &UsageRecord) -> Result<(), LedgerError> {
-        self.append(&LineRef::End(record), &record.id, false)
-    }
-
-    /// Flushes the current segment to disk (node crashes).
+    /// Writes what is held and flushes the current segment to disk (node crashes).
     pub fn sync(&self) -> Result<(), LedgerError> {
-        let inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        let mut inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        Self::write_held(&mut inner, &self.dir, &[])?;
         let path = segment_path(&self.dir, inner.segment);
         inner.file.sync_data().map_err(io(&path))
     }
 
-    /// Up to `max` ended records after the cursor.
+    /// Up to `max` ended records after the cursor (held ones are written first).
     pub fn pending(&self, max: usize) -> Result<Batch, LedgerError> {
-        let cursor = self.inner.lock().map_err(|_| LedgerError::Poisoned)?.cursor;
+        let cursor = {
+            let mut inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+            Self::write_held(&mut inner, &self.dir, &[])?;
+            inner.cursor
+        };
         let mut batch = Batch {
             records: Vec::new(),
             next: cursor,
@@ -308,9 +359,81 @@ impl Ledger {
     }
 }
 
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // A clean stop writes what is held (a killed process cannot: see `open`).
+        let _ = self.flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn segment_bytes(dir: &Path) -> u64 {
+        segments(dir)
+            .unwrap()
+            .iter()
+            .map(|n| fs::metadata(segment_path(dir, *n)).unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn ends_ride_with_the_next_begin_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path()).unwrap();
+        ledger.begin(&rec("a")).unwrap();
+        ledger.begin(&rec("b")).unwrap();
+        let after_begins = segment_bytes(dir.path());
+        ledger.end(&rec("a")).unwrap();
+        ledger.end(&rec("b")).unwrap();
+        assert_eq!(segment_bytes(dir.path()), after_begins, "ends are held");
+        ledger.begin(&rec("c")).unwrap();
+        let lines: Vec<String> = read_lines(&segment_path(dir.path(), 1), 0)
+            .unwrap()
+            .into_iter()
+            .map(|(l, _)| match l {
+                Line::Begin(r) => format!("begin {}", r.id),
+                Line::End(r) => format!("end {}", r.id),
+            })
+            .collect();
+        assert_eq!(lines, ["begin a", "begin b", "end a", "end b", "begin c"]);
+        // Shipping sees every ended record: held ones are written first.
+        ledger.end(&rec("c")).unwrap();
+        assert_eq!(ledger.pending(10).unwrap().records.len(), 3);
+    }
+
+    #[test]
+    fn a_held_end_lost_with_a_killed_process_is_an_interrupted_request_never_a_lost_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path()).unwrap();
+        ledger.begin(&rec("written")).unwrap();
+        ledger.begin(&rec("held")).unwrap();
+        ledger.end(&rec("written")).unwrap();
+        ledger.flush().unwrap();
+        ledger.end(&rec("held")).unwrap();
+        // kill -9: no destructor runs, the held line never reaches the file.
+        std::mem::forget(ledger);
+        let (_, dangling) = Ledger::open(dir.path()).unwrap();
+        let ids: Vec<&str> = dangling.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["held"]);
+    }
+
+    #[test]
+    fn held_ends_are_written_once_they_fill_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path()).unwrap();
+        let n = HOLD_BYTES / 40;
+        for i in 0..n {
+            ledger.begin(&rec(&format!("r{i}"))).unwrap();
+        }
+        let before = segment_bytes(dir.path());
+        for i in 0..n {
+            ledger.end(&rec(&format!("r{i}"))).unwrap();
+        }
+        assert!(segment_bytes(dir.path()) > before);
+        assert!(ledger.inner.lock().unwrap().held.len() < HOLD_BYTES);
+    }
 
     fn rec(id: &str) -> UsageRecord {
         UsageRecord {
@@ -388,8 +511,10 @@ mod tests {
         // Force a few segments.
         ledger.inner.lock().unwrap().size = SEGMENT_BYTES;
         ledger.end(&rec("x")).unwrap();
+        ledger.flush().unwrap();
         ledger.inner.lock().unwrap().size = SEGMENT_BYTES;
         ledger.end(&rec("y")).unwrap();
+        ledger.flush().unwrap();
         assert_eq!(ledger.segment_count().unwrap(), 3);
         let batch = ledger.pending(10).unwrap();
         ledger.ack(batch.next).unwrap();
