@@ -359,7 +359,7 @@ fn validate_pools(r: &mut Report, pools: &[Pool]) {
         }
         for (j, ep) in pool.endpoints.iter().enumerate() {
             if let Err(reason) = check_endpoint_url(&ep.url) {
-                r.add(format!("{p}.endpoints[{j}].url"), reason);
+                r.add(format!("{p}.endpoints[{j}].url"), reason.to_string());
             }
         }
         if pool.models.is_empty() {
@@ -446,23 +446,40 @@ fn validate_pools(r: &mut Report, pools: &[Pool]) {
     }
 }
 
-/// Checks an endpoint URL; the reason is phrased for the policy author.
-pub fn check_endpoint_url(raw: &str) -> Result<url::Url, String> {
+/// Why an endpoint URL is refused, phrased for the policy author.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointUrlError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("not a valid URL ({0})")]
+    Invalid(url::ParseError),
+    #[error("scheme must be http or https")]
+    Scheme,
+    #[error("host is missing")]
+    NoHost,
+    #[error("must not carry credentials; use the pool's credentials")]
+    Credentials,
+    #[error("must not have a query or fragment")]
+    QueryOrFragment,
+}
+
+/// Checks an endpoint URL.
+pub fn check_endpoint_url(raw: &str) -> Result<url::Url, EndpointUrlError> {
     if raw.is_empty() {
-        return Err("must not be empty".into());
+        return Err(EndpointUrlError::Empty);
     }
-    let u = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+    let u = url::Url::parse(raw).map_err(EndpointUrlError::Invalid)?;
     if u.scheme() != "http" && u.scheme() != "https" {
-        return Err("scheme must be http or https".into());
+        return Err(EndpointUrlError::Scheme);
     }
     if u.host_str().is_none_or(str::is_empty) {
-        return Err("host is missing".into());
+        return Err(EndpointUrlError::NoHost);
     }
     if !u.username().is_empty() || u.password().is_some() {
-        return Err("must not carry credentials; use the pool's credentials".into());
+        return Err(EndpointUrlError::Credentials);
     }
     if u.query().is_some() || u.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
+        return Err(EndpointUrlError::QueryOrFragment);
     }
     Ok(u)
 }
@@ -783,13 +800,14 @@ mod tests {
     fn endpoint_urls() {
         assert!(check_endpoint_url("https://api.mistral.ai").is_ok());
         assert_eq!(
-            check_endpoint_url("http://u:p@h").unwrap_err(),
+            check_endpoint_url("http://u:p@h").unwrap_err().to_string(),
             "must not carry credentials; use the pool's credentials"
         );
-        assert_eq!(check_endpoint_url("").unwrap_err(), "must not be empty");
+        assert_eq!(check_endpoint_url("").unwrap_err(), EndpointUrlError::Empty);
         assert!(
             check_endpoint_url("nope")
                 .unwrap_err()
+                .to_string()
                 .starts_with("not a valid URL")
         );
     }

@@ -32,8 +32,16 @@ pub struct Endpoint {
 
 const DNS_TTL: Duration = Duration::from_secs(30);
 
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Url(#[from] vigie_proto::validate::EndpointUrlError),
+    #[error("internal: endpoint registry poisoned")]
+    Poisoned,
+}
+
 impl Endpoint {
-    pub fn new(pool: &str, ep: &v1::Endpoint) -> Result<Self, String> {
+    pub fn new(pool: &str, ep: &v1::Endpoint) -> Result<Self, EndpointError> {
         let u = check_endpoint_url(&ep.url)?;
         let tls = u.scheme() == "https";
         let host = u
@@ -154,17 +162,18 @@ pub struct EndpointRegistry {
 }
 
 impl EndpointRegistry {
-    pub fn get_or_create(&self, pool: &str, ep: &v1::Endpoint) -> Result<Arc<Endpoint>, String> {
+    pub fn get_or_create(
+        &self,
+        pool: &str,
+        ep: &v1::Endpoint,
+    ) -> Result<Arc<Endpoint>, EndpointError> {
         let key = (
             pool.to_string(),
             ep.url.clone(),
             ep.weight,
             ep.max_concurrency,
         );
-        let mut map = self
-            .endpoints
-            .lock()
-            .map_err(|_| "internal: endpoint registry poisoned".to_string())?;
+        let mut map = self.endpoints.lock().map_err(|_| EndpointError::Poisoned)?;
         if let Some(e) = map.get(&key) {
             return Ok(e.clone());
         }

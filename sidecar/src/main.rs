@@ -314,9 +314,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logs(&args.log_format);
     let mut labels = match &args.labels_file {
-        Some(path) => {
-            vigie_sidecar::control::podinfo::read_labels(path).map_err(anyhow::Error::msg)?
-        }
+        Some(path) => vigie_sidecar::control::podinfo::read_labels(path)?,
         None => Default::default(),
     };
     labels.extend(args.labels.iter().cloned());

@@ -69,7 +69,11 @@ impl Applier {
 
     /// Installs a snapshot; `Err` carries the reason for the NACK (field paths and
     /// reasons, never secret values).
-    pub fn apply(&self, effective: &EffectivePolicy, persist: bool) -> Result<(), String> {
+    pub fn apply(
+        &self,
+        effective: &EffectivePolicy,
+        persist: bool,
+    ) -> Result<(), crate::policy::Violations> {
         match &effective.policy {
             None => {
                 self.store.clear();
@@ -85,8 +89,7 @@ impl Applier {
                 info!("no policy applies to this workload any more; requests get 503");
             }
             Some(policy) => {
-                let snapshot =
-                    Snapshot::compile(policy.clone(), &self.registry).map_err(|v| v.to_string())?;
+                let snapshot = Snapshot::compile(policy.clone(), &self.registry)?;
                 if snapshot.version != effective.version {
                     // Both sides hash the same canonical JSON; a mismatch means a
                     // different schema version. Still usable: log it.
@@ -193,7 +196,8 @@ async fn session(
                 accepted: true,
                 error_detail: String::new(),
             },
-            Err(reason) => {
+            Err(violations) => {
+                let reason = violations.to_string();
                 crate::telemetry::policy_rejected(
                     &applier.metrics,
                     &applier.events,
@@ -282,7 +286,7 @@ mod tests {
             r#"{"name":"p","pools":[{"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://127.0.0.1:1"}],"models":[{"name":"m"}],
             "credentials":{"env":"VIGIE_TEST_SURELY_UNSET_VAR"}}]}"#,
         );
-        let err = a.apply(&bad, true).unwrap_err();
+        let err = a.apply(&bad, true).unwrap_err().to_string();
         assert!(err.contains("pools[0].credentials.env"), "{err}");
         assert_eq!(a.current_version(), good.version);
         // A fresh sidecar starts from what was last accepted, not the rejected one.

@@ -4,19 +4,41 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The labels in `path`; a line that cannot be read is an error naming its number.
-pub fn read_labels(path: &Path) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse_labels(&text).map_err(|e| format!("{}: {e}", path.display()))
+#[derive(Debug, thiserror::Error)]
+pub enum LabelsError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse { path: String, source: BadLine },
 }
 
-pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+/// A line of the labels file that is not `key="value"` (its number, from 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {0} is not key=\"value\"")]
+pub struct BadLine(pub usize);
+
+/// The labels in `path`; a line that cannot be read is an error naming its number.
+pub fn read_labels(path: &Path) -> Result<BTreeMap<String, String>, LabelsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_labels(&text).map_err(|source| LabelsError::Parse {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, BadLine> {
     let mut labels = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = || format!("line {} is not key=\"value\"", n + 1);
+        let bad = || BadLine(n + 1);
         let (key, quoted) = line.split_once('=').ok_or_else(bad)?;
         let inner = quoted
             .strip_prefix('"')
@@ -67,7 +89,7 @@ mod tests {
     #[test]
     fn malformed_lines_are_named() {
         assert_eq!(
-            parse_labels("a=\"1\"\nb=2\n").unwrap_err(),
+            parse_labels("a=\"1\"\nb=2\n").unwrap_err().to_string(),
             "line 2 is not key=\"value\""
         );
         assert!(parse_labels("novalue\n").is_err());

@@ -23,6 +23,17 @@ pub struct ControlPlaneLeases {
     metrics: Metrics,
 }
 
+/// Why a lease call failed.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Client(#[from] super::WatchError),
+    #[error("{0}: {1}")]
+    Status(tonic::Code, String),
+    #[error("timed out")]
+    TimedOut,
+}
+
 impl ControlPlaneLeases {
     pub fn new(cfg: ControlPlaneConfig, metrics: Metrics) -> Self {
         Self {
@@ -32,27 +43,24 @@ impl ControlPlaneLeases {
         }
     }
 
-    async fn call(&self, request: AcquireLeaseRequest) -> Result<Grant, String> {
+    async fn call(&self, request: AcquireLeaseRequest) -> Result<Grant, CallError> {
         let mut client = {
             let mut slot = self.client.lock().await;
             match &*slot {
                 Some(c) => c.clone(),
                 None => {
-                    let c = QuotaServiceClient::new(
-                        channel(&self.cfg).await.map_err(|e| e.to_string())?,
-                    );
+                    let c = QuotaServiceClient::new(channel(&self.cfg).await?);
                     *slot = Some(c.clone());
                     c
                 }
             }
         };
         let mut req = tonic::Request::new(request);
-        authorize(&mut req, &read_token(&self.cfg).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        authorize(&mut req, &read_token(&self.cfg)?)?;
         let reply = client
             .acquire_lease(req)
             .await
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+            .map_err(|s| CallError::Status(s.code(), s.message().to_string()))?
             .into_inner();
         Ok(Grant {
             granted: reply.granted,
@@ -82,7 +90,7 @@ impl LeaseSource for ControlPlaneLeases {
         };
         let outcome = tokio::time::timeout(LEASE_TIMEOUT, self.call(request))
             .await
-            .unwrap_or_else(|_| Err("timed out".into()));
+            .unwrap_or(Err(CallError::TimedOut));
         let result = match &outcome {
             Ok(g) if g.granted >= want => "granted",
             Ok(g) if g.granted > 0.0 => "partial",
@@ -99,7 +107,7 @@ impl LeaseSource for ControlPlaneLeases {
                 *slot = None;
             }
             tracing::warn!(budget = %budget.name, error = %e, "budget allowance lease failed");
-            LeaseError(e)
+            LeaseError(e.to_string())
         })
     }
 }

@@ -158,7 +158,7 @@ impl Snapshot {
                     Err(reason) => {
                         problems.push(Violation {
                             path: format!("pools[{i}].endpoints[{j}].url"),
-                            reason,
+                            reason: reason.to_string(),
                         });
                         None
                     }

@@ -61,15 +61,43 @@ pub fn netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// Why the agent client cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("--egress-agent-url: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("--egress-agent-url must be http:// (a node-local agent)")]
+    Scheme,
+    #[error("--egress-agent-url has no host")]
+    NoHost,
+    #[error("network namespace cookie: {0}")]
+    NetnsCookie(std::io::Error),
+}
+
+/// Why one lookup failed (the connection is then routed as usual).
+#[derive(Debug, thiserror::Error)]
+enum LookupError {
+    #[error("connecting to the agent: {0}")]
+    Connect(std::io::Error),
+    #[error("talking to the agent: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("building the request: {0}")]
+    Request(#[from] http::Error),
+    #[error("agent answered {0}")]
+    Status(http::StatusCode),
+    #[error("unreadable answer: {0}")]
+    Body(#[from] serde_json::Error),
+}
+
 impl OriginalDestinations {
-    pub fn new(agent_url: &str) -> Result<Self, String> {
-        let url = url::Url::parse(agent_url).map_err(|e| format!("--egress-agent-url: {e}"))?;
+    pub fn new(agent_url: &str) -> Result<Self, SetupError> {
+        let url = url::Url::parse(agent_url)?;
         if url.scheme() != "http" {
-            return Err("--egress-agent-url must be http:// (a node-local agent)".into());
+            return Err(SetupError::Scheme);
         }
-        let host = url.host_str().ok_or("--egress-agent-url has no host")?;
+        let host = url.host_str().ok_or(SetupError::NoHost)?;
         let port = url.port_or_known_default().unwrap_or(80);
-        let netns = netns_cookie().map_err(|e| format!("network namespace cookie: {e}"))?;
+        let netns = netns_cookie().map_err(SetupError::NetnsCookie)?;
         Ok(Self {
             agent: format!("{host}:{port}"),
             netns,
@@ -104,7 +132,7 @@ impl OriginalDestinations {
             Ok(Ok(found)) => found,
             failed => {
                 let reason = match failed {
-                    Ok(Err(e)) => e,
+                    Ok(Err(e)) => e.to_string(),
                     _ => "timed out".to_string(),
                 };
                 // One warning per backoff period, not one per request.
@@ -128,40 +156,32 @@ impl OriginalDestinations {
         found
     }
 
-    async fn ask(&self, peer: SocketAddr) -> Result<Option<SocketAddr>, String> {
+    async fn ask(&self, peer: SocketAddr) -> Result<Option<SocketAddr>, LookupError> {
         let stream = tokio::net::TcpStream::connect(&self.agent)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(LookupError::Connect)?;
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let uri = format!("/v1/original-destination?netns={}&peer={peer}", self.netns);
         let req = http::Request::get(uri)
             .header(http::header::HOST, &self.agent)
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
         let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let body = resp.into_body().collect().await?.to_bytes();
         if status == http::StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(format!("agent answered {status}"));
+            return Err(LookupError::Status(status));
         }
         #[derive(serde::Deserialize)]
         struct Found {
             destination: std::net::IpAddr,
             port: u16,
         }
-        let f: Found = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let f: Found = serde_json::from_slice(&body)?;
         Ok(Some(SocketAddr::new(f.destination, f.port)))
     }
 }
