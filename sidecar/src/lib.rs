@@ -5,7 +5,8 @@
 //! force, route plans), [`endpoint`] (endpoint state), [`upstream`] (connections, TLS,
 //! credentials, probes), [`identity`] (the end user), [`telemetry`] (metrics, spans,
 //! security events), [`admin`] (health), and where policies come from: a file
-//! ([`policy::file`]) or the control plane's watch stream ([`control`]).
+//! ([`policy::file`]) or the control plane's watch stream ([`control`]), run as
+//! background [`services`].
 
 pub mod admin;
 pub mod control;
@@ -13,6 +14,7 @@ pub mod endpoint;
 pub mod identity;
 pub mod pipeline;
 pub mod policy;
+pub mod services;
 pub mod telemetry;
 pub mod upstream;
 

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_trait::async_trait;
 use clap::Parser;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
-use pingora::services::background::{BackgroundService, background_service};
+use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tracing::{error, info};
+use tracing::info;
 use vigie_telemetry::opentelemetry::KeyValue;
 
 use vigie_ledger::Ledger;
@@ -21,13 +20,16 @@ use vigie_sidecar::admin::AdminApp;
 use vigie_sidecar::control::lkg::LastKnownGood;
 use vigie_sidecar::control::quota::ControlPlaneLeases;
 use vigie_sidecar::control::usage::Shipping;
-use vigie_sidecar::control::{self, Applier, ControlPlaneConfig};
+use vigie_sidecar::control::{Applier, ControlPlaneConfig};
 use vigie_sidecar::endpoint::EndpointRegistry;
 use vigie_sidecar::identity::UserSettings;
 use vigie_sidecar::pipeline::account::{Accounting, Attribution, RecordIds, record_interrupted};
 use vigie_sidecar::pipeline::{Settings, SidecarApp};
 use vigie_sidecar::policy::PolicyStore;
 use vigie_sidecar::policy::file::{FileWatcher, Reload};
+use vigie_sidecar::services::{
+    ControlPlaneTask, EgressGate, PolicyFileTask, PolicySource, UsageShipper,
+};
 use vigie_sidecar::telemetry::Metrics;
 use vigie_sidecar::telemetry::events::Events;
 use vigie_sidecar::telemetry::trace::UserKey;
@@ -160,55 +162,14 @@ struct Args {
     check: bool,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not key=value")]
+struct NotKeyValue(String);
+
+fn parse_label(s: &str) -> Result<(String, String), NotKeyValue> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not key=value"))
-}
-
-/// Watches the control plane and installs what it sends.
-struct ControlPlaneTask {
-    config: ControlPlaneConfig,
-    applier: Applier,
-    shipper: Option<UsageShipper>,
-}
-
-/// Watches whether the kernel enforces this pod's egress (`--egress-required`).
-struct EgressGate(Arc<std::sync::atomic::AtomicBool>);
-
-#[async_trait]
-impl BackgroundService for EgressGate {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        tokio::select! {
-            () = control::egress_gate::watch(self.0.clone()) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
-}
-
-struct UsageShipper {
-    ledger: Arc<Ledger>,
-    shipping: Shipping,
-}
-
-#[async_trait]
-impl BackgroundService for ControlPlaneTask {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let watch = control::run(self.config.clone(), self.applier.clone(), shutdown.clone());
-        match &self.shipper {
-            None => watch.await,
-            Some(s) => {
-                let ship = control::usage::run(
-                    self.config.clone(),
-                    s.ledger.clone(),
-                    self.applier.metrics.clone(),
-                    s.shipping.clone(),
-                    shutdown,
-                );
-                tokio::join!(watch, ship);
-            }
-        }
-    }
+        .ok_or_else(|| NotKeyValue(s.to_string()))
 }
 
 fn user_settings(args: &Args) -> anyhow::Result<UserSettings> {
@@ -236,21 +197,6 @@ fn user_settings(args: &Args) -> anyhow::Result<UserSettings> {
     })
 }
 
-enum PolicySource {
-    File(Box<PolicyFileTask>),
-    ControlPlane(Box<ControlPlaneTask>),
-}
-
-#[async_trait]
-impl BackgroundService for PolicySource {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        match self {
-            PolicySource::File(t) => t.start(shutdown).await,
-            PolicySource::ControlPlane(t) => t.start(shutdown).await,
-        }
-    }
-}
-
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,pingora=warn".into());
@@ -261,52 +207,6 @@ fn init_logs(format: &str) {
         builder.json().init()
     } else {
         builder.init()
-    }
-}
-
-/// Polls the policy file and installs valid changes.
-struct PolicyFileTask {
-    watcher: std::sync::Mutex<FileWatcher>,
-    interval: Duration,
-    metrics: Metrics,
-    events: Events,
-}
-
-impl PolicyFileTask {
-    fn poll(&self) {
-        let Ok(mut watcher) = self.watcher.lock() else {
-            return;
-        };
-        match watcher.poll() {
-            Reload::Unchanged => {}
-            Reload::Installed(s) => {
-                vigie_sidecar::telemetry::policy_installed(&self.metrics, &self.events, &s, "file");
-                info!(policy = %s.policy.name, version = %s.version, "policy installed");
-            }
-            Reload::Rejected(e) => {
-                vigie_sidecar::telemetry::policy_rejected(
-                    &self.metrics,
-                    &self.events,
-                    "",
-                    "file",
-                    &e.to_string(),
-                );
-                error!(error = %e, "policy rejected; keeping the previous one");
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for PolicyFileTask {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(self.interval);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.poll(),
-                _ = shutdown.changed() => return,
-            }
-        }
     }
 }
 

@@ -73,6 +73,19 @@ async fn intake_refuses_unknown_urls_methods_bodies_and_models_in_the_apis_forma
         "errors never echo the body: {}",
         a.text()
     );
+    // Parsers disagree on which copy of a duplicated key wins: refused, never forwarded.
+    let a = send(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Bytes::from_static(
+            br#"{"model":"m","messages":[{"role":"user","content":"ok","content":"1 85 05 78 006 084 91"}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(a.text().contains("a key appears twice"), "{}", a.text());
     let a = s.chat(json!({"model": 3, "messages": []})).await;
     assert_eq!(a.status, 400);
     assert_eq!(a.json()["error"]["param"], "model");
@@ -103,7 +116,7 @@ async fn intake_refuses_unknown_urls_methods_bodies_and_models_in_the_apis_forma
     );
     // Every refused request but the unroutable ones is one usage record.
     let records = s.records();
-    assert_eq!(records.len(), 5, "{records:?}");
+    assert_eq!(records.len(), 6, "{records:?}");
     assert!(
         records
             .iter()

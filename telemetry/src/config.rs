@@ -283,7 +283,7 @@ fn destination(
         (None, Some(base)) => signal_url(&base, protocol, signal),
         (None, None) => return Ok(None),
     };
-    check_url(&endpoint).map_err(|why| invalid(&signal_var, why))?;
+    check_url(&endpoint).map_err(|why| invalid(&signal_var, why.to_string()))?;
     if protocol == Protocol::HttpProtobuf && endpoint.starts_with("https://") {
         return Err(invalid(
             &protocol_var,
@@ -293,12 +293,21 @@ fn destination(
     Ok(Some(Destination { endpoint, protocol }))
 }
 
+/// Why a collector endpoint is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("not a URL")]
+    NotAUrl,
+    #[error("must be an http:// or https:// URL with a host")]
+    NotHttp,
+}
+
 /// An endpoint must be an absolute http(s) URL.
-pub fn check_url(endpoint: &str) -> Result<(), String> {
-    let uri: http::Uri = endpoint.parse().map_err(|_| "not a URL".to_string())?;
+pub fn check_url(endpoint: &str) -> Result<(), UrlError> {
+    let uri: http::Uri = endpoint.parse().map_err(|_| UrlError::NotAUrl)?;
     match (uri.scheme_str(), uri.host()) {
         (Some("http" | "https"), Some(_)) => Ok(()),
-        _ => Err("must be an http:// or https:// URL with a host".to_string()),
+        _ => Err(UrlError::NotHttp),
     }
 }
 

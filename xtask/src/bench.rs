@@ -560,6 +560,61 @@ fn python_bench(what: &str, script: &str) -> anyhow::Result<()> {
         .env("VIGIE_BIN_DIR", root().join("target/release")))
 }
 
+/// `cargo xtask bench realistic --base REV`: the sidecar in its realistic configuration
+/// (DLP both directions, managed ledger, budget, telemetry) against nginx and direct,
+/// the build of `base` ("before") and the working tree ("after") in one run, with
+/// forced usage estimates and heap allocations per request (`tests/bench/proxy_realistic.py`).
+pub fn realistic(base: &str, duration_s: u64, rates: &str) -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    ensure_tools(&ProxyOpts {
+        duration_s,
+        rates: Vec::new(),
+        soak_s: 0,
+        soak_rate: 0,
+        litellm: false,
+    })?;
+    if !Path::new("/usr/bin/valgrind").exists() {
+        bail!("valgrind is missing (allocation counts): apt-get install valgrind");
+    }
+    step("building release binaries (after)");
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    let src = root().join("target/bench/base-src");
+    let target = root().join("target/bench/base-target");
+    step(&format!("building the sidecar at {base} (before)"));
+    if src.exists() {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(&src)
+            .args(["checkout", "-q", "--detach", base]))?;
+    } else {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(root())
+            .args(["worktree", "add", "-f", "--detach"])
+            .arg(&src)
+            .arg(base))?;
+    }
+    run(cargo()
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", &target)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "vigie-sidecar",
+            "--bin",
+            "vigie-sidecar",
+        ]))?;
+    step("realistic configuration, before and after");
+    run(Command::new(crate::util::venv_python())
+        .arg(root().join("tests/bench/proxy_realistic.py"))
+        .arg("--before")
+        .arg(target.join("release"))
+        .arg("--after")
+        .arg(root().join("target/release"))
+        .args(["--seconds", &duration_s.to_string(), "--rates", rates]))
+}
+
 /// `cargo xtask bench control-plane`: propagation, memory per watcher, apply rate.
 pub fn control_plane() -> anyhow::Result<()> {
     python_bench("control-plane benchmark", "control_plane.py")

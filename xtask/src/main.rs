@@ -42,6 +42,20 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// The sidecar in its realistic configuration (DLP both directions, managed ledger,
+    /// budget, telemetry) against nginx and direct, before (`--base`) and after (the
+    /// working tree), with forced estimates and allocations per request.
+    Realistic {
+        /// Git revision of the "before" build.
+        #[arg(long)]
+        base: String,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Fixed request rates for the latency table.
+        #[arg(long, default_value = "500,1000")]
+        rates: String,
+    },
     /// Memory and speed of the usage-estimate tokenizer: Vigie's compact o200k vs
     /// tiktoken-rs, each in its own process.
     Estimate,
@@ -130,6 +144,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             what: Bench::Estimate,
         } => bench::estimate(),
+        Cmd::Bench {
+            what:
+                Bench::Realistic {
+                    base,
+                    duration,
+                    rates,
+                },
+        } => bench::realistic(&base, duration, &rates),
         Cmd::Bench {
             what: Bench::Egress { per_round, rounds },
         } => bench::egress(per_round, rounds),

@@ -101,11 +101,16 @@ impl Default for InjectConfig {
     }
 }
 
+/// Every problem of an injection configuration, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct ConfigErrors(pub Vec<String>);
+
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 impl InjectConfig {
     /// Every problem, each naming its field, so a bad ConfigMap fails at start.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
         if self.sidecar_image.trim().is_empty() {
             errors.push("sidecarImage: must not be empty".to_string());
@@ -164,7 +169,7 @@ impl InjectConfig {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(ConfigErrors(errors))
         }
     }
 
@@ -195,7 +200,7 @@ mod tests {
             "resources": {"memoryLimit": "lots"}
         }))
         .unwrap();
-        let err = cfg.validate().unwrap_err();
+        let err = cfg.validate().unwrap_err().to_string();
         for field in [
             "sidecarImage",
             "proxyPort",

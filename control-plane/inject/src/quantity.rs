@@ -2,9 +2,14 @@
 //! annotations can be checked before the API server sees them (a request above its
 //! limit is refused by the API server with a message that does not name Vigie).
 
+/// Text that is not a Kubernetes quantity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a Kubernetes quantity (examples: 100m, 0.5, 64Mi, 1Gi)")]
+pub struct NotAQuantity(pub String);
+
 /// The value in base units (cores, bytes), or why the text is not a quantity.
-pub fn parse(text: &str) -> Result<f64, String> {
-    let bad = || format!("{text:?} is not a Kubernetes quantity (examples: 100m, 0.5, 64Mi, 1Gi)");
+pub fn parse(text: &str) -> Result<f64, NotAQuantity> {
+    let bad = || NotAQuantity(text.to_string());
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
         .unwrap_or(text.len());
@@ -63,7 +68,7 @@ mod tests {
         for bad in [
             "", "-1", "abc", "1.2.3", "10mb", "Mi", "1 Gi", ".", "+", "1e", "1x",
         ] {
-            let err = parse(bad).unwrap_err();
+            let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains("not a Kubernetes quantity"), "{bad}: {err}");
         }
     }

@@ -27,7 +27,22 @@ pub struct Config {
 }
 
 /// A bundle to apply, with where to send the outcome.
-pub type Update = (String, EgressBundle, oneshot::Sender<Result<(), String>>);
+pub type Update = (
+    String,
+    EgressBundle,
+    oneshot::Sender<Result<(), ApplyError>>,
+);
+
+/// Why a bundle was not (fully) applied: the NACK's detail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Pods(#[from] crate::pods::PodsError),
+    #[error(transparent)]
+    Maps(#[from] crate::bpf::BpfError),
+    #[error("agent shutting down")]
+    ShuttingDown,
+}
 
 use vigie_proto::client::{ClientError as WatchError, authorize};
 
@@ -70,14 +85,12 @@ async fn session(
             .send((snapshot.version.clone(), bundle, done))
             .await
             .map_err(|_| WatchError::Closed)?;
-        let result = outcome
-            .await
-            .unwrap_or_else(|_| Err("agent shutting down".into()));
+        let result = outcome.await.unwrap_or(Err(ApplyError::ShuttingDown));
         let ack = Ack {
             version: snapshot.version,
             nonce: snapshot.nonce,
             accepted: result.is_ok(),
-            error_detail: result.err().unwrap_or_default(),
+            error_detail: result.err().map(|e| e.to_string()).unwrap_or_default(),
         };
         tx.send(WatchRequest {
             message: Some(watch_request::Message::Ack(ack)),

@@ -266,12 +266,12 @@ impl Agent {
     /// Plans and applies if an input moved. An unreadable pods document changes
     /// nothing (retried on the next tick); pods whose policy cannot be compiled are
     /// logged and fail closed; `Err` only when the maps could not be updated.
-    fn reconcile(&mut self, force: bool) -> Result<(), String> {
+    fn reconcile(&mut self, force: bool) -> Result<(), control::ApplyError> {
         let Some((version, _)) = &self.bundle else {
             return Ok(());
         };
         let version = version.clone();
-        let pods = pods::load(&self.args.pods_file, &self.args.node).map_err(|e| e.to_string())?;
+        let pods = pods::load(&self.args.pods_file, &self.args.node)?;
         let resolved = self.resolve_pods(&pods);
         let Some((_, bundle)) = &self.bundle else {
             return Ok(());
@@ -341,7 +341,7 @@ impl Agent {
             }
             Err(e) => {
                 self.metrics.applies.with_label_values(&["error"]).inc();
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use vigie_egress_common::PROTO_TCP;
-use vigie_egress_common::compile::{Entry, Rule, compile, dns_rules};
+use vigie_egress_common::compile::{CompileError, Entry, Rule, compile, dns_rules};
 use vigie_egress_common::validate::egress_rules;
 use vigie_proto::effective::effective;
 use vigie_proto::v1::{ClientKind, Egress, Identity, PolicyHead};
@@ -153,13 +153,25 @@ pub struct PodRules {
     pub redirect: Vec<Rule>,
 }
 
+/// Why a pod's policy cannot be enforced (the pod then fails closed).
+#[derive(Debug, thiserror::Error)]
+pub enum PodPolicyError {
+    #[error("policy {policy:?}: {}", problems.join("; "))]
+    Rules {
+        policy: String,
+        problems: Vec<String>,
+    },
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
 /// The rules of a pod, from its effective policy.
 pub fn pod_rules(
     heads: &[PolicyHead],
     pod: &PodInfo,
     settings: &Settings,
     resolved: &HashMap<String, Vec<IpAddr>>,
-) -> Result<PodRules, String> {
+) -> Result<PodRules, PodPolicyError> {
     let identity = Identity {
         namespace: pod.namespace.clone(),
         pod: pod.name.clone(),
@@ -186,7 +198,10 @@ pub fn pod_rules(
         None => (Vec::new(), Vec::new(), Vec::new()),
     };
     if !bad.is_empty() {
-        return Err(format!("policy {:?}: {}", policy.name, bad.join("; ")));
+        return Err(PodPolicyError::Rules {
+            policy: policy.name.clone(),
+            problems: bad,
+        });
     }
 
     let mut app: Vec<Rule> = loopback(settings.sidecar_port).into();
@@ -248,20 +263,21 @@ pub fn plan(
 ) -> (Desired, Vec<String>) {
     let mut d = Desired::default();
     let mut errors = Vec::new();
-    let add = |d: &mut Desired, rules: &[Rule], redirect: &[Rule]| -> Result<PolicyKey, String> {
-        let c = Compiled {
-            allow: compile(rules).map_err(|e| e.to_string())?,
-            redirect: compile(redirect).map_err(|e| e.to_string())?,
-            redirect_port: if redirect.is_empty() {
-                0
-            } else {
-                settings.sidecar_port
-            },
+    let add =
+        |d: &mut Desired, rules: &[Rule], redirect: &[Rule]| -> Result<PolicyKey, CompileError> {
+            let c = Compiled {
+                allow: compile(rules)?,
+                redirect: compile(redirect)?,
+                redirect_port: if redirect.is_empty() {
+                    0
+                } else {
+                    settings.sidecar_port
+                },
+            };
+            let key = key_of(&c);
+            d.policies.entry(key).or_insert_with(|| Arc::new(c));
+            Ok(key)
         };
-        let key = key_of(&c);
-        d.policies.entry(key).or_insert_with(|| Arc::new(c));
-        Ok(key)
-    };
     for pod in pods {
         let name = |container: &str, role| CgroupName {
             namespace: pod.info.namespace.clone(),

@@ -166,7 +166,7 @@ impl Engine {
                 let checked = [&p.scan, &p.full]
                     .into_iter()
                     .try_for_each(|expr| check_pattern(expr, d.caseless));
-                checked.map_err(|message| DlpError::Pattern {
+                checked.map_err(|PatternError(message)| DlpError::Pattern {
                     detector: di,
                     pattern: pi,
                     message,
@@ -560,10 +560,17 @@ fn first_bytes(pattern: &str, caseless: bool) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// Whether one pattern compiles in both engines; the error is the engine's message.
-pub fn check_pattern(pattern: &str, caseless: bool) -> Result<(), String> {
-    HyperscanMatcher::compile(&[(pattern.to_string(), caseless)]).map_err(|e| hs_message(&e))?;
-    syntax::parse_with(&dfa_expr(pattern, caseless), &dfa_syntax()).map_err(|e| e.to_string())?;
+/// A pattern one of the engines refuses: the engine's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PatternError(pub String);
+
+/// Whether one pattern compiles in both engines.
+pub fn check_pattern(pattern: &str, caseless: bool) -> Result<(), PatternError> {
+    HyperscanMatcher::compile(&[(pattern.to_string(), caseless)])
+        .map_err(|e| PatternError(hs_message(&e)))?;
+    syntax::parse_with(&dfa_expr(pattern, caseless), &dfa_syntax())
+        .map_err(|e| PatternError(e.to_string()))?;
     Ok(())
 }
 

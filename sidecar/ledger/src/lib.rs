@@ -33,6 +33,11 @@ const SEGMENT_BYTES: u64 = 4 << 20;
 /// `end` lines held for a group write at most (then written at once).
 pub const HOLD_BYTES: usize = 64 << 10;
 
+/// Held lines kept while writes fail (a full disk): beyond this they are dropped, and
+/// the requests are recorded as interrupted at the next start rather than growing
+/// memory without bound.
+pub const HOLD_MAX_BYTES: usize = 4 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger {path}: {source}")]
@@ -242,7 +247,18 @@ impl Ledger {
             inner.held.extend_from_slice(extra);
             let result = inner.file.write_all(&inner.held);
             inner.held.truncate(inner.held.len() - extra.len());
-            result.map_err(io(&path))?;
+            if let Err(e) = result {
+                if inner.held.len() > HOLD_MAX_BYTES {
+                    let dropped = inner.held_ids.len();
+                    inner.held.clear();
+                    inner.held_ids.clear();
+                    tracing::error!(
+                        records = dropped,
+                        "usage ledger: writes keep failing; held end lines dropped (their requests will be recorded as interrupted)"
+                    );
+                }
+                return Err(io(&path)(e));
+            }
             inner.held.clear();
             for id in std::mem::take(&mut inner.held_ids) {
                 inner.open.remove(&id);
@@ -263,10 +279,16 @@ impl Ledger {
         Ok(())
     }
 
-    /// A request ended: its complete record, held for the next group write.
+    /// A request ended: its complete record, held for the next group write — unless
+    /// it has no `begin` line (refused before its body was read, or its `begin` could
+    /// not be written): nothing else would account for it after a kill, so it is
+    /// written at once.
     pub fn end(&self, record: &UsageRecord) -> Result<(), LedgerError> {
         let text = self.line(&LineRef::End(record))?;
         let mut inner = self.inner.lock().map_err(|_| LedgerError::Poisoned)?;
+        if !inner.open.contains_key(&record.id) {
+            return Self::write_held(&mut inner, &self.dir, &text);
+        }
         inner.held.extend_from_slice(&text);
         inner.held_ids.push(record.id.clone());
         if inner.held.len() >= HOLD_BYTES {
@@ -417,6 +439,17 @@ mod tests {
         let (_, dangling) = Ledger::open(dir.path()).unwrap();
         let ids: Vec<&str> = dangling.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["held"]);
+    }
+
+    #[test]
+    fn an_end_without_a_begin_is_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path()).unwrap();
+        ledger.end(&rec("refused-before-its-body")).unwrap();
+        std::mem::forget(ledger);
+        let (ledger, dangling) = Ledger::open(dir.path()).unwrap();
+        assert!(dangling.is_empty());
+        assert_eq!(ledger.pending(10).unwrap().records.len(), 1);
     }
 
     #[test]

@@ -53,6 +53,9 @@ impl std::fmt::Debug for Vocab {
 
 const INDEX_BITS: u32 = 19;
 
+/// Longest piece merged exactly (tiktoken's counts); longer ones are estimated.
+pub const MAX_PIECE: usize = 16 << 10;
+
 fn hash(bytes: &[u8]) -> usize {
     // FNV-1a: short keys, no adversary (the vocabulary is fixed).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -116,18 +119,23 @@ impl Vocab {
         }
     }
 
-    /// Tokens in `text` (tiktoken's `encode_ordinary(text).len()`).
+    /// Tokens in `text` (tiktoken's `encode_ordinary(text).len()`), except two bounded
+    /// cases counted at 4 bytes per token: a piece longer than [`MAX_PIECE`] (a run of
+    /// one character class the merge would spend memory and time on: one byte of state
+    /// per byte), and the rest of the text if the pattern gives up (backtracking limit).
     pub fn count(&self, text: &str) -> u64 {
         let mut n = 0;
+        let mut done = 0;
         for m in self.pattern.find_iter(text) {
-            // The pattern cannot fail at run time but on backtracking limits; such a
-            // piece is counted by bytes (never under 1).
-            let piece = match m {
-                Ok(m) => m.as_str().as_bytes(),
-                Err(_) => continue,
+            let Ok(m) = m else {
+                return n + ((text.len() - done) as u64).div_ceil(4);
             };
+            done = m.end();
+            let piece = m.as_str().as_bytes();
             n += if self.rank(piece).is_some() {
                 1
+            } else if piece.len() > MAX_PIECE {
+                (piece.len() as u64).div_ceil(4)
             } else {
                 self.merged_parts(piece)
             };

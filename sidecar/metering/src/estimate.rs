@@ -91,6 +91,16 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_piece_is_estimated_in_bounded_time_and_memory() {
+        let run = "a".repeat(4 << 20);
+        assert_eq!(tokens(&run), (4 << 20) / 4);
+        // Just under the bound: exact.
+        let reference = tiktoken_rs::o200k_base().unwrap();
+        let word = "é".repeat(crate::bpe::MAX_PIECE / 2);
+        assert_eq!(tokens(&word), reference.encode_ordinary(&word).len() as u64);
+    }
+
+    #[test]
     fn counts_with_o200k() {
         assert_eq!(tokens("Hello world"), 2);
         let n = tokens("Bonjour, pouvez-vous résumer la note de la préfecture ?");

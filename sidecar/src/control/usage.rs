@@ -70,6 +70,27 @@ async fn ship_once(
     Ok(n)
 }
 
+/// How often held `end` lines are written, whatever shipping does (group commit:
+/// under load they ride with the next `begin`; this bounds how long an idle sidecar
+/// holds them).
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Longest wait for one shipping call (a stalled control plane is retried later).
+const SHIP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes held ledger lines every [`FLUSH_EVERY`] until the process ends.
+async fn flush_held(ledger: Arc<Ledger>, metrics: Metrics) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = ledger.flush() {
+            metrics.ledger.with_label_values(&["error"]).inc();
+            warn!(error = %e, "usage ledger write failed");
+        }
+    }
+}
+
 /// Runs until `shutdown`; flushes and ships a last time on the way out.
 pub async fn run(
     cfg: ControlPlaneConfig,
@@ -78,6 +99,9 @@ pub async fn run(
     shipping: Shipping,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Not tied to the shutdown signal: requests still finishing during a graceful
+    // stop have their lines written too.
+    tokio::spawn(flush_held(ledger.clone(), metrics.clone()));
     let mut client = None;
     let mut failures: u32 = 0;
     loop {
@@ -85,7 +109,17 @@ pub async fn run(
             metrics.ledger.with_label_values(&["error"]).inc();
             warn!(error = %e, "usage ledger flush failed");
         }
-        let wait = match ship_once(&cfg, &mut client, &ledger, &metrics).await {
+        let shipped = tokio::time::timeout(
+            SHIP_TIMEOUT,
+            ship_once(&cfg, &mut client, &ledger, &metrics),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(WatchError::Status(tonic::Status::deadline_exceeded(
+                "shipping timed out",
+            )))
+        });
+        let wait = match shipped {
             // A full batch: more may be waiting.
             Ok(n) if n == BATCH => {
                 failures = 0;

@@ -2,8 +2,9 @@
 //! first-byte timeouts, 5xx and 429 move to the next endpoint, then the next pool,
 //! within `max_attempts` and the sidecar's retry budget; what each outcome says about
 //! the endpoint is `vigie_balance::classify`. Nothing is retried once a byte of the
-//! answer has reached the app, and a request that may have reached an upstream
-//! (broken exchange) is never sent again.
+//! answer has reached the app, and a broken exchange (the request may be generating
+//! upstream) is never sent again; a first-byte timeout is (the endpoint is counted as
+//! failed), as is a 5xx or 429 answer.
 
 use std::time::Instant;
 
@@ -87,7 +88,17 @@ pub async fn forward(
             .inc();
         let upstream_model = attempt.target.upstream_model.as_str();
         // Asking for the usage chunk only where the upstream accepts the field.
-        let (payload, asked_usage) = ctx.body_for(pool.kind, upstream_model)?;
+        let (payload, asked_usage) = match ctx.body_for(pool.kind, upstream_model) {
+            Ok(body) => body,
+            Err(e) => {
+                if attempt.pick.probe {
+                    endpoint
+                        .balance
+                        .record(Health::Neutral, None, Instant::now());
+                }
+                return Err(e.into());
+            }
+        };
         let _inflight = endpoint.start();
         let span = ctx.span.attempt(&pool.name, endpoint, tries, reason);
         ctx.span

@@ -37,7 +37,12 @@ pub async fn read(
     let body = read_body(session, app.settings.max_body_bytes)
         .await
         .map_err(Refusal::before_body)?;
-    let request = LlmRequest::parse(ctx.op, body)?;
+    let request = LlmRequest::parse(ctx.op, body).inspect_err(|e| {
+        // A key given twice (or in two cases) is how a value would be hidden from DLP.
+        if e.code == Some("ambiguous_key") {
+            ctx.blocked("ambiguous_key", e.status);
+        }
+    })?;
     let head = request.head().clone();
     ctx.begin(request);
     let user = identity::identify(&app.settings.users, &session.req_header().headers)?;

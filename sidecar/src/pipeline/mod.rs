@@ -158,6 +158,9 @@ impl SidecarApp {
         let targets = route::plan(self, session, ctx, &snapshot).await?;
         budget::admit(self, ctx, &snapshot, &targets).await?;
         let answer = attempts::forward(self, session, ctx, &snapshot, &targets).await?;
+        if let Some(request) = ctx.request.as_mut() {
+            request.forwarded();
+        }
         Ok(relay::deliver(self, session, ctx, answer).await)
     }
 }

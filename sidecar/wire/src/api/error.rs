@@ -59,6 +59,12 @@ impl ApiError {
         Self::new(400, "invalid_request_error", None, message)
     }
 
+    /// An object names a key twice (or in two cases): parsers disagree on which copy
+    /// wins, so the body is refused rather than scanned one way and read another.
+    pub fn ambiguous_key(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", Some("ambiguous_key"), message)
+    }
+
     pub fn unknown_url(method: &http::Method, path: &str) -> Self {
         // The path is the client's own; cap it so an error never echoes a large payload.
         let shown: String = path.chars().take(128).collect();

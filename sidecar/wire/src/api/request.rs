@@ -30,6 +30,8 @@ pub struct LlmRequest {
     op: Operation,
     head: RequestHead,
     raw: Bytes,
+    /// `raw`'s length, kept once the bytes are released.
+    received: usize,
     tree: Value,
     /// A text was rewritten (DLP): `raw` no longer says what `tree` says.
     rewritten: bool,
@@ -47,6 +49,7 @@ impl LlmRequest {
         Ok(Self {
             op,
             head,
+            received: raw.len(),
             raw,
             tree,
             rewritten: false,
@@ -69,11 +72,11 @@ impl LlmRequest {
 
     /// Size of the body as the app sent it.
     pub fn len(&self) -> usize {
-        self.raw.len()
+        self.received
     }
 
     pub fn is_empty(&self) -> bool {
-        self.raw.is_empty()
+        self.received == 0
     }
 
     pub fn tree(&self) -> &Value {
@@ -96,6 +99,14 @@ impl LlmRequest {
     /// Whether a text was rewritten since the body was received.
     pub fn rewritten(&self) -> bool {
         self.rewritten
+    }
+
+    /// The request was sent: the bytes kept for retries go (only the tree stays, for a
+    /// usage estimate). A later `body_for` serialises the tree.
+    pub fn forwarded(&mut self) {
+        self.raw = Bytes::new();
+        self.built = None;
+        self.rewritten = true;
     }
 
     /// The tree, for a last read (token estimates) once the request is over.
@@ -227,13 +238,105 @@ fn parse_tree(body: &[u8]) -> Result<Value, ApiError> {
             "The JSON body is nested more than {MAX_DEPTH} levels deep."
         )));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        // serde_json's message gives line and column and the expected token, not content.
-        ApiError::invalid_request(format!(
-            "We could not parse the JSON body of your request: {}",
-            describe(&e)
-        ))
-    })
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let tree = serde::de::DeserializeSeed::deserialize(StrictValue, &mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| {
+            // serde_json's message gives line and column and the expected token, not
+            // content; a duplicate key is named by position only (keys are the app's).
+            if e.to_string().starts_with(DUPLICATE_KEY) {
+                return ApiError::ambiguous_key(format!(
+                    "We could not parse the JSON body of your request: {DUPLICATE_KEY} at line {} column {}",
+                    e.line(),
+                    e.column()
+                ));
+            }
+            ApiError::invalid_request(format!(
+                "We could not parse the JSON body of your request: {}",
+                describe(&e)
+            ))
+        })?;
+    Ok(tree)
+}
+
+const DUPLICATE_KEY: &str = "a key appears twice in one object";
+
+/// A JSON tree like `serde_json::Value`, refusing an object that names a key twice —
+/// also in two cases (`content` / `Content`, `ſ` for `s`, the Kelvin sign for `k`):
+/// parsers disagree on which copy wins, and some match keys without regard to case
+/// (Go's `encoding/json`), so what DLP reads and what the upstream reads could differ.
+/// Refused at any depth (fail closed).
+struct StrictValue;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(v) = seq.next_element_seed(StrictValue)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        // Case-folded keys seen, once there is more than one (most objects are small).
+        let mut folded: std::collections::HashSet<unicase::UniCase<String>> =
+            std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(StrictValue)?;
+            if !folded.insert(unicase::UniCase::unicode(key.clone())) {
+                return Err(serde::de::Error::custom(DUPLICATE_KEY));
+            }
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn wrong_type(param: &'static str, expected: &str) -> ApiError {
@@ -443,6 +546,28 @@ mod tests {
                 e.message
             );
         }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        for body in [
+            r#"{"model":"m","model":"n"}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"a","content":"NIR"}]}"#,
+            r#"{"model":"m","messages":[],"messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"m","x":{"a":{"b":1,"b":2}}}"#,
+            // Parsers that match keys regardless of case (Go's encoding/json) read these.
+            r#"{"model":"m","messages":[{"role":"user","content":"hi","Content":"NIR"}]}"#,
+            r#"{"model":"m","messages":[],"meſſages":[{"role":"user","content":"NIR"}]}"#,
+            "{\"model\":\"m\",\"ma\u{212A}e\":1,\"make\":2}",
+        ] {
+            let e = parse_head(body.as_bytes()).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.contains("a key appears twice"), "{}", e.message);
+            assert_eq!(e.code, Some("ambiguous_key"));
+            assert!(!e.message.contains("NIR") && !e.message.contains("content"));
+        }
+        // The same key in two objects is fine.
+        assert!(parse_head(br#"{"model":"m","a":{"k":1},"b":{"k":2}}"#).is_ok());
     }
 
     #[test]
