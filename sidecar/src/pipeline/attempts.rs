@@ -37,7 +37,7 @@ pub async fn forward(
                 .get(t.pool)
                 .is_some_and(|p| p.endpoints.len() > 1)
         })
-        .then(|| ctx.request.as_ref().and_then(|r| r.prefix_key()))
+        .then(|| ctx.request.as_mut().and_then(|r| r.prefix_key()))
         .flatten()
         .map(|k| vigie_balance::prefix_hash([k.as_bytes()]));
     let mut attempts = Attempts::new(

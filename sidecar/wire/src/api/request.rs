@@ -1,5 +1,7 @@
-//! The few request fields the sidecar needs before forwarding, read without building a
-//! full JSON tree; the body is rewritten only when the model name must change.
+//! A request body as the sidecar sees it ([`LlmRequest`]): checked once (a JSON object,
+//! no key named twice or in two cases, bounded nesting), its head fields read without
+//! building a tree, and the tree built at most once, when something needs it (DLP,
+//! prefix affinity, the usage option, a model alias, an estimate).
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -10,6 +12,8 @@ use super::{ApiError, Operation};
 pub struct RequestHead {
     pub model: String,
     pub stream: bool,
+    /// `stream_options.include_usage` is `true`.
+    pub stream_usage: bool,
     /// `max_completion_tokens` or `max_tokens` (Anthropic: `max_tokens`), when set.
     pub max_tokens: Option<u64>,
     /// Sampling parameters, for telemetry (`gen_ai.request.*`); not checked here.
@@ -21,10 +25,11 @@ pub struct RequestHead {
 /// is a mistake (or an attempt to reserve an absurd budget), refused up front.
 pub const MAX_OUTPUT_TOKENS: u64 = 10_000_000;
 
-/// A request body parsed once: the head fields the sidecar decides on, and the JSON
-/// tree that DLP, prefix affinity, usage and estimates read and rewrite. The app's bytes
-/// are forwarded as they came unless something changed; then the body is serialised once
-/// per (upstream model, usage request) variant and reused by retries.
+/// A request body read once: the head fields the sidecar decides on, and the JSON tree
+/// that DLP, prefix affinity, usage and estimates read and rewrite — built on first
+/// need, at most once. The app's bytes are forwarded as they came unless something
+/// changed; then the body is serialised once per (upstream model, usage request)
+/// variant and reused by retries.
 #[derive(Debug)]
 pub struct LlmRequest {
     op: Operation,
@@ -32,7 +37,7 @@ pub struct LlmRequest {
     raw: Bytes,
     /// `raw`'s length, kept once the bytes are released.
     received: usize,
-    tree: Value,
+    tree: Option<Value>,
     /// A text was rewritten (DLP): `raw` no longer says what `tree` says.
     rewritten: bool,
     /// The last body built for an upstream: (model, usage asked, bytes).
@@ -44,14 +49,13 @@ impl LlmRequest {
     /// [`MAX_DEPTH`], a `model`, sane `stream` and output limits. Errors never quote
     /// the body.
     pub fn parse(op: Operation, raw: Bytes) -> Result<Self, ApiError> {
-        let tree = parse_tree(&raw)?;
-        let head = head_of(&tree)?;
+        let head = parse_head(&raw)?;
         Ok(Self {
             op,
             head,
             received: raw.len(),
             raw,
-            tree,
+            tree: None,
             rewritten: false,
             built: None,
         })
@@ -79,21 +83,27 @@ impl LlmRequest {
         self.received == 0
     }
 
-    pub fn tree(&self) -> &Value {
-        &self.tree
+    /// The JSON tree, built from the body on first use.
+    pub fn tree(&mut self) -> Result<&mut Value, ApiError> {
+        match &mut self.tree {
+            Some(tree) => Ok(tree),
+            slot => Ok(slot.insert(parse_tree(&self.raw)?)),
+        }
     }
 
     /// Calls `f` on every text the model will read (see [`crate::dlp::text`]); `f`
     /// returns whether it changed the text.
-    pub fn edit_texts(&mut self, f: &mut dyn FnMut(&mut String) -> bool) {
+    pub fn edit_texts(&mut self, f: &mut dyn FnMut(&mut String) -> bool) -> Result<(), ApiError> {
+        let op = self.op;
         let mut changed = false;
-        crate::dlp::text::request_texts(self.op, &mut self.tree, &mut |s| {
+        crate::dlp::text::request_texts(op, self.tree()?, &mut |s| {
             changed |= f(s);
         });
         if changed {
             self.rewritten = true;
             self.built = None;
         }
+        Ok(())
     }
 
     /// Whether a text was rewritten since the body was received.
@@ -104,14 +114,20 @@ impl LlmRequest {
     /// The request was sent: the bytes kept for retries go (only the tree stays, for a
     /// usage estimate). A later `body_for` serialises the tree.
     pub fn forwarded(&mut self) {
-        self.raw = Bytes::new();
+        if self.tree().is_ok() {
+            self.raw = Bytes::new();
+            self.rewritten = true;
+        }
         self.built = None;
-        self.rewritten = true;
     }
 
-    /// The tree, for a last read (token estimates) once the request is over.
-    pub fn into_tree(self) -> Value {
-        self.tree
+    /// The tree, for a last read (token estimates) once the request is over; `Null` if
+    /// the body cannot give one.
+    pub fn into_tree(mut self) -> Value {
+        match self.tree() {
+            Ok(_) => self.tree.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
     }
 
     /// A streaming OpenAI chat or completions request that does not ask for the usage
@@ -120,11 +136,7 @@ impl LlmRequest {
     pub fn lacks_stream_usage(&self) -> bool {
         matches!(self.op, Operation::ChatCompletions | Operation::Completions)
             && self.head.stream
-            && self
-                .tree
-                .pointer("/stream_options/include_usage")
-                .and_then(Value::as_bool)
-                != Some(true)
+            && !self.head.stream_usage
     }
 
     /// The bytes to send to an upstream that knows the model as `upstream_model`, with
@@ -140,7 +152,7 @@ impl LlmRequest {
         {
             return Ok(b.clone());
         }
-        let Value::Object(map) = &self.tree else {
+        let Value::Object(map) = self.tree()? else {
             return Err(ApiError::invalid_request(
                 "The request body must be a JSON object.",
             ));
@@ -159,8 +171,9 @@ impl LlmRequest {
     }
 
     /// The stable head of the prompt, for KV-cache affinity (see [`prefix_key`]).
-    pub fn prefix_key(&self) -> Option<String> {
-        prefix_key(self.op, &self.tree)
+    pub fn prefix_key(&mut self) -> Option<String> {
+        let op = self.op;
+        prefix_key(op, self.tree().ok()?)
     }
 }
 
@@ -211,12 +224,20 @@ impl serde::Serialize for WithUsage<'_> {
     }
 }
 
-/// Reads the head fields of a body; the whole body must be a JSON object.
+/// Checks a body and reads its head fields; the whole body must be a JSON object with no
+/// key named twice (or in two cases) at any depth. Builds no tree.
 pub fn parse_head(body: &[u8]) -> Result<RequestHead, ApiError> {
-    head_of(&parse_tree(body)?)
+    precheck(body)?;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::de::DeserializeSeed::deserialize(Validate, &mut de)
+        .and_then(|()| de.end())
+        .map_err(json_error)?;
+    let head: Head = serde_json::from_slice(body).map_err(json_error)?;
+    head_of(head)
 }
 
-fn parse_tree(body: &[u8]) -> Result<Value, ApiError> {
+/// What can be refused before parsing: empty, not UTF-8, not an object, too deep.
+fn precheck(body: &[u8]) -> Result<(), ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid_request(
             "The request body is empty; a JSON object is expected.",
@@ -238,25 +259,223 @@ fn parse_tree(body: &[u8]) -> Result<Value, ApiError> {
             "The JSON body is nested more than {MAX_DEPTH} levels deep."
         )));
     }
+    Ok(())
+}
+
+/// serde_json's message gives line and column and the expected token, not content; a
+/// duplicate key is named by position only (keys are the app's).
+fn json_error(e: serde_json::Error) -> ApiError {
+    if e.to_string().starts_with(DUPLICATE_KEY) {
+        return ApiError::ambiguous_key(format!(
+            "We could not parse the JSON body of your request: {DUPLICATE_KEY} at line {} column {}",
+            e.line(),
+            e.column()
+        ));
+    }
+    ApiError::invalid_request(format!(
+        "We could not parse the JSON body of your request: {}",
+        describe(&e)
+    ))
+}
+
+/// The tree of a body [`parse_head`] accepted.
+fn parse_tree(body: &[u8]) -> Result<Value, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let tree = serde::de::DeserializeSeed::deserialize(StrictValue, &mut de)
         .and_then(|v| de.end().map(|()| v))
-        .map_err(|e| {
-            // serde_json's message gives line and column and the expected token, not
-            // content; a duplicate key is named by position only (keys are the app's).
-            if e.to_string().starts_with(DUPLICATE_KEY) {
-                return ApiError::ambiguous_key(format!(
-                    "We could not parse the JSON body of your request: {DUPLICATE_KEY} at line {} column {}",
-                    e.line(),
-                    e.column()
-                ));
-            }
-            ApiError::invalid_request(format!(
-                "We could not parse the JSON body of your request: {}",
-                describe(&e)
-            ))
-        })?;
+        .map_err(json_error)?;
     Ok(tree)
+}
+
+/// The head fields (serde refuses a field named twice).
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(default)]
+    model: Option<Value>,
+    #[serde(default)]
+    stream: Option<Value>,
+    #[serde(default)]
+    stream_options: Option<Value>,
+    #[serde(default)]
+    max_tokens: Option<Value>,
+    #[serde(default)]
+    max_completion_tokens: Option<Value>,
+    #[serde(default)]
+    temperature: Option<Value>,
+    #[serde(default)]
+    top_p: Option<Value>,
+}
+
+fn wrong_type(param: &'static str, expected: &str) -> ApiError {
+    ApiError::invalid_request(format!(
+        "We could not parse the JSON body of your request: a field has the wrong type (`{param}` must be {expected})."
+    ))
+    .with_param(param)
+}
+
+fn head_of(head: Head) -> Result<RequestHead, ApiError> {
+    let model = match head.model {
+        Some(Value::String(m)) if !m.is_empty() => m,
+        Some(Value::String(_) | Value::Null) | None => {
+            return Err(
+                ApiError::invalid_request("You must provide a model parameter.")
+                    .with_param("model"),
+            );
+        }
+        Some(_) => return Err(wrong_type("model", "a string")),
+    };
+    let stream = match head.stream {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(wrong_type("stream", "a boolean")),
+    };
+    let mut max_tokens = None;
+    for (param, v) in [
+        ("max_completion_tokens", &head.max_completion_tokens),
+        ("max_tokens", &head.max_tokens),
+    ] {
+        match v {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => {
+                    max_tokens = max_tokens.or(Some(n));
+                }
+                _ => {
+                    return Err(ApiError::invalid_request(format!(
+                        "`{param}` must be an integer from 1 to {MAX_OUTPUT_TOKENS}."
+                    ))
+                    .with_param(param));
+                }
+            },
+        }
+    }
+    Ok(RequestHead {
+        model,
+        stream,
+        stream_usage: head
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true),
+        max_tokens,
+        temperature: head.temperature.as_ref().and_then(Value::as_f64),
+        top_p: head.top_p.as_ref().and_then(Value::as_f64),
+    })
+}
+
+/// Walks a JSON document without building it, refusing an object that names a key
+/// twice or in two cases (see [`StrictValue`]). Keys are borrowed from the body when
+/// they have no escapes; small objects are checked without allocating.
+struct Validate;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Validate {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// An object key, borrowed when it can be.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Objects up to this many keys are checked by comparing each pair (no allocation).
+const SMALL_OBJECT: usize = 16;
+
+impl<'de> serde::de::Visitor<'de> for Validate {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Validate)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use unicase::UniCase;
+        let mut small: [Option<Key<'de>>; SMALL_OBJECT] = Default::default();
+        let mut n = 0;
+        let mut large: std::collections::HashSet<UniCase<String>> =
+            std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            map.next_value_seed(Validate)?;
+            let folded = UniCase::unicode(key.0.as_ref());
+            let seen = if n < SMALL_OBJECT {
+                let dup = small[..n]
+                    .iter()
+                    .flatten()
+                    .any(|k| UniCase::unicode(k.0.as_ref()) == folded);
+                small[n] = Some(key);
+                dup
+            } else {
+                if n == SMALL_OBJECT {
+                    large.extend(
+                        small
+                            .iter()
+                            .flatten()
+                            .map(|k| UniCase::unicode(k.0.to_string())),
+                    );
+                }
+                !large.insert(UniCase::unicode(key.0.into_owned()))
+            };
+            if seen {
+                return Err(serde::de::Error::custom(DUPLICATE_KEY));
+            }
+            n += 1;
+        }
+        Ok(())
+    }
 }
 
 const DUPLICATE_KEY: &str = "a key appears twice in one object";
@@ -337,59 +556,6 @@ impl<'de> serde::de::Visitor<'de> for StrictValue {
         }
         Ok(Value::Object(out))
     }
-}
-
-fn wrong_type(param: &'static str, expected: &str) -> ApiError {
-    ApiError::invalid_request(format!(
-        "We could not parse the JSON body of your request: a field has the wrong type (`{param}` must be {expected})."
-    ))
-    .with_param(param)
-}
-
-fn head_of(tree: &Value) -> Result<RequestHead, ApiError> {
-    let model = match tree.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(m)) => Some(m),
-        Some(_) => return Err(wrong_type("model", "a string")),
-    };
-    let model = match model {
-        Some(m) if !m.is_empty() => m.clone(),
-        _ => {
-            return Err(
-                ApiError::invalid_request("You must provide a model parameter.")
-                    .with_param("model"),
-            );
-        }
-    };
-    let stream = match tree.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(wrong_type("stream", "a boolean")),
-    };
-    let mut max_tokens = None;
-    for param in ["max_completion_tokens", "max_tokens"] {
-        match tree.get(param) {
-            None | Some(Value::Null) => {}
-            Some(v) => match v.as_u64() {
-                Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => {
-                    max_tokens = max_tokens.or(Some(n));
-                }
-                _ => {
-                    return Err(ApiError::invalid_request(format!(
-                        "`{param}` must be an integer from 1 to {MAX_OUTPUT_TOKENS}."
-                    ))
-                    .with_param(param));
-                }
-            },
-        }
-    }
-    Ok(RequestHead {
-        model,
-        stream,
-        max_tokens,
-        temperature: tree.get("temperature").and_then(Value::as_f64),
-        top_p: tree.get("top_p").and_then(Value::as_f64),
-    })
 }
 
 /// Deepest JSON nesting accepted: one level under serde_json's recursion limit (128),
@@ -492,6 +658,7 @@ mod tests {
             RequestHead {
                 model: "m".into(),
                 stream: true,
+                stream_usage: false,
                 max_tokens: None,
                 temperature: Some(0.2),
                 top_p: None,
@@ -566,6 +733,13 @@ mod tests {
             assert_eq!(e.code, Some("ambiguous_key"));
             assert!(!e.message.contains("NIR") && !e.message.contains("content"));
         }
+        // Objects beyond the small-object fast path too.
+        let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
+        for dup in ["k3", "K39"] {
+            let body = format!("{{{many}\"{dup}\":0,\"model\":\"m\"}}");
+            assert!(parse_head(body.as_bytes()).is_err(), "{dup}");
+        }
+        assert!(parse_head(format!("{{{many}\"model\":\"m\"}}").as_bytes()).is_ok());
         // The same key in two objects is fine.
         assert!(parse_head(br#"{"model":"m","a":{"k":1},"b":{"k":2}}"#).is_ok());
     }
@@ -650,7 +824,8 @@ mod tests {
         r.edit_texts(&mut |s| {
             *s = "[X]".into();
             true
-        });
+        })
+        .unwrap();
         assert!(r.rewritten());
         let v: Value = serde_json::from_slice(&r.body_for("m", false).unwrap()).unwrap();
         assert_eq!(v["messages"][0]["content"], "[X]");

@@ -133,7 +133,7 @@ pub fn scan_request(
                 false
             }
         }
-    });
+    })?;
     if let Some(e) = failure {
         tracing::error!(error = %e, "DLP scan failed; refusing the request");
         return Err(ApiError::dlp_unavailable());
