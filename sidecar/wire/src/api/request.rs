@@ -111,10 +111,11 @@ impl LlmRequest {
         self.rewritten
     }
 
-    /// The request was sent: the bytes kept for retries go (only the tree stays, for a
-    /// usage estimate). A later `body_for` serialises the tree.
+    /// The request was sent: what was kept for retries goes. If a tree was built it
+    /// stays (for a usage estimate) and the app's bytes go; otherwise the bytes stay
+    /// (an estimate would parse them) and no tree is built for nothing.
     pub fn forwarded(&mut self) {
-        if self.tree().is_ok() {
+        if self.tree.is_some() {
             self.raw = Bytes::new();
             self.rewritten = true;
         }
@@ -785,6 +786,19 @@ mod tests {
         assert_eq!(v, serde_json::json!({"model": "real", "n": 1}));
         // The same variant again is the same bytes (retries serialise nothing).
         assert_eq!(r.body_for("real", false).unwrap().as_ptr(), out.as_ptr());
+    }
+
+    #[test]
+    fn a_plain_request_never_builds_a_tree() {
+        let mut r = req(
+            Operation::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        assert_eq!(r.body_for("m", false).unwrap().len(), r.len());
+        r.forwarded();
+        assert!(r.tree.is_none(), "nothing needed a tree");
+        // An estimate still can read the texts.
+        assert_eq!(r.into_tree()["messages"][0]["content"], "hi");
     }
 
     #[test]
