@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import harness  # noqa: E402
+import otlp  # noqa: E402
 
 REL = ROOT / "target" / "release"
 OHA = ROOT / "target" / "tools" / "bin" / "oha"
@@ -191,11 +192,7 @@ def main():
     mock_addr = json.loads(mock.stdout.readline())["listening"]
     # The collector in its own process, on the load generator's core.
     otlp_port = free_port()
-    code = (f"import sys, time; sys.path.insert(0, {str(ROOT / 'tests' / 'e2e')!r}); from otlp import OtlpReceiver\n"
-            f"r = OtlpReceiver('grpc', port={otlp_port}).start(); print('ready', flush=True)\n"
-            "while True:\n    time.sleep(2); r.clear()\n")
-    sink = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", code], stdout=subprocess.PIPE)
-    sink.stdout.readline()
+    sink = otlp.sink_process(otlp_port, cpu=0)
     cp = harness.ControlPlane()
     pin(cp.process.proc.pid, 0)
     admin = cp.token("bench-admin", "admin")

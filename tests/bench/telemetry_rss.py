@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from otlp import OtlpReceiver  # noqa: E402
+from otlp import OtlpReceiver, sink_process  # noqa: E402
 
 REL = ROOT / "target" / "release"
 BODY = ('{"model":"bench-model","messages":[{"role":"user","content":"Bonjour, peux-tu resumer ce document '
@@ -42,11 +42,7 @@ def main(mode: str):
     stop = []
     if mode == "pinned":
         port = free_port()
-        code = (f"import sys, time; sys.path.insert(0, {str(ROOT / 'tests' / 'e2e')!r}); from otlp import OtlpReceiver\n"
-                f"r = OtlpReceiver('grpc', port={port}).start(); print('ready', flush=True)\n"
-                "while True:\n    time.sleep(5); r.clear()\n")
-        sink = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", code], stdout=subprocess.PIPE)
-        sink.stdout.readline()
+        sink = sink_process(port, cpu=0, clear_every=5)
         endpoint = f"http://127.0.0.1:{port}"
         stop.append(sink.kill)
     else:

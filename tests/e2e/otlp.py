@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import gzip
 import socket
+import subprocess
 import sys
 import threading
 import time
 import zlib
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -374,3 +376,16 @@ class OtlpReceiver:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                          name=f"otlp-http-{self.port}", daemon=True).start()
         return server
+
+
+def sink_process(port: int, cpu: int, clear_every: float = 2.0) -> subprocess.Popen:
+    """A gRPC receiver in a process of its own pinned to `cpu`, dropping what it got every
+    `clear_every` seconds (benchmarks: a collector that costs the measured proxy nothing).
+    Returns once it listens; kill() it to stop."""
+    here = str(Path(__file__).resolve().parent)
+    code = (f"import sys, time; sys.path.insert(0, {here!r}); from otlp import OtlpReceiver\n"
+            f"r = OtlpReceiver('grpc', port={port}).start(); print('ready', flush=True)\n"
+            f"while True:\n    time.sleep({clear_every}); r.clear()\n")
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", code], stdout=subprocess.PIPE)
+    proc.stdout.readline()
+    return proc
