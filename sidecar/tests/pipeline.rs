@@ -45,6 +45,8 @@ fn error_code(a: &support::Answer) -> String {
 
 #[tokio::test]
 async fn intake_refuses_unknown_urls_methods_bodies_and_models_in_the_apis_format() {
+    let log = SecurityLog::default();
+    let _guard = log.install();
     let (addr, m) = mock(&["m"], Behaviour::default()).await;
     let s = Sidecar::start(&policy(vec![pool("gpu", &[addr], &["m"])])).await;
 
@@ -86,6 +88,14 @@ async fn intake_refuses_unknown_urls_methods_bodies_and_models_in_the_apis_forma
     .await;
     assert_eq!(a.status, 400);
     assert!(a.text().contains("a key appears twice"), "{}", a.text());
+    assert!(!a.text().contains("85 05"));
+    assert!(
+        log.lines()
+            .iter()
+            .any(|l| l.contains("vigie.request.blocked") && l.contains("ambiguous_key")),
+        "the refusal is a security event: {:?}",
+        log.lines()
+    );
     let a = s.chat(json!({"model": 3, "messages": []})).await;
     assert_eq!(a.status, 400);
     assert_eq!(a.json()["error"]["param"], "model");

@@ -101,7 +101,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn ensure_tools(opts: &ProxyOpts) -> anyhow::Result<()> {
+fn ensure_tools(litellm: bool) -> anyhow::Result<()> {
     let oha = root().join("target/tools/bin/oha");
     let have = output(Command::new(&oha).arg("--version")).unwrap_or_default();
     if !have.contains(OHA_VERSION) {
@@ -122,7 +122,7 @@ fn ensure_tools(opts: &ProxyOpts) -> anyhow::Result<()> {
     if output(Command::new("nginx").arg("-v")).is_none() && !Path::new("/usr/sbin/nginx").exists() {
         bail!("nginx is missing: run cargo xtask setup");
     }
-    if opts.litellm {
+    if litellm {
         let venv = root().join("target/bench-venv");
         let stamp = venv.join(".vigie-litellm");
         if std::fs::read_to_string(&stamp).ok().as_deref() != Some(LITELLM_VERSION) {
@@ -244,7 +244,7 @@ fn ttft_ms(host: &str, n: usize) -> anyhow::Result<(f64, f64)> {
 pub fn proxy(opts: &ProxyOpts) -> anyhow::Result<()> {
     step("building release binaries");
     run(cargo().args(["build", "--release", "--bins"]))?;
-    ensure_tools(opts)?;
+    ensure_tools(opts.litellm)?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
 
@@ -566,13 +566,7 @@ fn python_bench(what: &str, script: &str) -> anyhow::Result<()> {
 /// forced usage estimates and heap allocations per request (`tests/bench/proxy_realistic.py`).
 pub fn realistic(base: &str, duration_s: u64, rates: &str) -> anyhow::Result<()> {
     crate::setup::setup()?;
-    ensure_tools(&ProxyOpts {
-        duration_s,
-        rates: Vec::new(),
-        soak_s: 0,
-        soak_rate: 0,
-        litellm: false,
-    })?;
+    ensure_tools(false)?;
     if !Path::new("/usr/bin/valgrind").exists() {
         bail!("valgrind is missing (allocation counts): apt-get install valgrind");
     }
@@ -761,17 +755,11 @@ fn event_times(host: &str, body: &str) -> anyhow::Result<Vec<f64>> {
 }
 
 /// Set-up of the single-sidecar benchmarks: release binaries, `oha`, target/bench.
-fn prepare_sidecar_bench(duration_s: u64, rate: u32) -> anyhow::Result<PathBuf> {
+fn prepare_sidecar_bench() -> anyhow::Result<PathBuf> {
     crate::setup::setup()?;
     step("building release binaries");
     run(cargo().args(["build", "--release", "--bins"]))?;
-    ensure_tools(&ProxyOpts {
-        duration_s,
-        rates: vec![rate],
-        soak_s: 0,
-        soak_rate: 0,
-        litellm: false,
-    })?;
+    ensure_tools(false)?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -843,7 +831,7 @@ fn start_sidecar(
 /// built-in detector on in both directions: request latency, time to first token, and
 /// the delay DLP adds to each streamed chunk.
 pub fn dlp_latency(duration_s: u64, rate: u32) -> anyhow::Result<()> {
-    let dir = prepare_sidecar_bench(duration_s, rate)?;
+    let dir = prepare_sidecar_bench()?;
     let (_fast, fast_addr) = start_mock(&[])?;
     // A paced stream (50 tokens/s) for the per-chunk delay.
     let (_paced, paced_addr) = start_mock(&["--tokens-per-sec", "50"])?;
@@ -961,7 +949,7 @@ fn counter(metrics: &str, name: &str, filters: &[&str]) -> f64 {
 /// The collector is a gRPC sink that accepts exports without decoding them
 /// (tests/bench/otlp_sink.py).
 pub fn telemetry(duration_s: u64, rate: u32) -> anyhow::Result<()> {
-    prepare_sidecar_bench(duration_s, rate)?;
+    prepare_sidecar_bench()?;
     let (_mock, addr) = start_mock(&[])?;
     let policy = bench_policy(&addr);
     // The collector, in its own process on CPU 0 (with the load generator and the mock).

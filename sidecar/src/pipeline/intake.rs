@@ -43,7 +43,10 @@ pub async fn read(
             ctx.blocked("ambiguous_key", e.status);
         }
     })?;
-    let head = request.head().clone();
+    let (max_tokens, temperature, top_p) = {
+        let h = request.head();
+        (h.max_tokens, h.temperature, h.top_p)
+    };
     ctx.begin(request);
     let user = identity::identify(&app.settings.users, &session.req_header().headers)?;
     if ctx.span.recording() {
@@ -57,20 +60,14 @@ pub async fn read(
             mode.value(&app.user_key, &user.name)
                 .map(|u| KeyValue::new("vigie.user", u)),
         );
-        kv.extend(
-            head.max_tokens
-                .map(|n| KeyValue::new("gen_ai.request.max_tokens", n as i64)),
-        );
-        kv.extend(
-            head.temperature
-                .map(|t| KeyValue::new("gen_ai.request.temperature", t)),
-        );
-        kv.extend(head.top_p.map(|t| KeyValue::new("gen_ai.request.top_p", t)));
+        kv.extend(max_tokens.map(|n| KeyValue::new("gen_ai.request.max_tokens", n as i64)));
+        kv.extend(temperature.map(|t| KeyValue::new("gen_ai.request.temperature", t)));
+        kv.extend(top_p.map(|t| KeyValue::new("gen_ai.request.top_p", t)));
         ctx.span.set_all(kv);
     }
     ctx.set_user(user);
-    if ctx.snapshot.routes_for(&head.model).is_none() {
-        return Err(ApiError::model_not_found(&head.model).into());
+    if ctx.snapshot.routes_for(ctx.model()).is_none() {
+        return Err(ApiError::model_not_found(ctx.model()).into());
     }
     // Only a model the policy knows names the span (anything else is the app's text).
     ctx.name_span();

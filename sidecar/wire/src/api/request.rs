@@ -279,13 +279,9 @@ fn json_error(e: serde_json::Error) -> ApiError {
     ))
 }
 
-/// The tree of a body [`parse_head`] accepted.
+/// The tree of a body [`parse_head`] accepted (so no key is named twice).
 fn parse_tree(body: &[u8]) -> Result<Value, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let tree = serde::de::DeserializeSeed::deserialize(StrictValue, &mut de)
-        .and_then(|v| de.end().map(|()| v))
-        .map_err(json_error)?;
-    Ok(tree)
+    serde_json::from_slice(body).map_err(json_error)
 }
 
 /// The head fields (serde refuses a field named twice).
@@ -366,8 +362,12 @@ fn head_of(head: Head) -> Result<RequestHead, ApiError> {
 }
 
 /// Walks a JSON document without building it, refusing an object that names a key
-/// twice or in two cases (see [`StrictValue`]). Keys are borrowed from the body when
-/// they have no escapes; small objects are checked without allocating.
+/// twice — also in two cases (`content` / `Content`, `ſ` for `s`, the Kelvin sign for
+/// `k`): parsers disagree on which copy wins, and some match keys without regard to case
+/// (Go's `encoding/json`), so what DLP reads and what the upstream reads could differ.
+/// Refused at any depth (fail closed). Keys are compared decoded (escapes resolved),
+/// borrowed from the body when they have none; small objects are checked without
+/// allocating.
 struct Validate;
 
 impl<'de> serde::de::DeserializeSeed<'de> for Validate {
@@ -480,84 +480,6 @@ impl<'de> serde::de::Visitor<'de> for Validate {
 }
 
 const DUPLICATE_KEY: &str = "a key appears twice in one object";
-
-/// A JSON tree like `serde_json::Value`, refusing an object that names a key twice —
-/// also in two cases (`content` / `Content`, `ſ` for `s`, the Kelvin sign for `k`):
-/// parsers disagree on which copy wins, and some match keys without regard to case
-/// (Go's `encoding/json`), so what DLP reads and what the upstream reads could differ.
-/// Refused at any depth (fail closed).
-struct StrictValue;
-
-impl<'de> serde::de::DeserializeSeed<'de> for StrictValue {
-    type Value = Value;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for StrictValue {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(v) = seq.next_element_seed(StrictValue)? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        // Case-folded keys seen, once there is more than one (most objects are small).
-        let mut folded: std::collections::HashSet<unicase::UniCase<String>> =
-            std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let value = map.next_value_seed(StrictValue)?;
-            if !folded.insert(unicase::UniCase::unicode(key.clone())) {
-                return Err(serde::de::Error::custom(DUPLICATE_KEY));
-            }
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
-    }
-}
 
 /// Deepest JSON nesting accepted: one level under serde_json's recursion limit (128),
 /// so the tree parse never meets it and the app gets this clear message instead.
@@ -727,6 +649,8 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"hi","Content":"NIR"}]}"#,
             r#"{"model":"m","messages":[],"meſſages":[{"role":"user","content":"NIR"}]}"#,
             "{\"model\":\"m\",\"ma\u{212A}e\":1,\"make\":2}",
+            // The same key spelled with a JSON escape.
+            r#"{"model":"m","messages":[{"role":"user","content":"a","con\u0074ent":"NIR"}]}"#,
         ] {
             let e = parse_head(body.as_bytes()).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
