@@ -23,24 +23,61 @@ pub fn luhn(ds: &[u32]) -> bool {
     !ds.is_empty() && sum.is_multiple_of(10)
 }
 
+/// The digits of a number written with separators, and the separator before each
+/// digit that has one: `(digit index, separator kind)`. A run of separators counts as
+/// its first character that is not a parenthesis.
+fn groups(s: &str) -> (Vec<u32>, Vec<(usize, char)>) {
+    let mut ds = Vec::new();
+    let mut gaps = Vec::new();
+    let mut run: Option<char> = None;
+    for c in s.chars() {
+        match c.to_digit(10) {
+            Some(d) => {
+                if let Some(kind) = run.take()
+                    && !ds.is_empty()
+                {
+                    gaps.push((ds.len(), kind));
+                }
+                ds.push(d);
+            }
+            None if c.is_ascii_alphabetic() => ds.push(u32::MAX),
+            None => {
+                let kind = if matches!(c, '(' | ')') { ' ' } else { c };
+                run = Some(match run {
+                    Some(' ') if kind != ' ' => kind,
+                    Some(k) => k,
+                    None => kind,
+                });
+            }
+        }
+    }
+    (ds, gaps)
+}
+
+/// Whether a number's separators are written the way people group it: none, or one
+/// kind of separator exactly at one of the `layouts` (digit indexes). A newline
+/// anywhere lifts the rule: it is how texts read together (parts, messages) are
+/// joined, and a value split across them is grouped wherever the split fell.
+fn grouped(gaps: &[(usize, char)], layouts: &[&[usize]]) -> bool {
+    if gaps.is_empty() || gaps.iter().any(|&(_, k)| k == '\n') {
+        return true;
+    }
+    let kind = gaps[0].1;
+    gaps.iter().all(|&(_, k)| k == kind)
+        && layouts
+            .iter()
+            .any(|l| l.len() == gaps.len() && l.iter().zip(gaps).all(|(&i, &(g, _))| i == g))
+}
+
 /// Payment card: 13–19 digits, a known issuer prefix, Luhn, and separators written
 /// as people write card numbers (none, or one kind between groups of four; Amex 4-6-5).
 pub fn credit_card(s: &str) -> bool {
-    let seps: Vec<char> = s.chars().filter(|c| !c.is_ascii_digit()).collect();
-    if let Some(&sep) = seps.first() {
-        if seps.iter().any(|&c| c != sep) {
-            return false;
-        }
-        let groups: Vec<usize> = s.split(sep).map(str::len).collect();
-        let fours = groups.len() >= 2
-            && groups[..groups.len() - 1].iter().all(|&g| g == 4)
-            && (1..=7).contains(&groups[groups.len() - 1]);
-        if !(fours || groups == [4, 6, 5]) {
-            return false;
-        }
+    let (ds, gaps) = groups(s);
+    let fours: Vec<usize> = (1..5).map(|i| 4 * i).filter(|&i| i < ds.len()).collect();
+    if !grouped(&gaps, &[&fours, &[4, 10]]) {
+        return false;
     }
-    let ds = digits(s);
-    if !(13..=19).contains(&ds.len()) || !luhn(&ds) {
+    if !(13..=19).contains(&ds.len()) || !luhn(&ds) || ds.iter().any(|&d| d > 9) {
         return false;
     }
     let prefix = |n: usize| ds.iter().take(n).fold(0u32, |a, d| a * 10 + d);
@@ -61,10 +98,31 @@ pub fn credit_card(s: &str) -> bool {
     }
 }
 
+/// French phone number: ten digits from 0 (or +33 / 0033 and nine digits), grouped
+/// as people write them: none, pairs (`06 12 34 56 78`), 3-3-4 (`061 234 5678`), with
+/// one kind of separator, the area code possibly in parentheses.
+pub fn fr_phone(s: &str) -> bool {
+    let national = s
+        .strip_prefix("+33")
+        .or_else(|| s.strip_prefix("0033"))
+        .map(|rest| rest.trim_start_matches([' ', '.', '-', '/', '_', '\n']));
+    match national {
+        Some(rest) => {
+            let rest = rest.strip_prefix("(0)").unwrap_or(rest);
+            let (ds, gaps) = groups(rest);
+            ds.len() == 9 && grouped(&gaps, &[&[1, 3, 5, 7]])
+        }
+        None => {
+            let (ds, gaps) = groups(s);
+            ds.len() == 10 && ds[0] == 0 && grouped(&gaps, &[&[2, 4, 6, 8], &[3, 6]])
+        }
+    }
+}
+
 /// French social security number (NIR): 13 digits + 2-digit key,
 /// key = 97 − (N mod 97); Corsica's 2A / 2B count as 19 / 18 for the key.
 pub fn fr_nir(s: &str) -> bool {
-    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    let compact: String = s.chars().filter(char::is_ascii_alphanumeric).collect();
     if compact.len() != 15 {
         return false;
     }
@@ -115,7 +173,7 @@ fn iban_length(country: &str) -> Option<usize> {
 pub fn iban(s: &str) -> bool {
     let compact: String = s
         .chars()
-        .filter(|c| !c.is_whitespace())
+        .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_uppercase())
         .collect();
     if compact.len() < 15 || !compact.is_ascii() {
@@ -241,6 +299,16 @@ mod tests {
         // Mixed or misplaced separators: a UUID tail, not a card.
         assert!(!credit_card("4111-111111111111"));
         assert!(!credit_card("4111 1111-1111 1111"));
+        assert!(credit_card("4111.1111.1111.1111") && credit_card("4111/1111/1111/1111"));
+        // Joined parts: a newline anywhere lifts the grouping rule, not the checksum.
+        assert!(credit_card("4111 11\n11 1111 1111") && !credit_card("4111 11\n11 1111 1112"));
+        assert!(fr_phone("06 12 34 56 78") && fr_phone("0612345678") && fr_phone("061 234 5678"));
+        assert!(fr_phone("(06) 12 34 56 78") && fr_phone("06/12/34/56/78") && fr_phone("06.12.34.56.78"));
+        assert!(fr_phone("+33 6 12 34 56 78") && fr_phone("+33 (0)6 12 34 56 78") && fr_phone("0033612345678"));
+        // A date and a time are not a phone number.
+        assert!(!fr_phone("01/02/2023 12") && !fr_phone("06 12-34 56 78"));
+        assert!(fr_nir("1.85.05.78.006.084.91") && fr_nir("1-85-05-78-006-084-91"));
+        assert!(iban("fr76 3000 6000 0112 3456 7890 189") && iban("FR76-3000-6000-0112-3456-7890-189"));
         assert!(credit_card("3782 822463 10005"));
         assert!(fr_siren("732 829 320"));
         assert!(!fr_siren("732 829 321"));

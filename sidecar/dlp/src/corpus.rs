@@ -249,7 +249,7 @@ fn positive(g: &mut Gen, detector: &str) -> (String, String) {
 
 /// Text that looks like identifiers and is not one.
 fn negative(g: &mut Gen) -> String {
-    match g.0.u8(0..10) {
+    match g.0.u8(0..13) {
         0 => format!(
             "le {:02}/{:02}/20{:02}",
             g.0.u8(1..29),
@@ -306,6 +306,28 @@ fn negative(g: &mut Gen) -> String {
             g.0.u8(0..20),
             g.0.u8(0..20),
             g.0.u8(0..50)
+        ),
+        // Numbers with separators that detectors now accept between digit groups.
+        10 => format!(
+            "le 0{}/{:02}/20{:02} {:02}:{:02}",
+            g.0.u8(1..10),
+            g.0.u8(1..13),
+            g.0.u8(0..30),
+            g.0.u8(0..24),
+            g.0.u8(0..60)
+        ),
+        11 => format!(
+            "dossier {:02}.{:02}.20{:02}-{}",
+            g.0.u8(1..29),
+            g.0.u8(1..13),
+            g.0.u8(0..30),
+            g.digits(4)
+        ),
+        12 => format!(
+            "pièce 0{}_{}_{}",
+            g.0.u8(1..10),
+            g.digits(4),
+            g.digits(4)
         ),
         _ => format!("référence {}", g.digits(9)),
     }

@@ -75,24 +75,33 @@ pub struct Detector {
     /// When not empty, one of these words (lower case) must appear shortly before.
     pub context: Vec<String>,
     pub level: Level,
+    /// Letters may touch the match (`ref185057800608491x`); only a digit against a
+    /// digit edge breaks it: for numbers whose checksum makes a chance match rare.
+    pub glue: bool,
 }
 
-fn d(
+fn d<P: AsRef<str>>(
     name: &str,
-    patterns: &[&str],
+    patterns: &[P],
     check: Option<fn(&str) -> bool>,
     context: &[&str],
     level: Level,
 ) -> Detector {
     Detector {
         name: name.to_string(),
-        patterns: patterns.iter().map(|p| Pattern::parse(p)).collect(),
+        patterns: patterns.iter().map(|p| Pattern::parse(p.as_ref())).collect(),
         caseless: false,
         check,
         context: context.iter().map(|c| (*c).to_string()).collect(),
         level,
+        glue: false,
     }
 }
+
+/// One separator people or software put between digit groups (space — every space
+/// folds to it —, dot, dash, slash, underscore, newline), or none. Patterns follow the
+/// groupings people write; checks refuse mixed separators.
+const SEP: &str = "[ ._/\\n-]?";
 
 fn not_anthropic(s: &str) -> bool {
     !s.starts_with("sk-ant-")
@@ -100,6 +109,16 @@ fn not_anthropic(s: &str) -> bool {
 
 fn letters_and_digits(s: &str) -> bool {
     s.bytes().any(|b| b.is_ascii_digit()) && s.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+fn caseless(mut d: Detector) -> Detector {
+    d.caseless = true;
+    d
+}
+
+fn glued(mut d: Detector) -> Detector {
+    d.glue = true;
+    d
 }
 
 /// Every built-in detector. Names are part of the policy API: never rename one.
@@ -113,35 +132,37 @@ pub fn builtins() -> Vec<Detector> {
         "pièce d'identité",
     ];
     let mut v = vec![
-        d(
+        glued(d(
             "FR_NIR",
-            &[
-                "[1-478] ?[0-9]{2} ?(0[1-9]|1[0-2]|[2-9][0-9]) ?(2[AB]|[0-9]{2}) ?«[0-9]{3} ?[0-9]{3} ?[0-9]{2}",
-            ],
+            &[format!(
+                "[1-478]{SEP}[0-9]{{2}}{SEP}[0-9]{{2}}{SEP}(2[ABab]|[0-9]{{2}}){SEP}«[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{2}}"
+            )],
             Some(checks::fr_nir),
             &[],
             Personal,
-        ),
-        d(
+        )),
+        caseless(glued(d(
             "IBAN",
-            &["[A-Z]{2}«[0-9]{2}( ?[A-Z0-9]{4}){2,7}( ?[A-Z0-9]{1,3})?"],
+            &[&format!(
+                "[A-Z]{{2}}«[0-9]{{2}}({SEP}[A-Z0-9]{{4}}){{2,7}}({SEP}[A-Z0-9]{{1,3}})?"
+            )],
             Some(checks::iban),
             &[],
             Personal,
-        ),
-        d(
+        ))),
+        glued(d(
             "CREDIT_CARD",
             &[
-                "[0-9]{4}[ -]?«[0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]{1,7}",
-                "3[47][0-9]{2}[ -]?«[0-9]{6}[ -]?[0-9]{5}",
+                format!("[0-9]{{4}}{SEP}«[0-9]{{4}}{SEP}[0-9]{{4}}{SEP}[0-9]{{1,7}}"),
+                format!("3[47][0-9]{{2}}{SEP}«[0-9]{{6}}{SEP}[0-9]{{5}}"),
             ],
             Some(checks::credit_card),
             &[],
             Personal,
-        ),
+        )),
         d(
             "FR_SIREN",
-            &["[0-9]{3} ?[0-9]{3} ?[0-9]{3}"],
+            &[format!("[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}")],
             Some(checks::fr_siren),
             &[
                 "siren",
@@ -155,21 +176,21 @@ pub fn builtins() -> Vec<Detector> {
         ),
         d(
             "FR_SIRET",
-            &["[0-9]{3} ?[0-9]{3} ?[0-9]{3} ?[0-9]{5}"],
+            &[format!("[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{5}}")],
             Some(checks::fr_siret),
             &["siret", "établissement", "etablissement"],
             Level::Internal,
         ),
-        d(
+        caseless(d(
             "FR_TVA",
-            &["FR ?[0-9]{2} ?[0-9]{3} ?[0-9]{3} ?[0-9]{3}"],
+            &[format!("FR{SEP}[0-9]{{2}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}")],
             Some(checks::fr_tva),
             &[],
             Level::Internal,
-        ),
+        )),
         d(
             "FR_NIF",
-            &["[0-3][0-9] ?[0-9]{2} ?[0-9]{3} ?[0-9]{3} ?[0-9]{3}"],
+            &[format!("[0-3][0-9]{SEP}[0-9]{{2}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}")],
             Some(checks::fr_nif),
             &["fiscal", "nif", "spi", "impôt", "impot", "imposition"],
             Personal,
@@ -177,20 +198,25 @@ pub fn builtins() -> Vec<Detector> {
         d(
             "PHONE_NUMBER",
             &[
-                "0[1-9][ .-]?«[0-9]{2}([ .-]?[0-9]{2}){3}",
-                "(\\+33|0033) ?(\\(0\\) ?)?[1-9]([ .-]?[0-9]{2}){4}",
+                format!("\\(?0[1-9]\\)?{SEP}«[0-9]{{2}}({SEP}[0-9]{{2}}){{3}}"),
+                format!("0[1-9][0-9]{SEP}«[0-9]{{3}}{SEP}[0-9]{{4}}"),
+                format!("(\\+33|0033){SEP}(\\(0\\){SEP})?[1-9]({SEP}[0-9]{{2}}){{4}}"),
+            ],
+            Some(checks::fr_phone),
+            &[],
+            Personal,
+        ),
+        caseless(d(
+            "EMAIL_ADDRESS",
+            // Non-ASCII bytes: accented (IDN) local parts and domains. `%40`, `[at]`,
+            // `(at)`: the at sign as people hide it (full-width `＠` folds to `@`).
+            &[
+                "[A-Z0-9._%+\\x80-\\xff-]+(@|%40|\\[at\\]|\\(at\\)|\\[@\\])[A-Z0-9\\x80-\\xff-]+(\\.[A-Z0-9\\x80-\\xff-]+)*\\.[A-Z]{2,}",
             ],
             None,
             &[],
             Personal,
-        ),
-        d(
-            "EMAIL_ADDRESS",
-            &["[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*\\.[A-Za-z]{2,}"],
-            None,
-            &[],
-            Personal,
-        ),
+        )),
         d(
             "IP_ADDRESS",
             &[

@@ -13,6 +13,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind};
 
 use crate::detectors::Detector;
+use crate::fold::Folded;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlpError {
@@ -25,6 +26,17 @@ pub enum DlpError {
     },
     #[error("matcher: {0}")]
     Matcher(String),
+    /// The text needed more work than [`work_budget`] allows (a pathological input:
+    /// millions of candidate ends inside one long token). Callers fail closed.
+    #[error("text too complex to inspect")]
+    TooComplex,
+}
+
+/// Most bytes the start-recovery automata may read for one text: far above what any
+/// real text needs (candidates are sparse and short), far below the quadratic cost of
+/// a crafted one (a private-key header followed by megabytes of `+/` runs).
+pub fn work_budget(len: usize) -> usize {
+    32 * len + (1 << 20)
 }
 
 /// Multi-pattern scanning; Hyperscan here, replaceable (e.g. Vectorscan).
@@ -154,8 +166,33 @@ fn is_word(c: char) -> bool {
     c.is_alphanumeric()
 }
 
+/// Whether a glued match lies inside a hex digest (32 hex characters or more): hashes
+/// hold Luhn-valid digit runs by chance, an identifier glued to a word does not look
+/// like one.
+fn in_digest(text: &str, f: &Finding) -> bool {
+    let bytes = text.as_bytes();
+    let from = bytes[..f.start]
+        .iter()
+        .rposition(|b| !b.is_ascii_alphanumeric())
+        .map_or(0, |i| i + 1);
+    let to = bytes[f.end..]
+        .iter()
+        .position(|b| !b.is_ascii_alphanumeric())
+        .map_or(bytes.len(), |i| f.end + i);
+    to - from >= 32 && bytes[from..to].iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Whether a match ending between bytes `last` and `next` is inside a longer word (the
+/// cheap, byte-level part of [`Engine::accept`]'s boundary rule).
+fn glued(detector: Option<&Detector>, last: u8, next: u8) -> bool {
+    last.is_ascii_alphanumeric()
+        && next.is_ascii_alphanumeric()
+        && !(detector.is_some_and(|d| d.glue) && !(last.is_ascii_digit() && next.is_ascii_digit()))
+}
+
 impl Engine {
     pub fn new(detectors: Vec<Detector>) -> Result<Engine, DlpError> {
+        crate::fold::warm_up();
         let mut patterns = Vec::new();
         let mut owner = Vec::new();
         let mut dfa_patterns = Vec::new();
@@ -260,18 +297,74 @@ impl Engine {
         (Some(state), None)
     }
 
-    /// Validated, non-overlapping findings in `text`, leftmost first (longest on ties).
-    /// `before` is the text that preceded it (for boundaries and context words).
+    /// Validated, non-overlapping findings in `text`, leftmost first (longest on ties),
+    /// as byte ranges of `text` itself. Detectors read the folded view ([`Folded`]);
+    /// a finding covers the original characters that folded into it, invisible ones
+    /// included. `before` is the text that preceded it (boundaries and context words).
     pub fn find(&self, text: &str, before: &str) -> Result<Vec<Finding>, DlpError> {
-        let mut ends = Vec::new();
+        let view = Folded::of(text);
+        let before = Folded::of(before);
+        let mut found = self.find_folded(&view.text, &before.text)?;
+        if !view.is_identity() {
+            for f in &mut found {
+                f.start = view.original(f.start);
+                f.end = view.original(f.end);
+            }
+        }
+        Ok(found)
+    }
+
+    /// [`Engine::find`] on text already folded.
+    fn find_folded(&self, text: &str, before: &str) -> Result<Vec<Finding>, DlpError> {
+        // Candidates are validated as the matcher reports them, never collected: a
+        // run of digits ends a match of several patterns at every byte, and keeping
+        // those ends cost dozens of bytes per input byte.
+        let pooled = self.reverse_caches.lock().ok().and_then(|mut p| p.pop());
+        let mut caches =
+            pooled.unwrap_or_else(|| self.reverse.iter().map(DFA::create_cache).collect());
+        let mut starts = Vec::new();
+        let mut candidates = Vec::new();
+        let bytes = text.as_bytes();
+        let mut budget = work_budget(text.len());
+        let mut consider = |pattern: usize, end: usize| {
+            let detector = self.owner.get(pattern).copied().unwrap_or(usize::MAX);
+            // Most candidates end inside a longer run of letters or digits: the
+            // boundary check of `accept`, done before looking for starts.
+            if end > 0
+                && let (Some(&next), Some(&last)) = (bytes.get(end), bytes.get(end - 1))
+                && glued(self.detectors.get(detector), last, next)
+            {
+                return;
+            }
+            let (Some(dfa), Some(cache)) = (self.reverse.get(pattern), caches.get_mut(pattern))
+            else {
+                return;
+            };
+            // Every start from which the pattern matches up to `end`; the longest one
+            // that passes validation wins (the leftmost alone may begin inside a
+            // neighbouring token and fail its boundary or checksum).
+            match_starts(dfa, cache, bytes, end, &mut starts, &mut budget);
+            if let Some(f) = starts
+                .iter()
+                .rev()
+                .map(|&start| Finding {
+                    detector,
+                    start,
+                    end,
+                })
+                .find(|f| self.accept(text, before, f))
+            {
+                candidates.push(f);
+            }
+        };
         // Where context words (their gate literals) end in `text`.
         let mut gates = Vec::new();
         for group in &self.free {
             let ids = &group.patterns;
             group
                 .matcher
-                .scan(text.as_bytes(), &mut |local, end| match ids.get(local) {
-                    Some(&pattern) => ends.push((pattern, end)),
+                .scan(bytes, &mut |local, end| match ids.get(local) {
+                    Some(&pattern) => consider(pattern, end),
                     None => gates.push(end),
                 })?;
         }
@@ -283,7 +376,7 @@ impl Engine {
             if !before.is_empty() && gates.first().is_none_or(|&g| g > 1) {
                 let tail =
                     &before[floor_boundary(before, before.len().saturating_sub(CONTEXT_WINDOW))..];
-                let joined = [tail.as_bytes(), &text.as_bytes()[..head]].concat();
+                let joined = [tail.as_bytes(), &bytes[..head]].concat();
                 // The gate literals are in the main set, case-insensitive: one short scan.
                 let mut found = false;
                 if let Some(first) = self.free.first() {
@@ -300,13 +393,13 @@ impl Engine {
             // the matcher sees the same neighbours as in the whole text).
             let len = text.len();
             let mut window: Option<(usize, usize)> = None;
-            let scan = |(from, to): (usize, usize), ends: &mut Vec<(usize, usize)>| {
-                let Some(bytes) = text.as_bytes().get(from..to) else {
+            let mut scan = |(from, to): (usize, usize)| {
+                let Some(slice) = bytes.get(from..to) else {
                     return Ok(());
                 };
-                ctx.matcher.scan(bytes, &mut |local, end| {
+                ctx.matcher.scan(slice, &mut |local, end| {
                     if let Some(&pattern) = ctx.patterns.get(local) {
-                        ends.push((pattern, from + end));
+                        consider(pattern, from + end);
                     }
                 })
             };
@@ -318,57 +411,21 @@ impl Engine {
                 window = match window {
                     Some((wf, wt)) if from <= wt => Some((wf, wt.max(to))),
                     Some(w) => {
-                        scan(w, &mut ends)?;
+                        scan(w)?;
                         Some((from, to))
                     }
                     None => Some((from, to)),
                 };
             }
             if let Some(w) = window {
-                scan(w, &mut ends)?;
+                scan(w)?;
             }
         }
-        let mut candidates = Vec::with_capacity(ends.len());
-        if !ends.is_empty() {
-            let pooled = self.reverse_caches.lock().ok().and_then(|mut p| p.pop());
-            let mut caches =
-                pooled.unwrap_or_else(|| self.reverse.iter().map(DFA::create_cache).collect());
-            let mut starts = Vec::new();
-            let bytes = text.as_bytes();
-            for (pattern, end) in ends {
-                // Most candidates end inside a longer run of letters or digits: the
-                // boundary check of `accept`, done before looking for starts.
-                if end > 0
-                    && bytes.get(end).is_some_and(u8::is_ascii_alphanumeric)
-                    && bytes.get(end - 1).is_some_and(u8::is_ascii_alphanumeric)
-                {
-                    continue;
-                }
-                let (Some(dfa), Some(cache)) = (self.reverse.get(pattern), caches.get_mut(pattern))
-                else {
-                    continue;
-                };
-                let detector = self.owner.get(pattern).copied().unwrap_or(usize::MAX);
-                // Every start from which the pattern matches up to `end`; the longest
-                // one that passes validation wins (the leftmost alone may begin inside
-                // a neighbouring token and fail its boundary or checksum).
-                match_starts(dfa, cache, text.as_bytes(), end, &mut starts);
-                if let Some(f) = starts
-                    .iter()
-                    .rev()
-                    .map(|&start| Finding {
-                        detector,
-                        start,
-                        end,
-                    })
-                    .find(|f| self.accept(text, before, f))
-                {
-                    candidates.push(f);
-                }
-            }
-            if let Ok(mut p) = self.reverse_caches.lock() {
-                p.push(caches);
-            }
+        if let Ok(mut p) = self.reverse_caches.lock() {
+            p.push(caches);
+        }
+        if budget == 0 {
+            return Err(DlpError::TooComplex);
         }
         let mut valid = candidates;
         // Leftmost, then longest; on the same span, a detector that needed (and found)
@@ -408,10 +465,19 @@ impl Engine {
         };
         let next = text[f.end..].chars().next();
         let value = &text[f.start..f.end];
-        // Word boundaries, as `\b` would: only where the match's own edge is a word char.
-        let first = value.chars().next().is_some_and(is_word);
-        let last = value.chars().next_back().is_some_and(is_word);
-        if (first && prev.is_some_and(is_word)) || (last && next.is_some_and(is_word)) {
+        // Word boundaries, as `\b` would: only where the match's own edge is a word char
+        // (for checksum-validated numbers, only a digit against a digit: letters may be glued).
+        let touches = |edge: Option<char>, neighbour: Option<char>| match (edge, neighbour) {
+            (Some(e), Some(n)) if is_word(e) && is_word(n) => {
+                !(d.glue && !(e.is_ascii_digit() && n.is_ascii_digit()))
+            }
+            _ => false,
+        };
+        if touches(value.chars().next(), prev) || touches(value.chars().next_back(), next) {
+            return false;
+        }
+        if d.glue && (prev.is_some_and(is_word) || next.is_some_and(is_word)) && in_digest(text, f)
+        {
             return false;
         }
         if d.check.is_some_and(|check| !check(value)) {
@@ -437,7 +503,14 @@ impl Engine {
 }
 
 /// Starts of the matches of a reverse automaton that end at `end`, nearest first.
-fn match_starts(dfa: &DFA, cache: &mut Cache, text: &[u8], end: usize, out: &mut Vec<usize>) {
+fn match_starts(
+    dfa: &DFA,
+    cache: &mut Cache,
+    text: &[u8],
+    end: usize,
+    out: &mut Vec<usize>,
+    budget: &mut usize,
+) {
     out.clear();
     let input = Input::new(text).range(..end).anchored(Anchored::Yes);
     let Ok(mut sid) = dfa.start_state_reverse(cache, &input) else {
@@ -445,6 +518,10 @@ fn match_starts(dfa: &DFA, cache: &mut Cache, text: &[u8], end: usize, out: &mut
     };
     let mut at = end;
     while at > 0 {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
         at -= 1;
         let Ok(next) = dfa.next_state(cache, sid, text[at]) else {
             return;

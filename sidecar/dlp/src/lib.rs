@@ -4,6 +4,8 @@
 //!
 //! - [`detectors`]: built-in detectors (stable names) and the pattern subset they use.
 //! - [`checks`]: checksums and structural validators that remove false positives.
+//! - [`fold`]: the folded view (Unicode compatibility, digits, spaces, invisible
+//!   characters) every detector reads, with its map back to the original offsets.
 //! - [`engine`]: the compiled set — Hyperscan behind the [`engine::Matcher`] trait, plus
 //!   an anchored lazy DFA for the streaming hold-back decision.
 //! - [`stream`]: exact streaming with minimal hold-back, and block mode on the same path.
@@ -14,6 +16,7 @@ pub mod checks;
 pub mod corpus;
 pub mod detectors;
 pub mod engine;
+pub mod fold;
 pub mod policy;
 pub mod scoring;
 pub mod stream;

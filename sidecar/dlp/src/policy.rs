@@ -149,7 +149,8 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
                 vec![Pattern::whole(
                     &words
                         .iter()
-                        .map(|w| escape_literal(w.trim()))
+                        // Texts are matched in folded form: so are keywords.
+                        .map(|w| escape_literal(&crate::fold::Folded::of(w.trim()).text))
                         .collect::<Vec<_>>()
                         .join("|"),
                 )]
@@ -178,6 +179,7 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
                 check: None,
                 context: c.context.iter().map(|w| w.to_lowercase()).collect(),
                 level: level_of(c.level()).unwrap_or(Level::Restricted),
+                glue: false,
             },
         ));
     }

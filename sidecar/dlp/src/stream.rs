@@ -13,6 +13,7 @@ use regex_automata::hybrid::LazyStateID;
 use regex_automata::hybrid::dfa::Cache;
 
 use crate::engine::{DlpError, Engine, Finding, floor_boundary};
+use crate::fold::Folded;
 
 /// Longest text kept from before the pending part (boundaries and context words).
 const HISTORY: usize = 128;
@@ -75,7 +76,15 @@ impl<'e> StreamScanner<'e> {
         if let Some(state) = self.suppress {
             let engine = self.engine;
             let cache = self.cache.get_or_insert_with(|| engine.new_cache());
-            let (next, died) = engine.advance(cache, state, chunk.as_bytes());
+            let view = Folded::of(chunk);
+            let (next, died) = engine.advance(cache, state, view.text.as_bytes());
+            // The automaton reports death one byte late after a complete match: give
+            // back the previous byte when it cannot carry a secret (a separator), never
+            // an alphanumeric. Offsets go back to the chunk's own.
+            let died = died.map(|i| match view.text.as_bytes().get(i.wrapping_sub(1)) {
+                Some(b) if !b.is_ascii_alphanumeric() => view.original(i - 1),
+                _ => view.original(i),
+            });
             match died {
                 None if next.is_some() => {
                     self.suppress = Some(next);
@@ -86,17 +95,7 @@ impl<'e> StreamScanner<'e> {
                     None => return Ok(()),
                     Some(i) => chunk = &chunk[i..],
                 },
-                // The automaton reports death one byte late after a complete match:
-                // give back the previous byte when it cannot carry a secret (a
-                // separator), never an alphanumeric.
-                Some(i) => {
-                    let i = if i > 0 && !chunk.as_bytes()[i - 1].is_ascii_alphanumeric() {
-                        i - 1
-                    } else {
-                        i
-                    };
-                    chunk = &chunk[floor_boundary(chunk, i)..];
-                }
+                Some(i) => chunk = &chunk[floor_boundary(chunk, i)..],
             }
             self.suppress = None;
             // The killing character starts fresh text: no word boundary to inherit.
@@ -111,33 +110,33 @@ impl<'e> StreamScanner<'e> {
         self.release(true, t, out)
     }
 
-    /// Earliest position from which the pending text may still become a match.
+    /// Earliest position from which the pending text may still become a match. The
+    /// automaton reads the folded view, as the detectors do; the position returned is
+    /// in the pending text itself.
     fn hold_point(&mut self) -> usize {
-        let len = self.pending.len();
-        let bytes = self.pending.as_bytes();
+        let view = Folded::of(&self.pending);
+        let folded: &str = &view.text;
+        let bytes = folded.as_bytes();
         let engine = self.engine;
         let cache = self.cache.get_or_insert_with(|| engine.new_cache());
-        for p in 0..len {
-            if !self.pending.is_char_boundary(p) {
+        for p in 0..folded.len() {
+            if !folded.is_char_boundary(p) {
                 continue;
             }
             let prev = if p == 0 {
                 self.history.chars().next_back()
             } else {
-                self.pending[..p].chars().next_back()
+                folded[..p].chars().next_back()
             };
-            let starts_word = self.pending[p..]
-                .chars()
-                .next()
-                .is_some_and(char::is_alphanumeric);
+            let starts_word = folded[p..].chars().next().is_some_and(char::is_alphanumeric);
             if starts_word && prev.is_some_and(char::is_alphanumeric) {
                 continue;
             }
             if engine.viable_prefix(cache, &bytes[p..]) {
-                return p;
+                return view.original(p);
             }
         }
-        len
+        self.pending.len()
     }
 
     fn release(
@@ -172,7 +171,11 @@ impl<'e> StreamScanner<'e> {
             t.overflow(out);
             let engine = self.engine;
             let cache = self.cache.get_or_insert_with(|| engine.new_cache());
-            let (state, _) = engine.advance(cache, None, &self.pending.as_bytes()[h..]);
+            let (state, _) = engine.advance(
+                cache,
+                None,
+                Folded::of(&self.pending[h..]).text.as_bytes(),
+            );
             self.suppress = Some(state);
             self.pending.clear();
             self.history.clear();
