@@ -19,4 +19,4 @@ pub mod telemetry;
 pub mod upstream;
 
 /// Wire formats and DLP on them live in `vigie-wire` (no Pingora types).
-pub use vigie_wire::{api, dlp};
+pub use vigie_wire::{api, dlp, encoding};

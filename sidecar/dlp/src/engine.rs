@@ -304,7 +304,7 @@ impl Engine {
     pub fn find(&self, text: &str, before: &str) -> Result<Vec<Finding>, DlpError> {
         let view = Folded::of(text);
         let before = Folded::of(before);
-        let mut found = self.find_folded(&view.text, &before.text)?;
+        let mut found = self.find_folded(&view.text, &before.text, &[])?;
         if !view.is_identity() {
             for f in &mut found {
                 f.start = view.original(f.start);
@@ -314,8 +314,23 @@ impl Engine {
         Ok(found)
     }
 
+    /// Findings in texts read together, already folded and joined (see
+    /// [`crate::parts`]): `seams` are the offsets where each part begins. A seam is a
+    /// word boundary (a value may end where a part ends), and a value that crosses one
+    /// is validated with its separators dropped too (a split falls anywhere in a
+    /// grouping). Offsets are in `joined`.
+    pub fn find_joined(&self, joined: &str, seams: &[usize]) -> Result<Vec<Finding>, DlpError> {
+        self.find_folded(joined, "", seams)
+    }
+
     /// [`Engine::find`] on text already folded.
-    fn find_folded(&self, text: &str, before: &str) -> Result<Vec<Finding>, DlpError> {
+    fn find_folded(
+        &self,
+        text: &str,
+        before: &str,
+        seams: &[usize],
+    ) -> Result<Vec<Finding>, DlpError> {
+        let at_seam = |i: usize| seams.binary_search(&i).is_ok();
         // Candidates are validated as the matcher reports them, never collected: a
         // run of digits ends a match of several patterns at every byte, and keeping
         // those ends cost dozens of bytes per input byte.
@@ -333,6 +348,7 @@ impl Engine {
             if end > 0
                 && let (Some(&next), Some(&last)) = (bytes.get(end), bytes.get(end - 1))
                 && glued(self.detectors.get(detector), last, next)
+                && !at_seam(end)
             {
                 return;
             }
@@ -352,7 +368,7 @@ impl Engine {
                     start,
                     end,
                 })
-                .find(|f| self.accept(text, before, f))
+                .find(|f| self.accept(text, before, seams, f))
             {
                 candidates.push(f);
             }
@@ -428,17 +444,23 @@ impl Engine {
             return Err(DlpError::TooComplex);
         }
         let mut valid = candidates;
-        // Leftmost, then longest; on the same span, a detector that needed (and found)
-        // context words is the more specific reading (a SIRET is Luhn-valid, so it is
-        // also a card-shaped number).
+        // Leftmost, then crossing the fewest part boundaries (an e-mail at the end of
+        // one part does not run on into the next part's letters; a number split across
+        // parts has no shorter reading), then longest; on the same span, a detector that
+        // needed (and found) context words is the more specific reading (a SIRET is
+        // Luhn-valid, so it is also a card-shaped number).
         let contextual = |f: &Finding| {
             self.detectors
                 .get(f.detector)
                 .is_some_and(|d| !d.context.is_empty())
         };
+        let crossings = |f: &Finding| {
+            seams.partition_point(|&s| s < f.end) - seams.partition_point(|&s| s <= f.start)
+        };
         valid.sort_by(|a, b| {
             a.start
                 .cmp(&b.start)
+                .then(crossings(a).cmp(&crossings(b)))
                 .then(b.end.cmp(&a.end))
                 .then(contextual(b).cmp(&contextual(a)))
         });
@@ -451,19 +473,26 @@ impl Engine {
         Ok(chosen)
     }
 
-    fn accept(&self, text: &str, before: &str, f: &Finding) -> bool {
+    fn accept(&self, text: &str, before: &str, seams: &[usize], f: &Finding) -> bool {
         let Some(d) = self.detectors.get(f.detector) else {
             return false;
         };
         if f.end <= f.start || !text.is_char_boundary(f.start) || !text.is_char_boundary(f.end) {
             return false;
         }
-        let prev = if f.start == 0 {
+        let at_seam = |i: usize| seams.binary_search(&i).is_ok();
+        let prev = if at_seam(f.start) {
+            None
+        } else if f.start == 0 {
             before.chars().next_back()
         } else {
             text[..f.start].chars().next_back()
         };
-        let next = text[f.end..].chars().next();
+        let next = if at_seam(f.end) {
+            None
+        } else {
+            text[f.end..].chars().next()
+        };
         let value = &text[f.start..f.end];
         // Word boundaries, as `\b` would: only where the match's own edge is a word char
         // (for checksum-validated numbers, only a digit against a digit: letters may be glued).
@@ -480,8 +509,13 @@ impl Engine {
         {
             return false;
         }
-        if d.check.is_some_and(|check| !check(value)) {
-            return false;
+        if let Some(check) = d.check {
+            let next_seam = seams.partition_point(|&s| s <= f.start);
+            let crosses = seams.get(next_seam).is_some_and(|&s| s < f.end);
+            let compact = || -> String { value.chars().filter(|c| c.is_alphanumeric()).collect() };
+            if !(check(value) || crosses && check(&compact())) {
+                return false;
+            }
         }
         if !d.context.is_empty() {
             let mut window = String::new();

@@ -8,6 +8,8 @@
 //!   characters) every detector reads, with its map back to the original offsets.
 //! - [`engine`]: the compiled set — Hyperscan behind the [`engine::Matcher`] trait, plus
 //!   an anchored lazy DFA for the streaming hold-back decision.
+//! - [`parts`]: texts read together (a request's fields) scanned as one, findings
+//!   written back into each part.
 //! - [`stream`]: exact streaming with minimal hold-back, and block mode on the same path.
 //! - [`corpus`]: a seeded, labelled corpus generator for precision/recall.
 //! - [`policy`]: the policy's `dlp` section compiled (and validated, with field paths).
@@ -17,10 +19,12 @@ pub mod corpus;
 pub mod detectors;
 pub mod engine;
 pub mod fold;
+pub mod parts;
 pub mod policy;
 pub mod scoring;
 pub mod stream;
 
 pub use detectors::{Detector, Level, Pattern, builtins};
 pub use engine::{DlpError, Engine, Finding};
+pub use parts::transform_parts;
 pub use stream::{Redact, StreamScanner, Transform, transform_block};

@@ -7,7 +7,6 @@
 //! loaded on first use only.
 
 use serde_json::Value;
-use vigie_wire::api::Operation;
 
 /// Tokens in `text` (a bytes/4 approximation if the tokenizer could not load).
 pub fn tokens(text: &str) -> u64 {
@@ -17,17 +16,31 @@ pub fn tokens(text: &str) -> u64 {
     }
 }
 
-/// Tokens of what the model reads in a request (messages, prompt, input), plus a few per
-/// message for the chat template. Reads the request's parsed tree (never the bytes).
-pub fn prompt_tokens(op: Operation, v: &mut Value) -> u64 {
+/// Tokens of what the model reads in a request — every string value but the protocol's
+/// structure ([`vigie_wire::dlp::text::STRUCTURAL`]): messages, prompt, input, tool
+/// descriptions and schemas — plus a few per message for the chat template. Reads the
+/// request's parsed tree (never the bytes).
+pub fn prompt_tokens(v: &Value) -> u64 {
     let messages = v
         .get("messages")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
-    let mut total = 0;
-    vigie_wire::dlp::text::request_texts(op, v, &mut |s| total += tokens(s));
     // OpenAI's documented overhead: 3 tokens per message, 3 to prime the answer.
-    total + 3 * messages + u64::from(messages > 0) * 3
+    text_tokens(v) + 3 * messages + u64::from(messages > 0) * 3
+}
+
+fn text_tokens(v: &Value) -> u64 {
+    use vigie_wire::dlp::text::STRUCTURAL;
+    match v {
+        Value::String(s) => tokens(s),
+        Value::Array(items) => items.iter().map(text_tokens).sum(),
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, v)| !(v.is_string() && STRUCTURAL.contains(&k.as_str())))
+            .map(|(_, v)| text_tokens(v))
+            .sum(),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -106,8 +119,7 @@ mod tests {
         let n = tokens("Bonjour, pouvez-vous résumer la note de la préfecture ?");
         assert!((10..20).contains(&n), "{n}");
         let p = prompt_tokens(
-            Operation::ChatCompletions,
-            &mut serde_json::json!({"model":"m","messages":[{"role":"user","content":"Hello world"}]}),
+            &serde_json::json!({"model":"m","messages":[{"role":"user","content":"Hello world"}]}),
         );
         assert_eq!(p, 2 + 3 + 3);
     }

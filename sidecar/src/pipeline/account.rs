@@ -194,7 +194,9 @@ pub(super) fn record(ctx: &mut RequestCtx) {
         return;
     }
     let error_type = error_type.to_string();
-    record.outcome = if record.status == 499 {
+    record.outcome = if ctx.answer_stopped {
+        UsageOutcome::Blocked
+    } else if record.status == 499 {
         UsageOutcome::ClientAborted
     } else if ctx.upstream_broke {
         UsageOutcome::UpstreamError
@@ -208,7 +210,7 @@ pub(super) fn record(ctx: &mut RequestCtx) {
         let mut record = record;
         let (usage, source) = a
             .tap
-            .result(|| request.map_or(0, |r| estimate::prompt_tokens(op, &mut r.into_tree())));
+            .result(|| request.map_or(0, |r| estimate::prompt_tokens(&r.into_tree())));
         account(op, &shared.metrics, &mut record, &a, usage, source);
         settle(quota.as_ref(), &record);
         write(&shared, &record);

@@ -105,6 +105,8 @@ pub struct RequestCtx {
     pub(super) reservation: Option<(Arc<Quota>, Reservation)>,
     pub(super) answer: Option<Answer>,
     pub(super) upstream_broke: bool,
+    /// An answer-side block rule stopped the answer.
+    pub(super) answer_stopped: bool,
     pub(super) started: Instant,
     pub(super) first_chunk: Option<Duration>,
     pub(super) accounting: Arc<Accounting>,
@@ -133,6 +135,7 @@ impl RequestCtx {
             reservation: None,
             answer: None,
             upstream_broke: false,
+            answer_stopped: false,
             started: Instant::now(),
             first_chunk: None,
             accounting,
@@ -277,6 +280,14 @@ impl RequestCtx {
     /// The upstream failed mid-answer: billed for what it generated.
     pub fn upstream_broke(&mut self) {
         self.upstream_broke = true;
+    }
+
+    /// An answer-side block rule stopped the answer; `seen` is the status the app got
+    /// (the upstream's, when the stream had started). The security event says so, and
+    /// the usage record's outcome is BLOCKED.
+    pub fn answer_stopped(&mut self, seen: u16) {
+        self.answer_stopped = true;
+        self.blocked("dlp_response", seen);
     }
 
     /// The status the app received (499: it went away).

@@ -10,13 +10,34 @@ use crate::dlp::{self, Level};
 /// Sensitivity header when the policy has no DLP section to name one.
 const DEFAULT_SENSITIVITY_HEADER: &str = "x-vigie-sensitivity";
 
-pub fn check(app: &SidecarApp, headers: &HeaderMap, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+/// Bodies larger than this are scanned on the blocking pool: a megabyte-sized scan
+/// (tens of milliseconds, a second for a crafted digit run) must not hold up the worker
+/// thread that serves the other requests.
+const OFF_WORKER_BYTES: usize = 64 * 1024;
+
+pub async fn check(
+    app: &SidecarApp,
+    headers: &HeaderMap,
+    ctx: &mut RequestCtx,
+) -> Result<(), Refusal> {
     let declared = declared_level(ctx, headers)?;
     let mut level = declared;
     if let Some(policy) = ctx.snapshot.dlp.clone()
-        && let Some(request) = ctx.request.as_mut()
+        && let Some(mut request) = ctx.request.take()
     {
-        let scan = dlp::scan_request(&policy, request, declared)?;
+        let (request, scan) = if request.len() <= OFF_WORKER_BYTES {
+            let scan = dlp::scan_request(&policy, &mut request, declared);
+            (request, scan)
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let scan = dlp::scan_request(&policy, &mut request, declared);
+                (request, scan)
+            })
+            .await
+            .map_err(|_| ApiError::dlp_unavailable())?
+        };
+        ctx.request = Some(request);
+        let scan = scan?;
         ctx.findings(&scan.counts, "request");
         level = scan.level;
         if !scan.blocked.is_empty() {

@@ -9,6 +9,7 @@ use pingora::protocols::http::ServerSession;
 use super::{Refusal, RequestCtx, SidecarApp};
 use crate::api::request::LlmRequest;
 use crate::api::{ApiError, Operation};
+use crate::encoding::{self, DecodeError};
 use crate::identity;
 use crate::telemetry::trace::UserAttribute;
 
@@ -34,9 +35,29 @@ pub async fn read(
     if looped {
         return Err(Refusal::before_body(ApiError::loop_detected()));
     }
-    let body = read_body(session, app.settings.max_body_bytes)
+    let limit = app.settings.max_body_bytes;
+    let body = read_body(session, limit)
         .await
         .map_err(Refusal::before_body)?;
+    // A compressed body is decoded (within the same limit) and read like any other:
+    // what is scanned is what is forwarded, uncompressed.
+    let codings = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("(not text)").to_string());
+    let body = match codings {
+        Some(c) if !encoding::is_identity(&c) => {
+            encoding::decode(&c, body, limit).map_err(|e| match e {
+                DecodeError::Unsupported(c) => ApiError::unsupported_encoding(&c),
+                DecodeError::TooLarge(limit) => ApiError::body_too_large(limit),
+                DecodeError::Corrupt => ApiError::invalid_request(
+                    "The request body does not decode with its Content-Encoding.",
+                ),
+            })?
+        }
+        _ => body,
+    };
     let request = LlmRequest::parse(ctx.op, body).inspect_err(|e| {
         // A key given twice (or in two cases) is how a value would be hidden from DLP.
         if e.code == Some("ambiguous_key") {

@@ -152,7 +152,7 @@ impl SidecarApp {
         ctx: &mut RequestCtx,
     ) -> Result<Outcome, Refusal> {
         intake::read(self, session, ctx).await?;
-        guard::check(self, &session.req_header().headers, ctx)?;
+        guard::check(self, &session.req_header().headers, ctx).await?;
         // The plan borrows the request's own snapshot, never the store's current one.
         let snapshot = ctx.snapshot.clone();
         let targets = route::plan(self, session, ctx, &snapshot).await?;

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use super::account::BUDGET_WARNING_HEADER;
 use super::{Outcome, RequestCtx, SidecarApp, respond};
 use crate::api::{self, ApiError};
+use crate::encoding;
 use crate::dlp::response::{Blocked, ResponseDlp, SseFilter};
 use crate::upstream::{self, Exchange};
 
@@ -35,10 +36,23 @@ pub async fn deliver(
     // goes on being fed.
     let snapshot = ctx.snapshot.clone();
     let pseudonyms = std::mem::take(&mut ctx.pseudonyms);
-    match ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms) {
+    let filter = ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms);
+    // Upstreams are asked for identity; one that compresses anyway is decoded before
+    // DLP reads the answer (whole answers), or stopped (streams are not decoded).
+    let coding = header
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("(not text)").to_string())
+        .filter(|c| !encoding::is_identity(c));
+    if filter.is_some() && sse && coding.is_some() {
+        let e = ApiError::upstream_encoding().with_flavour(ctx.op.flavour());
+        return respond::error(session, &e).await.not_reusable();
+    }
+    match filter {
         Some(filter) if !sse => {
             header.remove_header(&http::header::CONTENT_LENGTH);
-            whole(app, session, ctx, ex, filter, header).await
+            header.remove_header(&http::header::CONTENT_ENCODING);
+            whole(app, session, ctx, ex, filter, header, coding).await
         }
         filter => {
             let filter = filter.map(|f| f.sse(ctx.op));
@@ -114,7 +128,8 @@ async fn stream(
                         if let Some(f) = &filter {
                             ctx.findings(f.counts(), "response");
                         }
-                        let e = answer_blocked(app, ctx, &blocked);
+                        // The app already has the upstream's status: the event names it.
+                        let e = answer_blocked(app, ctx, &blocked, status);
                         // The upstream is dropped mid-answer: its connection is not reused.
                         return end_with_event(session, &e, status).await;
                     }
@@ -167,6 +182,7 @@ async fn whole(
     mut ex: Exchange,
     mut filter: ResponseDlp<'_>,
     mut header: ResponseHeader,
+    coding: Option<String>,
 ) -> Outcome {
     let status = header.status.as_u16();
     let mut body = BytesMut::new();
@@ -189,14 +205,25 @@ async fn whole(
             }
         }
     }
+    let body = match coding {
+        None => body.freeze(),
+        Some(c) => match encoding::decode(&c, body.freeze(), MAX_FILTERED_ANSWER) {
+            Ok(plain) => plain,
+            Err(e) => {
+                warn!(error = %e, "compressed answer could not be decoded for DLP");
+                let e = ApiError::upstream_encoding().with_flavour(ctx.op.flavour());
+                return respond::error(session, &e).await.not_reusable();
+            }
+        },
+    };
     ctx.observe(&body);
     ctx.answer_ended();
-    let filtered = filter.filter_json(ctx.op, &body);
+    let filtered = filter.filter_body(&body);
     ctx.findings(&filter.counts, "response");
     let out = match filtered {
         Ok(out) => out,
         Err(blocked) => {
-            let e = answer_blocked(app, ctx, &blocked);
+            let e = answer_blocked(app, ctx, &blocked, 0);
             return respond::error(session, &e).await;
         }
     };
@@ -224,14 +251,21 @@ async fn whole(
     }
 }
 
-/// An answer refused by a DLP block rule: counted, reported, and the error to send.
-fn answer_blocked(app: &SidecarApp, ctx: &RequestCtx, blocked: &Blocked) -> ApiError {
+/// An answer stopped by a DLP block rule: counted, reported with the status the app
+/// sees (`sent`: the one already sent mid-stream, or 0 when the error is the whole
+/// answer), and the error to send.
+fn answer_blocked(
+    app: &SidecarApp,
+    ctx: &mut RequestCtx,
+    blocked: &Blocked,
+    sent: u16,
+) -> ApiError {
     app.metrics
         .dlp_blocked
         .with_label_values(&["response"])
         .inc();
     let e = ApiError::dlp_blocked_response(&blocked.0).with_flavour(ctx.op.flavour());
-    ctx.blocked("dlp_response", e.status);
+    ctx.answer_stopped(if sent == 0 { e.status } else { sent });
     e
 }
 

@@ -18,27 +18,24 @@ use pingora::{ErrorType, Result as PResult};
 use crate::endpoint::Endpoint;
 use crate::policy::{Credential, Timeouts};
 
-/// Request headers never forwarded: hop-by-hop, framing (re-computed), and the app's own
-/// credentials (the sidecar holds the real ones).
 /// What the sidecar adds to `Via` upstream.
 pub const VIA: &str = "1.1 vigie-sidecar";
 
-const DROPPED_REQUEST_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "expect",
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "accept-encoding",
+/// The only app request headers forwarded upstream: content negotiation and the
+/// providers' versioning and beta headers. Everything else — custom headers, cookies,
+/// the SDKs' telemetry, the app's credentials — stays in the pod: a header is a channel
+/// DLP does not read. The sidecar sets framing, `Host`, credentials and trace context
+/// itself.
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "content-type",
+    "accept",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    "openai-organization",
+    "openai-project",
+    "traceparent",
+    "tracestate",
 ];
 
 /// Response headers never passed back: hop-by-hop only; framing headers stay.
@@ -200,15 +197,11 @@ pub fn upstream_request(
     private: &[http::HeaderName],
     trace: Option<&opentelemetry::Context>,
 ) -> PResult<RequestHeader> {
-    let path_and_query = downstream.uri.path_and_query().map_or("/", |p| p.as_str());
-    let path = format!("{}{}", endpoint.path_prefix, path_and_query);
+    // The query string is the app's text too, and no pool kind needs one: dropped.
+    let path = format!("{}{}", endpoint.path_prefix, downstream.uri.path());
     let mut req = RequestHeader::build(downstream.method.clone(), path.as_bytes(), None)?;
     for (name, value) in &downstream.headers {
-        // `x-vigie-*` headers are for the sidecar (declared sensitivity, …), not upstream.
-        if !DROPPED_REQUEST_HEADERS.contains(&name.as_str())
-            && !name.as_str().starts_with("x-vigie-")
-            && !private.contains(name)
-        {
+        if FORWARDED_REQUEST_HEADERS.contains(&name.as_str()) && !private.contains(name) {
             req.append_header(name.clone(), value.clone())?;
         }
     }
@@ -289,10 +282,15 @@ mod tests {
             value: HeaderValue::from_static("Bearer real"),
         };
         down.insert_header("x-user-id", "ana@corp.example").unwrap();
+        down.insert_header("cookie", "nir=185057800608491").unwrap();
+        down.insert_header("x-ticket", "1 85 05 78 006 084 91").unwrap();
+        down.insert_header("content-encoding", "gzip").unwrap();
+        down.insert_header("anthropic-version", "2023-06-01").unwrap();
         let private = [http::HeaderName::from_static("x-user-id")];
         let up = upstream_request(&ep, Some(&cred), &down, 42, &private, None).unwrap();
         assert!(up.headers.get("x-user-id").is_none());
-        assert_eq!(up.uri.to_string(), "/openai/v1/chat/completions?x=1");
+        // The query string and every header off the allow-list stay in the pod.
+        assert_eq!(up.uri.to_string(), "/openai/v1/chat/completions");
         assert_eq!(up.headers["host"], "api.example.com");
         assert_eq!(up.headers["authorization"], "Bearer real");
         assert_eq!(up.headers.get_all("authorization").iter().count(), 1);
@@ -300,6 +298,10 @@ mod tests {
         assert!(up.headers.get("connection").is_none());
         assert_eq!(up.headers["content-length"], "42");
         assert_eq!(up.headers["traceparent"], "00-abc-def-01");
+        assert_eq!(up.headers["anthropic-version"], "2023-06-01");
+        for dropped in ["cookie", "x-ticket", "content-encoding"] {
+            assert!(up.headers.get(dropped).is_none(), "{dropped} forwarded");
+        }
 
         let anthropic = Credential {
             header: HeaderName::from_static("x-api-key"),

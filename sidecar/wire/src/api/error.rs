@@ -155,6 +155,19 @@ impl ApiError {
         )
     }
 
+    /// A request body in a content coding the sidecar cannot decode (and so could not
+    /// inspect): refused, never forwarded as it came.
+    pub fn unsupported_encoding(coding: &str) -> Self {
+        Self::new(
+            415,
+            "invalid_request_error",
+            Some("unsupported_content_encoding"),
+            format!(
+                "Content-Encoding `{coding}` is not supported; send the body uncompressed or as gzip, deflate, br or zstd."
+            ),
+        )
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             413,
@@ -238,6 +251,17 @@ impl ApiError {
         )
     }
 
+    /// The upstream compressed its answer although asked not to, in a way DLP cannot
+    /// read (a compressed stream, an unknown coding): not passed through unchecked.
+    pub fn upstream_encoding() -> Self {
+        Self::new(
+            502,
+            "server_error",
+            Some("upstream_encoding"),
+            "The upstream's answer is compressed in a way the data-loss check cannot read; it was not passed on.",
+        )
+    }
+
     /// A complete answer too large to check is not passed through unchecked.
     pub fn dlp_answer_too_large(limit: usize) -> Self {
         Self::new(
@@ -247,6 +271,30 @@ impl ApiError {
             format!(
                 "The answer exceeds {limit} bytes and could not be checked by the data-loss policy."
             ),
+        )
+    }
+
+    /// A prompt given as token ids: DLP cannot read it, so it is not forwarded.
+    pub fn token_prompt(param: &'static str) -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            Some("token_prompt_not_inspectable"),
+            format!(
+                "`{param}` is given as token ids, which the data-loss policy cannot inspect; send text instead."
+            ),
+        )
+        .with_param(param)
+    }
+
+    /// The body is shaped so that inspecting it would take unbounded work (see
+    /// `vigie_dlp::engine::work_budget`); refused rather than forwarded unchecked.
+    pub fn dlp_too_complex() -> Self {
+        Self::new(
+            422,
+            "invalid_request_error",
+            Some("dlp_too_complex"),
+            "The request is shaped so that the data-loss check cannot complete in bounded time; it was not forwarded.",
         )
     }
 

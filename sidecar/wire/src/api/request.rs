@@ -91,15 +91,16 @@ impl LlmRequest {
         }
     }
 
-    /// Calls `f` on every text the model will read (see [`crate::dlp::text`]); `f`
-    /// returns whether it changed the text.
-    pub fn edit_texts(&mut self, f: &mut dyn FnMut(&mut String) -> bool) -> Result<(), ApiError> {
-        let op = self.op;
-        let mut changed = false;
-        crate::dlp::text::request_texts(op, self.tree()?, &mut |s| {
-            changed |= f(s);
-        });
-        if changed {
+    /// Lets `f` read and rewrite the tree; `f` returns whether it changed it (then the
+    /// body is serialised again for the upstream).
+    pub fn edit_tree<E>(
+        &mut self,
+        f: impl FnOnce(&mut Value) -> Result<bool, E>,
+    ) -> Result<(), E>
+    where
+        E: From<ApiError>,
+    {
+        if f(self.tree()?)? {
             self.rewritten = true;
             self.built = None;
         }
@@ -759,9 +760,9 @@ mod tests {
             Operation::ChatCompletions,
             r#"{"model":"m","messages":[{"role":"user","content":"secret"}]}"#,
         );
-        r.edit_texts(&mut |s| {
-            *s = "[X]".into();
-            true
+        r.edit_tree(|tree| {
+            tree["messages"][0]["content"] = "[X]".into();
+            Ok::<_, ApiError>(true)
         })
         .unwrap();
         assert!(r.rewritten());

@@ -10,11 +10,13 @@ pub mod text;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use vigie_dlp::Level;
-use vigie_dlp::engine::{Engine, Finding};
+use serde_json::Value;
+use vigie_dlp::engine::{DlpError, Engine, Finding};
 use vigie_dlp::policy::{Action, CompiledDlp, DetectorActions};
-use vigie_dlp::stream::{Transform, transform_block};
+use vigie_dlp::stream::Transform;
+use vigie_dlp::transform_parts;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, Operation};
 use crate::api::request::LlmRequest;
 pub use pseudonym::Pseudonyms;
 
@@ -96,8 +98,9 @@ impl Transform for RequestTransform<'_> {
     }
 }
 
-/// Scans the texts of a request and applies the actions to them in place; the body is
-/// serialised again only if something changed ([`LlmRequest::body_for`]).
+/// Scans every text of a request (see [`text::collect`]) as one, in document order,
+/// and applies the actions in place; the body is serialised again only if something
+/// changed ([`LlmRequest::body_for`]).
 pub fn scan_request(
     dlp: &CompiledDlp,
     request: &mut LlmRequest,
@@ -110,43 +113,56 @@ pub fn scan_request(
     if !dlp.scans_requests() {
         return Ok(scan);
     }
-    let mut failure = None;
-    request.edit_texts(&mut |s: &mut String| {
-        if failure.is_some() {
-            return false;
+    let op = request.op();
+    request.edit_tree(|tree| {
+        if let Some(param) = token_prompt(op, tree) {
+            return Err(ApiError::token_prompt(param));
         }
+        let mut texts = Vec::new();
+        text::collect(tree, &mut texts);
+        let parts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
         let mut t = RequestTransform {
             actions: &dlp.actions,
             scan: &mut scan,
             changed: false,
         };
-        match transform_block(&dlp.engine, s, &mut t) {
-            Ok(new) => {
-                if t.changed {
-                    *s = new;
-                    return true;
-                }
-                false
-            }
+        let new = match transform_parts(&dlp.engine, &parts, &mut t) {
+            Ok(new) => new,
+            Err(DlpError::TooComplex) => return Err(ApiError::dlp_too_complex()),
             Err(e) => {
-                failure = Some(e);
-                false
+                tracing::error!(error = %e, "DLP scan failed; refusing the request");
+                return Err(ApiError::dlp_unavailable());
             }
+        };
+        if !t.changed {
+            return Ok(false);
         }
+        drop(parts);
+        drop(texts);
+        let mut new = new.into_iter();
+        text::rewrite(tree, &mut || new.next().flatten());
+        Ok(true)
     })?;
-    if let Some(e) = failure {
-        tracing::error!(error = %e, "DLP scan failed; refusing the request");
-        return Err(ApiError::dlp_unavailable());
-    }
     Ok(scan)
+}
+
+/// A prompt given as token ids (completions `prompt`, embeddings `input`): an integer
+/// list or a list of them. Named by its parameter.
+fn token_prompt(op: Operation, tree: &Value) -> Option<&'static str> {
+    let param = match op {
+        Operation::Completions => "prompt",
+        Operation::Embeddings => "input",
+        _ => return None,
+    };
+    let ids = |v: &Value| v.as_array().is_some_and(|a| a.iter().any(Value::is_number));
+    let v = tree.get(param)?;
+    (ids(v) || v.as_array().is_some_and(|a| a.iter().any(ids))).then_some(param)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use crate::api::Operation;
-    use serde_json::Value;
 
     fn dlp(json: &str) -> CompiledDlp {
         vigie_dlp::policy::compile(&serde_json::from_str(json).unwrap()).unwrap()

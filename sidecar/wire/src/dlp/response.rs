@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 use vigie_dlp::engine::{Engine, Finding};
 use vigie_dlp::policy::{Action, CompiledDlp, DetectorActions};
-use vigie_dlp::stream::{StreamScanner, Transform, transform_block};
+use vigie_dlp::stream::{StreamScanner, Transform};
+use vigie_dlp::transform_parts;
 
 use super::pseudonym::{Pseudonyms, Restorer};
 use super::{Counts, action_name, text};
@@ -20,6 +21,31 @@ use crate::api::Operation;
 /// Detector names whose answer-side action is `block`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked(pub BTreeSet<String>);
+
+impl Blocked {
+    /// An answer DLP cannot read (binary, or too complex to inspect in bounded time):
+    /// stopped like a block rather than passed unchecked.
+    pub fn uninspectable() -> Self {
+        Self(BTreeSet::from(["UNINSPECTABLE".to_string()]))
+    }
+}
+
+/// Sets every `logprobs` to null (chat and completions put them per choice).
+fn drop_logprobs(v: &mut Value) {
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(drop_logprobs),
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if k == "logprobs" {
+                    *v = Value::Null;
+                } else {
+                    drop_logprobs(v);
+                }
+            }
+        }
+        _ => {}
+    }
+}
 
 #[derive(Debug, Default)]
 struct ResponseTransform<'a> {
@@ -95,35 +121,73 @@ impl<'a> ResponseDlp<'a> {
         }
     }
 
-    /// A complete JSON answer. Unparseable bodies (e.g. error pages) pass unchanged
-    /// only if no placeholders or rules apply to them — they are not model text.
-    pub fn filter_json(&mut self, op: Operation, body: &[u8]) -> Result<Vec<u8>, Blocked> {
-        let Ok(mut json) = serde_json::from_slice::<Value>(body) else {
-            return Ok(body.to_vec());
-        };
-        let mut blocked = BTreeSet::new();
-        let mut counts = Counts::new();
-        let (dlp, names) = (self.dlp, self.pseudonyms);
-        text::response_texts(op, &mut json, &mut |s: &mut String| {
-            if let Some(d) = dlp {
-                let mut t = ResponseTransform {
-                    actions: &d.actions,
-                    ..ResponseTransform::default()
-                };
-                // The engine never fails on a built policy; if it did, drop the text.
-                *s = transform_block(&d.engine, s, &mut t).unwrap_or_else(|_| "[REDACTED]".into());
-                blocked.extend(t.blocked);
-                for (k, v) in t.counts {
-                    *counts.entry(k).or_default() += v;
-                }
+    /// A complete answer: every text of a JSON body (any status: error bodies too),
+    /// or the whole body as text when it is not JSON. A body that is not text either
+    /// (binary) cannot be inspected: refused while answer rules apply.
+    pub fn filter_body(&mut self, body: &[u8]) -> Result<Vec<u8>, Blocked> {
+        if let Ok(mut json) = serde_json::from_slice::<Value>(body) {
+            if !self.filter_value(&mut json)? {
+                return Ok(body.to_vec());
             }
-            *s = names.restore_all(s);
-        });
-        self.merge(counts);
-        if !blocked.is_empty() {
-            return Err(Blocked(blocked));
+            return serde_json::to_vec(&json).map_err(|_| Blocked::uninspectable());
         }
-        Ok(serde_json::to_vec(&json).unwrap_or_else(|_| body.to_vec()))
+        let Ok(text) = std::str::from_utf8(body) else {
+            return match self.dlp {
+                Some(_) => Err(Blocked::uninspectable()),
+                None => Ok(body.to_vec()),
+            };
+        };
+        let mut v = Value::String(text.to_string());
+        self.filter_value(&mut v)?;
+        match v {
+            Value::String(s) => Ok(s.into_bytes()),
+            _ => Err(Blocked::uninspectable()),
+        }
+    }
+
+    /// Answer rules, then placeholders back, on every text of `json` (what the app
+    /// receives: [`text::collect`]). Once DLP changed anything, `logprobs` are dropped:
+    /// their tokens and bytes spell out the text that was redacted. Returns whether
+    /// `json` changed.
+    fn filter_value(&mut self, json: &mut Value) -> Result<bool, Blocked> {
+        let mut changed = false;
+        if let Some(d) = self.dlp {
+            let mut t = ResponseTransform {
+                actions: &d.actions,
+                ..ResponseTransform::default()
+            };
+            let mut texts = Vec::new();
+            text::collect(json, &mut texts);
+            let parts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+            let new = transform_parts(&d.engine, &parts, &mut t);
+            drop(parts);
+            drop(texts);
+            self.merge(std::mem::take(&mut t.counts));
+            let Ok(new) = new else {
+                // Too complex to inspect in bounded time: stopped, not passed.
+                return Err(Blocked::uninspectable());
+            };
+            if !t.blocked.is_empty() {
+                return Err(Blocked(t.blocked));
+            }
+            if new.iter().any(Option::is_some) {
+                let mut new = new.into_iter();
+                text::rewrite(json, &mut || new.next().flatten());
+                drop_logprobs(json);
+                changed = true;
+            }
+        }
+        if !self.pseudonyms.is_empty() {
+            let names = self.pseudonyms;
+            text::visit_strings_mut(json, &mut |s| {
+                let restored = names.restore_all(s);
+                if restored != *s {
+                    *s = restored;
+                    changed = true;
+                }
+            });
+        }
+        Ok(changed)
     }
 
     pub fn sse(self, op: Operation) -> SseFilter<'a> {
@@ -221,7 +285,11 @@ impl<'a> SseFilter<'a> {
             None => scanned.push_str(text),
         }
         if !s.transform.blocked.is_empty() {
-            return Err(Blocked(s.transform.blocked.clone()));
+            // Counted like any finding: the block is reported, not only enforced.
+            let counts = std::mem::take(&mut s.transform.counts);
+            let blocked = s.transform.blocked.clone();
+            self.dlp.merge(counts);
+            return Err(Blocked(blocked));
         }
         Ok(s.restorer.push(names, &scanned))
     }
@@ -353,6 +421,7 @@ impl<'a> SseFilter<'a> {
             Operation::Messages => self.anthropic_event(&mut json, event_name.as_deref(), out)?,
             _ => {
                 self.openai_chunk(&mut json)?;
+                self.scan_rest(&mut json)?;
                 write_event(out, event_name.as_deref(), &json);
             }
         }
@@ -425,6 +494,7 @@ impl<'a> SseFilter<'a> {
                         // text; a leak to the user is worse than a rejected replay.
                         Some("thinking_delta") => (Field::AnthropicThinking, "thinking"),
                         _ => {
+                            self.scan_rest(json)?;
                             write_event(out, name, json);
                             return Ok(());
                         }
@@ -446,9 +516,66 @@ impl<'a> SseFilter<'a> {
             Some("message_stop") => self.flush_all(out)?,
             _ => {}
         }
+        self.scan_rest(json)?;
         write_event(out, name, json);
         Ok(())
     }
+
+    /// Every other text of an event (refusals, tool names, annotations, transcripts,
+    /// error messages, fields not known yet) through the answer rules, block-wise: the
+    /// streamed texts were already judged by their scanners and are left out while
+    /// the rest is read. With answer rules on, `logprobs` are dropped from every chunk:
+    /// they go out before the text they spell is judged.
+    fn scan_rest(&mut self, json: &mut Value) -> Result<(), Blocked> {
+        if self.dlp.dlp.is_some()
+            && let Some(Value::Array(choices)) = json.get_mut("choices")
+        {
+            for c in choices {
+                if let Some(l) = c.get_mut("logprobs") {
+                    *l = Value::Null;
+                }
+            }
+        }
+        let fed = take_streamed(self.op, json);
+        let result = self.dlp.filter_value(json);
+        for (pointer, v) in fed {
+            if let Some(slot) = json.pointer_mut(&pointer) {
+                *slot = v;
+            }
+        }
+        result.map(|_| ())
+    }
+}
+
+/// Takes the texts the stream scanners handle out of an event (leaving nulls), with
+/// where they were.
+fn take_streamed(op: Operation, json: &mut Value) -> Vec<(String, Value)> {
+    let mut pointers = Vec::new();
+    if op == Operation::Messages {
+        pointers.extend(["/delta/text", "/delta/partial_json", "/delta/thinking"].map(String::from));
+    } else if let Some(Value::Array(choices)) = json.get("choices") {
+        for (i, c) in choices.iter().enumerate() {
+            for p in [
+                "text",
+                "delta/content",
+                "delta/reasoning_content",
+                "delta/function_call/arguments",
+            ] {
+                pointers.push(format!("/choices/{i}/{p}"));
+            }
+            let calls = c.pointer("/delta/tool_calls").and_then(Value::as_array);
+            for k in 0..calls.map_or(0, Vec::len) {
+                pointers.push(format!("/choices/{i}/delta/tool_calls/{k}/function/arguments"));
+            }
+        }
+    }
+    pointers
+        .into_iter()
+        .filter_map(|p| {
+            let v = json.pointer_mut(&p).filter(|v| v.is_string()).map(Value::take)?;
+            Some((p, v))
+        })
+        .collect()
 }
 
 fn anthropic_delta(index: u64, field: Field, text: &str) -> Value {
@@ -690,7 +817,7 @@ mod tests {
             "content": format!("NIR {ph}, écrire à x.y@z.fr")}}]});
         let mut r = ResponseDlp::new(Some(&d), &names).unwrap();
         let out: Value = serde_json::from_slice(
-            &r.filter_json(Operation::ChatCompletions, body.to_string().as_bytes())
+            &r.filter_body(body.to_string().as_bytes())
                 .unwrap(),
         )
         .unwrap();
@@ -749,7 +876,7 @@ mod tests {
         let body = json!({"content": [{"type": "thinking", "thinking": "a@b.fr", "signature": "s"},
                                       {"type": "text", "text": "ok"}]});
         let out: Value = serde_json::from_slice(
-            &r.filter_json(Operation::Messages, body.to_string().as_bytes())
+            &r.filter_body(body.to_string().as_bytes())
                 .unwrap(),
         )
         .unwrap();

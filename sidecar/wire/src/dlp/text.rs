@@ -1,6 +1,8 @@
 //! Where the text is: the strings of a request or answer that the model reads or
 //! writes, by operation. DLP looks at these, never at raw JSON (keys, ids, numbers).
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use crate::api::Operation;
@@ -8,14 +10,6 @@ use crate::api::Operation;
 fn visit_str(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
     if let Value::String(s) = v {
         f(s);
-    }
-}
-
-fn visit_strings_or_list(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(items) => items.iter_mut().for_each(|i| visit_str(i, f)),
-        _ => {}
     }
 }
 
@@ -97,44 +91,86 @@ fn visit_anthropic_content(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
     }
 }
 
-/// The texts of a request the model will read.
-pub fn request_texts(op: Operation, body: &mut Value, f: &mut dyn FnMut(&mut String)) {
-    match op {
-        Operation::ChatCompletions => {
-            if let Some(Value::Array(messages)) = body.get_mut("messages") {
-                for m in messages {
-                    if let Some(c) = m.get_mut("content") {
-                        visit_openai_content(c, f);
-                    }
-                    visit_tool_calls(m.get_mut("tool_calls"), f);
-                    visit_function_call(m, f);
+/// Keys whose string values are protocol structure — enumerations and the model
+/// name — that no model reads as text. Everything else is text: every other string
+/// value, every object key (a schema's property names, metadata keys), every integer.
+/// So a field a provider adds tomorrow is scanned by default.
+pub const STRUCTURAL: &[&str] = &[
+    "model",
+    "role",
+    "type",
+    "object",
+    "finish_reason",
+    "stop_reason",
+    "encoding_format",
+    "media_type",
+    "detail",
+    "reasoning_effort",
+    "service_tier",
+];
+
+fn structural(key: &str, v: &Value) -> bool {
+    v.is_string() && STRUCTURAL.contains(&key)
+}
+
+/// Every text of a JSON document, in document order (object keys in the tree's
+/// order): keys, string values other than [`STRUCTURAL`] ones, integers as written.
+pub fn collect<'a>(v: &'a Value, out: &mut Vec<Cow<'a, str>>) {
+    match v {
+        Value::String(s) => out.push(Cow::Borrowed(s)),
+        Value::Number(n) if n.is_i64() || n.is_u64() => out.push(Cow::Owned(n.to_string())),
+        Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+        Value::Object(map) => {
+            for (k, v) in map {
+                out.push(Cow::Borrowed(k));
+                if !structural(k, v) {
+                    collect(v, out);
                 }
             }
         }
-        Operation::Completions => {
-            if let Some(p) = body.get_mut("prompt") {
-                visit_strings_or_list(p, f);
-            }
-        }
-        Operation::Embeddings => {
-            if let Some(i) = body.get_mut("input") {
-                visit_strings_or_list(i, f);
-            }
-        }
-        Operation::Messages => {
-            if let Some(s) = body.get_mut("system") {
-                visit_anthropic_content(s, f);
-            }
-            if let Some(Value::Array(messages)) = body.get_mut("messages") {
-                for m in messages {
-                    if let Some(c) = m.get_mut("content") {
-                        visit_anthropic_content(c, f);
-                    }
-                }
-            }
-        }
-        Operation::ListModels => {}
+        _ => {}
     }
+}
+
+/// Writes new texts back, walking as [`collect`] did: `next` is called once per text,
+/// in the same order, and returns the replacement of those that changed. A changed
+/// key renames its entry; a changed integer becomes a string.
+pub fn rewrite(v: &mut Value, next: &mut dyn FnMut() -> Option<String>) {
+    match v {
+        Value::String(s) => {
+            if let Some(new) = next() {
+                *s = new;
+            }
+        }
+        Value::Number(n) if n.is_i64() || n.is_u64() => {
+            if let Some(new) = next() {
+                *v = Value::String(new);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| rewrite(i, next)),
+        Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (k, mut v) in entries {
+                let skip = structural(&k, &v);
+                let mut k = next().unwrap_or(k);
+                if !skip {
+                    rewrite(&mut v, next);
+                }
+                // Two keys redacted to the same text: keep both entries.
+                while map.contains_key(&k) {
+                    k.push('_');
+                }
+                map.insert(k, v);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Calls `f` on every string of a document (keys excepted): placeholders restored
+/// wherever the model may have copied them.
+pub fn visit_strings_mut(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    visit_all_strings(v, f);
 }
 
 /// The texts of a complete (non-streamed) answer.
@@ -222,64 +258,71 @@ pub fn stream_event_texts(op: Operation, event: &Value, f: &mut dyn FnMut(&str))
 mod tests {
     use super::*;
 
-    fn collect(op: Operation, json: &str, request: bool) -> Vec<String> {
+    fn answer(op: Operation, json: &str) -> Vec<String> {
         let mut v: Value = serde_json::from_str(json).unwrap();
         let mut out = Vec::new();
-        let mut f = |s: &mut String| out.push(s.clone());
-        if request {
-            request_texts(op, &mut v, &mut f);
-        } else {
-            response_texts(op, &mut v, &mut f);
-        }
+        response_texts(op, &mut v, &mut |s: &mut String| out.push(s.clone()));
         out
     }
 
+    fn texts(json: &str) -> Vec<String> {
+        let v: Value = serde_json::from_str(json).unwrap();
+        let mut out = Vec::new();
+        collect(&v, &mut out);
+        out.into_iter().map(Cow::into_owned).collect()
+    }
+
     #[test]
-    fn finds_the_text_of_every_shape() {
+    fn every_string_key_and_integer_is_text_but_structure() {
         assert_eq!(
-            collect(
-                Operation::ChatCompletions,
-                r#"{"model":"m","messages":[{"role":"system","content":"sys"},
-                {"role":"user","content":[{"type":"text","text":"part"},{"type":"image_url","image_url":{"url":"u"}}]},
-                {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},
-                {"role":"tool","tool_call_id":"c","content":"result"}]}"#,
-                true
+            texts(
+                r#"{"model":"m","messages":[{"role":"user","name":"n","content":[{"type":"text","text":"t"},
+                {"type":"image_url","image_url":{"url":"data:text/plain,x","detail":"low"}}]}],
+                "tools":[{"type":"function","function":{"name":"f","description":"d",
+                "parameters":{"type":"object","properties":{"p":{"enum":["e"]}}}}}],
+                "metadata":{"k":"v"},"user":"u","seed":185057800608491,"temperature":0.5,"stream":true}"#
             ),
-            ["sys", "part", "{\"a\":1}", "result"]
+            [
+                "messages", "content", "text", "t", "type", "image_url", "detail", "url",
+                "data:text/plain,x", "type", "name", "n", "role", "metadata", "k", "v", "model",
+                "seed", "185057800608491", "stream", "temperature", "tools", "function",
+                "description", "d", "name", "f", "parameters", "properties", "p", "enum", "e",
+                "type", "type", "user", "u"
+            ]
         );
+    }
+
+    #[test]
+    fn rewrite_walks_as_collect_does() {
+        let json = r#"{"a":{"185057800608491":"x","role":"user"},"b":[1,"y"],"model":"m"}"#;
+        let mut v: Value = serde_json::from_str(json).unwrap();
+        let n = texts(json).len();
+        let mut i = 0;
+        rewrite(&mut v, &mut || {
+            i += 1;
+            Some(format!("<{i}>"))
+        });
+        assert_eq!(i, n);
         assert_eq!(
-            collect(Operation::Completions, r#"{"prompt":["a","b"]}"#, true),
-            ["a", "b"]
+            v,
+            serde_json::json!({"<1>": {"<2>": "<3>", "<4>": "user"}, "<5>": ["<6>", "<7>"], "<8>": "m"})
         );
+    }
+
+    #[test]
+    fn the_model_written_text_of_every_answer_shape() {
         assert_eq!(
-            collect(Operation::Embeddings, r#"{"input":"x"}"#, true),
-            ["x"]
-        );
-        assert!(collect(Operation::Embeddings, r#"{"input":[1,2,3]}"#, true).is_empty());
-        assert_eq!(
-            collect(
-                Operation::Messages,
-                r#"{"system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":"u"},
-                {"role":"assistant","content":[{"type":"tool_use","id":"t","name":"n","input":{"q":"v","n":2}}]},
-                {"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":"r"}]}]}"#,
-                true
-            ),
-            ["s", "u", "v", "r"]
-        );
-        assert_eq!(
-            collect(
+            answer(
                 Operation::ChatCompletions,
                 r#"{"choices":[{"message":{"content":"answer","tool_calls":[{"function":{"arguments":"{}"}}],
                 "function_call":{"name":"f","arguments":"{\"x\":1}"}}}]}"#,
-                false
             ),
             ["answer", "{}", "{\"x\":1}"]
         );
         assert_eq!(
-            collect(
+            answer(
                 Operation::Messages,
                 r#"{"content":[{"type":"text","text":"t"}]}"#,
-                false
             ),
             ["t"]
         );
