@@ -366,6 +366,8 @@ async fn relay_restores_pseudonyms_in_a_stream_and_strips_the_usage_it_asked_for
 
 #[tokio::test]
 async fn relay_blocks_an_answer_and_accounts_for_it() {
+    let log = SecurityLog::default();
+    let _guard = log.install();
     let (addr, _m) = mock(&["m"], echo()).await;
     let p = with_dlp(
         policy(vec![pool("gpu", &[addr], &["m"])]),
@@ -390,6 +392,37 @@ async fn relay_blocks_an_answer_and_accounts_for_it() {
             &[("direction", "response")]
         ),
         2.0
+    );
+    // A streamed block is accounted like a whole one: the finding counted, the event
+    // naming the status the app really got (200, then an error event), the record BLOCKED.
+    assert_eq!(
+        s.counter(
+            "vigie_sidecar_dlp_findings_total",
+            &[("direction", "response"), ("detector", "PHONE_NUMBER"), ("action", "block")]
+        ),
+        2.0
+    );
+    let blocked: Vec<String> = log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("vigie.request.blocked"))
+        .collect();
+    assert_eq!(blocked.len(), 2, "{blocked:?}");
+    let status = |l: &String| l.split("http.response.status_code=").nth(1).map(|r| r[..3].to_string());
+    assert_eq!(status(&blocked[0]).as_deref(), Some("451"), "{blocked:?}");
+    assert_eq!(status(&blocked[1]).as_deref(), Some("200"), "{blocked:?}");
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = s.records();
+        if records.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(records.len(), 2);
+    assert!(
+        records.iter().all(|r| r.outcome == UsageOutcome::Blocked as i32),
+        "{records:?}"
     );
 }
 

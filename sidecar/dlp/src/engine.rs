@@ -166,6 +166,11 @@ fn is_word(c: char) -> bool {
     c.is_alphanumeric()
 }
 
+/// How many part boundaries a finding runs across.
+fn crossings(seams: &[usize], f: &Finding) -> usize {
+    seams.partition_point(|&s| s < f.end) - seams.partition_point(|&s| s <= f.start)
+}
+
 /// Whether a glued match lies inside a hex digest (32 hex characters or more): hashes
 /// hold Luhn-valid digit runs by chance, an identifier glued to a word does not look
 /// like one.
@@ -358,18 +363,28 @@ impl Engine {
             };
             // Every start from which the pattern matches up to `end`; the longest one
             // that passes validation wins (the leftmost alone may begin inside a
-            // neighbouring token and fail its boundary or checksum).
+            // neighbouring token and fail its boundary or checksum) — among those that
+            // cross the fewest part boundaries (a key before an e-mail is not part of it).
             match_starts(dfa, cache, bytes, end, &mut starts, &mut budget);
-            if let Some(f) = starts
-                .iter()
-                .rev()
-                .map(|&start| Finding {
+            let mut best: Option<(usize, Finding)> = None;
+            for &start in starts.iter().rev() {
+                let f = Finding {
                     detector,
                     start,
                     end,
-                })
-                .find(|f| self.accept(text, before, seams, f))
-            {
+                };
+                let crossed = crossings(seams, &f);
+                if best.as_ref().is_some_and(|(c, _)| *c <= crossed) {
+                    continue;
+                }
+                if self.accept(text, before, seams, &f) {
+                    best = Some((crossed, f));
+                    if crossed == 0 {
+                        break;
+                    }
+                }
+            }
+            if let Some((_, f)) = best {
                 candidates.push(f);
             }
         };
@@ -454,13 +469,10 @@ impl Engine {
                 .get(f.detector)
                 .is_some_and(|d| !d.context.is_empty())
         };
-        let crossings = |f: &Finding| {
-            seams.partition_point(|&s| s < f.end) - seams.partition_point(|&s| s <= f.start)
-        };
         valid.sort_by(|a, b| {
             a.start
                 .cmp(&b.start)
-                .then(crossings(a).cmp(&crossings(b)))
+                .then(crossings(seams, a).cmp(&crossings(seams, b)))
                 .then(b.end.cmp(&a.end))
                 .then(contextual(b).cmp(&contextual(a)))
         });

@@ -128,8 +128,14 @@ impl<'e> StreamScanner<'e> {
             } else {
                 folded[..p].chars().next_back()
             };
-            let starts_word = folded[p..].chars().next().is_some_and(char::is_alphanumeric);
-            if starts_word && prev.is_some_and(char::is_alphanumeric) {
+            // Inside a word no match starts — except where letters meet digits:
+            // checksum-validated numbers may be glued to letters.
+            let next = folded[p..].chars().next();
+            if let (Some(n), Some(b)) = (next, prev)
+                && n.is_alphanumeric()
+                && b.is_alphanumeric()
+                && n.is_ascii_digit() == b.is_ascii_digit()
+            {
                 continue;
             }
             if engine.viable_prefix(cache, &bytes[p..]) {

@@ -27,6 +27,31 @@ pub struct Behaviour {
     pub prefix_cache: u32,
     /// Time to first token when the system prompt is cached (`ttft_ms` otherwise).
     pub ttft_hit_ms: u64,
+    /// Answer with exactly these bytes instead of generating (answer-side DLP tests:
+    /// logprobs, refusals, error bodies, other content types, compressed answers).
+    pub canned: Option<Canned>,
+}
+
+/// A fixed answer, written by the test in the provider's wire format.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Canned {
+    #[serde(default = "ok")]
+    pub status: u16,
+    #[serde(default = "json_type")]
+    pub content_type: String,
+    pub body: String,
+    /// Sent gzip-compressed, with `Content-Encoding: gzip`.
+    #[serde(default)]
+    pub gzip: bool,
+}
+
+fn ok() -> u16 {
+    200
+}
+
+fn json_type() -> String {
+    "application/json".to_string()
 }
 
 impl Default for Behaviour {
@@ -41,6 +66,7 @@ impl Default for Behaviour {
             fail: None,
             prefix_cache: 0,
             ttft_hit_ms: 0,
+            canned: None,
         }
     }
 }

@@ -72,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         }),
         prefix_cache: args.prefix_cache,
         ttft_hit_ms: args.ttft_hit_ms,
+        canned: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

@@ -138,6 +138,8 @@ pub fn router(mock: Arc<Mock>) -> Router {
         .route("/health", get(health))
         .route("/mock/behaviour", put(put_behaviour).get(get_behaviour))
         .route("/mock/stats", get(stats))
+        // Real servers take bodies as large as the sidecar forwards (8 MiB by default).
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .with_state(mock)
 }
 
@@ -228,6 +230,10 @@ fn prepare(
             "authorization": header_str("authorization"),
             "x_api_key": header_str("x-api-key"),
             "traceparent": header_str("traceparent"),
+            "headers": headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or("").to_string())))
+                .collect::<serde_json::Map<_, _>>(),
         }));
     }
     let mut behaviour = mock.behaviour();
@@ -273,6 +279,9 @@ fn prepare(
             "invalid_request_error",
             Some("model_not_found"),
         ));
+    }
+    if let Some(c) = &behaviour.canned {
+        return Err(canned(c));
     }
     if let Some(Failure::Status {
         code,
@@ -331,6 +340,30 @@ async fn admit(mock: &Arc<Mock>) -> Running {
 )]
 fn unreachable_permit() -> ! {
     panic!("a fresh semaphore always grants a permit")
+}
+
+/// The canned answer, as the test wrote it (gzip-compressed if asked).
+fn canned(c: &crate::behaviour::Canned) -> Response {
+    let status = StatusCode::from_u16(c.status).unwrap_or(StatusCode::OK);
+    let mut body = c.body.clone().into_bytes();
+    if c.gzip {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        if e.write_all(&body).is_ok()
+            && let Ok(z) = e.finish()
+        {
+            body = z;
+        }
+    }
+    let mut resp = (status, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&c.content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    if c.gzip {
+        resp.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
 }
 
 async fn chat(State(mock): State<Arc<Mock>>, headers: HeaderMap, raw: Bytes) -> Response {

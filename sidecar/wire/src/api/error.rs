@@ -274,6 +274,17 @@ impl ApiError {
         )
     }
 
+    /// Data DLP flags sits in a structural field (model, role, type…), which is never
+    /// rewritten: the request is refused instead.
+    pub fn dlp_structural_field() -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            Some("dlp_blocked"),
+            "The request was blocked by the data-loss policy: a structural field (model, role, type…) carries data it flags.",
+        )
+    }
+
     /// A prompt given as token ids: DLP cannot read it, so it is not forwarded.
     pub fn token_prompt(param: &'static str) -> Self {
         Self::new(

@@ -120,7 +120,7 @@ pub fn scan_request(
         }
         let mut texts = Vec::new();
         text::collect(tree, &mut texts);
-        let parts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let parts: Vec<&str> = texts.iter().map(|t| t.text.as_ref()).collect();
         let mut t = RequestTransform {
             actions: &dlp.actions,
             scan: &mut scan,
@@ -136,6 +136,9 @@ pub fn scan_request(
         };
         if !t.changed {
             return Ok(false);
+        }
+        if text::touches_structure(&texts, &new) {
+            return Err(ApiError::dlp_structural_field());
         }
         drop(parts);
         drop(texts);

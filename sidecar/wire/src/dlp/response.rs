@@ -158,15 +158,17 @@ impl<'a> ResponseDlp<'a> {
             };
             let mut texts = Vec::new();
             text::collect(json, &mut texts);
-            let parts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+            let parts: Vec<&str> = texts.iter().map(|t| t.text.as_ref()).collect();
             let new = transform_parts(&d.engine, &parts, &mut t);
             drop(parts);
-            drop(texts);
             self.merge(std::mem::take(&mut t.counts));
-            let Ok(new) = new else {
-                // Too complex to inspect in bounded time: stopped, not passed.
-                return Err(Blocked::uninspectable());
+            // Too complex to inspect in bounded time, or data in a structural field:
+            // stopped, not passed.
+            let new = match new {
+                Ok(new) if !text::touches_structure(&texts, &new) => new,
+                _ => return Err(Blocked::uninspectable()),
             };
+            drop(texts);
             if !t.blocked.is_empty() {
                 return Err(Blocked(t.blocked));
             }

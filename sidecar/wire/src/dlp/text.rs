@@ -92,9 +92,10 @@ fn visit_anthropic_content(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
 }
 
 /// Keys whose string values are protocol structure — enumerations and the model
-/// name — that no model reads as text. Everything else is text: every other string
-/// value, every object key (a schema's property names, metadata keys), every integer.
-/// So a field a provider adds tomorrow is scanned by default.
+/// name. They are read like any text, but never rewritten: a finding in one refuses
+/// the request (or stops the answer) instead. Everything else is text to rewrite: every
+/// other string value, every object key (a schema's property names, metadata keys),
+/// every integer. So a field a provider adds tomorrow is scanned by default.
 pub const STRUCTURAL: &[&str] = &[
     "model",
     "role",
@@ -113,18 +114,34 @@ fn structural(key: &str, v: &Value) -> bool {
     v.is_string() && STRUCTURAL.contains(&key)
 }
 
+/// One text of a document.
+#[derive(Debug)]
+pub struct Text<'a> {
+    pub text: Cow<'a, str>,
+    /// A [`STRUCTURAL`] value: read, never rewritten.
+    pub structural: bool,
+}
+
 /// Every text of a JSON document, in document order (object keys in the tree's
-/// order): keys, string values other than [`STRUCTURAL`] ones, integers as written.
-pub fn collect<'a>(v: &'a Value, out: &mut Vec<Cow<'a, str>>) {
+/// order): keys, string values, integers as written.
+pub fn collect<'a>(v: &'a Value, out: &mut Vec<Text<'a>>) {
+    let text = |t: Cow<'a, str>| Text {
+        text: t,
+        structural: false,
+    };
     match v {
-        Value::String(s) => out.push(Cow::Borrowed(s)),
-        Value::Number(n) if n.is_i64() || n.is_u64() => out.push(Cow::Owned(n.to_string())),
+        Value::String(s) => out.push(text(Cow::Borrowed(s))),
+        Value::Number(n) if n.is_i64() || n.is_u64() => out.push(text(Cow::Owned(n.to_string()))),
         Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
         Value::Object(map) => {
             for (k, v) in map {
-                out.push(Cow::Borrowed(k));
-                if !structural(k, v) {
-                    collect(v, out);
+                out.push(text(Cow::Borrowed(k)));
+                match v {
+                    Value::String(s) if structural(k, v) => out.push(Text {
+                        text: Cow::Borrowed(s),
+                        structural: true,
+                    }),
+                    _ => collect(v, out),
                 }
             }
         }
@@ -134,7 +151,8 @@ pub fn collect<'a>(v: &'a Value, out: &mut Vec<Cow<'a, str>>) {
 
 /// Writes new texts back, walking as [`collect`] did: `next` is called once per text,
 /// in the same order, and returns the replacement of those that changed. A changed
-/// key renames its entry; a changed integer becomes a string.
+/// key renames its entry; a changed integer becomes a string; structural values are
+/// left as they are (callers refuse those changes first).
 pub fn rewrite(v: &mut Value, next: &mut dyn FnMut() -> Option<String>) {
     match v {
         Value::String(s) => {
@@ -153,7 +171,9 @@ pub fn rewrite(v: &mut Value, next: &mut dyn FnMut() -> Option<String>) {
             for (k, mut v) in entries {
                 let skip = structural(&k, &v);
                 let mut k = next().unwrap_or(k);
-                if !skip {
+                if skip {
+                    next();
+                } else {
                     rewrite(&mut v, next);
                 }
                 // Two keys redacted to the same text: keep both entries.
@@ -165,6 +185,14 @@ pub fn rewrite(v: &mut Value, next: &mut dyn FnMut() -> Option<String>) {
         }
         _ => {}
     }
+}
+
+/// Whether a rewrite would touch a structural value (see [`STRUCTURAL`]).
+pub fn touches_structure(texts: &[Text<'_>], new: &[Option<String>]) -> bool {
+    texts
+        .iter()
+        .zip(new)
+        .any(|(t, n)| t.structural && n.is_some())
 }
 
 /// Calls `f` on every string of a document (keys excepted): placeholders restored
@@ -269,7 +297,7 @@ mod tests {
         let v: Value = serde_json::from_str(json).unwrap();
         let mut out = Vec::new();
         collect(&v, &mut out);
-        out.into_iter().map(Cow::into_owned).collect()
+        out.into_iter().map(|t| t.text.into_owned()).collect()
     }
 
     #[test]
@@ -283,11 +311,12 @@ mod tests {
                 "metadata":{"k":"v"},"user":"u","seed":185057800608491,"temperature":0.5,"stream":true}"#
             ),
             [
-                "messages", "content", "text", "t", "type", "image_url", "detail", "url",
-                "data:text/plain,x", "type", "name", "n", "role", "metadata", "k", "v", "model",
-                "seed", "185057800608491", "stream", "temperature", "tools", "function",
-                "description", "d", "name", "f", "parameters", "properties", "p", "enum", "e",
-                "type", "type", "user", "u"
+                "messages", "content", "text", "t", "type", "text", "image_url", "detail", "low",
+                "url", "data:text/plain,x", "type", "image_url", "name", "n", "role", "user",
+                "metadata", "k", "v", "model", "m", "seed", "185057800608491", "stream",
+                "temperature", "tools", "function", "description", "d", "name", "f",
+                "parameters", "properties", "p", "enum", "e", "type", "object", "type",
+                "function", "user", "u"
             ]
         );
     }
@@ -305,7 +334,7 @@ mod tests {
         assert_eq!(i, n);
         assert_eq!(
             v,
-            serde_json::json!({"<1>": {"<2>": "<3>", "<4>": "user"}, "<5>": ["<6>", "<7>"], "<8>": "m"})
+            serde_json::json!({"<1>": {"<2>": "<3>", "<4>": "user"}, "<6>": ["<7>", "<8>"], "<9>": "m"})
         );
     }
 

@@ -1,0 +1,404 @@
+"""DLP that cannot be walked around, through the real sidecar (issue 18).
+
+The upstream is the mock pool: in echo mode it records the body it received (what
+the request side let through); with a canned answer it sends exactly the bytes a test
+wrote in a provider's wire format (what the answer side must catch). The check is the
+same everywhere: the value's letters and digits, read as a person would (Unicode
+compatibility forms, any digit script, invisible characters dropped), never appear."""
+
+import gzip
+import json
+import threading
+import time
+import unicodedata
+import zlib
+
+import httpx
+import pytest
+
+from conftest import simple_policy
+from test_proxy import client
+
+VALUES = {
+    "FR_NIR": "1 85 05 78 006 084 91",
+    "CREDIT_CARD": "4111 1111 1111 1111",
+    "IBAN": "FR76 3000 6000 0112 3456 7890 189",
+    "EMAIL_ADDRESS": "jean.dupont@interieur.gouv.fr",
+    "PHONE_NUMBER": "06 12 34 56 78",
+}
+CANARY = VALUES["FR_NIR"]
+REDACT_REQUESTS = [{"detector": "*", "action": "DLP_ACTION_REDACT", "direction": "DLP_DIRECTION_REQUEST"}]
+REDACT_ANSWERS = [{"detector": "*", "action": "DLP_ACTION_REDACT", "direction": "DLP_DIRECTION_RESPONSE"}]
+
+
+def essence(text: str) -> str:
+    """Letters and digits as a reader recovers them."""
+    out = []
+    for ch in unicodedata.normalize("NFKC", text):
+        cat = unicodedata.category(ch)
+        if cat in ("Cf", "Mn", "Me"):
+            continue
+        if cat == "Nd":
+            out.append(str(unicodedata.digit(ch)))
+        elif ch.isalnum():
+            out.append(ch.lower())
+    return "".join(out)
+
+
+def leaked(value: str, seen: str) -> bool:
+    return essence(value) in essence(seen)
+
+
+def in_script(zero: int, v: str) -> str:
+    return "".join(chr(zero + int(c)) if c.isdigit() else c for c in v)
+
+
+SUPERSCRIPT = "⁰¹²³⁴⁵⁶⁷⁸⁹"
+
+
+def variants(v: str) -> list[tuple[str, str]]:
+    """Each transformation of the report: what French software writes, what an
+    attacker does."""
+    out = [(name, v.replace(" ", sp)) for name, sp in
+           [("no-break space", "\u00a0"), ("narrow no-break space", "\u202f"), ("thin space", "\u2009")]]
+    out += [(f"separator {s}", v.replace(" ", s)) for s in ".-/_"]
+    out += [("no separator", v.replace(" ", "")), ("lower case", v.lower()),
+            ("mixed case", "".join(c.lower() if i % 2 == 0 else c for i, c in enumerate(v)))]
+    for name, inv in [("zero-width space", "\u200b"), ("zero-width joiner", "\u200d"),
+                      ("zero-width non-joiner", "\u200c"), ("word joiner", "\u2060"),
+                      ("soft hyphen", "\u00ad"), ("BOM", "\ufeff"), ("combining acute", "\u0301")]:
+        out.append((name, "".join(c + inv for c in v)))
+    out += [("full-width", "".join(chr(ord(c) - 0x21 + 0xFF01) if "!" <= c <= "~" else c for c in v)),
+            ("Arabic-Indic digits", in_script(0x660, v)), ("Devanagari digits", in_script(0x966, v)),
+            ("mathematical bold digits", in_script(0x1D7CE, v)),
+            ("superscript digits", "".join(SUPERSCRIPT[int(c)] if c.isdigit() else c for c in v))]
+    if "@" in v:
+        out += [("%40", v.replace("@", "%40")), ("[at]", v.replace("@", "[at]")),
+                ("full-width at", v.replace("@", "＠")), ("accented domain", v.replace("interieur", "intérieur"))]
+    elif not v.startswith("06"):
+        out.append(("glued to letters", f"ref{v.replace(' ', '')}x"))
+    else:
+        out += [("(06) 12…", v.replace("06", "(06)", 1)), ("3-3-4", "061 234 5678")]
+    return out
+
+
+@pytest.fixture
+def echo(mocks):
+    return mocks("gpu", echo=True)
+
+
+def with_rules(mock, rules):
+    p = simple_policy(mock)
+    p["dlp"] = {"rules": rules}
+    return p
+
+
+def upstream_body(mock) -> str:
+    return json.dumps(mock.stats()["last_request"]["body"], ensure_ascii=False)
+
+
+def test_request_side_every_transformation_of_every_value(echo, sidecars):
+    s = sidecars(with_rules(echo, REDACT_REQUESTS))
+    c = client(s.base_url)
+    leaks = []
+    for name, value in VALUES.items():
+        for label, variant in variants(value):
+            c.chat.completions.create(model="mistral-7b", messages=[
+                {"role": "user", "content": f"Bonjour, voici : {variant}. Merci."}])
+            if leaked(variant, upstream_body(echo)):
+                leaks.append(f"{name} / {label}")
+    assert not leaks, f"{len(leaks)} reached the upstream: {leaks}"
+
+
+def test_a_value_split_across_parts_messages_and_system(echo, sidecars):
+    s = sidecars(with_rules(echo, REDACT_REQUESTS))
+    c = client(s.base_url)
+    nir = CANARY
+    for messages in (
+        [{"role": "user", "content": [{"type": "text", "text": f"NIR {nir[:8]}"}, {"type": "text", "text": nir[8:]}]}],
+        [{"role": "user", "content": f"NIR {nir[:5]}"}, {"role": "user", "content": nir[5:]}],
+        [{"role": "system", "content": f"Le NIR est {nir[:11]}"}, {"role": "user", "content": f"{nir[11:]} merci"}],
+    ):
+        c.chat.completions.create(model="mistral-7b", messages=messages)
+        assert not leaked(nir, upstream_body(echo)), messages
+
+
+# Every string field of each API shape; the canary goes into each (and into each key) in
+# turn. A field that is structure (model, role, type…) refuses the request instead.
+CHAT = {
+    "model": "mistral-7b",
+    "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "x"}]},
+        {"role": "user", "name": "x", "content": [
+            {"type": "text", "text": "x"},
+            {"type": "image_url", "image_url": {"url": "https://img.example/a.png?q=x", "detail": "low"}},
+            {"type": "image_url", "image_url": {"url": "data:text/plain,x"}},
+            {"type": "file", "file": {"filename": "x", "file_data": "data:text/plain;base64,eA=="}},
+            {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}]},
+        {"role": "assistant", "content": None, "refusal": "x",
+         "tool_calls": [{"id": "x", "type": "function", "function": {"name": "x", "arguments": "{\"q\": \"x\"}"}}],
+         "function_call": {"name": "x", "arguments": "x"}},
+        {"role": "tool", "tool_call_id": "x", "content": "x"}],
+    "tools": [{"type": "function", "function": {"name": "x", "description": "x", "parameters": {
+        "type": "object", "properties": {"p": {"type": "string", "description": "x", "enum": ["x"]}}}}}],
+    "functions": [{"name": "x", "description": "x", "parameters": {"type": "object"}}],
+    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "description": "x", "schema": {
+        "type": "object", "properties": {"a": {"description": "x"}}}}},
+    "prediction": {"type": "content", "content": "x"},
+    "stop": ["x"], "user": "x", "metadata": {"k": "x"}, "a_field_from_tomorrow": {"nested": ["x"]},
+}
+COMPLETIONS = {"model": "mistral-7b", "prompt": ["x", "x"], "suffix": "x", "user": "x", "stop": "x"}
+EMBEDDINGS = {"model": "mistral-7b", "input": ["x", "x"], "user": "x"}
+MESSAGES = {
+    "model": "mistral-7b", "max_tokens": 5,
+    "system": [{"type": "text", "text": "x"}],
+    "metadata": {"user_id": "x"}, "stop_sequences": ["x"],
+    "tools": [{"name": "x", "description": "x", "input_schema": {
+        "type": "object", "properties": {"q": {"type": "string", "description": "x"}}}}],
+    "messages": [
+        {"role": "user", "content": [
+            {"type": "text", "text": "x"},
+            {"type": "document", "title": "x", "context": "x",
+             "source": {"type": "text", "media_type": "text/plain", "data": "x"}},
+            {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "x"}]}},
+            {"type": "search_result", "source": "x", "title": "x", "content": [{"type": "text", "text": "x"}]},
+            {"type": "image", "source": {"type": "url", "url": "https://img.example/x"}}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "x", "name": "x", "input": {"q": "x"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": [
+            {"type": "text", "text": "x"},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}]}],
+}
+
+
+def slots(doc, path=()):
+    """Paths of every string value and of every key."""
+    if isinstance(doc, str):
+        yield ("value", path)
+    elif isinstance(doc, list):
+        for i, item in enumerate(doc):
+            yield from slots(item, path + (i,))
+    elif isinstance(doc, dict):
+        for k, v in doc.items():
+            yield ("key", path + (k,))
+            yield from slots(v, path + (k,))
+
+
+def planted(doc, slot, canary):
+    doc = json.loads(json.dumps(doc))
+    kind, path = slot
+    parent = doc
+    for p in path[:-1]:
+        parent = parent[p]
+    last = path[-1]
+    if kind == "value":
+        parent[last] = f"{parent[last]} {canary}" if isinstance(parent[last], str) and parent[last] != "x" else canary
+    else:
+        parent[canary] = parent.pop(last)
+    return doc
+
+
+@pytest.mark.parametrize("path,template", [
+    ("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETIONS),
+    ("/v1/embeddings", EMBEDDINGS), ("/v1/messages", MESSAGES)])
+def test_a_canary_in_any_string_field_never_reaches_the_upstream(echo, sidecars, path, template):
+    s = sidecars(with_rules(echo, REDACT_REQUESTS))
+    outcomes = {}
+    leaks = []
+    for slot in slots(template):
+        before = echo.stats()["requests_total"]
+        r = httpx.post(f"{s.base_url}{path}", json=planted(template, slot, CANARY),
+                       headers={"anthropic-version": "2023-06-01"}, timeout=10)
+        after = echo.stats()
+        outcomes[r.status_code] = outcomes.get(r.status_code, 0) + 1
+        if after["requests_total"] > before and leaked(CANARY, json.dumps(after["last_request"]["body"])):
+            leaks.append(slot)
+        if r.status_code >= 400 and r.status_code != 404:
+            # Refused: in the API's own error format, naming no value.
+            assert "error" in r.json() and "185057800608491" not in r.text.replace(" ", ""), r.text
+    assert not leaks, f"reached the upstream from {leaks}"
+    assert len(list(slots(template))) > 5 and sum(outcomes.values()) == len(list(slots(template)))
+
+
+def test_headers_cookies_and_query_strings_stay_in_the_pod(echo, sidecars):
+    s = sidecars(with_rules(echo, REDACT_REQUESTS))
+    r = httpx.post(f"{s.base_url}/v1/chat/completions?nir=185057800608491",
+                   json={"model": "mistral-7b", "messages": [{"role": "user", "content": "bonjour"}]},
+                   headers={"x-ticket": CANARY, "cookie": "nir=185057800608491", "openai-beta": "assistants=v2"})
+    assert r.status_code == 200
+    seen = echo.stats()["last_request"]["headers"]
+    assert not leaked(CANARY, json.dumps(seen)), seen
+    assert seen.get("openai-beta") == "assistants=v2" and "cookie" not in seen and "x-ticket" not in seen
+
+
+def test_token_id_prompts_are_refused_while_request_rules_apply(echo, sidecars):
+    s = sidecars(with_rules(echo, REDACT_REQUESTS))
+    before = echo.stats()["requests_total"]
+    for path, body in [("/v1/completions", {"model": "mistral-7b", "prompt": [1, 2, 3]}),
+                       ("/v1/embeddings", {"model": "mistral-7b", "input": [[1, 2], [3]]})]:
+        r = httpx.post(f"{s.base_url}{path}", json=body)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "token_prompt_not_inspectable"), r.text
+    assert echo.stats()["requests_total"] == before
+
+
+def test_compressed_request_bodies_are_decoded_and_scanned(echo, sidecars):
+    s = sidecars(with_rules(echo, REDACT_REQUESTS))
+    body = json.dumps({"model": "mistral-7b", "messages": [{"role": "user", "content": f"NIR {CANARY}"}]}).encode()
+    for coding, data in [("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))]:
+        r = httpx.post(f"{s.base_url}/v1/chat/completions", content=data,
+                       headers={"content-type": "application/json", "content-encoding": coding})
+        assert r.status_code == 200, r.text
+        assert not leaked(CANARY, upstream_body(echo)) and "[FR_NIR]" in upstream_body(echo)
+    before = echo.stats()["requests_total"]
+    r = httpx.post(f"{s.base_url}/v1/chat/completions", content=body,
+                   headers={"content-type": "application/json", "content-encoding": "compress"})
+    assert (r.status_code, r.json()["error"]["code"]) == (415, "unsupported_content_encoding")
+    # A decompression bomb: 64 MiB of zeros in ~64 KiB, past the 8 MiB body limit.
+    bomb = gzip.compress(b'{"model":"mistral-7b","prompt":"' + b"0" * (64 << 20) + b'"}')
+    r = httpx.post(f"{s.base_url}/v1/completions", content=bomb,
+                   headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large")
+    assert echo.stats()["requests_total"] == before
+
+
+def chat_answer(text: str, **choice) -> str:
+    return json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "mistral-7b",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                    "logprobs": None, "finish_reason": "stop", **choice}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
+
+
+def token_logprobs(text: str) -> dict:
+    pieces = [text[i:i + 3] for i in range(0, len(text), 3)]
+    return {"content": [{"token": p, "logprob": -0.1, "bytes": list(p.encode()),
+                         "top_logprobs": [{"token": p, "logprob": -0.1, "bytes": list(p.encode())}]} for p in pieces]}
+
+
+def chat_stream(text: str, step: int = 3) -> str:
+    events = []
+    for i in range(0, len(text), step):
+        piece = text[i:i + step]
+        events.append({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "mistral-7b",
+                       "choices": [{"index": 0, "delta": {"content": piece},
+                                    "logprobs": token_logprobs(piece), "finish_reason": None}]})
+    events.append({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "mistral-7b",
+                   "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+    return "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def ask(s, stream=False) -> httpx.Response:
+    return httpx.post(f"{s.base_url}/v1/chat/completions", timeout=10, json={
+        "model": "mistral-7b", "stream": stream, "logprobs": True,
+        "messages": [{"role": "user", "content": "bonjour"}]})
+
+
+def test_answer_side_every_transformation_streamed_and_not(mocks, sidecars):
+    m = mocks("gpu")
+    s = sidecars(with_rules(m, REDACT_ANSWERS))
+    leaks = []
+    for name, value in VALUES.items():
+        for label, variant in variants(value):
+            text = f"Voici : {variant}. Merci."
+            m.set_behaviour(canned={"body": chat_answer(text, logprobs=token_logprobs(text))})
+            r = ask(s)
+            if r.status_code != 200 or leaked(variant, r.text):
+                leaks.append(f"{name} / {label} / whole ({r.status_code})")
+            m.set_behaviour(canned={"content_type": "text/event-stream", "body": chat_stream(text)})
+            r = ask(s, stream=True)
+            if r.status_code != 200 or leaked(variant, r.text):
+                leaks.append(f"{name} / {label} / streamed ({r.status_code})")
+    assert not leaks, f"{len(leaks)} reached the app: {leaks}"
+
+
+def test_every_answer_field_and_encoding_goes_through_the_rules(mocks, sidecars):
+    m = mocks("gpu")
+    s = sidecars(with_rules(m, REDACT_ANSWERS))
+    mail = VALUES["EMAIL_ADDRESS"]
+    cases = {
+        "refusal": {"body": chat_answer(None, message={"role": "assistant", "content": None, "refusal": f"non : {mail}"})},
+        "audio transcript": {"body": chat_answer(None, message={"role": "assistant", "content": None,
+                                                                "audio": {"id": "a", "data": "", "transcript": mail}})},
+        "annotation title": {"body": chat_answer("ok", message={"role": "assistant", "content": "ok", "annotations": [
+            {"type": "url_citation", "url_citation": {"title": mail, "url": "https://x.example"}}]})},
+        "tool-call name": {"body": chat_answer(None, message={"role": "assistant", "content": None, "tool_calls": [
+            {"id": "t", "type": "function", "function": {"name": f"send_{mail}", "arguments": "{}"}}]})},
+        "4xx JSON error": {"status": 400, "body": json.dumps({"error": {"message": f"bad input {mail}", "type": "x"}})},
+        "5xx JSON error": {"status": 503, "body": json.dumps({"error": {"message": f"down for {mail}"}})},
+        "text/plain answer": {"content_type": "text/plain", "body": f"contact {mail}"},
+        "gzip answer": {"gzip": True, "body": chat_answer(f"contact {mail}")},
+        "SSE error event": {"content_type": "text/event-stream",
+                            "body": f"event: error\ndata: {json.dumps({'error': {'message': mail}})}\n\n"},
+        "SSE refusal delta": {"content_type": "text/event-stream", "body": "data: " + json.dumps({
+            "id": "c", "object": "chat.completion.chunk", "model": "mistral-7b",
+            "choices": [{"index": 0, "delta": {"refusal": mail}, "finish_reason": None}]}) + "\n\ndata: [DONE]\n\n"},
+    }
+    for label, canned in cases.items():
+        m.set_behaviour(canned=canned)
+        r = ask(s, stream=canned.get("content_type") == "text/event-stream")
+        assert not leaked(mail, r.text), f"{label}: {r.status_code} {r.text}"
+        assert "[EMAIL_ADDRESS]" in r.text, f"{label}: {r.status_code} {r.text}"
+
+
+def test_logprobs_do_not_spell_what_content_redacted(mocks, sidecars):
+    m = mocks("gpu")
+    s = sidecars(with_rules(m, REDACT_ANSWERS))
+    text = f"écrivez à {VALUES['EMAIL_ADDRESS']}"
+    m.set_behaviour(canned={"body": chat_answer(text, logprobs=token_logprobs(text))})
+    r = ask(s).json()
+    assert r["choices"][0]["message"]["content"] == "écrivez à [EMAIL_ADDRESS]"
+    assert r["choices"][0]["logprobs"] is None
+    m.set_behaviour(canned={"content_type": "text/event-stream", "body": chat_stream(text)})
+    events = [json.loads(line[6:]) for line in ask(s, stream=True).text.splitlines()
+              if line.startswith("data: {")]
+    assert all(e["choices"][0].get("logprobs") is None for e in events if e.get("choices"))
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices")) == \
+        "écrivez à [EMAIL_ADDRESS]"
+
+
+def rss_peak_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_a_digit_run_stays_within_the_memory_bound_and_does_not_stall_others(echo, sidecars):
+    """The original report: a 4 MB run of digits took the sidecar from 7.9 MB to 692 MB
+    and stalled every other request for 6–9 s."""
+    s = sidecars(with_rules(echo, REDACT_REQUESTS))
+    pid = s.process.proc.pid
+    c = client(s.base_url)
+    c.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "échauffement"}])
+    before = rss_peak_kib(pid)
+    digits = "1" * (7 << 20)
+    heavy = {}
+
+    def send_heavy():
+        t = time.monotonic()
+        heavy["status"] = httpx.post(f"{s.base_url}/v1/completions", timeout=120,
+                                     json={"model": "mistral-7b", "prompt": digits, "max_tokens": 1}).status_code
+        heavy["seconds"] = time.monotonic() - t
+
+    t = threading.Thread(target=send_heavy)
+    t.start()
+    time.sleep(0.3)  # the heavy body is in, its scan under way
+    light = []
+    while t.is_alive() and len(light) < 20:
+        t0 = time.monotonic()
+        r = httpx.post(f"{s.base_url}/v1/chat/completions", timeout=30,
+                       json={"model": "mistral-7b", "messages": [{"role": "user", "content": "vite"}]})
+        assert r.status_code == 200
+        light.append(time.monotonic() - t0)
+    t.join()
+    assert heavy["status"] == 200, heavy
+    growth_mib = (rss_peak_kib(pid) - before) / 1024
+    print(f"7 MiB digit run: peak RSS +{growth_mib:.0f} MiB, heavy {heavy['seconds']:.2f} s, "
+          f"{len(light)} light requests meanwhile, slowest {max(light, default=0) * 1000:.0f} ms")
+    # The documented bound: DLP work within 4× the body plus a constant; the request as a
+    # whole (raw bytes, tree, forwarded copy) within 8× (docs/dlp.md).
+    assert growth_mib <= 8 * 7 + 32, f"peak RSS grew by {growth_mib:.0f} MiB for a 7 MiB body"
+    # Loose: a light request is served while the heavy one is scanned (docs/BENCHMARKS.md
+    # has the figures).
+    if light:
+        assert max(light) < max(1.0, heavy["seconds"] / 2), (light, heavy)
+    else:
+        assert heavy["seconds"] < 1.0, heavy
