@@ -33,9 +33,9 @@ use vigie_sidecar::services::{
 use vigie_sidecar::telemetry::Metrics;
 use vigie_sidecar::telemetry::events::Events;
 use vigie_sidecar::telemetry::trace::UserKey;
-use vigie_sidecar::upstream::Upstream;
 use vigie_sidecar::upstream::original::OriginalDestinations;
 use vigie_sidecar::upstream::probe::Prober;
+use vigie_sidecar::upstream::{HeaderRules, Upstream};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -105,6 +105,15 @@ struct Args {
     /// How often the policy file is checked for changes, in milliseconds.
     #[arg(long, env = "VIGIE_POLICY_POLL_MS", default_value_t = 500)]
     policy_poll_ms: u64,
+    /// An app request header to forward upstream besides the built-in allow-list
+    /// (content type, accept, the providers' versioning and beta headers). Repeatable.
+    /// Headers are a channel DLP does not read: list only ones that carry no user data.
+    #[arg(
+        long = "forward-header",
+        env = "VIGIE_FORWARD_HEADERS",
+        value_delimiter = ','
+    )]
+    forward_headers: Vec<String>,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "VIGIE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -376,6 +385,15 @@ fn main() -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
+    let forwarded_headers = args
+        .forward_headers
+        .iter()
+        .filter(|h| !h.trim().is_empty())
+        .map(|h| {
+            http::HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes())
+                .with_context(|| format!("--forward-header `{h}` is not a header name"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let original = match &args.egress_agent_url {
         Some(url) if !url.is_empty() => match OriginalDestinations::new(url) {
             Ok(o) => Some(Arc::new(o)),
@@ -389,7 +407,10 @@ fn main() -> anyhow::Result<()> {
     };
     let app = SidecarApp::new(
         store.clone(),
-        Upstream::new(128).keeping_private(users.header.iter().cloned().collect()),
+        Upstream::new(128).with_headers(HeaderRules {
+            extra: forwarded_headers,
+            private: users.header.iter().cloned().collect(),
+        }),
         metrics.clone(),
         events,
         user_key,

@@ -398,7 +398,11 @@ async fn relay_blocks_an_answer_and_accounts_for_it() {
     assert_eq!(
         s.counter(
             "vigie_sidecar_dlp_findings_total",
-            &[("direction", "response"), ("detector", "PHONE_NUMBER"), ("action", "block")]
+            &[
+                ("direction", "response"),
+                ("detector", "PHONE_NUMBER"),
+                ("action", "block")
+            ]
         ),
         2.0
     );
@@ -408,7 +412,11 @@ async fn relay_blocks_an_answer_and_accounts_for_it() {
         .filter(|l| l.contains("vigie.request.blocked"))
         .collect();
     assert_eq!(blocked.len(), 2, "{blocked:?}");
-    let status = |l: &String| l.split("http.response.status_code=").nth(1).map(|r| r[..3].to_string());
+    let status = |l: &String| {
+        l.split("http.response.status_code=")
+            .nth(1)
+            .map(|r| r[..3].to_string())
+    };
     assert_eq!(status(&blocked[0]).as_deref(), Some("451"), "{blocked:?}");
     assert_eq!(status(&blocked[1]).as_deref(), Some("200"), "{blocked:?}");
     let mut records = Vec::new();
@@ -421,7 +429,9 @@ async fn relay_blocks_an_answer_and_accounts_for_it() {
     }
     assert_eq!(records.len(), 2);
     assert!(
-        records.iter().all(|r| r.outcome == UsageOutcome::Blocked as i32),
+        records
+            .iter()
+            .all(|r| r.outcome == UsageOutcome::Blocked as i32),
         "{records:?}"
     );
 }

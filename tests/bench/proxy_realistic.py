@@ -175,6 +175,9 @@ def allocations(bindir: Path, make_sidecar, n1: int, n2: int) -> float:
 
 
 def main():
+    # The load generator steers the mock with a test header; the sidecar forwards only
+    # allow-listed headers unless told otherwise (older builds forward everything).
+    os.environ["VIGIE_FORWARD_HEADERS"] = "x-mock-behaviour"
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", type=Path, required=True)
     ap.add_argument("--after", type=Path, required=True)

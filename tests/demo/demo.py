@@ -186,10 +186,14 @@ def main():
         show("ApplyPolicy", f"revision {r['revision']['revision']}: {r['revision']['summary']}")
         prompt = ("Dossier de M. Durand, NIR 1 85 05 78 006 084 91, IBAN FR76 3000 6000 0112 3456 7890 189, "
                   "écrire à p.durand@exemple.fr")
-        # The mock repeats the prompt (echo), so the answer shows what comes back to the app.
+        # The mocks repeat the prompt (echo), so the answer shows what comes back to the app.
+        for m in (gpu1, gpu2):
+            m.set_behaviour(**{**m.behaviour(), "echo": True})
         stream = app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
-                                             stream=True, extra_headers={"x-mock-behaviour": '{"echo": true}'})
+                                             stream=True)
         answer = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+        for m in (gpu1, gpu2):
+            m.set_behaviour(**{**m.behaviour(), "echo": False})
         seen = [m.stats()["last_request"] for m in (gpu1, gpu2)]
         model_saw = next(r["body"]["messages"][-1]["content"] for r in seen if r and "FR_NIR_1" in str(r["body"]))
         show("the app sent", prompt)

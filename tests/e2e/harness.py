@@ -117,6 +117,9 @@ class MockPool:
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/mock/stats", timeout=5).json()
 
+    def behaviour(self) -> dict:
+        return httpx.get(f"{self.url}/mock/behaviour", timeout=5).json()
+
     def set_behaviour(self, **behaviour) -> dict:
         r = httpx.put(f"{self.url}/mock/behaviour", json=behaviour, timeout=5)
         r.raise_for_status()

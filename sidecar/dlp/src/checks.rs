@@ -303,12 +303,22 @@ mod tests {
         // Joined parts: a newline anywhere lifts the grouping rule, not the checksum.
         assert!(credit_card("4111 11\n11 1111 1111") && !credit_card("4111 11\n11 1111 1112"));
         assert!(fr_phone("06 12 34 56 78") && fr_phone("0612345678") && fr_phone("061 234 5678"));
-        assert!(fr_phone("(06) 12 34 56 78") && fr_phone("06/12/34/56/78") && fr_phone("06.12.34.56.78"));
-        assert!(fr_phone("+33 6 12 34 56 78") && fr_phone("+33 (0)6 12 34 56 78") && fr_phone("0033612345678"));
+        assert!(
+            fr_phone("(06) 12 34 56 78")
+                && fr_phone("06/12/34/56/78")
+                && fr_phone("06.12.34.56.78")
+        );
+        assert!(
+            fr_phone("+33 6 12 34 56 78")
+                && fr_phone("+33 (0)6 12 34 56 78")
+                && fr_phone("0033612345678")
+        );
         // A date and a time are not a phone number.
         assert!(!fr_phone("01/02/2023 12") && !fr_phone("06 12-34 56 78"));
         assert!(fr_nir("1.85.05.78.006.084.91") && fr_nir("1-85-05-78-006-084-91"));
-        assert!(iban("fr76 3000 6000 0112 3456 7890 189") && iban("FR76-3000-6000-0112-3456-7890-189"));
+        assert!(
+            iban("fr76 3000 6000 0112 3456 7890 189") && iban("FR76-3000-6000-0112-3456-7890-189")
+        );
         assert!(credit_card("3782 822463 10005"));
         assert!(fr_siren("732 829 320"));
         assert!(!fr_siren("732 829 321"));

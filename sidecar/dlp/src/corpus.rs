@@ -323,12 +323,7 @@ fn negative(g: &mut Gen) -> String {
             g.0.u8(0..30),
             g.digits(4)
         ),
-        12 => format!(
-            "pièce 0{}_{}_{}",
-            g.0.u8(1..10),
-            g.digits(4),
-            g.digits(4)
-        ),
+        12 => format!("pièce 0{}_{}_{}", g.0.u8(1..10), g.digits(4), g.digits(4)),
         _ => format!("référence {}", g.digits(9)),
     }
 }

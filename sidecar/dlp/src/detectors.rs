@@ -89,7 +89,10 @@ fn d<P: AsRef<str>>(
 ) -> Detector {
     Detector {
         name: name.to_string(),
-        patterns: patterns.iter().map(|p| Pattern::parse(p.as_ref())).collect(),
+        patterns: patterns
+            .iter()
+            .map(|p| Pattern::parse(p.as_ref()))
+            .collect(),
         caseless: false,
         check,
         context: context.iter().map(|c| (*c).to_string()).collect(),
@@ -176,21 +179,27 @@ pub fn builtins() -> Vec<Detector> {
         ),
         d(
             "FR_SIRET",
-            &[format!("[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{5}}")],
+            &[format!(
+                "[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{5}}"
+            )],
             Some(checks::fr_siret),
             &["siret", "établissement", "etablissement"],
             Level::Internal,
         ),
         caseless(d(
             "FR_TVA",
-            &[format!("FR{SEP}[0-9]{{2}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}")],
+            &[format!(
+                "FR{SEP}[0-9]{{2}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}"
+            )],
             Some(checks::fr_tva),
             &[],
             Level::Internal,
         )),
         d(
             "FR_NIF",
-            &[format!("[0-3][0-9]{SEP}[0-9]{{2}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}")],
+            &[format!(
+                "[0-3][0-9]{SEP}[0-9]{{2}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}{SEP}[0-9]{{3}}"
+            )],
             Some(checks::fr_nif),
             &["fiscal", "nif", "spi", "impôt", "impot", "imposition"],
             Personal,

@@ -28,9 +28,9 @@ fn fold_char(c: char, out: &mut String) -> Option<()> {
         return None;
     }
     match c.general_category() {
-        GeneralCategory::Format | GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark => {
-            Some(())
-        }
+        GeneralCategory::Format
+        | GeneralCategory::NonspacingMark
+        | GeneralCategory::EnclosingMark => Some(()),
         GeneralCategory::SpaceSeparator => {
             out.push(' ');
             Some(())
@@ -116,8 +116,11 @@ fn folds(c: char) -> bool {
 
 /// Whether no character of U+00C0–U+00FF folds (Latin-1 letters: é, à, ç…), so their
 /// lead byte 0xC3 can be skipped unread. Derived from the table, not assumed.
-static LATIN1_LETTERS_QUIET: LazyLock<bool> =
-    LazyLock::new(|| (0xC0u32..=0xFF).filter_map(char::from_u32).all(|c| !folds(c)));
+static LATIN1_LETTERS_QUIET: LazyLock<bool> = LazyLock::new(|| {
+    (0xC0u32..=0xFF)
+        .filter_map(char::from_u32)
+        .all(|c| !folds(c))
+});
 
 /// Offset of the first character at or after `from` that folds. This runs over every
 /// text DLP reads, so it reads bytes, 32 at a time: ASCII never folds, continuation
@@ -267,7 +270,10 @@ mod tests {
     #[test]
     fn folds_what_people_and_software_write() {
         assert_eq!(folded("1\u{a0}85\u{202f}05\u{2009}78"), "1 85 05 78");
-        assert_eq!(folded("0\u{200b}6\u{200d}1\u{ad}2\u{feff}3\u{2060}4"), "061234");
+        assert_eq!(
+            folded("0\u{200b}6\u{200d}1\u{ad}2\u{feff}3\u{2060}4"),
+            "061234"
+        );
         assert_eq!(folded("１２３＠ｅｘ"), "123@ex");
         assert_eq!(folded("٠١٢٣٤٥٦٧٨٩ ०१२ 𝟏𝟐 ¹²³"), "0123456789 012 12 123");
         assert_eq!(folded("4\u{301}1\u{308}1"), "411");

@@ -150,7 +150,8 @@ mod tests {
         );
         // Unchanged parts stay unchanged; nothing is found across unrelated numbers.
         let e = Engine::new(builtins()).unwrap();
-        let out = transform_parts(&e, &["article 12", "34 du code"], &mut Redact::default()).unwrap();
+        let out =
+            transform_parts(&e, &["article 12", "34 du code"], &mut Redact::default()).unwrap();
         assert_eq!(out, [None, None]);
     }
 }

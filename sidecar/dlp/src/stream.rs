@@ -177,11 +177,8 @@ impl<'e> StreamScanner<'e> {
             t.overflow(out);
             let engine = self.engine;
             let cache = self.cache.get_or_insert_with(|| engine.new_cache());
-            let (state, _) = engine.advance(
-                cache,
-                None,
-                Folded::of(&self.pending[h..]).text.as_bytes(),
-            );
+            let (state, _) =
+                engine.advance(cache, None, Folded::of(&self.pending[h..]).text.as_bytes());
             self.suppress = Some(state);
             self.pending.clear();
             self.history.clear();

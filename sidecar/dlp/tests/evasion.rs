@@ -79,14 +79,23 @@ fn variants(v: &str) -> Vec<(String, String)> {
         add(name, v.replace(' ', &sp.to_string()));
     }
     for sep in ['.', '-', '/', '_'] {
-        add(&format!("separator {sep}"), v.replace(' ', &sep.to_string()));
+        add(
+            &format!("separator {sep}"),
+            v.replace(' ', &sep.to_string()),
+        );
     }
     add("no separator", v.replace(' ', ""));
     add("lower case", v.to_lowercase());
     add("mixed case", {
         v.chars()
             .enumerate()
-            .map(|(i, c)| if i % 2 == 0 { c.to_ascii_lowercase() } else { c })
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_lowercase()
+                } else {
+                    c
+                }
+            })
             .collect()
     });
     for (name, inv) in [
@@ -99,7 +108,10 @@ fn variants(v: &str) -> Vec<(String, String)> {
     ] {
         add(name, v.chars().flat_map(|c| [c, inv]).collect());
     }
-    add("combining marks", v.chars().flat_map(|c| [c, '\u{301}']).collect());
+    add(
+        "combining marks",
+        v.chars().flat_map(|c| [c, '\u{301}']).collect(),
+    );
     add("full-width", {
         v.chars()
             .map(|c| match c {
@@ -142,7 +154,10 @@ fn every_variant_is_found_in_block_and_stream() {
             let text = format!("Bonjour, voici : {variant}. Merci.");
             for (mode, out) in [
                 ("block", block(&text)),
-                ("1-byte chunks", streamed(&text, &(0..text.len()).collect::<Vec<_>>())),
+                (
+                    "1-byte chunks",
+                    streamed(&text, &(0..text.len()).collect::<Vec<_>>()),
+                ),
             ] {
                 if essence(&out).contains(&want) {
                     misses.push(format!("{v} / {name} / {mode}: {out:?}"));
@@ -150,7 +165,12 @@ fn every_variant_is_found_in_block_and_stream() {
             }
         }
     }
-    assert!(misses.is_empty(), "{} leaks:\n{}", misses.len(), misses.join("\n"));
+    assert!(
+        misses.is_empty(),
+        "{} leaks:\n{}",
+        misses.len(),
+        misses.join("\n")
+    );
 }
 
 #[test]
@@ -176,7 +196,14 @@ const NOISE: &[char] = &[
     '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{ad}', '\u{feff}', '\u{301}', '\u{308}',
 ];
 const SPACES: &[char] = &[' ', '\u{a0}', '\u{202f}', '\u{2009}'];
-const ZEROS: &[char] = &['0', '\u{660}', '\u{966}', '\u{ff10}', '\u{1d7ce}', '\u{1d7ec}'];
+const ZEROS: &[char] = &[
+    '0',
+    '\u{660}',
+    '\u{966}',
+    '\u{ff10}',
+    '\u{1d7ce}',
+    '\u{1d7ec}',
+];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(std::env::var("VIGIE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)))]

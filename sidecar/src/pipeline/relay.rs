@@ -13,8 +13,8 @@ use tracing::{debug, warn};
 use super::account::BUDGET_WARNING_HEADER;
 use super::{Outcome, RequestCtx, SidecarApp, respond};
 use crate::api::{self, ApiError};
-use crate::encoding;
 use crate::dlp::response::{Blocked, ResponseDlp, SseFilter};
+use crate::encoding;
 use crate::upstream::{self, Exchange};
 
 /// Largest complete (non-streamed) answer read whole for DLP.

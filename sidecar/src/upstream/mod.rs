@@ -64,9 +64,25 @@ pub enum AttemptError {
 
 pub struct Upstream {
     connector: Connector,
-    /// Request headers that stay in the pod besides `x-vigie-*` (e.g. a custom
-    /// end-user header: personal data the provider has no need for).
-    private_headers: Vec<http::HeaderName>,
+    headers: HeaderRules,
+}
+
+/// Which app request headers go upstream besides the built-in allow-list.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    /// Operator-listed additions (`--forward-header`): headers the deployment knows
+    /// carry no user data.
+    pub extra: Vec<http::HeaderName>,
+    /// Never forwarded, even if listed (the end-user header: personal data the
+    /// provider has no need for).
+    pub private: Vec<http::HeaderName>,
+}
+
+impl HeaderRules {
+    fn forwards(&self, name: &http::HeaderName) -> bool {
+        (FORWARDED_REQUEST_HEADERS.contains(&name.as_str()) || self.extra.contains(name))
+            && !self.private.contains(name)
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -88,13 +104,12 @@ impl Upstream {
         let options = pingora::connectors::ConnectorOptions::new(keepalive_pool_size);
         Self {
             connector: Connector::new(Some(options)),
-            private_headers: Vec::new(),
+            headers: HeaderRules::default(),
         }
     }
 
-    /// Also keeps these request headers from the upstream.
-    pub fn keeping_private(mut self, headers: Vec<http::HeaderName>) -> Self {
-        self.private_headers = headers;
+    pub fn with_headers(mut self, headers: HeaderRules) -> Self {
+        self.headers = headers;
         self
     }
 
@@ -128,7 +143,7 @@ impl Upstream {
             credential,
             downstream,
             body.len(),
-            &self.private_headers,
+            &self.headers,
             trace,
         )
         .map_err(|e| AttemptError::Broken(e.to_string()))?;
@@ -194,14 +209,14 @@ pub fn upstream_request(
     credential: Option<&Credential>,
     downstream: &RequestHeader,
     body_len: usize,
-    private: &[http::HeaderName],
+    rules: &HeaderRules,
     trace: Option<&opentelemetry::Context>,
 ) -> PResult<RequestHeader> {
     // The query string is the app's text too, and no pool kind needs one: dropped.
     let path = format!("{}{}", endpoint.path_prefix, downstream.uri.path());
     let mut req = RequestHeader::build(downstream.method.clone(), path.as_bytes(), None)?;
     for (name, value) in &downstream.headers {
-        if FORWARDED_REQUEST_HEADERS.contains(&name.as_str()) && !private.contains(name) {
+        if rules.forwards(name) {
             req.append_header(name.clone(), value.clone())?;
         }
     }
@@ -283,11 +298,21 @@ mod tests {
         };
         down.insert_header("x-user-id", "ana@corp.example").unwrap();
         down.insert_header("cookie", "nir=185057800608491").unwrap();
-        down.insert_header("x-ticket", "1 85 05 78 006 084 91").unwrap();
+        down.insert_header("x-ticket", "1 85 05 78 006 084 91")
+            .unwrap();
         down.insert_header("content-encoding", "gzip").unwrap();
-        down.insert_header("anthropic-version", "2023-06-01").unwrap();
-        let private = [http::HeaderName::from_static("x-user-id")];
-        let up = upstream_request(&ep, Some(&cred), &down, 42, &private, None).unwrap();
+        down.insert_header("anthropic-version", "2023-06-01")
+            .unwrap();
+        down.insert_header("x-request-tag", "blue").unwrap();
+        let rules = HeaderRules {
+            extra: vec![
+                HeaderName::from_static("x-request-tag"),
+                HeaderName::from_static("x-user-id"),
+            ],
+            private: vec![HeaderName::from_static("x-user-id")],
+        };
+        let up = upstream_request(&ep, Some(&cred), &down, 42, &rules, None).unwrap();
+        assert_eq!(up.headers["x-request-tag"], "blue");
         assert!(up.headers.get("x-user-id").is_none());
         // The query string and every header off the allow-list stay in the pod.
         assert_eq!(up.uri.to_string(), "/openai/v1/chat/completions");
@@ -307,7 +332,15 @@ mod tests {
             header: HeaderName::from_static("x-api-key"),
             value: HeaderValue::from_static("real"),
         };
-        let up = upstream_request(&ep, Some(&anthropic), &down, 0, &[], None).unwrap();
+        let up = upstream_request(
+            &ep,
+            Some(&anthropic),
+            &down,
+            0,
+            &HeaderRules::default(),
+            None,
+        )
+        .unwrap();
         assert_eq!(up.headers["x-api-key"], "real");
         assert!(up.headers.get("authorization").is_none());
     }

@@ -29,7 +29,11 @@ pub fn is_identity(codings: &str) -> bool {
 /// decoded bytes is an error.
 pub fn decode(codings: &str, body: Bytes, limit: usize) -> Result<Bytes, DecodeError> {
     let mut body = body;
-    let list: Vec<&str> = codings.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
+    let list: Vec<&str> = codings
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
     // Stacked codings past a few are not a real client's: refused before any work.
     if list.len() > 4 {
         return Err(DecodeError::Unsupported("(more than 4 codings)".into()));
@@ -40,7 +44,10 @@ pub fn decode(codings: &str, body: Bytes, limit: usize) -> Result<Bytes, DecodeE
             "gzip" | "x-gzip" => bounded(flate2::read::MultiGzDecoder::new(&body[..]), limit)?,
             "deflate" => bounded(flate2::read::ZlibDecoder::new(&body[..]), limit)
                 .or_else(|_| bounded(flate2::read::DeflateDecoder::new(&body[..]), limit))?,
-            "br" => bounded(brotli_decompressor::Decompressor::new(&body[..], 4096), limit)?,
+            "br" => bounded(
+                brotli_decompressor::Decompressor::new(&body[..], 4096),
+                limit,
+            )?,
             "zstd" => {
                 let decoder = zstd::stream::read::Decoder::new(&body[..])
                     .map_err(|_| DecodeError::Corrupt)?;
@@ -85,28 +92,44 @@ mod tests {
         assert_eq!(decode("gzip", gzip(data), 1 << 20).unwrap(), &data[..]);
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(data).unwrap();
-        assert_eq!(decode("deflate", Bytes::from(z.finish().unwrap()), 1 << 20).unwrap(), &data[..]);
-        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        assert_eq!(
+            decode("deflate", Bytes::from(z.finish().unwrap()), 1 << 20).unwrap(),
+            &data[..]
+        );
+        let mut raw =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         raw.write_all(data).unwrap();
-        assert_eq!(decode("deflate", Bytes::from(raw.finish().unwrap()), 1 << 20).unwrap(), &data[..]);
+        assert_eq!(
+            decode("deflate", Bytes::from(raw.finish().unwrap()), 1 << 20).unwrap(),
+            &data[..]
+        );
         let zs = zstd::stream::encode_all(&data[..], 3).unwrap();
         assert_eq!(decode("zstd", Bytes::from(zs), 1 << 20).unwrap(), &data[..]);
         // Two codings, undone in reverse order.
         let twice = gzip(&gzip(data));
         assert_eq!(decode("gzip, gzip", twice, 1 << 20).unwrap(), &data[..]);
-        assert_eq!(decode("identity", Bytes::from_static(data), 10).unwrap(), &data[..]);
+        assert_eq!(
+            decode("identity", Bytes::from_static(data), 10).unwrap(),
+            &data[..]
+        );
     }
 
     #[test]
     fn bombs_stop_at_the_bound_and_unknown_codings_are_named() {
         let bomb = gzip(&vec![b'0'; 64 << 20]);
         assert!(bomb.len() < 128 << 10, "{}", bomb.len());
-        assert_eq!(decode("gzip", bomb, 1 << 20), Err(DecodeError::TooLarge(1 << 20)));
+        assert_eq!(
+            decode("gzip", bomb, 1 << 20),
+            Err(DecodeError::TooLarge(1 << 20))
+        );
         assert_eq!(
             decode("compress", Bytes::from_static(b"x"), 10),
             Err(DecodeError::Unsupported("compress".into()))
         );
-        assert_eq!(decode("gzip", Bytes::from_static(b"not gzip"), 10), Err(DecodeError::Corrupt));
+        assert_eq!(
+            decode("gzip", Bytes::from_static(b"not gzip"), 10),
+            Err(DecodeError::Corrupt)
+        );
         assert!(is_identity("identity") && is_identity("") && !is_identity("gzip"));
     }
 }

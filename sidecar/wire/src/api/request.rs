@@ -93,10 +93,7 @@ impl LlmRequest {
 
     /// Lets `f` read and rewrite the tree; `f` returns whether it changed it (then the
     /// body is serialised again for the upstream).
-    pub fn edit_tree<E>(
-        &mut self,
-        f: impl FnOnce(&mut Value) -> Result<bool, E>,
-    ) -> Result<(), E>
+    pub fn edit_tree<E>(&mut self, f: impl FnOnce(&mut Value) -> Result<bool, E>) -> Result<(), E>
     where
         E: From<ApiError>,
     {

@@ -9,15 +9,15 @@ pub mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use vigie_dlp::Level;
 use serde_json::Value;
+pub use vigie_dlp::Level;
 use vigie_dlp::engine::{DlpError, Engine, Finding};
 use vigie_dlp::policy::{Action, CompiledDlp, DetectorActions};
 use vigie_dlp::stream::Transform;
 use vigie_dlp::transform_parts;
 
-use crate::api::{ApiError, Operation};
 use crate::api::request::LlmRequest;
+use crate::api::{ApiError, Operation};
 pub use pseudonym::Pseudonyms;
 
 /// Finding counts by (detector, action), for telemetry. Never values.
@@ -165,7 +165,6 @@ fn token_prompt(op: Operation, tree: &Value) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     fn dlp(json: &str) -> CompiledDlp {
         vigie_dlp::policy::compile(&serde_json::from_str(json).unwrap()).unwrap()

@@ -554,7 +554,8 @@ impl<'a> SseFilter<'a> {
 fn take_streamed(op: Operation, json: &mut Value) -> Vec<(String, Value)> {
     let mut pointers = Vec::new();
     if op == Operation::Messages {
-        pointers.extend(["/delta/text", "/delta/partial_json", "/delta/thinking"].map(String::from));
+        pointers
+            .extend(["/delta/text", "/delta/partial_json", "/delta/thinking"].map(String::from));
     } else if let Some(Value::Array(choices)) = json.get("choices") {
         for (i, c) in choices.iter().enumerate() {
             for p in [
@@ -567,14 +568,19 @@ fn take_streamed(op: Operation, json: &mut Value) -> Vec<(String, Value)> {
             }
             let calls = c.pointer("/delta/tool_calls").and_then(Value::as_array);
             for k in 0..calls.map_or(0, Vec::len) {
-                pointers.push(format!("/choices/{i}/delta/tool_calls/{k}/function/arguments"));
+                pointers.push(format!(
+                    "/choices/{i}/delta/tool_calls/{k}/function/arguments"
+                ));
             }
         }
     }
     pointers
         .into_iter()
         .filter_map(|p| {
-            let v = json.pointer_mut(&p).filter(|v| v.is_string()).map(Value::take)?;
+            let v = json
+                .pointer_mut(&p)
+                .filter(|v| v.is_string())
+                .map(Value::take)?;
             Some((p, v))
         })
         .collect()
@@ -818,11 +824,8 @@ mod tests {
         let body = json!({"choices": [{"index": 0, "message": {"role": "assistant",
             "content": format!("NIR {ph}, écrire à x.y@z.fr")}}]});
         let mut r = ResponseDlp::new(Some(&d), &names).unwrap();
-        let out: Value = serde_json::from_slice(
-            &r.filter_body(body.to_string().as_bytes())
-                .unwrap(),
-        )
-        .unwrap();
+        let out: Value =
+            serde_json::from_slice(&r.filter_body(body.to_string().as_bytes()).unwrap()).unwrap();
         assert_eq!(
             out["choices"][0]["message"]["content"],
             "NIR 185057800608491, écrire à [EMAIL_ADDRESS]"
@@ -877,11 +880,8 @@ mod tests {
         let mut r = ResponseDlp::new(Some(&d), &names).unwrap();
         let body = json!({"content": [{"type": "thinking", "thinking": "a@b.fr", "signature": "s"},
                                       {"type": "text", "text": "ok"}]});
-        let out: Value = serde_json::from_slice(
-            &r.filter_body(body.to_string().as_bytes())
-                .unwrap(),
-        )
-        .unwrap();
+        let out: Value =
+            serde_json::from_slice(&r.filter_body(body.to_string().as_bytes()).unwrap()).unwrap();
         assert_eq!(out["content"][0]["thinking"], "[EMAIL_ADDRESS]");
     }
 }
