@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let names = Pseudonyms::default();
         if let Some(mut r) = ResponseDlp::new(Some(&common::DLP), &names) {
-            let _ = r.filter_json(op, data);
+            let _ = r.filter_body(data);
         }
     }
 });

@@ -2,8 +2,10 @@
 //! writes, by operation. DLP looks at these, never at raw JSON (keys, ids, numbers).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use serde_json::Value;
+use unicase::UniCase;
 
 use crate::api::Operation;
 
@@ -168,17 +170,27 @@ pub fn rewrite(v: &mut Value, next: &mut dyn FnMut() -> Option<String>) {
         Value::Array(items) => items.iter_mut().for_each(|i| rewrite(i, next)),
         Value::Object(map) => {
             let entries = std::mem::take(map);
+            // Keys so far, case-folded: built at the first rename only. Two keys
+            // redacted to the same text (or to one another key has in another case) stay
+            // distinct, so the body remains unambiguous.
+            let mut seen: Option<HashSet<UniCase<String>>> = None;
             for (k, mut v) in entries {
                 let skip = structural(&k, &v);
-                let mut k = next().unwrap_or(k);
+                let new = next();
+                if new.is_some() && seen.is_none() {
+                    seen = Some(map.keys().map(|e| UniCase::new(e.clone())).collect());
+                }
+                let mut k = new.unwrap_or(k);
                 if skip {
                     next();
                 } else {
                     rewrite(&mut v, next);
                 }
-                // Two keys redacted to the same text: keep both entries.
-                while map.contains_key(&k) {
-                    k.push('_');
+                if let Some(seen) = seen.as_mut() {
+                    while seen.contains(&UniCase::new(k.clone())) {
+                        k.push('_');
+                    }
+                    seen.insert(UniCase::new(k.clone()));
                 }
                 map.insert(k, v);
             }
@@ -373,6 +385,17 @@ mod tests {
             v,
             serde_json::json!({"<1>": {"<2>": "<3>", "<4>": "user"}, "<6>": ["<7>", "<8>"], "<9>": "m"})
         );
+    }
+
+    #[test]
+    fn keys_redacted_alike_stay_distinct_in_any_case() {
+        let mut v: Value = serde_json::from_str(r#"{"a":1,"b":2,"[x]":3}"#).unwrap();
+        // Texts in tree order: "[x]", 3, "a", 1, "b", 2 — "a" and "b" become "[X]".
+        let x = || Some("[X]".to_string());
+        let mut new = vec![None, None, x(), None, x(), None].into_iter();
+        rewrite(&mut v, &mut || new.next().flatten());
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["[X]_", "[X]__", "[x]"]);
     }
 
     #[test]
