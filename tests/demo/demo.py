@@ -199,6 +199,16 @@ def main():
         show("the app sent", prompt)
         show("the model received", model_saw)
         show("the app got back", answer + "   (streamed; placeholder restored)")
+        # The same NIR as fr-FR software writes it (narrow no-break spaces) with a
+        # zero-width space inside, and another in a tool's description: DLP reads what a
+        # person reads, in every field the model reads.
+        disguised = "NIR 1\u202f85\u202f05\u202f78\u202f006\u202f084\u200b\u202f91"
+        tool = {"type": "function", "function": {"name": "dossier", "description": "Dossier du 2 69 05 2A 006 084 90",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+        app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": disguised}], tools=[tool])
+        body = next(r["body"] for r in (m.stats()["last_request"] for m in (gpu1, gpu2)) if r and "tools" in r["body"])
+        show("disguised NIRs", "U+202F and U+200B inside one; another in a tool description")
+        show("the model received", f"{body['messages'][-1]['content']} | tool: {body['tools'][0]['function']['description']}")
         try:
             app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Note DIFFUSION RESTREINTE : plan de crise"}])
         except openai.BadRequestError as e:

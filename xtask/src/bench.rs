@@ -721,6 +721,32 @@ pub fn dlp(samples: usize) -> anyhow::Result<()> {
         "scan_throughput",
         "16",
     ]))?;
+    step("DLP engine worst cases: 8 MiB texts of the shapes that cost most (time, peak RSS)");
+    run(cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "vigie-dlp",
+        "--example",
+        "worst_case",
+    ]))?;
+    let worst = root().join("target/release/examples/worst_case");
+    for kind in [
+        "text",
+        "digits",
+        "spaced-digits",
+        "zero-width",
+        "full-width",
+        "phones",
+        "private-key",
+        "token-dashes",
+    ] {
+        run(Command::new("/usr/bin/time")
+            .args(["-f", "  peak RSS %M KiB"])
+            .arg(&worst)
+            .arg(kind))?;
+    }
     step("Vigie and Presidio on the labelled corpus");
     run(Command::new(venv.join("bin/python"))
         .arg(root().join("tests/bench/dlp_presidio.py"))

@@ -39,6 +39,14 @@ fn main() {
         }
         i += 1;
     }
+    // `VIGIE_DLP_FR_FORMAT=1`: numbers as fr-FR formatting writes them (narrow no-break
+    // space between digit groups and before units): every text then takes the folding
+    // path, not the borrowed one.
+    if std::env::var_os("VIGIE_DLP_FR_FORMAT").is_some() {
+        text = text
+            .replace("12 345,67", "12\u{202f}345,67")
+            .replace("14 h 30", "14\u{202f}h\u{202f}30");
+    }
     if std::env::var_os("VIGIE_DLP_RAW").is_some() {
         raw(&text);
     }

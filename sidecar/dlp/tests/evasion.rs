@@ -173,6 +173,122 @@ fn every_variant_is_found_in_block_and_stream() {
     );
 }
 
+/// One value per built-in detector, with the context words those that need them ask for.
+const EVERY_DETECTOR: &[(&str, &str, &str)] = &[
+    ("FR_NIR", "", "1 85 05 78 006 084 91"),
+    ("IBAN", "", "FR76 3000 6000 0112 3456 7890 189"),
+    ("CREDIT_CARD", "", "4111 1111 1111 1111"),
+    ("FR_SIREN", "SIREN ", "732 829 320"),
+    ("FR_SIRET", "SIRET ", "73282932000074"),
+    ("FR_TVA", "", "FR44732829320"),
+    ("FR_NIF", "numéro fiscal ", "1234567890066"),
+    ("PHONE_NUMBER", "", "06 12 34 56 78"),
+    ("EMAIL_ADDRESS", "", "jean.dupont@interieur.gouv.fr"),
+    ("IP_ADDRESS", "", "192.168.10.20"),
+    ("FR_PASSPORT", "passeport ", "12AB34567"),
+    ("FR_CNI", "CNI ", "123456789012"),
+    ("FR_LICENSE_PLATE", "", "AB-123-CD"),
+    ("AWS_ACCESS_KEY", "", "AKIAIOSFODNN7EXAMPLE"),
+    (
+        "GITHUB_TOKEN",
+        "",
+        "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+    ),
+    (
+        "OPENAI_API_KEY",
+        "",
+        "sk-proj-abcdefghijklmnopqrstuvwxyz012345",
+    ),
+    (
+        "ANTHROPIC_API_KEY",
+        "",
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789ABCD",
+    ),
+    (
+        "MISTRAL_API_KEY",
+        "mistral ",
+        "a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6",
+    ),
+    ("SLACK_TOKEN", "", "xoxb-1234567890-abcdefghij"),
+    (
+        "GOOGLE_API_KEY",
+        "",
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+    ),
+    (
+        "PRIVATE_KEY",
+        "",
+        "-----BEGIN PRIVATE KEY-----MIIBVgIBADANBgkqhkiG9w0BAQEFAASCAUAwggE8AgEAAkEA-----END PRIVATE KEY-----",
+    ),
+    (
+        "JWT",
+        "",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    ),
+    ("URL_PASSWORD", "", "postgres://admin:S3cr3t@"),
+    ("CLASSIFICATION_MARKING", "", "DIFFUSION RESTREINTE"),
+];
+
+/// The transformations that apply to any value (case changes are detector-specific).
+fn universal(v: &str) -> Vec<(String, String)> {
+    let mut out = vec![("as is".to_string(), v.to_string())];
+    for sp in ['\u{a0}', '\u{202f}', '\u{2009}'] {
+        out.push((format!("space {sp:?}"), v.replace(' ', &sp.to_string())));
+    }
+    for inv in [
+        '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{ad}', '\u{feff}', '\u{301}',
+    ] {
+        out.push((
+            format!("{inv:?} after each character"),
+            v.chars().flat_map(|c| [c, inv]).collect(),
+        ));
+    }
+    out.push((
+        "full-width".to_string(),
+        v.chars()
+            .map(|c| match c {
+                '!'..='~' => char::from_u32(c as u32 - 0x21 + 0xff01).unwrap_or(c),
+                _ => c,
+            })
+            .collect(),
+    ));
+    for zero in ['\u{660}', '\u{966}', '\u{1d7ce}'] {
+        out.push((format!("digits from {zero:?}"), digits_in(zero, v)));
+    }
+    out
+}
+
+#[test]
+fn every_detector_through_every_universal_transformation() {
+    let mut misses = Vec::new();
+    for (name, context, value) in EVERY_DETECTOR {
+        assert!(
+            block(&format!("{context}{value} fin")).contains(&format!("[{name}]")),
+            "{name} does not find its own example"
+        );
+        for (label, variant) in universal(value) {
+            let text = format!("Note : {context}{variant} fin.");
+            for (mode, out) in [
+                ("block", block(&text)),
+                (
+                    "3-byte chunks",
+                    streamed(&text, &(0..text.len()).step_by(3).collect::<Vec<_>>()),
+                ),
+            ] {
+                if essence(&out).contains(&essence(value)) {
+                    misses.push(format!("{name} / {label} / {mode}: {out:?}"));
+                }
+            }
+        }
+    }
+    assert!(
+        misses.is_empty(),
+        "{} leaks:\n{}",
+        misses.len(),
+        misses.join("\n")
+    );
+}
+
 #[test]
 fn invisible_characters_go_with_the_value() {
     let text = "tel 0\u{200b}6 12 34 56 78 fin";
