@@ -1,6 +1,9 @@
 //! Detectors on French text, block/stream equivalence under any chunking, and no leak.
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+mod common;
+
+use common::stream;
 use proptest::prelude::*;
 use vigie_dlp::{Engine, Redact, StreamScanner, builtins, transform_block};
 
@@ -199,25 +202,6 @@ fn oversized_candidate_fails_closed() {
     s.push(" et la suite.", &mut t, &mut out).unwrap();
     s.finish(&mut t, &mut out).unwrap();
     assert_eq!(out, "clé [REDACTED] et la suite.");
-}
-
-fn stream(e: &Engine, text: &str, cuts: &[usize]) -> String {
-    let mut s = StreamScanner::new(e, 4096);
-    let mut t = Redact::default();
-    let mut out = String::new();
-    let mut last = 0;
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
-    points.sort_unstable();
-    for p in points {
-        let p = vigie_dlp::engine::floor_boundary(text, p);
-        if p > last {
-            s.push(&text[last..p], &mut t, &mut out).unwrap();
-            last = p;
-        }
-    }
-    s.push(&text[last..], &mut t, &mut out).unwrap();
-    s.finish(&mut t, &mut out).unwrap();
-    out
 }
 
 const FILLER: &[&str] = &[

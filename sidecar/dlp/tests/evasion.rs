@@ -5,9 +5,11 @@
 
 use std::sync::OnceLock;
 
+mod common;
+
 use proptest::prelude::*;
 use vigie_dlp::fold::Folded;
-use vigie_dlp::stream::{Redact, StreamScanner, transform_block};
+use vigie_dlp::stream::{Redact, transform_block};
 use vigie_dlp::{Engine, builtins};
 
 fn engine() -> &'static Engine {
@@ -38,22 +40,7 @@ fn block(text: &str) -> String {
 }
 
 fn streamed(text: &str, cuts: &[usize]) -> String {
-    let mut s = StreamScanner::new(engine(), 4096);
-    let mut t = Redact::default();
-    let mut out = String::new();
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
-    points.sort_unstable();
-    let mut last = 0;
-    for p in points {
-        let p = vigie_dlp::engine::floor_boundary(text, p);
-        if p > last {
-            s.push(&text[last..p], &mut t, &mut out).unwrap();
-            last = p;
-        }
-    }
-    s.push(&text[last..], &mut t, &mut out).unwrap();
-    s.finish(&mut t, &mut out).unwrap();
-    out
+    common::stream(engine(), text, cuts)
 }
 
 fn digits_in(script_zero: char, s: &str) -> String {
