@@ -61,12 +61,13 @@ def variants(v: str) -> list[tuple[str, str]]:
     attacker does."""
     out = [(name, v.replace(" ", sp)) for name, sp in
            [("no-break space", "\u00a0"), ("narrow no-break space", "\u202f"), ("thin space", "\u2009")]]
-    out += [(f"separator {s}", v.replace(" ", s)) for s in ".-/_"]
+    out += [(f"separator {s!r}", v.replace(" ", s)) for s in [".", "-", "/", "_", "\t", "\r\n", "\x85"]]
     out += [("no separator", v.replace(" ", "")), ("lower case", v.lower()),
             ("mixed case", "".join(c.lower() if i % 2 == 0 else c for i, c in enumerate(v)))]
     for name, inv in [("zero-width space", "\u200b"), ("zero-width joiner", "\u200d"),
                       ("zero-width non-joiner", "\u200c"), ("word joiner", "\u2060"),
-                      ("soft hyphen", "\u00ad"), ("BOM", "\ufeff"), ("combining acute", "\u0301")]:
+                      ("soft hyphen", "\u00ad"), ("BOM", "\ufeff"), ("combining acute", "\u0301"),
+                      ("Hangul filler", "\u3164"), ("tag character", "\U000E0031")]:
         out.append((name, "".join(c + inv for c in v)))
     out += [("full-width", "".join(chr(ord(c) - 0x21 + 0xFF01) if "!" <= c <= "~" else c for c in v)),
             ("Arabic-Indic digits", in_script(0x660, v)), ("Devanagari digits", in_script(0x966, v)),
@@ -110,17 +111,36 @@ def test_request_side_every_transformation_of_every_value(echo, sidecars):
     assert not leaks, f"{len(leaks)} reached the upstream: {leaks}"
 
 
+def values_text(doc) -> str:
+    """The string values of a document joined in order: what the model reads, with no
+    key in between to break a value a check would otherwise miss."""
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, list):
+        return "".join(values_text(d) for d in doc)
+    if isinstance(doc, dict):
+        return "".join(values_text(v) for k, v in doc.items() if k not in ("role", "type"))
+    return ""
+
+
 def test_a_value_split_across_parts_messages_and_system(echo, sidecars):
     s = sidecars(with_rules(echo, REDACT_REQUESTS))
     c = client(s.base_url)
-    nir = CANARY
-    for messages in (
-        [{"role": "user", "content": [{"type": "text", "text": f"NIR {nir[:8]}"}, {"type": "text", "text": nir[8:]}]}],
-        [{"role": "user", "content": f"NIR {nir[:5]}"}, {"role": "user", "content": nir[5:]}],
-        [{"role": "system", "content": f"Le NIR est {nir[:11]}"}, {"role": "user", "content": f"{nir[11:]} merci"}],
+    nir, card, mail = CANARY, VALUES["CREDIT_CARD"], VALUES["EMAIL_ADDRESS"]
+    for value, messages in (
+        (nir, [{"role": "user", "content": [{"type": "text", "text": f"NIR {nir[:8]}"}, {"type": "text", "text": nir[8:]}]}]),
+        (nir, [{"role": "user", "content": f"NIR {nir[:5]}"}, {"role": "user", "content": nir[5:]}]),
+        (nir, [{"role": "user", "content": "NIR 1 85 "}, {"role": "user", "content": "05 78 006 084 91"}]),
+        (nir, [{"role": "system", "content": f"Le NIR est {nir[:11]}"}, {"role": "user", "content": f"{nir[11:]} merci"}]),
+        (card, [{"role": "user", "content": "carte 4111 1111"}, {"role": "user", "content": "1111 1111"}]),
+        (mail, [{"role": "user", "content": "écrire à jean.dupont@"}, {"role": "user", "content": "interieur.gouv.fr"}]),
     ):
-        c.chat.completions.create(model="mistral-7b", messages=messages)
-        assert not leaked(nir, upstream_body(echo)), messages
+        r = c.chat.completions.create(model="mistral-7b", messages=messages)
+        body = echo.stats()["last_request"]["body"]
+        # Really checked: the halves were there to join, and the model got them redacted.
+        assert leaked(value, values_text({"messages": messages})), messages
+        assert not leaked(value, values_text(body)), (messages, body)
+        assert "[" in values_text(body) and r.choices, body
 
 
 # Every string field of each API shape; the canary goes into each (and into each key) in
@@ -402,3 +422,66 @@ def test_a_digit_run_stays_within_the_memory_bound_and_does_not_stall_others(ech
         assert max(light) < max(1.0, heavy["seconds"] / 2), (light, heavy)
     else:
         assert heavy["seconds"] < 1.0, heavy
+
+
+def test_what_the_attacker_review_found(mocks, echo, sidecars):
+    """Each bypass the attacker review of this DLP found, kept as a test."""
+    m = mocks("gpu-answers")
+    s = sidecars(with_rules(m, REDACT_ANSWERS))
+    escaped = "NIR \\u0031 \\u0038\\u0035 05 78 006 084 91"   # JSON escapes the app decodes
+    # Answers serde_json will not parse but lenient parsers will: stopped, never read raw.
+    for label, body in [("NaN", chat_answer("x")[:-1] + ', "x": NaN}'),
+                        ("BOM", "\ufeff" + chat_answer("x")),
+                        ("lone surrogate", chat_answer("x")[:-1] + ', "x": "\\ud800"}'),
+                        ("deep nesting", chat_answer("x")[:-1] + ', "x": ' + "[" * 200 + "]" * 200 + "}")]:
+        m.set_behaviour(canned={"body": body.replace('"x"', f'"{escaped}"', 1)})
+        r = ask(s)
+        assert "185057800608491" not in essence(r.text) and r.status_code == 451, (label, r.status_code, r.text)
+    # An SSE stream under another content type, or with bare CRs, is still filtered.
+    chunk = lambda field, text: "data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                                                      "choices": [{"index": 0, "delta": {field: text}}]})
+    for label, ctype, body in [
+        ("capitalised type", "Text/Event-Stream", chunk("content", CANARY) + "\n\n"),
+        ("text/plain", "text/plain", chunk("content", CANARY) + "\n\n"),
+        ("bare CR before data", "text/event-stream", ": x\r" + chunk("content", CANARY) + "\n\n"),
+        ("CR-only events", "text/event-stream", chunk("content", CANARY) + "\r\r"),
+    ]:
+        m.set_behaviour(canned={"content_type": ctype, "body": body + "data: [DONE]\n\n"})
+        r = ask(s, stream=True)
+        assert not leaked(CANARY, r.text.replace("\r", "\n")), (label, r.text)
+    # Fields the SDKs join across events: a value split over four events.
+    pieces = ["NIR 1 8", "5 05 7", "8 006 0", "84 91"]
+    for field in ("refusal", "tool name", "audio transcript"):
+        events = []
+        for p in pieces + [""]:
+            delta = {"refusal": {"refusal": p}, "tool name": {"tool_calls": [{"index": 0, "function": {"name": p}}]},
+                     "audio transcript": {"audio": {"transcript": p}}}[field]
+            events.append("data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                                                 "choices": [{"index": 0, "delta": delta,
+                                                              "finish_reason": None if p else "stop"}]}) + "\n\n")
+        m.set_behaviour(canned={"content_type": "text/event-stream", "body": "".join(events) + "data: [DONE]\n\n"})
+        text = ask(s, stream=True).text
+        joined = "".join(json.dumps(json.loads(line[6:])["choices"][0]["delta"], ensure_ascii=False)
+                         for line in text.splitlines() if line.startswith("data: {"))
+        assert not leaked(CANARY, values_text(json.loads("[" + joined.replace("}{", "},{") + "]"))), (field, text)
+    # An event that never ends is not held without bound.
+    m.set_behaviour(canned={"content_type": "text/event-stream", "body": "data: " + "x" * (2 << 20)})
+    r = ask(s, stream=True)
+    assert "dlp_blocked_response" in r.text or r.status_code >= 400, r.text[:200]
+
+    # Request side: numbers written as floats, and a gzip body of tiny values.
+    s2 = sidecars(with_rules(echo, REDACT_REQUESTS))
+    for number in ("185057800608491.0", "1.85057800608491e14", "4111111111111111.0"):
+        body = '{"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}], "metadata": {"n": %s}}' % number
+        before = echo.stats()["requests_total"]
+        httpx.post(f"{s2.base_url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        after = echo.stats()
+        assert after["requests_total"] == before or not leaked("185057800608491" if "185" in number else
+                                                                "4111111111111111", json.dumps(after["last_request"]["body"])), number
+    pid = s2.process.proc.pid
+    peak = rss_peak_kib(pid)
+    tiny = gzip.compress(b'{"model":"mistral-7b","prompt":"x","x":[' + b"1," * (4 << 20) + b'1]}')
+    r = httpx.post(f"{s2.base_url}/v1/completions", content=tiny,
+                   headers={"content-type": "application/json", "content-encoding": "gzip"}, timeout=60)
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large"), r.text
+    assert (rss_peak_kib(pid) - peak) / 1024 < 64, "tiny values cost more than the bound"

@@ -59,7 +59,7 @@ fn groups(s: &str) -> (Vec<u32>, Vec<(usize, char)>) {
 /// anywhere lifts the rule: it is how texts read together (parts, messages) are
 /// joined, and a value split across them is grouped wherever the split fell.
 fn grouped(gaps: &[(usize, char)], layouts: &[&[usize]]) -> bool {
-    if gaps.is_empty() || gaps.iter().any(|&(_, k)| k == '\n') {
+    if gaps.is_empty() || gaps.iter().any(|&(_, k)| matches!(k, '\n' | '\r')) {
         return true;
     }
     let kind = gaps[0].1;

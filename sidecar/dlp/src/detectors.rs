@@ -102,9 +102,9 @@ fn d<P: AsRef<str>>(
 }
 
 /// One separator people or software put between digit groups (space — every space
-/// folds to it —, dot, dash, slash, underscore, newline), or none. Patterns follow the
-/// groupings people write; checks refuse mixed separators.
-const SEP: &str = "[ ._/\\n-]?";
+/// folds to it —, tab, dot, dash, slash, underscore, a line end of any kind), or none.
+/// Patterns follow the groupings people write; checks refuse mixed separators.
+const SEP: &str = "(\\r\\n|[ ._/\\t\\r\\n\\x0b\\x0c-])?";
 
 fn not_anthropic(s: &str) -> bool {
     !s.starts_with("sk-ant-")

@@ -2,8 +2,9 @@
 //! map back to the original bytes.
 //!
 //! Per character (context-free, so a stream cut anywhere folds as the whole text does):
-//! - format characters (zero-width space/joiner/non-joiner, word joiner, soft hyphen,
-//!   BOM, bidi marks) and combining marks are dropped;
+//! - default-ignorable characters (zero-width space/joiner/non-joiner, word joiner,
+//!   soft hyphen, BOM, bidi marks, variation selectors, Hangul fillers, tags), other
+//!   format characters, combining marks and C1 controls are dropped (NEL is a newline);
 //! - every space separator (no-break, narrow no-break, thin…) becomes a space, line and
 //!   paragraph separators a newline, every dash a hyphen-minus;
 //! - every decimal digit (`\p{Nd}`: Arabic-Indic, Devanagari, full-width…) becomes its
@@ -19,6 +20,8 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
+use icu_properties::CodePointSetData;
+use icu_properties::props::DefaultIgnorableCodePoint;
 use unicode_normalization::UnicodeNormalization as _;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
@@ -27,7 +30,19 @@ fn fold_char(c: char, out: &mut String) -> Option<()> {
     if c.is_ascii() {
         return None;
     }
+    // Characters meant to be invisible (format characters, Hangul fillers, variation
+    // selectors, tags…) are dropped whatever their category.
+    if CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c) {
+        return Some(());
+    }
     match c.general_category() {
+        // C1 controls: NEL is a line end, the others nothing a reader sees.
+        GeneralCategory::Control => {
+            if c == '\u{85}' {
+                out.push('\n');
+            }
+            Some(())
+        }
         GeneralCategory::Format
         | GeneralCategory::NonspacingMark
         | GeneralCategory::EnclosingMark => Some(()),
@@ -278,6 +293,9 @@ mod tests {
         assert_eq!(folded("٠١٢٣٤٥٦٧٨٩ ०१२ 𝟏𝟐 ¹²³"), "0123456789 012 12 123");
         assert_eq!(folded("4\u{301}1\u{308}1"), "411");
         assert_eq!(folded("06\u{2011}12\u{2013}34"), "06-12-34");
+        // Invisible letters and C1 controls (found by the attacker review).
+        assert_eq!(folded("1\u{3164}8\u{115f}5\u{ffa0}0\u{85}5"), "1850\n5");
+        assert_eq!(folded("4\u{fe0f}1\u{e0031}1"), "411");
         // French prose with nothing to fold is borrowed, not copied.
         let prose = "Le numéro de sécurité sociale « 1 85 » — voilà";
         let f = Folded::of("Le numéro de sécurité sociale « 1 85 » voilà");

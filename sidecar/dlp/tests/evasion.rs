@@ -65,12 +65,13 @@ fn variants(v: &str) -> Vec<(String, String)> {
     ] {
         add(name, v.replace(' ', &sp.to_string()));
     }
-    for sep in ['.', '-', '/', '_'] {
+    for sep in ['.', '-', '/', '_', '\t', '\n', '\r', '\u{85}'] {
         add(
-            &format!("separator {sep}"),
+            &format!("separator {sep:?}"),
             v.replace(' ', &sep.to_string()),
         );
     }
+    add("separator CRLF", v.replace(' ', "\r\n"));
     add("no separator", v.replace(' ', ""));
     add("lower case", v.to_lowercase());
     add("mixed case", {
@@ -92,6 +93,9 @@ fn variants(v: &str) -> Vec<(String, String)> {
         ("word joiner", '\u{2060}'),
         ("soft hyphen", '\u{ad}'),
         ("BOM", '\u{feff}'),
+        ("Hangul filler", '\u{3164}'),
+        ("variation selector", '\u{fe0f}'),
+        ("tag character", '\u{e0031}'),
     ] {
         add(name, v.chars().flat_map(|c| [c, inv]).collect());
     }

@@ -37,6 +37,9 @@ pub async fn deliver(
     let snapshot = ctx.snapshot.clone();
     let pseudonyms = std::mem::take(&mut ctx.pseudonyms);
     let filter = ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms);
+    // A streamed request's successful answer is read as the SDKs read it — as an event
+    // stream — whatever its content type says.
+    let sse = sse || (filter.is_some() && ctx.record.stream && status < 400);
     // Upstreams are asked for identity; one that compresses anyway is decoded before
     // DLP reads the answer (whole answers), or stopped (streams are not decoded).
     let coding = header

@@ -260,11 +260,13 @@ pub fn downstream_response(upstream: &ResponseHeader) -> PResult<ResponseHeader>
     Ok(resp)
 }
 
+/// Whether the answer says it is an event stream (media types are case-insensitive).
 pub fn is_event_stream(resp: &ResponseHeader) -> bool {
     resp.headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 #[cfg(test)]

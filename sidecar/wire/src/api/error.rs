@@ -285,6 +285,18 @@ impl ApiError {
         )
     }
 
+    /// More JSON items than DLP inspects in one body.
+    pub fn too_many_items(max: usize) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!(
+                "The request has more than {max} JSON values and keys, more than the data-loss check inspects."
+            ),
+        )
+    }
+
     /// A prompt given as token ids: DLP cannot read it, so it is not forwarded.
     pub fn token_prompt(param: &'static str) -> Self {
         Self::new(

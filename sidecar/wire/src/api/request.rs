@@ -74,6 +74,11 @@ impl LlmRequest {
         &self.head.model
     }
 
+    /// About how many values and keys the body holds ([`json_items`]).
+    pub fn items(&self) -> usize {
+        json_items(&self.raw)
+    }
+
     /// Size of the body as the app sent it.
     pub fn len(&self) -> usize {
         self.received
@@ -482,6 +487,30 @@ const DUPLICATE_KEY: &str = "a key appears twice in one object";
 /// Deepest JSON nesting accepted: one level under serde_json's recursion limit (128),
 /// so the tree parse never meets it and the app gets this clear message instead.
 pub const MAX_DEPTH: usize = 127;
+
+/// About how many values and keys a JSON text holds (separators outside strings, plus
+/// one), in one pass over the bytes and without parsing: what inspecting it will cost
+/// is known before a tree is built.
+pub fn json_items(body: &[u8]) -> usize {
+    let (mut items, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' | b':' => items += 1,
+            _ => {}
+        }
+    }
+    items
+}
 
 /// Whether arrays/objects nest deeper than `max`, in one pass over the bytes (strings,
 /// and escapes inside them, are skipped). Skipping unknown fields would accept any

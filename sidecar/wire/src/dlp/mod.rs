@@ -14,11 +14,17 @@ pub use vigie_dlp::Level;
 use vigie_dlp::engine::{DlpError, Engine, Finding};
 use vigie_dlp::policy::{Action, CompiledDlp, DetectorActions};
 use vigie_dlp::stream::Transform;
-use vigie_dlp::transform_parts;
 
 use crate::api::request::LlmRequest;
 use crate::api::{ApiError, Operation};
 pub use pseudonym::Pseudonyms;
+use text::Rewrite;
+
+/// Most JSON items (values and keys) DLP inspects in one document: each costs ~200
+/// bytes of scanning state, so a body of tiny values (`[1,1,1,…]`, 4 M items in 8 MiB)
+/// would cost ~90× its size. Far above any real request (a chat of a thousand messages
+/// with tools has a few thousand) and answer.
+pub const MAX_INSPECTED_ITEMS: usize = 100_000;
 
 /// Finding counts by (detector, action), for telemetry. Never values.
 pub type Counts = BTreeMap<(String, &'static str), u64>;
@@ -114,37 +120,32 @@ pub fn scan_request(
         return Ok(scan);
     }
     let op = request.op();
+    if request.items() > MAX_INSPECTED_ITEMS {
+        return Err(ApiError::too_many_items(MAX_INSPECTED_ITEMS));
+    }
     request.edit_tree(|tree| {
         if let Some(param) = token_prompt(op, tree) {
             return Err(ApiError::token_prompt(param));
         }
-        let mut texts = Vec::new();
-        text::collect(tree, &mut texts);
-        let parts: Vec<&str> = texts.iter().map(|t| t.text.as_ref()).collect();
         let mut t = RequestTransform {
             actions: &dlp.actions,
             scan: &mut scan,
             changed: false,
         };
-        let new = match transform_parts(&dlp.engine, &parts, &mut t) {
-            Ok(new) => new,
-            Err(DlpError::TooComplex) => return Err(ApiError::dlp_too_complex()),
+        match text::transform_tree(&dlp.engine, tree, &mut t) {
+            Ok(Rewrite::Unchanged) => Ok(false),
+            // Alert-only findings leave the texts as they were.
+            Ok(Rewrite::Changed) => Ok(t.changed),
+            Ok(Rewrite::Structural) => Err(ApiError::dlp_structural_field()),
+            Ok(Rewrite::Unreadable) => Err(ApiError::invalid_request(
+                "A number has more digits than its value keeps (beyond 2^53, or beyond 64-bit integers); the data-loss check cannot read it.",
+            )),
+            Err(DlpError::TooComplex) => Err(ApiError::dlp_too_complex()),
             Err(e) => {
                 tracing::error!(error = %e, "DLP scan failed; refusing the request");
-                return Err(ApiError::dlp_unavailable());
+                Err(ApiError::dlp_unavailable())
             }
-        };
-        if !t.changed {
-            return Ok(false);
         }
-        if text::touches_structure(&texts, &new) {
-            return Err(ApiError::dlp_structural_field());
-        }
-        drop(parts);
-        drop(texts);
-        let mut new = new.into_iter();
-        text::rewrite(tree, &mut || new.next().flatten());
-        Ok(true)
     })?;
     Ok(scan)
 }

@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use vigie_dlp::engine::{Engine, Finding};
 use vigie_dlp::policy::{Action, CompiledDlp, DetectorActions};
 use vigie_dlp::stream::{StreamScanner, Transform};
-use vigie_dlp::transform_parts;
 
 use super::pseudonym::{Pseudonyms, Restorer};
-use super::{Counts, action_name, text};
+use super::text::{self, Rewrite};
+use super::{Counts, MAX_INSPECTED_ITEMS, action_name};
 use crate::api::Operation;
 
 /// Detector names whose answer-side action is `block`.
@@ -28,6 +28,13 @@ impl Blocked {
     pub fn uninspectable() -> Self {
         Self(BTreeSet::from(["UNINSPECTABLE".to_string()]))
     }
+}
+
+/// Whether a text would be read as JSON by a lenient parser: its first character that
+/// is not whitespace or a BOM opens an object or an array.
+fn looks_like_json(text: &str) -> bool {
+    text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+        .starts_with(['{', '['])
 }
 
 /// Sets every `logprobs` to null (chat and completions put them per choice).
@@ -125,13 +132,22 @@ impl<'a> ResponseDlp<'a> {
     /// or the whole body as text when it is not JSON. A body that is not text either
     /// (binary) cannot be inspected: refused while answer rules apply.
     pub fn filter_body(&mut self, body: &[u8]) -> Result<Vec<u8>, Blocked> {
+        if self.dlp.is_some() && crate::api::request::json_items(body) > MAX_INSPECTED_ITEMS {
+            return Err(Blocked::uninspectable());
+        }
         if let Ok(mut json) = serde_json::from_slice::<Value>(body) {
             if !self.filter_value(&mut json)? {
                 return Ok(body.to_vec());
             }
             return serde_json::to_vec(&json).map_err(|_| Blocked::uninspectable());
         }
-        let Ok(text) = std::str::from_utf8(body) else {
+        // Not JSON to serde, yet maybe to the app's parser (NaN, a BOM, a lone
+        // surrogate, deep nesting: JSON escapes DLP would read undecoded), or not text:
+        // stopped while answer rules apply.
+        let text = std::str::from_utf8(body)
+            .ok()
+            .filter(|t| !looks_like_json(t));
+        let Some(text) = text else {
             return match self.dlp {
                 Some(_) => Err(Blocked::uninspectable()),
                 None => Ok(body.to_vec()),
@@ -156,27 +172,22 @@ impl<'a> ResponseDlp<'a> {
                 actions: &d.actions,
                 ..ResponseTransform::default()
             };
-            let mut texts = Vec::new();
-            text::collect(json, &mut texts);
-            let parts: Vec<&str> = texts.iter().map(|t| t.text.as_ref()).collect();
-            let new = transform_parts(&d.engine, &parts, &mut t);
-            drop(parts);
+            let rewrite = text::transform_tree(&d.engine, json, &mut t);
             self.merge(std::mem::take(&mut t.counts));
-            // Too complex to inspect in bounded time, or data in a structural field:
-            // stopped, not passed.
-            let new = match new {
-                Ok(new) if !text::touches_structure(&texts, &new) => new,
-                _ => return Err(Blocked::uninspectable()),
-            };
-            drop(texts);
             if !t.blocked.is_empty() {
                 return Err(Blocked(t.blocked));
             }
-            if new.iter().any(Option::is_some) {
-                let mut new = new.into_iter();
-                text::rewrite(json, &mut || new.next().flatten());
-                drop_logprobs(json);
-                changed = true;
+            match rewrite {
+                Ok(Rewrite::Unchanged) => {}
+                Ok(Rewrite::Changed) => {
+                    drop_logprobs(json);
+                    changed = true;
+                }
+                // Too complex to inspect in bounded time, data in a structural field, a
+                // number DLP cannot read: stopped, not passed.
+                Ok(Rewrite::Structural | Rewrite::Unreadable) | Err(_) => {
+                    return Err(Blocked::uninspectable());
+                }
             }
         }
         if !self.pseudonyms.is_empty() {
@@ -197,6 +208,8 @@ impl<'a> ResponseDlp<'a> {
             op,
             dlp: self,
             buf: Vec::new(),
+            scanned: 0,
+            cr: false,
             streams: BTreeMap::new(),
             template: None,
         }
@@ -219,6 +232,12 @@ enum Field {
     FunctionCall,
     /// `reasoning_content` (vLLM and DeepSeek-style reasoning models).
     Reasoning,
+    /// `refusal`: the SDKs join its deltas like content's.
+    Refusal,
+    /// A tool call's `function.name` (joined across deltas by the SDKs).
+    ToolName(u64),
+    /// `audio.transcript` of an audio answer.
+    AudioTranscript,
     AnthropicText,
     AnthropicJson,
     AnthropicThinking,
@@ -228,7 +247,12 @@ enum Field {
 pub struct SseFilter<'a> {
     op: Operation,
     dlp: ResponseDlp<'a>,
+    /// Received bytes not yet making a whole event, line ends normalised to `\n`.
     buf: Vec<u8>,
+    /// How far `buf` is known to hold no event end (each byte is searched once).
+    scanned: usize,
+    /// The last byte received was a CR: a LF right after it belongs to the same line end.
+    cr: bool,
     streams: BTreeMap<(u64, Field), TextStream<'a>>,
     /// Identifying fields of the stream's chunks, to build a chunk for text flushed at
     /// `[DONE]`.
@@ -243,17 +267,17 @@ impl std::fmt::Debug for SseFilter<'_> {
     }
 }
 
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    // Events end with a blank line: "\n\n" or "\r\n\r\n".
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
+/// Longest event the filter waits for: a stream that never ends an event is not held
+/// (nor searched) without bound.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// Names an event may have when passed on (OpenAI and Anthropic use a few lower-case
+/// words); any other name could carry text, and is dropped.
+fn plain_event_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl<'a> SseFilter<'a> {
@@ -336,13 +360,43 @@ impl<'a> SseFilter<'a> {
     }
 
     /// Bytes from upstream in; bytes for the client out. `Err`: stop the answer.
+    ///
+    /// Line ends are read as the SSE specification (and the SDKs) read them — CRLF, LF or
+    /// a lone CR — and normalised to LF, so an event cannot hide from the filter behind
+    /// a line end the filter does not split on.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<u8>, Blocked> {
-        self.buf.extend_from_slice(bytes);
+        self.buf.reserve(bytes.len());
+        for &b in bytes {
+            if std::mem::take(&mut self.cr) {
+                self.buf.push(b'\n');
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            if b == b'\r' {
+                self.cr = true;
+            } else {
+                self.buf.push(b);
+            }
+        }
         let mut out = Vec::new();
-        while let Some((end, sep)) = find_event_end(&self.buf) {
-            let event: Vec<u8> = self.buf.drain(..end + sep).collect();
-            let raw = &event[..end];
-            self.event(raw, &mut out)?;
+        loop {
+            let from = self.scanned.saturating_sub(1);
+            let Some(at) = self
+                .buf
+                .get(from..)
+                .and_then(|b| b.windows(2).position(|w| w == b"\n\n"))
+            else {
+                self.scanned = self.buf.len();
+                break;
+            };
+            let end = from + at;
+            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+            self.scanned = 0;
+            self.event(&event[..end], &mut out)?;
+        }
+        if self.buf.len() > MAX_EVENT_BYTES {
+            return Err(Blocked::uninspectable());
         }
         Ok(out)
     }
@@ -350,8 +404,12 @@ impl<'a> SseFilter<'a> {
     /// End of the upstream body: whatever is still held goes out.
     pub fn finish(&mut self) -> Result<Vec<u8>, Blocked> {
         let mut out = Vec::new();
+        if std::mem::take(&mut self.cr) {
+            self.buf.push(b'\n');
+        }
         if !self.buf.is_empty() {
             let rest = std::mem::take(&mut self.buf);
+            self.scanned = 0;
             self.event(&rest, &mut out)?;
         }
         self.flush_all(&mut out)?;
@@ -396,14 +454,20 @@ impl<'a> SseFilter<'a> {
         };
         let mut event_name = None;
         let mut data = String::new();
-        for line in text.lines() {
+        // Lines other than `event:`, `data:` and comments (`id:`, `retry:`, unknown
+        // fields) are not passed on: their text would go out unread.
+        let mut comments_only = true;
+        for line in text.split('\n') {
             if let Some(v) = line.strip_prefix("event:") {
-                event_name = Some(v.trim().to_string());
+                let name = v.trim();
+                event_name = plain_event_name(name).then(|| name.to_string());
             } else if let Some(v) = line.strip_prefix("data:") {
                 if !data.is_empty() {
                     data.push('\n');
                 }
                 data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            } else if !line.is_empty() && !line.starts_with(':') {
+                comments_only = false;
             }
         }
         if data.trim() == "[DONE]" {
@@ -412,10 +476,10 @@ impl<'a> SseFilter<'a> {
             return Ok(());
         }
         let Ok(mut json) = serde_json::from_str::<Value>(&data) else {
-            // Comments, keep-alives and non-JSON events carry no model text.
-            if data.is_empty() {
-                out.extend_from_slice(raw);
-                out.extend_from_slice(b"\n\n");
+            // A keep-alive stays a keep-alive, emptied (a comment's text is not read);
+            // non-JSON events carry no model text the SDKs read, and are dropped.
+            if data.is_empty() && comments_only {
+                out.extend_from_slice(b":\n\n");
             }
             return Ok(());
         };
@@ -448,12 +512,21 @@ impl<'a> SseFilter<'a> {
                 if let Some(Value::String(t)) = delta.get_mut("reasoning_content") {
                     *t = self.feed((index, Field::Reasoning), t)?;
                 }
+                if let Some(Value::String(t)) = delta.get_mut("refusal") {
+                    *t = self.feed((index, Field::Refusal), t)?;
+                }
+                if let Some(Value::String(t)) = delta.pointer_mut("/audio/transcript") {
+                    *t = self.feed((index, Field::AudioTranscript), t)?;
+                }
                 if let Some(Value::String(a)) = delta.pointer_mut("/function_call/arguments") {
                     *a = self.feed((index, Field::FunctionCall), a)?;
                 }
                 if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
                     for call in calls {
                         let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        if let Some(Value::String(n)) = call.pointer_mut("/function/name") {
+                            *n = self.feed((index, Field::ToolName(k)), n)?;
+                        }
                         if let Some(Value::String(a)) = call.pointer_mut("/function/arguments") {
                             *a = self.feed((index, Field::ToolArguments(k)), a)?;
                         }
@@ -562,15 +635,17 @@ fn take_streamed(op: Operation, json: &mut Value) -> Vec<(String, Value)> {
                 "text",
                 "delta/content",
                 "delta/reasoning_content",
+                "delta/refusal",
+                "delta/audio/transcript",
                 "delta/function_call/arguments",
             ] {
                 pointers.push(format!("/choices/{i}/{p}"));
             }
             let calls = c.pointer("/delta/tool_calls").and_then(Value::as_array);
             for k in 0..calls.map_or(0, Vec::len) {
-                pointers.push(format!(
-                    "/choices/{i}/delta/tool_calls/{k}/function/arguments"
-                ));
+                for p in ["name", "arguments"] {
+                    pointers.push(format!("/choices/{i}/delta/tool_calls/{k}/function/{p}"));
+                }
             }
         }
     }
@@ -612,20 +687,34 @@ fn apply_openai_flush(op: Operation, choice: &mut Value, texts: Vec<(Field, Stri
                     .to_string();
                 delta["function_call"]["arguments"] = Value::String(format!("{t}{prev}"));
             }
-            (_, Field::ToolArguments(k)) => {
+            (_, Field::ToolArguments(k) | Field::ToolName(k)) => {
+                let key = if matches!(field, Field::ToolName(_)) {
+                    "name"
+                } else {
+                    "arguments"
+                };
                 let delta = &mut choice["delta"];
                 if !delta.get("tool_calls").is_some_and(Value::is_array) {
                     delta["tool_calls"] = json!([]);
                 }
                 if let Some(calls) = delta["tool_calls"].as_array_mut() {
-                    calls.push(json!({"index": k, "function": {"arguments": t}}));
+                    calls.push(json!({"index": k, "function": {key: t}}));
                 }
             }
+            (_, Field::AudioTranscript) => {
+                let delta = &mut choice["delta"];
+                let prev = delta
+                    .pointer("/audio/transcript")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                delta["audio"]["transcript"] = Value::String(format!("{t}{prev}"));
+            }
             (_, field) => {
-                let key = if field == Field::Reasoning {
-                    "reasoning_content"
-                } else {
-                    "content"
+                let key = match field {
+                    Field::Reasoning => "reasoning_content",
+                    Field::Refusal => "refusal",
+                    _ => "content",
                 };
                 let delta = &mut choice["delta"];
                 let prev = delta.get(key).and_then(Value::as_str).unwrap_or("");

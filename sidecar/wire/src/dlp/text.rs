@@ -6,6 +6,9 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 use unicase::UniCase;
+use vigie_dlp::engine::{DlpError, Engine};
+use vigie_dlp::stream::Transform;
+use vigie_dlp::transform_parts;
 
 use crate::api::Operation;
 
@@ -116,39 +119,75 @@ fn structural(key: &str, v: &Value) -> bool {
     v.is_string() && STRUCTURAL.contains(&key)
 }
 
+/// What a text of a document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A string or number value: the flow the model reads, read together.
+    Value,
+    /// An object key: names, read together with the other keys.
+    Key,
+    /// A [`STRUCTURAL`] value: read with the keys, never rewritten.
+    Structural,
+}
+
 /// One text of a document.
 #[derive(Debug)]
 pub struct Text<'a> {
     pub text: Cow<'a, str>,
-    /// A [`STRUCTURAL`] value: read, never rewritten.
-    pub structural: bool,
+    pub kind: Kind,
 }
 
+/// Largest magnitude a JSON number may have without being an exact integer: beyond
+/// it a float no longer holds every digit it was written with, so DLP could not read
+/// them (see [`collect`]).
+pub const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
+
 /// Every text of a JSON document, in document order (object keys in the tree's
-/// order): keys, string values, integers as written.
-pub fn collect<'a>(v: &'a Value, out: &mut Vec<Text<'a>>) {
-    let text = |t: Cow<'a, str>| Text {
+/// order): keys, string values, numbers as digits (`None` if a number was written
+/// with digits its value cannot keep: more than `u64` holds, or a float beyond 2⁵³ —
+/// no LLM API has such numbers; callers refuse the document).
+pub fn collect<'a>(v: &'a Value, out: &mut Vec<Text<'a>>) -> Option<()> {
+    let value = |t: Cow<'a, str>| Text {
         text: t,
-        structural: false,
+        kind: Kind::Value,
     };
     match v {
-        Value::String(s) => out.push(text(Cow::Borrowed(s))),
-        Value::Number(n) if n.is_i64() || n.is_u64() => out.push(text(Cow::Owned(n.to_string()))),
-        Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+        Value::String(s) => out.push(value(Cow::Borrowed(s))),
+        Value::Number(n) => out.push(value(Cow::Owned(number_text(n)?))),
+        Value::Array(items) => {
+            for i in items {
+                collect(i, out)?;
+            }
+        }
         Value::Object(map) => {
             for (k, v) in map {
-                out.push(text(Cow::Borrowed(k)));
+                out.push(Text {
+                    text: Cow::Borrowed(k),
+                    kind: Kind::Key,
+                });
                 match v {
                     Value::String(s) if structural(k, v) => out.push(Text {
                         text: Cow::Borrowed(s),
-                        structural: true,
+                        kind: Kind::Structural,
                     }),
-                    _ => collect(v, out),
+                    _ => collect(v, out)?,
                 }
             }
         }
         _ => {}
     }
+    Some(())
+}
+
+/// A number's digits as DLP reads them: integers as written, floats in their shortest
+/// exact form (`185057800608491.0` and `1.85057800608491e14` both read
+/// `185057800608491`).
+fn number_text(n: &serde_json::Number) -> Option<String> {
+    if n.is_i64() || n.is_u64() {
+        return Some(n.to_string());
+    }
+    let f = n.as_f64()?;
+    (f.is_finite() && f.abs() < MAX_EXACT_FLOAT).then(|| format!("{f}"))
 }
 
 /// Writes new texts back, walking as [`collect`] did: `next` is called once per text,
@@ -162,7 +201,7 @@ pub fn rewrite(v: &mut Value, next: &mut dyn FnMut() -> Option<String>) {
                 *s = new;
             }
         }
-        Value::Number(n) if n.is_i64() || n.is_u64() => {
+        Value::Number(_) => {
             if let Some(new) = next() {
                 *v = Value::String(new);
             }
@@ -199,12 +238,58 @@ pub fn rewrite(v: &mut Value, next: &mut dyn FnMut() -> Option<String>) {
     }
 }
 
-/// Whether a rewrite would touch a structural value (see [`STRUCTURAL`]).
-pub fn touches_structure(texts: &[Text<'_>], new: &[Option<String>]) -> bool {
-    texts
+/// What [`transform_tree`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    Unchanged,
+    Changed,
+    /// A finding in a structural value: nothing was rewritten; refuse the document.
+    Structural,
+    /// A number DLP cannot read exactly (see [`collect`]): refuse the document.
+    Unreadable,
+}
+
+/// Runs `t` over every text of `tree` and writes the result back: the values read
+/// together in document order (a value split across parts, messages or system and
+/// user is found), the keys and structural values read together apart from them (so
+/// a key between two halves of a value does not hide it).
+pub fn transform_tree(
+    engine: &Engine,
+    tree: &mut Value,
+    t: &mut dyn Transform,
+) -> Result<Rewrite, DlpError> {
+    let mut texts = Vec::new();
+    if collect(tree, &mut texts).is_none() {
+        return Ok(Rewrite::Unreadable);
+    }
+    let (flow, apart): (Vec<usize>, Vec<usize>) =
+        (0..texts.len()).partition(|&i| texts.get(i).is_some_and(|t| t.kind == Kind::Value));
+    let mut new: Vec<Option<String>> = vec![None; texts.len()];
+    for group in [flow, apart] {
+        let parts: Vec<&str> = group
+            .iter()
+            .filter_map(|&i| texts.get(i).map(|t| t.text.as_ref()))
+            .collect();
+        for (i, n) in group.iter().zip(transform_parts(engine, &parts, t)?) {
+            if let Some(slot) = new.get_mut(*i) {
+                *slot = n;
+            }
+        }
+    }
+    if new.iter().all(Option::is_none) {
+        return Ok(Rewrite::Unchanged);
+    }
+    if texts
         .iter()
-        .zip(new)
-        .any(|(t, n)| t.structural && n.is_some())
+        .zip(&new)
+        .any(|(t, n)| t.kind == Kind::Structural && n.is_some())
+    {
+        return Ok(Rewrite::Structural);
+    }
+    drop(texts);
+    let mut new = new.into_iter();
+    rewrite(tree, &mut || new.next().flatten());
+    Ok(Rewrite::Changed)
 }
 
 /// Calls `f` on every string of a document (keys excepted): placeholders restored
@@ -308,7 +393,7 @@ mod tests {
     fn texts(json: &str) -> Vec<String> {
         let v: Value = serde_json::from_str(json).unwrap();
         let mut out = Vec::new();
-        collect(&v, &mut out);
+        collect(&v, &mut out).unwrap();
         out.into_iter().map(|t| t.text.into_owned()).collect()
     }
 
@@ -349,6 +434,7 @@ mod tests {
                 "185057800608491",
                 "stream",
                 "temperature",
+                "0.5",
                 "tools",
                 "function",
                 "description",
