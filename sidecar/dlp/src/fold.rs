@@ -93,22 +93,39 @@ fn digit_value(c: char) -> u8 {
     ((c as u32 - start) % 10) as u8
 }
 
-/// One bit per BMP code point: whether it folds to something else.
-static BMP: LazyLock<Box<[u64]>> = LazyLock::new(|| {
-    let mut bits = vec![0u64; 0x10000 / 64].into_boxed_slice();
+/// What each BMP code point folds to, derived from [`fold_char`] at start-up (64 KiB):
+/// [`KEEP`] (itself), [`DROP`] (nothing), [`COMPLEX`] (several characters, or one that is
+/// not ASCII: ask [`fold_char`]), or the one ASCII byte it becomes (spaces, digits of
+/// every script, dashes, full-width ASCII) — so the common folds cost one table read.
+static BMP: LazyLock<Box<[u8]>> = LazyLock::new(|| {
+    let mut table = vec![KEEP; 0x10000].into_boxed_slice();
     let mut scratch = String::new();
     for cp in 0x80u32..0x10000 {
-        if let Some(c) = char::from_u32(cp) {
-            scratch.clear();
-            if fold_char(c, &mut scratch).is_some()
-                && let Some(word) = bits.get_mut((cp / 64) as usize)
-            {
-                *word |= 1 << (cp % 64);
-            }
+        let Some(c) = char::from_u32(cp) else {
+            continue;
+        };
+        scratch.clear();
+        if fold_char(c, &mut scratch).is_none() {
+            continue;
+        }
+        let code = match scratch.as_bytes() {
+            [] => DROP,
+            [b] if b.is_ascii() && *b >= FIRST_ASCII => *b,
+            _ => COMPLEX,
+        };
+        if let Some(slot) = table.get_mut(cp as usize) {
+            *slot = code;
         }
     }
-    bits
+    table
 });
+
+const KEEP: u8 = 0;
+const DROP: u8 = 1;
+const COMPLEX: u8 = 2;
+/// Codes from here up are the ASCII byte itself (folds to controls never happen but
+/// newline, which is 10: above the three codes).
+const FIRST_ASCII: u8 = 3;
 
 /// Builds the tables now rather than on the first request that needs them.
 pub fn warm_up() {
@@ -116,17 +133,37 @@ pub fn warm_up() {
     LazyLock::force(&LATIN1_LETTERS_QUIET);
 }
 
+fn bmp_code(c: char) -> Option<u8> {
+    let cp = c as usize;
+    if cp < 0x10000 {
+        BMP.get(cp).copied()
+    } else {
+        None
+    }
+}
+
 fn folds(c: char) -> bool {
-    let cp = c as u32;
-    if cp < 0x80 {
+    if c.is_ascii() {
         return false;
     }
-    if cp < 0x10000 {
-        return BMP
-            .get((cp / 64) as usize)
-            .is_some_and(|w| w & (1 << (cp % 64)) != 0);
+    match bmp_code(c) {
+        Some(code) => code != KEEP,
+        None => fold_char(c, &mut String::new()).is_some(),
     }
-    fold_char(c, &mut String::new()).is_some()
+}
+
+/// Appends `c` folded (itself when it does not fold).
+fn push_folded(c: char, out: &mut String) {
+    match bmp_code(c) {
+        Some(KEEP) => out.push(c),
+        Some(DROP) => {}
+        Some(code) if code >= FIRST_ASCII => out.push(char::from(code)),
+        _ => {
+            if fold_char(c, out).is_none() {
+                out.push(c);
+            }
+        }
+    }
 }
 
 /// Whether no character of U+00C0–U+00FF folds (Latin-1 letters: é, à, ç…), so their
@@ -210,9 +247,7 @@ impl<'t> Folded<'t> {
             }
             let Some(c) = rest.chars().next() else { break };
             let before = out.len();
-            if fold_char(c, &mut out).is_none() {
-                out.push(c);
-            }
+            push_folded(c, &mut out);
             if out.len() > before {
                 map.push((offset(before), offset(at) | FOLDED));
             }
