@@ -485,3 +485,78 @@ def test_what_the_attacker_review_found(mocks, echo, sidecars):
                    headers={"content-type": "application/json", "content-encoding": "gzip"}, timeout=60)
     assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large"), r.text
     assert (rss_peak_kib(pid) - peak) / 1024 < 64, "tiny values cost more than the bound"
+
+
+def sse_events(*events: dict) -> str:
+    return "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def chat_chunk(delta: dict, finish=None, index=0) -> dict:
+    return {"id": "c", "object": "chat.completion.chunk", "model": "mistral-7b",
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+
+
+def test_what_the_second_review_found(mocks, echo, sidecars):
+    """Each bypass the second attacker review found, kept as a test."""
+    m = mocks("gpu-answers")
+    s = sidecars(with_rules(m, REDACT_ANSWERS))
+
+    def streamed(body: str) -> str:
+        m.set_behaviour(canned={"content_type": "text/event-stream", "body": body})
+        return ask(s, stream=True).text
+
+    def content(text: str) -> str:
+        return "".join((json.loads(line[6:]).get("choices") or [{}])[0].get("delta", {}).get("content") or ""
+                       for line in text.splitlines() if line.startswith("data: {"))
+
+    # The text held at the last chunk goes after what that chunk released, not before.
+    out = streamed(sse_events(chat_chunk({"content": "084 91 ok 1 85 05 78 006 "}, "stop")))
+    assert not leaked(CANARY, content(out)), out
+    assert content(streamed(sse_events(chat_chunk({"content": "Bonjour, à demain 06"}, "stop")))) == \
+        "Bonjour, à demain 06"
+    # Text after its choice (or Anthropic block) ended is not scanned afresh: stopped.
+    out = streamed(sse_events(chat_chunk({"content": "NIR 1 85 05 78"}), chat_chunk({}, "stop"),
+                              chat_chunk({"content": " 006 084 91"})))
+    assert not leaked(CANARY, content(out)) and "dlp_blocked_response" in out, out
+    anthropic = lambda *events: "".join(
+        f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+    m.set_behaviour(canned={"content_type": "text/event-stream", "body": anthropic(
+        {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": [],
+                                              "model": "mistral-7b", "usage": {"input_tokens": 1, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "NIR 1 85 05 78"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " 006 084 91"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " 006 084 91"}},
+        {"type": "message_stop"})})
+    r = httpx.post(f"{s.base_url}/v1/messages", timeout=10, headers={"anthropic-version": "2023-06-01"}, json={
+        "model": "mistral-7b", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    texts = "".join(json.loads(line[6:]).get("delta", {}).get("text", "") +
+                    (json.loads(line[6:]).get("content_block") or {}).get("text", "")
+                    for line in r.text.splitlines() if line.startswith("data: {"))
+    assert not leaked(CANARY, texts), r.text
+    # Redirects are not relayed; answer headers carrying a value are dropped.
+    m.set_behaviour(canned={"status": 307, "body": "", "headers": {"location": "http://127.0.0.1:9/collect"}})
+    r = ask(s)
+    assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_redirect") and "location" not in r.headers
+    m.set_behaviour(canned={"body": chat_answer("ok"), "headers": {"x-note": CANARY, "x-request-id": "req-42"}})
+    r = ask(s)
+    assert r.status_code == 200 and "x-note" not in r.headers and r.headers.get("x-request-id") == "req-42"
+    # One answer may not open streams without bound (each holds a scanner).
+    pid = s.process.proc.pid
+    peak = rss_peak_kib(pid)
+    calls = [chat_chunk({"tool_calls": [{"index": k, "function": {"name": "f", "arguments": "{}"}}]})
+             for k in range(5000)]
+    out = streamed(sse_events(*calls))
+    assert "dlp_blocked_response" in out and (rss_peak_kib(pid) - peak) / 1024 < 64, out[-300:]
+
+    # Request side: a value behind a float's leading zeros; a system prompt and a message
+    # that sort apart (Anthropic's `messages` before `system`).
+    s2 = sidecars(with_rules(echo, REDACT_REQUESTS))
+    body = '{"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}], "metadata": {"n": 1.85057800608491e-5}}'
+    httpx.post(f"{s2.base_url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert not leaked("185057800608491", json.dumps(echo.stats()["last_request"]["body"]))
+    httpx.post(f"{s2.base_url}/v1/messages", headers={"anthropic-version": "2023-06-01"}, json={
+        "model": "mistral-7b", "max_tokens": 5, "system": "Le NIR est 1 85 05 78",
+        "messages": [{"role": "user", "content": "006 084 91 merci"}]})
+    seen = echo.stats()["last_request"]["body"]
+    assert not leaked(CANARY, seen["system"] + values_text(seen["messages"])), seen

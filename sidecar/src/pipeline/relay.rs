@@ -29,6 +29,13 @@ pub async fn deliver(
     let Some((status, sse, mut header)) = answer_head(&ex) else {
         return Outcome::broken(502);
     };
+    // A redirect would send the app's own request — as it was before DLP, with the
+    // app's credentials — wherever the upstream says: never relayed.
+    if (300..400).contains(&status) {
+        warn!(status, "upstream answered with a redirect; not relayed");
+        let e = ApiError::upstream_redirect().with_flavour(ctx.op.flavour());
+        return respond::error(session, &e).await.not_reusable();
+    }
     if !ctx.budget_warnings.is_empty() {
         let _ = header.insert_header(BUDGET_WARNING_HEADER, ctx.budget_warnings.join(", "));
     }
@@ -37,6 +44,17 @@ pub async fn deliver(
     let snapshot = ctx.snapshot.clone();
     let pseudonyms = std::mem::take(&mut ctx.pseudonyms);
     let filter = ResponseDlp::new(snapshot.dlp.as_deref(), &pseudonyms);
+    if let Some(f) = &filter {
+        let carrying: Vec<http::HeaderName> = header
+            .headers
+            .iter()
+            .filter(|(_, v)| v.to_str().map_or(true, |v| f.header_carries_data(v)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in carrying {
+            header.remove_header(&name);
+        }
+    }
     // A streamed request's successful answer is read as the SDKs read it — as an event
     // stream — whatever its content type says.
     let sse = sse || (filter.is_some() && ctx.record.stream && status < 400);

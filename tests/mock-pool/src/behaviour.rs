@@ -44,6 +44,9 @@ pub struct Canned {
     /// Sent gzip-compressed, with `Content-Encoding: gzip`.
     #[serde(default)]
     pub gzip: bool,
+    /// Extra response headers (a redirect's `Location`, a header carrying data).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 fn ok() -> u16 {

@@ -251,6 +251,17 @@ impl ApiError {
         )
     }
 
+    /// The upstream answered with a redirect: relaying it would let the app's SDK
+    /// send its original request elsewhere.
+    pub fn upstream_redirect() -> Self {
+        Self::new(
+            502,
+            "server_error",
+            Some("upstream_redirect"),
+            "The upstream answered with a redirect, which the sidecar does not relay.",
+        )
+    }
+
     /// The upstream compressed its answer although asked not to, in a way DLP cannot
     /// read (a compressed stream, an unknown coding): not passed through unchecked.
     pub fn upstream_encoding() -> Self {

@@ -203,6 +203,21 @@ impl<'a> ResponseDlp<'a> {
         Ok(changed)
     }
 
+    /// Whether an answer header's value holds something an answer rule applies to
+    /// (the relay drops such headers: a header is text the app receives).
+    pub fn header_carries_data(&self, value: &str) -> bool {
+        let Some(d) = self.dlp else {
+            return false;
+        };
+        d.engine.find(value, "").map_or(true, |found| {
+            found.iter().any(|f| {
+                d.actions
+                    .get(f.detector)
+                    .is_some_and(|a| a.response.is_some())
+            })
+        })
+    }
+
     pub fn sse(self, op: Operation) -> SseFilter<'a> {
         SseFilter {
             op,
@@ -211,6 +226,7 @@ impl<'a> ResponseDlp<'a> {
             scanned: 0,
             cr: false,
             streams: BTreeMap::new(),
+            finished: BTreeSet::new(),
             template: None,
         }
     }
@@ -254,6 +270,9 @@ pub struct SseFilter<'a> {
     /// The last byte received was a CR: a LF right after it belongs to the same line end.
     cr: bool,
     streams: BTreeMap<(u64, Field), TextStream<'a>>,
+    /// Choices (OpenAI) or content blocks (Anthropic) already ended: more text for one
+    /// would start a scanner with no memory of what came before.
+    finished: BTreeSet<u64>,
     /// Identifying fields of the stream's chunks, to build a chunk for text flushed at
     /// `[DONE]`.
     template: Option<Value>,
@@ -266,6 +285,10 @@ impl std::fmt::Debug for SseFilter<'_> {
             .finish_non_exhaustive()
     }
 }
+
+/// Most text streams one answer may open (choices × fields, tool calls, content
+/// blocks): each holds a scanner with its automaton cache. Real answers open a few.
+const MAX_STREAMS: usize = 256;
 
 /// Longest event the filter waits for: a stream that never ends an event is not held
 /// (nor searched) without bound.
@@ -299,6 +322,17 @@ impl<'a> SseFilter<'a> {
 
     /// Feeds text into a stream; returns what may be released now.
     fn feed(&mut self, key: (u64, Field), text: &str) -> Result<String, Blocked> {
+        if self.finished.contains(&key.0)
+            || (!self.streams.contains_key(&key) && self.streams.len() >= MAX_STREAMS)
+        {
+            // Text after its choice or block ended, or more streams than any real
+            // answer opens: stopped, not scanned apart from what came before.
+            return if text.is_empty() {
+                Ok(String::new())
+            } else {
+                Err(Blocked::uninspectable())
+            };
+        }
         let names = self.dlp.pseudonyms;
         let s = self.stream(key);
         let mut scanned = String::new();
@@ -343,6 +377,7 @@ impl<'a> SseFilter<'a> {
     }
 
     fn flush_choice(&mut self, index: u64) -> Result<Vec<(Field, String)>, Blocked> {
+        self.finished.insert(index);
         let keys: Vec<(u64, Field)> = self
             .streams
             .keys()
@@ -560,6 +595,28 @@ impl<'a> SseFilter<'a> {
     ) -> Result<(), Blocked> {
         let index = json.get("index").and_then(Value::as_u64).unwrap_or(0);
         match json.get("type").and_then(Value::as_str) {
+            // A block may start with text: it is the head of the block's stream.
+            Some("content_block_start") => {
+                if let Some(block) = json.get_mut("content_block") {
+                    for (field, key) in [
+                        (Field::AnthropicText, "text"),
+                        (Field::AnthropicThinking, "thinking"),
+                    ] {
+                        if let Some(Value::String(t)) = block.get_mut(key) {
+                            *t = self.feed((index, field), t)?;
+                        }
+                    }
+                }
+            }
+            // The message starts empty; content there would bypass the blocks' streams.
+            Some("message_start")
+                if json
+                    .pointer("/message/content")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| !c.is_empty()) =>
+            {
+                return Err(Blocked::uninspectable());
+            }
             Some("content_block_delta") => {
                 if let Some(delta) = json.get_mut("delta") {
                     let (field, key) = match delta.get("type").and_then(Value::as_str) {
@@ -627,8 +684,16 @@ impl<'a> SseFilter<'a> {
 fn take_streamed(op: Operation, json: &mut Value) -> Vec<(String, Value)> {
     let mut pointers = Vec::new();
     if op == Operation::Messages {
-        pointers
-            .extend(["/delta/text", "/delta/partial_json", "/delta/thinking"].map(String::from));
+        pointers.extend(
+            [
+                "/delta/text",
+                "/delta/partial_json",
+                "/delta/thinking",
+                "/content_block/text",
+                "/content_block/thinking",
+            ]
+            .map(String::from),
+        );
     } else if let Some(Value::Array(choices)) = json.get("choices") {
         for (i, c) in choices.iter().enumerate() {
             for p in [
@@ -676,7 +741,7 @@ fn apply_openai_flush(op: Operation, choice: &mut Value, texts: Vec<(Field, Stri
         match (op, field) {
             (Operation::Completions, _) => {
                 let prev = choice.get("text").and_then(Value::as_str).unwrap_or("");
-                choice["text"] = Value::String(format!("{t}{prev}"));
+                choice["text"] = Value::String(format!("{prev}{t}"));
             }
             (_, Field::FunctionCall) => {
                 let delta = &mut choice["delta"];
@@ -685,7 +750,7 @@ fn apply_openai_flush(op: Operation, choice: &mut Value, texts: Vec<(Field, Stri
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string();
-                delta["function_call"]["arguments"] = Value::String(format!("{t}{prev}"));
+                delta["function_call"]["arguments"] = Value::String(format!("{prev}{t}"));
             }
             (_, Field::ToolArguments(k) | Field::ToolName(k)) => {
                 let key = if matches!(field, Field::ToolName(_)) {
@@ -708,7 +773,7 @@ fn apply_openai_flush(op: Operation, choice: &mut Value, texts: Vec<(Field, Stri
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string();
-                delta["audio"]["transcript"] = Value::String(format!("{t}{prev}"));
+                delta["audio"]["transcript"] = Value::String(format!("{prev}{t}"));
             }
             (_, field) => {
                 let key = match field {
@@ -718,7 +783,7 @@ fn apply_openai_flush(op: Operation, choice: &mut Value, texts: Vec<(Field, Stri
                 };
                 let delta = &mut choice["delta"];
                 let prev = delta.get(key).and_then(Value::as_str).unwrap_or("");
-                delta[key] = Value::String(format!("{t}{prev}"));
+                delta[key] = Value::String(format!("{prev}{t}"));
             }
         }
     }

@@ -119,6 +119,28 @@ fn structural(key: &str, v: &Value) -> bool {
     v.is_string() && STRUCTURAL.contains(&key)
 }
 
+/// Keys the model reads first, in this order — the system prompt and instructions, the
+/// tool definitions (chat templates put them with the system prompt), then the
+/// conversation; the others follow in the tree's order. Values are read together in
+/// this order, so a value split between the system prompt and a message is found
+/// whichever key sorts first.
+const READ_FIRST: &[&str] = &[
+    "system",
+    "instructions",
+    "tools",
+    "functions",
+    "messages",
+    "input",
+    "prompt",
+];
+
+fn read_rank(key: &str) -> usize {
+    READ_FIRST
+        .iter()
+        .position(|r| *r == key)
+        .unwrap_or(READ_FIRST.len())
+}
+
 /// What a text of a document is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -142,8 +164,8 @@ pub struct Text<'a> {
 /// them (see [`collect`]).
 pub const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
 
-/// Every text of a JSON document, in document order (object keys in the tree's
-/// order): keys, string values, numbers as digits (`None` if a number was written
+/// Every text of a JSON document, in reading order (object keys in [`READ_FIRST`]'s
+/// order, then the tree's): keys, string values, numbers as digits (`None` if a number was written
 /// with digits its value cannot keep: more than `u64` holds, or a float beyond 2⁵³ —
 /// no LLM API has such numbers; callers refuse the document).
 pub fn collect<'a>(v: &'a Value, out: &mut Vec<Text<'a>>) -> Option<()> {
@@ -160,7 +182,9 @@ pub fn collect<'a>(v: &'a Value, out: &mut Vec<Text<'a>>) -> Option<()> {
             }
         }
         Value::Object(map) => {
-            for (k, v) in map {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by_key(|(k, _)| read_rank(k));
+            for (k, v) in entries {
                 out.push(Text {
                     text: Cow::Borrowed(k),
                     kind: Kind::Key,
@@ -181,13 +205,21 @@ pub fn collect<'a>(v: &'a Value, out: &mut Vec<Text<'a>>) -> Option<()> {
 
 /// A number's digits as DLP reads them: integers as written, floats in their shortest
 /// exact form (`185057800608491.0` and `1.85057800608491e14` both read
-/// `185057800608491`).
+/// `185057800608491`), below one in scientific form.
 fn number_text(n: &serde_json::Number) -> Option<String> {
     if n.is_i64() || n.is_u64() {
         return Some(n.to_string());
     }
     let f = n.as_f64()?;
-    (f.is_finite() && f.abs() < MAX_EXACT_FLOAT).then(|| format!("{f}"))
+    // Below one, the scientific form: `0.0000185057800608491` hides a NIR behind zeros
+    // that `1.85057800608491e-5` shows.
+    (f.is_finite() && f.abs() < MAX_EXACT_FLOAT).then(|| {
+        if f == 0.0 || f.abs() >= 1.0 {
+            format!("{f}")
+        } else {
+            format!("{f:e}")
+        }
+    })
 }
 
 /// Writes new texts back, walking as [`collect`] did: `next` is called once per text,
@@ -208,7 +240,8 @@ pub fn rewrite(v: &mut Value, next: &mut dyn FnMut() -> Option<String>) {
         }
         Value::Array(items) => items.iter_mut().for_each(|i| rewrite(i, next)),
         Value::Object(map) => {
-            let entries = std::mem::take(map);
+            let mut entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+            entries.sort_by_key(|(k, _)| read_rank(k));
             // Keys so far, case-folded: built at the first rename only. Two keys
             // redacted to the same text (or to one another key has in another case) stay
             // distinct, so the body remains unambiguous.
@@ -408,6 +441,22 @@ mod tests {
                 "metadata":{"k":"v"},"user":"u","seed":185057800608491,"temperature":0.5,"stream":true}"#
             ),
             [
+                // Tool definitions before the conversation (READ_FIRST), then the rest.
+                "tools",
+                "function",
+                "description",
+                "d",
+                "name",
+                "f",
+                "parameters",
+                "properties",
+                "p",
+                "enum",
+                "e",
+                "type",
+                "object",
+                "type",
+                "function",
                 "messages",
                 "content",
                 "text",
@@ -434,22 +483,7 @@ mod tests {
                 "185057800608491",
                 "stream",
                 "temperature",
-                "0.5",
-                "tools",
-                "function",
-                "description",
-                "d",
-                "name",
-                "f",
-                "parameters",
-                "properties",
-                "p",
-                "enum",
-                "e",
-                "type",
-                "object",
-                "type",
-                "function",
+                "5e-1",
                 "user",
                 "u"
             ]
