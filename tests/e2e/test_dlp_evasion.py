@@ -560,3 +560,50 @@ def test_what_the_second_review_found(mocks, echo, sidecars):
         "messages": [{"role": "user", "content": "006 084 91 merci"}]})
     seen = echo.stats()["last_request"]["body"]
     assert not leaked(CANARY, seen["system"] + values_text(seen["messages"])), seen
+
+
+def test_what_the_third_review_found(mocks, echo, sidecars):
+    """Each bypass the third attacker review found, kept as a test."""
+    m = mocks("gpu-answers")
+    s = sidecars(with_rules(m, REDACT_ANSWERS))
+    escaped = "{\\\"nir\\\":\\\"\\\\u0031 \\\\u0038\\\\u0035 05 78 006 084 91\\\"}"  # JSON text inside a JSON string
+    # Tool-call arguments written with escapes: read as the app will decode them.
+    m.set_behaviour(canned={"body": chat_answer(None, message={"role": "assistant", "content": None, "tool_calls": [
+        {"id": "t", "type": "function", "function": {"name": "f", "arguments": json.loads(f'"{escaped}"')}}]})})
+    args = ask(s).json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert not leaked(CANARY, json.dumps(json.loads(args), ensure_ascii=False)), args
+    pieces = [json.loads(f'"{escaped}"')[i:i + 5] for i in range(0, 60, 5)]
+    out = "".join(f"data: {json.dumps(chat_chunk({'tool_calls': [{'index': 0, 'function': {'arguments': p}}]}))}\n\n"
+                  for p in pieces) + f"data: {json.dumps(chat_chunk({}, 'stop'))}\n\ndata: [DONE]\n\n"
+    m.set_behaviour(canned={"content_type": "text/event-stream", "body": out})
+    text = ask(s, stream=True).text
+    joined = "".join(json.loads(line[6:])["choices"][0]["delta"].get("tool_calls", [{}])[0].get("function", {})
+                     .get("arguments", "") for line in text.splitlines() if line.startswith("data: {"))
+    assert not leaked(CANARY, json.dumps(json.loads(joined), ensure_ascii=False)), joined
+    # A choice index written `1.0` would file text under another stream: stopped.
+    body = sse_events(chat_chunk({"content": "NIR 1 85 05 78"}, index=1), chat_chunk({}, "stop", index=1))
+    body = body.replace("data: [DONE]", "data: " + json.dumps(chat_chunk({"content": " 006 084 91"})).replace(
+        '"index": 0', '"index": 1.0') + "\n\ndata: [DONE]")
+    m.set_behaviour(canned={"content_type": "text/event-stream", "body": body})
+    assert "dlp_blocked_response" in ask(s, stream=True).text
+    # An e-mail's local part that never ends: the hold-back search stays linear.
+    m.set_behaviour(canned={"content_type": "text/event-stream",
+                            "body": sse_events(chat_chunk({"content": "a." * (128 << 10) + "!"}, "stop"))})
+    t = time.monotonic()
+    assert ask(s, stream=True).status_code == 200
+    assert time.monotonic() - t < 5, "hold-back search took too long on one 256 KiB event"
+    # An alert rule does not hide a redact rule's finding inside its match.
+    s2 = sidecars(with_rules(echo, [{"detector": "*", "action": "DLP_ACTION_REDACT"},
+                                    {"detector": "EMAIL_ADDRESS", "action": "DLP_ACTION_ALERT"}]))
+    client(s2.base_url).chat.completions.create(model="mistral-7b", messages=[
+        {"role": "user", "content": "NIR 185057800608491@secu.fr"}])
+    assert not leaked("185057800608491", upstream_body(echo)), upstream_body(echo)
+    # Request tool results written with escapes (Python's json.dumps default) are read decoded.
+    result = json.dumps({"nir": "1\u202f85\u202f05\u202f78\u202f006\u202f084\u202f91"})
+    client(s2.base_url).chat.completions.create(model="mistral-7b", messages=[
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "t", "type": "function",
+                                                               "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "t", "content": result}])
+    seen = echo.stats()["last_request"]["body"]["messages"][-1]["content"]
+    assert not leaked(CANARY, json.dumps(json.loads(seen), ensure_ascii=False)), seen

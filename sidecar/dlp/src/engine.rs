@@ -307,9 +307,21 @@ impl Engine {
     /// a finding covers the original characters that folded into it, invisible ones
     /// included. `before` is the text that preceded it (boundaries and context words).
     pub fn find(&self, text: &str, before: &str) -> Result<Vec<Finding>, DlpError> {
+        self.find_for(text, before, &|_| true)
+    }
+
+    /// [`Engine::find`] where only the detectors `acts` says yes to may hide another
+    /// finding: a finding of a detector that only alerts never shadows an overlapping
+    /// one that redacts or blocks (it is kept only where it overlaps none of them).
+    pub fn find_for(
+        &self,
+        text: &str,
+        before: &str,
+        acts: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Finding>, DlpError> {
         let view = Folded::of(text);
         let before = Folded::of(before);
-        let mut found = self.find_folded(&view.text, &before.text, &[])?;
+        let mut found = self.find_folded(&view.text, &before.text, &[], acts)?;
         if !view.is_identity() {
             for f in &mut found {
                 f.start = view.original(f.start);
@@ -324,8 +336,13 @@ impl Engine {
     /// word boundary (a value may end where a part ends), and a value that crosses one
     /// is validated with its separators dropped too (a split falls anywhere in a
     /// grouping). Offsets are in `joined`.
-    pub fn find_joined(&self, joined: &str, seams: &[usize]) -> Result<Vec<Finding>, DlpError> {
-        self.find_folded(joined, "", seams)
+    pub fn find_joined(
+        &self,
+        joined: &str,
+        seams: &[usize],
+        acts: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Finding>, DlpError> {
+        self.find_folded(joined, "", seams, acts)
     }
 
     /// [`Engine::find`] on text already folded.
@@ -334,6 +351,7 @@ impl Engine {
         text: &str,
         before: &str,
         seams: &[usize],
+        acts: &dyn Fn(usize) -> bool,
     ) -> Result<Vec<Finding>, DlpError> {
         let at_seam = |i: usize| seams.binary_search(&i).is_ok();
         // Candidates are validated as the matcher reports them, never collected: a
@@ -476,12 +494,29 @@ impl Engine {
                 .then(b.end.cmp(&a.end))
                 .then(contextual(b).cmp(&contextual(a)))
         });
-        let mut chosen: Vec<Finding> = Vec::with_capacity(valid.len());
-        for f in valid {
+        // Findings that act first, leftmost-longest; then the others where they overlap
+        // none of those (an alert on an e-mail must not hide the NIR it contains).
+        let (acting, watching): (Vec<Finding>, Vec<Finding>) =
+            valid.into_iter().partition(|f| acts(f.detector));
+        let mut chosen: Vec<Finding> = Vec::with_capacity(acting.len());
+        for f in acting {
             if chosen.last().is_none_or(|last| f.start >= last.end) {
                 chosen.push(f);
             }
         }
+        if watching.is_empty() {
+            return Ok(chosen);
+        }
+        let mut extra: Vec<Finding> = Vec::new();
+        for f in watching {
+            let next = chosen.partition_point(|c| c.end <= f.start);
+            let clear = chosen.get(next).is_none_or(|c| c.start >= f.end);
+            if clear && extra.last().is_none_or(|last| f.start >= last.end) {
+                extra.push(f);
+            }
+        }
+        chosen.extend(extra);
+        chosen.sort_by_key(|f| f.start);
         Ok(chosen)
     }
 

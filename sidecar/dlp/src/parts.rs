@@ -24,7 +24,7 @@ pub fn transform_parts(
         seams.push(joined.len());
         joined.push_str(&v.text);
     }
-    let findings = engine.find_joined(&joined, &seams)?;
+    let findings = engine.find_joined(&joined, &seams, &|d| t.acts_on(d))?;
     drop(joined);
     let mut out: Vec<Option<String>> = vec![None; parts.len()];
     if findings.is_empty() {

@@ -284,10 +284,16 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
         .chain(customs.into_iter().map(|(i, d)| (Some(i), d)));
     for (from, d) in all {
         let named = by_name.get(&d.name);
-        let (request, response) = match (named, from, wildcard) {
-            (Some(n), _, _) => (n.request, n.response),
-            (None, None, Some(w)) => w,
-            _ => (None, None),
+        // A named rule overrides the wildcard only in the directions it names: the
+        // other direction keeps the wildcard's action (built-ins only).
+        let wild = if from.is_none() {
+            wildcard.unwrap_or((None, None))
+        } else {
+            (None, None)
+        };
+        let (request, response) = match named {
+            Some(n) => (n.request.or(wild.0), n.response.or(wild.1)),
+            None => wild,
         };
         if request.is_none() && response.is_none() {
             continue;
@@ -367,10 +373,12 @@ mod tests {
               "customDetectors":[{"name":"PROJECT","keywords":{"words":["Opération Hermès","NEPTUNE"]}}]}"#,
         ))
         .unwrap();
+        // The named rule sets requests; answers keep the wildcard's action (a NIR the
+        // model writes is still redacted).
         let nir = c.actions.iter().find(|a| a.name == "FR_NIR").unwrap();
         assert_eq!(
             (nir.request, nir.response),
-            (Some(Action::Pseudonymize), None)
+            (Some(Action::Pseudonymize), Some(Action::Redact))
         );
         let iban = c.actions.iter().find(|a| a.name == "IBAN").unwrap();
         assert_eq!(

@@ -21,6 +21,12 @@ const HISTORY: usize = 128;
 /// What to write for each finding: the callback appends to `out` (a replacement, a
 /// placeholder, or the original text for alert-only detectors).
 pub trait Transform {
+    /// Whether this detector's findings change the text (redact, pseudonymize, block);
+    /// findings of detectors that only alert never hide those ([`Engine::find_for`]).
+    fn acts_on(&self, _detector: usize) -> bool {
+        true
+    }
+
     fn finding(&mut self, engine: &Engine, finding: &Finding, value: &str, out: &mut String);
     /// A candidate grew past the hold-back cap: it is dropped, never released.
     fn overflow(&mut self, out: &mut String);
@@ -119,6 +125,7 @@ impl<'e> StreamScanner<'e> {
         let bytes = folded.as_bytes();
         let engine = self.engine;
         let cache = self.cache.get_or_insert_with(|| engine.new_cache());
+        let mut budget = crate::engine::work_budget(bytes.len());
         for p in 0..folded.len() {
             if !folded.is_char_boundary(p) {
                 continue;
@@ -138,7 +145,19 @@ impl<'e> StreamScanner<'e> {
             {
                 continue;
             }
-            if engine.viable_prefix(cache, &bytes[p..]) {
+            // Each start runs the automaton until it dies: on crafted text (`a.a.a.…`,
+            // an e-mail's local part that never ends) that is quadratic. Past the work
+            // budget the search stops and holds from here (fail closed: the hold-back
+            // cap then drops what cannot be judged).
+            let Some(end) = p.checked_add(budget).map(|e| e.min(bytes.len())) else {
+                return view.original(p);
+            };
+            // Alive to the end (or to the budget's end): a candidate starts here.
+            let Some(at) = engine.advance(cache, None, &bytes[p..end]).1 else {
+                return view.original(p);
+            };
+            budget = budget.saturating_sub(at + 1);
+            if budget == 0 {
                 return view.original(p);
             }
         }
@@ -152,7 +171,9 @@ impl<'e> StreamScanner<'e> {
         out: &mut String,
     ) -> Result<(), DlpError> {
         let len = self.pending.len();
-        let findings = self.engine.find(&self.pending, &self.history)?;
+        let findings = self
+            .engine
+            .find_for(&self.pending, &self.history, &|d| t.acts_on(d))?;
         let h = if at_end { len } else { self.hold_point() };
         let mut r = h;
         // A final finding must be released whole, or not at all.
@@ -223,7 +244,7 @@ pub fn transform_block(
     text: &str,
     t: &mut dyn Transform,
 ) -> Result<String, DlpError> {
-    let findings = engine.find(text, "")?;
+    let findings = engine.find_for(text, "", &|d| t.acts_on(d))?;
     let mut out = String::with_capacity(text.len());
     emit(engine, text, &findings, t, &mut out);
     Ok(out)

@@ -3,6 +3,7 @@
 //! ([`pseudonym`]). The engine itself is the `vigie-dlp` crate; nothing here depends on
 //! Pingora.
 
+pub mod escapes;
 pub mod pseudonym;
 pub mod response;
 pub mod text;
@@ -66,6 +67,13 @@ struct RequestTransform<'a> {
 }
 
 impl Transform for RequestTransform<'_> {
+    fn acts_on(&self, detector: usize) -> bool {
+        self.actions
+            .get(detector)
+            .and_then(|a| a.request)
+            .is_some_and(|a| a != Action::Alert)
+    }
+
     fn finding(&mut self, _engine: &Engine, f: &Finding, value: &str, out: &mut String) {
         let Some(a) = self.actions.get(f.detector) else {
             out.push_str(value);

@@ -13,6 +13,7 @@ use vigie_dlp::engine::{Engine, Finding};
 use vigie_dlp::policy::{Action, CompiledDlp, DetectorActions};
 use vigie_dlp::stream::{StreamScanner, Transform};
 
+use super::escapes::Unescaper;
 use super::pseudonym::{Pseudonyms, Restorer};
 use super::text::{self, Rewrite};
 use super::{Counts, MAX_INSPECTED_ITEMS, action_name};
@@ -62,6 +63,13 @@ struct ResponseTransform<'a> {
 }
 
 impl Transform for ResponseTransform<'_> {
+    fn acts_on(&self, detector: usize) -> bool {
+        self.actions
+            .get(detector)
+            .and_then(|a| a.response)
+            .is_some_and(|a| a != Action::Alert)
+    }
+
     fn finding(&mut self, _engine: &Engine, f: &Finding, value: &str, out: &mut String) {
         let Some(a) = self.actions.get(f.detector) else {
             out.push_str(value);
@@ -234,6 +242,8 @@ impl<'a> ResponseDlp<'a> {
 
 /// One text stream of an answer.
 struct TextStream<'a> {
+    /// JSON text (tool arguments, `partial_json`): escapes decoded before scanning.
+    unescaper: Option<Unescaper>,
     scanner: Option<StreamScanner<'a>>,
     transform: ResponseTransform<'a>,
     restorer: Restorer,
@@ -310,7 +320,12 @@ impl<'a> SseFilter<'a> {
 
     fn stream(&mut self, key: (u64, Field)) -> &mut TextStream<'a> {
         let dlp = self.dlp.dlp;
+        let json = matches!(
+            key.1,
+            Field::ToolArguments(_) | Field::FunctionCall | Field::AnthropicJson
+        );
         self.streams.entry(key).or_insert_with(|| TextStream {
+            unescaper: (json && dlp.is_some()).then(Unescaper::default),
             scanner: dlp.map(|d| StreamScanner::new(&d.engine, d.hold_back_cap)),
             transform: ResponseTransform {
                 actions: dlp.map_or(&[], |d| d.actions.as_slice()),
@@ -335,6 +350,14 @@ impl<'a> SseFilter<'a> {
         }
         let names = self.dlp.pseudonyms;
         let s = self.stream(key);
+        let decoded;
+        let text = match &mut s.unescaper {
+            Some(u) => {
+                decoded = u.push(text);
+                decoded.as_str()
+            }
+            None => text,
+        };
         let mut scanned = String::new();
         match &mut s.scanner {
             Some(scanner) => {
@@ -361,10 +384,18 @@ impl<'a> SseFilter<'a> {
             return Ok(String::new());
         };
         let mut scanned = String::new();
-        if let Some(scanner) = &mut s.scanner
-            && scanner.finish(&mut s.transform, &mut scanned).is_err()
-        {
-            scanned = "[REDACTED]".into();
+        let carried = s.unescaper.as_mut().map(Unescaper::finish);
+        if let Some(scanner) = &mut s.scanner {
+            let pushed = match carried.as_deref() {
+                Some(rest) => scanner.push(rest, &mut s.transform, &mut scanned),
+                None => Ok(()),
+            };
+            if pushed
+                .and_then(|()| scanner.finish(&mut s.transform, &mut scanned))
+                .is_err()
+            {
+                scanned = "[REDACTED]".into();
+            }
         }
         let counts = std::mem::take(&mut s.transform.counts);
         self.dlp.merge(counts);
@@ -535,7 +566,7 @@ impl<'a> SseFilter<'a> {
         };
         let mut choices = std::mem::take(choices);
         for c in &mut choices {
-            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let index = index_of(c)?;
             if self.op == Operation::Completions {
                 if let Some(Value::String(t)) = c.get_mut("text") {
                     *t = self.feed((index, Field::Content), t)?;
@@ -558,7 +589,7 @@ impl<'a> SseFilter<'a> {
                 }
                 if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
                     for call in calls {
-                        let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let k = index_of(call)?;
                         if let Some(Value::String(n)) = call.pointer_mut("/function/name") {
                             *n = self.feed((index, Field::ToolName(k)), n)?;
                         }
@@ -593,7 +624,7 @@ impl<'a> SseFilter<'a> {
         name: Option<&str>,
         out: &mut Vec<u8>,
     ) -> Result<(), Blocked> {
-        let index = json.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let index = index_of(json)?;
         match json.get("type").and_then(Value::as_str) {
             // A block may start with text: it is the head of the block's stream.
             Some("content_block_start") => {
@@ -676,6 +707,16 @@ impl<'a> SseFilter<'a> {
             }
         }
         result.map(|_| ())
+    }
+}
+
+/// A choice's, tool call's or content block's `index`: absent is 0; anything but a
+/// plain integer (`1.0`, `"1"`) stops the answer — the SDKs would file the text under
+/// another stream than the filter did.
+fn index_of(v: &Value) -> Result<u64, Blocked> {
+    match v.get("index") {
+        None => Ok(0),
+        Some(i) => i.as_u64().ok_or_else(Blocked::uninspectable),
     }
 }
 

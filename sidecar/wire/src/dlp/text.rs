@@ -291,6 +291,9 @@ pub fn transform_tree(
     tree: &mut Value,
     t: &mut dyn Transform,
 ) -> Result<Rewrite, DlpError> {
+    // JSON inside strings (tool arguments, tool results) is read as its consumer will
+    // decode it: escapes written out, so `\u0031` is a digit to DLP too.
+    let canonicalized = super::escapes::canonicalize(tree);
     let mut texts = Vec::new();
     if collect(tree, &mut texts).is_none() {
         return Ok(Rewrite::Unreadable);
@@ -310,7 +313,11 @@ pub fn transform_tree(
         }
     }
     if new.iter().all(Option::is_none) {
-        return Ok(Rewrite::Unchanged);
+        return Ok(if canonicalized {
+            Rewrite::Changed
+        } else {
+            Rewrite::Unchanged
+        });
     }
     if texts
         .iter()
