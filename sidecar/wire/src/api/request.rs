@@ -488,12 +488,11 @@ const DUPLICATE_KEY: &str = "a key appears twice in one object";
 /// so the tree parse never meets it and the app gets this clear message instead.
 pub const MAX_DEPTH: usize = 127;
 
-/// About how many values and keys a JSON text holds (separators outside strings, plus
-/// one), in one pass over the bytes and without parsing: what inspecting it will cost
-/// is known before a tree is built.
-pub fn json_items(body: &[u8]) -> usize {
-    let (mut items, mut in_string, mut escaped) = (1usize, false, false);
-    for &b in body {
+/// The bytes of a JSON text that lie outside its strings (strings and the escapes
+/// inside them skipped), one pass, no parsing.
+fn structure(body: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    body.iter().copied().filter(move |&b| {
         if in_string {
             match (escaped, b) {
                 (true, _) => escaped = false,
@@ -501,34 +500,28 @@ pub fn json_items(body: &[u8]) -> usize {
                 (false, b'"') => in_string = false,
                 _ => {}
             }
-            continue;
+            return false;
         }
-        match b {
-            b'"' => in_string = true,
-            b',' | b':' => items += 1,
-            _ => {}
+        if b == b'"' {
+            in_string = true;
+            return false;
         }
-    }
-    items
+        true
+    })
 }
 
-/// Whether arrays/objects nest deeper than `max`, in one pass over the bytes (strings,
-/// and escapes inside them, are skipped). Skipping unknown fields would accept any
-/// depth, and whatever parses the body later (DLP, the upstream) should not have to.
+/// About how many values and keys a JSON text holds (separators outside strings, plus
+/// one): what inspecting it will cost is known before a tree is built.
+pub fn json_items(body: &[u8]) -> usize {
+    1 + structure(body).filter(|b| matches!(b, b',' | b':')).count()
+}
+
+/// Whether arrays/objects nest deeper than `max`. Skipping unknown fields would accept
+/// any depth, and whatever parses the body later (DLP, the upstream) should not have to.
 fn nesting_exceeds(body: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    for b in structure(body) {
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -778,6 +771,12 @@ mod tests {
         ] {
             assert!(!req(op, body).lacks_stream_usage(), "{body}");
         }
+    }
+
+    #[test]
+    fn items_are_counted_outside_strings() {
+        assert_eq!(json_items(br#"{"a":[1,2,3],"b":"x,y:z\",:"}"#), 6);
+        assert_eq!(json_items(b"[]"), 1);
     }
 
     #[test]
