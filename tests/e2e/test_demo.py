@@ -31,7 +31,7 @@ def test_demo_runs_and_narrates():
         "policy.rollback",
         "the model received     Dossier de M. Durand, NIR <FR_NIR_1>, IBAN [IBAN], écrire à [EMAIL_ADDRESS]",
         "the app got back       Dossier de M. Durand, NIR 1 85 05 78 006 084 91, IBAN [IBAN], écrire à [EMAIL_ADDRESS]",
-        "the model received     NIR <FR_NIR_1> | tool: Dossier du <FR_NIR_2>",
+        "the model received     NIR <FR_NIR_2> | tool: Dossier du <FR_NIR_1>",
         "400 dlp_blocked: The request was blocked by the data-loss policy: it contains CLASSIFICATION_MARKING.",
         'vigie_sidecar_dlp_findings_total{action="pseudonymize",detector="FR_NIR",direction="request"} 4',
         "ana's 4th request      429 budget_exceeded, Retry-After",
