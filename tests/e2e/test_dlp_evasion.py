@@ -345,6 +345,7 @@ def test_every_answer_field_and_encoding_goes_through_the_rules(mocks, sidecars)
         "5xx JSON error": {"status": 503, "body": json.dumps({"error": {"message": f"down for {mail}"}})},
         "text/plain answer": {"content_type": "text/plain", "body": f"contact {mail}"},
         "gzip answer": {"gzip": True, "body": chat_answer(f"contact {mail}")},
+        "large answer (read on the blocking pool)": {"body": chat_answer("bla " * (64 << 10) + f"contact {mail}")},
         "SSE error event": {"content_type": "text/event-stream",
                             "body": f"event: error\ndata: {json.dumps({'error': {'message': mail}})}\n\n"},
         "SSE refusal delta": {"content_type": "text/event-stream", "body": "data: " + json.dumps({

@@ -13,7 +13,7 @@ const DEFAULT_SENSITIVITY_HEADER: &str = "x-vigie-sensitivity";
 /// Bodies larger than this are scanned on the blocking pool: a megabyte-sized scan
 /// (tens of milliseconds, a second for a crafted digit run) must not hold up the worker
 /// thread that serves the other requests.
-const OFF_WORKER_BYTES: usize = 64 * 1024;
+pub(super) const OFF_WORKER_BYTES: usize = 64 * 1024;
 
 pub async fn check(
     app: &SidecarApp,

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use super::account::BUDGET_WARNING_HEADER;
 use super::{Outcome, RequestCtx, SidecarApp, respond};
 use crate::api::{self, ApiError};
+use crate::dlp::Counts;
 use crate::dlp::response::{Blocked, ResponseDlp, SseFilter};
 use crate::encoding;
 use crate::upstream::{self, Exchange};
@@ -239,8 +240,23 @@ async fn whole(
     };
     ctx.observe(&body);
     ctx.answer_ended();
-    let filtered = filter.filter_body(&body);
-    ctx.findings(&filter.counts, "response");
+    // Like a request's, a large answer is read on the blocking pool, with its own copy
+    // of the placeholders: the worker thread goes on serving the other requests.
+    let (filtered, counts) = if body.len() <= super::guard::OFF_WORKER_BYTES {
+        let filtered = filter.filter_body(&body);
+        (filtered, std::mem::take(&mut filter.counts))
+    } else {
+        let dlp = ctx.snapshot.dlp.clone();
+        let names = filter.pseudonyms().clone();
+        let answer = body.clone();
+        tokio::task::spawn_blocking(move || match ResponseDlp::new(dlp.as_deref(), &names) {
+            Some(mut f) => (f.filter_body(&answer), std::mem::take(&mut f.counts)),
+            None => (Ok(answer.to_vec()), Counts::new()),
+        })
+        .await
+        .unwrap_or_else(|_| (Err(Blocked::uninspectable()), Counts::new()))
+    };
+    ctx.findings(&counts, "response");
     let out = match filtered {
         Ok(out) => out,
         Err(blocked) => {

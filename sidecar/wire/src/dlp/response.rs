@@ -211,6 +211,11 @@ impl<'a> ResponseDlp<'a> {
         Ok(changed)
     }
 
+    /// The request's placeholders (to filter a copy of the answer elsewhere).
+    pub fn pseudonyms(&self) -> &Pseudonyms {
+        self.pseudonyms
+    }
+
     /// Whether an answer header's value holds something an answer rule applies to
     /// (the relay drops such headers: a header is text the app receives).
     pub fn header_carries_data(&self, value: &str) -> bool {
