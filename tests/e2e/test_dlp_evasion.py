@@ -236,7 +236,11 @@ def test_a_canary_in_any_string_field_never_reaches_the_upstream(echo, sidecars,
             # Refused: in the API's own error format, naming no value.
             assert "error" in r.json() and "185057800608491" not in r.text.replace(" ", ""), r.text
     assert not leaks, f"reached the upstream from {leaks}"
-    assert len(list(slots(template))) > 5 and sum(outcomes.values()) == len(list(slots(template)))
+    total = len(list(slots(template)))
+    assert total > 5 and sum(outcomes.values()) == total
+    # Not a pass by refusing everything: a canary in an ordinary field is redacted and
+    # the request goes through (only structural fields and the model name refuse).
+    assert outcomes.get(200, 0) > total // 2, outcomes
 
 
 def test_headers_cookies_and_query_strings_stay_in_the_pod(echo, sidecars):
@@ -474,11 +478,11 @@ def test_what_the_attacker_review_found(mocks, echo, sidecars):
     s2 = sidecars(with_rules(echo, REDACT_REQUESTS))
     for number in ("185057800608491.0", "1.85057800608491e14", "4111111111111111.0"):
         body = '{"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}], "metadata": {"n": %s}}' % number
-        before = echo.stats()["requests_total"]
-        httpx.post(f"{s2.base_url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
-        after = echo.stats()
-        assert after["requests_total"] == before or not leaked("185057800608491" if "185" in number else
-                                                                "4111111111111111", json.dumps(after["last_request"]["body"])), number
+        r = httpx.post(f"{s2.base_url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        value = "185057800608491" if "185" in number else "4111111111111111"
+        seen = json.dumps(echo.stats()["last_request"]["body"])
+        # Read as digits, redacted, forwarded: not refused, not passed.
+        assert r.status_code == 200 and not leaked(value, seen) and "[" in seen, (number, seen)
     pid = s2.process.proc.pid
     peak = rss_peak_kib(pid)
     tiny = gzip.compress(b'{"model":"mistral-7b","prompt":"x","x":[' + b"1," * (4 << 20) + b'1]}')

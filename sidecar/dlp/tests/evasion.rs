@@ -52,6 +52,16 @@ fn digits_in(script_zero: char, s: &str) -> String {
         .collect()
 }
 
+/// Printable ASCII in its full-width forms (U+FF01…).
+fn full_width(v: &str) -> String {
+    v.chars()
+        .map(|c| match c {
+            '!'..='~' => char::from_u32(c as u32 - 0x21 + 0xff01).unwrap_or(c),
+            _ => c,
+        })
+        .collect()
+}
+
 const SUPERSCRIPT: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
 
 /// Every named transformation of the report, applied to one value.
@@ -103,14 +113,7 @@ fn variants(v: &str) -> Vec<(String, String)> {
         "combining marks",
         v.chars().flat_map(|c| [c, '\u{301}']).collect(),
     );
-    add("full-width", {
-        v.chars()
-            .map(|c| match c {
-                '!'..='~' => char::from_u32(c as u32 - 0x21 + 0xff01).unwrap_or(c),
-                _ => c,
-            })
-            .collect()
-    });
+    add("full-width", full_width(v));
     add("Arabic-Indic digits", digits_in('\u{660}', v));
     add("Devanagari digits", digits_in('\u{966}', v));
     add("mathematical bold digits", digits_in('\u{1d7ce}', v));
@@ -234,15 +237,7 @@ fn universal(v: &str) -> Vec<(String, String)> {
             v.chars().flat_map(|c| [c, inv]).collect(),
         ));
     }
-    out.push((
-        "full-width".to_string(),
-        v.chars()
-            .map(|c| match c {
-                '!'..='~' => char::from_u32(c as u32 - 0x21 + 0xff01).unwrap_or(c),
-                _ => c,
-            })
-            .collect(),
-    ));
+    out.push(("full-width".to_string(), full_width(v)));
     for zero in ['\u{660}', '\u{966}', '\u{1d7ce}'] {
         out.push((format!("digits from {zero:?}"), digits_in(zero, v)));
     }

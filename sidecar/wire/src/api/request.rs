@@ -35,6 +35,8 @@ pub struct LlmRequest {
     op: Operation,
     head: RequestHead,
     raw: Bytes,
+    /// About how many values and keys `raw` holds.
+    items: usize,
     /// `raw`'s length, kept once the bytes are released.
     received: usize,
     tree: Option<Value>,
@@ -49,10 +51,11 @@ impl LlmRequest {
     /// [`MAX_DEPTH`], a `model`, sane `stream` and output limits. Errors never quote
     /// the body.
     pub fn parse(op: Operation, raw: Bytes) -> Result<Self, ApiError> {
-        let head = parse_head(&raw)?;
+        let (head, items) = parse_checked(&raw)?;
         Ok(Self {
             op,
             head,
+            items,
             received: raw.len(),
             raw,
             tree: None,
@@ -74,9 +77,10 @@ impl LlmRequest {
         &self.head.model
     }
 
-    /// About how many values and keys the body holds ([`json_items`]).
+    /// About how many values and keys the body holds ([`json_items`]), counted by
+    /// the same pass that checked its nesting.
     pub fn items(&self) -> usize {
-        json_items(&self.raw)
+        self.items
     }
 
     /// Size of the body as the app sent it.
@@ -231,17 +235,23 @@ impl serde::Serialize for WithUsage<'_> {
 /// Checks a body and reads its head fields; the whole body must be a JSON object with no
 /// key named twice (or in two cases) at any depth. Builds no tree.
 pub fn parse_head(body: &[u8]) -> Result<RequestHead, ApiError> {
-    precheck(body)?;
+    parse_checked(body).map(|(head, _)| head)
+}
+
+/// [`parse_head`], with the body's item count ([`json_items`]).
+fn parse_checked(body: &[u8]) -> Result<(RequestHead, usize), ApiError> {
+    let items = precheck(body)?;
     let mut de = serde_json::Deserializer::from_slice(body);
     serde::de::DeserializeSeed::deserialize(Validate, &mut de)
         .and_then(|()| de.end())
         .map_err(json_error)?;
     let head: Head = serde_json::from_slice(body).map_err(json_error)?;
-    head_of(head)
+    Ok((head_of(head)?, items))
 }
 
 /// What can be refused before parsing: empty, not UTF-8, not an object, too deep.
-fn precheck(body: &[u8]) -> Result<(), ApiError> {
+/// Returns the item count the same pass found.
+fn precheck(body: &[u8]) -> Result<usize, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid_request(
             "The request body is empty; a JSON object is expected.",
@@ -258,12 +268,13 @@ fn precheck(body: &[u8]) -> Result<(), ApiError> {
             "The request body must be a JSON object.",
         ));
     }
-    if nesting_exceeds(body, MAX_DEPTH) {
+    let shape = shape(body, MAX_DEPTH);
+    if shape.too_deep {
         return Err(ApiError::invalid_request(format!(
             "The JSON body is nested more than {MAX_DEPTH} levels deep."
         )));
     }
-    Ok(())
+    Ok(shape.items)
 }
 
 /// serde_json's message gives line and column and the expected token, not content; a
@@ -513,26 +524,40 @@ fn structure(body: &[u8]) -> impl Iterator<Item = u8> + '_ {
 /// About how many values and keys a JSON text holds (separators outside strings, plus
 /// one): what inspecting it will cost is known before a tree is built.
 pub fn json_items(body: &[u8]) -> usize {
-    1 + structure(body).filter(|b| matches!(b, b',' | b':')).count()
+    shape(body, usize::MAX).items
 }
 
-/// Whether arrays/objects nest deeper than `max`. Skipping unknown fields would accept
-/// any depth, and whatever parses the body later (DLP, the upstream) should not have to.
-fn nesting_exceeds(body: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
+struct Shape {
+    /// Arrays/objects nest deeper than the limit. Skipping unknown fields would accept
+    /// any depth, and whatever parses the body later (DLP, the upstream) should not
+    /// have to.
+    too_deep: bool,
+    items: usize,
+}
+
+/// Nesting and item count of a JSON text, in one pass over its structure.
+fn shape(body: &[u8], max_depth: usize) -> Shape {
+    let (mut depth, mut items) = (0usize, 1usize);
     for b in structure(body) {
         match b {
             b'[' | b'{' => {
                 depth += 1;
-                if depth > max {
-                    return true;
+                if depth > max_depth {
+                    return Shape {
+                        too_deep: true,
+                        items,
+                    };
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' | b':' => items += 1,
             _ => {}
         }
     }
-    false
+    Shape {
+        too_deep: false,
+        items,
+    }
 }
 
 fn describe(e: &serde_json::Error) -> String {
