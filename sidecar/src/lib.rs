@@ -12,6 +12,7 @@ pub mod admin;
 pub mod control;
 pub mod endpoint;
 pub mod identity;
+pub mod memory;
 pub mod pipeline;
 pub mod policy;
 pub mod services;

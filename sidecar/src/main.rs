@@ -220,6 +220,7 @@ fn init_logs(format: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
+    vigie_sidecar::memory::limit_arenas();
     let args = Args::parse();
     init_logs(&args.log_format);
     let mut labels = match &args.labels_file {

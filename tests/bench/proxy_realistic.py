@@ -61,22 +61,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory; `RssAnon` for its anonymous part (heap, stacks: the file-backed
+    rest is the executable's and libraries' pages, shared by the sidecars of a node)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
 
 
 class RssSampler:
     def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self.pid, self.peak, self.peak_anon, self._stop = pid, 0, 0, threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     def _run(self):
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_kib(self.pid))
+            self.peak_anon = max(self.peak_anon, rss_kib(self.pid, "RssAnon"))
             time.sleep(0.05)
 
     def stop(self) -> int:
@@ -228,7 +231,9 @@ def main():
         oha(url, 2, 200, 16)
     time.sleep(1)
     idle = {name: rss_kib(pid) for name, pid in pids.items() if name != "nginx"}
+    idle_anon = {name: rss_kib(pids[name], "RssAnon") for name in idle}
     peaks = dict.fromkeys(idle, 0)
+    peaks_anon = dict.fromkeys(idle, 0)
 
     report = [f"Open loop (oha, latency-corrected), {opts.seconds} s per cell; proxies on CPU 1.\n",
               "| target | rate | achieved rps | 200 share | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU µs/request |",
@@ -244,13 +249,14 @@ def main():
             cpu = (cpu_seconds(pid) - cpu0) * 1e6 / max(r["requests"], 1) if pid else float("nan")
             if sampler:
                 peaks[name] = max(peaks[name], sampler.stop())
+                peaks_anon[name] = max(peaks_anon[name], sampler.peak_anon)
             direct = direct or r
             added[(name, rate)] = r["p50"] - direct["p50"]
             report.append(f"| {name} | {rate} | {r['rps']:.0f} | {r['ok']:.3f} | {r['p50']:.3f} | {r['p99']:.3f} | "
                           f"{r['p50'] - direct['p50']:+.3f} | {r['p99'] - direct['p99']:+.3f} | {cpu:.1f} |")
     report += ["", f"Closed loop (32 connections), {opts.seconds} s per cell:\n",
                "| target | max rps | CPU µs/request |", "|---|---|---|"]
-    closed = {}
+    closed, closed_cpu = {}, {}
     for name, url in targets.items():
         if name == "direct":
             continue
@@ -258,11 +264,13 @@ def main():
         cpu0 = cpu_seconds(pid)
         r = oha(url, opts.seconds, None, 32)
         closed[name] = r["rps"]
-        report.append(f"| {name} | {r['rps']:.0f} | {(cpu_seconds(pid) - cpu0) * 1e6 / max(r['requests'], 1):.1f} |")
+        closed_cpu[name] = (cpu_seconds(pid) - cpu0) * 1e6 / max(r["requests"], 1)
+        report.append(f"| {name} | {r['rps']:.0f} | {closed_cpu[name]:.1f} |")
 
     report += ["", "Usage estimates forced (answers without usage at 200 rps, then "
                f"{opts.abandoned} abandoned streams); resident memory (KiB):\n",
-               "| sidecar | idle | peak over every cell | after the estimates |", "|---|---|---|---|"]
+               "| sidecar | idle | peak over every cell | after the estimates | anonymous: idle | anonymous: peak |",
+               "|---|---|---|---|---|---|"]
     for name, s in sidecars.items():
         if "realistic" not in name:
             continue
@@ -272,7 +280,9 @@ def main():
         abandon_streams(s.base_url, opts.abandoned)
         time.sleep(1)
         peaks[name] = max(peaks[name], sampler.stop())
-        report.append(f"| {name} | {idle[name]} | {peaks[name]} | {rss_kib(pid)} |")
+        peaks_anon[name] = max(peaks_anon[name], sampler.peak_anon)
+        report.append(f"| {name} | {idle[name]} | {peaks[name]} | {rss_kib(pid)} | {idle_anon[name]} | "
+                      f"{peaks_anon[name]} |")
 
     report += ["", "Against the pipeline issue's targets:\n"]
     for label in ("before", "after"):
@@ -280,7 +290,8 @@ def main():
         top = max(rates)
         ratio = added[(real, top)] / added[("nginx", top)] if added[("nginx", top)] > 0 else float("nan")
         report.append(f"- {label}: realistic added p50 at {top} rps = {ratio:.2f}× nginx's (target ≤ 1.2); "
-                      f"closed-loop realistic / plain = {closed[real] / closed[plain]:.2f} (target ≥ 0.80); "
+                      f"closed-loop realistic / plain = {closed[real] / closed[plain]:.2f} (target ≥ 0.80; "
+                      f"requests per CPU-second of the proxy: {closed_cpu[plain] / closed_cpu[real]:.2f}); "
                       f"peak RSS realistic = {peaks[real] / 1024:.1f} MiB (target ≤ 30)")
     for s in sidecars.values():
         s.stop()

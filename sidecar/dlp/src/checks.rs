@@ -171,24 +171,27 @@ fn iban_length(country: &str) -> Option<usize> {
 
 /// IBAN: known country length and ISO 7064 mod-97 = 1.
 pub fn iban(s: &str) -> bool {
-    let compact: String = s
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
-    if compact.len() < 15 || !compact.is_ascii() {
+    // Runs on every candidate a run of letters and digits offers (hundreds in a long
+    // identifier): the country and the length are checked before any arithmetic, and
+    // nothing is allocated.
+    let mut chars = s.bytes().filter(u8::is_ascii_alphanumeric);
+    let (Some(a), Some(b)) = (chars.next(), chars.next()) else {
+        return false;
+    };
+    let country = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
+    let Some(len) = std::str::from_utf8(&country).ok().and_then(iban_length) else {
+        return false;
+    };
+    if chars.count() + 2 != len {
         return false;
     }
-    if iban_length(&compact[..2]) != Some(compact.len()) {
-        return false;
-    }
-    let rearranged = format!("{}{}", &compact[4..], &compact[..4]);
+    // ISO 7064: the first four characters moved to the end, letters as 10–35.
+    let compact = s.bytes().filter(u8::is_ascii_alphanumeric);
     let mut rem: u32 = 0;
-    for c in rearranged.chars() {
+    for c in compact.clone().skip(4).chain(compact.take(4)) {
         let v = match c {
-            '0'..='9' => c as u32 - '0' as u32,
-            'A'..='Z' => c as u32 - 'A' as u32 + 10,
-            _ => return false,
+            b'0'..=b'9' => u32::from(c - b'0'),
+            _ => u32::from(c.to_ascii_uppercase() - b'A') + 10,
         };
         rem = if v >= 10 {
             (rem * 100 + v) % 97

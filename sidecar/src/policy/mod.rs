@@ -415,6 +415,8 @@ impl PolicyStore {
 
     pub fn install(&self, snapshot: Arc<Snapshot>) {
         self.current.store(Some(snapshot));
+        // What compiling it allocated and freed goes back to the kernel.
+        crate::memory::give_back();
     }
 
     /// No policy applies any more: every request gets a 503 until one does.
