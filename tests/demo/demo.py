@@ -177,6 +177,8 @@ def main():
         title("DLP: a cluster-wide baseline policy, pushed like any other")
         baseline = {"name": "dlp-baseline", "dlp": {"rules": [
             {"detector": "FR_NIR", "action": "DLP_ACTION_PSEUDONYMIZE", "direction": "DLP_DIRECTION_REQUEST"},
+            *({"detector": d, "action": "DLP_ACTION_PSEUDONYMIZE", "direction": "DLP_DIRECTION_REQUEST"}
+              for d in ("PERSON", "DATE_OF_BIRTH", "ADDRESS")),
             {"detector": "IBAN", "action": "DLP_ACTION_REDACT"},
             {"detector": "EMAIL_ADDRESS", "action": "DLP_ACTION_REDACT"},
             {"detector": "CLASSIFICATION_MARKING", "action": "DLP_ACTION_BLOCK"}]}}
@@ -184,8 +186,8 @@ def main():
         r = cp.call("PolicyService/ApplyPolicy", {"policy": baseline, "comment": "CHG-003 DLP baseline"}, token=admin)
         wait_until(lambda: sidecar.policy_version() != before, what="DLP policy push")
         show("ApplyPolicy", f"revision {r['revision']['revision']}: {r['revision']['summary']}")
-        prompt = ("Dossier de M. Durand, NIR 1 85 05 78 006 084 91, IBAN FR76 3000 6000 0112 3456 7890 189, "
-                  "écrire à p.durand@exemple.fr")
+        prompt = ("Dossier de M. Durand, né le 03/05/1985, 12 rue des Lilas, 75011 Paris, NIR 1 85 05 78 006 084 91, "
+                  "IBAN FR76 3000 6000 0112 3456 7890 189, écrire à p.durand@exemple.fr")
         # The mocks repeat the prompt (echo), so the answer shows what comes back to the app.
         for m in (gpu1, gpu2):
             m.set_behaviour(**{**m.behaviour(), "echo": True})

@@ -53,7 +53,7 @@ impl Pattern {
     }
 
     /// `lead«rest` scans for `rest` only; the whole pattern is `(?:lead)rest`.
-    fn parse(spec: &str) -> Self {
+    pub(crate) fn parse(spec: &str) -> Self {
         match spec.split_once('«') {
             Some((lead, rest)) => Self {
                 full: format!("(?:{lead}){rest}"),
@@ -78,6 +78,12 @@ pub struct Detector {
     /// Letters may touch the match (`ref185057800608491x`); only a digit against a
     /// digit edge breaks it: for numbers whose checksum makes a chance match rare.
     pub glue: bool,
+    /// How many leading bytes of a match are the context that made it (a civility
+    /// before a name): left in the text, the finding starts after them.
+    pub lead: Option<fn(&str) -> usize>,
+    /// A match in free prose (a name, an address, a date): it gives way to the other
+    /// detectors' matches it overlaps.
+    pub yields: bool,
 }
 
 fn d<P: AsRef<str>>(
@@ -98,6 +104,8 @@ fn d<P: AsRef<str>>(
         context: context.iter().map(|c| (*c).to_string()).collect(),
         level,
         glue: false,
+        lead: None,
+        yields: false,
     }
 }
 
@@ -353,6 +361,7 @@ pub fn builtins() -> Vec<Detector> {
     );
     marking.caseless = true;
     v.push(marking);
+    v.extend(crate::personal::detectors());
     v
 }
 

@@ -126,6 +126,10 @@ pub struct Finding {
     pub detector: usize,
     pub start: usize,
     pub end: usize,
+    /// Where the whole match starts: before `start` when the detector keeps context
+    /// in the text (the civility before a name). Streaming holds from here: released
+    /// alone, the context could not be matched again.
+    pub matched_from: usize,
 }
 
 /// How far back context words are looked for.
@@ -390,6 +394,7 @@ impl Engine {
                     detector,
                     start,
                     end,
+                    matched_from: start,
                 };
                 let crossed = crossings(seams, &f);
                 if best.as_ref().is_some_and(|(c, _)| *c <= crossed) {
@@ -498,14 +503,32 @@ impl Engine {
         // none of those (an alert on an e-mail must not hide the NIR it contains).
         let (acting, watching): (Vec<Finding>, Vec<Finding>) =
             valid.into_iter().partition(|f| acts(f.detector));
-        let mut chosen: Vec<Finding> = Vec::with_capacity(acting.len());
-        for f in acting {
+        // Among those, matches in free prose (names, addresses, dates) give way to the
+        // identifiers and markings they overlap: a run of capitalised words must not
+        // hide `DIFFUSION RESTREINTE` from its rule.
+        let (identifiers, prose): (Vec<Finding>, Vec<Finding>) = acting
+            .into_iter()
+            .partition(|f| self.detectors.get(f.detector).is_none_or(|d| !d.yields));
+        let mut chosen: Vec<Finding> = Vec::with_capacity(identifiers.len());
+        for f in identifiers {
             if chosen.last().is_none_or(|last| f.start >= last.end) {
                 chosen.push(f);
             }
         }
+        if !prose.is_empty() {
+            let mut placed: Vec<Finding> = Vec::new();
+            for f in prose {
+                let next = chosen.partition_point(|c| c.end <= f.start);
+                let clear = chosen.get(next).is_none_or(|c| c.start >= f.end);
+                if clear && placed.last().is_none_or(|last| f.start >= last.end) {
+                    placed.push(f);
+                }
+            }
+            chosen.extend(placed);
+            chosen.sort_by_key(|f| f.start);
+        }
         if watching.is_empty() {
-            return Ok(chosen);
+            return Ok(self.without_leads(text, chosen));
         }
         let mut extra: Vec<Finding> = Vec::new();
         for f in watching {
@@ -517,7 +540,22 @@ impl Engine {
         }
         chosen.extend(extra);
         chosen.sort_by_key(|f| f.start);
-        Ok(chosen)
+        Ok(self.without_leads(text, chosen))
+    }
+
+    /// Findings start after the context their detector keeps in the text (a civility
+    /// before a name); overlaps were resolved on the whole matches.
+    fn without_leads(&self, text: &str, mut findings: Vec<Finding>) -> Vec<Finding> {
+        for f in &mut findings {
+            let lead = self.detectors.get(f.detector).and_then(|d| d.lead);
+            if let (Some(lead), Some(value)) = (lead, text.get(f.start..f.end)) {
+                let n = lead(value);
+                if n < value.len() && value.is_char_boundary(n) {
+                    f.start += n;
+                }
+            }
+        }
+        findings
     }
 
     fn accept(&self, text: &str, before: &str, seams: &[usize], f: &Finding) -> bool {
@@ -575,7 +613,7 @@ impl Engine {
             }
             window.push_str(from_text);
             let window = window.to_lowercase();
-            if !d.context.iter().any(|w| window.contains(w.as_str())) {
+            if !d.context.iter().any(|w| at_word_start(&window, w)) {
                 return false;
             }
         }
@@ -623,14 +661,39 @@ fn match_starts(
     }
 }
 
-/// The longest run of ASCII characters of a context word (lower case): a literal both
-/// engines match case-insensitively. `None` if too short to be a useful gate.
-fn gate_literal(word: &str) -> Option<String> {
+/// What gates a context word, as Hyperscan patterns (matched case-insensitively): its
+/// longest run of ASCII characters when that run holds three letters in a row (`soci`
+/// of `société`); otherwise (`né le`, whose ASCII run `e le` is in every other
+/// sentence) the whole word in lower and upper case (non-ASCII letters match exactly)
+/// where a word starts — `né à` is also the end of `donné à`. `None` if too short to
+/// be a useful gate.
+fn gate_patterns(word: &str) -> Option<Vec<String>> {
+    use crate::detectors::escape_literal;
     let best = word
         .split(|c: char| !c.is_ascii())
         .max_by_key(|s| s.len())
         .unwrap_or("");
-    (best.trim().len() >= 3).then(|| best.to_lowercase())
+    let letters_in_a_row = best
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|piece| piece.len() >= 3);
+    if best.trim().len() >= 3 && letters_in_a_row {
+        return Some(vec![escape_literal(&best.to_lowercase())]);
+    }
+    let whole = word.trim();
+    if whole.chars().count() < 3 {
+        return None;
+    }
+    let mut forms = vec![whole.to_lowercase()];
+    let upper = whole.to_uppercase();
+    if upper != forms[0] {
+        forms.push(upper);
+    }
+    Some(
+        forms
+            .iter()
+            .map(|f| format!("(^|[^a-z0-9\\x80-\\xff]){}", escape_literal(f)))
+            .collect(),
+    )
 }
 
 type Groups = (Vec<Group>, Option<Group>);
@@ -650,9 +713,14 @@ fn build_groups(
     let mut ungated = false;
     for d in detectors.iter().filter(|d| !d.context.is_empty()) {
         for w in &d.context {
-            match gate_literal(w) {
-                Some(g) if !gates.contains(&g) => gates.push(g),
-                Some(_) => {}
+            match gate_patterns(w) {
+                Some(literals) => {
+                    for g in literals {
+                        if !gates.contains(&g) {
+                            gates.push(g);
+                        }
+                    }
+                }
                 // A word with no usable ASCII part: its detector cannot be gated.
                 None => ungated = true,
             }
@@ -668,11 +736,7 @@ fn build_groups(
     });
     let compile = |ids: &[usize], extra: &[String]| -> Result<Box<dyn Matcher>, DlpError> {
         let mut set: Vec<(String, bool)> = ids.iter().map(|&i| patterns[i].clone()).collect();
-        set.extend(
-            extra
-                .iter()
-                .map(|g| (crate::detectors::escape_literal(g), true)),
-        );
+        set.extend(extra.iter().map(|g| (g.clone(), true)));
         if set.is_empty() {
             return Ok(Box::new(NoMatcher));
         }
@@ -755,6 +819,17 @@ pub fn floor_boundary(s: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
+}
+
+/// Whether `word` occurs in `window` where a word starts (`né ` in `donné le` does not
+/// count). The window may begin inside a word: its first byte counts as a start.
+fn at_word_start(window: &str, word: &str) -> bool {
+    window.match_indices(word).any(|(i, _)| {
+        window[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !c.is_alphanumeric())
+    })
 }
 
 fn dfa_syntax() -> syntax::Config {

@@ -20,6 +20,7 @@ pub mod detectors;
 pub mod engine;
 pub mod fold;
 pub mod parts;
+pub mod personal;
 pub mod policy;
 pub mod scoring;
 pub mod stream;

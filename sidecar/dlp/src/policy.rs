@@ -180,6 +180,8 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
                 context: c.context.iter().map(|w| w.to_lowercase()).collect(),
                 level: level_of(c.level()).unwrap_or(Level::Restricted),
                 glue: false,
+                lead: None,
+                yields: false,
             },
         ));
     }

@@ -180,8 +180,8 @@ impl<'e> StreamScanner<'e> {
         loop {
             let straddling = findings
                 .iter()
-                .find(|f| f.start < r && f.end > r)
-                .map(|f| f.start);
+                .find(|f| f.matched_from < r && f.end > r)
+                .map(|f| f.matched_from);
             match straddling {
                 Some(s) => r = s,
                 None => break,

@@ -1,0 +1,463 @@
+//! Personal data in free text, as French administrative prose writes it: people named
+//! after a civility or a role (`Mme Sophie Lefèvre`, `la plaignante Sophie Durand`,
+//! `épouse Martin`), postal addresses (`12 bis rue des Lilas, 75011 Paris`,
+//! `domiciliée à Lyon`) and dates of birth (a date in a birth context).
+//!
+//! Same engine as the identifiers: byte patterns both Hyperscan and `regex-automata`
+//! read alike, validated in Rust. Civilities and role words are part of the match (they
+//! are what makes a capitalised word a name) but are left in the text: the detector's
+//! `lead` says how many bytes of a match are that context, and the finding starts after
+//! them (`Mme <PERSON_1>`).
+//!
+//! Not found here (documented in docs/dlp.md): names written without a civility or a
+//! role (`Sophie Lefèvre a écrit`), which need a gazetteer of given names or NER — the
+//! external detector hook is the place for the latter.
+
+use crate::detectors::{Detector, Level, Pattern};
+
+/// An upper-case letter: ASCII or Latin-1 (À–Þ, not ×).
+const UP: &str = "([A-Z]|\\xc3[\\x80-\\x96\\x98-\\x9e])";
+
+/// A word that starts with a capital (`Lefèvre`, `LEFÈVRE`, `Jean-Pierre`,
+/// `Saint-Denis`). One flat class after the capital: nested groups here made the
+/// compiled automata large and the scan slow.
+fn word() -> String {
+    format!("{UP}([a-zA-Z'-]|\\xc3[\\x80-\\xbf])+")
+}
+
+/// How particles are written inside French surnames (`de La Fontaine`, `d'Artagnan`,
+/// `Le Goff`): lower-case `le`/`la` are articles (`M. le Préfet`), not particles.
+const PARTICLE: &str = "(de |du |des |d'|d\u{2019}|de La |de Le |De |Du |Le |La |Van |van |von |Von |van der |Ben |ben |El |el )";
+
+/// Civilities, longest first where one is a prefix of another.
+const CIVILITIES: &[&str] = &[
+    "Monsieur et Madame",
+    "M. et Mme",
+    "Mesdames",
+    "Messieurs",
+    "Mademoiselle",
+    "Madame",
+    "Monsieur",
+    "Maître",
+    "Docteur",
+    "Professeur",
+    "Mmes",
+    "Mlles",
+    "Mme",
+    "Mlle",
+    "MM.",
+    "M.",
+    "Me",
+    "Dr",
+    "Pr",
+];
+
+/// Role words of complaints, judgements and civil status that introduce a person.
+const ROLES: &[&str] = &[
+    "le requérant",
+    "la requérante",
+    "le plaignant",
+    "la plaignante",
+    "le mis en cause",
+    "la mise en cause",
+    "le demandeur",
+    "la demanderesse",
+    "le défendeur",
+    "la défenderesse",
+    "l'intéressé",
+    "l'intéressée",
+    "le défunt",
+    "la défunte",
+    "épouse",
+    "époux",
+    "veuve",
+    "veuf",
+    "née",
+    "fils de",
+    "fille de",
+];
+
+/// Titles that follow a civility without being a name (`Monsieur Le Maire`).
+const TITLES: &[&str] = &[
+    "adjoint",
+    "adjointe",
+    "ambassadeur",
+    "capitaine",
+    "colonel",
+    "commandant",
+    "commissaire",
+    "conseiller",
+    "conseillère",
+    "député",
+    "directeur",
+    "directrice",
+    "docteur",
+    "général",
+    "gouverneur",
+    "greffier",
+    "juge",
+    "lieutenant",
+    "maire",
+    "ministre",
+    "notaire",
+    "préfet",
+    "préfète",
+    "président",
+    "présidente",
+    "procureur",
+    "professeur",
+    "recteur",
+    "rectrice",
+    "secrétaire",
+    "sénateur",
+    "trésorier",
+];
+
+/// Words that introduce a place of residence (`domiciliée à Lyon`).
+const RESIDES: &[&str] = &[
+    "domicilié",
+    "domiciliée",
+    "domicilié(e)",
+    "domicilie",
+    "domiciliee",
+    "demeurant",
+    "résidant",
+    "residant",
+];
+
+/// Types of way of the national address base (BAN), as people write them.
+const WAYS: &[&str] = &[
+    "rue",
+    "avenue",
+    "av.",
+    "boulevard",
+    "bd",
+    "bld",
+    "place",
+    "chemin",
+    "allée",
+    "allee",
+    "impasse",
+    "quai",
+    "route",
+    "lieu-dit",
+    "cours",
+    "square",
+    "passage",
+    "résidence",
+    "residence",
+    "cité",
+    "hameau",
+    "sentier",
+    "voie",
+    "villa",
+    "rond-point",
+    "chaussée",
+    "faubourg",
+    "promenade",
+    "esplanade",
+    "parvis",
+    "montée",
+    "traverse",
+    "ruelle",
+    "carrefour",
+    "domaine",
+    "lotissement",
+];
+
+const MONTHS: &[&str] = &[
+    "janvier",
+    "février",
+    "fevrier",
+    "mars",
+    "avril",
+    "mai",
+    "juin",
+    "juillet",
+    "août",
+    "aout",
+    "septembre",
+    "octobre",
+    "novembre",
+    "décembre",
+    "decembre",
+];
+
+fn escape(s: &str) -> String {
+    crate::detectors::escape_literal(s)
+}
+
+/// `s`, `S…` and `S…` in capitals: the ways a word starts a sentence or a heading.
+fn cases(words: &[&str]) -> String {
+    let mut forms = Vec::new();
+    for w in words {
+        let mut chars = w.chars();
+        let capitalised: String = chars
+            .next()
+            .map(|c| c.to_uppercase().chain(chars).collect())
+            .unwrap_or_default();
+        for form in [w.to_string(), capitalised, w.to_uppercase()] {
+            let e = escape(&form);
+            if !forms.contains(&e) {
+                forms.push(e);
+            }
+        }
+    }
+    format!("({})", forms.join("|"))
+}
+
+/// Given names and a surname, or a surname alone: up to three words, a particle before
+/// the last.
+fn name() -> String {
+    let w = word();
+    format!("({w} ){{0,2}}{PARTICLE}?{w}")
+}
+
+fn detector(name: &str, patterns: Vec<String>, check: fn(&str) -> bool) -> Detector {
+    Detector {
+        name: name.to_string(),
+        patterns: patterns.iter().map(|p| Pattern::parse(p)).collect(),
+        caseless: false,
+        check: Some(check),
+        context: Vec::new(),
+        level: Level::Personal,
+        glue: false,
+        lead: None,
+        yields: true,
+    }
+}
+
+/// PERSON, ADDRESS and DATE_OF_BIRTH.
+pub fn detectors() -> Vec<Detector> {
+    let civility = format!(
+        "({})",
+        CIVILITIES
+            .iter()
+            .map(|c| escape(c))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    let mut person = detector(
+        "PERSON",
+        vec![
+            format!("{civility} {}", name()),
+            format!("{}(, | ){}", cases(ROLES), name()),
+        ],
+        person,
+    );
+    person.lead = Some(person_lead);
+
+    let w = word();
+    let number_or_word = format!("({w}|[0-9]{{1,4}})");
+    let street_word = format!(
+        "(de la |de l'|du |des |de |d'|l'|la |le |les |aux |au |en |sur |sous )?{number_or_word}"
+    );
+    let street = format!("{} {street_word}( {street_word}){{0,4}}", cases(WAYS));
+    let city = format!(
+        "{w}( {w}|[ -](sur|sous|en|lès|les|le|la|de|du|des|d'|l')[ -]?{w}){{0,2}}( (Cedex|CEDEX)( [0-9]{{1,2}})?)?"
+    );
+    let postcode = "[0-9]{2} ?[0-9]{3}";
+    let number = "[0-9]{1,4}( ?(bis|ter|quater|Bis|Ter|BIS|TER|[ABCabc]))?,? ";
+    let mut address = detector(
+        "ADDRESS",
+        vec![
+            format!("{number}{street}(,? {postcode} {city})?"),
+            // Scanned from the postcode (digits are rarer than `place` or `route`).
+            format!("{street},? «{postcode} {city}"),
+            format!("{} (à|a|au) {city}", cases(RESIDES)),
+        ],
+        address,
+    );
+    address.lead = Some(address_lead);
+
+    let months = MONTHS.join("|");
+    let mut birth = detector(
+        "DATE_OF_BIRTH",
+        vec![
+            "(0?[1-9]|[12][0-9]|3[01])[/.-](0?[1-9]|1[0-2])[/.-]((19|20)[0-9]{2}|[0-9]{2})"
+                .to_string(),
+            format!("(1er|0?[1-9]|[12][0-9]|3[01]) ({months}) (19|20)[0-9]{{2}}"),
+            "(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])".to_string(),
+        ],
+        date_of_birth,
+    );
+    birth.caseless = true;
+    // Phrases, not `né` alone: a gate word opens a window the date patterns are
+    // scanned in, and French is full of words ending in `né`/`née` (`année`, `donné`).
+    birth.context = [
+        "né le",
+        "née le",
+        "né(e) le",
+        "nés le",
+        "nées le",
+        "né à",
+        "née à",
+        "né(e) à",
+        "né en",
+        "née en",
+        // Not `naissance` alone: `connaissance`, `reconnaissance`.
+        "de naissance",
+        "naissance :",
+        "naissance:",
+        "naissance le",
+        "ddn",
+        "date of birth",
+        "born on",
+        "born in",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect();
+    vec![person, address, birth]
+}
+
+/// Bytes of `value` that are its civility or role word and what follows it (kept in
+/// the text); 0 when it starts with neither.
+fn person_lead(value: &str) -> usize {
+    let lower = value.to_lowercase();
+    let known = CIVILITIES
+        .iter()
+        .map(|c| c.to_lowercase())
+        .chain(ROLES.iter().map(|r| (*r).to_string()))
+        .filter(|w| lower.starts_with(w.as_str()))
+        .map(|w| w.len())
+        .max();
+    match known {
+        // Lower-casing keeps the byte length of these words (ASCII and Latin-1 letters).
+        Some(n) if value.is_char_boundary(n) => n + skip_separators(&value[n..]),
+        _ => 0,
+    }
+}
+
+fn skip_separators(s: &str) -> usize {
+    s.len() - s.trim_start_matches([' ', ',']).len()
+}
+
+/// A name after a civility, not a title (`Monsieur Le Maire`, `Madame Directrice`).
+fn person(value: &str) -> bool {
+    let rest = &value[person_lead(value).min(value.len())..];
+    let is_title = |w: &str| {
+        let w = w
+            .trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase();
+        TITLES.contains(&w.as_str())
+    };
+    // Articles and particles alone are not a name (`Monsieur Le` of `Monsieur Le Maire`).
+    let is_particle = |w: &str| {
+        matches!(
+            w.to_lowercase().as_str(),
+            "le" | "la" | "les" | "de" | "du" | "des" | "van" | "von" | "ben" | "el"
+        )
+    };
+    // A civility inside is the next person (`Mme Martin de Mme Durand`).
+    let is_civility = |w: &str| {
+        CIVILITIES
+            .iter()
+            .any(|c| c.trim_end_matches('.') == w.trim_end_matches('.'))
+    };
+    !rest.is_empty()
+        && !rest
+            .split([' ', '-'])
+            .any(|w| is_title(w) || is_civility(w))
+        && !rest.split(' ').all(is_particle)
+}
+
+/// Bytes of `value` that are the words introducing a place of residence.
+fn address_lead(value: &str) -> usize {
+    let lower = value.to_lowercase();
+    if !RESIDES.iter().any(|r| lower.starts_with(r)) {
+        return 0;
+    }
+    // `domiciliée à Lyon`: the commune is what is personal.
+    lower
+        .find(" à ")
+        .map(|i| i + " à ".len())
+        .or_else(|| lower.find(" au ").map(|i| i + " au ".len()))
+        .or_else(|| lower.find(" a ").map(|i| i + " a ".len()))
+        .unwrap_or(0)
+}
+
+/// An address is a number or a postcode away from being a mere street name.
+fn address(value: &str) -> bool {
+    let rest = &value[address_lead(value).min(value.len())..];
+    !rest.is_empty()
+}
+
+/// A real calendar date, not in the future of any living person's birth.
+fn date_of_birth(value: &str) -> bool {
+    let lower = value.to_lowercase();
+    let month_named = MONTHS
+        .iter()
+        .position(|m| lower.contains(m))
+        .map(|i| match i {
+            0 => 1,
+            1 | 2 => 2,
+            3 => 3,
+            4 => 4,
+            5 => 5,
+            6 => 6,
+            7 => 7,
+            8 | 9 => 8,
+            10 => 9,
+            11 => 10,
+            12 => 11,
+            _ => 12,
+        });
+    let numbers: Vec<u32> = lower
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let (day, month, year) = match (month_named, numbers.as_slice()) {
+        (Some(m), [y]) if lower.starts_with("1er") => (1, m, *y),
+        (Some(m), [d, y]) => (*d, m, *y),
+        (None, [y, m, d]) if *y >= 1000 => (*d, *m, *y),
+        (None, [d, m, y]) => (*d, *m, if *y < 100 { 1900 + *y } else { *y }),
+        _ => return false,
+    };
+    let days = match month {
+        2 => 29,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => 0,
+    };
+    (1..=days).contains(&day) && (1880..=2099).contains(&year)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civilities_and_roles_are_kept_out_of_the_name() {
+        assert_eq!(person_lead("Mme Sophie Lefèvre"), "Mme ".len());
+        assert_eq!(person_lead("M. et Mme Martin"), "M. et Mme ".len());
+        assert_eq!(
+            person_lead("la plaignante, Sophie Durand"),
+            "la plaignante, ".len()
+        );
+        assert_eq!(person_lead("Épouse Martin"), "Épouse ".len());
+        assert!(person("Mme Sophie Lefèvre"));
+        assert!(!person("Monsieur Le Maire"));
+        assert!(!person("Madame Directrice"));
+        assert!(!person("Monsieur Le"));
+    }
+
+    #[test]
+    fn dates_of_birth_are_real_dates() {
+        assert!(date_of_birth("14/02/1987"));
+        assert!(date_of_birth("14 février 1987"));
+        assert!(date_of_birth("1er mars 1950"));
+        assert!(date_of_birth("1987-02-14"));
+        assert!(date_of_birth("14.02.87"));
+        assert!(!date_of_birth("31/02/1987"));
+        assert!(!date_of_birth("14/13/1987"));
+        assert!(!date_of_birth("30 février 1987"));
+    }
+
+    #[test]
+    fn residence_phrases_keep_their_verb() {
+        assert_eq!(address_lead("domiciliée à Lyon"), "domiciliée à ".len());
+        assert_eq!(address_lead("12 rue des Lilas"), 0);
+    }
+}
