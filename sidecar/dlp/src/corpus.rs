@@ -249,7 +249,7 @@ fn positive(g: &mut Gen, detector: &str) -> (String, String) {
 
 /// Text that looks like identifiers and is not one.
 fn negative(g: &mut Gen) -> String {
-    match g.0.u8(0..13) {
+    match g.0.u8(0..19) {
         0 => format!(
             "le {:02}/{:02}/20{:02}",
             g.0.u8(1..29),
@@ -324,9 +324,170 @@ fn negative(g: &mut Gen) -> String {
             g.digits(4)
         ),
         12 => format!("pièce 0{}_{}_{}", g.0.u8(1..10), g.digits(4), g.digits(4)),
+        // Prose that looks like personal data and is not: titles after civilities,
+        // meeting dates, bodies and streets named after people, common nouns that are
+        // also given names, cities on their own.
+        13 => g
+            .pick(&[
+                "M. le Préfet a reçu Madame la Ministre",
+                "Monsieur Le Maire ouvre la séance",
+                "Madame la Directrice signe l'arrêté",
+            ])
+            .to_string(),
+        14 => format!(
+            "réunion le {:02}/{:02}/20{:02} à {} h",
+            g.0.u8(1..29),
+            g.0.u8(1..13),
+            g.0.u8(20..30),
+            g.0.u8(8..18)
+        ),
+        15 => format!(
+            "au lycée {} ou à l'avenue {}",
+            g.pick(&["Victor-Hugo", "Jean-Moulin", "Marie-Curie"]),
+            g.pick(&["Victor-Hugo", "Jean-Jaurès", "de la République"])
+        ),
+        16 => g
+            .pick(&[
+                "une pierre, la rose et le mois de mars",
+                "il reste 2 places de parking",
+                "la route est coupée et le cours reprend",
+            ])
+            .to_string(),
+        17 => format!(
+            "la préfecture de {} et le tribunal de {}",
+            g.pick(&["Lyon", "Rennes", "Lille"]),
+            g.pick(&["Paris", "Nantes", "Bordeaux"])
+        ),
+        18 => format!(
+            "courrier donné le {:02}/{:02}/20{:02} au guichet",
+            g.0.u8(1..29),
+            g.0.u8(1..13),
+            g.0.u8(20..30)
+        ),
         _ => format!("référence {}", g.digits(9)),
     }
 }
+
+const GIVEN: &[&str] = &[
+    "Sophie",
+    "Jean-Pierre",
+    "Karim",
+    "Marie",
+    "Hélène",
+    "Thi Lan",
+    "Mamadou",
+    "Léa",
+    "François",
+];
+const SURNAMES: &[&str] = &[
+    "Lefèvre",
+    "Martin",
+    "Durand",
+    "Benali",
+    "de La Fontaine",
+    "Nguyen",
+    "LEFÈVRE",
+    "Diallo",
+    "Le Goff",
+    "d'Artagnan",
+];
+
+/// A clause with one piece of personal data of `detector`, and the byte span of it.
+fn personal(g: &mut Gen, detector: &str) -> (String, usize, usize) {
+    let (before, value, after) = match detector {
+        "PERSON" => {
+            let name = match g.0.u8(0..3) {
+                0 => format!("{} {}", g.pick(GIVEN), g.pick(SURNAMES)),
+                1 => g.pick(SURNAMES).to_string(),
+                _ => format!(
+                    "{} {}",
+                    g.pick(&["LEFÈVRE", "MARTIN", "DIALLO"]),
+                    g.pick(GIVEN)
+                ),
+            };
+            let lead = g.pick(&[
+                "Convocation de Mme ",
+                "Courrier adressé à M. ",
+                "Rendez-vous pris par Maître ",
+                "La plaignante, ",
+                "Le mis en cause ",
+                "Avis du Dr ",
+                "Dossier de M. et Mme ",
+            ]);
+            (lead.to_string(), name, " reçu ce jour".to_string())
+        }
+        "ADDRESS" => {
+            let number = format!("{}{}", g.0.u16(1..300), g.pick(&["", " bis", " ter"]));
+            let way = g.pick(&[
+                "rue",
+                "avenue",
+                "boulevard",
+                "place",
+                "chemin",
+                "allée",
+                "impasse",
+                "quai",
+            ]);
+            let name = g.pick(&[
+                "des Lilas",
+                "Victor-Hugo",
+                "de la République",
+                "du Général de Gaulle",
+                "Jean Jaurès",
+                "de Paris",
+            ]);
+            let city = g.pick(&[
+                "75011 Paris",
+                "69003 Lyon",
+                "35000 Rennes",
+                "97400 Saint-Denis",
+                "13001 Marseille",
+            ]);
+            let value = match g.0.u8(0..3) {
+                0 => format!("{number} {way} {name}, {city}"),
+                1 => format!("{number} {way} {name}"),
+                _ => format!("{way} {name}, {city}"),
+            };
+            let lead = g.pick(&["demeurant ", "Adresse : ", "à renvoyer au ", "domicile : "]);
+            (lead.to_string(), value, ", merci".to_string())
+        }
+        _ => {
+            let (d, m, y) = (g.0.u8(1..29), g.0.u8(1..13), g.0.u16(1930..2010));
+            const MONTHS: &[&str] = &[
+                "janvier",
+                "février",
+                "mars",
+                "avril",
+                "mai",
+                "juin",
+                "juillet",
+                "août",
+                "septembre",
+                "octobre",
+                "novembre",
+                "décembre",
+            ];
+            let value = match g.0.u8(0..3) {
+                0 => format!("{d:02}/{m:02}/{y}"),
+                1 => format!("{d} {} {y}", MONTHS[usize::from(m - 1)]),
+                _ => format!("{y}-{m:02}-{d:02}"),
+            };
+            let lead = g.pick(&[
+                "né le ",
+                "née le ",
+                "Date de naissance : ",
+                "DDN ",
+                "né(e) le ",
+            ]);
+            (lead.to_string(), value, " à Lyon".to_string())
+        }
+    };
+    let text = format!("{before}{value}{after}");
+    (text, before.len(), before.len() + value.len())
+}
+
+/// Detectors whose samples are clauses of prose rather than `Le <context> : <value>`.
+const PROSE: &[&str] = &["PERSON", "ADDRESS", "DATE_OF_BIRTH"];
 
 const FILLER: &[&str] = &[
     "Bonjour, pouvez-vous vérifier le dossier",
@@ -361,6 +522,9 @@ pub const DETECTORS: &[&str] = &[
     "URL_PASSWORD",
     "PRIVATE_KEY",
     "CLASSIFICATION_MARKING",
+    "PERSON",
+    "ADDRESS",
+    "DATE_OF_BIRTH",
 ];
 
 /// `n` samples, each with 0–2 identifiers and 0–2 hard negatives.
@@ -376,6 +540,14 @@ pub fn generate(seed: u64, n: usize) -> Vec<Sample> {
             }
             for _ in 0..g.0.usize(0..3) {
                 let det = DETECTORS[g.0.usize(0..DETECTORS.len())];
+                if PROSE.contains(&det) {
+                    let (clause, from, to) = personal(&mut g, det);
+                    text.push_str(". ");
+                    let at = text.len();
+                    text.push_str(&clause);
+                    labels.push((det.to_string(), at + from, at + to));
+                    continue;
+                }
                 let (context, value) = positive(&mut g, det);
                 let _ = write!(text, ". Le {context} : ");
                 let start = text.len();
