@@ -741,6 +741,9 @@ pub fn dlp(samples: usize) -> anyhow::Result<()> {
         "phones",
         "private-key",
         "token-dashes",
+        "civilities",
+        "addresses",
+        "capitals",
     ] {
         run(Command::new("/usr/bin/time")
             .args(["-f", "  peak RSS %M KiB"])

@@ -23,6 +23,10 @@ fn main() {
         "phones" => "06 12 34 56 78 ".repeat(MIB8 / 15),
         "private-key" => format!("-----BEGIN PRIVATE KEY-----{}", "ab+/".repeat(MIB8 / 4)),
         "token-dashes" => format!("sk-{}", "a-".repeat(MIB8 / 2)),
+        // Every word a name after a civility, every clause an address.
+        "civilities" => "M. Aaaa Bbbb de La Cccc ".repeat(MIB8 / 24),
+        "addresses" => "12 bis rue de la Aaaa Bbbb, 75011 Paris ".repeat(MIB8 / 40),
+        "capitals" => "Aaaa ".repeat(MIB8 / 5),
         _ => "x".repeat(MIB8),
     };
     let t = std::time::Instant::now();

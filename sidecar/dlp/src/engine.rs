@@ -365,7 +365,7 @@ impl Engine {
         let mut caches =
             pooled.unwrap_or_else(|| self.reverse.iter().map(DFA::create_cache).collect());
         let mut starts = Vec::new();
-        let mut candidates = Vec::new();
+        let mut candidates: Vec<Finding> = Vec::new();
         let bytes = text.as_bytes();
         let mut budget = work_budget(text.len());
         let mut consider = |pattern: usize, end: usize| {
@@ -408,7 +408,23 @@ impl Engine {
                 }
             }
             if let Some((_, f)) = best {
-                candidates.push(f);
+                // A run of capitalised words offers a name ending at each word. Every
+                // reading is kept (a shorter one may be all that does not overlap an
+                // identifier), unless candidates grow denser than one per 16 bytes —
+                // crafted text (`M. Aaaa Bbbb de La Cccc ` repeated): then a name keeps
+                // only its longest reading, and memory stays a small multiple of the text.
+                let yields = self.detectors.get(detector).is_some_and(|d| d.yields);
+                if yields
+                    && candidates.len() > bytes.len() / 16
+                    && let Some(last) = candidates.last_mut()
+                    && last.detector == f.detector
+                    && last.start == f.start
+                    && last.end < f.end
+                {
+                    *last = f;
+                } else {
+                    candidates.push(f);
+                }
             }
         };
         // Where context words (their gate literals) end in `text`.
@@ -506,27 +522,28 @@ impl Engine {
         // Among those, matches in free prose (names, addresses, dates) give way to the
         // identifiers and markings they overlap: a run of capitalised words must not
         // hide `DIFFUSION RESTREINTE` from its rule.
-        let (identifiers, prose): (Vec<Finding>, Vec<Finding>) = acting
-            .into_iter()
-            .partition(|f| self.detectors.get(f.detector).is_none_or(|d| !d.yields));
-        let mut chosen: Vec<Finding> = Vec::with_capacity(identifiers.len());
-        for f in identifiers {
+        // (Two passes over the same list rather than two lists: a crafted text can
+        // hold a million candidates.)
+        let yields = |f: &Finding| self.detectors.get(f.detector).is_some_and(|d| d.yields);
+        let mut chosen: Vec<Finding> = Vec::new();
+        for f in acting.iter().filter(|f| !yields(f)) {
             if chosen.last().is_none_or(|last| f.start >= last.end) {
-                chosen.push(f);
+                chosen.push(*f);
             }
         }
-        if !prose.is_empty() {
+        if acting.iter().any(yields) {
             let mut placed: Vec<Finding> = Vec::new();
-            for f in prose {
+            for f in acting.iter().filter(|f| yields(f)) {
                 let next = chosen.partition_point(|c| c.end <= f.start);
                 let clear = chosen.get(next).is_none_or(|c| c.start >= f.end);
                 if clear && placed.last().is_none_or(|last| f.start >= last.end) {
-                    placed.push(f);
+                    placed.push(*f);
                 }
             }
             chosen.extend(placed);
             chosen.sort_by_key(|f| f.start);
         }
+        drop(acting);
         if watching.is_empty() {
             return Ok(self.without_leads(text, chosen));
         }

@@ -314,13 +314,21 @@ pub fn detectors() -> Vec<Detector> {
 /// Bytes of `value` that are its civility or role word and what follows it (kept in
 /// the text); 0 when it starts with neither.
 fn person_lead(value: &str) -> usize {
-    let lower = value.to_lowercase();
-    let known = CIVILITIES
+    // Called for every candidate: the lower-case words are built once.
+    static LEADS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        CIVILITIES
+            .iter()
+            .map(|c| c.to_lowercase())
+            .chain(ROLES.iter().map(|r| (*r).to_string()))
+            .collect()
+    });
+    // The longest lead is 20 bytes: only the head of the value is lower-cased.
+    let head = &value[..crate::engine::floor_boundary(value, 32)];
+    let lower = head.to_lowercase();
+    let known = LEADS
         .iter()
-        .map(|c| c.to_lowercase())
-        .chain(ROLES.iter().map(|r| (*r).to_string()))
         .filter(|w| lower.starts_with(w.as_str()))
-        .map(|w| w.len())
+        .map(String::len)
         .max();
     match known {
         // Lower-casing keeps the byte length of these words (ASCII and Latin-1 letters).
