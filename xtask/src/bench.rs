@@ -744,6 +744,8 @@ pub fn dlp(samples: usize) -> anyhow::Result<()> {
         "civilities",
         "addresses",
         "capitals",
+        "civility-runs",
+        "hyphenated",
     ] {
         run(Command::new("/usr/bin/time")
             .args(["-f", "  peak RSS %M KiB"])

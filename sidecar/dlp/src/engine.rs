@@ -164,6 +164,10 @@ pub struct Engine {
     /// Farthest a match that needs a context word can end after the word ends (`None`:
     /// unbounded pattern, the rest of the text).
     context_reach: Option<usize>,
+    /// Context words gated whole where a word starts (`né le`, lower case): their gate
+    /// pattern needs a non-letter before it, which a part boundary is not (parts are
+    /// joined with nothing in between), so they are also looked for at each seam.
+    seam_gates: Vec<String>,
 }
 
 fn is_word(c: char) -> bool {
@@ -253,6 +257,13 @@ impl Engine {
             )
             .build_many(&dfa_patterns)
             .map_err(|e| DlpError::Matcher(e.to_string()))?;
+        let mut seam_gates: Vec<String> = Vec::new();
+        for w in detectors.iter().flat_map(|d| &d.context) {
+            let w = w.trim().to_lowercase();
+            if whole_word_gate(&w) && !seam_gates.contains(&w) {
+                seam_gates.push(w);
+            }
+        }
         Ok(Engine {
             detectors,
             free,
@@ -262,6 +273,7 @@ impl Engine {
             reverse_caches: Mutex::new(Vec::new()),
             prefix,
             context_reach,
+            seam_gates,
         })
     }
 
@@ -330,6 +342,7 @@ impl Engine {
             for f in &mut found {
                 f.start = view.original(f.start);
                 f.end = view.original(f.end);
+                f.matched_from = view.original(f.matched_from);
             }
         }
         Ok(found)
@@ -438,6 +451,22 @@ impl Engine {
                     None => gates.push(end),
                 })?;
         }
+        if self.contextual.is_some() && !self.seam_gates.is_empty() {
+            for &seam in seams.iter().filter(|&&s| s > 0 && s < text.len()) {
+                let head = text
+                    .get(seam..floor_boundary(text, seam + 32))
+                    .unwrap_or("")
+                    .to_lowercase();
+                for w in self
+                    .seam_gates
+                    .iter()
+                    .filter(|w| head.starts_with(w.as_str()))
+                {
+                    gates.push(seam + w.len());
+                }
+            }
+            gates.sort_unstable();
+        }
 
         if let Some(ctx) = &self.contextual {
             // A context word may also lie in the text before this one, or straddle the
@@ -515,48 +544,36 @@ impl Engine {
                 .then(b.end.cmp(&a.end))
                 .then(contextual(b).cmp(&contextual(a)))
         });
-        // Findings that act first, leftmost-longest; then the others where they overlap
-        // none of those (an alert on an e-mail must not hide the NIR it contains).
-        let (acting, watching): (Vec<Finding>, Vec<Finding>) =
-            valid.into_iter().partition(|f| acts(f.detector));
-        // Among those, matches in free prose (names, addresses, dates) give way to the
-        // identifiers and markings they overlap: a run of capitalised words must not
-        // hide `DIFFUSION RESTREINTE` from its rule.
-        // (Two passes over the same list rather than two lists: a crafted text can
-        // hold a million candidates.)
+        // Precedence, each class placed leftmost-longest where it overlaps nothing
+        // already placed: identifiers that act; identifiers that only alert (an alert
+        // on an e-mail must not hide the NIR it contains, and is still counted where
+        // nothing acting covers it); then matches in free prose (names, addresses,
+        // dates), acting before alerting — a run of capitalised words must hide
+        // neither `DIFFUSION RESTREINTE` from its rule nor its alert (and the level it
+        // raises). Passes over the one sorted list, not copies of it: a crafted text can
+        // hold a million candidates.
         let yields = |f: &Finding| self.detectors.get(f.detector).is_some_and(|d| d.yields);
         let mut chosen: Vec<Finding> = Vec::new();
-        for f in acting.iter().filter(|f| !yields(f)) {
-            if chosen.last().is_none_or(|last| f.start >= last.end) {
-                chosen.push(*f);
-            }
-        }
-        if acting.iter().any(yields) {
+        for (prose, acting) in [(false, true), (false, false), (true, true), (true, false)] {
             let mut placed: Vec<Finding> = Vec::new();
-            for f in acting.iter().filter(|f| yields(f)) {
+            for f in valid
+                .iter()
+                .filter(|f| yields(f) == prose && acts(f.detector) == acting)
+            {
                 let next = chosen.partition_point(|c| c.end <= f.start);
                 let clear = chosen.get(next).is_none_or(|c| c.start >= f.end);
                 if clear && placed.last().is_none_or(|last| f.start >= last.end) {
                     placed.push(*f);
                 }
             }
-            chosen.extend(placed);
-            chosen.sort_by_key(|f| f.start);
-        }
-        drop(acting);
-        if watching.is_empty() {
-            return Ok(self.without_leads(text, chosen));
-        }
-        let mut extra: Vec<Finding> = Vec::new();
-        for f in watching {
-            let next = chosen.partition_point(|c| c.end <= f.start);
-            let clear = chosen.get(next).is_none_or(|c| c.start >= f.end);
-            if clear && extra.last().is_none_or(|last| f.start >= last.end) {
-                extra.push(f);
+            if chosen.is_empty() {
+                chosen = placed;
+            } else if !placed.is_empty() {
+                chosen.extend(placed);
+                chosen.sort_by_key(|f| f.start);
             }
         }
-        chosen.extend(extra);
-        chosen.sort_by_key(|f| f.start);
+        drop(valid);
         Ok(self.without_leads(text, chosen))
     }
 
@@ -621,16 +638,22 @@ impl Engine {
         }
         if !d.context.is_empty() {
             let mut window = String::new();
-            let from_text =
-                &text[floor_boundary(text, f.start.saturating_sub(CONTEXT_WINDOW))..f.start];
+            let from = floor_boundary(text, f.start.saturating_sub(CONTEXT_WINDOW));
+            let from_text = &text[from..f.start];
             if from_text.len() < CONTEXT_WINDOW {
                 let need = CONTEXT_WINDOW - from_text.len();
                 window
                     .push_str(&before[floor_boundary(before, before.len().saturating_sub(need))..]);
             }
+            let head = window.len();
             window.push_str(from_text);
-            let window = window.to_lowercase();
-            if !d.context.iter().any(|w| at_word_start(&window, w)) {
+            let lower = window.to_lowercase();
+            // A part boundary is where a word starts (parts are joined with nothing in
+            // between: `assistant` + `Née le …`). Offsets hold when lower-casing kept
+            // the byte length, as it does for French.
+            let same = lower.len() == window.len();
+            let seam = |i: usize| same && i >= head && at_seam(from + i - head);
+            if !d.context.iter().any(|w| context_found(&lower, w, &seam)) {
                 return false;
             }
         }
@@ -682,18 +705,16 @@ fn match_starts(
 /// longest run of ASCII characters when that run holds three letters in a row (`soci`
 /// of `société`); otherwise (`né le`, whose ASCII run `e le` is in every other
 /// sentence) the whole word in lower and upper case (non-ASCII letters match exactly)
-/// where a word starts — `né à` is also the end of `donné à`. `None` if too short to
-/// be a useful gate.
+/// where a word starts — `né à` is also the end of `donné à`; part boundaries are
+/// handled with the seams (`Engine::seam_gates`). `None` if too short to be a useful
+/// gate.
 fn gate_patterns(word: &str) -> Option<Vec<String>> {
     use crate::detectors::escape_literal;
     let best = word
         .split(|c: char| !c.is_ascii())
         .max_by_key(|s| s.len())
         .unwrap_or("");
-    let letters_in_a_row = best
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .any(|piece| piece.len() >= 3);
-    if best.trim().len() >= 3 && letters_in_a_row {
+    if best.trim().len() >= 3 && !whole_word_gate(best) {
         return Some(vec![escape_literal(&best.to_lowercase())]);
     }
     let whole = word.trim();
@@ -838,15 +859,30 @@ pub fn floor_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-/// Whether `word` occurs in `window` where a word starts (`né ` in `donné le` does not
-/// count). The window may begin inside a word: its first byte counts as a start.
-fn at_word_start(window: &str, word: &str) -> bool {
+/// Whether a context word is in `window` (lower case). Words with a run of three ASCII
+/// letters are looked for anywhere, as always (`numSiret`, `noPasseport`: field names
+/// glue them); the others (`né le`) only where a word starts — after a character that
+/// is not a letter or digit, at a part boundary (`seam`), or at the window's start —
+/// since `donné le` ends with them.
+fn context_found(window: &str, word: &str, seam: &dyn Fn(usize) -> bool) -> bool {
+    if !whole_word_gate(word) {
+        return window.contains(word);
+    }
     window.match_indices(word).any(|(i, _)| {
-        window[..i]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !c.is_alphanumeric())
+        seam(i)
+            || window[..i]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_alphanumeric())
     })
+}
+
+/// A context word without three ASCII letters in a row: gated whole (see
+/// [`gate_patterns`]) and matched where a word starts.
+fn whole_word_gate(word: &str) -> bool {
+    !word
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|piece| piece.len() >= 3)
 }
 
 fn dfa_syntax() -> syntax::Config {

@@ -22,33 +22,52 @@ const UP: &str = "([A-Z]|\\xc3[\\x80-\\x96\\x98-\\x9e])";
 /// `Saint-Denis`). One flat class after the capital: nested groups here made the
 /// compiled automata large and the scan slow.
 fn word() -> String {
-    format!("{UP}([a-zA-Z'-]|\\xc3[\\x80-\\xbf])+")
+    // One byte class (Latin-1 letters are \xc3 and a continuation byte). Unbounded:
+    // Hyperscan refuses the address pattern with bounded words; the checks refuse long
+    // matches at once instead (a crafted 8 MiB "word" is then refused as too complex by
+    // the start-recovery budget, not checked once per byte).
+    format!("{UP}[a-zA-Z'\\x80-\\xbf\\xc3-]+")
 }
+
+/// Longest match the checks look at: a name, an address (civility and context
+/// included). Longer ones are crafted.
+const MAX_MATCH: usize = 200;
 
 /// How particles are written inside French surnames (`de La Fontaine`, `d'Artagnan`,
 /// `Le Goff`): lower-case `le`/`la` are articles (`M. le Préfet`), not particles.
 const PARTICLE: &str = "(de |du |des |d'|d\u{2019}|de La |de Le |De |Du |Le |La |Van |van |von |Von |van der |Ben |ben |El |el )";
 
-/// Civilities, longest first where one is a prefix of another.
+/// Civilities written out: also in lower case and in capitals (address blocks).
+const CIVILITY_WORDS: &[&str] = &[
+    "monsieur et madame",
+    "mesdames",
+    "messieurs",
+    "mademoiselle",
+    "madame",
+    "monsieur",
+    "maître",
+    "docteur",
+    "professeur",
+];
+
+/// Abbreviated civilities, as written (with or without their period).
 const CIVILITIES: &[&str] = &[
-    "Monsieur et Madame",
     "M. et Mme",
-    "Mesdames",
-    "Messieurs",
-    "Mademoiselle",
-    "Madame",
-    "Monsieur",
-    "Maître",
-    "Docteur",
-    "Professeur",
     "Mmes",
     "Mlles",
+    "Mme.",
     "Mme",
+    "Mlle.",
     "Mlle",
+    "Melle",
     "MM.",
     "M.",
+    "Mr.",
+    "Mr",
     "Me",
+    "Dr.",
     "Dr",
+    "Pr.",
     "Pr",
 ];
 
@@ -230,17 +249,19 @@ fn detector(name: &str, patterns: Vec<String>, check: fn(&str) -> bool) -> Detec
 /// PERSON, ADDRESS and DATE_OF_BIRTH.
 pub fn detectors() -> Vec<Detector> {
     let civility = format!(
-        "({})",
+        "({}|{})",
         CIVILITIES
             .iter()
             .map(|c| escape(c))
             .collect::<Vec<_>>()
-            .join("|")
+            .join("|"),
+        cases(CIVILITY_WORDS)
     );
     let mut person = detector(
         "PERSON",
         vec![
-            format!("{civility} {}", name()),
+            // Up to three spaces after the civility (typed twice, or aligned).
+            format!("{civility} {{1,3}}{}", name()),
             format!("{}(, | ){}", cases(ROLES), name()),
         ],
         person,
@@ -319,6 +340,7 @@ fn person_lead(value: &str) -> usize {
         CIVILITIES
             .iter()
             .map(|c| c.to_lowercase())
+            .chain(CIVILITY_WORDS.iter().map(|c| (*c).to_string()))
             .chain(ROLES.iter().map(|r| (*r).to_string()))
             .collect()
     });
@@ -341,27 +363,34 @@ fn skip_separators(s: &str) -> usize {
     s.len() - s.trim_start_matches([' ', ',']).len()
 }
 
+/// A word without the punctuation around it.
+fn bare(w: &str) -> &str {
+    w.trim_matches(|c: char| !c.is_alphanumeric())
+}
+
 /// A name after a civility, not a title (`Monsieur Le Maire`, `Madame Directrice`).
+/// Runs for every candidate (crafted text offers one per word): no allocation.
 fn person(value: &str) -> bool {
+    if value.len() > MAX_MATCH {
+        return false;
+    }
     let rest = &value[person_lead(value).min(value.len())..];
-    let is_title = |w: &str| {
-        let w = w
-            .trim_matches(|c: char| !c.is_alphanumeric())
-            .to_lowercase();
-        TITLES.contains(&w.as_str())
-    };
+    let is_title = |w: &str| TITLES.iter().any(|t| t.eq_ignore_ascii_case(bare(w)));
     // Articles and particles alone are not a name (`Monsieur Le` of `Monsieur Le Maire`).
     let is_particle = |w: &str| {
-        matches!(
-            w.to_lowercase().as_str(),
-            "le" | "la" | "les" | "de" | "du" | "des" | "van" | "von" | "ben" | "el"
-        )
+        [
+            "le", "la", "les", "de", "du", "des", "van", "von", "ben", "el",
+        ]
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(w))
     };
     // A civility inside is the next person (`Mme Martin de Mme Durand`).
     let is_civility = |w: &str| {
+        let w = bare(w);
         CIVILITIES
             .iter()
-            .any(|c| c.trim_end_matches('.') == w.trim_end_matches('.'))
+            .any(|c| c.trim_end_matches('.').eq_ignore_ascii_case(w))
+            || CIVILITY_WORDS.iter().any(|c| c.eq_ignore_ascii_case(w))
     };
     !rest.is_empty()
         && !rest
@@ -387,12 +416,18 @@ fn address_lead(value: &str) -> usize {
 
 /// An address is a number or a postcode away from being a mere street name.
 fn address(value: &str) -> bool {
+    if value.len() > MAX_MATCH {
+        return false;
+    }
     let rest = &value[address_lead(value).min(value.len())..];
     !rest.is_empty()
 }
 
 /// A real calendar date, not in the future of any living person's birth.
 fn date_of_birth(value: &str) -> bool {
+    if value.len() > MAX_MATCH {
+        return false;
+    }
     let lower = value.to_lowercase();
     let month_named = MONTHS
         .iter()
@@ -429,7 +464,16 @@ fn date_of_birth(value: &str) -> bool {
         1..=12 => 31,
         _ => 0,
     };
-    (1..=days).contains(&day) && (1880..=2099).contains(&year)
+    (1..=days).contains(&day) && (1880..=this_year()).contains(&year)
+}
+
+/// The current year (UTC), near enough: a date of birth is not in the future.
+fn this_year() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // 365.2425 days a year.
+    u32::try_from(1970 + secs / 31_556_952).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
