@@ -453,23 +453,12 @@ fn personal(g: &mut Gen, detector: &str) -> (String, usize, usize) {
         }
         _ => {
             let (d, m, y) = (g.0.u8(1..29), g.0.u8(1..13), g.0.u16(1930..2010));
-            const MONTHS: &[&str] = &[
-                "janvier",
-                "février",
-                "mars",
-                "avril",
-                "mai",
-                "juin",
-                "juillet",
-                "août",
-                "septembre",
-                "octobre",
-                "novembre",
-                "décembre",
-            ];
             let value = match g.0.u8(0..3) {
                 0 => format!("{d:02}/{m:02}/{y}"),
-                1 => format!("{d} {} {y}", MONTHS[usize::from(m - 1)]),
+                1 => format!(
+                    "{d} {} {y}",
+                    crate::personal::MONTH_NAMES[usize::from(m - 1)]
+                ),
                 _ => format!("{y}-{m:02}-{d:02}"),
             };
             let lead = g.pick(&[

@@ -15,8 +15,9 @@
 
 use crate::detectors::{Detector, Level, Pattern};
 
-/// An upper-case letter: ASCII or Latin-1 (À–Þ, not ×).
-const UP: &str = "([A-Z]|\\xc3[\\x80-\\x96\\x98-\\x9e])";
+/// An upper-case letter: ASCII or Latin-1 (À–Þ, not ×), or a letter of Latin
+/// Extended-A/B (Ł, Ş, Ș: their case is not told apart here).
+const UP: &str = "([A-Z]|\\xc3[\\x80-\\x96\\x98-\\x9e]|[\\xc4-\\xc9][\\x80-\\xbf])";
 
 /// A word that starts with a capital (`Lefèvre`, `LEFÈVRE`, `Jean-Pierre`,
 /// `Saint-Denis`). One flat class after the capital: nested groups here made the
@@ -26,7 +27,10 @@ fn word() -> String {
     // Hyperscan refuses the address pattern with bounded words; the checks refuse long
     // matches at once instead (a crafted 8 MiB "word" is then refused as too complex by
     // the start-recovery budget, not checked once per byte).
-    format!("{UP}[a-zA-Z'\\x80-\\xbf\\xc3-]+")
+    // Continuation bytes, the lead bytes of Latin-1 and Latin Extended-A/B letters
+    // (\xc3–\xc9), of Latin Extended Additional (\xe1: Vietnamese) and of the
+    // typographic apostrophe (\xe2: `N’Diaye`).
+    format!("{UP}[a-zA-Z'\\x80-\\xbf\\xc3-\\xc9\\xe1\\xe2-]+")
 }
 
 /// Longest match the checks look at: a name, an address (civility and context
@@ -85,6 +89,8 @@ const ROLES: &[&str] = &[
     "la défenderesse",
     "l'intéressé",
     "l'intéressée",
+    "l\u{2019}intéressé",
+    "l\u{2019}intéressée",
     "le défunt",
     "la défunte",
     "épouse",
@@ -130,6 +136,41 @@ const TITLES: &[&str] = &[
     "secrétaire",
     "sénateur",
     "trésorier",
+    "proviseur",
+    "principal",
+    "bâtonnier",
+    "inspecteur",
+    "inspectrice",
+    "ambassadrice",
+    "délégué",
+    "déléguée",
+    "premier",
+    "première",
+    "vice",
+    "sous",
+    // Institutions after a role word (`Le défendeur, Ministère de l'Intérieur`).
+    "ministère",
+    "association",
+    "société",
+    "préfecture",
+    "mairie",
+    "commune",
+    "tribunal",
+    "cour",
+    "conseil",
+    "département",
+    "région",
+    "état",
+    "État",
+    "république",
+    "agence",
+    "office",
+    "caisse",
+    "direction",
+    "service",
+    "université",
+    "hôpital",
+    "centre",
 ];
 
 /// Words that introduce a place of residence (`domiciliée à Lyon`).
@@ -149,6 +190,8 @@ const WAYS: &[&str] = &[
     "rue",
     "avenue",
     "av.",
+    "av",
+    "r.",
     "boulevard",
     "bd",
     "bld",
@@ -184,23 +227,48 @@ const WAYS: &[&str] = &[
     "lotissement",
 ];
 
-const MONTHS: &[&str] = &[
+/// The months, as written in full.
+pub const MONTH_NAMES: [&str; 12] = [
     "janvier",
     "février",
-    "fevrier",
     "mars",
     "avril",
     "mai",
     "juin",
     "juillet",
     "août",
-    "aout",
     "septembre",
     "octobre",
     "novembre",
     "décembre",
-    "decembre",
 ];
+
+/// Other ways to write them (without accents, abbreviated), with their number.
+const MONTH_VARIANTS: &[(&str, u32)] = &[
+    ("fevrier", 2),
+    ("aout", 8),
+    ("decembre", 12),
+    ("janv.", 1),
+    ("févr.", 2),
+    ("fevr.", 2),
+    ("fév.", 2),
+    ("fév", 2),
+    ("avr.", 4),
+    ("juil.", 7),
+    ("sept.", 9),
+    ("oct.", 10),
+    ("nov.", 11),
+    ("déc.", 12),
+    ("dec.", 12),
+];
+
+/// Every written month with its number, longest first (`févr.` before `fév`).
+fn months() -> Vec<(&'static str, u32)> {
+    let mut all: Vec<(&'static str, u32)> = MONTH_NAMES.iter().copied().zip(1..).collect();
+    all.extend_from_slice(MONTH_VARIANTS);
+    all.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
+    all
+}
 
 fn escape(s: &str) -> String {
     crate::detectors::escape_literal(s)
@@ -229,7 +297,9 @@ fn cases(words: &[&str]) -> String {
 /// the last.
 fn name() -> String {
     let w = word();
-    format!("({w} ){{0,2}}{PARTICLE}?{w}")
+    // Initials stand for given names: `S. Lefèvre`, `J.-P. Dupont`.
+    let initial = format!("{UP}\\.(-{UP}\\.)?");
+    format!("(({w}|{initial}) ){{0,2}}{PARTICLE}?{w}")
 }
 
 fn detector(name: &str, patterns: Vec<String>, check: fn(&str) -> bool) -> Detector {
@@ -291,11 +361,15 @@ pub fn detectors() -> Vec<Detector> {
     );
     address.lead = Some(address_lead);
 
-    let months = MONTHS.join("|");
+    let months = months()
+        .iter()
+        .map(|(m, _)| escape(m))
+        .collect::<Vec<_>>()
+        .join("|");
     let mut birth = detector(
         "DATE_OF_BIRTH",
         vec![
-            "(0?[1-9]|[12][0-9]|3[01])[/.-](0?[1-9]|1[0-2])[/.-]((19|20)[0-9]{2}|[0-9]{2})"
+            "(0?[1-9]|[12][0-9]|3[01])[/. -](0?[1-9]|1[0-2])[/. -]((19|20)[0-9]{2}|[0-9]{2})"
                 .to_string(),
             format!("(1er|0?[1-9]|[12][0-9]|3[01]) ({months}) (19|20)[0-9]{{2}}"),
             "(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])".to_string(),
@@ -392,7 +466,10 @@ fn person(value: &str) -> bool {
             .any(|c| c.trim_end_matches('.').eq_ignore_ascii_case(w))
             || CIVILITY_WORDS.iter().any(|c| c.eq_ignore_ascii_case(w))
     };
+    // A shorter reading cut inside a hyphenated word (`Le Sous-` of `Le Sous-Préfet`).
+    let cut = rest.ends_with(['-', '\'']);
     !rest.is_empty()
+        && !cut
         && !rest
             .split([' ', '-'])
             .any(|w| is_title(w) || is_civility(w))
@@ -429,23 +506,10 @@ fn date_of_birth(value: &str) -> bool {
         return false;
     }
     let lower = value.to_lowercase();
-    let month_named = MONTHS
-        .iter()
-        .position(|m| lower.contains(m))
-        .map(|i| match i {
-            0 => 1,
-            1 | 2 => 2,
-            3 => 3,
-            4 => 4,
-            5 => 5,
-            6 => 6,
-            7 => 7,
-            8 | 9 => 8,
-            10 => 9,
-            11 => 10,
-            12 => 11,
-            _ => 12,
-        });
+    let month_named = months()
+        .into_iter()
+        .find(|(m, _)| lower.contains(m))
+        .map(|(_, n)| n);
     let numbers: Vec<u32> = lower
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())

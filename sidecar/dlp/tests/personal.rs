@@ -95,6 +95,27 @@ const FOUND: &[(&str, &str)] = &[
     ("MONSIEUR JEAN DUPONT", "MONSIEUR [PERSON]"),
     ("écrire à madame Martin", "écrire à madame [PERSON]"),
     ("Mme  Sophie Lefèvre", "Mme  [PERSON]"),
+    (
+        "Mme S. Lefèvre et M. J.-P. Dupont",
+        "Mme [PERSON] et M. [PERSON]",
+    ),
+    (
+        "M. Łukasz Kowalski, Mme Ayşe Yılmaz, M. Ștefan Popescu",
+        "M. [PERSON], Mme [PERSON], M. [PERSON]",
+    ),
+    ("Mme Aminata N\u{2019}Diaye", "Mme [PERSON]"),
+    (
+        "Dossier de l\u{2019}intéressé Jean Dupont",
+        "Dossier de l\u{2019}intéressé [PERSON]",
+    ),
+    (
+        "Né le 14 févr. 1987 ; DDN 14 02 1987.",
+        "Né le [DATE_OF_BIRTH] ; DDN [DATE_OF_BIRTH].",
+    ),
+    (
+        "Écrire au 12 r. des Lilas ou au 3 av Foch.",
+        "Écrire au [ADDRESS] ou au [ADDRESS].",
+    ),
     // No-break spaces fold to spaces; streamed, the hold-back maps back to the
     // original bytes (first review: a panic on these).
     (
@@ -166,6 +187,9 @@ const LEFT: &[&str] = &[
     "La préfecture de Lyon et le tribunal de Paris.",
     "Il reste 2 places de parking et 3 rues en travaux.",
     "L'année 1987 et le 14 février 1987, jour de réunion.",
+    "M. Le Sous-Préfet et Madame La Vice-Présidente.",
+    "Le défendeur, Ministère de l'Intérieur, conclut.",
+    "Monsieur Le Proviseur reçoit Monsieur Le Bâtonnier.",
 ];
 
 #[test]
