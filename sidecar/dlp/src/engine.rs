@@ -168,6 +168,9 @@ pub struct Engine {
     /// pattern needs a non-letter before it, which a part boundary is not (parts are
     /// joined with nothing in between), so they are also looked for at each seam.
     seam_gates: Vec<String>,
+    /// A detector whose matches may touch letters can also start with one (IBAN): a
+    /// match may then start between two letters (`xFR76…`).
+    glued_letter_start: bool,
 }
 
 fn is_word(c: char) -> bool {
@@ -264,6 +267,12 @@ impl Engine {
                 seam_gates.push(w);
             }
         }
+        let glued_letter_start = detectors.iter().filter(|d| d.glue).any(|d| {
+            d.patterns.iter().any(|p| {
+                first_bytes(&p.full, d.caseless)
+                    .is_none_or(|b| b.iter().any(u8::is_ascii_alphabetic))
+            })
+        });
         Ok(Engine {
             detectors,
             free,
@@ -274,7 +283,13 @@ impl Engine {
             prefix,
             context_reach,
             seam_gates,
+            glued_letter_start,
         })
+    }
+
+    /// Whether a match may start between two letters (see `glued_letter_start`).
+    pub fn starts_inside_words(&self) -> bool {
+        self.glued_letter_start
     }
 
     pub fn new_cache(&self) -> Cache {

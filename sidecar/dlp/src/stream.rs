@@ -136,12 +136,21 @@ impl<'e> StreamScanner<'e> {
                 folded[..p].chars().next_back()
             };
             // Inside a word no match starts — except where letters meet digits:
-            // checksum-validated numbers may be glued to letters.
+            // checksum-validated numbers may be glued to letters; and an IBAN glued
+            // after a letter (`xFR76…`) starts between two letters: two letters then a
+            // digit, as far as the text goes (the next bytes may not have come yet).
             let next = folded[p..].chars().next();
+            let glued_iban_like = engine.starts_inside_words() && {
+                let b = &bytes[p..];
+                b.first().is_some_and(u8::is_ascii_alphabetic)
+                    && b.get(1).is_none_or(u8::is_ascii_alphabetic)
+                    && b.get(2).is_none_or(u8::is_ascii_digit)
+            };
             if let (Some(n), Some(b)) = (next, prev)
                 && n.is_alphanumeric()
                 && b.is_alphanumeric()
                 && n.is_ascii_digit() == b.is_ascii_digit()
+                && !glued_iban_like
             {
                 continue;
             }
