@@ -277,6 +277,19 @@ pub struct SecurityLog(Arc<Mutex<Vec<u8>>>);
 
 impl SecurityLog {
     pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        // Tests run in parallel threads, most without a subscriber. tracing caches each
+        // call site's interest across all threads, and a call site first reached from a
+        // thread with none can be cached as "never", hiding it from this thread's
+        // subscriber too (seen in CI). A process-wide subscriber interested in the
+        // security target keeps that interest from ever being "never".
+        static FALLBACK: std::sync::Once = std::sync::Once::new();
+        FALLBACK.call_once(|| {
+            let sink = tracing_subscriber::fmt()
+                .with_env_filter("vigie::security=info")
+                .with_writer(std::io::sink)
+                .finish();
+            let _ = tracing::subscriber::set_global_default(sink);
+        });
         let writer = self.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter("vigie::security=info")
