@@ -66,11 +66,14 @@ pub struct Principal {
     pub role: Role,
     pub namespace: String,
     pub service_account: String,
+    /// The pod a projected service-account token is bound to (empty for Vigie tokens,
+    /// which a namespace's replicas share).
+    pub pod: String,
 }
 
 impl Principal {
     /// A workload token may only speak for the namespace (and service account, when
-    /// the token names one) it was issued for.
+    /// the token names one, and pod, when it is bound to one) it was issued for.
     pub fn may_act_as(&self, identity: &Identity) -> bool {
         match self.role {
             Role::Admin => true,
@@ -82,6 +85,7 @@ impl Principal {
                     && identity.namespace == self.namespace
                     && (self.service_account.is_empty()
                         || identity.service_account == self.service_account)
+                    && (self.pod.is_empty() || identity.pod == self.pod)
             }
         }
     }
@@ -213,6 +217,7 @@ impl Authenticator {
             role: record.role,
             namespace: record.namespace,
             service_account: record.service_account,
+            pod: String::new(),
         })
     }
 }
@@ -238,6 +243,7 @@ mod tests {
             role: Role::Workload,
             namespace: "team-a".into(),
             service_account: "chat".into(),
+            pod: String::new(),
         };
         let mut id = Identity {
             namespace: "team-a".into(),
@@ -249,6 +255,26 @@ mod tests {
         assert!(!p.may_act_as(&id));
         id.service_account = "chat".into();
         id.namespace = "team-b".into();
+        assert!(!p.may_act_as(&id));
+    }
+
+    #[test]
+    fn a_pod_bound_token_acts_for_its_pod_only() {
+        let p = Principal {
+            name: "system:serviceaccount:team-a:chat".into(),
+            role: Role::Workload,
+            namespace: "team-a".into(),
+            service_account: "chat".into(),
+            pod: "chat-1".into(),
+        };
+        let mut id = Identity {
+            namespace: "team-a".into(),
+            service_account: "chat".into(),
+            pod: "chat-1".into(),
+            ..Default::default()
+        };
+        assert!(p.may_act_as(&id));
+        id.pod = "chat-2".into();
         assert!(!p.may_act_as(&id));
     }
 }

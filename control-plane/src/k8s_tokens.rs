@@ -53,6 +53,8 @@ struct Claims {
 struct KubernetesClaims {
     namespace: String,
     serviceaccount: NamedRef,
+    /// Present in projected tokens bound to a pod (what the webhook mounts).
+    pod: Option<NamedRef>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +147,7 @@ impl K8sTokens {
             role,
             namespace: claims.kubernetes.namespace,
             service_account: claims.kubernetes.serviceaccount.name,
+            pod: claims.kubernetes.pod.map(|p| p.name).unwrap_or_default(),
         })
     }
 }

@@ -136,8 +136,7 @@ enum TokenCommand {
 }
 
 fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn".into());
+    let filter = vigie_telemetry::logs::filter("info,sqlx=warn,h2=warn,tower=warn");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -73,12 +73,15 @@ pub async fn serve(
         );
     }
     let max = settings.max_message_bytes;
+    // A policy is at most 1 MiB (limits::POLICY_BYTES) plus its request envelope.
+    let policy_max = max.min(vigie_proto::validate::limits::POLICY_BYTES + 64 * 1024);
     let policy = PolicyServiceServer::new(PolicyApi {
         store: store.clone(),
         auth: auth.clone(),
         hub: hub.clone(),
+        validator: crate::policy::Validator::default(),
     })
-    .max_decoding_message_size(max);
+    .max_decoding_message_size(policy_max);
     let discovery = DiscoveryServiceServer::new(DiscoveryApi {
         auth: auth.clone(),
         hub: hub.clone(),

@@ -23,6 +23,7 @@ pub mod v1 {
 
 pub mod client;
 pub mod effective;
+pub mod usage;
 pub mod validate;
 
 pub use pbjson_types;

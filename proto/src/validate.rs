@@ -46,6 +46,9 @@ impl Report {
 /// Validates a policy; `Ok` means a sidecar can load it. `egress` judges the egress
 /// section's rules (`vigie_egress_common::validate::EGRESS_RULES`).
 pub fn validate(policy: &Policy, egress: &dyn EgressRules) -> Result<(), Violations> {
+    // Sizes first: past a limit, nothing else is looked at (no cost proportional to
+    // what an attacker sends, no error list as long as the request).
+    validate_limits(policy)?;
     let mut r = Report::default();
     validate_name(&mut r, "name", &policy.name);
     if let Some(scope) = &policy.scope {
@@ -77,6 +80,179 @@ pub fn validate(policy: &Policy, egress: &dyn EgressRules) -> Result<(), Violati
     if r.0.is_empty() {
         Ok(())
     } else {
+        Err(Violations(r.0))
+    }
+}
+
+/// The most of everything a policy may hold (docs/policy-guide.md, "Limits"). Each is
+/// far above what a real policy needs and keeps validation, compilation and the
+/// sidecars' memory bounded; a policy past one is refused, never truncated.
+pub mod limits {
+    /// Canonical protobuf size of one policy.
+    pub const POLICY_BYTES: usize = 1024 * 1024;
+    pub const POOLS: usize = 256;
+    pub const ENDPOINTS_PER_POOL: usize = 64;
+    pub const MODELS_PER_POOL: usize = 256;
+    pub const ALIASES_PER_MODEL: usize = 64;
+    pub const ROUTES: usize = 512;
+    pub const POOLS_PER_ROUTE: usize = 64;
+    pub const MATCH_ENTRIES: usize = 64;
+    pub const SCOPE_LABELS: usize = 64;
+    pub const BUDGETS: usize = 256;
+    pub const DLP_RULES: usize = 256;
+    pub const CUSTOM_DETECTORS: usize = 64;
+    pub const KEYWORDS_PER_DETECTOR: usize = 1000;
+    pub const KEYWORD_BYTES: usize = 200;
+    pub const REGEX_BYTES: usize = 2048;
+    pub const CONTEXT_WORDS: usize = 64;
+    pub const DNS_RESOLVERS: usize = 16;
+    /// Problems listed in one refusal; past it, the count of the others.
+    pub const REPORTED_VIOLATIONS: usize = 100;
+}
+
+struct Limit<'a> {
+    r: &'a mut Report,
+}
+
+impl Limit<'_> {
+    fn count(&mut self, path: &str, n: usize, max: usize) {
+        if n > max {
+            self.r
+                .add(path, format!("{n} entries; at most {max} allowed"));
+        }
+    }
+
+    fn bytes(&mut self, path: impl FnOnce() -> String, s: &str, max: usize) {
+        if s.len() > max {
+            self.r
+                .add(path(), format!("{} bytes; at most {max} allowed", s.len()));
+        }
+    }
+}
+
+/// Counts and sizes only, before any other check. Stops at the first few problems.
+pub fn validate_limits(policy: &Policy) -> Result<(), Violations> {
+    use limits as L;
+    use prost::Message as _;
+    let mut r = Report::default();
+    let size = policy.encoded_len();
+    if size > L::POLICY_BYTES {
+        r.add(
+            "",
+            format!(
+                "policy is {size} bytes; at most {} allowed",
+                L::POLICY_BYTES
+            ),
+        );
+        return Err(Violations(r.0));
+    }
+    let mut l = Limit { r: &mut r };
+    if let Some(s) = &policy.scope {
+        l.count(
+            "scope.workloadLabels",
+            s.workload_labels.len(),
+            L::SCOPE_LABELS,
+        );
+    }
+    l.count("pools", policy.pools.len(), L::POOLS);
+    for (i, p) in policy.pools.iter().enumerate().take(L::POOLS) {
+        l.count(
+            &format!("pools[{i}].endpoints"),
+            p.endpoints.len(),
+            L::ENDPOINTS_PER_POOL,
+        );
+        l.count(
+            &format!("pools[{i}].models"),
+            p.models.len(),
+            L::MODELS_PER_POOL,
+        );
+        for (j, m) in p.models.iter().enumerate().take(L::MODELS_PER_POOL) {
+            l.count(
+                &format!("pools[{i}].models[{j}].aliases"),
+                m.aliases.len(),
+                L::ALIASES_PER_MODEL,
+            );
+        }
+    }
+    l.count("routes", policy.routes.len(), L::ROUTES);
+    for (i, rt) in policy.routes.iter().enumerate().take(L::ROUTES) {
+        l.count(
+            &format!("routes[{i}].pools"),
+            rt.pools.len(),
+            L::POOLS_PER_ROUTE,
+        );
+        l.count(
+            &format!("routes[{i}].candidates"),
+            rt.candidates.len(),
+            L::POOLS_PER_ROUTE,
+        );
+        if let Some(m) = &rt.r#match {
+            let n = m.namespaces.len() + m.workload_labels.len() + m.headers.len();
+            l.count(&format!("routes[{i}].match"), n, L::MATCH_ENTRIES);
+        }
+    }
+    if let Some(b) = &policy.budgets {
+        l.count("budgets.budgets", b.budgets.len(), L::BUDGETS);
+    }
+    if let Some(d) = &policy.dlp {
+        l.count("dlp.rules", d.rules.len(), L::DLP_RULES);
+        l.count(
+            "dlp.customDetectors",
+            d.custom_detectors.len(),
+            L::CUSTOM_DETECTORS,
+        );
+        for (i, c) in d
+            .custom_detectors
+            .iter()
+            .enumerate()
+            .take(L::CUSTOM_DETECTORS)
+        {
+            let path = format!("dlp.customDetectors[{i}]");
+            l.count(
+                &format!("{path}.context"),
+                c.context.len(),
+                L::CONTEXT_WORDS,
+            );
+            match &c.kind {
+                Some(crate::v1::custom_detector::Kind::Regex(re)) => {
+                    l.bytes(|| format!("{path}.regex"), re, L::REGEX_BYTES);
+                }
+                Some(crate::v1::custom_detector::Kind::Keywords(k)) => {
+                    l.count(
+                        &format!("{path}.keywords.words"),
+                        k.words.len(),
+                        L::KEYWORDS_PER_DETECTOR,
+                    );
+                    if let Some((j, w)) = k
+                        .words
+                        .iter()
+                        .enumerate()
+                        .find(|(_, w)| w.len() > L::KEYWORD_BYTES)
+                    {
+                        l.bytes(
+                            || format!("{path}.keywords.words[{j}]"),
+                            w,
+                            L::KEYWORD_BYTES,
+                        );
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+    if let Some(e) = &policy.egress {
+        // Rule lists are bounded by the egress section's own check (what fits in the
+        // kernel maps), within the policy's size.
+        l.count(
+            "egress.dnsResolvers",
+            e.dns_resolvers.len(),
+            L::DNS_RESOLVERS,
+        );
+    }
+    if r.0.is_empty() {
+        Ok(())
+    } else {
+        r.0.truncate(L::REPORTED_VIOLATIONS);
         Err(Violations(r.0))
     }
 }
@@ -357,9 +533,17 @@ fn validate_pools(r: &mut Report, pools: &[Pool]) {
                 "at least one endpoint is required",
             );
         }
+        // A pool outside the cluster gets the provider key: never in clear over the
+        // network (loopback stays allowed: a local egress proxy, a test double).
+        let outside = !matches!(hosting_of(pool), Hosting::OnPrem);
         for (j, ep) in pool.endpoints.iter().enumerate() {
-            if let Err(reason) = check_endpoint_url(&ep.url) {
-                r.add(format!("{p}.endpoints[{j}].url"), reason.to_string());
+            match check_endpoint_url(&ep.url) {
+                Err(reason) => r.add(format!("{p}.endpoints[{j}].url"), reason.to_string()),
+                Ok(u) if outside && u.scheme() == "http" && !is_loopback(&u) => r.add(
+                    format!("{p}.endpoints[{j}].url"),
+                    "must be https:// for a pool hosted outside the cluster",
+                ),
+                Ok(_) => {}
             }
         }
         if pool.models.is_empty() {
@@ -390,13 +574,33 @@ fn validate_pools(r: &mut Report, pools: &[Pool]) {
         if let Some(c) = &pool.credentials {
             match &c.source {
                 None => r.add(format!("{p}.credentials"), "set either env or file"),
-                Some(credentials::Source::Env(v)) if v.is_empty() => {
-                    r.add(format!("{p}.credentials.env"), "must not be empty")
+                // The sidecar reads VIGIE_CREDENTIAL_<env>, and files under its
+                // credentials directory only (sidecar/src/policy/credentials.rs).
+                Some(credentials::Source::Env(v)) => {
+                    if v.is_empty()
+                        || v.len() > 128
+                        || !v
+                            .bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                    {
+                        r.add(
+                            format!("{p}.credentials.env"),
+                            "1 to 128 upper-case letters, digits or '_' (the sidecar reads VIGIE_CREDENTIAL_<env>)",
+                        )
+                    }
                 }
-                Some(credentials::Source::File(v)) if v.is_empty() => {
-                    r.add(format!("{p}.credentials.file"), "must not be empty")
+                Some(credentials::Source::File(v)) => {
+                    if v.is_empty()
+                        || v.len() > 512
+                        || v.contains('\0')
+                        || v.split('/').any(|part| part == "..")
+                    {
+                        r.add(
+                            format!("{p}.credentials.file"),
+                            "a path of at most 512 bytes under the sidecar's credentials directory, without '..'",
+                        )
+                    }
                 }
-                Some(_) => {}
             }
         }
         if Hosting::try_from(pool.hosting).is_err() {
@@ -461,6 +665,15 @@ pub enum EndpointUrlError {
     Credentials,
     #[error("must not have a query or fragment")]
     QueryOrFragment,
+}
+
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 /// Checks an endpoint URL.

@@ -117,6 +117,16 @@ struct Args {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "VIGIE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Request-body bytes held at once, all requests together (past it: 503, retry).
+    #[arg(long, env = "VIGIE_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024)]
+    max_body_bytes_in_flight: usize,
+    /// Connections held at once (waiting for or serving a request); more are closed.
+    #[arg(long, env = "VIGIE_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Longest wait for a request head, keep-alive idle time included, in seconds; a
+    /// body may take this plus one second per 64 KiB.
+    #[arg(long, env = "VIGIE_HEADER_TIMEOUT_S", default_value_t = 30)]
+    header_timeout_s: u64,
     /// Attempts per request (endpoints, then pools) on connect errors, 5xx, 429 and
     /// first-byte timeouts — never once the answer has started.
     #[arg(long, env = "VIGIE_MAX_ATTEMPTS", default_value_t = 3)]
@@ -207,8 +217,7 @@ fn user_settings(args: &Args) -> anyhow::Result<UserSettings> {
 }
 
 fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,pingora=warn".into());
+    let filter = vigie_telemetry::logs::filter("info,pingora=warn");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -385,6 +394,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
+    vigie_sidecar::memory::give_back_periodically();
 
     let forwarded_headers = args
         .forward_headers
@@ -427,6 +437,11 @@ fn main() -> anyhow::Result<()> {
             labels: labels.clone(),
             users,
             route_debug_header: args.route_debug_header,
+            limits: vigie_sidecar::pipeline::bounds::Limits {
+                max_connections: args.max_connections.max(1),
+                header_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
+                max_body_bytes_in_flight: args.max_body_bytes_in_flight.max(args.max_body_bytes),
+            },
         },
         original,
     );

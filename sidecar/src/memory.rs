@@ -30,3 +30,19 @@ pub fn give_back() {
         }
     }
 }
+
+/// Every 30 s, what freed connections' and bodies' buffers left in the heap goes back
+/// (4,000 closed connections otherwise kept ~190 MiB resident).
+pub fn give_back_periodically() {
+    let spawned = std::thread::Builder::new()
+        .name("vigie-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                give_back();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "memory trimming thread not started");
+    }
+}

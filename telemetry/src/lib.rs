@@ -7,6 +7,7 @@
 //! `traceparent` then passes through untouched) and security events go to the log only.
 
 pub mod config;
+pub mod logs;
 pub mod pipeline;
 pub mod security;
 

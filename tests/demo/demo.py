@@ -125,7 +125,7 @@ def main():
         title("Starting the sidecar: it watches the control plane as team-a/chatbot-0")
         sidecar = Sidecar(control_plane=cp, token=workload,
                           identity={"namespace": "team-a", "pod": "chatbot-0", "service_account": "chatbot"},
-                          env={"DEMO_PROVIDER_KEY": "sk-demo-provider-key-held-by-the-sidecar", **otel})
+                          env={"VIGIE_CREDENTIAL_DEMO_PROVIDER_KEY": "sk-demo-provider-key-held-by-the-sidecar", **otel})
         started.append(sidecar)
         show("app-facing URL", sidecar.base_url + "/v1")
         show("admin URL", sidecar.admin_url + " (/healthz /readyz /metrics)")

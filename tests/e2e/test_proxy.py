@@ -118,10 +118,13 @@ def test_sidecar_holds_the_credentials(mocks, sidecars, tmp_path):
         "name": "creds",
         "pools": [
             pool("oa", [openai_mock.url], [{"name": "mistral-7b"}], kind="POOL_KIND_OPENAI", credentials={"env": "VIGIE_E2E_OPENAI_KEY"}),
-            pool("an", [anthropic_mock.url], [{"name": "claude-mock"}], kind="POOL_KIND_ANTHROPIC", credentials={"file": str(key_file)}),
+            pool("an", [anthropic_mock.url], [{"name": "claude-mock"}], kind="POOL_KIND_ANTHROPIC", credentials={"file": "anthropic-key"}),
         ],
     }
-    s = sidecars(policy, env={"VIGIE_E2E_OPENAI_KEY": "sk-real-openai"})
+    # Policies reach VIGIE_CREDENTIAL_* variables and files under VIGIE_CREDENTIALS_DIR
+    # only (the webhook injects the credentials Secret both ways).
+    s = sidecars(policy, env={"VIGIE_CREDENTIAL_VIGIE_E2E_OPENAI_KEY": "sk-real-openai",
+                              "VIGIE_CREDENTIALS_DIR": str(tmp_path)})
     client(s.base_url).chat.completions.create(model="mistral-7b", messages=MSG)
     seen = openai_mock.stats()["last_request"]
     assert seen["authorization"] == "Bearer sk-real-openai"

@@ -126,7 +126,8 @@ def test_nack_keeps_previous_policy_and_shows_in_status(control_planes, mocks, s
 
     c = wait_until(nacked, what="NACK in status")
     assert c["ackedVersion"] == v1 and c["sentVersion"] == v2
-    assert 'pools[0].credentials.env: environment variable "VIGIE_E2E_SURELY_UNSET_KEY" is not set' in c["nackError"]
+    assert ('pools[0].credentials.env: credential "VIGIE_E2E_SURELY_UNSET_KEY" is not set '
+            '(environment variable VIGIE_CREDENTIAL_VIGIE_E2E_SURELY_UNSET_KEY)') in c["nackError"]
     assert s.policy_version() == v1
     assert client(s.base_url).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices[0].message.content
     assert "snapshot rejected by client" in cp.log()

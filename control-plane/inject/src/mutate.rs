@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecretEnvSource, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    SeccompProfile, SecretEnvSource, SecretVolumeSource, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -78,10 +78,17 @@ const TOKEN_DIR: &str = "/var/run/secrets/vigie";
 const STATE_DIR: &str = "/var/lib/vigie";
 const PODINFO_DIR: &str = "/etc/vigie/podinfo";
 const CA_DIR: &str = "/etc/vigie/control-plane-ca";
+/// The sidecar's default `VIGIE_CREDENTIALS_DIR`: policies' `credentials.file` are
+/// read under it, and nowhere else.
+const CREDENTIALS_DIR: &str = "/etc/vigie/credentials";
+/// Policies' `credentials.env` names are read with this prefix (the sidecar's
+/// `CREDENTIAL_ENV_PREFIX`).
+const CREDENTIAL_ENV_PREFIX: &str = "VIGIE_CREDENTIAL_";
 const VOLUME_TOKEN: &str = "vigie-token";
 const VOLUME_STATE: &str = "vigie-state";
 const VOLUME_PODINFO: &str = "vigie-podinfo";
 const VOLUME_CA: &str = "vigie-control-plane-ca";
+const VOLUME_CREDENTIALS: &str = "vigie-credentials";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MutateError {
@@ -219,6 +226,14 @@ pub fn sidecar(cfg: &InjectConfig, settings: &PodSettings, workload: &str) -> Co
             cfg.otlp_endpoint.clone(),
         ));
     }
+    if !cfg.credentials_secret.is_empty() {
+        mounts.push(VolumeMount {
+            name: VOLUME_CREDENTIALS.into(),
+            mount_path: CREDENTIALS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     if !cfg.control_plane_ca_configmap.is_empty() {
         env.push(value_env(
             "VIGIE_CONTROL_PLANE_CA",
@@ -236,14 +251,20 @@ pub fn sidecar(cfg: &InjectConfig, settings: &PodSettings, workload: &str) -> Co
         image: Some(cfg.sidecar_image.clone()),
         image_pull_policy: Some(cfg.image_pull_policy.clone()),
         env: Some(env),
+        // The Secret twice: as is (OTEL_EXPORTER_OTLP_HEADERS for the exporter), and
+        // prefixed, which is all a policy's `credentials.env` can reach.
         env_from: (!cfg.credentials_secret.is_empty()).then(|| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: cfg.credentials_secret.clone(),
-                    optional: Some(true),
-                }),
-                ..Default::default()
-            }]
+            [None, Some(CREDENTIAL_ENV_PREFIX.to_string())]
+                .into_iter()
+                .map(|prefix| EnvFromSource {
+                    prefix,
+                    secret_ref: Some(SecretEnvSource {
+                        name: cfg.credentials_secret.clone(),
+                        optional: Some(true),
+                    }),
+                    ..Default::default()
+                })
+                .collect()
         }),
         ports: Some(vec![ContainerPort {
             name: Some("vigie-admin".into()),
@@ -334,6 +355,17 @@ fn volumes(cfg: &InjectConfig) -> Vec<Volume> {
             ..Default::default()
         },
     ];
+    if !cfg.credentials_secret.is_empty() {
+        v.push(Volume {
+            name: VOLUME_CREDENTIALS.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(cfg.credentials_secret.clone()),
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     if !cfg.control_plane_ca_configmap.is_empty() {
         v.push(Volume {
             name: VOLUME_CA.into(),

@@ -18,6 +18,10 @@ use crate::hub::Hub;
 /// A client must say who it is this quickly after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often an open stream's token is checked again: a revoked or expired token
+/// loses its stream within this (plus the store's answer time).
+const REAUTHENTICATE_EVERY: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone)]
 pub struct DiscoveryApi {
     pub auth: Authenticator,
@@ -69,6 +73,7 @@ impl DiscoveryService for DiscoveryApi {
             .auth
             .check(&req, &[Role::Workload, Role::Agent, Role::Admin])
             .await?;
+        let metadata = req.metadata().clone();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -111,7 +116,41 @@ impl DiscoveryService for DiscoveryApi {
             }
             info!(client = %client, "watcher disconnected");
         });
-        let stream = snapshots.map(|s| Ok(Snapshot::clone(&s)));
+        // The stream lives as long as the token: revoked or expired, it ends with
+        // UNAUTHENTICATED (a store outage is not a revocation).
+        let auth = self.auth.clone();
+        let name = who.name.clone();
+        let revoked = async move {
+            loop {
+                tokio::time::sleep(REAUTHENTICATE_EVERY).await;
+                match auth.authenticate(&metadata).await {
+                    Ok(p) if p == who => {}
+                    Err(s) if s.code() == tonic::Code::Unavailable => {}
+                    _ => break,
+                }
+            }
+            info!(token = %name, "watch ended: its token is revoked or expired");
+            Err(Status::unauthenticated(
+                "the token of this stream was revoked or has expired",
+            ))
+        };
+        let stream = snapshots
+            .map(|s| Ok(Snapshot::clone(&s)))
+            .map(Some)
+            .chain(futures::stream::once(async { None }));
+        // Snapshots until the hub closes (shutdown) or the token goes, whichever first.
+        let stream = futures::stream::unfold(
+            (Box::pin(stream), Box::pin(revoked), false),
+            |(mut snaps, mut revoked, done)| async move {
+                if done {
+                    return None;
+                }
+                tokio::select! {
+                    next = snaps.next() => next.flatten().map(|item| (item, (snaps, revoked, false))),
+                    ended = &mut revoked => Some((ended, (snaps, revoked, true))),
+                }
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -16,7 +16,7 @@ use super::{invalid, store_error, timestamp, violations_status};
 use crate::auth::{Authenticator, Principal, Role};
 use crate::hub::Hub;
 use crate::policy::summary::summarize;
-use crate::policy::validate;
+use crate::policy::{Refused, Validator};
 use crate::store::{NewRevision, Revision, Store, StoreError};
 
 /// Attempts when another writer races us without an explicit expected revision.
@@ -27,6 +27,7 @@ pub struct PolicyApi {
     pub store: Arc<dyn Store>,
     pub auth: Authenticator,
     pub hub: Arc<Hub>,
+    pub validator: Validator,
 }
 
 pub fn revision_message(r: Revision) -> PolicyRevision {
@@ -62,6 +63,21 @@ struct Change {
 }
 
 impl PolicyApi {
+    /// Validation on the bounded pool; a write refused is a security event (a dry run
+    /// is not).
+    async fn validate(&self, who: &Principal, policy: &Policy, write: bool) -> Result<(), Status> {
+        match self.validator.validate(&who.name, policy).await {
+            Ok(()) => Ok(()),
+            Err(Refused::Invalid(v)) => {
+                if write {
+                    crate::events::policy_rejected(who, &policy.name, &v);
+                }
+                Err(violations_status(&v))
+            }
+            Err(e) => Err(Status::resource_exhausted(e.to_string())),
+        }
+    }
+
     /// Compare-and-set loop around [`Store::commit`]. Returns the revision and whether
     /// anything was written.
     async fn write(&self, who: &Principal, c: Change) -> Result<(Revision, bool), Status> {
@@ -161,10 +177,7 @@ impl PolicyService for PolicyApi {
         let who = self.auth.check(&req, &[Role::Admin]).await?;
         let r = req.into_inner();
         let policy = r.policy.ok_or_else(|| invalid("policy", "is required"))?;
-        validate(&policy).map_err(|v| {
-            crate::events::policy_rejected(&who, &policy.name, &v);
-            violations_status(&v)
-        })?;
+        self.validate(&who, &policy, true).await?;
         let (rev, written) = self
             .write(
                 &who,
@@ -188,12 +201,12 @@ impl PolicyService for PolicyApi {
         &self,
         req: Request<ValidatePolicyRequest>,
     ) -> Result<Response<ValidatePolicyResponse>, Status> {
-        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let who = self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
         let policy = req
             .into_inner()
             .policy
             .ok_or_else(|| invalid("policy", "is required"))?;
-        validate(&policy).map_err(|v| violations_status(&v))?;
+        self.validate(&who, &policy, false).await?;
         let head = self.store.head(&policy.name).await.map_err(store_error)?;
         let current = head.as_ref().and_then(|h| h.policy.as_ref());
         Ok(Response::new(ValidatePolicyResponse {
@@ -344,10 +357,7 @@ impl PolicyService for PolicyApi {
             ))
         })?;
         // Rules may have tightened since: an old revision must still be valid.
-        validate(&policy).map_err(|v| {
-            crate::events::policy_rejected(&who, &policy.name, &v);
-            violations_status(&v)
-        })?;
+        self.validate(&who, &policy, true).await?;
         let (rev, written) = self
             .write(
                 &who,

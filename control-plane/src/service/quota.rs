@@ -13,6 +13,9 @@ use crate::hub::Hub;
 use crate::store::quota::QuotaAsk;
 use crate::store::{Store, now_ms};
 
+/// Longest value of a budget key (a user name, a model name…).
+const MAX_KEY_BYTES: usize = 512;
+
 #[derive(Debug, Clone)]
 pub struct QuotaApi {
     pub store: Arc<dyn Store>,
@@ -80,6 +83,35 @@ impl QuotaService for QuotaApi {
                 "not the start of the budget's current window",
             ));
         }
+        // The key's namespace and workload values are the caller's own: a token leases
+        // for its own counters, never another team's.
+        for (i, (dim, value)) in spec.per.iter().zip(&r.key).enumerate() {
+            let own = match dim {
+                vigie_quota::KeyDim::Namespace => &identity.namespace,
+                vigie_quota::KeyDim::Workload => &identity.workload,
+                // The end user and the model are the request's (docs/budgets.md).
+                vigie_quota::KeyDim::User | vigie_quota::KeyDim::Model => value,
+            };
+            if value != own {
+                return Err(Status::permission_denied(format!(
+                    "key[{i}]: a caller leases only for its own {}",
+                    match dim {
+                        vigie_quota::KeyDim::Namespace => "namespace",
+                        _ => "workload",
+                    }
+                )));
+            }
+            if value.len() > MAX_KEY_BYTES {
+                return Err(invalid(
+                    &format!("key[{i}]"),
+                    &format!("at most {MAX_KEY_BYTES} bytes"),
+                ));
+            }
+        }
+        // One call moves the counter by at most a tenth of the limit granted plus a
+        // tenth charged as overdraft: no caller takes a whole budget in one call, and a
+        // forged overdraft cannot push the counter to infinity.
+        let per_call = spec.limit / 10.0;
         let key = serde_json::to_string(&r.key).unwrap_or_default();
         let id = format!("{policy}/{}", spec.name);
         let grant = self
@@ -89,13 +121,13 @@ impl QuotaService for QuotaApi {
                 key,
                 window_start_ms: start,
                 window_end_ms: end,
-                want: r.want,
-                overdraft: r.overdraft,
+                want: r.want.min(per_call),
+                overdraft: r.overdraft.min(per_call),
                 limit: spec.limit,
             })
             .await
             .map_err(store_error)?;
-        self.metrics.lease(&id, grant.granted, r.want);
+        self.metrics.lease(&id, grant.granted, r.want.min(per_call));
         Ok(Response::new(AcquireLeaseResponse {
             granted: grant.granted,
             remaining: (spec.limit - grant.total).max(0.0),

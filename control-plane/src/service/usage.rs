@@ -17,8 +17,9 @@ use vigie_proto::v1::{
 
 use super::{invalid, store_error};
 use crate::auth::{Authenticator, Role};
-use crate::store::Store;
 use crate::store::usage::{TotalsRow, dimension_column};
+use crate::store::{Store, now_ms};
+use vigie_proto::usage::{MAX_COST, MAX_FIELD_BYTES, MAX_GPU_SECONDS, MAX_TOKENS};
 
 /// Largest batch a sidecar may report at once.
 pub const MAX_REPORT: usize = 5000;
@@ -61,6 +62,40 @@ fn check_record(i: usize, r: &UsageRecord) -> Result<(), Status> {
             &format!("records[{i}].cost"),
             "cost and gpuSeconds must be finite and not negative",
         ));
+    }
+    // vigie_proto::usage: bounds that keep the stores' sums out of overflow.
+    for (field, n) in [
+        ("promptTokens", r.prompt_tokens),
+        ("completionTokens", r.completion_tokens),
+        ("cachedPromptTokens", r.cached_prompt_tokens),
+        ("reasoningTokens", r.reasoning_tokens),
+    ] {
+        if n > MAX_TOKENS {
+            return Err(invalid(
+                &format!("records[{i}].{field}"),
+                &format!("at most {MAX_TOKENS} tokens per request"),
+            ));
+        }
+    }
+    if r.cost > MAX_COST || r.gpu_seconds > MAX_GPU_SECONDS {
+        return Err(invalid(
+            &format!("records[{i}].cost"),
+            &format!("cost at most {MAX_COST}, gpuSeconds at most {MAX_GPU_SECONDS} per request"),
+        ));
+    }
+    if r.started_at_ms < 0 || r.ended_at_ms > now_ms() + DAY_MS {
+        return Err(invalid(
+            &format!("records[{i}].endedAtMs"),
+            "must be a time between 1970 and tomorrow",
+        ));
+    }
+    for (field, v) in vigie_proto::usage::text_fields(r) {
+        if v.len() > MAX_FIELD_BYTES {
+            return Err(invalid(
+                &format!("records[{i}].{field}"),
+                &format!("at most {MAX_FIELD_BYTES} bytes"),
+            ));
+        }
     }
     Ok(())
 }
@@ -142,6 +177,13 @@ impl UsageService for UsageApi {
                 return Err(Status::permission_denied(format!(
                     "records[{i}].namespace: a workload of {} reports only its own usage",
                     who.namespace
+                )));
+            }
+            // A token bound to a pod reports that pod's requests only.
+            if who.role == Role::Workload && !who.pod.is_empty() && r.pod != who.pod {
+                return Err(Status::permission_denied(format!(
+                    "records[{i}].pod: this token reports only the usage of pod {}",
+                    who.pod
                 )));
             }
         }
@@ -334,6 +376,42 @@ mod tests {
                     ..good.clone()
                 },
                 "records[3].cost",
+            ),
+            // Sums that could overflow the stores' 64-bit integers.
+            (
+                UsageRecord {
+                    prompt_tokens: u64::MAX,
+                    ..good.clone()
+                },
+                "records[3].promptTokens",
+            ),
+            (
+                UsageRecord {
+                    reasoning_tokens: MAX_TOKENS + 1,
+                    ..good.clone()
+                },
+                "records[3].reasoningTokens",
+            ),
+            (
+                UsageRecord {
+                    gpu_seconds: 1e300,
+                    ..good.clone()
+                },
+                "records[3].cost",
+            ),
+            (
+                UsageRecord {
+                    ended_at_ms: i64::MAX,
+                    ..good.clone()
+                },
+                "records[3].endedAtMs",
+            ),
+            (
+                UsageRecord {
+                    user: "u".repeat(MAX_FIELD_BYTES + 1),
+                    ..good.clone()
+                },
+                "records[3].user",
             ),
         ] {
             let e = check_record(3, &bad).unwrap_err();

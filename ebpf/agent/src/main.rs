@@ -350,8 +350,7 @@ impl Agent {
 fn init_tracing(format: &str) {
     // aya warns at length when the kernel refuses the object's BTF (Rust type names
     // are not valid BTF names); the programs load without it.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    let filter = vigie_telemetry::logs::filter("info")
         .add_directive("aya::bpf=error".parse().unwrap_or_default());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -157,8 +157,17 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
             }
         };
         // Checked here too (not only when the engine is built) so that a broken
-        // pattern is reported together with every other problem.
-        if let Err(message) = crate::engine::check_pattern(&patterns[0].full, c.case_insensitive) {
+        // pattern is reported together with every other problem. A regex's complexity
+        // is judged from its syntax before anything is compiled.
+        let complexity = match c.kind {
+            Some(custom_detector::Kind::Regex(_)) => {
+                crate::engine::check_complexity(&patterns[0].full, c.case_insensitive)
+            }
+            _ => Ok(()),
+        };
+        if let Err(message) = complexity
+            .and_then(|()| crate::engine::check_pattern(&patterns[0].full, c.case_insensitive))
+        {
             let field = match c.kind {
                 Some(custom_detector::Kind::Keywords(_)) => "keywords",
                 _ => "regex",
@@ -364,6 +373,38 @@ mod tests {
 
     fn dlp(json: &str) -> v1::Dlp {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn every_keyword_of_the_largest_allowed_list_is_found() {
+        let n = vigie_proto::validate::limits::KEYWORDS_PER_DETECTOR;
+        let words: Vec<String> = (0..n).map(|i| format!("\"Projet{i:04}x\"")).collect();
+        let c = compile(&dlp(&format!(
+            r#"{{"rules":[{{"detector":"CODES","action":"DLP_ACTION_REDACT"}}],
+              "customDetectors":[{{"name":"CODES","keywords":{{"words":[{}]}}}}]}}"#,
+            words.join(",")
+        )))
+        .unwrap();
+        for i in [0, 1, n / 2, n - 2, n - 1] {
+            let text = format!("au sujet du projet{i:04}x demain");
+            let found = c.engine.find(&text, "").unwrap();
+            assert_eq!(found.len(), 1, "keyword {i} of {n}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn a_regex_whose_repetitions_unfold_too_far_is_refused_by_its_syntax() {
+        let err = compile(&dlp(
+            r#"{"customDetectors":[{"name":"SLOW","regex":"((a|b){200}){200}"}]}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(err[0].path, "dlp.customDetectors[0].regex");
+        assert!(err[0].reason.contains("too complex"), "{err:?}");
+        // An ordinary identifier pattern is far below the limit.
+        compile(&dlp(
+            r#"{"customDetectors":[{"name":"DOSSIER","regex":"DOS-[0-9]{4}-[A-Z]{2}[0-9]{6,10}"}]}"#,
+        ))
+        .unwrap();
     }
 
     #[test]

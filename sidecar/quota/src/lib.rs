@@ -416,10 +416,9 @@ impl Quota {
                 if s.available >= amount || s.exhausted {
                     continue; // another request refilled (or found it empty) meanwhile
                 }
-                let chunk = (b.limit / 50.0)
-                    .max(4.0 * amount)
-                    .min(b.limit / 10.0)
-                    .max(amount);
+                // The authority grants at most a tenth of the limit per call: a larger
+                // reservation takes several leases.
+                let chunk = (b.limit / 50.0).max(4.0 * amount).min(b.limit / 10.0);
                 (chunk, (-s.available).max(0.0))
             };
             self.stats
@@ -433,8 +432,9 @@ impl Quota {
                 Ok(g) => {
                     let mut s = lock(&counter.state);
                     s.available += overdraft + g.granted;
-                    // Less than asked: the authority's counter is empty for this window.
-                    if g.granted < want && s.available < amount {
+                    // Less than asked (or nothing): the authority's counter is empty
+                    // for this window.
+                    if (g.granted < want || g.granted <= 0.0) && s.available < amount {
                         s.exhausted = true;
                     }
                 }

@@ -45,9 +45,11 @@ async fn ship_once(
         None => client.insert(UsageServiceClient::new(channel(cfg).await?)),
     };
     let n = batch.records.len();
-    let mut request = tonic::Request::new(ReportUsageRequest {
-        records: batch.records,
-    });
+    let mut records = batch.records;
+    // Within the control plane's bounds whatever the app or upstream sent: one record
+    // it refuses would hold back every later one.
+    records.iter_mut().for_each(vigie_proto::usage::clamp);
+    let mut request = tonic::Request::new(ReportUsageRequest { records });
     authorize(&mut request, &read_token(cfg)?)?;
     let reply = c.report_usage(request).await?.into_inner();
     ledger

@@ -110,6 +110,8 @@ pub struct RequestCtx {
     pub(super) started: Instant,
     pub(super) first_chunk: Option<Duration>,
     pub(super) accounting: Arc<Accounting>,
+    /// The request body's share of the sidecar's body budget, held to the end.
+    pub(super) body_bytes: super::bounds::BodyReservation,
     events: Events,
 }
 
@@ -139,6 +141,7 @@ impl RequestCtx {
             started: Instant::now(),
             first_chunk: None,
             accounting,
+            body_bytes: super::bounds::BodyReservation::default(),
             events: app.events.clone(),
         }
     }

@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use opentelemetry::KeyValue;
 use pingora::protocols::http::ServerSession;
 
+use super::bounds::{BodyReservation, Bounds};
 use super::{Refusal, RequestCtx, SidecarApp};
 use crate::api::request::LlmRequest;
 use crate::api::{ApiError, Operation};
@@ -36,7 +37,7 @@ pub async fn read(
         return Err(Refusal::before_body(ApiError::loop_detected()));
     }
     let limit = app.settings.max_body_bytes;
-    let body = read_body(session, limit)
+    let body = read_body(session, limit, &app.bounds, &mut ctx.body_bytes)
         .await
         .map_err(Refusal::before_body)?;
     // A compressed body is decoded (within the same limit) and read like any other:
@@ -58,6 +59,10 @@ pub async fn read(
         }
         _ => body,
     };
+    // A decoded body is held next to nothing else, but counted whole.
+    if !app.bounds.reserve(&mut ctx.body_bytes, body.len()) {
+        return Err(Refusal::before_body(ApiError::bodies_in_flight()));
+    }
     let request = LlmRequest::parse(ctx.op, body).inspect_err(|e| {
         // A key given twice (or in two cases) is how a value would be hidden from DLP.
         if e.code == Some("ambiguous_key") {
@@ -95,8 +100,14 @@ pub async fn read(
     Ok(())
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes.
-async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole request body, refusing more than `limit` bytes, more than the
+/// sidecar's body budget has room for, and a body slower than its deadline.
+async fn read_body(
+    session: &mut ServerSession,
+    limit: usize,
+    bounds: &Bounds,
+    held: &mut BodyReservation,
+) -> Result<Bytes, ApiError> {
     let declared = session
         .req_header()
         .headers
@@ -116,12 +127,26 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, A
             ApiError::invalid_request("The connection failed while reading the request.")
         })?;
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    let expected = declared.unwrap_or(4096).min(limit);
+    if !bounds.reserve(held, expected) {
+        return Err(ApiError::bodies_in_flight());
+    }
+    let deadline = tokio::time::Instant::now() + bounds.body_deadline(declared.unwrap_or(limit));
+    let mut buf = BytesMut::with_capacity(expected);
     loop {
-        match session.read_request_body().await {
+        let chunk = tokio::time::timeout_at(deadline, session.read_request_body())
+            .await
+            .map_err(|_| ApiError::body_too_slow())?;
+        match chunk {
             Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > limit {
+                let len = buf.len() + chunk.len();
+                if len > limit {
                     return Err(ApiError::body_too_large(limit));
+                }
+                // A chunked body grows its reservation in steps, as it arrives.
+                if len > held.bytes() && !bounds.reserve(held, len.max(2 * held.bytes()).min(limit))
+                {
+                    return Err(ApiError::bodies_in_flight());
                 }
                 buf.extend_from_slice(&chunk);
             }

@@ -13,6 +13,7 @@
 
 pub mod account;
 mod attempts;
+pub mod bounds;
 mod budget;
 mod ctx;
 mod guard;
@@ -54,6 +55,8 @@ pub struct Settings {
     pub users: UserSettings,
     /// Adds `x-vigie-route` (pool, endpoint, reason, attempts) to answers; for debugging.
     pub route_debug_header: bool,
+    /// Connections, request-head time, body bytes in flight.
+    pub limits: bounds::Limits,
 }
 
 /// Everything requests share: the policy in force, connections, counters, budgets.
@@ -76,6 +79,8 @@ pub struct SidecarApp {
     pub original: Option<Arc<OriginalDestinations>>,
     /// Decides requests that arrive while no policy applies (they get 503).
     no_policy: Arc<Snapshot>,
+    /// What the apps can make the sidecar hold.
+    pub bounds: bounds::Bounds,
 }
 
 impl SidecarApp {
@@ -102,6 +107,7 @@ impl SidecarApp {
             user_key,
             accounting,
             quota,
+            bounds: bounds::Bounds::new(settings.limits),
             settings,
             retry_budget: vigie_balance::RetryBudget::default(),
             original,
@@ -172,15 +178,29 @@ impl HttpServerApp for SidecarApp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
+        // Past the connection limit a new connection is closed before anything is read.
+        let Some(_slot) = self.bounds.connection() else {
+            self.metrics.connections_refused.inc();
+            tracing::debug!("connection closed: the sidecar has as many as it may hold");
+            return None;
+        };
+        // One deadline for the whole head (and the keep-alive wait before it): a client
+        // trickling one byte at a time is cut off like an idle one.
+        let timeout = self.bounds.limits.header_timeout;
+        match tokio::time::timeout(timeout, session.read_request()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return None,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "failed to read request header");
                 return None;
             }
+            Err(_) => {
+                tracing::debug!("connection closed: no request head within the deadline");
+                return None;
+            }
         }
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let idle = timeout.as_secs().max(1);
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(idle) });
         let started = Instant::now();
         self.metrics.inflight.inc();
         let (operation, outcome) = self.handle(&mut session).await;

@@ -3,8 +3,11 @@
 //! A request takes the current snapshot once (an `Arc`) and keeps it to the end, so a
 //! reload never changes the rules under an in-flight request.
 
+mod credentials;
 pub mod file;
 mod plan;
+
+pub use credentials::{CREDENTIAL_ENV_PREFIX, Credential, CredentialSources};
 
 pub use plan::{Attempt, Attempts, PlanError, RouteContext};
 
@@ -13,25 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use vigie_dlp::Level;
-use vigie_proto::v1::{Balancing, Hosting, Policy, PoolKind, SensitivityLevel, credentials};
+use vigie_proto::v1::{Balancing, Hosting, Policy, PoolKind, SensitivityLevel};
 
 use crate::endpoint::{Endpoint, EndpointRegistry};
 pub use vigie_proto::validate::{Violation, Violations, version_of};
-
-/// A provider credential; never printed.
-#[derive(Clone)]
-pub struct Credential {
-    pub header: HeaderName,
-    pub value: HeaderValue,
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credential({}: <redacted>)", self.header)
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -135,11 +125,20 @@ impl Snapshot {
     /// Validates and compiles a policy. Endpoint state (in-flight counts) is shared with
     /// the previous snapshot through `registry`, so balancing is not reset by a reload.
     pub fn compile(policy: Policy, registry: &EndpointRegistry) -> Result<Snapshot, Violations> {
+        Self::compile_with(policy, registry, &CredentialSources::from_env())
+    }
+
+    /// [`Snapshot::compile`], with credentials read from `sources`.
+    pub fn compile_with(
+        policy: Policy,
+        registry: &EndpointRegistry,
+        sources: &CredentialSources,
+    ) -> Result<Snapshot, Violations> {
         vigie_proto::validate::validate(&policy, &vigie_egress_common::validate::EGRESS_RULES)?;
         let mut problems = Vec::new();
         let mut pools = Vec::with_capacity(policy.pools.len());
         for (i, p) in policy.pools.iter().enumerate() {
-            let credential = match load_credential(p.kind(), p.credentials.as_ref()) {
+            let credential = match sources.load(p.kind(), p.credentials.as_ref()) {
                 Ok(c) => c,
                 Err((field, reason)) => {
                     problems.push(Violation {
@@ -364,44 +363,6 @@ impl CompiledRoute {
     }
 }
 
-fn load_credential(
-    kind: PoolKind,
-    c: Option<&vigie_proto::v1::Credentials>,
-) -> Result<Option<Credential>, (&'static str, String)> {
-    let Some(source) = c.and_then(|c| c.source.as_ref()) else {
-        return Ok(None);
-    };
-    let (field, secret) = match source {
-        credentials::Source::Env(var) => (
-            "env",
-            std::env::var(var)
-                .map_err(|_| ("env", format!("environment variable {var:?} is not set")))?,
-        ),
-        credentials::Source::File(path) => (
-            "file",
-            std::fs::read_to_string(path)
-                .map_err(|e| ("file", format!("cannot read {path:?}: {}", e.kind())))?,
-        ),
-    };
-    let secret = secret.trim();
-    if secret.is_empty() {
-        return Err((field, "the credential is empty".into()));
-    }
-    let (header, value) = if kind == PoolKind::Anthropic {
-        (HeaderName::from_static("x-api-key"), secret.to_string())
-    } else {
-        (http::header::AUTHORIZATION, format!("Bearer {secret}"))
-    };
-    let mut value = HeaderValue::from_str(&value).map_err(|_| {
-        (
-            field,
-            "the credential has characters not allowed in a header".to_string(),
-        )
-    })?;
-    value.set_sensitive(true);
-    Ok(Some(Credential { header, value }))
-}
-
 /// The snapshot in force; swapped atomically.
 #[derive(Debug, Default)]
 pub struct PolicyStore {
@@ -467,16 +428,20 @@ mod tests {
     #[test]
     fn credentials_by_kind_and_never_printed() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        std::fs::write(&path, "sk-secret-123\n").unwrap();
+        std::fs::write(dir.path().join("key"), "sk-secret-123\n").unwrap();
         let json = TWO_POOLS.replace(
             r#""kind":"POOL_KIND_OPENAI","#,
-            &format!(
-                r#""kind":"POOL_KIND_ANTHROPIC","credentials":{{"file":{:?}}},"#,
-                path.display().to_string()
-            ),
+            r#""kind":"POOL_KIND_ANTHROPIC","credentials":{"file":"key"},"#,
         );
-        let s = compile(&json).unwrap();
+        let sources = CredentialSources {
+            dir: dir.path().to_path_buf(),
+        };
+        let s = Snapshot::compile_with(
+            serde_json::from_str(&json).unwrap(),
+            &EndpointRegistry::default(),
+            &sources,
+        )
+        .unwrap();
         let c = s.pools[1].credential.clone().unwrap();
         assert_eq!(c.header.as_str(), "x-api-key");
         assert_eq!(c.value.to_str().unwrap(), "sk-secret-123");
@@ -488,12 +453,12 @@ mod tests {
     fn missing_credential_is_a_violation_naming_the_variable_only() {
         let json = TWO_POOLS.replace(
             r#""kind":"POOL_KIND_OPENAI","#,
-            r#""kind":"POOL_KIND_OPENAI","credentials":{"env":"VIGIE_TEST_UNSET_VAR"},"#,
+            r#""kind":"POOL_KIND_OPENAI","credentials":{"env":"TEST_UNSET_VAR"},"#,
         );
         let err = compile(&json).unwrap_err();
         assert_eq!(
             err.0[0].to_string(),
-            "pools[1].credentials.env: environment variable \"VIGIE_TEST_UNSET_VAR\" is not set"
+            "pools[1].credentials.env: credential \"TEST_UNSET_VAR\" is not set (environment variable VIGIE_CREDENTIAL_TEST_UNSET_VAR)"
         );
     }
 }

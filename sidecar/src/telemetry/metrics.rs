@@ -1,8 +1,8 @@
 //! The sidecar's Prometheus metrics, in their own registry.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug, Clone)]
@@ -27,6 +27,7 @@ pub struct Metrics {
     pub cost: CounterVec,
     pub gpu_seconds: CounterVec,
     pub inflight: IntGauge,
+    pub connections_refused: IntCounter,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub control_plane_connected: IntGauge,
@@ -212,6 +213,10 @@ impl Metrics {
             &["namespace", "workload", "model", "pool"],
         )?;
         let inflight = IntGauge::new("vigie_sidecar_inflight_requests", "Requests in progress.")?;
+        let connections_refused = IntCounter::new(
+            "vigie_sidecar_connections_refused_total",
+            "Connections closed at once because the sidecar held as many as it may.",
+        )?;
         let policy_info = IntGaugeVec::new(
             Opts::new(
                 "vigie_sidecar_policy_info",
@@ -275,6 +280,7 @@ impl Metrics {
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(gpu_seconds.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(policy_info.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         Ok(Self {
@@ -298,6 +304,7 @@ impl Metrics {
             cost,
             gpu_seconds,
             inflight,
+            connections_refused,
             policy_info,
             policy_reloads,
             control_plane_connected,

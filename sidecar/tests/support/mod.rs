@@ -72,6 +72,7 @@ impl Sidecar {
                 ..Default::default()
             },
             route_debug_header: true,
+            limits: Default::default(),
         };
         tune(&mut settings);
         let app = Arc::new(SidecarApp::new(

@@ -177,6 +177,28 @@ impl ApiError {
         )
     }
 
+    /// The sidecar holds as many request bodies as its memory budget allows.
+    pub fn bodies_in_flight() -> Self {
+        let mut e = Self::new(
+            503,
+            "server_error",
+            Some("overloaded"),
+            "The sidecar is holding as many request bodies as it may; retry in a moment.",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// The body arrived slower than the sidecar waits for.
+    pub fn body_too_slow() -> Self {
+        Self::new(
+            408,
+            "invalid_request_error",
+            Some("request_timeout"),
+            "The request body was not received in time.",
+        )
+    }
+
     pub fn no_policy() -> Self {
         Self::new(
             503,
