@@ -80,6 +80,11 @@ pub fn access_denied<T>(
     principal: Option<&Principal>,
     reason: &'static str,
 ) {
+    access_denied_at(&method_of(req), principal, reason);
+}
+
+/// [`access_denied`], for a call known by its method path only.
+pub fn access_denied_at(method: &str, principal: Option<&Principal>, reason: &'static str) {
     let (report, suppressed) = REFUSALS
         .lock()
         .map_or((true, 0), |mut w| w.admit(Instant::now()));
@@ -99,7 +104,7 @@ pub fn access_denied<T>(
     }
     let mut e = SecurityEvent::new(names::ADMIN_ACTION, "admin", "failure", "call refused")
         .warn()
-        .attr("vigie.admin.method", method_of(req))
+        .attr("vigie.admin.method", method)
         .attr("vigie.admin.denied_reason", reason);
     if let Some(p) = principal {
         e = e

@@ -2,7 +2,8 @@
 //! and audit, and the watch stream that pushes effective policies to sidecars.
 //!
 //! - [`store`]: persistent state (SQLite file or PostgreSQL) behind one trait.
-//! - [`auth`]: bearer tokens with roles.
+//! - [`auth`]: bearer tokens with roles; [`gate`]: tokens and message sizes checked
+//!   before anything is decoded.
 //! - [`policy`]: effective policy of a workload, change summaries.
 //! - [`hub`]: in-memory policies and connected watchers of one replica.
 //! - [`service`]: the gRPC services.
@@ -11,6 +12,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod gate;
 pub mod hub;
 pub mod k8s_tokens;
 pub mod metrics;

@@ -136,15 +136,7 @@ enum TokenCommand {
 }
 
 fn init_logs(format: &str) {
-    let filter = vigie_telemetry::logs::filter("info,sqlx=warn,h2=warn,tower=warn");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    vigie_telemetry::logs::init("info,sqlx=warn,h2=warn,tower=warn", &[], format == "json");
 }
 
 fn database_url(args: &Args) -> anyhow::Result<String> {

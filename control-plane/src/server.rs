@@ -73,8 +73,16 @@ pub async fn serve(
         );
     }
     let max = settings.max_message_bytes;
-    // A policy is at most 1 MiB (limits::POLICY_BYTES) plus its request envelope.
+    // A policy is at most 1 MiB (limits::POLICY_BYTES) plus its request envelope; a
+    // usage report of 5,000 records fits in 2 MiB; other calls carry a few fields.
     let policy_max = max.min(vigie_proto::validate::limits::POLICY_BYTES + 64 * 1024);
+    let usage_max = max.min(2 * 1024 * 1024);
+    let small = max.min(256 * 1024);
+    let gate = crate::gate::GateLayer {
+        auth: auth.clone(),
+        policy_limit: policy_max,
+        usage_limit: usage_max,
+    };
     let policy = PolicyServiceServer::new(PolicyApi {
         store: store.clone(),
         auth: auth.clone(),
@@ -86,25 +94,25 @@ pub async fn serve(
         auth: auth.clone(),
         hub: hub.clone(),
     })
-    .max_decoding_message_size(max);
+    .max_decoding_message_size(small);
     let status = StatusServiceServer::new(StatusApi {
         store: store.clone(),
         auth: auth.clone(),
     })
-    .max_decoding_message_size(max);
+    .max_decoding_message_size(small);
     let usage = UsageServiceServer::new(UsageApi {
         store: store.clone(),
         auth: auth.clone(),
         metrics: settings.metrics.clone(),
     })
-    .max_decoding_message_size(max);
+    .max_decoding_message_size(usage_max);
     let quota = QuotaServiceServer::new(QuotaApi {
         store: store.clone(),
         auth: auth.clone(),
         hub: hub.clone(),
         metrics: settings.metrics.clone(),
     })
-    .max_decoding_message_size(max);
+    .max_decoding_message_size(small);
     let egress = EgressServiceServer::new(EgressApi {
         store: store.clone(),
         auth: auth.clone(),
@@ -115,7 +123,7 @@ pub async fn serve(
         store: store.clone(),
         auth,
     })
-    .max_decoding_message_size(max);
+    .max_decoding_message_size(small);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -170,6 +178,7 @@ pub async fn serve(
                 req
             },
         ))
+        .layer(gate)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -535,13 +535,20 @@ fn validate_pools(r: &mut Report, pools: &[Pool]) {
         }
         // A pool outside the cluster gets the provider key: never in clear over the
         // network (loopback stays allowed: a local egress proxy, a test double).
+        // A key goes in clear only to a host inside the cluster, whatever the hosting
+        // says (an OpenAI-compatible provider declared on-prem is still the Internet).
         let outside = !matches!(hosting_of(pool), Hosting::OnPrem);
+        let keyed = pool.credentials.is_some();
         for (j, ep) in pool.endpoints.iter().enumerate() {
             match check_endpoint_url(&ep.url) {
                 Err(reason) => r.add(format!("{p}.endpoints[{j}].url"), reason.to_string()),
                 Ok(u) if outside && u.scheme() == "http" && !is_loopback(&u) => r.add(
                     format!("{p}.endpoints[{j}].url"),
                     "must be https:// for a pool hosted outside the cluster",
+                ),
+                Ok(u) if keyed && u.scheme() == "http" && !is_in_cluster(&u) => r.add(
+                    format!("{p}.endpoints[{j}].url"),
+                    "must be https:// for a pool with credentials, unless its host is in the cluster (loopback, a private address, a .svc or .cluster.local name)",
                 ),
                 Ok(_) => {}
             }
@@ -672,6 +679,21 @@ fn is_loopback(u: &url::Url) -> bool {
         Some(url::Host::Ipv4(a)) => a.is_loopback(),
         Some(url::Host::Ipv6(a)) => a.is_loopback(),
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn is_in_cluster(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback() || a.is_private(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback() || a.is_unique_local(),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost"
+                || !d.contains('.')
+                || d.ends_with(".svc")
+                || d.ends_with(".cluster.local")
+        }
         None => false,
     }
 }
@@ -947,6 +969,58 @@ mod tests {
 
     fn policy(json: &str) -> Policy {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn provider_keys_travel_in_clear_only_inside_the_cluster() {
+        let with = |kind: &str, hosting: &str, url: &str, creds: bool| {
+            policy(&format!(
+                r#"{{"name":"p","pools":[{{"name":"a","kind":"{kind}",{hosting}"endpoints":[{{"url":"{url}"}}],
+                    "models":[{{"name":"m"}}]{}}}]}}"#,
+                if creds {
+                    r#","credentials":{"env":"KEY"}"#
+                } else {
+                    ""
+                }
+            ))
+        };
+        let refused =
+            |p: &Policy| validate(p).is_err_and(|v| v.0[0].path == "pools[0].endpoints[0].url");
+        // A public provider: https, loopback excepted.
+        assert!(refused(&with(
+            "POOL_KIND_OPENAI",
+            "",
+            "http://api.example.com",
+            false
+        )));
+        assert!(validate(&with("POOL_KIND_OPENAI", "", "http://127.0.0.1:9", true)).is_ok());
+        // Declared on-prem, keyed, on the Internet: refused too.
+        assert!(refused(&with(
+            "POOL_KIND_OPENAI_COMPATIBLE",
+            "",
+            "http://api.together.xyz",
+            true
+        )));
+        assert!(refused(&with(
+            "POOL_KIND_OPENAI",
+            r#""hosting":"HOSTING_ON_PREM","#,
+            "http://api.example.com",
+            true
+        )));
+        // Inside the cluster, a key may go over http; no key, any on-prem host.
+        for url in [
+            "http://vllm-0.inference.svc:8000",
+            "http://vllm.inference.svc.cluster.local",
+            "http://10.0.3.7:8000",
+            "http://gpu-box",
+            "http://[fd00::1]:8000",
+        ] {
+            assert!(
+                validate(&with("POOL_KIND_VLLM", "", url, true)).is_ok(),
+                "{url}"
+            );
+        }
+        assert!(validate(&with("POOL_KIND_VLLM", "", "http://gpu.example.org", false)).is_ok());
     }
 
     #[test]

@@ -217,15 +217,7 @@ fn user_settings(args: &Args) -> anyhow::Result<UserSettings> {
 }
 
 fn init_logs(format: &str) {
-    let filter = vigie_telemetry::logs::filter("info,pingora=warn");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    vigie_telemetry::logs::init("info,pingora=warn", &[], format == "json");
 }
 
 fn main() -> anyhow::Result<()> {

@@ -1,7 +1,13 @@
-//! The log filter of every binary: `RUST_LOG` (or the binary's default), except that
+//! The logs of every binary: `RUST_LOG` (or the binary's default) decides, except that
 //! crates which print raw protocol data at debug or trace — request lines with their
 //! query strings, headers with provider keys and tokens, SQL — never log below `info`,
-//! whatever is asked. Vigie's own targets keep every level.
+//! however `RUST_LOG` is spelt (`trace`, `5`, a bare target, a target prefix such as
+//! `p=trace`). The cap is a filter of its own on each event's target, not an edit of
+//! the user's directives. Vigie's own targets keep every level.
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Crates whose debug/trace output carries raw request or response data.
 const RAW_DATA_CRATES: &[&str] = &[
@@ -25,79 +31,93 @@ const RAW_DATA_CRATES: &[&str] = &[
     "opentelemetry_http",
 ];
 
-fn is_verbose(level: &str) -> bool {
-    matches!(
-        level.trim().to_ascii_lowercase().as_str(),
-        "debug" | "trace"
-    )
+/// Whether an event may be logged whatever the directives say.
+pub fn allowed(metadata: &Metadata<'_>) -> bool {
+    let krate = metadata.target().split("::").next().unwrap_or_default();
+    !(RAW_DATA_CRATES.contains(&krate) && *metadata.level() > Level::INFO)
 }
 
-/// The directives `spec` asks for, with the raw-data crates capped at `info`.
-pub fn capped_directives(spec: &str) -> String {
-    let mut out = Vec::new();
-    let mut named = Vec::new();
-    let mut verbose_default = false;
-    for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        match d.rsplit_once('=') {
-            Some((target, level)) => {
-                let krate = target.split(['[', ':']).next().unwrap_or(target);
-                if RAW_DATA_CRATES.contains(&krate) {
-                    named.push(krate.to_string());
-                    if is_verbose(level) {
-                        out.push(format!("{target}=info"));
-                        continue;
-                    }
-                }
-                out.push(d.to_string());
-            }
-            None => {
-                verbose_default |= is_verbose(d);
-                out.push(d.to_string());
-            }
-        }
-    }
-    if verbose_default {
-        for c in RAW_DATA_CRATES {
-            if !named.iter().any(|n| n == c) {
-                out.push(format!("{c}=info"));
-            }
-        }
-    }
-    out.join(",")
-}
-
-/// `RUST_LOG` or `default`, capped (see the module).
-pub fn filter(default: &str) -> tracing_subscriber::EnvFilter {
+/// Installs the global subscriber: text or JSON lines on stderr, filtered by
+/// `RUST_LOG` (else `default`, plus `extra` directives), with the cap above.
+pub fn init(default: &str, extra: &[&str], json: bool) {
     let spec = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| default.to_string());
-    tracing_subscriber::EnvFilter::builder().parse_lossy(capped_directives(&spec))
+    let mut filter = tracing_subscriber::EnvFilter::builder().parse_lossy(spec);
+    for d in extra {
+        if let Ok(d) = d.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    let cap = tracing_subscriber::filter::filter_fn(allowed);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().finish().with(cap).init();
+    } else {
+        builder.finish().with(cap).init();
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::capped_directives;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
-    fn raw_data_crates_never_go_below_info() {
-        let c = capped_directives("trace");
-        assert!(c.starts_with("trace,"));
-        for krate in ["h2=info", "hyper=info", "pingora_core=info", "sqlx=info"] {
-            assert!(c.split(',').any(|d| d == krate), "{c}");
+    fn raw_data_crates_never_log_below_info_whatever_the_directives() {
+        // The spellings that went around a rewrite of the directives.
+        for spec in ["trace", "5", "info,pingora_core", "info,p=trace,h=trace"] {
+            let buf = Buf::default();
+            let writer = buf.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::builder().parse_lossy(spec))
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish()
+                .with(tracing_subscriber::filter::filter_fn(super::allowed));
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::trace!(target: "pingora_core::protocols::http::v1::client", "authorization: Bearer sk-1");
+                tracing::debug!(target: "h2::codec", "header sk-2");
+                tracing::info!(target: "pingora_core::server", "listening");
+                tracing::warn!(target: "hyper", "connection error");
+            });
+            let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            assert!(
+                !out.contains("sk-1") && !out.contains("sk-2"),
+                "{spec}: {out}"
+            );
+            if spec != "info,pingora_core" {
+                assert!(out.contains("connection error"), "{spec}: {out}");
+            }
         }
-        assert_eq!(
-            capped_directives("info,h2=trace,pingora_proxy::proxy_h1=debug,vigie=trace"),
-            "info,h2=info,pingora_proxy::proxy_h1=info,vigie=trace"
-        );
-        // Quieter than info is kept as asked.
-        assert_eq!(capped_directives("info,pingora=warn"), "info,pingora=warn");
-        assert_eq!(
-            capped_directives("debug,pingora=warn")
-                .split(',')
-                .filter(|d| d.starts_with("pingora="))
-                .collect::<Vec<_>>(),
-            ["pingora=warn"]
-        );
+    }
+
+    #[test]
+    fn only_the_listed_crates_are_capped() {
+        let capped = |target: &str| {
+            let krate = target.split("::").next().unwrap_or_default();
+            super::RAW_DATA_CRATES.contains(&krate)
+        };
+        assert!(capped("pingora_core::protocols"));
+        assert!(capped("sqlx::query"));
+        assert!(!capped("vigie_sidecar::pipeline"));
+        assert!(!capped("pingora_fake_crate"));
     }
 }

@@ -111,12 +111,25 @@ def main():
         workload = cp.token("team-a-chatbot", "workload", namespace="team-a", service_account="chatbot")
         show("tokens", "secops-alice (admin), team-a-chatbot (workload, team-a/chatbot); stored hashed")
 
-        title("Security team: validate a broken policy, then apply the sample policy with grpcurl")
+        title("Security team: validate a broken policy, refuse hostile ones, apply the sample policy with grpcurl")
         broken = {**policy, "routes": [{"model": "gpt-4o-mini", "pools": ["gpu-b"]}]}
         try:
             cp.call("PolicyService/ValidatePolicy", {"policy": broken}, token=admin)
         except Exception as e:  # GrpcError: the field path is the point of the demo
             show("ValidatePolicy", next(line.strip() for line in e.text.splitlines() if "routes[0]" in line))
+        # A read-only auditor cannot exhaust the control plane: sizes and pattern
+        # complexity are judged before any work.
+        auditor = cp.token("audit-bob", "auditor")
+        for label, hostile, field in [
+            ("350,000 empty pools", {"name": "x", "pools": [{}] * 350_000}, "Message:"),
+            ("300 pools", {"name": "x", "pools": [{"name": f"p{i}"} for i in range(300)]}, "pools:"),
+            ("explosive regex", {"name": "x", "dlp": {"customDetectors": [
+                {"name": "SLOW", "regex": "((a|b){200}){200}"}]}}, "dlp.customDetectors[0].regex"),
+        ]:
+            try:
+                cp.call("PolicyService/ValidatePolicy", {"policy": hostile}, token=auditor)
+            except Exception as e:  # GrpcError
+                show(label, next(line.strip() for line in e.text.splitlines() if line.strip().startswith(field)))
         policy["scope"] = {"namespace": "team-a"}
         r = cp.call("PolicyService/ApplyPolicy", {"policy": policy, "comment": "CHG-001 initial rollout"}, token=admin)
         r1 = r["revision"]["revision"]

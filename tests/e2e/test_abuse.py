@@ -61,9 +61,10 @@ def test_oversized_and_overcounted_policies_are_refused_before_any_work(control_
     before = rss(cp.process)
     # 350,000 named pools (4.5 MB): refused at decoding, past the policy service's limit.
     huge = json.dumps({"policy": {"name": "p", "pools": [{"name": f"pool-{i}"} for i in range(350_000)]}})
-    # The red team's 350,000 empty pools (700 kB encoded): under the size limit, past the
-    # count limit, refused with one field path.
-    many = json.dumps({"policy": {"name": "p", "pools": [{}] * 350_000}})
+    # 30,000 empty pools (60 kB encoded): under the size and field limits, past the
+    # count limit, refused with one field path. (The red team's 350,000 are refused
+    # undecoded by the gate: test_nothing_is_decoded_before_the_token_and_the_field_count.)
+    many = json.dumps({"policy": {"name": "p", "pools": [{}] * 30_000}})
     results = parallel(*[lambda: call_json(cp, "PolicyService/ValidatePolicy", huge, auditor)] * 3,
                        lambda: call_json(cp, "PolicyService/ValidatePolicy", many, auditor))
     for code, text in results[:3]:
@@ -71,7 +72,7 @@ def test_oversized_and_overcounted_policies_are_refused_before_any_work(control_
                               or "larger than max" in text), text
     code, text = results[3]
     assert code != 0 and "InvalidArgument" in text, text
-    assert "pools: 350000 entries; at most 256 allowed" in text
+    assert "pools: 30000 entries; at most 256 allowed" in text
     assert len(text) < 2000, "one problem, not one per pool"
     grown = rss(cp.process) - before
     assert grown < 120 * MIB, f"control plane grew by {grown / MIB:.0f} MiB"
@@ -288,11 +289,12 @@ def test_a_revoked_token_loses_its_open_watch_stream(control_planes, mocks, side
 
 # ---- 8. Secrets never logged, at any level ----
 
-def test_trace_level_logs_carry_no_key_token_or_query_string(mocks, sidecars):
+@pytest.mark.parametrize("rust_log", ["trace", "5", "info,pingora_core", "info,p=trace,h=trace"])
+def test_trace_level_logs_carry_no_key_token_or_query_string(mocks, sidecars, rust_log):
     m = mocks("gpu", models=["m"])
     policy = {"name": "p", "pools": [pool("oa", [m.url], [{"name": "m"}], kind="POOL_KIND_OPENAI",
                                           credentials={"env": "K"})]}
-    s = sidecars(policy, env={"RUST_LOG": "trace", "VIGIE_CREDENTIAL_K": "sk-provider-key-0123456789"})
+    s = sidecars(policy, env={"RUST_LOG": rust_log, "VIGIE_CREDENTIAL_K": "sk-provider-key-0123456789"})
     r = httpx.post(s.base_url + "/v1/chat/completions?note=jean.dupont%40example.fr", timeout=10,
                    headers={"authorization": "Bearer app-token-abcdef", "cookie": "session=cookie-secret"},
                    json={"model": "m", "messages": [{"role": "user", "content": "bonjour"}]})
@@ -300,7 +302,8 @@ def test_trace_level_logs_carry_no_key_token_or_query_string(mocks, sidecars):
     assert m.stats()["last_request"]["authorization"] == "Bearer sk-provider-key-0123456789"
     time.sleep(0.3)
     log = s.process.log()
-    assert "TRACE" in log or "DEBUG" in log, "the sidecar did log at trace level"
+    if rust_log in ("trace", "5"):
+        assert "TRACE" in log or "DEBUG" in log, "the sidecar did log at trace level"
     for secret in ["sk-provider-key", "app-token-abcdef", "cookie-secret", "jean.dupont"]:
         assert secret not in log, secret
 
@@ -377,3 +380,50 @@ def test_sidecar_bounds_connections_slow_heads_and_bodies_in_flight(mocks, sidec
     answer = stalled.recv(4096).decode(errors="replace")
     assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer, answer
     assert 1.5 < time.monotonic() - started < 4
+
+
+def test_nothing_is_decoded_before_the_token_and_the_field_count(control_planes):
+    """The attacker review's message: 4 MiB of empty usage records (2 bytes each, a
+    ~300-byte struct once decoded) took a control plane to 753 MB before its token was
+    even checked. Raw gRPC frames, with the official grpcio client."""
+    import grpc
+
+    cp = control_planes()
+    workload = cp.token("w", "workload", namespace="team-a")
+    auditor = cp.token("eve", "auditor")
+    channel = grpc.insecure_channel(cp.address, options=[("grpc.max_send_message_length", 64 * MIB)])
+
+    def peak():
+        for line in Path(f"/proc/{cp.process.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
+
+    def call(path, body, token=None):
+        method = channel.unary_unary(path, request_serializer=lambda x: x, response_deserializer=lambda x: x)
+        metadata = [("authorization", f"Bearer {token}")] if token else None
+        try:
+            method(body, timeout=60, metadata=metadata)
+            return "OK", ""
+        except grpc.RpcError as e:
+            return e.code().name, e.details()
+
+    before = peak()
+    flood = b"\x0a\x00" * (2 * 1024 * 1024 - 8)  # 4 MiB of empty records
+    results = parallel(*[lambda: call("/vigie.v1.UsageService/ReportUsage", flood)] * 4)
+    assert all(code == "UNAUTHENTICATED" for code, _ in results), results
+    # With a token: past the size limit, refused unread.
+    code, details = call("/vigie.v1.UsageService/ReportUsage", flood, workload)
+    assert code == "OUT_OF_RANGE" and "the limit is: 2097152 bytes" in details, (code, details)
+    # Within the size limit (2 MiB) but 1M empty records: refused undecoded.
+    code, details = call("/vigie.v1.UsageService/ReportUsage", b"\x0a\x00" * 1_000_000, workload)
+    assert code == "RESOURCE_EXHAUSTED" and "fields" in details, (code, details)
+    # A policy of ~1 MiB of empty pools, by an auditor.
+    pools = b"\x12\x00" * 520_000
+    policy = b"\x0a" + bytes([0x80 | (len(pools) & 0x7f), 0x80 | ((len(pools) >> 7) & 0x7f), len(pools) >> 14]) + pools
+    code, details = call("/vigie.v1.PolicyService/ValidatePolicy", policy, auditor)
+    assert code == "RESOURCE_EXHAUSTED" and "fields" in details, (code, details)
+    grown = peak() - before
+    assert grown < 64 * MIB, f"peak grew by {grown / MIB:.0f} MiB"
+    # A normal report still goes through.
+    cp.call("UsageService/ReportUsage", {"records": [record(1)]}, token=workload)

@@ -50,6 +50,9 @@ def test_demo_runs_and_narrates():
         "vigie.policy.applied ×",
         "vigie.request.blocked ×",
         "vigie.budget.exceeded ×",
+        "350,000 empty pools    Message: message has more than 150000 fields",
+        "300 pools              pools: 300 entries; at most 256 allowed",
+        "explosive regex        dlp.customDetectors[0].regex: does not compile: too complex",
         "Demo complete.",
     ]:
         assert expected in out, f"missing {expected!r} in:\n{out}"

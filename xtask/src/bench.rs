@@ -650,6 +650,11 @@ pub fn usage() -> anyhow::Result<()> {
     python_bench("usage ingestion benchmark", "usage.py")
 }
 
+/// `cargo xtask bench abuse`: the issue-20 attacks, measured (`tests/bench/abuse.py`).
+pub fn abuse() -> anyhow::Result<()> {
+    python_bench("abuse benchmark", "abuse.py")
+}
+
 /// `cargo xtask bench routing`: the picker's overhead (plain Rust), then routing
 /// quality through a release sidecar (`tests/bench/routing.py`).
 pub fn routing(duration_s: u64) -> anyhow::Result<()> {

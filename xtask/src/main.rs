@@ -59,6 +59,9 @@ enum Bench {
     /// Memory and speed of the usage-estimate tokenizer: Vigie's compact o200k vs
     /// tiktoken-rs, each in its own process.
     Estimate,
+    /// Control-plane latency and RSS while auditors send the largest allowed policies;
+    /// sidecar RSS with 10,000 connections and the most bodies in flight.
+    Abuse,
     /// Added latency, throughput, TTFT and memory: direct vs sidecar vs nginx vs LiteLLM.
     Proxy {
         /// Seconds per measurement.
@@ -141,6 +144,7 @@ fn main() -> anyhow::Result<()> {
             what: Bench::ControlPlane,
         } => bench::control_plane(),
         Cmd::Bench { what: Bench::Usage } => bench::usage(),
+        Cmd::Bench { what: Bench::Abuse } => bench::abuse(),
         Cmd::Bench {
             what: Bench::Estimate,
         } => bench::estimate(),

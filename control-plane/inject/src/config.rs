@@ -27,7 +27,7 @@ pub struct InjectConfig {
     pub egress_required: bool,
     /// OTLP collector for the sidecars' traces and security events
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT`); empty: not exported (a policy's `telemetry`
-    /// section may still set one). Collector credentials go in the credentials Secret as
+    /// section may still set one). Collector credentials go in the telemetry Secret as
     /// `OTEL_EXPORTER_OTLP_HEADERS`.
     pub otlp_endpoint: String,
     /// CA bundle the sidecar trusts for the control plane, as a path mounted from the
@@ -36,9 +36,14 @@ pub struct InjectConfig {
     /// Audience of the projected service-account token the sidecar presents.
     pub token_audience: String,
     pub token_expiration_seconds: i64,
-    /// Secret holding provider credentials (environment variables for the sidecar
-    /// only); optional, so pods start in namespaces that use only on-prem pools.
+    /// Secret holding provider credentials, for the sidecar only: its keys become
+    /// `VIGIE_CREDENTIAL_<key>` variables and files under `/etc/vigie/credentials`,
+    /// which is all a policy's `credentials` can name. Optional, so pods start in
+    /// namespaces that use only on-prem pools.
     pub credentials_secret: String,
+    /// Secret of the sidecar's own environment that policies cannot reach (the
+    /// collector's `OTEL_EXPORTER_OTLP_HEADERS`); optional.
+    pub telemetry_secret: String,
     /// Native sidecar (init container with `restartPolicy: Always`, Kubernetes ≥ 1.29).
     /// `false` injects a classic container for older clusters (see docs/kubernetes.md).
     pub native_sidecar: bool,
@@ -85,6 +90,7 @@ impl Default for InjectConfig {
             token_audience: "vigie-control-plane".into(),
             token_expiration_seconds: 3600,
             credentials_secret: "vigie-provider-credentials".into(),
+            telemetry_secret: "vigie-telemetry-credentials".into(),
             native_sidecar: true,
             log_level: "info".into(),
             resources: SidecarResources::default(),

@@ -251,21 +251,29 @@ pub fn sidecar(cfg: &InjectConfig, settings: &PodSettings, workload: &str) -> Co
         image: Some(cfg.sidecar_image.clone()),
         image_pull_policy: Some(cfg.image_pull_policy.clone()),
         env: Some(env),
-        // The Secret twice: as is (OTEL_EXPORTER_OTLP_HEADERS for the exporter), and
-        // prefixed, which is all a policy's `credentials.env` can reach.
-        env_from: (!cfg.credentials_secret.is_empty()).then(|| {
-            [None, Some(CREDENTIAL_ENV_PREFIX.to_string())]
-                .into_iter()
-                .map(|prefix| EnvFromSource {
-                    prefix,
-                    secret_ref: Some(SecretEnvSource {
-                        name: cfg.credentials_secret.clone(),
-                        optional: Some(true),
-                    }),
-                    ..Default::default()
-                })
-                .collect()
-        }),
+        // Provider keys prefixed (all a policy's `credentials.env` can reach); the
+        // telemetry Secret as is, out of any policy's reach.
+        env_from: Some(
+            [
+                (
+                    &cfg.credentials_secret,
+                    Some(CREDENTIAL_ENV_PREFIX.to_string()),
+                ),
+                (&cfg.telemetry_secret, None),
+            ]
+            .into_iter()
+            .filter(|(name, _)| !name.is_empty())
+            .map(|(name, prefix)| EnvFromSource {
+                prefix,
+                secret_ref: Some(SecretEnvSource {
+                    name: name.clone(),
+                    optional: Some(true),
+                }),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>(),
+        )
+        .filter(|v| !v.is_empty()),
         ports: Some(vec![ContainerPort {
             name: Some("vigie-admin".into()),
             container_port: i32::from(cfg.admin_port),

@@ -136,12 +136,29 @@ fn check_sidecar(sidecar: &Container, native: bool) {
     ] {
         assert_eq!(field_ref(sidecar, var), Some(path), "{var}");
     }
-    // Provider credentials reach the sidecar only, from an optional Secret.
-    let from = &sidecar.env_from.as_ref().unwrap()[0];
-    let secret = from.secret_ref.as_ref().unwrap();
+    // Provider credentials reach the sidecar only, from an optional Secret, prefixed
+    // (all a policy's `credentials.env` can name); the telemetry Secret as is, out of
+    // any policy's reach.
+    let from: Vec<_> = sidecar
+        .env_from
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let s = f.secret_ref.as_ref().unwrap();
+            (s.name.as_str(), f.prefix.as_deref(), s.optional)
+        })
+        .collect();
     assert_eq!(
-        (secret.name.as_str(), secret.optional),
-        ("vigie-provider-credentials", Some(true))
+        from,
+        [
+            (
+                "vigie-provider-credentials",
+                Some("VIGIE_CREDENTIAL_"),
+                Some(true)
+            ),
+            ("vigie-telemetry-credentials", None, Some(true)),
+        ]
     );
     let sc = sidecar.security_context.as_ref().unwrap();
     assert_eq!(sc.run_as_non_root, Some(true));
@@ -162,6 +179,8 @@ fn check_sidecar(sidecar: &Container, native: bool) {
         .collect();
     assert!(mounts.contains(&("vigie-token", "/var/run/secrets/vigie")));
     assert!(mounts.contains(&("vigie-state", "/var/lib/vigie")));
+    // The provider Secret as files: what `credentials.file` may name.
+    assert!(mounts.contains(&("vigie-credentials", "/etc/vigie/credentials")));
 }
 
 fn check_app(app: &Container) {

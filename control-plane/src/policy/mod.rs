@@ -57,105 +57,104 @@ fn capped(mut problems: Vec<Violation>) -> Vec<Violation> {
 pub enum Refused {
     #[error("{0}")]
     Invalid(Violations),
-    #[error("this caller already has {0} policy validations in progress; wait for them to finish")]
-    CallerBusy(usize),
+    #[error(
+        "this caller's earlier policies are still compiling after {0:?}; wait for them to finish"
+    )]
+    CallerBusy(Duration),
+    #[error("the policy compilers stayed busy with other callers' policies for {0:?}; retry")]
+    WorkersBusy(Duration),
     #[error("policy took longer than {0:?} to compile; simplify its DLP patterns or keyword lists")]
     TooSlow(Duration),
 }
 
-/// Runs [`validate`] off the async workers, on a bounded number of threads, with a
-/// time budget and a cap per caller: one caller's heavy policies cannot starve the
-/// other calls (watch streams, leases, a normal apply).
+/// Runs [`validate`] off the async workers. A policy with DLP patterns (the expensive
+/// part) compiles on a bounded number of threads, one caller's compiles one after the
+/// other, within a time budget: one caller's heavy policies cannot starve the other
+/// calls (watch streams, leases, a normal apply). Dry runs (ValidatePolicy, which
+/// auditors may send) and writes compile on separate threads: read-only callers,
+/// however many, never delay an admin's change.
 #[derive(Debug, Clone)]
 pub struct Validator {
-    workers: Arc<Semaphore>,
-    busy: Arc<Mutex<HashMap<String, usize>>>,
+    dry_runs: Arc<Semaphore>,
+    writes: Arc<Semaphore>,
+    /// Each caller's lane (admins and auditors: a bounded set of principals).
+    lanes: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     per_caller: usize,
     budget: Duration,
 }
 
 impl Default for Validator {
-    /// Two compile threads, one per caller: a caller holds at most one of them.
+    /// One compile thread for dry runs, one for writes, one compile per caller at once.
     fn default() -> Self {
-        Self::new(2, 1, Duration::from_secs(10))
-    }
-}
-
-/// Releases a caller's slot when its validation ends (or is abandoned).
-struct Slot {
-    busy: Arc<Mutex<HashMap<String, usize>>>,
-    caller: String,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = busy.get_mut(&self.caller) {
-            *n -= 1;
-            if *n == 0 {
-                busy.remove(&self.caller);
-            }
-        }
+        Self::new(1, 1, Duration::from_secs(10))
     }
 }
 
 impl Validator {
+    /// `workers` compile threads for dry runs and as many for writes.
     pub fn new(workers: usize, per_caller: usize, budget: Duration) -> Self {
         Self {
-            workers: Arc::new(Semaphore::new(workers)),
-            busy: Arc::default(),
+            dry_runs: Arc::new(Semaphore::new(workers)),
+            writes: Arc::new(Semaphore::new(workers)),
+            lanes: Arc::default(),
             per_caller,
             budget,
         }
     }
 
-    pub async fn validate(&self, caller: &str, policy: &Policy) -> Result<(), Refused> {
+    fn lane(&self, caller: &str) -> Arc<Semaphore> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes
+            .entry(caller.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_caller)))
+            .clone()
+    }
+
+    /// Validates `policy` for `caller`; `write` for an apply or a rollback.
+    pub async fn validate(
+        &self,
+        caller: &str,
+        policy: &Policy,
+        write: bool,
+    ) -> Result<(), Refused> {
         // Sizes are cheap to check and refuse before anything is queued.
         vigie_proto::validate::validate_limits(policy).map_err(Refused::Invalid)?;
-        let slot = {
-            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-            let n = busy.entry(caller.to_string()).or_default();
-            if *n >= self.per_caller {
-                return Err(Refused::CallerBusy(*n));
-            }
-            *n += 1;
-            Slot {
-                busy: self.busy.clone(),
-                caller: caller.to_string(),
-            }
+        let unexpected = || {
+            Refused::Invalid(Violations(vec![Violation {
+                path: String::new(),
+                reason: "validation failed unexpectedly".into(),
+            }]))
         };
-        let work = async {
-            // Only DLP compiles are expensive: a policy without them never queues
-            // behind another caller's patterns.
-            let permit = match policy.dlp {
-                Some(_) => Some(
-                    self.workers
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| Refused::TooSlow(self.budget))?,
-                ),
-                None => None,
-            };
-            let policy = policy.clone();
-            // The thread keeps its permit (and the caller its slot) until the compile
-            // really ends, even when the caller has been answered: the pool stays bounded.
-            let job = tokio::task::spawn_blocking(move || {
-                let verdict = validate(&policy);
-                drop((permit, slot));
-                verdict
-            });
-            match job.await {
-                Ok(v) => v.map_err(Refused::Invalid),
-                Err(_) => Err(Refused::Invalid(Violations(vec![Violation {
-                    path: String::new(),
-                    reason: "validation failed unexpectedly".into(),
-                }]))),
-            }
-        };
-        tokio::time::timeout(self.budget, work)
+        let policy = policy.clone();
+        if policy.dlp.is_none() {
+            // Structural rules only: bounded by the limits, no queue.
+            return tokio::task::spawn_blocking(move || validate(&policy))
+                .await
+                .map_err(|_| unexpected())?
+                .map_err(Refused::Invalid);
+        }
+        let deadline = tokio::time::Instant::now() + self.budget;
+        let lane = tokio::time::timeout_at(deadline, self.lane(caller).acquire_owned())
             .await
-            .unwrap_or(Err(Refused::TooSlow(self.budget)))
+            .map_err(|_| Refused::CallerBusy(self.budget))?
+            .map_err(|_| unexpected())?;
+        let workers = if write { &self.writes } else { &self.dry_runs };
+        let permit = tokio::time::timeout_at(deadline, workers.clone().acquire_owned())
+            .await
+            .map_err(|_| Refused::WorkersBusy(self.budget))?
+            .map_err(|_| unexpected())?;
+        // The thread keeps its permit (and the caller its lane) until the compile
+        // really ends, even when the caller has been answered: the pool stays bounded.
+        let job = tokio::task::spawn_blocking(move || {
+            let verdict = validate(&policy);
+            drop((permit, lane));
+            verdict
+        });
+        match tokio::time::timeout_at(deadline, job).await {
+            Err(_) => Err(Refused::TooSlow(self.budget)),
+            Ok(Err(_)) => Err(unexpected()),
+            Ok(Ok(v)) => v.map_err(Refused::Invalid),
+        }
     }
 }
 
@@ -205,21 +204,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_caller_has_at_most_its_share_of_validations_in_flight() {
-        let v = Validator::new(1, 1, Duration::from_secs(30));
+    async fn one_caller_compiles_one_policy_at_a_time_and_waits_at_most_the_budget() {
         let p = policy(
             r#"{"name":"p","dlp":{"rules":[{"detector":"*","action":"DLP_ACTION_ALERT"}]}}"#,
         );
+        // Generous budget: the caller's second policy waits for its first, then passes;
+        // another caller is not held up by either.
+        let v = Validator::new(1, 1, Duration::from_secs(120));
         let (a, b, other) = tokio::join!(
-            v.validate("mallory", &p),
-            v.validate("mallory", &p),
-            v.validate("alice", &p)
+            v.validate("mallory", &p, false),
+            v.validate("mallory", &p, false),
+            v.validate("alice", &p, true)
         );
-        assert!(a.is_ok(), "{a:?}");
-        assert_eq!(b, Err(Refused::CallerBusy(1)));
-        assert!(other.is_ok(), "{other:?}");
-        // Finished: the slot is free again.
-        assert!(v.validate("mallory", &p).await.is_ok());
+        assert!(
+            a.is_ok() && b.is_ok() && other.is_ok(),
+            "{a:?} {b:?} {other:?}"
+        );
+        // A budget shorter than one compile: the second in the lane gives up waiting.
+        let v = Validator::new(2, 1, Duration::from_millis(300));
+        let (a, b) = tokio::join!(
+            v.validate("mallory", &p, false),
+            v.validate("mallory", &p, false)
+        );
+        assert_eq!(a, Err(Refused::TooSlow(Duration::from_millis(300))));
+        assert_eq!(b, Err(Refused::CallerBusy(Duration::from_millis(300))));
+    }
+
+    #[tokio::test]
+    async fn policies_without_dlp_never_queue() {
+        let v = Validator::new(1, 1, Duration::from_millis(1));
+        let p = policy(
+            r#"{"name":"p","pools":[{"name":"a","kind":"POOL_KIND_VLLM","endpoints":[{"url":"http://a:1"}],"models":[{"name":"m"}]}]}"#,
+        );
+        let all = futures::future::join_all((0..8).map(|_| v.validate("admin", &p, true))).await;
+        assert!(all.iter().all(Result::is_ok), "{all:?}");
     }
 
     #[tokio::test]
@@ -229,7 +247,7 @@ mod tests {
             r#"{"name":"p","dlp":{"rules":[{"detector":"*","action":"DLP_ACTION_ALERT"}]}}"#,
         );
         assert_eq!(
-            v.validate("a", &p).await,
+            v.validate("a", &p, true).await,
             Err(Refused::TooSlow(Duration::from_millis(1)))
         );
     }

@@ -66,7 +66,7 @@ impl PolicyApi {
     /// Validation on the bounded pool; a write refused is a security event (a dry run
     /// is not).
     async fn validate(&self, who: &Principal, policy: &Policy, write: bool) -> Result<(), Status> {
-        match self.validator.validate(&who.name, policy).await {
+        match self.validator.validate(&who.name, policy, write).await {
             Ok(()) => Ok(()),
             Err(Refused::Invalid(v)) => {
                 if write {

@@ -350,16 +350,7 @@ impl Agent {
 fn init_tracing(format: &str) {
     // aya warns at length when the kernel refuses the object's BTF (Rust type names
     // are not valid BTF names); the programs load without it.
-    let filter = vigie_telemetry::logs::filter("info")
-        .add_directive("aya::bpf=error".parse().unwrap_or_default());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    vigie_telemetry::logs::init("info", &["aya::bpf=error"], format == "json");
 }
 
 #[tokio::main]

@@ -106,6 +106,8 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
     // Custom detectors first: rules may name them.
     let mut customs: Vec<(usize, Detector)> = Vec::new();
     let mut custom_names = HashSet::new();
+    // States all regex detectors unfold to, so far (compile time grows with it).
+    let mut unfolded = 0u64;
     for (i, c) in dlp.custom_detectors.iter().enumerate() {
         let path = format!("dlp.customDetectors[{i}]");
         if !valid_custom_name(&c.name) {
@@ -161,7 +163,19 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
         // is judged from its syntax before anything is compiled.
         let complexity = match c.kind {
             Some(custom_detector::Kind::Regex(_)) => {
-                crate::engine::check_complexity(&patterns[0].full, c.case_insensitive)
+                crate::engine::check_complexity(&patterns[0].full, c.case_insensitive).and_then(
+                    |n| {
+                        unfolded += n;
+                        if unfolded > crate::engine::MAX_POLICY_UNFOLDED {
+                            Err(crate::engine::PatternError(format!(
+                                "too complex together: the policy's patterns up to this one unfold to {unfolded} states, at most {} allowed",
+                                crate::engine::MAX_POLICY_UNFOLDED
+                            )))
+                        } else {
+                            Ok(())
+                        }
+                    },
+                )
             }
             _ => Ok(()),
         };
@@ -405,6 +419,19 @@ mod tests {
             r#"{"customDetectors":[{"name":"DOSSIER","regex":"DOS-[0-9]{4}-[A-Z]{2}[0-9]{6,10}"}]}"#,
         ))
         .unwrap();
+        // Each under the limit, too many together: the first past the total is named.
+        let many: Vec<String> = (0..8)
+            .map(|i| format!(r#"{{"name":"D{i}","regex":"(x[0-9]{{3}}y){{375}}"}}"#))
+            .collect();
+        let err = compile(&dlp(&format!(
+            r#"{{"customDetectors":[{}]}}"#,
+            many.join(",")
+        )))
+        .unwrap_err();
+        // 1,875 states each: the sixth makes 11,250.
+        assert_eq!(err.len(), 3, "{err:?}");
+        assert_eq!(err[0].path, "dlp.customDetectors[5].regex");
+        assert!(err[0].reason.contains("too complex together"), "{err:?}");
     }
 
     #[test]

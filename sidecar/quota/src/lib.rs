@@ -432,9 +432,10 @@ impl Quota {
                 Ok(g) => {
                     let mut s = lock(&counter.state);
                     s.available += overdraft + g.granted;
-                    // Less than asked (or nothing): the authority's counter is empty
-                    // for this window.
-                    if (g.granted < want || g.granted <= 0.0) && s.available < amount {
+                    // Nothing granted, or nothing left: the authority's counter is empty
+                    // for this window. (A grant below `want` alone is not: the authority
+                    // caps each call, and its limit may differ from this snapshot's.)
+                    if (g.granted <= 0.0 || g.remaining <= 0.0) && s.available < amount {
                         s.exhausted = true;
                     }
                 }
