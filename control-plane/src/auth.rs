@@ -127,6 +127,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The refusal of a call the principal's role does not allow.
+pub fn role_refused(principal: &Principal, allowed: &[Role]) -> Status {
+    let names: Vec<_> = allowed.iter().map(|r| r.as_str()).collect();
+    Status::permission_denied(format!(
+        "token {:?} has role {}; this call needs {}",
+        principal.name,
+        principal.role,
+        names.join(" or ")
+    ))
+}
+
 /// Checks the `authorization` metadata of calls against the token table.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
@@ -163,13 +174,7 @@ impl Authenticator {
             Ok(principal)
         } else {
             crate::events::access_denied(req, Some(&principal), "role");
-            let names: Vec<_> = allowed.iter().map(|r| r.as_str()).collect();
-            Err(Status::permission_denied(format!(
-                "token {:?} has role {}; this call needs {}",
-                principal.name,
-                principal.role,
-                names.join(" or ")
-            )))
+            Err(role_refused(&principal, allowed))
         }
     }
 

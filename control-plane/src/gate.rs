@@ -1,20 +1,25 @@
 //! What every call meets before its message is decoded: its token is checked (a caller
-//! without one never makes the control plane decode anything), and the message of a
-//! large unary call is read within its size limit and its field count is bounded from
-//! the wire format. Decoding expands a message: 2 bytes of an empty repeated entry
-//! become a ~300-byte struct, so 4 MiB of them took 750 MB before this gate.
+//! without one never makes the control plane decode anything), the large calls' roles
+//! too, and the message of every unary call is read — within its size limit, a
+//! deadline and a byte budget shared by all calls — as exactly one gRPC frame whose
+//! fields are counted from the wire format. Decoding expands a message: 2 bytes of an
+//! empty repeated entry become a ~300-byte struct, so 4 MiB of them took 750 MB
+//! before this gate.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt as _, Full};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Principal, Role};
 
 /// Fields of one message, all levels together. A usage report of 5,000 records has
 /// ~130,000; a policy at every limit fewer. Past it the call is refused undecoded.
@@ -23,15 +28,23 @@ pub const MAX_FIELDS: usize = 150_000;
 /// Nesting followed when counting (deeper length-delimited fields count as one).
 const MAX_DEPTH: u32 = 8;
 
-/// Unary methods whose messages may be large, with their size limit.
-fn scanned(path: &str, policy_limit: usize, usage_limit: usize) -> Option<usize> {
-    match path {
-        "/vigie.v1.PolicyService/ApplyPolicy" | "/vigie.v1.PolicyService/ValidatePolicy" => {
-            Some(policy_limit)
-        }
-        "/vigie.v1.UsageService/ReportUsage" => Some(usage_limit),
-        _ => None,
-    }
+/// A message must arrive within this (a stalled upload holds nothing longer).
+const READ_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Request bytes buffered by the gate at once, all calls together.
+const BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+const UNIT: usize = 1024;
+
+/// What a unary method may send.
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    limit: usize,
+    max_fields: usize,
+    /// Most occurrences of field 1 at the top level (the records of a report).
+    max_entries: Option<usize>,
+    /// Checked here, before reading, for the calls whose messages may be large (the
+    /// handlers check every call's role again).
+    roles: Option<&'static [Role]>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +52,56 @@ pub struct GateLayer {
     pub auth: Authenticator,
     pub policy_limit: usize,
     pub usage_limit: usize,
+    buffered: Arc<Semaphore>,
+}
+
+impl GateLayer {
+    pub fn new(auth: Authenticator, policy_limit: usize, usage_limit: usize) -> Self {
+        Self {
+            auth,
+            policy_limit,
+            usage_limit,
+            buffered: Arc::new(Semaphore::new(BUFFERED_BYTES / UNIT)),
+        }
+    }
+
+    /// The rule of a method; `None` for the client-streaming watch (its messages are
+    /// small and bounded by the service's decode limit).
+    fn rule(&self, path: &str) -> Option<Rule> {
+        const ADMIN: &[Role] = &[Role::Admin];
+        const READERS: &[Role] = &[Role::Admin, Role::Auditor];
+        const REPORTERS: &[Role] = &[Role::Admin, Role::Workload];
+        const AGENTS: &[Role] = &[Role::Agent, Role::Admin];
+        let large = |limit, roles, max_entries| Rule {
+            limit,
+            max_fields: MAX_FIELDS,
+            max_entries,
+            roles: Some(roles),
+        };
+        Some(match path {
+            "/vigie.v1.DiscoveryService/Watch" => return None,
+            "/vigie.v1.PolicyService/ApplyPolicy" => large(self.policy_limit, ADMIN, None),
+            "/vigie.v1.PolicyService/ValidatePolicy" => large(self.policy_limit, READERS, None),
+            "/vigie.v1.UsageService/ReportUsage" => large(
+                self.usage_limit,
+                REPORTERS,
+                Some(crate::service::usage::MAX_REPORT),
+            ),
+            "/vigie.v1.EgressService/ReportDenials" => Rule {
+                limit: 1024 * 1024,
+                max_fields: 50_000,
+                max_entries: Some(crate::service::egress::MAX_REPORT),
+                roles: Some(AGENTS),
+            },
+            // Every other call names a few things.
+            _ => Rule {
+                limit: 64 * 1024,
+                max_fields: 10_000,
+                max_entries: None,
+                roles: None,
+            },
+        })
+    }
 }
 
 impl<S> tower::Layer<S> for GateLayer {
@@ -88,62 +151,125 @@ where
             if !path.starts_with("/vigie.v1.") {
                 return inner.call(req).await;
             }
+            let method = path.trim_start_matches('/');
             let metadata = MetadataMap::from_headers(req.headers().clone());
             let principal = match layer.auth.authenticate(&metadata).await {
                 Ok(p) => p,
                 Err(status) => {
-                    crate::events::access_denied_at(
-                        path.trim_start_matches('/'),
-                        None,
-                        "unauthenticated",
-                    );
+                    crate::events::access_denied_at(method, None, "unauthenticated");
                     return Ok(status.into_http());
                 }
             };
+            let rule = layer.rule(&path);
+            if let Some(roles) = rule.and_then(|r| r.roles)
+                && !roles.contains(&principal.role)
+            {
+                crate::events::access_denied_at(method, Some(&principal), "role");
+                return Ok(crate::auth::role_refused(&principal, roles).into_http());
+            }
             let (mut parts, body) = req.into_parts();
             // The handlers' role checks use it (one token lookup per call).
-            parts.extensions.insert(principal);
-            let body = match scanned(&path, layer.policy_limit, layer.usage_limit) {
-                None => body,
-                Some(limit) => match read_bounded(body, limit).await {
-                    Ok(bytes) => Body::new(Full::new(bytes)),
-                    Err(status) => return Ok(status.into_http()),
-                },
+            parts.extensions.insert::<Principal>(principal);
+            let Some(rule) = rule else {
+                return inner.call(http::Request::from_parts(parts, body)).await;
             };
-            inner.call(http::Request::from_parts(parts, body)).await
+            // Held until the call ends: the buffered message counts against the budget.
+            let (bytes, _held) = match read(body, rule, &layer.buffered).await {
+                Ok(read) => read,
+                Err(status) => return Ok(status.into_http()),
+            };
+            inner
+                .call(http::Request::from_parts(
+                    parts,
+                    Body::new(Full::new(bytes)),
+                ))
+                .await
         })
     }
 }
 
-/// The whole body of a unary call (one gRPC frame), at most `limit` bytes of message,
-/// its fields counted before anything decodes it.
-async fn read_bounded(body: Body, limit: usize) -> Result<Bytes, Status> {
-    // The 5-byte gRPC frame header comes on top of the message.
-    let bytes = Limited::new(body, limit + 5)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                // tonic's code and wording for an over-limit message.
-                Status::out_of_range(format!(
-                    "message length too large: the limit is: {limit} bytes"
-                ))
-            } else {
-                Status::cancelled("the request body could not be read")
-            }
-        })?
-        .to_bytes();
-    // Compressed frames are refused by the services (no compression is enabled): the
-    // count applies to plain ones.
-    if bytes.len() >= 5 && bytes[0] == 0 {
-        let n = fields(&bytes[5..]);
-        if n > MAX_FIELDS {
-            return Err(Status::resource_exhausted(format!(
-                "message has more than {MAX_FIELDS} fields"
-            )));
+/// The body of a unary call: exactly one uncompressed gRPC frame of at most the rule's
+/// size, within the deadline and the shared byte budget, its fields counted.
+async fn read(
+    mut body: Body,
+    rule: Rule,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Status> {
+    let deadline = tokio::time::Instant::now() + READ_DEADLINE;
+    let too_large = || {
+        // tonic's code and wording for an over-limit message.
+        Status::out_of_range(format!(
+            "message length too large: the limit is: {} bytes",
+            rule.limit
+        ))
+    };
+    let busy = || {
+        Status::resource_exhausted("the control plane is reading as many requests as it may; retry")
+    };
+    let mut buf = BytesMut::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut reserved = 0usize;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded("the request message was not received in time")
+            })?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|_| Status::cancelled("the request body could not be read"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > rule.limit + 5 {
+            return Err(too_large());
         }
+        let wanted = buf.len() + data.len();
+        if wanted > reserved {
+            let units = (wanted - reserved).div_ceil(UNIT).max(64);
+            let more = budget
+                .clone()
+                .try_acquire_many_owned(u32::try_from(units).map_err(|_| too_large())?)
+                .map_err(|_| busy())?;
+            match &mut held {
+                Some(h) => h.merge(more),
+                None => held = Some(more),
+            }
+            reserved += units * UNIT;
+        }
+        buf.extend_from_slice(&data);
     }
-    Ok(bytes)
+    let bytes = buf.freeze();
+    let malformed = |why: &str| Status::invalid_argument(format!("malformed gRPC request: {why}"));
+    if bytes.len() < 5 {
+        return Err(malformed("no message"));
+    }
+    if bytes[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed messages are not accepted",
+        ));
+    }
+    let declared = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    // One message per unary call: a second frame would be decoded (and thrown away)
+    // unread by the count.
+    if declared != bytes.len() - 5 {
+        return Err(malformed("a unary call carries exactly one message"));
+    }
+    let scan =
+        scan(&bytes[5..], rule.max_fields).ok_or_else(|| malformed("not a protobuf message"))?;
+    if scan.fields > rule.max_fields {
+        return Err(Status::resource_exhausted(format!(
+            "message has more than {} fields",
+            rule.max_fields
+        )));
+    }
+    if let Some(max) = rule.max_entries
+        && scan.top_level_ones > max
+    {
+        return Err(Status::resource_exhausted(format!(
+            "message has more than {max} entries"
+        )));
+    }
+    Ok((bytes, held))
 }
 
 fn varint(buf: &[u8], at: &mut usize) -> Option<u64> {
@@ -159,50 +285,95 @@ fn varint(buf: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// Fields of `buf` read as a protobuf message, counting inside every length-delimited
-/// field that itself reads as a message (an upper bound without the schema), up to
-/// `MAX_FIELDS + 1`; `None` when `buf` is not a well-formed message.
-fn count(buf: &[u8], depth: u32, budget: usize) -> Option<usize> {
-    let mut at = 0;
+/// What the wire format of a message says before it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// Fields at every level (an upper bound: a string that reads as a message is
+    /// counted as one), stopping just past the budget.
+    pub fields: usize,
+    /// Occurrences of field 1 at the top level.
+    pub top_level_ones: usize,
+}
+
+/// Fields of `buf` from `at`, read as a protobuf message, counting inside every
+/// length-delimited field that itself reads as a message, and inside groups (the
+/// decoder skips groups of unknown fields, whatever they hold); `group` is the field
+/// whose end marker closes this level. `None` when it is not well formed (a start
+/// group must meet its own end).
+fn count(
+    buf: &[u8],
+    at: &mut usize,
+    depth: u32,
+    budget: usize,
+    ones: &mut usize,
+    group: Option<u64>,
+) -> Option<usize> {
     let mut n = 0usize;
-    while at < buf.len() {
-        let key = varint(buf, &mut at)?;
-        if key >> 3 == 0 {
+    while *at < buf.len() {
+        let key = varint(buf, at)?;
+        let field = key >> 3;
+        if field == 0 {
             return None;
         }
+        if key & 7 == 4 {
+            // An end marker: the one this level waits for, or malformed.
+            return (group == Some(field)).then_some(n);
+        }
         n += 1;
+        if depth == 0 && group.is_none() && field == 1 {
+            *ones += 1;
+        }
         if n > budget {
             return Some(n);
         }
         match key & 7 {
             0 => {
-                varint(buf, &mut at)?;
+                varint(buf, at)?;
             }
-            1 => at = at.checked_add(8).filter(|&e| e <= buf.len())?,
-            5 => at = at.checked_add(4).filter(|&e| e <= buf.len())?,
+            1 => *at = at.checked_add(8).filter(|&e| e <= buf.len())?,
+            5 => *at = at.checked_add(4).filter(|&e| e <= buf.len())?,
+            3 => {
+                n += count(buf, at, depth, budget - n, ones, Some(field))?;
+                if n > budget {
+                    return Some(n);
+                }
+            }
             2 => {
-                let len = usize::try_from(varint(buf, &mut at)?).ok()?;
+                let len = usize::try_from(varint(buf, at)?).ok()?;
                 let end = at.checked_add(len).filter(|&e| e <= buf.len())?;
                 if depth < MAX_DEPTH
-                    && let Some(inner) = count(&buf[at..end], depth + 1, budget - n)
+                    && let Some(inner) =
+                        count(&buf[*at..end], &mut 0, depth + 1, budget - n, &mut 0, None)
                 {
                     n += inner;
                     if n > budget {
                         return Some(n);
                     }
                 }
-                at = end;
+                *at = end;
             }
             _ => return None,
         }
     }
-    Some(n)
+    // The end of the message inside a group: its end marker is missing.
+    group.is_none().then_some(n)
 }
 
-/// Fields of a message, at most `MAX_FIELDS + 1` (a malformed message counts 0: the
-/// decoder refuses it on its own).
+/// The scan of a message, counting up to `budget + 1` fields; `None` when it is not a
+/// well-formed protobuf message (refused: the decoder would refuse it too, or skip
+/// what it cannot count).
+pub fn scan(message: &[u8], budget: usize) -> Option<Scan> {
+    let mut ones = 0;
+    let fields = count(message, &mut 0, 0, budget, &mut ones, None)?;
+    Some(Scan {
+        fields,
+        top_level_ones: ones,
+    })
+}
+
+/// Fields of a message, at most `MAX_FIELDS + 1` (0 for a malformed one).
 pub fn fields(message: &[u8]) -> usize {
-    count(message, 0, MAX_FIELDS).unwrap_or(0)
+    scan(message, MAX_FIELDS).map_or(0, |s| s.fields)
 }
 
 #[cfg(test)]
@@ -254,6 +425,44 @@ mod tests {
         };
         let n = fields(&report.encode_to_vec());
         assert!(n < MAX_FIELDS, "{n}");
+    }
+
+    #[test]
+    fn groups_are_counted_not_skipped() {
+        // The second review's prefix: a group under an unknown field number.
+        let mut flood = vec![0x7b, 0x7c];
+        flood.extend([0x0a, 0x00].repeat(200_000));
+        assert!(fields(&flood) > MAX_FIELDS);
+        // The same inside a nested message.
+        let mut inner = vec![0x7b, 0x7c];
+        inner.extend([0x12, 0x00].repeat(200_000));
+        let mut outer = vec![0x0a];
+        let mut len = inner.len();
+        while len >= 0x80 {
+            outer.push(0x80 | (len & 0x7f) as u8);
+            len >>= 7;
+        }
+        outer.push(len as u8);
+        outer.extend(inner);
+        assert!(fields(&outer) > MAX_FIELDS);
+        // Inside a group.
+        let mut grouped = vec![0x7b];
+        grouped.extend([0x0a, 0x00].repeat(200_000));
+        grouped.push(0x7c);
+        assert!(fields(&grouped) > MAX_FIELDS);
+    }
+
+    #[test]
+    fn top_level_entries_are_counted() {
+        let report = ReportUsageRequest {
+            records: vec![UsageRecord::default(); 7],
+        };
+        assert_eq!(
+            scan(&report.encode_to_vec(), MAX_FIELDS)
+                .unwrap()
+                .top_level_ones,
+            7
+        );
     }
 
     #[test]

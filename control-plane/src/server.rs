@@ -78,11 +78,7 @@ pub async fn serve(
     let policy_max = max.min(vigie_proto::validate::limits::POLICY_BYTES + 64 * 1024);
     let usage_max = max.min(2 * 1024 * 1024);
     let small = max.min(256 * 1024);
-    let gate = crate::gate::GateLayer {
-        auth: auth.clone(),
-        policy_limit: policy_max,
-        usage_limit: usage_max,
-    };
+    let gate = crate::gate::GateLayer::new(auth.clone(), policy_max, usage_max);
     let policy = PolicyServiceServer::new(PolicyApi {
         store: store.clone(),
         auth: auth.clone(),
@@ -118,7 +114,7 @@ pub async fn serve(
         auth: auth.clone(),
         metrics: settings.metrics.clone(),
     })
-    .max_decoding_message_size(max);
+    .max_decoding_message_size(max.min(1024 * 1024));
     let audit = AuditServiceServer::new(AuditApi {
         store: store.clone(),
         auth,
@@ -144,6 +140,8 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha().context("reflection v1alpha")?;
 
     let mut builder = Server::builder()
+        // Streams per connection (unset, hyper allows any number).
+        .max_concurrent_streams(Some(128))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
     if let Some(tls) = &settings.tls {

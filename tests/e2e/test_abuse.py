@@ -423,6 +423,22 @@ def test_nothing_is_decoded_before_the_token_and_the_field_count(control_planes)
     policy = b"\x0a" + bytes([0x80 | (len(pools) & 0x7f), 0x80 | ((len(pools) >> 7) & 0x7f), len(pools) >> 14]) + pools
     code, details = call("/vigie.v1.PolicyService/ValidatePolicy", policy, auditor)
     assert code == "RESOURCE_EXHAUSTED" and "fields" in details, (code, details)
+    # The second attacker review's variants: a group in front hid the flood from the
+    # count; a second message in the unary body was decoded uncounted; the agents' report
+    # was decoded before the role check.
+    code, details = call("/vigie.v1.UsageService/ReportUsage", b"\x7b\x7c" + b"\x0a\x00" * 1_000_000, workload)
+    assert code == "RESOURCE_EXHAUSTED", (code, details)
+    two = channel.stream_unary("/vigie.v1.UsageService/ReportUsage", request_serializer=lambda x: x,
+                               response_deserializer=lambda x: x)
+    try:
+        two(iter([b"", b"\x0a\x00" * 1_000_000]), timeout=60,
+            metadata=[("authorization", f"Bearer {workload}")])
+        code = "OK"
+    except grpc.RpcError as e:
+        code = e.code().name
+    assert code in ("INVALID_ARGUMENT", "OUT_OF_RANGE"), code
+    code, details = call("/vigie.v1.EgressService/ReportDenials", b"\x0a\x00" * 500_000, workload)
+    assert code == "PERMISSION_DENIED", (code, details)
     grown = peak() - before
     assert grown < 64 * MIB, f"peak grew by {grown / MIB:.0f} MiB"
     # A normal report still goes through.

@@ -16,7 +16,7 @@ use crate::store::Store;
 use crate::store::egress::DenialFilter;
 
 /// Most entries per report (an agent aggregates; more means a flood).
-const MAX_REPORT: usize = 1000;
+pub const MAX_REPORT: usize = 1000;
 /// Longest name accepted (a DNS subdomain, as Kubernetes names).
 const MAX_NAME: usize = 253;
 
