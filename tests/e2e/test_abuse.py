@@ -169,8 +169,8 @@ def test_usage_sums_cannot_overflow_and_a_bad_record_names_its_field(control_pla
 
 # ---- 3. A workload token cannot starve other namespaces ----
 
-def test_leases_are_capped_per_call_and_bound_to_the_callers_namespace(control_planes, mocks):
-    cp = control_planes()
+def test_leases_are_capped_per_call_and_bound_to_the_callers_namespace(control_planes, mocks, database_url):
+    cp = control_planes(database_url=database_url)
     admin = cp.token("alice", "admin")
     team_a = cp.token("a", "workload", namespace="team-a")
     team_b = cp.token("b", "workload", namespace="team-b")
@@ -443,3 +443,35 @@ def test_nothing_is_decoded_before_the_token_and_the_field_count(control_planes)
     assert grown < 64 * MIB, f"peak grew by {grown / MIB:.0f} MiB"
     # A normal report still goes through.
     cp.call("UsageService/ReportUsage", {"records": [record(1)]}, token=workload)
+
+
+def test_pipelined_requests_are_answered_in_order(mocks, sidecars):
+    """Two requests in one write: both answered, in order, on the same connection (the
+    red team saw the second dropped silently)."""
+    import socket
+
+    m = mocks("gpu")
+    s = sidecars({"name": "p", "pools": [pool("gpu", [m.url], [{"name": "mistral-7b"}])]})
+    host, port = s.base_url.removeprefix("http://").split(":")
+
+    def request(text):
+        body = json.dumps({"model": "mistral-7b", "max_tokens": 3,
+                           "messages": [{"role": "user", "content": text}]}).encode()
+        return (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(request("premier") + request("second") + b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+    data = b""
+    deadline = time.monotonic() + 10
+    while data.count(b"HTTP/1.1 200") < 3 and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    assert data.count(b"HTTP/1.1 200") == 3, data.decode(errors="replace")
+    # In order: two chat completions, then the model list.
+    first, second, third = (data.find(b'"chat.completion"'), data.rfind(b'"chat.completion"'), data.find(b'"list"'))
+    assert -1 < first < second < third, data.decode(errors="replace")
+    assert m.stats()["requests_total"] == 2

@@ -184,6 +184,10 @@ impl HttpServerApp for SidecarApp {
             tracing::debug!("connection closed: the sidecar has as many as it may hold");
             return None;
         };
+        // Requests pipelined on one connection are answered one after the other, in
+        // order (RFC 9112 §9.3.2): the bytes of the next one, read with this one, are
+        // kept for it (off, Pingora answers the first and drops the rest).
+        session.set_pipelining_enabled(true);
         // One deadline for the whole head (and the keep-alive wait before it): a client
         // trickling one byte at a time is cut off like an idle one.
         let timeout = self.bounds.limits.header_timeout;
