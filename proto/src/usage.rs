@@ -43,13 +43,7 @@ pub fn clamp(r: &mut UsageRecord) {
         &mut r.operation,
         &mut r.currency,
     ] {
-        if s.len() > MAX_FIELD_BYTES {
-            let mut end = MAX_FIELD_BYTES;
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.truncate(end);
-        }
+        s.truncate(s.floor_char_boundary(MAX_FIELD_BYTES));
     }
     for n in [
         &mut r.prompt_tokens,

@@ -17,15 +17,14 @@ use vigie_proto::validate::{Violation, Violations, limits, validate as validate_
 /// their engine to validate (DLP patterns are compiled here, at apply time). CPU-bound:
 /// callers on the async runtime go through [`Validator`].
 pub fn validate(policy: &Policy) -> Result<(), Violations> {
+    // Past a size limit nothing else is looked at: its cost is what is being refused.
+    vigie_proto::validate::validate_limits(policy)?;
     let mut problems =
         match validate_structure(policy, &vigie_egress_common::validate::EGRESS_RULES) {
             Ok(()) => Vec::new(),
             Err(v) => v.0,
         };
-    // Past a size limit the policy is not compiled: its cost is what is being refused.
-    let oversized = vigie_proto::validate::validate_limits(policy).is_err();
-    if !oversized
-        && let Some(dlp) = &policy.dlp
+    if let Some(dlp) = &policy.dlp
         && let Err(v) = vigie_dlp::policy::compile(dlp)
     {
         problems.extend(v);
