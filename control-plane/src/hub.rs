@@ -20,13 +20,13 @@ use vigie_proto::v1::{
 };
 
 use crate::policy::effective::effective;
-use crate::store::{Revision, StatusEvent, Store, StoreError, now_ms};
+use crate::store::{ClientRef, Revision, StatusEvent, Store, StoreError, now_ms};
 
 /// Longest NACK error detail kept.
 const MAX_ERROR_DETAIL: usize = 2048;
 
 struct Watcher {
-    client_id: String,
+    client: ClientRef,
     identity: Identity,
     tx: watch::Sender<Arc<Snapshot>>,
     version: String,
@@ -167,7 +167,7 @@ impl Hub {
 
     pub fn register(
         self: &Arc<Self>,
-        client_id: String,
+        client: ClientRef,
         identity: Identity,
         client_version: String,
     ) -> Registration {
@@ -175,21 +175,21 @@ impl Hub {
         let snapshot = self.snapshot(content_for(&self.heads(), &identity));
         let (tx, rx) = watch::channel(snapshot.clone());
         self.send_status(StatusEvent::Connected {
-            client_id: client_id.clone(),
+            client: client.clone(),
             identity: identity.clone(),
             replica: self.replica.clone(),
             client_version,
             at_ms: now_ms(),
         });
         self.send_status(StatusEvent::Sent {
-            client_id: client_id.clone(),
+            client: client.clone(),
             version: snapshot.version.clone(),
         });
         if let Ok(mut w) = self.watchers.lock() {
             w.insert(
                 id,
                 Watcher {
-                    client_id,
+                    client,
                     identity,
                     tx,
                     version: snapshot.version.clone(),
@@ -211,9 +211,9 @@ impl Hub {
         if let Some(gone) = w.remove(&id) {
             // The same pod may have reconnected already: only the last connection
             // marks it disconnected.
-            if !w.values().any(|o| o.client_id == gone.client_id) {
+            if !w.values().any(|o| o.client == gone.client) {
                 self.send_status(StatusEvent::Disconnected {
-                    client_id: gone.client_id,
+                    client: gone.client,
                     replica: self.replica.clone(),
                     at_ms: now_ms(),
                 });
@@ -222,18 +222,18 @@ impl Hub {
     }
 
     pub fn ack(&self, id: u64, ack: Ack) {
-        let client_id = {
+        let client = {
             let Ok(w) = self.watchers.lock() else { return };
             let Some(watcher) = w.get(&id) else { return };
             if watcher.nonce != ack.nonce {
-                debug!(client = %watcher.client_id, nonce = %ack.nonce, "stale ack ignored");
+                debug!(client = %watcher.client.id, nonce = %ack.nonce, "stale ack ignored");
                 return;
             }
-            watcher.client_id.clone()
+            watcher.client.clone()
         };
         if ack.accepted {
             self.send_status(StatusEvent::Acked {
-                client_id,
+                client,
                 version: ack.version,
                 at_ms: now_ms(),
             });
@@ -246,9 +246,9 @@ impl Hub {
                 }
                 error.truncate(cut);
             }
-            warn!(client = %client_id, version = %ack.version, error = %error, "snapshot rejected by client");
+            warn!(client = %client.id, version = %ack.version, error = %error, "snapshot rejected by client");
             self.send_status(StatusEvent::Nacked {
-                client_id,
+                client,
                 version: ack.version,
                 error,
                 at_ms: now_ms(),
@@ -277,7 +277,7 @@ impl Hub {
             w.version = snapshot.version.clone();
             w.nonce = snapshot.nonce.clone();
             self.send_status(StatusEvent::Sent {
-                client_id: w.client_id.clone(),
+                client: w.client.clone(),
                 version: snapshot.version.clone(),
             });
             // A receiver that is gone unregisters itself; nothing to do here.
@@ -301,7 +301,7 @@ impl Hub {
         let at_ms = now_ms();
         for gone in w.drain().map(|(_, g)| g) {
             self.send_status(StatusEvent::Disconnected {
-                client_id: gone.client_id,
+                client: gone.client,
                 replica: self.replica.clone(),
                 at_ms,
             });

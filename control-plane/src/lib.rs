@@ -15,6 +15,7 @@ pub mod events;
 pub mod gate;
 pub mod hub;
 pub mod k8s_tokens;
+pub mod lanes;
 pub mod metrics;
 pub mod policy;
 pub mod server;

@@ -26,7 +26,7 @@ use crate::service::egress::EgressApi;
 use crate::service::policy::PolicyApi;
 use crate::service::quota::QuotaApi;
 use crate::service::status::StatusApi;
-use crate::service::usage::UsageApi;
+use crate::service::usage::{UsageApi, UsageReads};
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -100,6 +100,7 @@ pub async fn serve(
         store: store.clone(),
         auth: auth.clone(),
         metrics: settings.metrics.clone(),
+        reads: UsageReads::default(),
     })
     .max_decoding_message_size(usage_max);
     let quota = QuotaServiceServer::new(QuotaApi {

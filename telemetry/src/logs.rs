@@ -3,7 +3,9 @@
 //! query strings, headers with provider keys and tokens, SQL — never log below `info`,
 //! however `RUST_LOG` is spelt (`trace`, `5`, a bare target, a target prefix such as
 //! `p=trace`). The cap is a filter of its own on each event's target, not an edit of
-//! the user's directives. Vigie's own targets keep every level.
+//! the user's directives. Vigie's own targets keep every level. A line longer than
+//! [`MAX_LINE`] is cut (a JSON line becomes a smaller, still valid, JSON object): no
+//! request can make one event fill a log pipeline.
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -37,6 +39,44 @@ pub fn allowed(metadata: &Metadata<'_>) -> bool {
     !(RAW_DATA_CRATES.contains(&krate) && *metadata.level() > Level::INFO)
 }
 
+/// Longest log line written, in bytes.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// What a cut line keeps of its start.
+const KEPT_HEAD: usize = 4 * 1024;
+
+/// A line as written: unchanged up to [`MAX_LINE`], else its head and the size cut.
+pub fn capped_line(line: &[u8], json: bool) -> std::borrow::Cow<'_, [u8]> {
+    if line.len() <= MAX_LINE {
+        return line.into();
+    }
+    let text = String::from_utf8_lossy(line);
+    let head = &text[..text.floor_char_boundary(KEPT_HEAD)];
+    let out = if json {
+        let cut = serde_json::json!({ "cut": true, "bytes": line.len(), "head": head });
+        format!("{cut}\n")
+    } else {
+        format!("{head} … [log line cut: {} bytes]\n", line.len())
+    };
+    out.into_bytes().into()
+}
+
+/// A log writer through [`capped_line`] (`.1`: JSON lines). The formatter hands each
+/// event over in one write (`tracing_subscriber::fmt` formats a whole line, then
+/// `write_all`s it).
+struct Capped<W>(W, bool);
+
+impl<W: std::io::Write> std::io::Write for Capped<W> {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(&capped_line(line, self.1))?;
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// Installs the global subscriber: text or JSON lines on stderr, filtered by
 /// `RUST_LOG` (else `default`, plus `extra` directives), with the cap above.
 pub fn init(default: &str, extra: &[&str], json: bool) {
@@ -53,7 +93,7 @@ pub fn init(default: &str, extra: &[&str], json: bool) {
     let cap = tracing_subscriber::filter::filter_fn(allowed);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(move || Capped(std::io::stderr(), json));
     if json {
         builder.json().finish().with(cap).init();
     } else {
@@ -107,6 +147,40 @@ mod tests {
                 assert!(out.contains("connection error"), "{spec}: {out}");
             }
         }
+    }
+
+    #[test]
+    fn a_long_event_is_cut_to_a_bounded_line_and_json_stays_json() {
+        let huge = "é".repeat(super::MAX_LINE);
+        for json in [false, true] {
+            let buf = Buf::default();
+            let writer = buf.clone();
+            let builder = tracing_subscriber::fmt()
+                .with_writer(move || super::Capped(writer.clone(), json))
+                .with_ansi(false);
+            let event = || tracing::warn!(problems = %huge, "policy refused");
+            if json {
+                tracing::subscriber::with_default(builder.json().finish(), event);
+            } else {
+                tracing::subscriber::with_default(builder.finish(), event);
+            }
+            let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            assert!(out.len() <= super::MAX_LINE, "{}", out.len());
+            assert!(out.ends_with('\n') && out.lines().count() == 1);
+            if json {
+                let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+                assert_eq!(v["cut"], true);
+                assert!(v["bytes"].as_u64().unwrap() > 2 * super::MAX_LINE as u64);
+            } else {
+                assert!(
+                    out.contains("policy refused") || out.contains("WARN"),
+                    "{out}"
+                );
+                assert!(out.contains("[log line cut: "), "{out}");
+            }
+        }
+        // Short lines pass untouched.
+        assert_eq!(&*super::capped_line(b"ok\n", true), b"ok\n");
     }
 
     #[test]

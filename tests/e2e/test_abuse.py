@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from harness import GrpcError, binary, pool, wait_until
-from test_watch import acked, apply, routed_to
+from test_kubernetes import TESTDATA, service_account_token
+from test_watch import acked, apply, client_status, routed_to
 
 MIB = 1024 * 1024
 
@@ -285,6 +286,95 @@ def test_a_revoked_token_loses_its_open_watch_stream(control_planes, mocks, side
     v2 = apply(cp, admin, changed(m))
     time.sleep(2)
     assert v2 != v1 and s.policy_version() == v1
+
+
+# ---- 7. Identity: a pod's status is written by its own credential only ----
+
+def test_a_namespace_token_cannot_take_over_a_bound_pods_status(control_planes, mocks, sidecars):
+    cp = control_planes(extra_args=["--k8s-jwks-file", str(TESTDATA / "sa-jwks.json"),
+                                    "--k8s-token-issuer", "https://kubernetes.default.svc.cluster.local"])
+    admin = cp.token("alice", "admin")
+    m = mocks("gpu")
+    # The real pod has its key; a sidecar without it rejects the policy (a NACK).
+    version = apply(cp, admin, routed_to(m, kind="POOL_KIND_OPENAI", credentials={"env": "KEY"}))
+    bound = service_account_token(TESTDATA / "sa-signer.pem", "team-a", "app")  # bound to pod app-0
+    sidecars(None, control_plane=cp, token=bound, env={"VIGIE_CREDENTIAL_KEY": "sk-1"})
+    wait_until(lambda: acked(cp, admin, version), what="ACK of the bound pod")
+    # A namespace-wide Vigie token declares the same pod, and reports a failure.
+    workload = cp.token("w", "workload", namespace="team-a", service_account="app")
+    intruder = sidecars(None, control_plane=cp, token=workload, wait_ready=False)
+    wait_until(lambda: "snapshot rejected" in intruder.process.log(), what="the intruder's NACK")
+    time.sleep(1.5)  # status writes are batched
+    c = client_status(cp, admin)
+    assert c["credential"] == "system:serviceaccount:team-a:app" and c["podBound"], c
+    assert c["ackedVersion"] == version and not c.get("nackedVersion") and c["connected"], c
+    intruder.stop()
+    time.sleep(1.5)
+    assert client_status(cp, admin)["connected"], "the intruder's disconnect is not the pod's"
+
+
+# ---- Per-caller shares of the expensive reads, watch streams served meanwhile ----
+
+def test_one_caller_cannot_hold_the_usage_exports_and_queries(control_planes, mocks, sidecars):
+    import grpc
+
+    cp = control_planes()
+    admin = cp.token("alice", "admin")
+    mallory, bob = cp.token("mallory", "auditor"), cp.token("bob", "auditor")
+    workload = cp.token("w", "workload", namespace="team-a", service_account="app")
+    n = 60_000
+    for b in range(n // 5000):
+        code, out = call_json(cp, "UsageService/ReportUsage",
+                              json.dumps({"records": [record(b * 5000 + i) for i in range(5000)]}), workload)
+        assert code == 0, out
+    m = mocks("gpu")
+    v1 = apply(cp, admin, routed_to(m))
+    s = sidecars(None, control_plane=cp, token=workload)
+    assert s.policy_version() == v1
+
+    # No window growth: a reader that stops reading stops the stream (as a slow network would).
+    channel = grpc.insecure_channel(cp.address, options=[("grpc.http2.bdp_probe", 0)])
+    export = channel.unary_stream("/vigie.v1.UsageService/ExportUsage",
+                                  request_serializer=lambda x: x, response_deserializer=lambda x: x)
+    query = channel.unary_unary("/vigie.v1.UsageService/QueryUsage",
+                                request_serializer=lambda x: x, response_deserializer=lambda x: x)
+
+    def auth(token):
+        return [("authorization", f"Bearer {token}")]
+
+    # Mallory opens an export of everything and never reads it: it stays open, held.
+    held = export(b"", metadata=auth(mallory), timeout=120)
+    held.initial_metadata()
+    # Her second one waits for her first, then is refused, naming her own lane.
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        next(export(b"", metadata=auth(mallory), timeout=60))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+    assert "this caller's earlier ExportUsage calls are still running" in e.value.details()
+    assert time.monotonic() - started >= 9
+    # Meanwhile: Bob's export is whole, her query loop does not hold Bob's query up,
+    # and a policy change still reaches the watching sidecar.
+    by_namespace_workload_model = b"\x12\x03\x01\x02\x04"
+    flood = [query.future(by_namespace_workload_model, metadata=auth(mallory), timeout=60) for _ in range(12)]
+    started = time.monotonic()
+    assert sum(1 for _ in export(b"", metadata=auth(bob), timeout=60)) == n
+    bob_rows = cp.call("UsageService/QueryUsage", {"groupBy": ["USAGE_DIMENSION_NAMESPACE"]}, token=bob)["rows"]
+    assert int(bob_rows[0]["totals"]["requests"]) == n
+    bob_took = time.monotonic() - started
+    v2 = apply(cp, admin, changed(m))
+    wait_until(lambda: s.policy_version() == v2, timeout=10, what="the watching sidecar gets the change")
+    outcomes = set()
+    for f in flood:
+        try:
+            f.result()
+            outcomes.add("OK")
+        except grpc.RpcError as err:
+            outcomes.add(err.code().name)
+    assert outcomes <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
+    assert bob_took < 20, f"Bob waited {bob_took:.1f} s behind Mallory"
+    held.cancel()
+    # Her place comes back once her stream is gone.
+    assert sum(1 for _ in export(b"", metadata=auth(mallory), timeout=60)) == n
 
 
 # ---- 8. Secrets never logged, at any level ----

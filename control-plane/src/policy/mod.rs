@@ -5,13 +5,14 @@
 pub mod effective;
 pub mod summary;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use vigie_proto::v1::Policy;
 use vigie_proto::validate::{Violation, Violations, limits, validate as validate_structure};
+
+use crate::lanes::CallerLanes;
 
 /// Every section's validation: the shared structural rules, then sections that need
 /// their engine to validate (DLP patterns are compiled here, at apply time). CPU-bound:
@@ -76,9 +77,7 @@ pub enum Refused {
 pub struct Validator {
     dry_runs: Arc<Semaphore>,
     writes: Arc<Semaphore>,
-    /// Each caller's lane (admins and auditors: a bounded set of principals).
-    lanes: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-    per_caller: usize,
+    lanes: CallerLanes,
     budget: Duration,
 }
 
@@ -95,18 +94,9 @@ impl Validator {
         Self {
             dry_runs: Arc::new(Semaphore::new(workers)),
             writes: Arc::new(Semaphore::new(workers)),
-            lanes: Arc::default(),
-            per_caller,
+            lanes: CallerLanes::new(per_caller),
             budget,
         }
-    }
-
-    fn lane(&self, caller: &str) -> Arc<Semaphore> {
-        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        lanes
-            .entry(caller.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_caller)))
-            .clone()
     }
 
     /// Validates `policy` for `caller`; `write` for an apply or a rollback.
@@ -133,10 +123,11 @@ impl Validator {
                 .map_err(Refused::Invalid);
         }
         let deadline = tokio::time::Instant::now() + self.budget;
-        let lane = tokio::time::timeout_at(deadline, self.lane(caller).acquire_owned())
+        let lane = self
+            .lanes
+            .enter(caller, deadline)
             .await
-            .map_err(|_| Refused::CallerBusy(self.budget))?
-            .map_err(|_| unexpected())?;
+            .ok_or(Refused::CallerBusy(self.budget))?;
         let workers = if write { &self.writes } else { &self.dry_runs };
         let permit = tokio::time::timeout_at(deadline, workers.clone().acquire_owned())
             .await

@@ -95,9 +95,14 @@ impl DiscoveryService for DiscoveryApi {
             )));
         }
         info!(client = %client, running = %hello.current_version, "watcher connected");
+        let client_ref = crate::store::ClientRef {
+            id: client.clone(),
+            credential: who.name.clone(),
+            bound: !who.pod.is_empty(),
+        };
         let registration = self
             .hub
-            .register(client.clone(), identity, hello.client_version);
+            .register(client_ref, identity, hello.client_version);
         let id = registration.id;
         let snapshots = WatchStream::new(registration.snapshots.clone());
         let hub = self.hub.clone();

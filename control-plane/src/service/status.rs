@@ -58,6 +58,8 @@ impl StatusService for StatusApi {
                 nack_error: c.nack_error,
                 nacked_at: (c.nacked_at_ms > 0).then(|| timestamp(c.nacked_at_ms)),
                 client_version: c.client_version,
+                credential: c.credential,
+                pod_bound: c.bound,
             })
             .collect();
         Ok(Response::new(ListClientsResponse { clients }))

@@ -17,12 +17,15 @@ use vigie_proto::v1::{
 
 use super::{invalid, store_error};
 use crate::auth::{Authenticator, Role};
+use crate::lanes::Admission;
 use crate::store::usage::{TotalsRow, dimension_column};
 use crate::store::{Store, now_ms};
 use vigie_proto::usage::{MAX_COST, MAX_FIELD_BYTES, MAX_GPU_SECONDS, MAX_TOKENS};
 
 /// Largest batch a sidecar may report at once.
 pub const MAX_REPORT: usize = 5000;
+/// How long an export waits for its caller to read before it is ended.
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
@@ -31,6 +34,27 @@ pub struct UsageApi {
     pub store: Arc<dyn Store>,
     pub auth: Authenticator,
     pub metrics: crate::metrics::Metrics,
+    pub reads: UsageReads,
+}
+
+/// Admission to the calls that scan the ledger: one caller's loop of heavy queries
+/// waits on itself; reports, leases and watch streams never queue here.
+#[derive(Debug, Clone)]
+pub struct UsageReads {
+    pub queries: Admission,
+    pub exports: Admission,
+}
+
+impl Default for UsageReads {
+    /// Two queries and one export per caller at once; four queries and two exports in
+    /// all (the store's connections stay free for reports); 10 s of waiting at most.
+    fn default() -> Self {
+        let wait = std::time::Duration::from_secs(10);
+        Self {
+            queries: Admission::new("QueryUsage", 2, 4, wait),
+            exports: Admission::new("ExportUsage", 1, 2, wait),
+        }
+    }
 }
 
 fn check_record(i: usize, r: &UsageRecord) -> Result<(), Status> {
@@ -206,10 +230,11 @@ impl UsageService for UsageApi {
         &self,
         req: Request<QueryUsageRequest>,
     ) -> Result<Response<QueryUsageResponse>, Status> {
-        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let who = self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
         let r = req.into_inner();
         let filter = r.filter.unwrap_or_default();
         check_filter(&filter)?;
+        let _admitted = self.reads.queries.admit(&who.name).await?;
         let mut columns = Vec::new();
         for (i, d) in r.group_by.iter().enumerate() {
             let column = UsageDimension::try_from(*d)
@@ -300,12 +325,16 @@ impl UsageService for UsageApi {
         &self,
         req: Request<ExportUsageRequest>,
     ) -> Result<Response<Self::ExportUsageStream>, Status> {
-        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let who = self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
         let filter = req.into_inner().filter.unwrap_or_default();
         check_filter(&filter)?;
+        // Held until the stream ends; a caller that stops reading loses its stream
+        // after EXPORT_STALL, so its place is not held forever.
+        let admitted = self.reads.exports.admit(&who.name).await?;
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
+            let _admitted = admitted;
             let mut after = None;
             loop {
                 let page = match store.usage_page(&filter, after.clone(), 1000).await {
@@ -319,8 +348,16 @@ impl UsageService for UsageApi {
                 after = Some((last.started_at_ms, last.id.clone()));
                 let full = page.len() == 1000;
                 for r in page {
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
+                    match tokio::time::timeout(EXPORT_STALL, tx.send(Ok(r))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            let stalled = Status::deadline_exceeded(format!(
+                                "export not read for {EXPORT_STALL:?}; ended"
+                            ));
+                            let _ = tx.try_send(Err(stalled));
+                            return;
+                        }
                     }
                 }
                 if !full {

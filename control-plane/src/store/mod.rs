@@ -95,33 +95,45 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
+/// A watching client's status row and the credential that speaks for it: a row is
+/// only written by the credential that connected it, and a row written by a credential
+/// bound to its pod is never taken over by one that merely declares the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRef {
+    pub id: String,
+    /// The principal's name (a token's name, a service account's subject).
+    pub credential: String,
+    /// The credential is bound to this pod (a projected service-account token).
+    pub bound: bool,
+}
+
 /// What happened to a watching client; written in batches.
 #[derive(Debug, Clone)]
 pub enum StatusEvent {
     Connected {
-        client_id: String,
+        client: ClientRef,
         identity: Identity,
         replica: String,
         client_version: String,
         at_ms: i64,
     },
     Sent {
-        client_id: String,
+        client: ClientRef,
         version: String,
     },
     Acked {
-        client_id: String,
+        client: ClientRef,
         version: String,
         at_ms: i64,
     },
     Nacked {
-        client_id: String,
+        client: ClientRef,
         version: String,
         error: String,
         at_ms: i64,
     },
     Disconnected {
-        client_id: String,
+        client: ClientRef,
         replica: String,
         at_ms: i64,
     },
@@ -146,6 +158,8 @@ pub struct ClientRecord {
     pub nack_error: String,
     pub nacked_at_ms: i64,
     pub client_version: String,
+    pub credential: String,
+    pub bound: bool,
 }
 
 #[async_trait]

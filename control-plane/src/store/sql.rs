@@ -102,6 +102,13 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
         (2, super::usage::migration()),
         (3, super::quota::migration()),
         (4, super::egress::migration()),
+        (
+            5,
+            vec![
+                "ALTER TABLE vigie_clients ADD COLUMN credential TEXT NOT NULL DEFAULT ''".into(),
+                "ALTER TABLE vigie_clients ADD COLUMN bound BIGINT NOT NULL DEFAULT 0".into(),
+            ],
+        ),
     ]
 }
 
@@ -260,6 +267,8 @@ fn client_from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
         nack_error: row.try_get("nack_error")?,
         nacked_at_ms: row.try_get("nacked_at")?,
         client_version: row.try_get("client_version")?,
+        credential: row.try_get("credential")?,
+        bound: row.try_get::<i64, _>("bound")? != 0,
     })
 }
 
@@ -504,63 +513,76 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         for e in events {
             let q = match e {
+                // A row bound to its pod is only taken over by a bound credential
+                // (ClientRef); every later write names the credential that connected.
                 StatusEvent::Connected {
-                    client_id,
+                    client,
                     identity,
                     replica,
                     client_version,
                     at_ms,
                 } => sqlx::query(
                     "INSERT INTO vigie_clients (client_id, identity, replica, connected, connected_at, last_seen,
-                        sent_version, acked_version, nacked_version, nack_error, nacked_at, client_version)
-                     VALUES ($1, $2, $3, 1, $4, $4, '', '', '', '', 0, $5)
+                        sent_version, acked_version, nacked_version, nack_error, nacked_at, client_version,
+                        credential, bound)
+                     VALUES ($1, $2, $3, 1, $4, $4, '', '', '', '', 0, $5, $6, $7)
                      ON CONFLICT (client_id) DO UPDATE SET identity = excluded.identity,
                         replica = excluded.replica, connected = 1, connected_at = excluded.connected_at,
-                        last_seen = excluded.last_seen, client_version = excluded.client_version",
+                        last_seen = excluded.last_seen, client_version = excluded.client_version,
+                        credential = excluded.credential, bound = excluded.bound
+                     WHERE vigie_clients.bound = 0 OR excluded.bound = 1",
                 )
-                .bind(client_id.clone())
+                .bind(client.id.clone())
                 .bind(serde_json::to_string(identity).unwrap_or_default())
                 .bind(replica.clone())
                 .bind(*at_ms)
-                .bind(client_version.clone()),
-                StatusEvent::Sent { client_id, version } => {
-                    sqlx::query("UPDATE vigie_clients SET sent_version = $1 WHERE client_id = $2")
-                        .bind(version.clone())
-                        .bind(client_id.clone())
-                }
+                .bind(client_version.clone())
+                .bind(client.credential.clone())
+                .bind(i64::from(client.bound)),
+                StatusEvent::Sent { client, version } => sqlx::query(
+                    "UPDATE vigie_clients SET sent_version = $1 WHERE client_id = $2 AND credential = $3",
+                )
+                .bind(version.clone())
+                .bind(client.id.clone())
+                .bind(client.credential.clone()),
                 StatusEvent::Acked {
-                    client_id,
+                    client,
                     version,
                     at_ms,
                 } => sqlx::query(
-                    "UPDATE vigie_clients SET acked_version = $1, last_seen = $2 WHERE client_id = $3",
+                    "UPDATE vigie_clients SET acked_version = $1, last_seen = $2
+                     WHERE client_id = $3 AND credential = $4",
                 )
                 .bind(version.clone())
                 .bind(*at_ms)
-                .bind(client_id.clone()),
+                .bind(client.id.clone())
+                .bind(client.credential.clone()),
                 StatusEvent::Nacked {
-                    client_id,
+                    client,
                     version,
                     error,
                     at_ms,
                 } => sqlx::query(
                     "UPDATE vigie_clients SET nacked_version = $1, nack_error = $2, nacked_at = $3, last_seen = $3
-                     WHERE client_id = $4",
+                     WHERE client_id = $4 AND credential = $5",
                 )
                 .bind(version.clone())
                 .bind(error.clone())
                 .bind(*at_ms)
-                .bind(client_id.clone()),
+                .bind(client.id.clone())
+                .bind(client.credential.clone()),
                 StatusEvent::Disconnected {
-                    client_id,
+                    client,
                     replica,
                     at_ms,
                 } => sqlx::query(
-                    "UPDATE vigie_clients SET connected = 0, last_seen = $1 WHERE client_id = $2 AND replica = $3",
+                    "UPDATE vigie_clients SET connected = 0, last_seen = $1
+                     WHERE client_id = $2 AND replica = $3 AND credential = $4",
                 )
                 .bind(*at_ms)
-                .bind(client_id.clone())
-                .bind(replica.clone()),
+                .bind(client.id.clone())
+                .bind(replica.clone())
+                .bind(client.credential.clone()),
                 StatusEvent::Heartbeat { replica, at_ms } => sqlx::query(
                     "UPDATE vigie_clients SET last_seen = $1 WHERE replica = $2 AND connected = 1",
                 )
