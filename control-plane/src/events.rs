@@ -31,6 +31,23 @@ pub fn policy_changed(who: &Principal, action: &str, policy: &str, revision: i64
         .export();
 }
 
+/// A change to a policy managed from Git, made anyway (break-glass).
+pub fn policy_break_glass(who: &Principal, policy: &str, revision: i64) {
+    SecurityEvent::new(
+        names::ADMIN_ACTION,
+        "admin",
+        "success",
+        "policy managed from Git changed by break-glass",
+    )
+    .warn()
+    .attr("vigie.admin.principal", &who.name)
+    .attr("vigie.admin.role", who.role.as_str())
+    .attr("vigie.admin.action", "break_glass")
+    .attr("vigie.policy.name", policy)
+    .attr("vigie.policy.revision", revision)
+    .emit();
+}
+
 /// Refused calls reported per second at most; the rest are counted and reported in one
 /// summary event, so that a flood of bad tokens cannot push other security events out
 /// of the export queue.

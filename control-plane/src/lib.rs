@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod events;
 pub mod gate;
+pub mod gitops;
 pub mod hub;
 pub mod k8s_tokens;
 pub mod lanes;

@@ -11,7 +11,7 @@ use tracing::info;
 use vigie_control_plane::auth::{Role, new_token};
 use vigie_control_plane::k8s_tokens::{JwksSource, K8sTokenSettings};
 use vigie_control_plane::metrics::Metrics;
-use vigie_control_plane::server::{ServerSettings, TlsFiles, serve};
+use vigie_control_plane::server::{GitOpsSettings, ServerSettings, TlsFiles, serve};
 use vigie_control_plane::store::{self, AuditRecord, now_ms};
 use vigie_control_plane::webhook;
 
@@ -45,6 +45,29 @@ enum Command {
     /// Create, list or revoke API tokens (works directly on the database).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Policies from Git: what a sync of a policy directory would change.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validates every file of a policy directory and prints what a sync would change,
+    /// against the database or (`--against`) another version of the directory. Exit
+    /// status: 1 when a file is invalid; with --exit-code, 2 when something would change.
+    Diff {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Compare with this directory (the policy repository's main branch, say)
+        /// instead of the database.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Count policies whose file is gone as deleted (the reconciler's --policy-prune).
+        #[arg(long)]
+        prune: bool,
+        #[arg(long)]
+        exit_code: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +130,17 @@ struct ServeArgs {
     /// What the webhook injects (JSON; default: built-in settings).
     #[arg(long, env = "VIGIE_WEBHOOK_CONFIG")]
     webhook_config: Option<PathBuf>,
+    /// Policies from Git: reconcile this directory of policy files (JSON or YAML) into
+    /// the store; the policies it declares can then only change through Git (or with
+    /// breakGlass).
+    #[arg(long, env = "VIGIE_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Delete the policies Git created whose file is gone from the directory.
+    #[arg(long, env = "VIGIE_POLICY_PRUNE", requires = "policy_dir")]
+    policy_prune: bool,
+    /// Seconds between two reads of the policy directory.
+    #[arg(long, env = "VIGIE_POLICY_SYNC_INTERVAL_S", default_value_t = 10)]
+    policy_sync_interval_s: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +239,9 @@ async fn token_command(url: &str, cmd: TokenCommand) -> anyhow::Result<()> {
             if name.is_empty() {
                 anyhow::bail!("--name must not be empty");
             }
+            if name == vigie_control_plane::gitops::GITOPS_ACTOR {
+                anyhow::bail!("the name {name:?} is the policy reconciler's; choose another");
+            }
             if role == Role::Workload && namespace.is_empty() {
                 anyhow::bail!("a workload token needs --namespace");
             }
@@ -260,6 +297,101 @@ async fn token_command(url: &str, cmd: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+enum DiffOutcome {
+    Invalid,
+    Changes,
+    None,
+}
+
+/// `policy diff`: the reconciler's reading, validation and plan, printed.
+async fn policy_diff(
+    url: &str,
+    dir: &std::path::Path,
+    against: Option<&std::path::Path>,
+    prune: bool,
+) -> anyhow::Result<DiffOutcome> {
+    use vigie_control_plane::gitops::{GITOPS_ACTOR, plan, source};
+
+    let (declared, mut problems) = source::read(dir);
+    for f in &declared.files {
+        if let Err(v) = vigie_control_plane::policy::validate(&f.policy) {
+            problems.extend(v.0.into_iter().map(|x| vigie_proto::validate::Violation {
+                path: format!("{}: {}", f.file, x.path),
+                reason: x.reason,
+            }));
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("invalid: {p}");
+        }
+        eprintln!("{} problem(s): a sync would apply nothing", problems.len());
+        return Ok(DiffOutcome::Invalid);
+    }
+    let current = match against {
+        Some(other) => {
+            let (base, base_problems) = source::read(other);
+            if !base_problems.is_empty() {
+                anyhow::bail!(
+                    "{} cannot be read as a policy directory: {}",
+                    other.display(),
+                    base_problems[0]
+                );
+            }
+            base.files
+                .into_iter()
+                .map(|f| {
+                    let c = plan::Current {
+                        live: Some(f.policy.clone()),
+                        revision: 1,
+                        author: GITOPS_ACTOR.into(),
+                        last_from_git: None,
+                    };
+                    (f.policy.name, c)
+                })
+                .collect()
+        }
+        None => {
+            let store = store::open(url).await.context("opening the database")?;
+            vigie_control_plane::gitops::current(store.as_ref(), &declared.files).await?
+        }
+    };
+    let mut changes = 0;
+    for p in plan::plan(&declared.files, &current, prune) {
+        let file = p.file.as_deref().unwrap_or_default();
+        let line = match &p.step {
+            plan::Step::InSync => continue,
+            plan::Step::Create => format!("+ create  {} ({file})", p.name),
+            plan::Step::Update(summary) => format!("~ update  {} ({file}): {summary}", p.name),
+            plan::Step::Drift => format!(
+                "! drift   {} ({file}): changed by break-glass; kept until the file changes",
+                p.name
+            ),
+            plan::Step::Prune => format!("- delete  {}: its file is gone", p.name),
+            plan::Step::Orphan => {
+                format!("? orphan  {}: its file is gone; kept (no --prune)", p.name)
+            }
+        };
+        if matches!(
+            p.step,
+            plan::Step::Create | plan::Step::Update(_) | plan::Step::Prune
+        ) {
+            changes += 1;
+        }
+        println!("{line}");
+    }
+    let commit = declared.commit.as_deref().unwrap_or("unknown");
+    println!(
+        "{changes} change(s) from {} policy file(s) at commit {commit}",
+        declared.files.len()
+    );
+    Ok(if changes > 0 {
+        DiffOutcome::Changes
+    } else {
+        DiffOutcome::None
+    })
+}
+
 fn replica_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -274,6 +406,19 @@ async fn main() -> anyhow::Result<()> {
     let url = database_url(&args)?;
     match args.command {
         Command::Token(cmd) => token_command(&url, cmd).await,
+        Command::Policy(PolicyCommand::Diff {
+            dir,
+            against,
+            prune,
+            exit_code,
+        }) => {
+            let code = policy_diff(&url, &dir, against.as_deref(), prune).await?;
+            match code {
+                DiffOutcome::Invalid => std::process::exit(1),
+                DiffOutcome::Changes if exit_code => std::process::exit(2),
+                _ => Ok(()),
+            }
+        }
         Command::Serve(s) => {
             let s = *s;
             let metrics = Metrics::new().context("registering metrics")?;
@@ -343,6 +488,11 @@ async fn main() -> anyhow::Result<()> {
                     replica: s.replica.unwrap_or_else(replica_name),
                     k8s_tokens,
                     metrics,
+                    gitops: s.policy_dir.map(|dir| GitOpsSettings {
+                        dir,
+                        prune: s.policy_prune,
+                        interval: Duration::from_secs(s.policy_sync_interval_s.max(1)),
+                    }),
                 },
                 stopped(),
             );

@@ -47,6 +47,15 @@ pub struct ServerSettings {
     /// Accept Kubernetes projected service-account tokens from workloads.
     pub k8s_tokens: Option<K8sTokenSettings>,
     pub metrics: crate::metrics::Metrics,
+    /// Policies from Git: the directory to reconcile.
+    pub gitops: Option<GitOpsSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GitOpsSettings {
+    pub dir: PathBuf,
+    pub prune: bool,
+    pub interval: Duration,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -79,13 +88,27 @@ pub async fn serve(
     let usage_max = max.min(2 * 1024 * 1024);
     let small = max.min(256 * 1024);
     let gate = crate::gate::GateLayer::new(auth.clone(), policy_max, usage_max);
-    let policy = PolicyServiceServer::new(PolicyApi {
+    let reconciler = settings
+        .gitops
+        .as_ref()
+        .map(|g| crate::gitops::Reconciler::new(g.dir.clone(), g.prune));
+    let policy_api = PolicyApi {
         store: store.clone(),
         auth: auth.clone(),
         hub: hub.clone(),
         validator: crate::policy::Validator::default(),
-    })
-    .max_decoding_message_size(policy_max);
+        gitops: reconciler.as_ref().map(|r| r.state.clone()),
+    };
+    // The first sync lands before the API answers: managed policies are known (and
+    // protected) from the first call.
+    let gitops_task = match (reconciler, &settings.gitops) {
+        (Some(r), Some(g)) => {
+            r.sync(&policy_api).await;
+            Some(tokio::spawn(r.run(policy_api.clone(), g.interval)))
+        }
+        _ => None,
+    };
+    let policy = PolicyServiceServer::new(policy_api).max_decoding_message_size(policy_max);
     let discovery = DiscoveryServiceServer::new(DiscoveryApi {
         auth: auth.clone(),
         hub: hub.clone(),
@@ -199,6 +222,9 @@ pub async fn serve(
         )
         .await;
     hub_task.abort();
+    if let Some(t) = gitops_task {
+        t.abort();
+    }
     // Let the status writer record the disconnections (it batches every ~20 ms).
     tokio::time::sleep(Duration::from_millis(200)).await;
     result.context("gRPC server")

@@ -8,6 +8,7 @@ its base URL points at the sidecar, as the injection webhook does in a cluster.
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -319,6 +320,30 @@ def main():
             show("not shown", "loading eBPF programs needs root: run `sudo cargo xtask demo`")
         else:
             egress_demo(cp, admin, sidecar, gpu1, cloud, started, otel)
+
+        title("Policies from Git: a control plane that reconciles a policy directory (as ArgoCD mounts it)")
+        repo = Path(tempfile.mkdtemp(prefix="vigie-policies-"))
+        team_b = {"name": "team-b", "scope": {"namespace": "team-b"},
+                  "pools": [pool("onprem-gpu", [gpu1.url], [{"name": "mistral-small"}])]}
+        (repo / "team-b.yaml").write_text(f"# team-b's chat policy, reviewed in a pull request\n{team_b}\n"
+                                          .replace("'", '"'))
+        (repo / "git-commit").write_text("4f53ed1c0ffee0000000000000000000000000aa")
+        gcp = ControlPlane(replica="gitops", extra_args=["--policy-dir", str(repo), "--policy-sync-interval-s", "1"])
+        started.append(gcp)
+        gadmin = gcp.token("secops-alice", "admin")
+        h = gcp.call("PolicyService/GetPolicy", {"name": "team-b"}, token=gadmin)
+        show("applied from Git", f"revision {h['revision']} by {h['author']}: {h['comment']}")
+        changed = {**team_b, "routes": [{"model": "mistral-small", "pools": ["onprem-gpu"]}]}
+        try:
+            gcp.call("PolicyService/ApplyPolicy", {"policy": changed}, token=gadmin)
+        except Exception as e:  # GrpcError
+            show("a grpcurl write", e.text.splitlines()[-1].strip().split(": change it")[0])
+        r = gcp.call("PolicyService/ApplyPolicy", {"policy": changed, "breakGlass": True,
+                                                   "comment": "INC-7 route needed now"}, token=gadmin)
+        show("breakGlass write", f"revision {r['revision']['revision']}: {r['revision']['comment']}")
+        st = gcp.call("PolicyService/GetSyncStatus", {}, token=gadmin)
+        drifted = [p["name"] for p in st["policies"] if p.get("drift")]
+        show("GetSyncStatus", f"commit {st['commit'][:7]}, drift: {', '.join(drifted)} (until Git changes the file)")
 
         title("OpenTelemetry: what the SOC's collector received")
         time.sleep(0.5)

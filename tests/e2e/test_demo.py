@@ -53,6 +53,10 @@ def test_demo_runs_and_narrates():
         "350,000 empty pools    Message: message has more than 150000 fields",
         "300 pools              pools: 300 entries; at most 256 allowed",
         "explosive regex        dlp.customDetectors[0].regex: does not compile: too complex",
+        "applied from Git       revision 1 by gitops: from Git commit 4f53ed1",
+        'a grpcurl write        Message: policy "team-b" is managed from Git (file team-b.yaml)',
+        "breakGlass write       revision 2: break-glass: INC-7 route needed now",
+        "GetSyncStatus          commit 4f53ed1, drift: team-b",
         "Demo complete.",
     ]:
         assert expected in out, f"missing {expected!r} in:\n{out}"

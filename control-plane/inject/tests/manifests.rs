@@ -328,6 +328,41 @@ fn ha_overlay_runs_three_replicas_on_cloudnativepg() {
 }
 
 #[test]
+fn ha_overlay_reconciles_the_configmap_the_policy_repository_generates() {
+    let ha = check_all(&kustomize(&repo().join("deploy/overlays/ha"), &[]));
+    let pod = &ha["Deployment/vigie-control-plane"]["spec"]["template"]["spec"];
+    let cp = &pod["containers"][0];
+    let dir = env(cp, "VIGIE_POLICY_DIR").unwrap();
+    assert_eq!(env(cp, "VIGIE_POLICY_PRUNE").as_deref(), Some("true"));
+    let mount = cp["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir.as_str())
+        .expect("the policy directory is mounted");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let configmap = volume["configMap"]["name"].as_str().unwrap();
+    let repo_objects = check_all(&kustomize(&repo().join("deploy/examples/policy-repo"), &[]));
+    let generated = &repo_objects[&format!("ConfigMap/{configmap}")];
+    assert_eq!(
+        generated["metadata"]["namespace"],
+        ha["Deployment/vigie-control-plane"]["metadata"]["namespace"]
+    );
+    let keys = generated["data"].as_object().unwrap();
+    assert!(keys.keys().all(|k| k.ends_with(".yaml")), "{keys:?}");
+    assert!(
+        keys.values()
+            .all(|v| v.as_str().unwrap().contains("name: ")),
+        "each key is one policy file"
+    );
+}
+
+#[test]
 fn egress_agent_component_has_only_the_capabilities_it_needs() {
     let dir = repo().join("target/kustomize-egress");
     std::fs::create_dir_all(&dir).unwrap();

@@ -7,13 +7,15 @@ use tracing::info;
 use vigie_proto::v1::policy_service_server::PolicyService;
 use vigie_proto::v1::{
     ApplyPolicyRequest, ApplyPolicyResponse, DeletePolicyRequest, DeletePolicyResponse,
-    EffectivePolicy, GetEffectivePolicyRequest, GetPolicyRequest, ListPoliciesRequest,
-    ListPoliciesResponse, ListRevisionsRequest, ListRevisionsResponse, Policy, PolicyRevision,
-    PolicySummary, RevisionAction, RollbackRequest, ValidatePolicyRequest, ValidatePolicyResponse,
+    EffectivePolicy, GetEffectivePolicyRequest, GetPolicyRequest, GetSyncStatusRequest,
+    ListPoliciesRequest, ListPoliciesResponse, ListRevisionsRequest, ListRevisionsResponse,
+    ManagedPolicy, Policy, PolicyRevision, PolicySummary, PolicySyncStatus, RevisionAction,
+    RollbackRequest, SyncError, ValidatePolicyRequest, ValidatePolicyResponse,
 };
 
 use super::{invalid, store_error, timestamp, violations_status};
 use crate::auth::{Authenticator, Principal, Role};
+use crate::gitops::SyncState;
 use crate::hub::Hub;
 use crate::policy::summary::summarize;
 use crate::policy::{Refused, Validator};
@@ -28,6 +30,8 @@ pub struct PolicyApi {
     pub auth: Authenticator,
     pub hub: Arc<Hub>,
     pub validator: Validator,
+    /// The policy directory's reconciler state, when policies come from Git.
+    pub gitops: Option<Arc<SyncState>>,
 }
 
 pub fn revision_message(r: Revision) -> PolicyRevision {
@@ -53,13 +57,13 @@ fn require_name(name: &str) -> Result<(), Status> {
 }
 
 /// One write: an apply, a rollback or a deletion.
-struct Change {
-    name: String,
-    policy: Option<Policy>,
-    action: RevisionAction,
-    expected_revision: i64,
-    comment: String,
-    restored_revision: i64,
+pub(crate) struct Change {
+    pub name: String,
+    pub policy: Option<Policy>,
+    pub action: RevisionAction,
+    pub expected_revision: i64,
+    pub comment: String,
+    pub restored_revision: i64,
 }
 
 impl PolicyApi {
@@ -78,9 +82,56 @@ impl PolicyApi {
         }
     }
 
+    /// A write by a person to a policy declared in Git: refused, unless it says
+    /// `break_glass` with a comment. Returns whether it is a break-glass write.
+    fn guard(&self, name: &str, break_glass: bool, comment: &str) -> Result<bool, Status> {
+        let Some(file) = self.gitops.as_ref().and_then(|g| g.managed_file(name)) else {
+            return Ok(false);
+        };
+        if !break_glass {
+            return Err(Status::failed_precondition(format!(
+                "policy {name:?} is managed from Git (file {file}): change it in the policy \
+                 repository; in an emergency, set breakGlass with a comment"
+            )));
+        }
+        if comment.trim().is_empty() {
+            return Err(invalid(
+                "comment",
+                "required with breakGlass: why Git could not be used",
+            ));
+        }
+        Ok(true)
+    }
+
+    /// [`Self::write`] for a person's call: a break-glass write is marked in its
+    /// comment, reported as an event and as drift.
+    async fn write_by_hand(
+        &self,
+        who: &Principal,
+        mut c: Change,
+        break_glass: bool,
+    ) -> Result<(Revision, bool), Status> {
+        if !self.guard(&c.name, break_glass, &c.comment)? {
+            return self.write(who, c).await;
+        }
+        c.comment = format!("break-glass: {}", c.comment);
+        let (rev, written) = self.write(who, c).await?;
+        if written {
+            crate::events::policy_break_glass(who, &rev.name, rev.revision);
+            if let Some(g) = &self.gitops {
+                g.mark_drift(&rev.name, rev.revision);
+            }
+        }
+        Ok((rev, written))
+    }
+
     /// Compare-and-set loop around [`Store::commit`]. Returns the revision and whether
     /// anything was written.
-    async fn write(&self, who: &Principal, c: Change) -> Result<(Revision, bool), Status> {
+    pub(crate) async fn write(
+        &self,
+        who: &Principal,
+        c: Change,
+    ) -> Result<(Revision, bool), Status> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let head = self.store.head(&c.name).await.map_err(store_error)?;
             let live = head.as_ref().filter(|h| h.policy.is_some());
@@ -177,9 +228,10 @@ impl PolicyService for PolicyApi {
         let who = self.auth.check(&req, &[Role::Admin]).await?;
         let r = req.into_inner();
         let policy = r.policy.ok_or_else(|| invalid("policy", "is required"))?;
+        self.guard(&policy.name, r.break_glass, &r.comment)?;
         self.validate(&who, &policy, true).await?;
         let (rev, written) = self
-            .write(
+            .write_by_hand(
                 &who,
                 Change {
                     name: policy.name.clone(),
@@ -189,6 +241,7 @@ impl PolicyService for PolicyApi {
                     comment: r.comment,
                     restored_revision: 0,
                 },
+                r.break_glass,
             )
             .await?;
         Ok(Response::new(ApplyPolicyResponse {
@@ -256,6 +309,7 @@ impl PolicyService for PolicyApi {
         self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
         let ns = req.into_inner().namespace;
         let heads = self.store.live_heads().await.map_err(store_error)?;
+        let gitops = self.gitops.as_ref().map(|g| g.view());
         let policies = heads
             .into_iter()
             .filter_map(|h| {
@@ -264,13 +318,22 @@ impl PolicyService for PolicyApi {
                     return None;
                 }
                 Some(PolicySummary {
-                    name: h.name,
                     revision: h.revision,
                     updated_at: Some(timestamp(h.created_at_ms)),
                     author: h.author,
                     pools: u32::try_from(p.pools.len()).unwrap_or(u32::MAX),
                     routes: u32::try_from(p.routes.len()).unwrap_or(u32::MAX),
                     scope: p.scope,
+                    managed_file: gitops
+                        .as_ref()
+                        .and_then(|g| g.managed.get(&h.name))
+                        .map(|m| m.file.clone())
+                        .unwrap_or_default(),
+                    drift: gitops
+                        .as_ref()
+                        .and_then(|g| g.managed.get(&h.name))
+                        .is_some_and(|m| m.drift),
+                    name: h.name,
                 })
             })
             .collect();
@@ -285,7 +348,7 @@ impl PolicyService for PolicyApi {
         let r = req.into_inner();
         require_name(&r.name)?;
         let (rev, _) = self
-            .write(
+            .write_by_hand(
                 &who,
                 Change {
                     name: r.name,
@@ -295,6 +358,7 @@ impl PolicyService for PolicyApi {
                     comment: r.comment,
                     restored_revision: 0,
                 },
+                r.break_glass,
             )
             .await?;
         Ok(Response::new(DeletePolicyResponse {
@@ -339,6 +403,7 @@ impl PolicyService for PolicyApi {
                 "must be a revision number of the policy",
             ));
         }
+        self.guard(&r.name, r.break_glass, &r.comment)?;
         let target = self
             .store
             .revision(&r.name, r.revision)
@@ -359,7 +424,7 @@ impl PolicyService for PolicyApi {
         // Rules may have tightened since: an old revision must still be valid.
         self.validate(&who, &policy, true).await?;
         let (rev, written) = self
-            .write(
+            .write_by_hand(
                 &who,
                 Change {
                     name: r.name,
@@ -369,11 +434,55 @@ impl PolicyService for PolicyApi {
                     comment: r.comment,
                     restored_revision: r.revision,
                 },
+                r.break_glass,
             )
             .await?;
         Ok(Response::new(ApplyPolicyResponse {
             revision: Some(revision_message(rev)),
             unchanged: !written,
+        }))
+    }
+
+    async fn get_sync_status(
+        &self,
+        req: Request<GetSyncStatusRequest>,
+    ) -> Result<Response<PolicySyncStatus>, Status> {
+        self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
+        let Some(g) = &self.gitops else {
+            return Ok(Response::new(PolicySyncStatus::default()));
+        };
+        let v = g.view();
+        let at = |ms: i64| (ms > 0).then(|| timestamp(ms));
+        Ok(Response::new(PolicySyncStatus {
+            enabled: true,
+            directory: v.directory,
+            commit: v.commit.unwrap_or_default(),
+            synced_commit: v.synced_commit.unwrap_or_default(),
+            last_attempt: at(v.last_attempt_ms),
+            last_success: at(v.last_success_ms),
+            errors: v
+                .errors
+                .into_iter()
+                .map(|e| {
+                    let (file, field) = e.path.split_once(": ").unwrap_or((&e.path, ""));
+                    SyncError {
+                        file: file.to_string(),
+                        field: field.to_string(),
+                        reason: e.reason,
+                    }
+                })
+                .collect(),
+            policies: v
+                .managed
+                .into_iter()
+                .map(|(name, m)| ManagedPolicy {
+                    name,
+                    file: m.file,
+                    revision: m.revision,
+                    drift: m.drift,
+                })
+                .collect(),
+            orphans: v.orphans,
         }))
     }
 
