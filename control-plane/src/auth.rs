@@ -69,17 +69,45 @@ pub struct Principal {
     /// The pod a projected service-account token is bound to (empty for Vigie tokens,
     /// which a namespace's replicas share).
     pub pod: String,
+    /// The node of that pod, when the token says (Kubernetes 1.30+ puts it in
+    /// pod-bound tokens): an egress agent's token then speaks for its node only.
+    pub node: String,
 }
 
 impl Principal {
+    /// The credential as the status view records it, with what binds it: two tokens of
+    /// one service account, one bound to a pod (or node) and one not, are two
+    /// credentials.
+    pub fn credential(&self) -> String {
+        match (self.pod.is_empty(), self.node.is_empty()) {
+            (false, _) => format!("{}#pod={}", self.name, self.pod),
+            (true, false) => format!("{}#node={}", self.name, self.node),
+            (true, true) => self.name.clone(),
+        }
+    }
+
+    /// Whether the token itself vouches for the status key of `identity` (its pod for a
+    /// sidecar, its node for an egress agent), rather than the client declaring it.
+    pub fn vouches_for(&self, identity: &Identity) -> bool {
+        if identity.kind == ClientKind::EgressAgent as i32 {
+            !self.node.is_empty() && identity.node == self.node
+        } else {
+            !self.pod.is_empty() && identity.pod == self.pod
+        }
+    }
+
     /// A workload token may only speak for the namespace (and service account, when
     /// the token names one, and pod, when it is bound to one) it was issued for.
     pub fn may_act_as(&self, identity: &Identity) -> bool {
         match self.role {
             Role::Admin => true,
             Role::Auditor => false,
-            // Agents see every policy; only they may ask for that view.
-            Role::Agent => identity.kind == ClientKind::EgressAgent as i32,
+            // Agents see every policy; only they may ask for that view, and a token that
+            // names its node only for that node.
+            Role::Agent => {
+                identity.kind == ClientKind::EgressAgent as i32
+                    && (self.node.is_empty() || identity.node == self.node)
+            }
             Role::Workload => {
                 identity.kind != ClientKind::EgressAgent as i32
                     && identity.namespace == self.namespace
@@ -228,6 +256,7 @@ impl Authenticator {
             namespace: record.namespace,
             service_account: record.service_account,
             pod: String::new(),
+            node: String::new(),
         })
     }
 }
@@ -254,6 +283,7 @@ mod tests {
             namespace: "team-a".into(),
             service_account: "chat".into(),
             pod: String::new(),
+            node: String::new(),
         };
         let mut id = Identity {
             namespace: "team-a".into(),
@@ -276,6 +306,7 @@ mod tests {
             namespace: "team-a".into(),
             service_account: "chat".into(),
             pod: "chat-1".into(),
+            node: String::new(),
         };
         let mut id = Identity {
             namespace: "team-a".into(),
@@ -286,5 +317,32 @@ mod tests {
         assert!(p.may_act_as(&id));
         id.pod = "chat-2".into();
         assert!(!p.may_act_as(&id));
+    }
+
+    #[test]
+    fn a_node_bound_agent_token_speaks_for_its_node_only() {
+        let agent = Principal {
+            name: "system:serviceaccount:vigie-system:vigie-egress-agent".into(),
+            role: Role::Agent,
+            namespace: "vigie-system".into(),
+            service_account: "vigie-egress-agent".into(),
+            pod: "agent-x".into(),
+            node: "n1".into(),
+        };
+        let mut id = Identity {
+            kind: ClientKind::EgressAgent as i32,
+            node: "n1".into(),
+            ..Default::default()
+        };
+        assert!(agent.may_act_as(&id) && agent.vouches_for(&id));
+        id.node = "n2".into();
+        assert!(!agent.may_act_as(&id) && !agent.vouches_for(&id));
+        // The same service account's unbound token is another credential.
+        let unbound = Principal {
+            pod: String::new(),
+            node: String::new(),
+            ..agent.clone()
+        };
+        assert_ne!(unbound.credential(), agent.credential());
     }
 }

@@ -55,6 +55,8 @@ struct KubernetesClaims {
     serviceaccount: NamedRef,
     /// Present in projected tokens bound to a pod (what the webhook mounts).
     pod: Option<NamedRef>,
+    /// The pod's node, in pod-bound tokens of Kubernetes 1.30+.
+    node: Option<NamedRef>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +150,7 @@ impl K8sTokens {
             namespace: claims.kubernetes.namespace,
             service_account: claims.kubernetes.serviceaccount.name,
             pod: claims.kubernetes.pod.map(|p| p.name).unwrap_or_default(),
+            node: claims.kubernetes.node.map(|n| n.name).unwrap_or_default(),
         })
     }
 }

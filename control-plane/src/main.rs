@@ -242,6 +242,11 @@ async fn token_command(url: &str, cmd: TokenCommand) -> anyhow::Result<()> {
             if name == vigie_control_plane::gitops::GITOPS_ACTOR {
                 anyhow::bail!("the name {name:?} is the policy reconciler's; choose another");
             }
+            if name.starts_with("system:") {
+                anyhow::bail!(
+                    "names starting with \"system:\" are Kubernetes service accounts'; choose another"
+                );
+            }
             if role == Role::Workload && namespace.is_empty() {
                 anyhow::bail!("a workload token needs --namespace");
             }

@@ -45,20 +45,52 @@ pub const MAX_LINE: usize = 16 * 1024;
 /// What a cut line keeps of its start.
 const KEPT_HEAD: usize = 4 * 1024;
 
-/// A line as written: unchanged up to [`MAX_LINE`], else its head and the size cut.
+/// A line as written: one line (in text, line breaks inside a value are escaped, so
+/// a value cannot forge a second log line), unchanged up to [`MAX_LINE`], else its
+/// head and the size cut (in JSON, a smaller object that keeps the event's timestamp,
+/// level and target).
 pub fn capped_line(line: &[u8], json: bool) -> std::borrow::Cow<'_, [u8]> {
-    if line.len() <= MAX_LINE {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let breaks = !json && body.iter().any(|b| matches!(b, b'\n' | b'\r'));
+    if line.len() <= MAX_LINE && !breaks {
         return line.into();
     }
-    let text = String::from_utf8_lossy(line);
+    let text = String::from_utf8_lossy(body);
+    let text = if breaks {
+        text.replace('\n', "\\n").replace('\r', "\\r").into()
+    } else {
+        text
+    };
+    if text.len() < MAX_LINE {
+        return format!("{text}\n").into_bytes().into();
+    }
     let head = &text[..text.floor_char_boundary(KEPT_HEAD)];
     let out = if json {
-        let cut = serde_json::json!({ "cut": true, "bytes": line.len(), "head": head });
+        let field = |name: &str| json_string_field(&text, name);
+        let cut = serde_json::json!({
+            "timestamp": field("timestamp"),
+            "level": field("level"),
+            "target": field("target"),
+            "cut": true,
+            "bytes": line.len(),
+            "head": head,
+        });
         format!("{cut}\n")
     } else {
         format!("{head} … [log line cut: {} bytes]\n", line.len())
     };
     out.into_bytes().into()
+}
+
+/// The value of a top-level `"name":"value"` string field of a JSON line (the
+/// formatter writes these plainly; a value containing quotes is not looked for).
+fn json_string_field(line: &str, name: &str) -> Option<String> {
+    let key = format!("\"{name}\":\"");
+    // `target` follows the (long) fields: look at the line's end first.
+    let at = line.rfind(&key)?;
+    let rest = &line[at + key.len()..];
+    let value = &rest[..rest.find('"')?];
+    (value.len() <= 256 && !value.contains('\\')).then(|| value.to_string())
 }
 
 /// A log writer through [`capped_line`] (`.1`: JSON lines). The formatter hands each
@@ -181,6 +213,26 @@ mod tests {
         }
         // Short lines pass untouched.
         assert_eq!(&*super::capped_line(b"ok\n", true), b"ok\n");
+        assert_eq!(&*super::capped_line(b"ok\n", false), b"ok\n");
+    }
+
+    #[test]
+    fn a_value_cannot_forge_a_second_text_line_and_a_cut_json_line_keeps_its_level() {
+        let forged = b"WARN snapshot rejected error=x\nINFO policy applied by=\"alice\"\r\n";
+        let out = super::capped_line(forged, false);
+        assert_eq!(
+            &*out,
+            b"WARN snapshot rejected error=x\\nINFO policy applied by=\"alice\"\\r\n"
+        );
+        let huge = format!(
+            r#"{{"timestamp":"2026-12-07T12:00:00Z","level":"WARN","fields":{{"message":"{}"}},"target":"vigie::x"}}"#,
+            "a".repeat(super::MAX_LINE)
+        ) + "\n";
+        let v: serde_json::Value =
+            serde_json::from_slice(&super::capped_line(huge.as_bytes(), true)).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["target"], "vigie::x");
+        assert_eq!(v["timestamp"], "2026-12-07T12:00:00Z");
     }
 
     #[test]

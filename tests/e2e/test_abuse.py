@@ -300,17 +300,20 @@ def test_a_namespace_token_cannot_take_over_a_bound_pods_status(control_planes, 
     bound = service_account_token(TESTDATA / "sa-signer.pem", "team-a", "app")  # bound to pod app-0
     sidecars(None, control_plane=cp, token=bound, env={"VIGIE_CREDENTIAL_KEY": "sk-1"})
     wait_until(lambda: acked(cp, admin, version), what="ACK of the bound pod")
-    # A namespace-wide Vigie token declares the same pod, and reports a failure.
+    # A namespace-wide Vigie token declares the same pod and reports a failure; so does
+    # a token of the same service account bound to no pod (the attacker review's).
     workload = cp.token("w", "workload", namespace="team-a", service_account="app")
-    intruder = sidecars(None, control_plane=cp, token=workload, wait_ready=False)
-    wait_until(lambda: "snapshot rejected" in intruder.process.log(), what="the intruder's NACK")
-    time.sleep(1.5)  # status writes are batched
-    c = client_status(cp, admin)
-    assert c["credential"] == "system:serviceaccount:team-a:app" and c["podBound"], c
-    assert c["ackedVersion"] == version and not c.get("nackedVersion") and c["connected"], c
-    intruder.stop()
-    time.sleep(1.5)
-    assert client_status(cp, admin)["connected"], "the intruder's disconnect is not the pod's"
+    unbound = service_account_token(TESTDATA / "sa-signer.pem", "team-a", "app", pod=False)
+    for token in (workload, unbound):
+        intruder = sidecars(None, control_plane=cp, token=token, wait_ready=False)
+        wait_until(lambda: "snapshot rejected" in intruder.process.log(), what="the intruder's NACK")
+        time.sleep(1.5)  # status writes are batched
+        c = client_status(cp, admin)
+        assert c["credential"] == "system:serviceaccount:team-a:app#pod=app-0" and c["podBound"], c
+        assert c["ackedVersion"] == version and not c.get("nackedVersion") and c["connected"], c
+        intruder.stop()
+        time.sleep(1.5)
+        assert client_status(cp, admin)["connected"], "the intruder's disconnect is not the pod's"
 
 
 # ---- Per-caller shares of the expensive reads, watch streams served meanwhile ----

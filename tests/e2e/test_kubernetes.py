@@ -38,15 +38,17 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def service_account_token(key: Path, namespace: str, sa: str, audience="vigie-control-plane", ttl=3600) -> str:
-    """A projected service-account token as the kubelet gets it: RS256 by the issuer."""
+def service_account_token(key: Path, namespace: str, sa: str, audience="vigie-control-plane", ttl=3600,
+                          pod=True) -> str:
+    """A projected service-account token as the kubelet gets it: RS256 by the issuer
+    (`pod=False`: a token bound to no pod, as a TokenRequest without one gives)."""
     now = int(time.time())
     header = {"alg": "RS256", "kid": "test-issuer-key", "typ": "JWT"}
     claims = {"aud": [audience], "exp": now + ttl, "iat": now, "nbf": now,
               "iss": "https://kubernetes.default.svc.cluster.local",
               "sub": f"system:serviceaccount:{namespace}:{sa}",
-              "kubernetes.io": {"namespace": namespace, "pod": {"name": f"{sa}-0", "uid": "u1"},
-                                "serviceaccount": {"name": sa, "uid": "u2"}}}
+              "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": sa, "uid": "u2"},
+                                **({"pod": {"name": f"{sa}-0", "uid": "u1"}} if pod else {})}}
     signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
     signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing_input.encode(),
                                check=True, capture_output=True).stdout

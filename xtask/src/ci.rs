@@ -17,9 +17,12 @@ pub fn ci() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    step("unit and integration tests (cargo test)");
-    run(cargo().args(["test", "--workspace"]))?;
+    crate::supply::deny()?;
+    // The unit and in-process tests run once, instrumented: coverage floors of the
+    // engines are checked on the same run.
+    crate::coverage::coverage()?;
     e2e(&[])?;
+    crate::supply::sbom()?;
     fuzz(FUZZ_SECONDS_IN_CI)
 }
 

@@ -2,8 +2,10 @@
 
 mod bench;
 mod ci;
+mod coverage;
 mod demo;
 mod setup;
+mod supply;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         pytest_args: Vec<String>,
     },
+    /// Supply-chain gate: `cargo deny` (licences, bans, sources; advisories when the
+    /// RustSec database is reachable) and its self-test.
+    Deny,
+    /// CycloneDX SBOMs of the binaries in target/sbom/, validated against the schema.
+    Sbom,
+    /// Line coverage of the unit and in-process tests per crate; fails below the
+    /// engines' floors (target/coverage/).
+    Coverage,
     /// Fuzz the wire-format parsers (SSE answer filter, request text extraction).
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -135,6 +145,18 @@ fn main() -> anyhow::Result<()> {
         Cmd::E2e { pytest_args } => {
             setup::setup()?;
             ci::e2e(&pytest_args)
+        }
+        Cmd::Deny => {
+            setup::setup()?;
+            supply::deny()
+        }
+        Cmd::Sbom => {
+            setup::setup()?;
+            supply::sbom().map(|_| ())
+        }
+        Cmd::Coverage => {
+            setup::setup()?;
+            coverage::coverage()
         }
         Cmd::Fuzz { seconds } => {
             setup::setup()?;

@@ -28,12 +28,15 @@ pub const APT_PACKAGES: &[&str] = &[
 
 pub const BPF_LINKER_VERSION: &str = "0.10.0";
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+pub const CARGO_DENY_VERSION: &str = "0.20.2";
+pub const CARGO_CYCLONEDX_VERSION: &str = "0.5.9";
+pub const CARGO_LLVM_COV_VERSION: &str = "0.9.1";
 
 pub fn setup() -> anyhow::Result<()> {
     apt()?;
-    nightly_rust_src()?;
-    bpf_linker()?;
-    cargo_fuzz()?;
+    // eBPF builds use -Z build-std.
+    rustup_component("rust-src", "rust-src", Some("nightly"))?;
+    cargo_tools()?;
     python_venv()?;
     Ok(())
 }
@@ -76,55 +79,77 @@ fn apt() -> anyhow::Result<()> {
     run(&mut install)
 }
 
-fn nightly_rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
-    if installed {
-        println!("setup: nightly rust-src present");
+/// A cargo subcommand or tool at a pinned version, installed from crates.io when
+/// `version_args` does not print that version.
+fn cargo_tool(krate: &str, version: &str, version_args: &[&str], why: &str) -> anyhow::Result<()> {
+    let program = version_args.first().copied().unwrap_or("cargo");
+    let found = output(Command::new(program).args(&version_args[1..])).unwrap_or_default();
+    if found.contains(version) {
+        println!("setup: {krate} {version} present");
         return Ok(());
     }
-    step("adding the nightly rust-src component (eBPF builds use -Z build-std)");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-}
-
-fn bpf_linker() -> anyhow::Result<()> {
-    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
-    if version.contains(BPF_LINKER_VERSION) {
-        println!("setup: bpf-linker {BPF_LINKER_VERSION} present");
-        return Ok(());
-    }
-    step(&format!(
-        "installing bpf-linker {BPF_LINKER_VERSION} (uses rustc's own LLVM)"
-    ));
+    step(&format!("installing {krate} {version} ({why})"));
     run(Command::new("cargo").current_dir(root()).args([
         "install",
+        krate,
+        "--version",
+        version,
+        "--locked",
+    ]))
+}
+
+fn cargo_tools() -> anyhow::Result<()> {
+    cargo_tool(
         "bpf-linker",
-        "--version",
         BPF_LINKER_VERSION,
-        "--locked",
-    ]))
+        &["bpf-linker", "--version"],
+        "links the eBPF programs with rustc's own LLVM",
+    )?;
+    cargo_tool(
+        "cargo-fuzz",
+        CARGO_FUZZ_VERSION,
+        &["cargo", "fuzz", "--version"],
+        "the wire parsers' fuzz targets",
+    )?;
+    cargo_tool(
+        "cargo-deny",
+        CARGO_DENY_VERSION,
+        &["cargo", "deny", "--version"],
+        "licences, bans, sources and advisories of the dependencies",
+    )?;
+    cargo_tool(
+        "cargo-cyclonedx",
+        CARGO_CYCLONEDX_VERSION,
+        &["cargo", "cyclonedx", "--version"],
+        "CycloneDX SBOMs",
+    )?;
+    cargo_tool(
+        "cargo-llvm-cov",
+        CARGO_LLVM_COV_VERSION,
+        &["cargo", "llvm-cov", "--version"],
+        "test coverage",
+    )?;
+    rustup_component("llvm-tools", "llvm-tools-preview", None)
 }
 
-fn cargo_fuzz() -> anyhow::Result<()> {
-    let version = output(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
-    if version.contains(CARGO_FUZZ_VERSION) {
-        println!("setup: cargo-fuzz {CARGO_FUZZ_VERSION} present");
+/// A rustup component (`listed` as `rustup component list` names it).
+fn rustup_component(listed: &str, name: &str, toolchain: Option<&str>) -> anyhow::Result<()> {
+    let mut list = Command::new("rustup");
+    list.args(["component", "list", "--installed"]);
+    if let Some(t) = toolchain {
+        list.args(["--toolchain", t]);
+    }
+    if output(&mut list).is_some_and(|s| s.lines().any(|l| l.starts_with(listed))) {
+        println!("setup: {listed} present");
         return Ok(());
     }
-    step(&format!("installing cargo-fuzz {CARGO_FUZZ_VERSION}"));
-    run(Command::new("cargo").current_dir(root()).args([
-        "install",
-        "cargo-fuzz",
-        "--version",
-        CARGO_FUZZ_VERSION,
-        "--locked",
-    ]))
+    step(&format!("adding the rustup component {name}"));
+    let mut add = Command::new("rustup");
+    add.args(["component", "add", name]);
+    if let Some(t) = toolchain {
+        add.args(["--toolchain", t]);
+    }
+    run(&mut add)
 }
 
 fn python_venv() -> anyhow::Result<()> {
@@ -151,6 +176,7 @@ fn python_venv() -> anyhow::Result<()> {
             "install",
             "-q",
             "--disable-pip-version-check",
+            "--require-hashes",
             "-r",
         ])
         .arg(&requirements))?;

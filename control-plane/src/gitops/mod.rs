@@ -39,6 +39,7 @@ pub fn principal() -> Principal {
         namespace: String::new(),
         service_account: String::new(),
         pod: String::new(),
+        node: String::new(),
     }
 }
 

@@ -28,8 +28,38 @@ pub struct DiscoveryApi {
     pub hub: Arc<Hub>,
 }
 
+/// Kubernetes' own bounds on the names an identity carries (a DNS label for a
+/// namespace, a DNS subdomain for the others; label keys with their prefix).
+fn check_identity(id: &Identity) -> Result<(), Status> {
+    for (field, value, most) in [
+        ("namespace", &id.namespace, 63),
+        ("pod", &id.pod, 253),
+        ("node", &id.node, 253),
+        ("serviceAccount", &id.service_account, 253),
+        ("workload", &id.workload, 253),
+    ] {
+        if value.len() > most {
+            return Err(invalid(
+                &format!("hello.identity.{field}"),
+                &format!("at most {most} characters"),
+            ));
+        }
+    }
+    if id.labels.len() > 64 {
+        return Err(invalid("hello.identity.labels", "at most 64 labels"));
+    }
+    if id.labels.iter().any(|(k, v)| k.len() > 317 || v.len() > 63) {
+        return Err(invalid(
+            "hello.identity.labels",
+            "keys of at most 317 characters (prefix and name), values of at most 63",
+        ));
+    }
+    Ok(())
+}
+
 /// The status key of a client: `namespace/pod` for sidecars, `node/<node>` for agents.
 fn client_id(id: &Identity) -> Result<String, Status> {
+    check_identity(id)?;
     match ClientKind::try_from(id.kind) {
         Ok(ClientKind::Sidecar) => {
             if id.namespace.is_empty() {
@@ -97,8 +127,8 @@ impl DiscoveryService for DiscoveryApi {
         info!(client = %client, running = %hello.current_version, "watcher connected");
         let client_ref = crate::store::ClientRef {
             id: client.clone(),
-            credential: who.name.clone(),
-            bound: !who.pod.is_empty(),
+            credential: who.credential(),
+            bound: who.vouches_for(&identity),
         };
         let registration = self
             .hub

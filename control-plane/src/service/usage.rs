@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 use vigie_proto::v1::usage_service_server::UsageService;
 use vigie_proto::v1::{
@@ -26,6 +26,8 @@ use vigie_proto::usage::{MAX_COST, MAX_FIELD_BYTES, MAX_GPU_SECONDS, MAX_TOKENS}
 pub const MAX_REPORT: usize = 5000;
 /// How long an export waits for its caller to read before it is ended.
 const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest export: one caller reading slowly cannot hold a place for hours.
+const EXPORT_LONGEST: std::time::Duration = std::time::Duration::from_secs(300);
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
@@ -46,12 +48,14 @@ pub struct UsageReads {
 }
 
 impl Default for UsageReads {
-    /// Two queries and one export per caller at once; four queries and two exports in
-    /// all (the store's connections stay free for reports); 10 s of waiting at most.
+    /// One query and one export per caller at once; two queries and two exports in
+    /// all: the embedded store has four connections, and token lookups and reports
+    /// need theirs (a query holds one while it runs; an export only while it reads a
+    /// page). 10 s of waiting at most.
     fn default() -> Self {
         let wait = std::time::Duration::from_secs(10);
         Self {
-            queries: Admission::new("QueryUsage", 2, 4, wait),
+            queries: Admission::new("QueryUsage", 1, 2, wait),
             exports: Admission::new("ExportUsage", 1, 2, wait),
         }
     }
@@ -328,19 +332,23 @@ impl UsageService for UsageApi {
         let who = self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
         let filter = req.into_inner().filter.unwrap_or_default();
         check_filter(&filter)?;
-        // Held until the stream ends; a caller that stops reading loses its stream
-        // after EXPORT_STALL, so its place is not held forever.
+        // Held until the stream ends: it ends when its caller has not read for
+        // EXPORT_STALL, or after EXPORT_LONGEST in all (export a long period in
+        // windows), with an error after the rows already sent.
         let admitted = self.reads.exports.admit(&who.name).await?;
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // The ending error goes outside the (full, when stalled) channel.
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
         tokio::spawn(async move {
             let _admitted = admitted;
+            let deadline = tokio::time::Instant::now() + EXPORT_LONGEST;
             let mut after = None;
             loop {
                 let page = match store.usage_page(&filter, after.clone(), 1000).await {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(Err(store_error(e))).await;
+                        let _ = end_tx.send(store_error(e));
                         return;
                     }
                 };
@@ -348,14 +356,21 @@ impl UsageService for UsageApi {
                 after = Some((last.started_at_ms, last.id.clone()));
                 let full = page.len() == 1000;
                 for r in page {
-                    match tokio::time::timeout(EXPORT_STALL, tx.send(Ok(r))).await {
+                    let wait = EXPORT_STALL.min(deadline - tokio::time::Instant::now());
+                    match tokio::time::timeout(wait, tx.send(Ok(r))).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return,
                         Err(_) => {
-                            let stalled = Status::deadline_exceeded(format!(
-                                "export not read for {EXPORT_STALL:?}; ended"
+                            let _ = end_tx.send(Status::deadline_exceeded(
+                                if tokio::time::Instant::now() >= deadline {
+                                    format!(
+                                        "export ended after {EXPORT_LONGEST:?}; export the rest \
+                                         with a later filter.fromMs"
+                                    )
+                                } else {
+                                    format!("export not read for {EXPORT_STALL:?}; ended")
+                                },
                             ));
-                            let _ = tx.try_send(Err(stalled));
                             return;
                         }
                     }
@@ -365,9 +380,9 @@ impl UsageService for UsageApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let rows = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let end = futures::stream::once(end_rx).filter_map(|r| async move { r.ok().map(Err) });
+        Ok(Response::new(Box::pin(rows.chain(end))))
     }
 }
 

@@ -540,23 +540,26 @@ impl Store for SqlStore {
                 .bind(client.credential.clone())
                 .bind(i64::from(client.bound)),
                 StatusEvent::Sent { client, version } => sqlx::query(
-                    "UPDATE vigie_clients SET sent_version = $1 WHERE client_id = $2 AND credential = $3",
+                    "UPDATE vigie_clients SET sent_version = $1
+                     WHERE client_id = $2 AND credential = $3 AND bound = $4",
                 )
                 .bind(version.clone())
                 .bind(client.id.clone())
-                .bind(client.credential.clone()),
+                .bind(client.credential.clone())
+                .bind(i64::from(client.bound)),
                 StatusEvent::Acked {
                     client,
                     version,
                     at_ms,
                 } => sqlx::query(
                     "UPDATE vigie_clients SET acked_version = $1, last_seen = $2
-                     WHERE client_id = $3 AND credential = $4",
+                     WHERE client_id = $3 AND credential = $4 AND bound = $5",
                 )
                 .bind(version.clone())
                 .bind(*at_ms)
                 .bind(client.id.clone())
-                .bind(client.credential.clone()),
+                .bind(client.credential.clone())
+                .bind(i64::from(client.bound)),
                 StatusEvent::Nacked {
                     client,
                     version,
@@ -564,25 +567,27 @@ impl Store for SqlStore {
                     at_ms,
                 } => sqlx::query(
                     "UPDATE vigie_clients SET nacked_version = $1, nack_error = $2, nacked_at = $3, last_seen = $3
-                     WHERE client_id = $4 AND credential = $5",
+                     WHERE client_id = $4 AND credential = $5 AND bound = $6",
                 )
                 .bind(version.clone())
                 .bind(error.clone())
                 .bind(*at_ms)
                 .bind(client.id.clone())
-                .bind(client.credential.clone()),
+                .bind(client.credential.clone())
+                .bind(i64::from(client.bound)),
                 StatusEvent::Disconnected {
                     client,
                     replica,
                     at_ms,
                 } => sqlx::query(
                     "UPDATE vigie_clients SET connected = 0, last_seen = $1
-                     WHERE client_id = $2 AND replica = $3 AND credential = $4",
+                     WHERE client_id = $2 AND replica = $3 AND credential = $4 AND bound = $5",
                 )
                 .bind(*at_ms)
                 .bind(client.id.clone())
                 .bind(replica.clone())
-                .bind(client.credential.clone()),
+                .bind(client.credential.clone())
+                .bind(i64::from(client.bound)),
                 StatusEvent::Heartbeat { replica, at_ms } => sqlx::query(
                     "UPDATE vigie_clients SET last_seen = $1 WHERE replica = $2 AND connected = 1",
                 )
