@@ -138,6 +138,10 @@ struct ServeArgs {
     /// Delete the policies Git created whose file is gone from the directory.
     #[arg(long, env = "VIGIE_POLICY_PRUNE", requires = "policy_dir")]
     policy_prune: bool,
+    /// Let the API write the policies the directory does not declare (default: while
+    /// policies come from Git, every API write needs breakGlass).
+    #[arg(long, env = "VIGIE_POLICY_DIR_SHARED", requires = "policy_dir")]
+    policy_dir_shared: bool,
     /// Seconds between two reads of the policy directory.
     #[arg(long, env = "VIGIE_POLICY_SYNC_INTERVAL_S", default_value_t = 10)]
     policy_sync_interval_s: u64,
@@ -373,6 +377,7 @@ async fn policy_diff(
                 p.name
             ),
             plan::Step::Prune => format!("- delete  {}: its file is gone", p.name),
+            plan::Step::OutsideGit => format!("? outside {}: not in Git, not made by it", p.name),
             plan::Step::Orphan => {
                 format!("? orphan  {}: its file is gone; kept (no --prune)", p.name)
             }
@@ -497,6 +502,11 @@ async fn main() -> anyhow::Result<()> {
                         dir,
                         prune: s.policy_prune,
                         interval: Duration::from_secs(s.policy_sync_interval_s.max(1)),
+                        exclusive: if s.policy_dir_shared {
+                            vigie_control_plane::gitops::Exclusive::Declared
+                        } else {
+                            vigie_control_plane::gitops::Exclusive::All
+                        },
                     }),
                 },
                 stopped(),

@@ -56,6 +56,7 @@ pub struct GitOpsSettings {
     pub dir: PathBuf,
     pub prune: bool,
     pub interval: Duration,
+    pub exclusive: crate::gitops::Exclusive,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -91,7 +92,7 @@ pub async fn serve(
     let reconciler = settings
         .gitops
         .as_ref()
-        .map(|g| crate::gitops::Reconciler::new(g.dir.clone(), g.prune));
+        .map(|g| crate::gitops::Reconciler::new(g.dir.clone(), g.prune, g.exclusive));
     let policy_api = PolicyApi {
         store: store.clone(),
         auth: auth.clone(),

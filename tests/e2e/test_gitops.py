@@ -89,8 +89,16 @@ def test_a_policy_directory_is_applied_whole_protected_and_pruned(control_planes
         with pytest.raises(GrpcError) as e:
             cp.call(f"PolicyService/{method}", body, token=admin)
         assert e.value.code == "FailedPrecondition", (method, e.value.text)
-    # Policies not declared in Git stay the API's.
-    cp.call("PolicyService/ApplyPolicy", {"policy": policy("by-hand", "team-c")}, token=admin)
+    # Git is the only way in: a new policy through the API is refused too, unless
+    # breakGlass; then it is listed as made outside Git (and never pruned).
+    with pytest.raises(GrpcError) as e:
+        cp.call("PolicyService/ApplyPolicy", {"policy": policy("by-hand", "team-c")}, token=admin)
+    assert e.value.code == "FailedPrecondition" and "policies come from Git" in e.value.text
+    cp.call("PolicyService/ApplyPolicy", {"policy": policy("by-hand", "team-c"), "breakGlass": True,
+                                          "comment": "INC-41 team-c onboarding"}, token=admin)
+    status = wait_until(lambda: (s := sync_status(cp, auditor)).get("outsideGit") and s, timeout=10,
+                        what="by-hand reported")
+    assert status["outsideGit"] == ["by-hand"] and status["exclusive"], status
 
     # A change in Git is applied.
     vol.publish({"shop.yaml": yaml_of(policy("shop", "team-a", ["gpt-4o"])),
@@ -188,8 +196,13 @@ def test_policy_diff_against_the_database_and_another_checkout(control_planes, t
     base = tmp_path / "base"
     subprocess.run(["cp", "-r", str(repo / "policies"), str(base)], check=True)
 
-    cp = control_planes(extra_args=["--policy-dir", str(repo / "policies")])
-    auditor = cp.token("eve", "auditor")
+    # Shared: the API still writes the policies Git does not declare.
+    cp = control_planes(extra_args=["--policy-dir", str(repo / "policies"), "--policy-dir-shared"])
+    auditor, admin = cp.token("eve", "auditor"), cp.token("alice", "admin")
+    cp.call("PolicyService/ApplyPolicy", {"policy": policy("by-hand", "team-c")}, token=admin)
+    with pytest.raises(GrpcError) as e:
+        cp.call("PolicyService/ApplyPolicy", {"policy": policy("shop", "team-c")}, token=admin)
+    assert "managed from Git (file shop.yaml)" in e.value.text
     assert sync_status(cp, auditor)["commit"] == first, "the commit read from the checkout's HEAD"
     assert f"commit {first}" in head(cp, auditor, "shop")["comment"]
 
@@ -212,6 +225,7 @@ def test_policy_diff_against_the_database_and_another_checkout(control_planes, t
     assert "+ create  new (new.json)" in lines, lines
     assert any(line.startswith("~ update  shop (shop.yaml): ") and "scope" in line for line in lines), lines
     assert "? orphan  team-b: its file is gone; kept (no --prune)" in lines, lines
+    assert "? outside by-hand: not in Git, not made by it" in lines, lines
     assert git(repo, "rev-parse", "HEAD") in lines[-1]
     r = diff("--dir", str(repo / "policies"), "--prune")
     assert r.returncode == 0 and "- delete  team-b: its file is gone" in r.stdout

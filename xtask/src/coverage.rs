@@ -13,14 +13,14 @@ use crate::util::{cargo, root, run, step};
 /// measured when the gate was added (docs/QUALITY.md); raise them as tests grow, the
 /// target being 85.
 pub const FLOORS: &[(&str, f64)] = &[
-    ("sidecar/dlp", 0.0),
-    ("sidecar/balance", 0.0),
-    ("sidecar/quota", 0.0),
-    ("sidecar/ledger", 0.0),
-    ("sidecar/metering", 0.0),
-    ("proto", 0.0),
-    ("control-plane/inject", 0.0),
-    ("ebpf/common", 0.0),
+    ("sidecar/dlp", 94.0),
+    ("sidecar/balance", 94.0),
+    ("sidecar/quota", 91.0),
+    ("sidecar/ledger", 91.0),
+    ("sidecar/metering", 95.0),
+    ("proto", 80.0),
+    ("control-plane/inject", 94.0),
+    ("ebpf/common", 88.0),
 ];
 
 /// Crate directories relative to the root, longest first so that `sidecar/dlp` wins
@@ -41,7 +41,8 @@ fn crate_dirs() -> anyhow::Result<Vec<String>> {
             let dir = Path::new(m).parent()?.strip_prefix(&root).ok()?;
             Some(dir.to_string_lossy().into_owned())
         })
-        .filter(|d| !d.is_empty())
+        // Product crates only: the automation is not measured.
+        .filter(|d| !d.is_empty() && d != "xtask")
         .collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
     Ok(dirs)

@@ -62,31 +62,44 @@ pub struct SyncView {
     pub errors: Vec<Violation>,
     pub managed: BTreeMap<String, Managed>,
     pub orphans: Vec<String>,
+    /// Live policies Git neither declares nor made (API writes before GitOps, or
+    /// break-glass).
+    pub outside_git: Vec<String>,
 }
 
 /// Shared between the reconciler and the policy API.
-#[derive(Debug, Default)]
-pub struct SyncState(RwLock<SyncView>);
+#[derive(Debug)]
+pub struct SyncState {
+    view: RwLock<SyncView>,
+    pub exclusive: Exclusive,
+}
 
 impl SyncState {
+    pub fn new(exclusive: Exclusive) -> Self {
+        Self {
+            view: RwLock::default(),
+            exclusive,
+        }
+    }
+
     pub fn view(&self) -> SyncView {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The file that declares `name`, when it is managed.
     pub fn managed_file(&self, name: &str) -> Option<String> {
-        let view = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
         view.managed.get(name).map(|m| m.file.clone())
     }
 
     pub fn is_drifted(&self, name: &str) -> bool {
-        let view = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
         view.managed.get(name).is_some_and(|m| m.drift)
     }
 
     /// A break-glass write landed: reported until Git changes the file.
     pub fn mark_drift(&self, name: &str, revision: i64) {
-        let mut view = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = view.managed.get_mut(name) {
             m.drift = true;
             m.revision = revision;
@@ -94,7 +107,7 @@ impl SyncState {
     }
 
     fn update(&self, f: impl FnOnce(&mut SyncView)) {
-        f(&mut self.0.write().unwrap_or_else(|e| e.into_inner()));
+        f(&mut self.view.write().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
@@ -175,9 +188,18 @@ pub struct Reconciler {
     pub state: Arc<SyncState>,
 }
 
+/// Which writes the API refuses without breakGlass while policies come from Git.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusive {
+    /// Every policy write: Git is the only way in (the default).
+    All,
+    /// Only the policies the directory declares; others stay the API's.
+    Declared,
+}
+
 impl Reconciler {
-    pub fn new(dir: PathBuf, prune: bool) -> Self {
-        let state = SyncState::default();
+    pub fn new(dir: PathBuf, prune: bool, exclusive: Exclusive) -> Self {
+        let state = SyncState::new(exclusive);
         state.update(|v| v.directory = dir.display().to_string());
         Self {
             dir,
@@ -219,6 +241,7 @@ impl Reconciler {
         let who = principal();
         let mut managed = BTreeMap::new();
         let mut orphans = Vec::new();
+        let mut outside = Vec::new();
         let mut failures = Vec::new();
         let by_name: BTreeMap<&str, &Policy> = declared
             .files
@@ -266,7 +289,7 @@ impl Reconciler {
                     Some(api.write(&who, change(policy, RevisionAction::Apply)).await)
                 }
                 Step::Prune => Some(api.write(&who, change(None, RevisionAction::Delete)).await),
-                Step::InSync | Step::Drift | Step::Orphan => None,
+                Step::InSync | Step::Drift | Step::Orphan | Step::OutsideGit => None,
             };
             let revision = match written {
                 None => revision,
@@ -285,6 +308,7 @@ impl Reconciler {
             };
             match step.step {
                 Step::Orphan => orphans.push(step.name),
+                Step::OutsideGit => outside.push(step.name),
                 Step::Prune => {}
                 ref s => {
                     managed.insert(
@@ -317,6 +341,7 @@ impl Reconciler {
             v.errors = failures;
             v.managed = managed;
             v.orphans = orphans;
+            v.outside_git = outside;
         });
     }
 

@@ -35,6 +35,9 @@ pub enum Step {
     Prune,
     /// …else kept and reported.
     Orphan,
+    /// Live, not declared in Git and not made by it: made through the API (before
+    /// GitOps, or with breakGlass). Reported, never touched.
+    OutsideGit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +80,18 @@ pub fn plan(
         .collect();
     let declared: BTreeSet<&str> = files.iter().map(|f| f.policy.name.as_str()).collect();
     for (name, c) in current {
-        if declared.contains(name.as_str()) || c.live.is_none() || c.author != GITOPS_ACTOR {
+        if declared.contains(name.as_str()) || c.live.is_none() {
             continue;
         }
+        let step = match (c.author == GITOPS_ACTOR, prune) {
+            (true, true) => Step::Prune,
+            (true, false) => Step::Orphan,
+            (false, _) => Step::OutsideGit,
+        };
         steps.push(Planned {
             name: name.clone(),
             file: None,
-            step: if prune { Step::Prune } else { Step::Orphan },
+            step,
         });
     }
     steps
@@ -178,13 +186,16 @@ mod tests {
         // Git changed the file after the break-glass: Git wins again.
         assert!(matches!(steps[4].1, Step::Update(_)));
         assert!(matches!(steps[5].1, Step::Update(_)));
-        assert_eq!(steps[6], ("gone".into(), Step::Orphan));
+        // BTreeMap order: by-hand, then gone.
+        assert_eq!(steps[6], ("by-hand".into(), Step::OutsideGit));
+        assert_eq!(steps[7], ("gone".into(), Step::Orphan));
+        assert_eq!(steps.len(), 8);
+        let pruned = plan(&files, &current, true);
         assert_eq!(
-            steps.len(),
-            7,
+            pruned[6].step,
+            Step::OutsideGit,
             "a policy made by hand is not Git's to prune"
         );
-        let pruned = plan(&files, &current, true);
-        assert_eq!(pruned[6].step, Step::Prune);
+        assert_eq!(pruned[7].step, Step::Prune);
     }
 }

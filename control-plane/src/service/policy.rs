@@ -15,7 +15,7 @@ use vigie_proto::v1::{
 
 use super::{invalid, store_error, timestamp, violations_status};
 use crate::auth::{Authenticator, Principal, Role};
-use crate::gitops::SyncState;
+use crate::gitops::{Exclusive, SyncState};
 use crate::hub::Hub;
 use crate::policy::summary::summarize;
 use crate::policy::{Refused, Validator};
@@ -85,14 +85,24 @@ impl PolicyApi {
     /// A write by a person to a policy declared in Git: refused, unless it says
     /// `break_glass` with a comment. Returns whether it is a break-glass write.
     fn guard(&self, name: &str, break_glass: bool, comment: &str) -> Result<bool, Status> {
-        let Some(file) = self.gitops.as_ref().and_then(|g| g.managed_file(name)) else {
+        let Some(g) = &self.gitops else {
             return Ok(false);
         };
+        let file = g.managed_file(name);
+        if file.is_none() && g.exclusive == Exclusive::Declared {
+            return Ok(false);
+        }
         if !break_glass {
-            return Err(Status::failed_precondition(format!(
-                "policy {name:?} is managed from Git (file {file}): change it in the policy \
-                 repository; in an emergency, set breakGlass with a comment"
-            )));
+            return Err(Status::failed_precondition(match file {
+                Some(file) => format!(
+                    "policy {name:?} is managed from Git (file {file}): change it in the policy \
+                     repository; in an emergency, set breakGlass with a comment"
+                ),
+                None => format!(
+                    "policies come from Git on this control plane: add {name:?} to the policy \
+                     repository; in an emergency, set breakGlass with a comment"
+                ),
+            }));
         }
         if comment.trim().is_empty() {
             return Err(invalid(
@@ -483,6 +493,8 @@ impl PolicyService for PolicyApi {
                 })
                 .collect(),
             orphans: v.orphans,
+            outside_git: v.outside_git,
+            exclusive: g.exclusive == Exclusive::All,
         }))
     }
 
