@@ -262,6 +262,6 @@ class EgressAgent:
                 out.append(rec["fields"])
         return out
 
-    def stop(self, sig=signal.SIGKILL):
+    def stop(self, sig=None):
         if self.process:
             self.process.stop(sig)

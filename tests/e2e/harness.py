@@ -76,7 +76,11 @@ class Process:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, sig=signal.SIGKILL):
+    def stop(self, sig=None):
+        # Instrumented binaries (`cargo xtask coverage --e2e`) write their profile when
+        # they exit: stop them with SIGTERM. Otherwise SIGKILL, the fast way.
+        if sig is None:
+            sig = signal.SIGTERM if os.environ.get("VIGIE_COVERAGE") else signal.SIGKILL
         if self.alive():
             try:
                 os.killpg(self.proc.pid, sig)
@@ -204,7 +208,7 @@ class Sidecar:
     def metrics(self) -> str:
         return httpx.get(f"{self.admin_url}/metrics", timeout=2).text
 
-    def stop(self, sig=signal.SIGKILL):
+    def stop(self, sig=None):
         self.process.stop(sig)
 
 
@@ -261,7 +265,7 @@ class ControlPlane:
             raise RuntimeError(f"control plane did not start:\n{self.process.log()}")
         assert json.loads(line)["listening"] == self.address
 
-    def stop(self, sig=signal.SIGKILL):
+    def stop(self, sig=None):
         if self.process:
             self.process.stop(sig)
 

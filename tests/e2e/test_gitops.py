@@ -157,6 +157,9 @@ def test_a_policy_directory_is_applied_whole_protected_and_pruned(control_planes
     glass = cp.call("PolicyService/ApplyPolicy", emergency | {"comment": "INC-42 provider outage"},
                     token=admin)["revision"]
     assert glass["comment"] == "break-glass: INC-42 provider outage" and glass["author"] == "alice"
+    audit = cp.call("AuditService/ListAuditEvents", {"policy": "shop"}, token=auditor)["events"]
+    assert any(ev["actor"] == "alice" and ev["comment"] == "break-glass: INC-42 provider outage"
+               for ev in audit), audit
     assert "policy managed from Git changed by break-glass" in cp.log()
     time.sleep(2.5)
     assert head(cp, auditor, "shop")["revision"] == glass["revision"], "kept while Git has not changed"

@@ -20,7 +20,7 @@ pub fn ci() -> anyhow::Result<()> {
     crate::supply::deny()?;
     // The unit and in-process tests run once, instrumented: coverage floors of the
     // engines are checked on the same run.
-    crate::coverage::coverage()?;
+    crate::coverage::coverage(false)?;
     e2e(&[])?;
     crate::supply::sbom()?;
     fuzz(FUZZ_SECONDS_IN_CI)

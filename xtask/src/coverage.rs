@@ -81,11 +81,55 @@ fn percent((covered, total): (u64, u64)) -> f64 {
     }
 }
 
-/// Runs the workspace's tests instrumented, prints per-crate line coverage (and writes
-/// it to target/coverage/), and fails when an engine is below its floor.
-pub fn coverage() -> anyhow::Result<()> {
+/// The environment `cargo llvm-cov` builds with, pointed at its own target directory
+/// (so that the regular build is not invalidated) and its profiles.
+fn instrumented_env() -> anyhow::Result<Vec<(String, String)>> {
+    let out = cargo()
+        .args(["llvm-cov", "show-env"])
+        .output()
+        .context("cargo llvm-cov show-env")?;
+    let dir = root().join("target/llvm-cov-target");
+    let mut env: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "LLVM_PROFILE_FILE" | "CARGO_LLVM_COV_TARGET_DIR" | "CARGO_LLVM_COV_BUILD_DIR"
+            )
+        })
+        .collect();
+    let profiles = dir.join("vigie-e2e-%p-%2m.profraw");
+    env.push(("LLVM_PROFILE_FILE".into(), profiles.display().to_string()));
+    env.push(("CARGO_TARGET_DIR".into(), dir.display().to_string()));
+    if !env.iter().any(|(k, _)| k == "RUSTC_WRAPPER") {
+        bail!("cargo llvm-cov show-env gave no instrumenting wrapper");
+    }
+    Ok(env)
+}
+
+/// Runs the workspace's tests instrumented (and, with `e2e`, the end-to-end suite
+/// against instrumented binaries), prints per-crate line coverage (and writes it to
+/// target/coverage/), and fails when an engine is below its floor.
+pub fn coverage(e2e: bool) -> anyhow::Result<()> {
     step("unit and in-process tests, instrumented (cargo llvm-cov)");
     run(cargo().args(["llvm-cov", "--workspace", "--no-report"]))?;
+    if e2e {
+        let env = instrumented_env()?;
+        step("binaries instrumented for the end-to-end suite");
+        run(cargo().envs(env.iter().cloned()).args(["build", "--bins"]))?;
+        step("end-to-end tests against the instrumented binaries");
+        let bins = root().join("target/llvm-cov-target/debug");
+        run(std::process::Command::new(crate::util::venv_python())
+            .current_dir(root())
+            .envs(env.iter().cloned())
+            .env("VIGIE_BIN_DIR", &bins)
+            // Processes are stopped with SIGTERM and exit within a second.
+            .env("VIGIE_COVERAGE", "1")
+            .env("VIGIE_SHUTDOWN_TIMEOUT_S", "1")
+            .args(["-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"]))?;
+    }
     let out = root().join("target/coverage");
     std::fs::create_dir_all(&out)?;
     let json = out.join("summary.json");

@@ -37,7 +37,12 @@ enum Cmd {
     Sbom,
     /// Line coverage of the unit and in-process tests per crate; fails below the
     /// engines' floors (target/coverage/).
-    Coverage,
+    Coverage {
+        /// Also run the end-to-end suite against instrumented binaries (slow: a second
+        /// build and the whole suite).
+        #[arg(long)]
+        e2e: bool,
+    },
     /// Fuzz the wire-format parsers (SSE answer filter, request text extraction).
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -154,9 +159,9 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             supply::sbom().map(|_| ())
         }
-        Cmd::Coverage => {
+        Cmd::Coverage { e2e } => {
             setup::setup()?;
-            coverage::coverage()
+            coverage::coverage(e2e)
         }
         Cmd::Fuzz { seconds } => {
             setup::setup()?;
