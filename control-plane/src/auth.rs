@@ -242,7 +242,12 @@ impl Authenticator {
                 Status::unavailable("token store unavailable")
             })?
             .ok_or_else(invalid)?;
+        // Names a token may not carry (made before they were reserved): the
+        // reconciler's, and service-account subjects.
+        let reserved =
+            record.name == crate::gitops::GITOPS_ACTOR || record.name.starts_with("system:");
         if record.revoked
+            || reserved
             || !constant_time_eq(
                 sha256_hex(secret).as_bytes(),
                 record.secret_sha256.as_bytes(),

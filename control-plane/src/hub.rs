@@ -221,7 +221,11 @@ impl Hub {
         }
     }
 
-    pub fn ack(&self, id: u64, ack: Ack) {
+    pub fn ack(&self, id: u64, mut ack: Ack) {
+        // Versions are short hashes; a longer one is cut, not stored whole.
+        if ack.version.len() > 128 {
+            ack.version.truncate(ack.version.floor_char_boundary(128));
+        }
         let client = {
             let Ok(w) = self.watchers.lock() else { return };
             let Some(watcher) = w.get(&id) else { return };

@@ -243,16 +243,23 @@ async fn token_command(url: &str, cmd: TokenCommand) -> anyhow::Result<()> {
             if name.is_empty() {
                 anyhow::bail!("--name must not be empty");
             }
-            if name == vigie_control_plane::gitops::GITOPS_ACTOR {
-                anyhow::bail!("the name {name:?} is the policy reconciler's; choose another");
-            }
-            if name.starts_with("system:") {
+            // Lower-case letters, digits, '.', '_', '-' (a DNS label's alphabet): no
+            // look-alike of a reserved name, no service-account subject (`system:…`).
+            let name_ok = (1..=63).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && name
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric());
+            if !name_ok {
                 anyhow::bail!(
-                    "names starting with \"system:\" are Kubernetes service accounts'; choose another"
+                    "--name: 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
                 );
             }
-            if role == Role::Workload && namespace.is_empty() {
-                anyhow::bail!("a workload token needs --namespace");
+            if name == vigie_control_plane::gitops::GITOPS_ACTOR {
+                anyhow::bail!("the name {name:?} is the policy reconciler's; choose another");
             }
             let (record, token) = new_token(&name, role, &namespace, &service_account)
                 .context("generating a random token")?;

@@ -89,10 +89,15 @@ pub async fn serve(
     let usage_max = max.min(2 * 1024 * 1024);
     let small = max.min(256 * 1024);
     let gate = crate::gate::GateLayer::new(auth.clone(), policy_max, usage_max);
-    let reconciler = settings
-        .gitops
-        .as_ref()
-        .map(|g| crate::gitops::Reconciler::new(g.dir.clone(), g.prune, g.exclusive));
+    let reconciler = settings.gitops.as_ref().map(|g| {
+        crate::gitops::Reconciler::new(
+            g.dir.clone(),
+            g.prune,
+            g.exclusive,
+            settings.replica.clone(),
+            g.interval,
+        )
+    });
     let policy_api = PolicyApi {
         store: store.clone(),
         auth: auth.clone(),
@@ -102,12 +107,12 @@ pub async fn serve(
     };
     // The first sync lands before the API answers: managed policies are known (and
     // protected) from the first call.
-    let gitops_task = match (reconciler, &settings.gitops) {
-        (Some(r), Some(g)) => {
+    let gitops_task = match reconciler {
+        Some(r) => {
             r.sync(&policy_api).await;
-            Some(tokio::spawn(r.run(policy_api.clone(), g.interval)))
+            Some(tokio::spawn(r.run(policy_api.clone())))
         }
-        _ => None,
+        None => None,
     };
     let policy = PolicyServiceServer::new(policy_api).max_decoding_message_size(policy_max);
     let discovery = DiscoveryServiceServer::new(DiscoveryApi {

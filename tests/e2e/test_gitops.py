@@ -129,7 +129,7 @@ def test_a_policy_directory_is_applied_whole_protected_and_pruned(control_planes
     # An empty directory (a ConfigMap gone missing) prunes nothing.
     vol.publish({"git-commit": COMMIT_B})
     status = wait_until(lambda: (s := sync_status(cp, auditor)).get("errors") and
-                        "declares no policy" in s["errors"][0]["reason"] and s, timeout=10,
+                        "would delete 2 of the 2 policies Git made at once" in s["errors"][0]["reason"] and s, timeout=10,
                         what="the empty directory refused")
     assert head(cp, auditor, "shop")["author"] == "gitops"
 
@@ -249,3 +249,36 @@ def test_policy_diff_against_the_database_and_another_checkout(control_planes, t
                                                                                           "pools": ["no"]}]}))
     r = diff("--dir", str(repo / "policies"))
     assert r.returncode == 1 and "bad.json: routes[0]" in r.stderr and "apply nothing" in r.stderr, r.stderr
+
+
+def test_replicas_whose_mounts_differ_do_not_undo_each_other(control_planes, postgres, tmp_path):
+    """The kubelet refreshes each replica's copy of the ConfigMap on its own schedule:
+    one replica at a time (a lease in the store) writes, the attacker review saw two
+    replicas flip a policy 18 times in 8 s without it."""
+    url = postgres.new_database()
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    (old / "shop.yaml").write_text(yaml_of(policy("shop", "team-a")))
+    (new / "shop.yaml").write_text(yaml_of(policy("shop", "team-b")))
+    args = ["--policy-prune", "--policy-sync-interval-s", "1"]
+    first = control_planes(database_url=url, replica="cp-1", extra_args=["--policy-dir", str(old), *args])
+    control_planes(database_url=url, replica="cp-2", extra_args=["--policy-dir", str(new), *args])
+    auditor = first.token("eve", "auditor")
+    time.sleep(6)
+    revisions = first.call("PolicyService/ListRevisions", {"name": "shop"}, token=auditor)["revisions"]
+    assert len(revisions) == 1, [r["policy"]["scope"] for r in revisions]
+
+
+def test_policy_files_that_link_out_of_the_directory_are_refused_and_not_echoed(tmp_path):
+    secret = tmp_path / "sa-token"
+    secret.write_text("eyJhbGciOiJSUzI1NiJ9.service-account-token\n")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "leak.yaml").symlink_to(secret)
+    (policies / "inline.yaml").write_text('"eyJhbGciOiJSUzI1NiJ9.pasted-by-mistake"\n')
+    r = subprocess.run([str(binary("vigie-control-plane")), "--data-dir", str(tmp_path / "data"), "policy", "diff",
+                        "--dir", str(policies), "--against", str(tmp_path)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1 and "leak.yaml: links out of the policy directory" in r.stderr, r.stderr
+    assert "eyJ" not in r.stderr + r.stdout, r.stderr

@@ -186,6 +186,10 @@ pub struct Reconciler {
     /// Delete the policies Git created whose file is gone.
     pub prune: bool,
     pub state: Arc<SyncState>,
+    /// This replica's name: one replica at a time writes (a lease in the store), so
+    /// replicas whose mounts refresh at different moments do not undo each other.
+    pub replica: String,
+    pub interval: Duration,
 }
 
 /// Which writes the API refuses without breakGlass while policies come from Git.
@@ -198,20 +202,28 @@ pub enum Exclusive {
 }
 
 impl Reconciler {
-    pub fn new(dir: PathBuf, prune: bool, exclusive: Exclusive) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        prune: bool,
+        exclusive: Exclusive,
+        replica: String,
+        interval: Duration,
+    ) -> Self {
         let state = SyncState::new(exclusive);
         state.update(|v| v.directory = dir.display().to_string());
         Self {
             dir,
             prune,
             state: Arc::new(state),
+            replica,
+            interval,
         }
     }
 
     /// Syncs every `interval`, forever (the caller aborts the task at shutdown).
-    pub async fn run(self, api: PolicyApi, interval: Duration) {
+    pub async fn run(self, api: PolicyApi) {
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(self.interval).await;
             self.sync(&api).await;
         }
     }
@@ -250,19 +262,39 @@ impl Reconciler {
             .collect();
         let steps = plan(&declared.files, &current, self.prune);
         let pruning = steps.iter().filter(|s| s.step == Step::Prune).count();
-        if declared.files.is_empty() && pruning > 0 {
-            // A missing ConfigMap looks like an empty directory: never a mass deletion.
+        let from_git = current
+            .values()
+            .filter(|c| c.live.is_some() && c.author == GITOPS_ACTOR)
+            .count();
+        if pruning > 0 && (declared.files.is_empty() || pruning * 2 > from_git) {
+            // A missing ConfigMap (or one half written) looks like files removed: never
+            // a mass deletion.
             let reason = format!(
-                "declares no policy while {pruning} came from Git: nothing is pruned from an \
-                 empty directory; delete them with breakGlass if that is meant"
+                "would delete {pruning} of the {from_git} policies Git made at once: nothing \
+                 is pruned; remove fewer files per change, or delete them with breakGlass"
             );
             let path = self.dir.display().to_string();
             self.refuse(&[], vec![Violation { path, reason }], commit, attempt);
             return;
         }
+        // Only the lease holder writes; the others report what they see.
+        let until = now_ms() + 3 * i64::try_from(self.interval.as_millis()).unwrap_or(i64::MAX / 4);
+        let leader = match api.store.lease("gitops", &self.replica, until).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "policy sync: the store is unavailable; retrying");
+                false
+            }
+        };
         for step in steps {
             let file = step.file.clone().unwrap_or_default();
             let revision = current.get(&step.name).map_or(0, |c| c.revision);
+            let blob = step
+                .file
+                .as_ref()
+                .and_then(|f| declared.files.iter().find(|d| &d.file == f))
+                .map(|d| format!(" (blob {})", &d.blob[..12.min(d.blob.len())]))
+                .unwrap_or_default();
             let comment = format!(
                 "from Git{}{}",
                 commit
@@ -272,7 +304,7 @@ impl Reconciler {
                 if file.is_empty() {
                     String::new()
                 } else {
-                    format!(", file {file}")
+                    format!(", file {file}{blob}")
                 }
             );
             let change = |policy: Option<Policy>, action| Change {
@@ -284,6 +316,7 @@ impl Reconciler {
                 restored_revision: 0,
             };
             let written = match &step.step {
+                _ if !leader => None,
                 Step::Create | Step::Update(_) => {
                     let policy = by_name.get(step.name.as_str()).map(|p| (*p).clone());
                     Some(api.write(&who, change(policy, RevisionAction::Apply)).await)
@@ -330,7 +363,7 @@ impl Reconciler {
         for name in newly_drifted {
             warn!(policy = %name, "policy changed by break-glass differs from Git; kept until its file changes");
         }
-        let ok = failures.is_empty();
+        let ok = failures.is_empty() && leader;
         self.state.update(|v| {
             v.commit = commit.clone();
             v.last_attempt_ms = attempt;

@@ -112,6 +112,7 @@ mod tests {
         PolicyFile {
             file: format!("{name}.yaml"),
             policy: policy(name, namespace),
+            blob: String::new(),
         }
     }
 

@@ -15,6 +15,9 @@ use super::invalid;
 use crate::auth::{Authenticator, Role};
 use crate::hub::Hub;
 
+/// Longest version string (and pod uid) a client may send: versions are short hashes.
+const MAX_VERSION: usize = 128;
+
 /// A client must say who it is this quickly after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,6 +121,15 @@ impl DiscoveryService for DiscoveryApi {
             .identity
             .ok_or_else(|| invalid("hello.identity", "is required"))?;
         let client = client_id(&identity)?;
+        for (field, value) in [
+            ("hello.clientVersion", &hello.client_version),
+            ("hello.currentVersion", &hello.current_version),
+            ("hello.identity.podUid", &identity.pod_uid),
+        ] {
+            if value.len() > MAX_VERSION {
+                return Err(invalid(field, &format!("at most {MAX_VERSION} characters")));
+            }
+        }
         if !who.may_act_as(&identity) {
             return Err(Status::permission_denied(format!(
                 "token {:?} may not watch as namespace {:?} / service account {:?}",

@@ -345,6 +345,13 @@ impl UsageService for UsageApi {
             let deadline = tokio::time::Instant::now() + EXPORT_LONGEST;
             let mut after = None;
             loop {
+                if tokio::time::Instant::now() >= deadline {
+                    let _ = end_tx.send(Status::deadline_exceeded(format!(
+                        "export ended after {EXPORT_LONGEST:?}; export the rest with a later \
+                         filter.fromMs"
+                    )));
+                    return;
+                }
                 let page = match store.usage_page(&filter, after.clone(), 1000).await {
                     Ok(p) => p,
                     Err(e) => {

@@ -180,6 +180,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn fingerprint(&self) -> Result<(i64, i64), StoreError>;
 
     async fn append_audit(&self, event: AuditRecord) -> Result<i64, StoreError>;
+    /// Takes or renews the lease `name` for `holder` until `until_ms`; true when
+    /// `holder` has it (the previous holder's lease expired, or it was its own).
+    async fn lease(&self, name: &str, holder: &str, until_ms: i64) -> Result<bool, StoreError>;
     /// Newest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
 

@@ -109,6 +109,14 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
                 "ALTER TABLE vigie_clients ADD COLUMN bound BIGINT NOT NULL DEFAULT 0".into(),
             ],
         ),
+        (
+            6,
+            vec![
+                "CREATE TABLE vigie_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
+                    until_ms BIGINT NOT NULL)"
+                    .into(),
+            ],
+        ),
     ]
 }
 
@@ -598,6 +606,26 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn lease(&self, name: &str, holder: &str, until_ms: i64) -> Result<bool, StoreError> {
+        sqlx::query(
+            "INSERT INTO vigie_leases (name, holder, until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+             WHERE vigie_leases.holder = excluded.holder OR vigie_leases.until_ms < $4",
+        )
+        .bind(name.to_string())
+        .bind(holder.to_string())
+        .bind(until_ms)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT holder FROM vigie_leases WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        let current: String = row.try_get("holder")?;
+        Ok(current == holder)
     }
 
     async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
