@@ -165,6 +165,18 @@ impl Hub {
         })
     }
 
+    /// Open watch streams of one credential on this replica.
+    pub fn watches_by(&self, credential: &str) -> usize {
+        self.watchers
+            .lock()
+            .map(|w| {
+                w.values()
+                    .filter(|o| o.client.credential == credential)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     pub fn register(
         self: &Arc<Self>,
         client: ClientRef,
@@ -393,5 +405,30 @@ async fn write_status(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Sta
             }
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streams_are_counted_per_credential_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sql::SqlStore::open(&url).await.unwrap());
+        let hub = Hub::new(store, "r".into());
+        let client = |pod: &str, credential: &str| ClientRef {
+            id: format!("ns/{pod}"),
+            credential: credential.into(),
+            bound: false,
+        };
+        let a1 = hub.register(client("a1", "w"), Identity::default(), String::new());
+        let a2 = hub.register(client("a2", "w"), Identity::default(), String::new());
+        let _b = hub.register(client("b", "other"), Identity::default(), String::new());
+        assert_eq!((hub.watches_by("w"), hub.watches_by("other")), (2, 1));
+        drop((a1, a2));
+        assert_eq!(hub.watches_by("w"), 0);
     }
 }

@@ -15,6 +15,10 @@ use super::invalid;
 use crate::auth::{Authenticator, Role};
 use crate::hub::Hub;
 
+/// Open watch streams per credential and replica (a namespace's replicas sharing one
+/// Vigie token stay well under it; a pod-bound token needs one).
+const MAX_WATCHES_PER_CREDENTIAL: usize = 4096;
+
 /// Longest version string (and pod uid) a client may send: versions are short hashes.
 const MAX_VERSION: usize = 128;
 
@@ -142,6 +146,14 @@ impl DiscoveryService for DiscoveryApi {
             credential: who.credential(),
             bound: who.vouches_for(&identity),
         };
+        // A namespace's pods may share a token; a token cannot hold the replica's
+        // memory (or the status table) with endless streams.
+        let open = self.hub.watches_by(&client_ref.credential);
+        if open >= MAX_WATCHES_PER_CREDENTIAL {
+            return Err(Status::resource_exhausted(format!(
+                "this credential already holds {open} watch streams on this replica"
+            )));
+        }
         let registration = self
             .hub
             .register(client_ref, identity, hello.client_version);

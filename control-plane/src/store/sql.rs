@@ -280,6 +280,9 @@ fn client_from_row(row: &AnyRow) -> Result<ClientRecord, StoreError> {
     })
 }
 
+/// How long a disconnected client stays in the status view.
+const FORGET_CLIENTS_AFTER_MS: i64 = 24 * 3_600_000;
+
 const REVISION_COLUMNS: &str =
     "revision, name, action, policy, created_at, author, summary, comment, restored_revision";
 
@@ -603,6 +606,14 @@ impl Store for SqlStore {
                 .bind(replica.clone()),
             };
             q.execute(&mut *tx).await?;
+            if let StatusEvent::Heartbeat { at_ms, .. } = e {
+                // Clients gone for a day are forgotten: the table stays bounded by
+                // what connected recently, whatever names clients declared.
+                sqlx::query("DELETE FROM vigie_clients WHERE connected = 0 AND last_seen < $1")
+                    .bind(at_ms - FORGET_CLIENTS_AFTER_MS)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -706,6 +717,7 @@ impl Store for SqlStore {
 mod tests {
     use super::*;
     use crate::auth::Role;
+    use crate::store::ClientRef;
 
     fn change(name: &str, base: Option<i64>, alias: Option<&str>) -> NewRevision {
         NewRevision {
@@ -730,6 +742,65 @@ mod tests {
             comment: String::new(),
             restored_revision: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn leases_have_one_holder_and_old_clients_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let later = now_ms() + 60_000;
+        assert!(store.lease("gitops", "cp-1", later).await.unwrap());
+        assert!(!store.lease("gitops", "cp-2", later).await.unwrap());
+        assert!(store.lease("gitops", "cp-1", later).await.unwrap());
+        // Expired: the other replica takes it.
+        assert!(store.lease("gitops", "cp-1", now_ms() - 1).await.unwrap());
+        assert!(store.lease("gitops", "cp-2", later).await.unwrap());
+
+        let client = |id: &str| ClientRef {
+            id: id.into(),
+            credential: "w".into(),
+            bound: false,
+        };
+        let day = FORGET_CLIENTS_AFTER_MS;
+        let now = now_ms();
+        let connected = |id: &str, at_ms| StatusEvent::Connected {
+            client: client(id),
+            identity: Identity::default(),
+            replica: "r".into(),
+            client_version: String::new(),
+            at_ms,
+        };
+        store
+            .write_status(&[
+                connected("ns/old", now - 2 * day),
+                StatusEvent::Disconnected {
+                    client: client("ns/old"),
+                    replica: "r".into(),
+                    at_ms: now - 2 * day,
+                },
+                connected("ns/live", now - 2 * day),
+                connected("ns/recent", now),
+                StatusEvent::Disconnected {
+                    client: client("ns/recent"),
+                    replica: "r".into(),
+                    at_ms: now,
+                },
+                StatusEvent::Heartbeat {
+                    replica: "r".into(),
+                    at_ms: now,
+                },
+            ])
+            .await
+            .unwrap();
+        let ids: Vec<String> = store
+            .clients()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.client_id)
+            .collect();
+        assert_eq!(ids, ["ns/live", "ns/recent"]);
     }
 
     #[tokio::test]
