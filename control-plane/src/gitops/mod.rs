@@ -117,32 +117,24 @@ pub async fn current(
     store: &dyn Store,
     files: &[PolicyFile],
 ) -> Result<BTreeMap<String, Current>, StoreError> {
-    let mut map: BTreeMap<String, Current> = store
-        .live_heads()
-        .await?
-        .into_iter()
-        .map(|h| {
-            let c = Current {
-                live: h.policy,
-                revision: h.revision,
-                author: h.author,
-                last_from_git: None,
-            };
-            (h.name, c)
-        })
-        .collect();
+    let of = |h: crate::store::Revision| {
+        let c = Current {
+            live: h.policy,
+            revision: h.revision,
+            author: h.author,
+            last_from_git: None,
+        };
+        (h.name, c)
+    };
+    let mut map: BTreeMap<String, Current> =
+        store.live_heads().await?.into_iter().map(of).collect();
     for f in files {
         let name = &f.policy.name;
         if !map.contains_key(name)
             && let Some(h) = store.head(name).await?
         {
-            let c = Current {
-                live: h.policy,
-                revision: h.revision,
-                author: h.author,
-                last_from_git: None,
-            };
-            map.insert(name.clone(), c);
+            let (name, c) = of(h);
+            map.insert(name, c);
         }
         if let Some(c) = map.get_mut(name)
             && c.author != GITOPS_ACTOR
@@ -286,6 +278,9 @@ impl Reconciler {
                 false
             }
         };
+        let needs_writes = steps
+            .iter()
+            .any(|s| matches!(s.step, Step::Create | Step::Update(_) | Step::Prune));
         for step in steps {
             let file = step.file.clone().unwrap_or_default();
             let revision = current.get(&step.name).map_or(0, |c| c.revision);
@@ -363,7 +358,8 @@ impl Reconciler {
         for name in newly_drifted {
             warn!(policy = %name, "policy changed by break-glass differs from Git; kept until its file changes");
         }
-        let ok = failures.is_empty() && leader;
+        // A replica that does not hold the lease is in sync when nothing needed writing.
+        let ok = failures.is_empty() && (leader || !needs_writes);
         self.state.update(|v| {
             v.commit = commit.clone();
             v.last_attempt_ms = attempt;

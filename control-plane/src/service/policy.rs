@@ -113,15 +113,15 @@ impl PolicyApi {
         Ok(true)
     }
 
-    /// [`Self::write`] for a person's call: a break-glass write is marked in its
-    /// comment, reported as an event and as drift.
+    /// [`Self::write`] for a person's call; `glass`: what [`Self::guard`] said. A
+    /// break-glass write is marked in its comment, reported as an event and as drift.
     async fn write_by_hand(
         &self,
         who: &Principal,
         mut c: Change,
-        break_glass: bool,
+        glass: bool,
     ) -> Result<(Revision, bool), Status> {
-        if !self.guard(&c.name, break_glass, &c.comment)? {
+        if !glass {
             return self.write(who, c).await;
         }
         c.comment = format!("break-glass: {}", c.comment);
@@ -238,7 +238,7 @@ impl PolicyService for PolicyApi {
         let who = self.auth.check(&req, &[Role::Admin]).await?;
         let r = req.into_inner();
         let policy = r.policy.ok_or_else(|| invalid("policy", "is required"))?;
-        self.guard(&policy.name, r.break_glass, &r.comment)?;
+        let glass = self.guard(&policy.name, r.break_glass, &r.comment)?;
         self.validate(&who, &policy, true).await?;
         let (rev, written) = self
             .write_by_hand(
@@ -251,7 +251,7 @@ impl PolicyService for PolicyApi {
                     comment: r.comment,
                     restored_revision: 0,
                 },
-                r.break_glass,
+                glass,
             )
             .await?;
         Ok(Response::new(ApplyPolicyResponse {
@@ -357,6 +357,7 @@ impl PolicyService for PolicyApi {
         let who = self.auth.check(&req, &[Role::Admin]).await?;
         let r = req.into_inner();
         require_name(&r.name)?;
+        let glass = self.guard(&r.name, r.break_glass, &r.comment)?;
         let (rev, _) = self
             .write_by_hand(
                 &who,
@@ -368,7 +369,7 @@ impl PolicyService for PolicyApi {
                     comment: r.comment,
                     restored_revision: 0,
                 },
-                r.break_glass,
+                glass,
             )
             .await?;
         Ok(Response::new(DeletePolicyResponse {
@@ -413,7 +414,7 @@ impl PolicyService for PolicyApi {
                 "must be a revision number of the policy",
             ));
         }
-        self.guard(&r.name, r.break_glass, &r.comment)?;
+        let glass = self.guard(&r.name, r.break_glass, &r.comment)?;
         let target = self
             .store
             .revision(&r.name, r.revision)
@@ -444,7 +445,7 @@ impl PolicyService for PolicyApi {
                     comment: r.comment,
                     restored_revision: r.revision,
                 },
-                r.break_glass,
+                glass,
             )
             .await?;
         Ok(Response::new(ApplyPolicyResponse {

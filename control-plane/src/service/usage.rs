@@ -28,6 +28,12 @@ pub const MAX_REPORT: usize = 5000;
 const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest export: one caller reading slowly cannot hold a place for hours.
 const EXPORT_LONGEST: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn too_long() -> Status {
+    Status::deadline_exceeded(format!(
+        "export ended after {EXPORT_LONGEST:?}; export the rest with a later filter.fromMs"
+    ))
+}
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
@@ -346,10 +352,7 @@ impl UsageService for UsageApi {
             let mut after = None;
             loop {
                 if tokio::time::Instant::now() >= deadline {
-                    let _ = end_tx.send(Status::deadline_exceeded(format!(
-                        "export ended after {EXPORT_LONGEST:?}; export the rest with a later \
-                         filter.fromMs"
-                    )));
+                    let _ = end_tx.send(too_long());
                     return;
                 }
                 let page = match store.usage_page(&filter, after.clone(), 1000).await {
@@ -363,21 +366,19 @@ impl UsageService for UsageApi {
                 after = Some((last.started_at_ms, last.id.clone()));
                 let full = page.len() == 1000;
                 for r in page {
-                    let wait = EXPORT_STALL.min(deadline - tokio::time::Instant::now());
+                    let wait = EXPORT_STALL
+                        .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
                     match tokio::time::timeout(wait, tx.send(Ok(r))).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return,
                         Err(_) => {
-                            let _ = end_tx.send(Status::deadline_exceeded(
-                                if tokio::time::Instant::now() >= deadline {
-                                    format!(
-                                        "export ended after {EXPORT_LONGEST:?}; export the rest \
-                                         with a later filter.fromMs"
-                                    )
-                                } else {
-                                    format!("export not read for {EXPORT_STALL:?}; ended")
-                                },
-                            ));
+                            let _ = end_tx.send(if tokio::time::Instant::now() >= deadline {
+                                too_long()
+                            } else {
+                                Status::deadline_exceeded(format!(
+                                    "export not read for {EXPORT_STALL:?}; ended"
+                                ))
+                            });
                             return;
                         }
                     }
