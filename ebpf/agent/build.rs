@@ -38,7 +38,7 @@ fn main() {
         .arg(ebpf.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
-        // BTF for the maps and aya-log.
+        // BTF for the maps and the LSM program.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             "-Cdebuginfo=2\u{1f}-Clink-arg=--btf",

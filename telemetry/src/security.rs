@@ -87,6 +87,8 @@ pub mod names {
     pub const POLICY_APPLIED: &str = "vigie.policy.applied";
     pub const POLICY_REJECTED: &str = "vigie.policy.rejected";
     pub const EGRESS_DENIED: &str = "vigie.egress.denied";
+    /// A node or a pod where the egress enforcement is weaker than designed.
+    pub const EGRESS_DEGRADED: &str = "vigie.egress.degraded";
     pub const ADMIN_ACTION: &str = "vigie.admin.action";
 }
 

@@ -52,6 +52,57 @@ try:
         csum = ~total & 0xFFFF
         s.sendto(body[:2] + bytes([csum >> 8, csum & 0xFF]) + body[4:], (host, 0))
         s.recv(128)
+    elif op == "frame":
+        # A whole Ethernet frame from an AF_PACKET socket (needs CAP_NET_RAW): IPv4 + UDP
+        # to host:port, out of device sys.argv[5] towards MAC sys.argv[6], payload argv[7].
+        dev, dst_mac, payload = sys.argv[5], bytes.fromhex(sys.argv[6].replace(":", "")), sys.argv[7].encode()
+        src_mac = bytes.fromhex(open(f"/sys/class/net/{dev}/address").read().strip().replace(":", ""))
+        src_ip = socket.inet_aton(sys.argv[8])
+        udp = port.to_bytes(2, "big") * 2 + (8 + len(payload)).to_bytes(2, "big") + b"\0\0" + payload
+        ip = bytearray(bytes([0x45, 0]) + (20 + len(udp)).to_bytes(2, "big") + b"\0\1\0\0" + bytes([64, 17]) + b"\0\0"
+                       + src_ip + socket.inet_aton(host))
+        total = sum((ip[i] << 8) + ip[i + 1] for i in range(0, 20, 2))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        ip[10:12] = (~total & 0xFFFF).to_bytes(2, "big")
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        if len(sys.argv) > 9 and sys.argv[9] == "bypass":
+            s.setsockopt(263, 20, 1)  # SOL_PACKET, PACKET_QDISC_BYPASS: straight to the driver
+        s.bind((dev, 0))
+        s.send(dst_mac + src_mac + b"\x08\x00" + bytes(ip) + udp)
+    elif op == "xdp":
+        # An AF_XDP socket registering its packet memory (what any AF_XDP use starts with).
+        s = socket.socket(44, socket.SOCK_RAW)
+        s.setsockopt(283, 4, bytes(32))  # SOL_XDP, XDP_UMEM_REG
+    elif op == "family":
+        # Only creates a socket of family `port` (AF_PACKET 17, AF_XDP 44, TIPC 30…).
+        socket.socket(port, socket.SOCK_RAW if port in (17, 44) else socket.SOCK_DGRAM).close()
+    elif op == "rr":
+        # connect() to an allowed destination with an IPv4 record-route option.
+        s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(3)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([7, 7, 4, 0, 0, 0, 0, 1]))
+        s.connect((host, port)); s.close()
+    elif op == "srh":
+        # connect() to an allowed IPv6 destination with a segment-routing header (type 4),
+        # which any unprivileged socket may set; both segments are the destination.
+        seg = socket.inet_pton(socket.AF_INET6, host)
+        srh = bytes([0, 4, 4, 1, 1, 0, 0, 0]) + seg + seg
+        s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(3)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh)
+        s.connect((host, port)); s.close()
+    elif op == "fragment":
+        # A lone IPv4 fragment (offset 1480) of a UDP datagram to host, from a raw socket.
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        body = b"x" * 32
+        ip = bytes([0x45, 0]) + (20 + len(body)).to_bytes(2, "big") + b"\0\2" + (185).to_bytes(2, "big") \
+            + bytes([64, 17]) + b"\0\0" + socket.inet_aton("0.0.0.0") + socket.inet_aton(host)
+        s.sendto(ip + body, (host, 0))
+    elif op == "bound":
+        # connect() to a loopback address from a socket bound to device sys.argv[5]: the
+        # SYN would leave by that device, towards its gateway.
+        s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(3)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[5].encode())
+        s.connect((host, port)); s.close()
     print(json.dumps({"ok": True}))
 except OSError as e:
     print(json.dumps({"ok": False, "errno": errno.errorcode.get(e.errno, str(e.errno)) if e.errno else type(e).__name__}))
@@ -194,6 +245,21 @@ class Remote:
         assert p.proc.stdout.readline().strip() == b"up", p.log()
         self.servers.append(p)
         return p
+
+    def serve_udp(self, port: int) -> Process:
+        """A UDP listener over there; each datagram's payload is a line of its log."""
+        code = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                "s.bind(('0.0.0.0',int(sys.argv[1])));print('up',flush=True)\n"
+                "while True:\n d,_=s.recvfrom(2048);print(d.decode(errors='replace'),file=sys.stderr,flush=True)\n")
+        p = Process(["ip", "netns", "exec", self.ns, sys.executable, "-c", code, str(port)])
+        assert p.proc.stdout.readline().strip() == b"up", p.log()
+        self.servers.append(p)
+        return p
+
+    def peer_mac(self) -> str:
+        out = subprocess.run(["ip", "netns", "exec", self.ns, "cat", f"/sys/class/net/{self.peer_if}/address"],
+                             check=True, capture_output=True, text=True)
+        return out.stdout.strip()
 
     def cleanup(self):
         for s in self.servers:

@@ -4,6 +4,7 @@ accepted by the control plane from sidecars that read their labels from a
 downward-API file."""
 
 import base64
+import copy
 import json
 import ssl
 import subprocess
@@ -82,6 +83,30 @@ def review(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
 
 
+def apply_patch(obj: dict, patch: list) -> dict:
+    """A copy of `obj` with a JSON patch applied (the add, remove and replace the
+    webhook's patches are made of)."""
+    obj = copy.deepcopy(obj)
+    for op in patch:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        target = obj
+        for p in parents:
+            target = target[int(p)] if isinstance(target, list) else target[p]
+        if isinstance(target, list):
+            i = len(target) if last == "-" else int(last)
+            if op["op"] == "add":
+                target.insert(i, op["value"])
+            elif op["op"] == "remove":
+                del target[i]
+            else:
+                target[i] = op["value"]
+        elif op["op"] == "remove":
+            del target[last]
+        else:
+            target[last] = op["value"]
+    return obj
+
+
 def test_webhook_injects_over_https_for_a_client_trusting_the_ca(webhook):
     cp, client, url = webhook
     r = client.post(url + "/inject/namespace", json=review("deployment-pod.json"))
@@ -125,6 +150,65 @@ def test_webhook_refuses_what_is_not_an_admission_review_without_a_500(webhook):
     text = httpx.get(cp.metrics_url).text
     for result, n in [("malformed", 2), ("ignored", 1), ("denied", 1)]:
         assert f'vigie_control_plane_injections_total{{result="{result}"}} {n}' in text, text
+
+
+def test_webhook_keeps_apps_from_going_around_the_egress_agent(webhook):
+    cp, client, url = webhook
+    sidecar_uid = json.loads((REPO / "deploy/base/inject.json").read_text())["runAsUser"]
+    assert sidecar_uid == 47880
+    egress_caps = {"NET_RAW", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
+    # An app container with the runtime's default capabilities (NET_RAW among them).
+    r = client.post(url + "/inject/namespace", json=review("deployment-pod.json"))
+    resp = r.json()["response"]
+    assert resp["allowed"] is True
+    patch = json.loads(base64.b64decode(resp["patch"]))
+    added = next(op for op in patch if op["path"] == "/spec/containers/0/securityContext")
+    assert added["op"] == "add" and set(added["value"]["capabilities"]["drop"]) == egress_caps
+    assert "add" not in added["value"]["capabilities"]
+    pod = apply_patch(review("deployment-pod.json")["request"]["object"], patch)
+    sidecar = pod["spec"]["initContainers"][0]
+    assert sidecar["name"] == "vigie-sidecar"
+    assert sidecar["securityContext"]["runAsUser"] == sidecar_uid
+    assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["metadata"]["annotations"]["vigie.io/egress-enforceable"] == "true"
+
+    # A capability the app adds is taken back; one it keeps by annotation flags the pod.
+    keeping = review("deployment-pod.json")
+    keeping["request"]["object"]["metadata"]["annotations"] = {"vigie.io/egress-keep-capabilities": "SYS_PTRACE"}
+    keeping["request"]["object"]["spec"]["containers"][0]["securityContext"] = {
+        "capabilities": {"add": ["NET_RAW", "SYS_PTRACE"]}}
+    resp = client.post(url + "/inject/namespace", json=keeping).json()["response"]
+    pod = apply_patch(keeping["request"]["object"], json.loads(base64.b64decode(resp["patch"])))
+    caps = pod["spec"]["containers"][0]["securityContext"]["capabilities"]
+    assert caps["add"] == ["SYS_PTRACE"] and set(caps["drop"]) == egress_caps - {"SYS_PTRACE"}
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["vigie.io/egress-enforceable"] == "false"
+    assert annotations["vigie.io/egress-not-enforceable-reason"] == "keeps SYS_PTRACE"
+    assert any("egress not enforceable" in w for w in resp["warnings"])
+
+    # Refused: a shared process namespace, and an app running as the sidecar's uid.
+    shared = review("deployment-pod.json")
+    shared["request"]["object"]["spec"]["shareProcessNamespace"] = True
+    r = client.post(url + "/inject/namespace", json=shared)
+    resp = r.json()["response"]
+    assert r.status_code == 200 and resp["allowed"] is False and "patch" not in resp
+    assert resp["status"]["code"] == 400
+    message = resp["status"]["message"]
+    assert message.startswith("vigie sidecar injection: spec.shareProcessNamespace: true "), message
+    assert "vigie.io/egress-allow-shared-process-namespace" in message
+    same_uid = review("deployment-pod.json")
+    same_uid["request"]["object"]["spec"]["containers"][0]["securityContext"] = {"runAsUser": sidecar_uid}
+    r = client.post(url + "/inject/namespace", json=same_uid)
+    resp = r.json()["response"]
+    assert resp["allowed"] is False and "patch" not in resp
+    assert resp["status"]["message"] == (
+        "vigie sidecar injection: spec.containers[0].securityContext.runAsUser: 47880 is the Vigie sidecar's uid; "
+        "an app running as it could take the sidecar's sockets")
+    # The pod's own values (its Secret's name, its env) are not echoed.
+    assert "legacy-openai" not in r.text and "api.openai.com" not in r.text
+    text = httpx.get(cp.metrics_url).text
+    assert 'vigie_control_plane_injections_total{result="denied"} 2' in text, text
+    assert 'vigie_control_plane_injections_total{result="injected"} 2' in text, text
 
 
 def test_webhook_is_not_trusted_without_the_ca(webhook):

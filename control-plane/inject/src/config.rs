@@ -51,8 +51,14 @@ pub struct InjectConfig {
     pub resources: SidecarResources,
     /// Never injected, whatever their labels.
     pub skip_namespaces: Vec<String>,
+    /// The sidecar's uid (and gid). No app container may run as it (the webhook
+    /// refuses the pod): to the kernel it would be the sidecar. Not 65532, the
+    /// `nonroot` user of distroless and many other app images.
     pub run_as_user: i64,
 }
+
+/// The sidecar's default uid: no well-known image user.
+pub const DEFAULT_SIDECAR_UID: i64 = 47880;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -102,7 +108,7 @@ impl Default for InjectConfig {
             ]
             .map(String::from)
             .to_vec(),
-            run_as_user: 65532,
+            run_as_user: DEFAULT_SIDECAR_UID,
         }
     }
 }
@@ -159,6 +165,10 @@ impl InjectConfig {
                 self.log_level
             ));
         }
+        // Kubernetes' range for runAsUser; 0 would be root (and `runAsNonRoot` refuses it).
+        if !(1..=i64::from(i32::MAX)).contains(&self.run_as_user) {
+            errors.push("runAsUser: must be a non-root uid, 1 to 2147483647".into());
+        }
         let r = &self.resources;
         for (field, value) in [
             ("resources.cpuRequest", &r.cpu_request),
@@ -203,7 +213,8 @@ mod tests {
             "logLevel": "loud",
             "tokenExpirationSeconds": 60,
             "otlpEndpoint": "collector:4317",
-            "resources": {"memoryLimit": "lots"}
+            "resources": {"memoryLimit": "lots"},
+            "runAsUser": 0
         }))
         .unwrap();
         let err = cfg.validate().unwrap_err().to_string();
@@ -215,9 +226,17 @@ mod tests {
             "tokenExpirationSeconds",
             "otlpEndpoint",
             "resources.memoryLimit",
+            "runAsUser",
         ] {
             assert!(err.contains(field), "{field} missing from {err}");
         }
+    }
+
+    #[test]
+    fn the_sidecar_uid_is_not_distroless_nonroot() {
+        let cfg = InjectConfig::default();
+        assert_eq!(cfg.run_as_user, 47880);
+        assert_ne!(cfg.run_as_user, 65532);
     }
 
     #[test]

@@ -9,10 +9,13 @@
 //!
 //! - [`config`]: what is injected (image, ports, control-plane URL, resources…).
 //! - [`overrides`]: per-pod `vigie.io/*` annotations, validated.
+//! - [`isolation`]: what keeps the app containers from going around the egress
+//!   enforcement (capabilities dropped, the sidecar's uid and processes out of reach).
 //! - [`quantity`]: Kubernetes resource quantities, parsed to compare them.
 
 pub mod config;
 pub mod decide;
+pub mod isolation;
 pub mod mutate;
 pub mod overrides;
 pub mod quantity;
@@ -28,6 +31,13 @@ pub const INJECT_LABEL: &str = "vigie.io/inject";
 pub const STATUS_ANNOTATION: &str = "vigie.io/status";
 /// Label the egress agent selects pods to enrol by.
 pub const ENROL_LABEL: &str = "vigie.io/egress";
+/// Annotation set on every injected pod: `"true"` when its app containers have no way
+/// around the egress enforcement the webhook knows of, `"false"` when the pod keeps
+/// one (an opt-out annotation, see [`isolation`]), with the reason in
+/// [`NOT_ENFORCEABLE_REASON_ANNOTATION`].
+pub const ENFORCEABLE_ANNOTATION: &str = "vigie.io/egress-enforceable";
+/// Why a pod is not enforceable (reasons joined with `"; "`); absent when it is.
+pub const NOT_ENFORCEABLE_REASON_ANNOTATION: &str = "vigie.io/egress-not-enforceable-reason";
 /// Name of the injected container.
 pub const SIDECAR_NAME: &str = "vigie-sidecar";
 /// Webhook paths: one per `MutatingWebhookConfiguration` entry.

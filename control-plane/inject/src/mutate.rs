@@ -16,8 +16,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use crate::decide::{containers, label};
+use crate::isolation::{self, Enforceability};
 use crate::overrides::PodSettings;
-use crate::{ENROL_LABEL, InjectConfig, SIDECAR_NAME, STATUS_ANNOTATION};
+use crate::{
+    ENFORCEABLE_ANNOTATION, ENROL_LABEL, InjectConfig, NOT_ENFORCEABLE_REASON_ANNOTATION,
+    SIDECAR_NAME, STATUS_ANNOTATION,
+};
 
 /// Placeholder for SDKs that refuse to start without an API key. The sidecar drops
 /// it and sends the pool's own credential; applications never hold a real one.
@@ -438,10 +442,13 @@ fn point_sdks_at_sidecar(
     Ok(())
 }
 
-/// Applies the injection to `pod` in place.
+/// Applies the injection to `pod` in place: the sidecar, the SDK variables and the
+/// capabilities dropped on the app containers, the labels and annotations. The pod has
+/// passed [`isolation::check`], which said how enforceable it is.
 pub fn inject(
     cfg: &InjectConfig,
     settings: &PodSettings,
+    enforceability: &Enforceability,
     pod: &mut Value,
 ) -> Result<(), MutateError> {
     let workload = workload_name(pod);
@@ -468,6 +475,13 @@ pub fn inject(
         .or_insert_with(|| json!({}));
     for container in array(spec, "containers")? {
         point_sdks_at_sidecar(container, &proxy_url, &settings.disabled_sdk_env)?;
+        isolation::drop_capabilities(container, &settings.kept_capabilities);
+    }
+    // The app's init containers share the pod's network too, whatever the mode.
+    if let Some(Value::Array(init)) = spec.get_mut("initContainers") {
+        for container in init {
+            isolation::drop_capabilities(container, &settings.kept_capabilities);
+        }
     }
     if settings.native_sidecar {
         // Application init containers start after the sidecar is ready: they may
@@ -499,6 +513,14 @@ pub fn inject(
             "image": cfg.sidecar_image,
         });
         annotations.insert(STATUS_ANNOTATION.into(), json!(status.to_string()));
+        if enforceability.enforceable() {
+            annotations.insert(ENFORCEABLE_ANNOTATION.into(), json!("true"));
+            annotations.remove(NOT_ENFORCEABLE_REASON_ANNOTATION);
+        } else {
+            annotations.insert(ENFORCEABLE_ANNOTATION.into(), json!("false"));
+            let reason = enforceability.reason();
+            annotations.insert(NOT_ENFORCEABLE_REASON_ANNOTATION.into(), json!(reason));
+        }
         // `kubectl logs` and `exec` pick the application, not the sidecar listed first.
         if !settings.native_sidecar
             && let Some(app) = first_app

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{InjectConfig, LOG_LEVELS};
+use crate::isolation::EGRESS_CAPABILITIES;
 use crate::mutate::SDK_ENV;
 use crate::quantity;
 
@@ -16,8 +17,16 @@ pub const LOG_LEVEL: &str = "vigie.io/log-level";
 pub const DISABLE_SDK_ENV: &str = "vigie.io/disable-sdk-env";
 /// `false`: classic sidecar container for this pod (clusters older than 1.29).
 pub const NATIVE_SIDECAR: &str = "vigie.io/native-sidecar";
+/// Comma-separated capabilities of [`EGRESS_CAPABILITIES`] the app containers keep
+/// (not dropped, left in `add`); the pod is then flagged not enforceable.
+pub const EGRESS_KEEP_CAPABILITIES: &str = "vigie.io/egress-keep-capabilities";
+/// `true`: a pod with `shareProcessNamespace: true` is injected (otherwise refused),
+/// flagged not enforceable.
+pub const EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE: &str =
+    "vigie.io/egress-allow-shared-process-namespace";
 
-const KNOWN: [&str; 8] = [
+/// The annotations a pod may set.
+const SETTINGS: [&str; 9] = [
     CPU_REQUEST,
     CPU_LIMIT,
     MEMORY_REQUEST,
@@ -25,8 +34,20 @@ const KNOWN: [&str; 8] = [
     LOG_LEVEL,
     DISABLE_SDK_ENV,
     NATIVE_SIDECAR,
-    crate::STATUS_ANNOTATION,
+    EGRESS_KEEP_CAPABILITIES,
+    EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE,
 ];
+
+/// An annotation's entry as an error shows it: only what looks like a capability
+/// name is repeated (an annotation value may hold anything, a secret included).
+fn shown(entry: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    if (1..=32).contains(&entry.len()) && entry.bytes().all(plain) {
+        format!("{entry:?}")
+    } else {
+        "an entry (not shown)".into()
+    }
+}
 
 /// The injection settings of one pod: the configuration with its annotations applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +59,11 @@ pub struct PodSettings {
     pub log_level: String,
     pub disabled_sdk_env: Vec<String>,
     pub native_sidecar: bool,
+    /// Capabilities of [`EGRESS_CAPABILITIES`] the app containers keep, in that list's
+    /// order; any makes the pod not enforceable.
+    pub kept_capabilities: Vec<&'static str>,
+    /// `shareProcessNamespace: true` accepted (the pod is then not enforceable).
+    pub allow_shared_process_namespace: bool,
 }
 
 /// The pod's settings, or every invalid annotation with its reason.
@@ -55,6 +81,8 @@ pub fn resolve(
         log_level: cfg.log_level.clone(),
         disabled_sdk_env: Vec::new(),
         native_sidecar: cfg.native_sidecar,
+        kept_capabilities: Vec::new(),
+        allow_shared_process_namespace: false,
     };
     for (key, value) in annotations {
         if !key.starts_with("vigie.io/") {
@@ -104,11 +132,42 @@ pub fn resolve(
                 "false" => settings.native_sidecar = false,
                 other => errors.push(format!("annotation {key}: {other:?} is not true or false")),
             },
-            crate::STATUS_ANNOTATION => {}
+            EGRESS_KEEP_CAPABILITIES => {
+                let names: Vec<&str> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                for name in &names {
+                    if !EGRESS_CAPABILITIES.contains(name) {
+                        errors.push(format!(
+                            "annotation {key}: {} is not one of {} (the capabilities the webhook drops)",
+                            shown(name),
+                            EGRESS_CAPABILITIES.join(", ")
+                        ));
+                    }
+                }
+                settings.kept_capabilities = EGRESS_CAPABILITIES
+                    .into_iter()
+                    .filter(|c| names.contains(c))
+                    .collect();
+            }
+            EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE => match value {
+                "true" => settings.allow_shared_process_namespace = true,
+                "false" => settings.allow_shared_process_namespace = false,
+                other => errors.push(format!(
+                    "annotation {key}: {} is not true or false",
+                    shown(other)
+                )),
+            },
+            // Written by the webhook: whatever the pod says is replaced.
+            crate::STATUS_ANNOTATION
+            | crate::ENFORCEABLE_ANNOTATION
+            | crate::NOT_ENFORCEABLE_REASON_ANNOTATION => {}
             unknown => {
                 errors.push(format!(
                     "annotation {unknown} is not a Vigie setting (known: {})",
-                    KNOWN[..7].join(", ")
+                    SETTINGS.join(", ")
                 ));
             }
         }
@@ -166,6 +225,59 @@ mod tests {
             ["ANTHROPIC_BASE_URL", "OPENAI_API_BASE"]
         );
         assert!(!s.native_sidecar);
+    }
+
+    #[test]
+    fn kept_capabilities_are_read_in_a_fixed_order_without_duplicates() {
+        let s = resolve(
+            &InjectConfig::default(),
+            &annotations(&[
+                (EGRESS_KEEP_CAPABILITIES, " SYS_PTRACE,NET_RAW , NET_RAW,"),
+                (EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE, "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.kept_capabilities, ["NET_RAW", "SYS_PTRACE"]);
+        assert!(s.allow_shared_process_namespace);
+        let plain = resolve(&InjectConfig::default(), &annotations(&[])).unwrap();
+        assert!(plain.kept_capabilities.is_empty());
+        assert!(!plain.allow_shared_process_namespace);
+    }
+
+    #[test]
+    fn an_unknown_capability_is_refused_naming_the_annotation_without_echoing_values() {
+        let errors = resolve(
+            &InjectConfig::default(),
+            &annotations(&[
+                (EGRESS_KEEP_CAPABILITIES, "NET_RAW,CHOWN,sk-live-0123"),
+                (EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE, "sk-live-0123"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let all = errors.join("\n");
+        assert!(
+            all.contains(
+                "annotation vigie.io/egress-keep-capabilities: \"CHOWN\" is not one of NET_RAW, NET_ADMIN, SYS_ADMIN, SYS_PTRACE"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "vigie.io/egress-allow-shared-process-namespace: an entry (not shown) is not true or false"
+            ),
+            "{all}"
+        );
+        assert!(!all.contains("sk-live"), "{all}");
+        // The annotations the webhook writes are not settings, and not errors either.
+        resolve(
+            &InjectConfig::default(),
+            &annotations(&[
+                (crate::ENFORCEABLE_ANNOTATION, "true"),
+                (crate::NOT_ENFORCEABLE_REASON_ANNOTATION, "stale"),
+            ]),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::decide::{Decision, Trigger, decide};
-use crate::{InjectConfig, mutate, overrides};
+use crate::{InjectConfig, isolation, mutate, overrides};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
@@ -96,8 +96,18 @@ fn respond(
             );
         }
     };
+    // An app container that could go around the egress enforcement: refused, unless
+    // an annotation accepts it (then injected, flagged not enforceable). The reasons
+    // name fields, never the pod's values.
+    let enforceability = match isolation::check(cfg, &settings, &pod) {
+        Ok(e) => e,
+        Err(refused) => {
+            warn!(target: "vigie::inject", namespace, pod = name, reasons = %refused, "refused: the app could go around the egress enforcement");
+            return deny(resp, &format!("vigie sidecar injection: {refused}"));
+        }
+    };
     let mut mutated = pod.clone();
-    if let Err(e) = mutate::inject(cfg, &settings, &mut mutated) {
+    if let Err(e) = mutate::inject(cfg, &settings, &enforceability, &mut mutated) {
         warn!(target: "vigie::inject", namespace, pod = name, error = %e, "refused");
         return deny(resp, &format!("vigie sidecar injection: {e}"));
     }
@@ -107,6 +117,7 @@ fn respond(
         namespace,
         pod = name,
         mode = if settings.native_sidecar { "native" } else { "classic" },
+        enforceable = enforceability.enforceable(),
         operations = patch.0.len(),
         "injected"
     );
@@ -114,6 +125,13 @@ fn respond(
         resp.warnings = Some(vec![
             "vigie: classic sidecar container: the application may start before the sidecar is ready, and Jobs do not complete while it runs".into(),
         ]);
+    }
+    if !enforceability.enforceable() {
+        let reason = enforceability.reason();
+        let warning = format!("vigie: egress not enforceable: {reason}");
+        resp.warnings.get_or_insert_default().push(warning);
+        resp.audit_annotations
+            .insert("egress-not-enforceable".into(), reason);
     }
     resp.audit_annotations
         .insert("injection".into(), "injected".into());

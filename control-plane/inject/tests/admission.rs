@@ -162,6 +162,10 @@ fn check_sidecar(sidecar: &Container, native: bool) {
     );
     let sc = sidecar.security_context.as_ref().unwrap();
     assert_eq!(sc.run_as_non_root, Some(true));
+    // Not 65532 (distroless `nonroot`, which app images use too): an app as the
+    // sidecar's uid could take its sockets.
+    assert_eq!(sc.run_as_user, Some(47880));
+    assert_eq!(sc.run_as_user, Some(cfg.run_as_user));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(
@@ -206,6 +210,16 @@ fn check_app(app: &Container) {
     unique.dedup();
     assert_eq!(names.len(), unique.len(), "duplicate variables: {names:?}");
     assert!(app.env_from.is_none(), "the app gets no credential Secret");
+    check_capabilities_dropped(app);
+}
+
+/// What goes around the egress enforcement is dropped from every app container.
+fn check_capabilities_dropped(app: &Container) {
+    let sc = app.security_context.as_ref().expect("a security context");
+    let list = sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap();
+    for cap in vigie_inject::isolation::EGRESS_CAPABILITIES {
+        assert!(list.iter().any(|d| d == cap), "{cap}: {list:?}");
+    }
 }
 
 #[test]
@@ -275,6 +289,10 @@ fn deployment_pod_is_injected_as_a_native_sidecar() {
     let labels = meta.labels.as_ref().unwrap();
     assert_eq!(labels["vigie.io/egress"], "enforced");
     assert_eq!(labels["pod-template-hash"], "7d9f8b6c5");
+    let annotations = meta.annotations.as_ref().unwrap();
+    assert_eq!(annotations["vigie.io/egress-enforceable"], "true");
+    let reason = "vigie.io/egress-not-enforceable-reason";
+    assert!(!annotations.contains_key(reason));
     let status: Value =
         serde_json::from_str(&meta.annotations.as_ref().unwrap()["vigie.io/status"]).unwrap();
     assert_eq!(status["version"], vigie_inject::VERSION);
@@ -327,6 +345,10 @@ fn existing_init_containers_run_after_the_sidecar_and_use_it() {
     );
     for app in &spec.containers {
         check_app(app);
+    }
+    // The app's init containers too (they share the pod's network).
+    for app in &init[1..] {
+        check_capabilities_dropped(app);
     }
     let volumes: Vec<_> = spec.volumes.unwrap().into_iter().map(|v| v.name).collect();
     assert_eq!(volumes[0], "scratch");
@@ -413,6 +435,29 @@ fn invalid_annotations_deny_with_every_reason() {
     ] {
         assert!(message.contains(needle), "{needle} missing from {message}");
     }
+}
+
+#[test]
+fn apps_that_could_go_around_the_egress_enforcement_are_refused() {
+    let mut shared = fixture("job-pod.json");
+    shared["request"]["object"]["spec"]["shareProcessNamespace"] = json!(true);
+    let r = respond(&shared, Trigger::Namespace);
+    assert_eq!(r["allowed"], false);
+    assert!(patch_of(&r).is_none());
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("vigie sidecar injection: spec.shareProcessNamespace: "),
+        "{message}"
+    );
+
+    let mut same_uid = fixture("job-pod.json");
+    same_uid["request"]["object"]["spec"]["securityContext"] = json!({"runAsUser": 47880});
+    let r = respond(&same_uid, Trigger::Namespace);
+    assert_eq!(r["allowed"], false);
+    assert_eq!(
+        r["status"]["message"],
+        "vigie sidecar injection: spec.securityContext.runAsUser: 47880 is the Vigie sidecar's uid; an app running as it could take the sidecar's sockets"
+    );
 }
 
 #[test]

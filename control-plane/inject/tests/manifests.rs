@@ -153,7 +153,11 @@ fn cross_check(objects: &BTreeMap<String, Value>) {
         cfg.sidecar_image,
         format!("ghcr.io/vigie-dev/vigie-sidecar:{version}")
     );
-    assert_eq!(pod["securityContext"]["runAsUser"], cfg.run_as_user);
+    // The control plane runs as the image's user; the sidecars it injects as another,
+    // which no app may use (65532 is distroless `nonroot`, common in app images).
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(cfg.run_as_user, vigie_inject::config::DEFAULT_SIDECAR_UID);
+    assert_ne!(pod["securityContext"]["runAsUser"], cfg.run_as_user);
 
     // Ports: container ports, their env, the service.
     let container_port = |name: &str| {
@@ -490,7 +494,7 @@ fn dockerfile_builds_each_binary_into_a_non_root_image_with_the_manifest_ports()
     let text = std::fs::read_to_string(repo().join("deploy/docker/Dockerfile")).unwrap();
     let cfg = InjectConfig::default();
     assert!(text.contains("USER 65532:65532"));
-    assert_eq!(cfg.run_as_user, 65532);
+    assert_eq!(cfg.run_as_user, 47880);
     for (target, binary, ports) in [
         (
             "sidecar",
@@ -513,6 +517,9 @@ fn dockerfile_builds_each_binary_into_a_non_root_image_with_the_manifest_ports()
             "{target}"
         );
         assert!(stage.contains(&ports), "{target}: {ports}");
+        // The sidecar image runs as the uid the webhook sets; the others as 65532.
+        let user = format!("USER {0}:{0}", cfg.run_as_user);
+        assert_eq!(stage.contains(&user), target == "sidecar", "{target}");
     }
     // The control plane's ports in the Dockerfile are the manifest's.
     let objects = check_all(&kustomize(&repo().join("deploy/overlays/dev"), &[]));

@@ -63,6 +63,7 @@ impl EgressService for EgressApi {
                 ("role", &d.role),
                 ("protocol", &d.protocol),
                 ("hook", &d.hook),
+                ("reason", &d.reason),
                 ("command", &d.command),
             ] {
                 if value.len() > MAX_NAME {
@@ -79,7 +80,7 @@ impl EgressService for EgressApi {
             // The SOC's trail on the control plane too (the agent logs each on its node).
             warn!(target: "vigie::security", event = "egress.denied", reporter = %who.name, node = %d.node,
                   namespace = %d.namespace, pod = %d.pod, container = %d.container, destination = %d.destination,
-                  port = d.port, protocol = %d.protocol, count = d.count, "egress denied (reported by node agent)");
+                  port = d.port, protocol = %d.protocol, reason = %d.reason, count = d.count, "egress denied (reported by node agent)");
         }
         Ok(Response::new(ReportDenialsResponse {
             accepted: u32::try_from(denials.len()).unwrap_or(u32::MAX),

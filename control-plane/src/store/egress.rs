@@ -63,8 +63,8 @@ impl SqlStore {
         for (i, d) in rows.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO vigie_egress_denials (id, node, namespace, pod, container, role, destination, port,
-                     protocol, hook, command, count, first_seen, last_seen)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                     protocol, hook, command, count, first_seen, last_seen, reason)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             )
             .bind(id_base + i as i64)
             .bind(&d.node)
@@ -80,6 +80,7 @@ impl SqlStore {
             .bind(i64::try_from(d.count).unwrap_or(i64::MAX))
             .bind(ms(d.first_seen.as_ref()))
             .bind(ms(d.last_seen.as_ref()))
+            .bind(&d.reason)
             .execute(&mut *tx)
             .await?;
         }
@@ -97,7 +98,7 @@ impl SqlStore {
     ) -> Result<Vec<EgressDenial>, StoreError> {
         let rows = sqlx::query(
             "SELECT node, namespace, pod, container, role, destination, port, protocol, hook, command, count,
-                    first_seen, last_seen
+                    first_seen, last_seen, reason
              FROM vigie_egress_denials
              WHERE ($1 = '' OR namespace = $1) AND ($2 = '' OR pod = $2)
              ORDER BY last_seen DESC, id DESC LIMIT $3",
@@ -121,6 +122,7 @@ impl SqlStore {
                     port: u32::try_from(port).unwrap_or(0),
                     protocol: r.try_get("protocol")?,
                     hook: r.try_get("hook")?,
+                    reason: r.try_get("reason")?,
                     command: r.try_get("command")?,
                     count: u64::try_from(count).unwrap_or(0),
                     first_seen: Some(crate::service::timestamp(r.try_get("first_seen")?)),

@@ -117,6 +117,13 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
                     .into(),
             ],
         ),
+        (
+            7,
+            vec![
+                "ALTER TABLE vigie_egress_denials ADD COLUMN reason TEXT NOT NULL DEFAULT ''"
+                    .into(),
+            ],
+        ),
     ]
 }
 

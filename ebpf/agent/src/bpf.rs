@@ -9,22 +9,24 @@
 //! map write, then deletes the old entries: a connect sees the old policy or the new,
 //! never a mix, and a load that fails half-way is removed before anything points to it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
+use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::sync::Arc;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSkbAttachType};
 use aya::{Ebpf, EbpfLoader};
 use tracing::{info, warn};
 use vigie_egress_common::compile::Entry;
 use vigie_egress_common::{
-    Allow, DENY_ALL_POLICY, DestKey, MAP_ALLOW, MAP_ENROLLED, MAP_EVENTS, MAP_ORIG_PEER,
-    MAP_REDIRECT, MAP_REDIRECT_PORT, MAP_STATS, OrigDst, POLICY_PREFIX_BITS, PROGRAMS, PeerKey,
-    STAT_DENIED, STAT_EVENTS_LOST, STAT_REDIRECTED,
+    Allow, DENY_ALL_POLICY, DestKey, EventBudget, LSM_SOCKET_CREATE, MAP_ALLOW, MAP_ENROLLED,
+    MAP_EVENT_BUDGET, MAP_EVENTS, MAP_ORIG_PEER, MAP_REDIRECT, MAP_REDIRECT_PORT, MAP_STATS,
+    OrigDst, POLICY_PREFIX_BITS, PROGRAMS, PeerKey, STAT_DENIED, STAT_EVENTS_LOST, STAT_REDIRECTED,
+    TC_EGRESS,
 };
 
 use crate::plan::{Compiled, Desired, PolicyKey, key_of};
@@ -34,6 +36,24 @@ use crate::plan::{Compiled, Desired, PolicyKey, key_of};
 pub type OrigPeers = Arc<std::sync::Mutex<BpfHashMap<MapData, PeerKey, OrigDst>>>;
 
 const SOCK_OPS: &str = "vigie_sock_ops";
+
+/// Where the kernel lists its active security modules.
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// Whether enrolled cgroups are kept from creating packet, XDP and other non-IP
+/// sockets (the BPF LSM program), and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketGuard {
+    Enforced,
+    Unavailable(String),
+}
+
+/// Events an enrolled cgroup's denials did not produce, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventDrops {
+    pub rate_limited: u64,
+    pub ring_full: u64,
+}
 
 /// The programs, built for bpfel-unknown-none by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vigie-egress-ebpf"));
@@ -76,6 +96,13 @@ pub struct Enforcer {
     redirect: LpmTrie<MapData, DestKey, Allow>,
     redirect_port: BpfHashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
+    budget: PerCpuHashMap<MapData, u64, EventBudget>,
+    socket_guard: SocketGuard,
+    /// (network namespace inode, device index) carrying the tc backstop.
+    tc_links: HashSet<(u64, u32)>,
+    /// tc pins a previous agent left: replaced as devices are guarded again, removed
+    /// after the first pass for those that were not.
+    stale_tc: Vec<std::path::PathBuf>,
     /// Policies in the maps: content key → (policy id, what was loaded).
     loaded: HashMap<PolicyKey, (u32, Arc<Compiled>)>,
     next_id: u32,
@@ -91,7 +118,6 @@ pub struct Enforcer {
 pub struct Channels {
     pub events: RingBuf<MapData>,
     pub orig_peers: OrigPeers,
-    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -118,13 +144,6 @@ impl Enforcer {
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)?;
-        let logger = match aya_log::EbpfLogger::init(&mut bpf) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                warn!(error = %e, "eBPF program logs unavailable");
-                None
-            }
-        };
         let cg = File::open(cgroup).map_err(io(format!("opening cgroup {}", cgroup.display())))?;
         let take = |bpf: &mut Ebpf, name: &'static str| {
             bpf.take_map(name).ok_or(BpfError::MissingMap(name))
@@ -142,12 +161,18 @@ impl Enforcer {
             .map_err(map_err(MAP_REDIRECT_PORT))?;
         let orig_peers =
             BpfHashMap::try_from(take(&mut bpf, MAP_ORIG_PEER)?).map_err(map_err(MAP_ORIG_PEER))?;
+        let budget = PerCpuHashMap::try_from(take(&mut bpf, MAP_EVENT_BUDGET)?)
+            .map_err(map_err(MAP_EVENT_BUDGET))?;
         let mut this = Enforcer {
             enrolled,
             allow,
             redirect,
             redirect_port,
             stats,
+            budget,
+            socket_guard: SocketGuard::Unavailable("not attached yet".into()),
+            tc_links: HashSet::new(),
+            stale_tc: Vec::new(),
             loaded: HashMap::new(),
             next_id: 1,
             bpf,
@@ -163,12 +188,25 @@ impl Enforcer {
             }
             this.attach_pinned(name)?;
         }
+        this.socket_guard = this.guard_socket_families();
+        this.stale_tc = std::fs::read_dir(&this.links_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("tc_"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         this.adopt();
         info!(
             adopted,
             enrolled = this.enrolled.keys().count(),
             policies = this.loaded.len(),
             cgroup = %cgroup.display(),
+            socket_guard = ?this.socket_guard,
             "egress programs attached"
         );
         Ok((
@@ -176,7 +214,6 @@ impl Enforcer {
             Channels {
                 events,
                 orig_peers: Arc::new(std::sync::Mutex::new(orig_peers)),
-                logger,
             },
         ))
     }
@@ -228,20 +265,186 @@ impl Enforcer {
     /// the old link loses its last reference and detaches. A crash at any step leaves
     /// one pinned link or both, never none.
     fn attach_pinned(&mut self, name: &'static str) -> Result<(), BpfError> {
-        let link = attach(&mut self.bpf, name, &self.cgroup)?;
         let path = self.links_dir.join(name);
         // bpffs refuses names with a dot.
         let fresh = self.links_dir.join(format!("{name}_new"));
         let _ = std::fs::remove_file(&fresh);
-        link.pin(&fresh).map_err(|e| BpfError::Pin {
-            path: fresh.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        if let Some(aya::programs::Program::CgroupSockopt(p)) = self.bpf.program_mut(name) {
+            // aya 0.14 cannot turn a sockopt link into a pinnable one: made by hand.
+            let err = |source| BpfError::Program { name, source };
+            if p.fd().is_err() {
+                p.load().map_err(err)?;
+            }
+            let prog = p.fd().map_err(err)?;
+            raw::link_and_pin(
+                prog.as_fd(),
+                self.cgroup.as_fd(),
+                raw::BPF_CGROUP_SETSOCKOPT,
+                &fresh,
+            )
+            .map_err(|e| BpfError::Pin {
+                path: fresh.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        } else {
+            let link = attach(&mut self.bpf, name, &self.cgroup)?;
+            link.pin(&fresh).map_err(|e| BpfError::Pin {
+                path: fresh.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        }
         std::fs::rename(&fresh, &path).map_err(io(format!("replacing {}", path.display())))?;
         if name == SOCK_OPS {
             self.sock_ops = true;
         }
         Ok(())
+    }
+
+    /// Attaches the LSM program that keeps enrolled cgroups from creating packet, XDP
+    /// and other non-IP sockets, where the kernel has the BPF LSM active (it is listed
+    /// in `/sys/kernel/security/lsm`; without it the program would load and never
+    /// run). Without it, such sockets are only found by the agent's scan.
+    fn guard_socket_families(&mut self) -> SocketGuard {
+        match std::fs::read_to_string(LSM_LIST) {
+            Ok(list) if list.trim().split(',').any(|m| m == "bpf") => {}
+            Ok(list) => {
+                return SocketGuard::Unavailable(format!(
+                    "the BPF LSM is not active (active: {}; boot with lsm=...,bpf)",
+                    list.trim()
+                ));
+            }
+            Err(e) => {
+                return SocketGuard::Unavailable(format!(
+                    "cannot read {LSM_LIST} ({e}); mount securityfs in the agent's container"
+                ));
+            }
+        }
+        let loaded = (|| -> Result<(), String> {
+            let prog: &mut aya::programs::LsmCgroup = self
+                .bpf
+                .program_mut(LSM_SOCKET_CREATE)
+                .ok_or("program missing from the object")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            if prog.fd().is_err() {
+                let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+                prog.load("socket_create", &btf)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = loaded {
+            return SocketGuard::Unavailable(format!("loading the LSM program: {e}"));
+        }
+        match self.attach_pinned(LSM_SOCKET_CREATE) {
+            Ok(()) => SocketGuard::Enforced,
+            Err(e) => SocketGuard::Unavailable(e.to_string()),
+        }
+    }
+
+    /// Attaches the tc backstop (TCX egress) to every device of each namespace that
+    /// does not have it yet, and detaches it from namespaces no longer listed. Links
+    /// are pinned as `tc_<netns inode>_<device index>`. Returns the devices guarded
+    /// and the namespaces that could not be entered or listed (retried next time).
+    pub fn guard_devices(&mut self, targets: &[crate::devices::Netns]) -> (usize, Vec<String>) {
+        let mut errors = Vec::new();
+        if let Some(aya::programs::Program::SchedClassifier(p)) = self.bpf.program_mut(TC_EGRESS)
+            && p.fd().is_err()
+            && let Err(e) = p.load()
+        {
+            return (0, vec![format!("loading {TC_EGRESS}: {e}")]);
+        }
+        let wanted: HashSet<u64> = targets.iter().map(|t| t.inode).collect();
+        for ns in targets {
+            let known = self.tc_links.clone();
+            let links_dir = self.links_dir.clone();
+            let Some(aya::programs::Program::SchedClassifier(prog)) =
+                self.bpf.program_mut(TC_EGRESS)
+            else {
+                return (0, vec![format!("{TC_EGRESS} missing from the object")]);
+            };
+            let inode = ns.inode;
+            let done = crate::devices::within(*ns, move || {
+                let mut attached = Vec::new();
+                let mut failed = Vec::new();
+                for (index, name) in crate::devices::devices()? {
+                    if known.contains(&(inode, index)) {
+                        continue;
+                    }
+                    let pinned = prog
+                        .attach(&name, aya::programs::TcAttachType::Egress)
+                        .map_err(|e| e.to_string())
+                        .and_then(|id| prog.take_link(id).map_err(|e| e.to_string()))
+                        .and_then(|l| FdLink::try_from(l).map_err(|e| e.to_string()))
+                        .and_then(|l| {
+                            let path = links_dir.join(format!("tc_{inode}_{index}"));
+                            let fresh = links_dir.join(format!("tc_{inode}_{index}_new"));
+                            let _ = std::fs::remove_file(&fresh);
+                            l.pin(&fresh).map_err(|e| e.to_string())?;
+                            std::fs::rename(&fresh, &path).map_err(|e| e.to_string())
+                        });
+                    match pinned {
+                        Ok(()) => attached.push(index),
+                        Err(e) => failed.push(format!("device {name}: {e}")),
+                    }
+                }
+                Ok::<_, std::io::Error>((attached, failed))
+            });
+            match done {
+                Ok(Ok((attached, failed))) => {
+                    self.tc_links
+                        .extend(attached.into_iter().map(|i| (inode, i)));
+                    errors.extend(failed);
+                }
+                Ok(Err(e)) | Err(e) => errors.push(format!("network namespace {inode}: {e}")),
+            }
+        }
+        for path in std::mem::take(&mut self.stale_tc) {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let kept = self
+                .tc_links
+                .iter()
+                .any(|(ns, i)| name == format!("tc_{ns}_{i}"));
+            if !kept {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        // Namespaces gone (pods left): their pins go, which detaches what is left.
+        let gone: Vec<(u64, u32)> = self
+            .tc_links
+            .iter()
+            .filter(|(ns, _)| !wanted.contains(ns))
+            .copied()
+            .collect();
+        for (ns, index) in gone {
+            let _ = std::fs::remove_file(self.links_dir.join(format!("tc_{ns}_{index}")));
+            self.tc_links.remove(&(ns, index));
+        }
+        (self.tc_links.len(), errors)
+    }
+
+    pub fn socket_guard(&self) -> &SocketGuard {
+        &self.socket_guard
+    }
+
+    /// Per enrolled cgroup id: denials whose event was dropped (rate limit, full ring).
+    pub fn event_drops(&self) -> HashMap<u64, EventDrops> {
+        self.budget
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(cgroup, per_cpu)| {
+                let drops = per_cpu
+                    .iter()
+                    .fold(EventDrops::default(), |acc, b| EventDrops {
+                        rate_limited: acc.rate_limited.saturating_add(b.rate_limited),
+                        ring_full: acc.ring_full.saturating_add(b.ring_full),
+                    });
+                (cgroup, drops)
+            })
+            .collect()
     }
 
     /// Attaches or detaches the sock_ops program as redirects come and go.
@@ -474,6 +677,85 @@ impl Enforcer {
     }
 }
 
+/// The two bpf(2) commands aya 0.14 offers no way to use for a sockopt link.
+mod raw {
+    use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
+    use std::path::Path;
+
+    /// `enum bpf_attach_type` (uapi/linux/bpf.h).
+    pub const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+
+    /// The leading fields of `union bpf_attr` for each command; the kernel zeroes the rest.
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+    }
+
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+
+    fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
+        #[expect(unsafe_code, reason = "the bpf(2) system call")]
+        // SAFETY: `attr` is a live, fully initialised #[repr(C)] prefix of bpf_attr, and
+        // its size is passed with it.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                std::ptr::from_ref(attr),
+                std::mem::size_of::<T>(),
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    /// Attaches `prog` to `cgroup` with a bpf_link, pinned at `path` (the pin keeps it).
+    pub fn link_and_pin(
+        prog: BorrowedFd<'_>,
+        cgroup: BorrowedFd<'_>,
+        attach_type: u32,
+        path: &Path,
+    ) -> std::io::Result<()> {
+        let fd = bpf(
+            BPF_LINK_CREATE,
+            &LinkCreate {
+                prog_fd: u32::try_from(prog.as_raw_fd()).map_err(std::io::Error::other)?,
+                target_fd: u32::try_from(cgroup.as_raw_fd()).map_err(std::io::Error::other)?,
+                attach_type,
+                flags: 0,
+            },
+        )?;
+        let raw = i32::try_from(fd).map_err(std::io::Error::other)?;
+        #[expect(unsafe_code, reason = "taking ownership of the fd bpf(2) returned")]
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let link = unsafe { OwnedFd::from_raw_fd(raw) };
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(std::io::Error::other)?;
+        bpf(
+            BPF_OBJ_PIN,
+            &ObjPin {
+                pathname: c_path.as_ptr() as u64,
+                bpf_fd: u32::try_from(link.as_raw_fd()).map_err(std::io::Error::other)?,
+                file_flags: 0,
+            },
+        )?;
+        Ok(())
+    }
+}
+
 fn attach(bpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, BpfError> {
     let err = |source| BpfError::Program { name, source };
     let pin_err = |e: aya::programs::links::LinkError| BpfError::Pin {
@@ -506,6 +788,11 @@ fn attach(bpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, B
                 .attach(cgroup, CgroupSkbAttachType::Egress, mode)
                 .map_err(err)?;
             p.take_link(id).map_err(err)?.try_into().map_err(pin_err)
+        }
+        aya::programs::Program::LsmCgroup(p) => {
+            // Loaded by guard_socket_families (it needs the kernel's BTF).
+            let id = p.attach(cgroup).map_err(err)?;
+            Ok(p.take_link(id).map_err(err)?.into())
         }
         aya::programs::Program::CgroupSockAddr(p) => {
             // Loaded once per agent; attaching again (sock_ops comes and goes with

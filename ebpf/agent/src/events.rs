@@ -13,8 +13,10 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 use vigie_egress_common::{
-    DenyEvent, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, HOOK_SKB_EGRESS,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    DenyEvent, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, HOOK_SETSOCKOPT,
+    HOOK_SKB_EGRESS, HOOK_SOCKET_CREATE, HOOK_TC_EGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP, REASON_DESTINATION, REASON_FRAGMENT, REASON_IP_OPTIONS, REASON_LOOPBACK_OFF_DEVICE,
+    REASON_ROUTING_HEADER, REASON_SOCKET_FAMILY, REASON_SOCKET_OPTION, REASON_UNPARSABLE,
 };
 use vigie_proto::v1::EgressDenial;
 
@@ -35,6 +37,8 @@ pub struct Denial {
     pub port: u16,
     pub protocol: &'static str,
     pub hook: &'static str,
+    /// Why: `destination` (not in the policy) or what the packet or socket was.
+    pub reason: &'static str,
     pub pid: u32,
     pub command: String,
     pub policy: u32,
@@ -66,8 +70,49 @@ pub fn decode(b: &[u8]) -> Option<DenyEvent> {
         proto: b[42],
         hook: b[43],
         comm: b.get(44..60)?.try_into().ok()?,
-        _pad: [0; 4],
+        reason: b[60],
+        _pad: [0; 3],
     })
+}
+
+/// The socket family of a `socket_create` refusal (the event's `proto`).
+fn family_name(f: u8) -> &'static str {
+    match f {
+        17 => "packet",
+        44 => "xdp",
+        30 => "tipc",
+        21 => "rds",
+        40 => "vsock",
+        29 => "can",
+        31 => "bluetooth",
+        43 => "smc",
+        _ => "other",
+    }
+}
+
+/// The refused socket option of a `setsockopt` refusal (level in `port`).
+fn option_name(level: u16, name: u8) -> &'static str {
+    match (i32::from(level), i32::from(name)) {
+        (vigie_egress_common::SOL_PACKET, vigie_egress_common::PACKET_QDISC_BYPASS) => {
+            "packet_qdisc_bypass"
+        }
+        (vigie_egress_common::SOL_XDP, _) => "xdp",
+        _ => "other",
+    }
+}
+
+pub fn reason_name(r: u8) -> &'static str {
+    match r {
+        REASON_DESTINATION => "destination",
+        REASON_IP_OPTIONS => "ip_options",
+        REASON_ROUTING_HEADER => "routing_header",
+        REASON_FRAGMENT => "fragment",
+        REASON_LOOPBACK_OFF_DEVICE => "loopback_off_device",
+        REASON_SOCKET_FAMILY => "socket_family",
+        REASON_UNPARSABLE => "unparsable",
+        REASON_SOCKET_OPTION => "socket_option",
+        _ => "unknown",
+    }
 }
 
 pub fn protocol_name(p: u8) -> &'static str {
@@ -87,6 +132,9 @@ fn hook_name(h: u8) -> &'static str {
         HOOK_SENDMSG4 => "sendmsg4",
         HOOK_SENDMSG6 => "sendmsg6",
         HOOK_SKB_EGRESS => "skb_egress",
+        HOOK_SOCKET_CREATE => "socket_create",
+        HOOK_TC_EGRESS => "tc_egress",
+        HOOK_SETSOCKOPT => "setsockopt",
         _ => "unknown",
     }
 }
@@ -119,9 +167,19 @@ pub fn describe(ev: &DenyEvent, names: &HashMap<u64, CgroupName>) -> Denial {
         container: who.map(|w| w.container.clone()).unwrap_or_default(),
         role: who.map_or("unknown", |w| w.role.as_str()),
         destination: address(ev.addr),
-        port: ev.port,
-        protocol: protocol_name(ev.proto),
+        // A setsockopt refusal carries the option's level there, not a port.
+        port: if ev.hook == HOOK_SETSOCKOPT {
+            0
+        } else {
+            ev.port
+        },
+        protocol: match ev.hook {
+            HOOK_SOCKET_CREATE | HOOK_TC_EGRESS => family_name(ev.proto),
+            HOOK_SETSOCKOPT => option_name(ev.port, ev.proto),
+            _ => protocol_name(ev.proto),
+        },
         hook: hook_name(ev.hook),
+        reason: reason_name(ev.reason),
         pid: ev.pid,
         command,
         policy: ev.policy,
@@ -180,6 +238,7 @@ fn log_denial(d: &Denial) {
         port = d.port,
         protocol = d.protocol,
         hook = d.hook,
+        reason = d.reason,
         pid = d.pid,
         command = %d.command,
         policy_id = d.policy,
@@ -196,12 +255,13 @@ fn log_denial(d: &Denial) {
         .attr("destination.port", d.port)
         .attr("network.transport", d.protocol)
         .attr("vigie.egress.hook", d.hook)
+        .attr("vigie.egress.reason", d.reason)
         .attr("process.pid", d.pid)
         .attr("process.command", &d.command)
         .export();
 }
 
-/// Registers a ring buffer (events or aya-log's) with the reactor, for readability.
+/// Registers the event ring buffer with the reactor, for readability.
 pub fn pollable<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: the ring buffers own their map fd for their whole life and always
     // return that same fd, which is what `register` requires.
@@ -221,16 +281,11 @@ pub struct Pending {
 
 const MAX_PENDING: usize = 10_000;
 
-fn pending_key(
-    ns: &str,
-    pod: &str,
-    container: &str,
-    dst: &str,
-    port: u32,
-    proto: &str,
-    hook: &str,
-) -> String {
-    format!("{ns}/{pod}/{container}/{dst}/{port}/{proto}/{hook}")
+fn pending_key(d: &EgressDenial) -> String {
+    format!(
+        "{}/{}/{}/{}/{}/{}/{}/{}",
+        d.namespace, d.pod, d.container, d.destination, d.port, d.protocol, d.hook, d.reason
+    )
 }
 
 impl Pending {
@@ -242,16 +297,24 @@ impl Pending {
     }
 
     pub fn add(&self, d: &Denial, now: SystemTime, metrics: &Metrics) {
-        let key = pending_key(
-            &d.namespace,
-            &d.pod,
-            &d.container,
-            &d.destination.to_string(),
-            u32::from(d.port),
-            d.protocol,
-            d.hook,
-        );
         let at = timestamp(now);
+        let entry = EgressDenial {
+            node: self.node.clone(),
+            namespace: d.namespace.clone(),
+            pod: d.pod.clone(),
+            container: d.container.clone(),
+            role: d.role.to_string(),
+            destination: d.destination.to_string(),
+            port: u32::from(d.port),
+            protocol: d.protocol.to_string(),
+            hook: d.hook.to_string(),
+            reason: d.reason.to_string(),
+            command: d.command.clone(),
+            count: 1,
+            first_seen: Some(at),
+            last_seen: Some(at),
+        };
+        let key = pending_key(&entry);
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
@@ -267,24 +330,7 @@ impl Pending {
             metrics.reports_dropped.inc();
             return;
         }
-        entries.insert(
-            key,
-            EgressDenial {
-                node: self.node.clone(),
-                namespace: d.namespace.clone(),
-                pod: d.pod.clone(),
-                container: d.container.clone(),
-                role: d.role.to_string(),
-                destination: d.destination.to_string(),
-                port: u32::from(d.port),
-                protocol: d.protocol.to_string(),
-                hook: d.hook.to_string(),
-                command: d.command.clone(),
-                count: 1,
-                first_seen: Some(at),
-                last_seen: Some(at),
-            },
-        );
+        entries.insert(key, entry);
     }
 
     /// Up to `max` entries, removed from the pending set.
@@ -302,15 +348,7 @@ impl Pending {
             return;
         };
         for d in batch {
-            let key = pending_key(
-                &d.namespace,
-                &d.pod,
-                &d.container,
-                &d.destination,
-                d.port,
-                &d.protocol,
-                &d.hook,
-            );
+            let key = pending_key(&d);
             let room = entries.len() < MAX_PENDING;
             match entries.get_mut(&key) {
                 Some(e) => {
@@ -413,7 +451,8 @@ mod tests {
             proto: PROTO_TCP,
             hook: HOOK_CONNECT4,
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
-            _pad: [0; 4],
+            reason: REASON_LOOPBACK_OFF_DEVICE,
+            _pad: [0; 3],
         };
         let mut raw = Vec::new();
         raw.extend(ev.cgroup_id.to_ne_bytes());
@@ -424,7 +463,7 @@ mod tests {
         raw.extend(ev.port.to_ne_bytes());
         raw.extend([ev.proto, ev.hook]);
         raw.extend(ev.comm);
-        raw.extend([0u8; 4]);
+        raw.extend([ev.reason, 0, 0, 0]);
         assert_eq!(raw.len(), std::mem::size_of::<DenyEvent>());
         let back = decode(&raw).unwrap();
         assert_eq!(back, ev);
@@ -449,6 +488,14 @@ mod tests {
             (443, "tcp", "connect4", 42)
         );
         assert_eq!(d.command, "curl");
+        assert_eq!(d.reason, "loopback_off_device");
+        let mut packet = back;
+        (packet.hook, packet.proto, packet.reason) = (HOOK_SOCKET_CREATE, 17, REASON_SOCKET_FAMILY);
+        let d = describe(&packet, &names);
+        assert_eq!(
+            (d.hook, d.protocol, d.reason),
+            ("socket_create", "packet", "socket_family")
+        );
         let mut v6 = back;
         v6.addr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         assert_eq!(

@@ -5,6 +5,7 @@
 //! - [`cgroups`]: where their pod and container cgroups are (kubelet conventions).
 //! - [`plan`]: the desired map content from policies and pods (pure).
 //! - [`bpf`]: loading, pinning, adopting, and applying plans atomically.
+//! - [`devices`]: the enrolled pods' network namespaces and devices (tc backstop).
 //! - [`events`]: denials from the ring buffer to logs and metrics.
 //! - [`control`]: the watch stream from the control plane.
 //! - [`metrics`]: Prometheus `/metrics` and `/readyz`.
@@ -12,6 +13,7 @@
 pub mod bpf;
 pub mod cgroups;
 pub mod control;
+pub mod devices;
 pub mod events;
 pub mod metrics;
 pub mod plan;

@@ -79,6 +79,10 @@ struct Args {
     /// How often pods and cgroups are re-read.
     #[arg(long, env = "VIGIE_RESYNC_MS", default_value_t = 500)]
     resync_ms: u64,
+    /// How long an empty pod list must hold, after a non-empty one, before the node's
+    /// pods are unenrolled (a lister's bad read must not unenrol everyone at once).
+    #[arg(long, env = "VIGIE_EMPTY_PODS_CONFIRM_MS", default_value_t = 10_000)]
+    empty_pods_confirm_ms: u64,
     /// `json` or `text`.
     #[arg(long, env = "VIGIE_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -141,6 +145,9 @@ struct Agent {
     /// Pods already resolved, by UID: reused while their cgroup directory exists, so a
     /// pass that cannot read the tree does not unenrol anyone.
     resolved: HashMap<String, (PathBuf, ResolvedPod)>,
+    empty_pods: pods::EmptyListGuard,
+    /// Last errors of the tc backstop's pass (logged when they change).
+    device_errors: Vec<String>,
 }
 
 impl Agent {
@@ -263,6 +270,53 @@ impl Agent {
         out
     }
 
+    /// The tc backstop on the devices of every enrolled pod's network namespace (pods
+    /// without a process yet are picked up on a later pass).
+    fn guard_devices(&mut self) {
+        let Ok(own) = vigie_egress::devices::own_netns() else {
+            return;
+        };
+        let mut targets: Vec<_> = self
+            .resolved
+            .values()
+            .filter_map(|(dir, _)| vigie_egress::devices::netns_of_pod(dir, own))
+            .collect();
+        targets.sort();
+        targets.dedup_by_key(|t| t.inode);
+        let (guarded, errors) = self.enforcer.guard_devices(&targets);
+        self.metrics
+            .guarded_devices
+            .set(i64::try_from(guarded).unwrap_or(i64::MAX));
+        if errors != self.device_errors {
+            for e in &errors {
+                warn!(error = %e, "tc backstop not attached; retrying");
+            }
+            self.device_errors = errors;
+        }
+    }
+
+    /// Per-pod counts of denials the kernel dropped without an event, as metrics.
+    fn export_event_drops(&self) {
+        let drops = self.enforcer.event_drops();
+        let Ok(names) = self.names.read() else {
+            return;
+        };
+        self.metrics.pod_events_dropped.reset();
+        for (cgroup, d) in drops {
+            let Some(who) = names.get(&cgroup) else {
+                continue;
+            };
+            for (reason, n) in [("rate_limit", d.rate_limited), ("ring_full", d.ring_full)] {
+                if n > 0 {
+                    self.metrics
+                        .pod_events_dropped
+                        .with_label_values(&[&who.namespace, &who.pod, who.role.as_str(), reason])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    }
+
     /// Plans and applies if an input moved. An unreadable pods document changes
     /// nothing (retried on the next tick); pods whose policy cannot be compiled are
     /// logged and fail closed; `Err` only when the maps could not be updated.
@@ -271,7 +325,13 @@ impl Agent {
             return Ok(());
         };
         let version = version.clone();
-        let pods = pods::load(&self.args.pods_file, &self.args.node)?;
+        let read = pods::load(&self.args.pods_file, &self.args.node)?;
+        let (pods, held) = self.empty_pods.filter(read, Instant::now());
+        if held && self.metrics.empty_pod_list_held.get() == 0 {
+            warn!(target: "vigie::security", event = "egress.pods.empty_held",
+                  "the pod list is empty after listing pods; keeping them enrolled until it is confirmed");
+        }
+        self.metrics.empty_pod_list_held.set(i64::from(held));
         let resolved = self.resolve_pods(&pods);
         let Some((_, bundle)) = &self.bundle else {
             return Ok(());
@@ -384,6 +444,7 @@ async fn main() -> anyhow::Result<()> {
     .context("telemetry (OTEL_* environment)")?;
     let (enforcer, channels) =
         Enforcer::start(&args.pin_dir, &cgroup_root).context("loading the egress programs")?;
+    report_socket_guard(enforcer.socket_guard(), &metrics);
     let names: events::Names = Arc::new(RwLock::new(HashMap::new()));
     let pending = events::Pending::new(&args.node);
     tokio::spawn(events::drain(
@@ -393,9 +454,6 @@ async fn main() -> anyhow::Result<()> {
         args.events_per_second,
         pending.clone(),
     ));
-    if let Some(logger) = channels.logger {
-        tokio::spawn(drain_program_logs(logger));
-    }
     let settings = Settings {
         sidecar_port: args.sidecar_port,
         sidecar_container: args.sidecar_container.clone(),
@@ -422,6 +480,7 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
     ));
     let resync = Duration::from_millis(args.resync_ms.max(50));
+    let args_empty_confirm = args.empty_pods_confirm_ms;
     let mut agent = Agent {
         args,
         cgroup_root,
@@ -434,6 +493,8 @@ async fn main() -> anyhow::Result<()> {
         hosts_at: None,
         last: None,
         resolved: HashMap::new(),
+        empty_pods: pods::EmptyListGuard::new(Duration::from_millis(args_empty_confirm)),
+        device_errors: Vec::new(),
     };
     let enforcer_stats = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
     {
@@ -484,6 +545,8 @@ async fn main() -> anyhow::Result<()> {
                 if let Ok(mut s) = enforcer_stats.lock() {
                     *s = agent.enforcer.stats();
                 }
+                agent.export_event_drops();
+                agent.guard_devices();
             }
             _ = term.recv() => {
                 // The links and maps stay pinned: enforcement goes on without us.
@@ -500,24 +563,34 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Whether packet and other non-IP sockets are refused to enrolled pods; the SOC
+/// learns at start when this node cannot stop them.
+fn report_socket_guard(guard: &bpf::SocketGuard, metrics: &metrics::Metrics) {
+    match guard {
+        bpf::SocketGuard::Enforced => {
+            metrics.socket_guard.set(1);
+            info!("packet, XDP and other non-IP sockets refused to enrolled pods (BPF LSM)");
+        }
+        bpf::SocketGuard::Unavailable(why) => {
+            metrics.socket_guard.set(0);
+            warn!(target: "vigie::security", event = "egress.degraded", reason = %why,
+                  "enrolled pods holding CAP_NET_RAW can send raw frames past the egress rules on this node");
+            vigie_telemetry::SecurityEvent::new(
+                vigie_telemetry::security::names::EGRESS_DEGRADED,
+                "network",
+                "unknown",
+                "socket family guard unavailable on this node",
+            )
+            .warn()
+            .attr("vigie.egress.degraded", why.as_str())
+            .export();
+        }
+    }
+}
+
 /// Security events still queued go out before exit (bounded wait).
 fn flush_telemetry() {
     if let Some(t) = vigie_telemetry::global() {
         t.flush(std::time::Duration::from_secs(2));
-    }
-}
-
-/// aya-log records from the programs, forwarded to our logs.
-async fn drain_program_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    let Ok(mut fd) = events::pollable(logger) else {
-        warn!("cannot poll the eBPF log buffer");
-        return;
-    };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        guard.get_inner_mut().flush();
-        guard.clear_ready();
     }
 }

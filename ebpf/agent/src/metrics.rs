@@ -24,6 +24,11 @@ pub struct Metrics {
     pub kernel_denials: IntGauge,
     pub redirected: IntGauge,
     pub events_lost: IntGauge,
+    /// Per pod (and reason): denials whose event the kernel did not produce.
+    pub pod_events_dropped: IntGaugeVec,
+    pub socket_guard: IntGauge,
+    pub empty_pod_list_held: IntGauge,
+    pub guarded_devices: IntGauge,
     pub enrolled_cgroups: IntGauge,
     pub enrolled_pods: IntGauge,
     pub pod_errors: IntGauge,
@@ -70,6 +75,25 @@ impl Metrics {
         let events_lost = IntGauge::new(
             "vigie_egress_events_lost",
             "Denials whose event did not fit in the ring buffer (counted in the kernel).",
+        )?;
+        let pod_events_dropped = IntGaugeVec::new(
+            Opts::new(
+                "vigie_egress_pod_events_dropped",
+                "Denials of a pod (or sidecar) with no event, counted in the kernel: rate_limit (over its own budget of 200 events/s per CPU) or ring_full.",
+            ),
+            &["namespace", "pod", "role", "reason"],
+        )?;
+        let socket_guard = IntGauge::new(
+            "vigie_egress_socket_family_guard",
+            "1 when enrolled pods cannot create packet, XDP or other non-IP sockets (BPF LSM program attached); 0 when the kernel does not allow it.",
+        )?;
+        let empty_pod_list_held = IntGauge::new(
+            "vigie_egress_empty_pod_list_held",
+            "1 while an empty pod list is not believed yet (pods stay enrolled until a later read confirms it).",
+        )?;
+        let guarded_devices = IntGauge::new(
+            "vigie_egress_guarded_devices",
+            "Network devices of enrolled pods' namespaces carrying the tc backstop against packet sockets.",
         )?;
         let enrolled_cgroups = IntGauge::new(
             "vigie_egress_enrolled_cgroups",
@@ -123,6 +147,10 @@ impl Metrics {
             Box::new(kernel_denials.clone()),
             Box::new(redirected.clone()),
             Box::new(events_lost.clone()),
+            Box::new(pod_events_dropped.clone()),
+            Box::new(socket_guard.clone()),
+            Box::new(empty_pod_list_held.clone()),
+            Box::new(guarded_devices.clone()),
             Box::new(enrolled_cgroups.clone()),
             Box::new(enrolled_pods.clone()),
             Box::new(pod_errors.clone()),
@@ -141,6 +169,10 @@ impl Metrics {
             kernel_denials,
             redirected,
             events_lost,
+            pod_events_dropped,
+            socket_guard,
+            empty_pod_list_held,
+            guarded_devices,
             enrolled_cgroups,
             enrolled_pods,
             pod_errors,

@@ -131,9 +131,98 @@ pub fn load(path: &Path, node: &str) -> Result<Vec<PodInfo>, PodsError> {
     })
 }
 
+/// An empty list of enrolled pods right after a non-empty one is not believed at once:
+/// a lister that lost its API connection or wrote a truncated list would otherwise
+/// unenrol every pod of the node in one pass. The last non-empty list stays in force
+/// until the empty one has held for `confirm` (several reads of the file).
+#[derive(Debug)]
+pub struct EmptyListGuard {
+    confirm: std::time::Duration,
+    empty_since: Option<std::time::Instant>,
+    last: Vec<PodInfo>,
+}
+
+impl EmptyListGuard {
+    pub fn new(confirm: std::time::Duration) -> Self {
+        EmptyListGuard {
+            confirm,
+            empty_since: None,
+            last: Vec::new(),
+        }
+    }
+
+    /// The list to enforce for this read, and whether an empty read is being held.
+    pub fn filter(&mut self, pods: Vec<PodInfo>, now: std::time::Instant) -> (Vec<PodInfo>, bool) {
+        if !pods.is_empty() || self.last.is_empty() {
+            self.empty_since = None;
+            self.last.clone_from(&pods);
+            return (pods, false);
+        }
+        let since = *self.empty_since.get_or_insert(now);
+        if now.duration_since(since) >= self.confirm {
+            self.empty_since = None;
+            self.last.clear();
+            return (pods, false);
+        }
+        (self.last.clone(), true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    fn pod(name: &str) -> PodInfo {
+        PodInfo {
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: name.into(),
+            service_account: "default".into(),
+            labels: BTreeMap::new(),
+            containers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_empty_list_unenrols_only_once_it_has_held() {
+        let mut g = EmptyListGuard::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(
+            g.filter(vec![], t0),
+            (vec![], false),
+            "nothing enrolled yet: empty is fine"
+        );
+        let both = vec![pod("a"), pod("b")];
+        assert_eq!(g.filter(both.clone(), t0), (both.clone(), false));
+        // Empty reads within the window keep the last list in force.
+        assert_eq!(
+            g.filter(vec![], t0 + Duration::from_secs(1)),
+            (both.clone(), true)
+        );
+        assert_eq!(
+            g.filter(vec![], t0 + Duration::from_secs(9)),
+            (both.clone(), true)
+        );
+        // A non-empty read in between restarts the window.
+        assert_eq!(
+            g.filter(vec![pod("a")], t0 + Duration::from_secs(10)),
+            (vec![pod("a")], false)
+        );
+        assert_eq!(
+            g.filter(vec![], t0 + Duration::from_secs(12)),
+            (vec![pod("a")], true)
+        );
+        // Held long enough: believed.
+        assert_eq!(
+            g.filter(vec![], t0 + Duration::from_secs(22)),
+            (vec![], false)
+        );
+        assert_eq!(
+            g.filter(vec![], t0 + Duration::from_secs(23)),
+            (vec![], false)
+        );
+    }
 
     #[test]
     fn enrolled_pods_of_this_node_with_started_containers() {

@@ -35,6 +35,52 @@ pub const HOOK_CONNECT6: u8 = 2;
 pub const HOOK_SENDMSG4: u8 = 3;
 pub const HOOK_SENDMSG6: u8 = 4;
 pub const HOOK_SKB_EGRESS: u8 = 5;
+/// The BPF LSM `socket_create` hook (a socket family that no IP hook would see).
+pub const HOOK_SOCKET_CREATE: u8 = 6;
+/// The tc (TCX) egress program on the pods' network devices: frames from packet and
+/// other non-IP sockets, which no cgroup hook sees.
+pub const HOOK_TC_EGRESS: u8 = 7;
+/// The cgroup `setsockopt` program.
+pub const HOOK_SETSOCKOPT: u8 = 8;
+
+/// Why the traffic was refused (`DenyEvent::reason`).
+/// The destination is not in the policy.
+pub const REASON_DESTINATION: u8 = 0;
+/// An IPv4 header with options (source routes, timestamps…).
+pub const REASON_IP_OPTIONS: u8 = 1;
+/// An IPv6 routing header (type 0, 2, segment routing…).
+pub const REASON_ROUTING_HEADER: u8 = 2;
+/// A fragment after the first (no transport header to judge).
+pub const REASON_FRAGMENT: u8 = 3;
+/// A loopback destination on a packet leaving by another device
+/// (`SO_BINDTODEVICE`, `IP_UNICAST_IF`).
+pub const REASON_LOOPBACK_OFF_DEVICE: u8 = 4;
+/// A socket family that bypasses the IP stack's hooks (`AF_PACKET`, `AF_XDP`…);
+/// the event's `proto` holds the family.
+pub const REASON_SOCKET_FAMILY: u8 = 5;
+/// A packet whose headers could not be read.
+pub const REASON_UNPARSABLE: u8 = 6;
+/// A socket option that would send frames past the tc backstop
+/// (`PACKET_QDISC_BYPASS`, any `SOL_XDP` option); the event's `port` holds the
+/// option's level, `proto` its name (low byte).
+pub const REASON_SOCKET_OPTION: u8 = 7;
+/// Socket option levels and names refused to enrolled cgroups.
+pub const SOL_PACKET: i32 = 263;
+pub const PACKET_QDISC_BYPASS: i32 = 20;
+pub const SOL_XDP: i32 = 283;
+/// The loopback interface's index in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+/// Socket families an enrolled cgroup may create: every other one reaches the wire
+/// (or another host) without the IP stack's hooks.
+pub const AF_UNIX: u32 = 1;
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+pub const AF_NETLINK: u32 = 16;
+
+/// Events per second each enrolled cgroup may put in the ring buffer, per CPU, and
+/// the burst above it: one pod's flood cannot fill the buffer all pods share.
+pub const EVENT_RATE_PER_CPU: u64 = 200;
+pub const EVENT_BURST: u64 = 400;
 
 /// Map and program names (bpffs pin names too).
 pub const MAP_ENROLLED: &str = "VIGIE_ENROLLED";
@@ -50,7 +96,16 @@ pub const MAP_ORIG_COOKIE: &str = "VIGIE_ORIG_COOKIE";
 /// (netns cookie, client address, client port) → original destination: what the
 /// sidecar looks up (through the agent) for an accepted connection.
 pub const MAP_ORIG_PEER: &str = "VIGIE_ORIG_PEER";
-pub const PROGRAMS: [&str; 6] = [
+/// Enrolled cgroup id → its event budget and what it dropped (per CPU).
+pub const MAP_EVENT_BUDGET: &str = "VIGIE_EVENT_BUDGET";
+/// Program attached to the LSM's `socket_create` hook, per cgroup (kernel ≥ 6.0 with
+/// the BPF LSM active); attached only where the kernel has it.
+pub const LSM_SOCKET_CREATE: &str = "vigie_socket_create";
+/// The tc program attached (TCX, egress) to every device of the enrolled pods'
+/// network namespaces.
+pub const TC_EGRESS: &str = "vigie_tc_egress";
+pub const PROGRAMS: [&str; 7] = [
+    "vigie_setsockopt",
     "vigie_connect4",
     "vigie_connect6",
     "vigie_sendmsg4",
@@ -155,7 +210,22 @@ pub struct DenyEvent {
     pub proto: u8,
     pub hook: u8,
     pub comm: [u8; 16],
-    pub _pad: [u8; 4],
+    /// `REASON_*`.
+    pub reason: u8,
+    pub _pad: [u8; 3],
+}
+
+/// An enrolled cgroup's share of the event ring buffer on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// Credit in nanoseconds of event time (one event costs 1 s / rate).
+    pub credit_ns: u64,
+    pub last_ns: u64,
+    /// Denials not reported because the cgroup was over its budget.
+    pub rate_limited: u64,
+    /// Denials not reported because the ring buffer was full.
+    pub ring_full: u64,
 }
 
 /// Where a redirected connection was going.
@@ -193,6 +263,8 @@ mod pod {
     unsafe impl aya::Pod for super::DestKey {}
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::DenyEvent {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::EventBudget {}
 }
 
 // The agent decodes events field by field at these offsets (see its events.rs).
@@ -200,3 +272,4 @@ const _: () = assert!(core::mem::size_of::<DenyEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 24);
 const _: () = assert!(core::mem::size_of::<PeerKey>() == 32);
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 32);
