@@ -333,6 +333,48 @@ def test_packet_sockets_cannot_send_frames_from_enrolled_pods(world):
     assert "inside-frame" not in listener.log() and "inside-bypass" not in listener.log()
 
 
+def test_pods_holding_raw_capabilities_packet_sockets_or_flags_are_reported(world):
+    """What no packet shows: an app process holding CAP_NET_RAW and an open packet
+    socket, and a pod the webhook flagged as not enforceable (it keeps NET_RAW). The
+    agent's scan of /proc reports each once as a security event and as a metric
+    (issue 21, capabilities)."""
+    w, node = world, world["node"]
+    agent = w["agent"]
+    flagged = node.add_pod(NS, "raw-0", write=False)
+    node.pods[-1]["metadata"]["annotations"] = {"vigie.io/egress-enforceable": "false",
+                                                "vigie.io/egress-not-enforceable-reason": "keeps NET_RAW"}
+    node.write_pods()
+    lsm = metric(agent, "vigie_egress_socket_family_guard")
+    holder = Process([sys.executable, "-c",
+                      "import socket,time\n"
+                      "try:\n s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\nexcept OSError:\n pass\n"
+                      "print('up',flush=True)\ntime.sleep(120)\n"], cgroup=app(w))
+    try:
+        assert holder.proc.stdout.readline().strip() == b"up"
+
+        def risks():
+            found = set()
+            for line in agent.metrics().splitlines():
+                if line.startswith("vigie_egress_pod_risks{") and line.endswith(" 1"):
+                    labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")].split(","))
+                    found.add((labels["pod"].strip('"'), labels["container"].strip('"'), labels["risk"].strip('"')))
+            return found
+        wanted = {(POD, "app", "cap_net_raw"), ("raw-0", "", "not_enforceable")}
+        if lsm != 1:
+            wanted.add((POD, "app", "packet_socket"))
+        wait_until(lambda: wanted <= risks(), timeout=30, what="risks found by the scan")
+        assert flagged["uid"]
+        events = [json.loads(x)["fields"] for x in agent.process.log().splitlines()
+                  if '"egress.pod.degraded"' in x]
+        reported = {(e["pod"], e["container"], e["risk"]) for e in events}
+        assert wanted <= reported, reported
+        assert len(events) == len(reported), "each finding reported once"
+    finally:
+        holder.stop()
+    # Once the process is gone, so are its findings (the flag stays while the pod does).
+    wait_until(lambda: (POD, "app", "cap_net_raw") not in risks(), timeout=30, what="findings cleared")
+
+
 def test_a_flooding_pod_does_not_hide_another_pods_denials(world):
     """One pod floods denied sends; each enrolled cgroup has its own event budget in
     the kernel, so a quiet pod's single denial still reaches the agent, and what the

@@ -8,6 +8,7 @@
 //! - [`devices`]: the enrolled pods' network namespaces and devices (tc backstop).
 //! - [`events`]: denials from the ring buffer to logs and metrics.
 //! - [`control`]: the watch stream from the control plane.
+//! - [`scan`]: capabilities and packet sockets held in enrolled pods (from `/proc`).
 //! - [`metrics`]: Prometheus `/metrics` and `/readyz`.
 
 pub mod bpf;
@@ -18,6 +19,7 @@ pub mod events;
 pub mod metrics;
 pub mod plan;
 pub mod pods;
+pub mod scan;
 
 /// The sidecar's proxy port and container name as the injection webhook sets them
 /// (checked against `vigie-inject` in tests/defaults.rs).

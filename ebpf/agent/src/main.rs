@@ -83,6 +83,10 @@ struct Args {
     /// pods are unenrolled (a lister's bad read must not unenrol everyone at once).
     #[arg(long, env = "VIGIE_EMPTY_PODS_CONFIRM_MS", default_value_t = 10_000)]
     empty_pods_confirm_ms: u64,
+    /// How often the processes of enrolled pods are checked for capabilities and
+    /// packet sockets that go around the enforcement.
+    #[arg(long, env = "VIGIE_SCAN_MS", default_value_t = 10_000)]
+    scan_ms: u64,
     /// `json` or `text`.
     #[arg(long, env = "VIGIE_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -148,6 +152,9 @@ struct Agent {
     empty_pods: pods::EmptyListGuard,
     /// Last errors of the tc backstop's pass (logged when they change).
     device_errors: Vec<String>,
+    /// (pod uid, container, risk) already reported, and when the last scan ran.
+    risks: std::collections::BTreeSet<(String, String, &'static str)>,
+    scanned_at: Option<Instant>,
 }
 
 impl Agent {
@@ -293,6 +300,75 @@ impl Agent {
             }
             self.device_errors = errors;
         }
+    }
+
+    /// Capabilities, packet sockets and webhook flags of the enrolled pods: metrics,
+    /// and one security event per new (pod, container, risk).
+    fn scan_pods(&mut self) {
+        if self
+            .scanned_at
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(self.args.scan_ms))
+        {
+            return;
+        }
+        self.scanned_at = Some(Instant::now());
+        let mut found = std::collections::BTreeSet::new();
+        let mut shown = Vec::new();
+        for (dir, pod) in self.resolved.values() {
+            let info = &pod.info;
+            if let Some(reason) = &info.not_enforceable {
+                found.insert((
+                    info.uid.clone(),
+                    String::new(),
+                    vigie_egress::scan::NOT_ENFORCEABLE,
+                ));
+                shown.push((
+                    info,
+                    String::new(),
+                    vigie_egress::scan::NOT_ENFORCEABLE,
+                    reason.clone(),
+                ));
+            }
+            for (container, runtime_id) in &info.containers {
+                let Some(cdir) = cgroups::find_container_dir(dir, runtime_id) else {
+                    continue;
+                };
+                let pids = vigie_egress::scan::pids_under(&cdir);
+                for risk in vigie_egress::scan::risks_of(&pids) {
+                    found.insert((info.uid.clone(), container.clone(), risk));
+                    shown.push((info, container.clone(), risk, String::new()));
+                }
+            }
+        }
+        self.metrics.pod_risks.reset();
+        for (info, container, risk, reason) in shown {
+            self.metrics
+                .pod_risks
+                .with_label_values(&[&info.namespace, &info.name, &container, risk])
+                .set(1);
+            if self
+                .risks
+                .contains(&(info.uid.clone(), container.clone(), risk))
+            {
+                continue;
+            }
+            warn!(target: "vigie::security", event = "egress.pod.degraded", namespace = %info.namespace,
+                  pod = %info.name, container = %container, risk, reason = %reason,
+                  "an enrolled pod holds what goes around the egress enforcement");
+            vigie_telemetry::SecurityEvent::new(
+                vigie_telemetry::security::names::EGRESS_DEGRADED,
+                "network",
+                "unknown",
+                "an enrolled pod holds what goes around the egress enforcement",
+            )
+            .warn()
+            .attr("k8s.namespace.name", &info.namespace)
+            .attr("k8s.pod.name", &info.name)
+            .attr("k8s.container.name", &container)
+            .attr("vigie.egress.risk", risk)
+            .export();
+        }
+        self.risks = found;
     }
 
     /// Per-pod counts of denials the kernel dropped without an event, as metrics.
@@ -495,6 +571,8 @@ async fn main() -> anyhow::Result<()> {
         resolved: HashMap::new(),
         empty_pods: pods::EmptyListGuard::new(Duration::from_millis(args_empty_confirm)),
         device_errors: Vec::new(),
+        risks: std::collections::BTreeSet::new(),
+        scanned_at: None,
     };
     let enforcer_stats = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
     {
@@ -547,6 +625,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 agent.export_event_drops();
                 agent.guard_devices();
+                agent.scan_pods();
             }
             _ = term.recv() => {
                 // The links and maps stay pinned: enforcement goes on without us.

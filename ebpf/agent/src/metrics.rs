@@ -29,6 +29,8 @@ pub struct Metrics {
     pub socket_guard: IntGauge,
     pub empty_pod_list_held: IntGauge,
     pub guarded_devices: IntGauge,
+    /// Per pod and container: what goes around the enforcement there.
+    pub pod_risks: IntGaugeVec,
     pub enrolled_cgroups: IntGauge,
     pub enrolled_pods: IntGauge,
     pub pod_errors: IntGauge,
@@ -95,6 +97,13 @@ impl Metrics {
             "vigie_egress_guarded_devices",
             "Network devices of enrolled pods' namespaces carrying the tc backstop against packet sockets.",
         )?;
+        let pod_risks = IntGaugeVec::new(
+            Opts::new(
+                "vigie_egress_pod_risks",
+                "1 per enrolled pod, container and risk found: cap_net_raw, cap_net_admin, cap_sys_admin, cap_sys_ptrace, packet_socket, not_enforceable.",
+            ),
+            &["namespace", "pod", "container", "risk"],
+        )?;
         let enrolled_cgroups = IntGauge::new(
             "vigie_egress_enrolled_cgroups",
             "Cgroups enforced (pods and sidecar containers).",
@@ -151,6 +160,7 @@ impl Metrics {
             Box::new(socket_guard.clone()),
             Box::new(empty_pod_list_held.clone()),
             Box::new(guarded_devices.clone()),
+            Box::new(pod_risks.clone()),
             Box::new(enrolled_cgroups.clone()),
             Box::new(enrolled_pods.clone()),
             Box::new(pod_errors.clone()),
@@ -173,6 +183,7 @@ impl Metrics {
             socket_guard,
             empty_pod_list_held,
             guarded_devices,
+            pod_risks,
             enrolled_cgroups,
             enrolled_pods,
             pod_errors,

@@ -344,6 +344,7 @@ mod tests {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                not_enforceable: None,
                 containers: vec![],
             },
             pod_cgroup: 100,

@@ -9,6 +9,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+/// Set by the injection webhook: "false" when the pod keeps what goes around the
+/// enforcement, with the reason beside it.
+pub const ENFORCEABLE_ANNOTATION: &str = "vigie.io/egress-enforceable";
+pub const NOT_ENFORCEABLE_REASON_ANNOTATION: &str = "vigie.io/egress-not-enforceable-reason";
+
 /// Set by the injection webhook on every pod it injects.
 pub const ENROL_LABEL: &str = "vigie.io/egress";
 pub const ENROL_VALUE: &str = "enforced";
@@ -20,6 +25,9 @@ pub struct PodInfo {
     pub uid: String,
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
+    /// Why the injection webhook flagged the pod as not enforceable (it keeps a
+    /// capability or shares its process namespace), if it did.
+    pub not_enforceable: Option<String>,
     /// (container name, runtime container id) of started containers.
     pub containers: Vec<(String, String)>,
 }
@@ -62,6 +70,8 @@ struct Meta {
     uid: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,6 +117,19 @@ pub fn parse(text: &str, node: &str) -> Result<Vec<PodInfo>, serde_json::Error> 
             } else {
                 p.spec.service_account_name
             },
+            not_enforceable: (p
+                .metadata
+                .annotations
+                .get(ENFORCEABLE_ANNOTATION)
+                .map(String::as_str)
+                == Some("false"))
+            .then(|| {
+                p.metadata
+                    .annotations
+                    .get(NOT_ENFORCEABLE_REASON_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_else(|| "flagged by the injection webhook".into())
+            }),
             labels: p.metadata.labels,
             containers: p
                 .status
@@ -180,6 +203,7 @@ mod tests {
             uid: name.into(),
             service_account: "default".into(),
             labels: BTreeMap::new(),
+            not_enforceable: None,
             containers: Vec::new(),
         }
     }
@@ -239,7 +263,10 @@ mod tests {
           {"metadata":{"name":"not-enrolled","namespace":"shop","uid":"u3"},
            "spec":{"nodeName":"n1"}},
           {"metadata":{"name":"new","namespace":"shop","uid":"u4",
-             "labels":{"vigie.io/egress":"enforced"}},"spec":{"nodeName":"n1"}}
+             "labels":{"vigie.io/egress":"enforced"},
+             "annotations":{"vigie.io/egress-enforceable":"false",
+                            "vigie.io/egress-not-enforceable-reason":"keeps NET_RAW"}},
+           "spec":{"nodeName":"n1"}}
         ]}"#;
         let pods = parse(doc, "n1").unwrap();
         assert_eq!(pods.len(), 2);
@@ -255,6 +282,8 @@ mod tests {
         assert_eq!(pods[1].name, "new");
         assert_eq!(pods[1].service_account, "default");
         assert!(pods[1].containers.is_empty());
+        assert_eq!(pods[0].not_enforceable, None);
+        assert_eq!(pods[1].not_enforceable.as_deref(), Some("keeps NET_RAW"));
         assert!(parse("{\"items\": 3}", "n1").is_err());
     }
 }
