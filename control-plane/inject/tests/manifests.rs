@@ -385,7 +385,7 @@ fn egress_agent_component_has_only_the_capabilities_it_needs() {
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(
         sc["capabilities"]["add"],
-        serde_json::json!(["BPF", "NET_ADMIN", "SYS_ADMIN"])
+        serde_json::json!(["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"])
     );
     assert_eq!(sc["privileged"], false);
     // The lister selects exactly the pods the webhook enrols.
