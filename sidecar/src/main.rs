@@ -224,6 +224,7 @@ fn main() -> anyhow::Result<()> {
     vigie_sidecar::memory::limit_arenas();
     let args = Args::parse();
     init_logs(&args.log_format);
+    vigie_sidecar::memory::not_dumpable();
     let mut labels = match &args.labels_file {
         Some(path) => vigie_sidecar::control::podinfo::read_labels(path)?,
         None => Default::default(),

@@ -17,6 +17,19 @@ pub fn limit_arenas() {
     }
 }
 
+/// At start-up: the process is not dumpable. Another process of the pod, even under the
+/// sidecar's uid, then cannot ptrace it or take its sockets with `pidfd_getfd` without
+/// `CAP_SYS_PTRACE` — a connected pool socket carries the sidecar's egress rights
+/// (docs/egress.md) — and no core dump (which would hold prompts) is written.
+pub fn not_dumpable() {
+    // SAFETY: PR_SET_DUMPABLE takes an integer and reads no memory of ours.
+    #[expect(unsafe_code, reason = "prctl has no safe wrapper")]
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot mark the sidecar not dumpable");
+    }
+}
+
 /// After a policy is compiled: compiling DLP patterns (Hyperscan) allocates ~8 MiB
 /// that is freed at once but stays in the heap (below live blocks, where the heap top
 /// cannot shrink); this returns those pages to the kernel.

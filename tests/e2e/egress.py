@@ -70,6 +70,12 @@ try:
             s.setsockopt(263, 20, 1)  # SOL_PACKET, PACKET_QDISC_BYPASS: straight to the driver
         s.bind((dev, 0))
         s.send(dst_mac + src_mac + b"\x08\x00" + bytes(ip) + udp)
+    elif op == "rawtcp":
+        # A TCP segment that is not a bare SYN (PSH|ACK, payload) from a raw socket.
+        s = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        seg = (40000).to_bytes(2, "big") + port.to_bytes(2, "big") + bytes(8) + bytes([0x50, 0x18]) \
+            + (65535).to_bytes(2, "big") + bytes(4) + b"raw-tcp-payload"
+        s.sendto(seg, (host, 0))
     elif op == "xdp":
         # An AF_XDP socket registering its packet memory (what any AF_XDP use starts with).
         s = socket.socket(44, socket.SOCK_RAW)

@@ -147,7 +147,7 @@ class Sidecar:
     def __init__(self, policy: dict | None = None, extra_args: list[str] | None = None, env: dict | None = None,
                  workdir: Path | None = None, control_plane: "ControlPlane | None" = None, token: str | None = None,
                  identity: dict | None = None, wait_ready: bool = True, ports: tuple[int, int] | None = None,
-                 cgroup: Path | None = None):
+                 cgroup: Path | None = None, wrapper: list[str] | None = None):
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="vigie-sidecar-"))
         self.port, self.admin_port = ports or (free_port(), free_port())
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -181,7 +181,7 @@ class Sidecar:
                 if control_plane.tls.get("client_ca"):
                     args += ["--control-plane-cert", control_plane.tls["client_cert"],
                              "--control-plane-key", control_plane.tls["client_key"]]
-        args += list(extra_args or [])
+        args = [*(wrapper or []), *args, *(extra_args or [])]
         self.process = Process(args, env={"RUST_LOG": "info,pingora=warn", **(env or {})},
                                log_path=self.dir / f"sidecar-{time.monotonic_ns()}.log", cgroup=cgroup)
         if wait_ready:

@@ -8,6 +8,7 @@ Root only (CI runs as root); fails loudly otherwise.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import socket
 import subprocess
 import sys
@@ -373,6 +374,106 @@ def test_pods_holding_raw_capabilities_packet_sockets_or_flags_are_reported(worl
         holder.stop()
     # Once the process is gone, so are its findings (the flag stays while the pod does).
     wait_until(lambda: (POD, "app", "cap_net_raw") not in risks(), timeout=30, what="findings cleared")
+
+
+# Takes every descriptor it can from process argv[1] with pidfd_getfd (what an app
+# sharing the sidecar's process namespace and uid can try).
+STEAL = r"""
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = os.pidfd_open(int(sys.argv[1]))
+stolen, errnos = [], set()
+for fd in range(3, 64):
+    r = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
+    if r >= 0:
+        stolen.append(fd)
+        os.close(r)
+    else:
+        errnos.add(ctypes.get_errno())
+print(json.dumps({"stolen": stolen, "errnos": sorted(errnos)}))
+"""
+
+
+def test_no_process_can_take_the_sidecars_sockets():
+    """A connected socket carries its connector's rights: a process that takes the
+    sidecar's pool connection with pidfd_getfd sends straight to the pool. The sidecar
+    marks itself not dumpable, so a process of the same uid without CAP_SYS_PTRACE
+    cannot take its descriptors; a control process of the same uid can be robbed
+    (issue 21, item 2; the webhook refuses the uid and namespace sharing that set it up)."""
+    import errno as errno_mod
+    # Every process here runs as root with every capability dropped, as the sidecar
+    # (capabilities: drop ALL) and the app do in a pod: same uid, no CAP_SYS_PTRACE.
+    no_caps = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--no-new-privs"]
+    mock = MockPool("gpu", models=["mistral-7b"])
+    sc = Sidecar(policy={"name": "p", "pools": [pool("gpu", [mock.url], [{"name": "mistral-7b"}])]}, wrapper=no_caps)
+    victim = Process([*no_caps, sys.executable, "-c", "import socket,time\n"
+                      f"s=socket.create_connection(('127.0.0.1',{mock.port}))\nprint('up',flush=True)\n"
+                      "time.sleep(60)\n"])
+    try:
+        assert victim.proc.stdout.readline().strip() == b"up"
+        httpx.post(f"{sc.base_url}/v1/chat/completions", json={
+            "model": "mistral-7b", "messages": [{"role": "user", "content": "hi"}]}, timeout=10).raise_for_status()
+        thief = [*no_caps, sys.executable, "-c", STEAL]
+
+        def steal(pid):
+            out = subprocess.run([*thief, str(pid)], capture_output=True, text=True, timeout=20)
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout)
+        assert steal(victim.proc.pid)["stolen"], "control: the same attack works on a dumpable process"
+        r = steal(sc.process.proc.pid)
+        assert r == {"stolen": [], "errnos": [errno_mod.EPERM]}, r
+    finally:
+        victim.stop()
+        sc.stop()
+        mock.stop()
+
+
+def test_raw_tcp_segments_are_judged_whatever_their_flags(world):
+    """A raw socket's TCP segment that is not a bare SYN (PSH|ACK with a payload) is
+    judged by its destination like any packet that starts something; only a TCP stream
+    socket's non-SYN segments belong to an exchange already judged (red-team finding)."""
+    w, node, remote = world, world["node"], world["remote"]
+    assert node.probe(None, "rawtcp", remote.ip, 8080)["ok"], "control: outside the pod it goes"
+    assert node.probe(app(w), "rawtcp", remote.ip, 8080) == {"ok": False, "errno": "EPERM"}
+    assert node.probe(app(w), "rawtcp", remote.ip6, 8080) == {"ok": False, "errno": "EPERM"}
+    wait_until(lambda: denial_with(w["agent"], hook="skb_egress", reason="destination", destination=remote.ip,
+                                   port=8080, protocol="tcp"), what="raw PSH|ACK refused")
+
+
+def test_frames_written_to_loopback_or_from_a_new_namespace_are_still_dropped(world):
+    """With forwarding on, a frame written to `lo` is routed out: the tc backstop guards
+    loopback too. A process that makes a network namespace of its own does not move the
+    backstop off its pod's devices (the agent guards every namespace the pod's processes
+    are in) and is reported (red-team findings)."""
+    w, node, remote = world, world["node"], world["remote"]
+    agent = w["agent"]
+    listener = remote.serve_udp(9998)
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    saved = forward.read_text()
+    forward.write_text("1")
+    try:
+        lo_frame = ("frame", remote.ip, 9998, "lo", "00:00:00:00:00:00")
+        assert node.probe(None, *lo_frame, "outside-lo", "10.231.250.7")["ok"]
+        wait_until(lambda: "outside-lo" in listener.log(), what="control: a frame on lo is forwarded out")
+        r = node.probe(app(w), *lo_frame, "inside-lo", "10.231.250.7")
+        assert not r["ok"], r
+        wait_until(lambda: denial_with(agent, hook="tc_egress", protocol="packet"), what="frame on lo dropped")
+    finally:
+        forward.write_text(saved)
+    guarded = metric(agent, "vigie_egress_guarded_devices")
+    other = Process(["unshare", "--net", "sleep", "60"], cgroup=app(w))
+    try:
+        wait_until(lambda: (metric(agent, "vigie_egress_guarded_devices") or 0) > guarded,
+                   what="the new namespace guarded too")
+        frame = ("frame", remote.ip, 9998, remote.host_if, remote.peer_mac())
+        assert not node.probe(app(w), *frame, "inside-after-unshare", remote.local_ip)["ok"]
+        wait_until(lambda: any('"several_network_namespaces"' in x and f'"{POD}"' in x
+                               for x in agent.process.log().splitlines()), timeout=30,
+                   what="a pod spanning two namespaces reported")
+    finally:
+        other.stop()
+    time.sleep(0.5)
+    assert "inside-lo" not in listener.log() and "inside-after-unshare" not in listener.log()
 
 
 def test_a_flooding_pod_does_not_hide_another_pods_denials(world):

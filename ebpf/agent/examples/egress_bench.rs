@@ -10,7 +10,11 @@
 //! `enrolled` (enrolled with a 10,000-entry policy, connect allowed by a trie lookup).
 //! The listener is a separate process outside those cgroups, so what is timed is the
 //! client side of `connect()`, as for a pod calling out.
-//! Then a flood of denied connects, with the agent's drain loop running.
+//! Then a flood of denied connects from one enrolled cgroup while another ("quiet")
+//! makes a few, with the agent's drain loop running: the quiet one's events must all
+//! arrive. Last, a bulk TCP transfer over a veth pair to another network namespace,
+//! from outside and inside an enrolled cgroup, with and without the tc backstop on the
+//! devices (the cgroup_skb program runs for the enrolled one either way).
 #![expect(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -19,6 +23,7 @@
 )]
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -26,10 +31,137 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 use vigie_egress::bpf::Enforcer;
+use vigie_egress::plan::{CgroupName, Role};
 use vigie_egress::plan::{Compiled, Desired};
-use vigie_egress::{cgroups, events, metrics};
+use vigie_egress::{cgroups, devices, events, metrics};
 use vigie_egress_common::PROTO_TCP;
 use vigie_egress_common::compile::{Rule, compile};
+
+/// The far end of the bulk transfer: a network namespace behind a veth pair.
+const SINK_ADDR: Ipv4Addr = Ipv4Addr::new(10, 233, 0, 2);
+const SINK_PORT: u16 = 5201;
+const BULK_BYTES: usize = 256 << 20;
+
+fn sh(args: &[&str]) {
+    let ok = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{args:?} failed");
+}
+
+/// Sends BULK_BYTES to the sink; Gbit/s.
+fn send_bulk() -> f64 {
+    let chunk = vec![0x5au8; 1 << 16];
+    let mut s = TcpStream::connect((SINK_ADDR, SINK_PORT)).unwrap();
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < BULK_BYTES {
+        s.write_all(&chunk).unwrap();
+        sent += chunk.len();
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut end = [0u8; 1];
+    let _ = s.read(&mut end);
+    (sent * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// Bulk TCP over a veth pair, from outside and inside an enrolled cgroup, with and
+/// without the tc backstop on the devices; rounds interleaved, medians printed.
+fn bulk(enforcer: &mut Enforcer, none: &Path, enrolled: &Path) {
+    let ns = format!("vigie-bench-{}", std::process::id());
+    let (host_if, peer_if) = ("vgbench0", "vgbench1");
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", host_if])
+        .status();
+    sh(&["ip", "netns", "add", &ns]);
+    sh(&[
+        "ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if,
+    ]);
+    sh(&["ip", "link", "set", peer_if, "netns", &ns]);
+    sh(&["ip", "addr", "add", "10.233.0.1/24", "dev", host_if]);
+    sh(&["ip", "link", "set", host_if, "up"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "ip",
+        "addr",
+        "add",
+        "10.233.0.2/24",
+        "dev",
+        peer_if,
+    ]);
+    sh(&[
+        "ip", "netns", "exec", &ns, "ip", "link", "set", peer_if, "up",
+    ]);
+    sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+    let mut sink = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(std::env::current_exe().unwrap())
+        .arg("--sink")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sink.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let own = devices::Netns {
+        inode: devices::own_netns().unwrap(),
+        pid: None,
+    };
+    let mut samples: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    for _ in 0..5 {
+        for tc in ["tc off", "tc on"] {
+            if tc == "tc on" {
+                let (n, errors) = enforcer.guard_devices(&[own]);
+                assert!(errors.is_empty() && n > 0, "{errors:?}");
+            } else {
+                enforcer.guard_devices(&[]);
+            }
+            for (who, cg) in [("outside", none), ("enrolled", enrolled)] {
+                move_to(cg);
+                samples.entry((tc, who)).or_default().push(send_bulk());
+            }
+        }
+    }
+    enforcer.guard_devices(&[]);
+    println!(
+        "bulk TCP over a veth pair, {} MiB per transfer, Gbit/s (median of 5):",
+        BULK_BYTES >> 20
+    );
+    let mut med = BTreeMap::new();
+    for ((tc, who), mut v) in samples {
+        v.sort_by(f64::total_cmp);
+        let m = pct(&v, 0.5);
+        med.insert((tc, who), m);
+        println!(
+            "  {who:8} {tc:6}: {m:6.2}  (min {:.2}, max {:.2})",
+            v[0],
+            v[v.len() - 1]
+        );
+    }
+    for who in ["outside", "enrolled"] {
+        let off = med[&("tc off", who)];
+        let on = med[&("tc on", who)];
+        println!(
+            "  tc backstop cost, {who}: {:+.1} %",
+            (on - off) / off * 100.0
+        );
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", host_if])
+        .status();
+}
 
 fn move_to(cg: &Path) {
     std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
@@ -135,6 +267,26 @@ fn measure(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--sink") {
+        // Reads every connection to its end (run inside the bench's network namespace).
+        let listener = TcpListener::bind(("0.0.0.0", SINK_PORT)).unwrap();
+        println!("ready");
+        let mut buf = vec![0u8; 1 << 16];
+        for s in listener.incoming() {
+            let mut s = s.unwrap();
+            while s.read(&mut buf).unwrap_or(0) > 0 {}
+        }
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--quiet") {
+        // A few denied connects, spaced out, from the quiet cgroup.
+        let n: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(50);
+        for _ in 0..n {
+            assert!(TcpStream::connect("127.0.0.1:3").is_err());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("--listener") {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         println!("{}", listener.local_addr().unwrap().port());
@@ -151,7 +303,8 @@ fn main() {
     let root = base.join("attach");
     let attached = root.join("attached");
     let enrolled = root.join("enrolled");
-    for d in [&none, &attached, &enrolled] {
+    let quiet = root.join("quiet");
+    for d in [&none, &attached, &enrolled, &quiet] {
         std::fs::create_dir_all(d).expect("creating cgroups (root needed)");
     }
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/vigie-bench-{}", std::process::id()));
@@ -182,13 +335,15 @@ fn main() {
     .unwrap();
     let port: u16 = line.trim().parse().unwrap();
     rules.push(Rule::host(Ipv4Addr::LOCALHOST.into(), port, PROTO_TCP));
+    rules.push(Rule::host(SINK_ADDR.into(), SINK_PORT, PROTO_TCP));
     let entries = Arc::new(Compiled {
         allow: compile(&rules).unwrap(),
         ..Compiled::default()
     });
     let enrolled_id = cgroups::cgroup_id(&enrolled).unwrap();
+    let quiet_id = cgroups::cgroup_id(&quiet).unwrap();
     let desired = Desired {
-        enrolled: BTreeMap::from([(enrolled_id, 1)]),
+        enrolled: BTreeMap::from([(enrolled_id, 1), (quiet_id, 1)]),
         policies: HashMap::from([(1, entries.clone())]),
         names: HashMap::new(),
     };
@@ -217,7 +372,7 @@ fn main() {
     });
     enforcer
         .apply(&Desired {
-            enrolled: BTreeMap::from([(enrolled_id, 2)]),
+            enrolled: BTreeMap::from([(enrolled_id, 2), (quiet_id, 2)]),
             policies: HashMap::from([(2, with_redirect)]),
             names: HashMap::new(),
         })
@@ -225,9 +380,19 @@ fn main() {
     println!("\n— a redirect rule in force (sock_ops attached)");
     measure(&enforcer, setups, &target, per_round, rounds);
 
-    // Event flood: denied connects as fast as one thread goes, the drain loop running.
+    // Event flood: denied connects as fast as one thread goes from the flooding cgroup,
+    // while the quiet one makes 50, the drain loop running.
     let m = metrics::Metrics::new().unwrap();
-    let names: events::Names = Arc::new(RwLock::new(HashMap::new()));
+    let who = |pod: &str| CgroupName {
+        namespace: "bench".into(),
+        pod: pod.into(),
+        container: String::new(),
+        role: Role::App,
+    };
+    let names: events::Names = Arc::new(RwLock::new(HashMap::from([
+        (enrolled_id, who("flood")),
+        (quiet_id, who("quiet")),
+    ])));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -242,6 +407,15 @@ fn main() {
     ));
     move_to(&enrolled);
     let (denied_before, lost_before, _) = enforcer.stats();
+    let quiet_sent = 50u32;
+    let mut quiet_child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+        .arg(&quiet)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--quiet", &quiet_sent.to_string()])
+        .spawn()
+        .unwrap();
     let flood = Duration::from_secs(3);
     let t = Instant::now();
     let mut attempts = 0u64;
@@ -251,17 +425,34 @@ fn main() {
         attempts += 1;
     }
     let secs = t.elapsed().as_secs_f64();
+    quiet_child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let (denied, lost, _) = enforcer.stats();
-    let drained: u64 = m.denials.with_label_values(&["", "", "", "tcp"]).get();
+    let drained = |pod: &str| {
+        m.denials
+            .with_label_values(&["bench", pod, "", "tcp"])
+            .get()
+    };
+    let drops = enforcer.event_drops();
+    let flood_drops = drops.get(&enrolled_id).copied().unwrap_or_default();
+    let quiet_drops = drops.get(&quiet_id).copied().unwrap_or_default();
     println!(
-        "denial flood: {attempts} refused connects in {secs:.1} s ({:.0}/s), kernel counted {}, drained {} ({:.0}/s), lost {}",
+        "denial flood: {attempts} refused connects in {secs:.1} s ({:.0}/s), kernel counted {}, \
+         flooding cgroup's events drained {} (rate-limited {} in the kernel, ring full {}); \
+         quiet cgroup: {} refused, {} drained (rate-limited {}, ring full {}); ring buffer lost {} in all",
         attempts as f64 / secs,
         denied - denied_before,
-        drained,
-        drained as f64 / secs,
+        drained("flood"),
+        flood_drops.rate_limited,
+        flood_drops.ring_full,
+        quiet_sent,
+        drained("quiet"),
+        quiet_drops.rate_limited,
+        quiet_drops.ring_full,
         lost - lost_before
     );
+
+    bulk(&mut enforcer, &none, &enrolled);
 
     // Leave no trace: back to the original cgroup, unpin, remove.
     if let Some(path) = original.lines().find_map(|l| l.strip_prefix("0::")) {
@@ -271,7 +462,7 @@ fn main() {
     let _ = child.wait();
     drop(enforcer);
     let _ = std::fs::remove_dir_all(&pin_dir);
-    for d in [&attached, &enrolled, &root, &none, &base] {
+    for d in [&attached, &enrolled, &quiet, &root, &none, &base] {
         let _ = std::fs::remove_dir(d);
     }
 }

@@ -22,40 +22,25 @@ pub fn own_netns() -> std::io::Result<u64> {
     Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
 
-/// The network namespace of a pod, through the first process found in its cgroup
-/// tree (the sandbox's pause process in Kubernetes); `None` while it has none.
-pub fn netns_of_pod(pod_dir: &Path, own: u64) -> Option<Netns> {
-    let mut stack = vec![(pod_dir.to_path_buf(), 0u8)];
-    while let Some((dir, depth)) = stack.pop() {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-            {
-                if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
-                    let inode = m.ino();
-                    return Some(Netns {
-                        inode,
-                        pid: (inode != own).then_some(pid),
-                    });
-                }
-            }
-        }
-        if depth < 3
-            && let Ok(entries) = std::fs::read_dir(&dir)
-        {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push((e.path(), depth + 1));
-                }
-            }
+/// Every network namespace the processes of a pod's cgroup tree are in (the sandbox's
+/// in Kubernetes, and any other one a process entered or created: a process cannot move
+/// the backstop away from its pod's devices by making a namespace of its own).
+pub fn namespaces_of_pod(pod_dir: &Path, own: u64) -> Vec<Netns> {
+    let mut found: std::collections::BTreeMap<u64, Netns> = std::collections::BTreeMap::new();
+    for pid in crate::scan::pids_under(pod_dir) {
+        if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+            let inode = m.ino();
+            found.entry(inode).or_insert(Netns {
+                inode,
+                pid: (inode != own).then_some(pid),
+            });
         }
     }
-    None
+    found.into_values().collect()
 }
 
 /// (index, name) of the devices of the calling thread's network namespace, loopback
-/// excepted (nothing sent on it leaves the namespace).
+/// included: with forwarding on, a frame written to `lo` is routed out.
 pub fn devices() -> std::io::Result<Vec<(u32, String)>> {
     #[expect(
         unsafe_code,
@@ -80,9 +65,7 @@ pub fn devices() -> std::io::Result<Vec<(u32, String)>> {
         let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) }
             .to_string_lossy()
             .into_owned();
-        if name != "lo" {
-            out.push((entry.if_index, name));
-        }
+        out.push((entry.if_index, name));
         i += 1;
     }
     #[expect(unsafe_code, reason = "freeing what if_nameindex allocated")]
@@ -121,14 +104,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_own_namespace_lists_its_devices_without_loopback() {
+    fn the_own_namespace_lists_its_devices_with_loopback() {
         let own = own_netns().unwrap();
         let ns = Netns {
             inode: own,
             pid: None,
         };
         let devs = within(ns, devices).unwrap().unwrap();
-        assert!(devs.iter().all(|(i, n)| *i > 0 && n != "lo"));
+        assert!(devs.iter().all(|(i, _)| *i > 0));
+        assert!(devs.iter().any(|(_, n)| n == "lo"));
         // This process's cgroup has this process in it: its namespace is found.
         let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let rel = cg
@@ -139,9 +123,11 @@ mod tests {
         if let Ok(root) = crate::cgroups::cgroup2_mount() {
             let dir = root.join(rel.trim_start_matches('/'));
             if dir.join("cgroup.procs").exists() {
-                let found = netns_of_pod(&dir, own).unwrap();
-                assert_eq!(found.inode, own);
-                assert_eq!(found.pid, None, "same namespace: no thread needed");
+                let found = namespaces_of_pod(&dir, own);
+                assert!(
+                    found.iter().any(|n| n.inode == own && n.pid.is_none()),
+                    "same namespace: no thread needed"
+                );
             }
         }
     }

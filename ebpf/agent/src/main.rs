@@ -286,7 +286,7 @@ impl Agent {
         let mut targets: Vec<_> = self
             .resolved
             .values()
-            .filter_map(|(dir, _)| vigie_egress::devices::netns_of_pod(dir, own))
+            .flat_map(|(dir, _)| vigie_egress::devices::namespaces_of_pod(dir, own))
             .collect();
         targets.sort();
         targets.dedup_by_key(|t| t.inode);
@@ -314,8 +314,24 @@ impl Agent {
         self.scanned_at = Some(Instant::now());
         let mut found = std::collections::BTreeSet::new();
         let mut shown = Vec::new();
+        let own = vigie_egress::devices::own_netns().ok();
         for (dir, pod) in self.resolved.values() {
             let info = &pod.info;
+            if let Some(own) = own
+                && vigie_egress::devices::namespaces_of_pod(dir, own).len() > 1
+            {
+                found.insert((
+                    info.uid.clone(),
+                    String::new(),
+                    vigie_egress::scan::SEVERAL_NAMESPACES,
+                ));
+                shown.push((
+                    info,
+                    String::new(),
+                    vigie_egress::scan::SEVERAL_NAMESPACES,
+                    String::new(),
+                ));
+            }
             if let Some(reason) = &info.not_enforceable {
                 found.insert((
                     info.uid.clone(),

@@ -17,6 +17,8 @@ pub const RISKY_CAPABILITIES: [(u32, &str); 4] = [
 ];
 pub const PACKET_SOCKET: &str = "packet_socket";
 pub const NOT_ENFORCEABLE: &str = "not_enforceable";
+/// A pod whose processes are in more than one network namespace (one made its own).
+pub const SEVERAL_NAMESPACES: &str = "several_network_namespaces";
 
 /// Cgroup levels searched below a container's cgroup for processes.
 const MAX_DEPTH: u8 = 3;

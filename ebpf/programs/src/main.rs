@@ -623,12 +623,13 @@ pub fn vigie_skb_egress(ctx: SkBuffContext) -> i32 {
     }
     // Packets of connected TCP and UDP sockets to the destination the connect hook
     // judged (TCP Fast Open goes through it too) pass after one helper call.
-    if judged_by_socket_hooks(&ctx, &h) {
+    let view = socket_view(&ctx, &h);
+    if view == SocketView::Judged {
         return ALLOW;
     }
     // Parse before walking the cgroup ancestry: replies on accepted connections go
     // through without it.
-    match h.starts_something(&ctx) {
+    match h.starts_something(&ctx, view == SocketView::TcpStream) {
         Err(()) => skb_judge(&ctx, None),
         Ok(None) => ALLOW,
         Ok(Some(port)) => skb_judge(&ctx, Some((h.dst, h.proto, port))),
@@ -761,15 +762,17 @@ impl Header {
     }
 
     /// The destination port of a packet that starts something (0 for protocols
-    /// without ports); `None` for one that belongs to an established exchange.
+    /// without ports); `None` for one that belongs to an established exchange — only a
+    /// TCP stream socket's segments can (a raw socket's TCP segment, whatever its
+    /// flags, is judged by its destination).
     #[inline(always)]
-    fn starts_something(&self, ctx: &SkBuffContext) -> Result<Option<u16>, ()> {
+    fn starts_something(&self, ctx: &SkBuffContext, tcp_stream: bool) -> Result<Option<u16>, ()> {
         let l4 = self.l4;
         match self.proto {
             PROTO_TCP => {
                 let flags: u8 = ctx.load(l4 + 13).map_err(|_| ())?;
                 let syn_only = flags & 0x02 != 0 && flags & 0x10 == 0;
-                if !syn_only {
+                if tcp_stream && !syn_only {
                     return Ok(None);
                 }
                 Ok(Some(u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|_| ())?)))
@@ -780,22 +783,31 @@ impl Header {
     }
 }
 
-/// Whether the socket hooks judged this packet's destination: a TCP or UDP socket
-/// whose connected destination is the one in the header. Anything else — raw and
-/// ICMP sockets, unconnected UDP, packets whose header destination differs from the
-/// socket's — is judged here.
+/// What the packet's socket says about it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SocketView {
+    /// A TCP or UDP socket whose connected destination is the one in the header: the
+    /// socket hooks judged it.
+    Judged,
+    /// A TCP stream socket sending elsewhere than its connected peer (a listener's
+    /// SYN-ACK): only its bare SYNs start something.
+    TcpStream,
+    /// Raw and ICMP sockets, unconnected UDP: everything is judged here.
+    Other,
+}
+
 #[inline(always)]
-fn judged_by_socket_hooks(ctx: &SkBuffContext, h: &Header) -> bool {
+fn socket_view(ctx: &SkBuffContext, h: &Header) -> SocketView {
     let skb = ctx.skb.skb;
     // SAFETY: the kernel hands a valid __sk_buff; `sk` may be null, checked below.
     let sk = unsafe { (*skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return false;
+        return SocketView::Other;
     }
     // SAFETY: non-null socket pointer from the context.
     let full = unsafe { bpf_sk_fullsock(sk) };
     if full.is_null() {
-        return false;
+        return SocketView::Other;
     }
     // Every field read unconditionally at a constant offset (the verifier refuses
     // loads through a pointer the compiler derived from a branch).
@@ -813,15 +825,21 @@ fn judged_by_socket_hooks(ctx: &SkBuffContext, h: &Header) -> bool {
             ],
         )
     };
-    let socket_kind = (ty == SOCK_STREAM && proto == u32::from(PROTO_TCP))
-        || (ty == SOCK_DGRAM && proto == u32::from(PROTO_UDP));
-    if !socket_kind {
-        return false;
+    let stream = ty == SOCK_STREAM && proto == u32::from(PROTO_TCP);
+    if !stream && !(ty == SOCK_DGRAM && proto == u32::from(PROTO_UDP)) {
+        return SocketView::Other;
     }
-    if h.v4 {
+    let same = if h.v4 {
         h.d4 != 0 && h.d4 == d4
     } else {
         h.d6[0] == d6[0] && h.d6[1] == d6[1] && h.d6[2] == d6[2] && h.d6[3] == d6[3]
+    };
+    if same {
+        SocketView::Judged
+    } else if stream {
+        SocketView::TcpStream
+    } else {
+        SocketView::Other
     }
 }
 
