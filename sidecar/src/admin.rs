@@ -16,6 +16,8 @@ pub struct AdminApp {
     pub metrics: Metrics,
     /// With `--egress-required`: whether the kernel enforces this pod's egress.
     pub egress_enforced: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// With `--egress-required`: why the webhook flagged this pod not enforceable.
+    pub not_enforceable: Option<String>,
 }
 
 fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -41,6 +43,16 @@ impl ServeHttp for AdminApp {
                 text(503, "application/json", br#"{"ready":false,"reason":"egress enforcement not in place yet"}"#.to_vec())
             }
             "/readyz" => match self.store.current() {
+                Some(s)
+                    if self.not_enforceable.is_some()
+                        && !s.policy.egress.as_ref().is_some_and(|e| e.allow_not_enforceable) =>
+                {
+                    let reason = format!(
+                        "pod not enforceable ({}); a policy must set egress.allowNotEnforceable",
+                        self.not_enforceable.as_deref().unwrap_or_default()
+                    );
+                    text(503, "application/json", serde_json::json!({"ready": false, "reason": reason}).to_string().into_bytes())
+                }
                 Some(s) => text(200, "application/json", serde_json::json!({"ready": true, "policy": s.policy.name, "version": s.version}).to_string().into_bytes()),
                 None => text(503, "application/json", br#"{"ready":false,"reason":"no policy loaded"}"#.to_vec()),
             },

@@ -139,6 +139,11 @@ struct Args {
     /// enrolled it): a native sidecar then holds the app containers back until then.
     #[arg(long, env = "VIGIE_EGRESS_REQUIRED")]
     egress_required: bool,
+    /// Why the injection webhook flagged this pod as not enforceable (set by it). With
+    /// --egress-required, the sidecar is then not ready unless its policy says
+    /// `egress.allowNotEnforceable`.
+    #[arg(long, env = "VIGIE_EGRESS_NOT_ENFORCEABLE")]
+    egress_not_enforceable: Option<String>,
     /// The node's egress agent (`http://host:port`), asked where connections that
     /// the kernel redirected to this sidecar were going (`egress.redirect`).
     #[arg(long, env = "VIGIE_EGRESS_AGENT_URL")]
@@ -449,6 +454,10 @@ fn main() -> anyhow::Result<()> {
             store: store.clone(),
             metrics: metrics.clone(),
             egress_enforced: egress_enforced.clone(),
+            not_enforceable: args
+                .egress_not_enforceable
+                .clone()
+                .filter(|r| args.egress_required && !r.is_empty()),
         },
     );
     admin.add_tcp(&args.admin_listen);

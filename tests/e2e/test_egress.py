@@ -703,6 +703,31 @@ def test_sidecar_is_not_ready_before_its_pod_is_enforced(world):
         sc.stop()
 
 
+def test_a_pod_flagged_not_enforceable_is_not_ready_unless_a_policy_allows_it(world):
+    """The webhook flags a pod that keeps NET_RAW (or shares its process namespace…)
+    and tells its sidecar why; even once the kernel enforces the pod, the sidecar stays
+    not ready — the app never starts — unless the policy accepts it
+    (`egress.allowNotEnforceable`) (issue 21, capabilities)."""
+    w, node = world, world["node"]
+    flagged = node.add_pod(NS, "flag-0")
+    policy = {"name": "local", "pools": [pool("gpu", [w["mock"].url], [{"name": "mistral-7b"}])]}
+    sc = Sidecar(policy=policy, extra_args=["--egress-required", "--egress-not-enforceable", "keeps NET_RAW"],
+                 cgroup=flagged["containers"]["vigie-sidecar"], wait_ready=False)
+    try:
+        def readyz():
+            try:
+                return httpx.get(f"{sc.admin_url}/readyz", timeout=1)
+            except httpx.TransportError:
+                return None
+        r = wait_until(lambda: (x := readyz()) is not None and "not enforceable" in x.text and x,
+                       what="not ready: not enforceable")
+        assert r.status_code == 503 and "keeps NET_RAW" in r.text and "egress.allowNotEnforceable" in r.text
+        sc.write_policy({**policy, "egress": {"allowNotEnforceable": True}})
+        wait_until(lambda: readyz().status_code == 200, timeout=10, what="ready once a policy allows it")
+    finally:
+        sc.stop()
+
+
 @pytest.mark.parametrize("egress, path, reason", [
     ({"allow": [{"cidr": "10.0.0.300/8"}]}, "egress.allow[0].cidr", "not an IP address or CIDR"),
     ({"allow": [{"cidr": "10.1.2.3/8"}]}, "egress.allow[0].cidr", "host bits set; write 10.0.0.0/8"),

@@ -171,6 +171,7 @@ def test_webhook_keeps_apps_from_going_around_the_egress_agent(webhook):
     assert sidecar["securityContext"]["runAsUser"] == sidecar_uid
     assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["metadata"]["annotations"]["vigie.io/egress-enforceable"] == "true"
+    injected = copy.deepcopy(pod)
 
     # A capability the app adds is taken back; one it keeps by annotation flags the pod.
     keeping = review("deployment-pod.json")
@@ -184,6 +185,10 @@ def test_webhook_keeps_apps_from_going_around_the_egress_agent(webhook):
     annotations = pod["metadata"]["annotations"]
     assert annotations["vigie.io/egress-enforceable"] == "false"
     assert annotations["vigie.io/egress-not-enforceable-reason"] == "keeps SYS_PTRACE"
+    # Its sidecar is told why: not ready unless a policy says egress.allowNotEnforceable.
+    flagged_sidecar = next(c for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+                           if c["name"] == "vigie-sidecar")
+    assert {"name": "VIGIE_EGRESS_NOT_ENFORCEABLE", "value": "keeps SYS_PTRACE"} in flagged_sidecar["env"]
     assert any("egress not enforceable" in w for w in resp["warnings"])
 
     # Refused: a shared process namespace, and an app running as the sidecar's uid.
@@ -209,6 +214,85 @@ def test_webhook_keeps_apps_from_going_around_the_egress_agent(webhook):
     text = httpx.get(cp.metrics_url).text
     assert 'vigie_control_plane_injections_total{result="denied"} 2' in text, text
     assert 'vigie_control_plane_injections_total{result="injected"} 2' in text, text
+
+    def post(request: dict) -> dict:
+        r = client.post(url + "/inject/namespace", json=request)
+        assert r.status_code == 200
+        return r.json()["response"]
+
+    def patched(request: dict, resp: dict) -> dict:
+        return apply_patch(request["request"]["object"], json.loads(base64.b64decode(resp["patch"])))
+
+    # Whatever marks of injection a pod carries, it is checked. A status annotation the
+    # pod wrote itself marks nothing: the pod is refused like any other, or injected.
+    forged = review("deployment-pod.json")
+    forged["request"]["object"]["metadata"]["annotations"] = {"vigie.io/status": '{"mode":"native"}'}
+    forged["request"]["object"]["spec"]["shareProcessNamespace"] = True
+    resp = post(forged)
+    assert resp["allowed"] is False and "patch" not in resp
+    assert resp["status"]["message"].startswith("vigie sidecar injection: spec.shareProcessNamespace: true ")
+    del forged["request"]["object"]["spec"]["shareProcessNamespace"]
+    resp = post(forged)
+    assert resp["allowed"] is True and resp["auditAnnotations"]["injection"] == "injected"
+    assert patched(forged, resp)["spec"]["initContainers"][0]["name"] == "vigie-sidecar"
+    # A container of the pod's own named vigie-sidecar: refused unless it is the injected one.
+    by_hand = review("deployment-pod.json")
+    by_hand["request"]["object"]["spec"]["containers"].append({
+        "name": "vigie-sidecar", "image": "registry.example/proxy:1",
+        "securityContext": {"privileged": True, "runAsUser": sidecar_uid, "capabilities": {"add": ["NET_RAW"]}}})
+    resp = post(by_hand)
+    assert resp["allowed"] is False and "patch" not in resp
+    message = resp["status"]["message"]
+    assert message.startswith("vigie sidecar injection: spec.containers[1]: a container named vigie-sidecar "
+                              "that the webhook did not inject ("), message
+    assert "securityContext.privileged is true" in message and "registry.example" not in message
+    # The webhook's own patch seen again (a reinvocation): allowed, nothing to change…
+    again = review("deployment-pod.json")
+    again["request"]["object"] = injected
+    resp = post(again)
+    assert resp["allowed"] is True and "patch" not in resp
+    assert resp["auditAnnotations"]["injection"] == "skipped: already injected"
+    # …unless an app container changed since: it is held again (even beside drop: [ALL]),
+    changed = copy.deepcopy(again)
+    changed["request"]["object"]["spec"]["containers"][0]["securityContext"] = {
+        "capabilities": {"add": ["NET_RAW"], "drop": ["ALL"]}}
+    resp = post(changed)
+    assert resp["allowed"] is True
+    caps = patched(changed, resp)["spec"]["containers"][0]["securityContext"]["capabilities"]
+    assert "add" not in caps and caps["drop"][0] == "ALL" and egress_caps <= set(caps["drop"]), caps
+    # …and what any pod is refused is refused there too.
+    changed = copy.deepcopy(again)
+    changed["request"]["object"]["spec"]["shareProcessNamespace"] = True
+    resp = post(changed)
+    assert resp["allowed"] is False and "patch" not in resp
+    assert resp["status"]["message"].startswith("vigie sidecar injection: spec.shareProcessNamespace: true ")
+
+    # The node's process and IPC namespaces: refused unless the annotation accepts them,
+    # then injected and flagged.
+    for key in ("hostPID", "hostIPC"):
+        host = review("deployment-pod.json")
+        host["request"]["object"]["spec"][key] = True
+        resp = post(host)
+        assert resp["allowed"] is False and "patch" not in resp
+        message = resp["status"]["message"]
+        assert message.startswith(f"vigie sidecar injection: spec.{key}: true "), message
+        assert "vigie.io/egress-allow-host-pid-ipc" in message
+    host = review("deployment-pod.json")
+    host["request"]["object"]["metadata"]["annotations"] = {"vigie.io/egress-allow-host-pid-ipc": "true"}
+    host["request"]["object"]["spec"].update(hostPID=True, hostIPC=True)
+    resp = post(host)
+    assert resp["allowed"] is True
+    pod = patched(host, resp)
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["vigie.io/egress-enforceable"] == "false"
+    assert annotations["vigie.io/egress-not-enforceable-reason"] == (
+        "uses the node's process namespace (spec.hostPID); uses the node's IPC namespace (spec.hostIPC)")
+    assert any("egress not enforceable" in w for w in resp["warnings"])
+    assert pod["metadata"]["labels"]["vigie.io/egress"] == "enforced"
+    text = httpx.get(cp.metrics_url).text
+    assert 'vigie_control_plane_injections_total{result="denied"} 7' in text, text
+    assert 'vigie_control_plane_injections_total{result="injected"} 5' in text, text
+    assert 'vigie_control_plane_injections_total{result="skipped"} 1' in text, text
 
 
 def test_webhook_is_not_trusted_without_the_ca(webhook):

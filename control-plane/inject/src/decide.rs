@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::{INJECT_LABEL, InjectConfig, SIDECAR_NAME, STATUS_ANNOTATION};
+use crate::{INJECT_LABEL, InjectConfig, SIDECAR_NAME};
 
 /// Which webhook entry called: the URL path tells how the pod was selected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,33 +58,43 @@ pub(crate) fn containers<'a>(pod: &'a Value, field: &str) -> impl Iterator<Item 
         .flatten()
 }
 
+/// Whether a container is the sidecar, by name. Only a name: whether it is the one the
+/// webhook injects is [`crate::isolation::check`]'s to say.
+pub(crate) fn is_sidecar(container: &Value) -> bool {
+    container.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME)
+}
+
+/// Whether the pod gets the sidecar. [`SkipReason::AlreadyInjected`] (a container named
+/// [`SIDECAR_NAME`]: the webhook's own patch seen again, or a container written by hand)
+/// is no pass: the handler still checks the pod's isolation, the sidecar included, and
+/// drops the app containers' capabilities. The `vigie.io/status` annotation alone marks
+/// nothing (a pod may carry any annotation): such a pod is injected.
 pub fn decide(cfg: &InjectConfig, namespace: &str, pod: &Value, trigger: Trigger) -> Decision {
     if cfg.skip_namespaces.iter().any(|n| n == namespace) {
         return Decision::Skip(SkipReason::SystemNamespace(namespace.to_string()));
-    }
-    let already = pod
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(STATUS_ANNOTATION))
-        .is_some()
-        || containers(pod, "initContainers")
-            .chain(containers(pod, "containers"))
-            .any(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME));
-    if already {
-        return Decision::Skip(SkipReason::AlreadyInjected);
     }
     if pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Decision::Skip(SkipReason::HostNetwork);
     }
     match (label(pod, INJECT_LABEL), trigger) {
-        (Some("disabled"), _) => Decision::Skip(SkipReason::OptedOut),
-        (Some("enabled"), _) | (_, Trigger::Namespace) => Decision::Inject,
-        (_, Trigger::Pod) => Decision::Skip(SkipReason::NotOptedIn),
+        (Some("disabled"), _) => return Decision::Skip(SkipReason::OptedOut),
+        (Some("enabled"), _) | (_, Trigger::Namespace) => {}
+        (_, Trigger::Pod) => return Decision::Skip(SkipReason::NotOptedIn),
+    }
+    let already = containers(pod, "initContainers")
+        .chain(containers(pod, "containers"))
+        .any(is_sidecar);
+    if already {
+        Decision::Skip(SkipReason::AlreadyInjected)
+    } else {
+        Decision::Inject
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::STATUS_ANNOTATION;
     use serde_json::json;
 
     fn pod(labels: Value, spec: Value) -> Value {
@@ -126,6 +136,27 @@ mod tests {
         assert_eq!(
             decide(&cfg, "apps", &by_hand, Trigger::Namespace),
             Decision::Skip(SkipReason::AlreadyInjected)
+        );
+    }
+
+    #[test]
+    fn the_status_annotation_alone_is_no_mark_of_injection() {
+        let cfg = InjectConfig::default();
+        let mut forged = pod(json!({}), json!({"containers": [{"name": "app"}]}));
+        forged["metadata"]["annotations"] = json!({STATUS_ANNOTATION: "{}"});
+        assert_eq!(
+            decide(&cfg, "apps", &forged, Trigger::Namespace),
+            Decision::Inject
+        );
+        // A sidecar-named container in a pod that is skipped anyway: the reason given is
+        // the one that holds whatever the pod carries.
+        let host = pod(
+            json!({}),
+            json!({"hostNetwork": true, "initContainers": [{"name": SIDECAR_NAME}]}),
+        );
+        assert_eq!(
+            decide(&cfg, "apps", &host, Trigger::Namespace),
+            Decision::Skip(SkipReason::HostNetwork)
         );
     }
 }

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use crate::decide::{containers, label};
+use crate::decide::{containers, is_sidecar, label};
 use crate::isolation::{self, Enforceability};
 use crate::overrides::PodSettings;
 use crate::{
@@ -465,7 +465,17 @@ pub fn inject(
     }
     let first_app = containers(pod, "containers")
         .find_map(|c| c.get("name").and_then(Value::as_str).map(String::from));
-    let sidecar = serde_json::to_value(sidecar(cfg, settings, &workload))?;
+    let mut sidecar = serde_json::to_value(sidecar(cfg, settings, &workload))?;
+    if !enforceability.enforceable()
+        && let Some(env) = sidecar.get_mut("env").and_then(Value::as_array_mut)
+    {
+        // The sidecar stays not ready unless its policy accepts the weaker enforcement
+        // (egress.allowNotEnforceable).
+        env.push(serde_json::json!({
+            "name": "VIGIE_EGRESS_NOT_ENFORCEABLE",
+            "value": enforceability.reason(),
+        }));
+    }
     let proxy_url = cfg.proxy_url();
 
     let spec = pod
@@ -498,6 +508,30 @@ pub fn inject(
         volumes.push(serde_json::to_value(v)?);
     }
 
+    let annotations = enrol(pod, enforceability)?;
+    let status = json!({
+        "version": crate::VERSION,
+        "container": SIDECAR_NAME,
+        "mode": if settings.native_sidecar { "native" } else { "classic" },
+        "image": cfg.sidecar_image,
+    });
+    annotations.insert(STATUS_ANNOTATION.into(), json!(status.to_string()));
+    // `kubectl logs` and `exec` pick the application, not the sidecar listed first.
+    if !settings.native_sidecar
+        && let Some(app) = first_app
+    {
+        annotations
+            .entry("kubectl.kubernetes.io/default-container")
+            .or_insert(json!(app));
+    }
+    Ok(())
+}
+
+/// The enrolment label and the enforceability annotations; returns the annotations.
+fn enrol<'a>(
+    pod: &'a mut Value,
+    enforceability: &Enforceability,
+) -> Result<&'a mut serde_json::Map<String, Value>, MutateError> {
     let metadata = pod
         .as_object_mut()
         .ok_or(MutateError::NotAnObject)?
@@ -505,30 +539,39 @@ pub fn inject(
         .or_insert_with(|| json!({}));
     object(metadata, "labels")?.insert(ENROL_LABEL.into(), json!("enforced"));
     let annotations = object(metadata, "annotations")?;
-    {
-        let status = json!({
-            "version": crate::VERSION,
-            "container": SIDECAR_NAME,
-            "mode": if settings.native_sidecar { "native" } else { "classic" },
-            "image": cfg.sidecar_image,
-        });
-        annotations.insert(STATUS_ANNOTATION.into(), json!(status.to_string()));
-        if enforceability.enforceable() {
-            annotations.insert(ENFORCEABLE_ANNOTATION.into(), json!("true"));
-            annotations.remove(NOT_ENFORCEABLE_REASON_ANNOTATION);
-        } else {
-            annotations.insert(ENFORCEABLE_ANNOTATION.into(), json!("false"));
-            let reason = enforceability.reason();
-            annotations.insert(NOT_ENFORCEABLE_REASON_ANNOTATION.into(), json!(reason));
-        }
-        // `kubectl logs` and `exec` pick the application, not the sidecar listed first.
-        if !settings.native_sidecar
-            && let Some(app) = first_app
-        {
-            annotations
-                .entry("kubectl.kubernetes.io/default-container")
-                .or_insert(json!(app));
+    if enforceability.enforceable() {
+        annotations.insert(ENFORCEABLE_ANNOTATION.into(), json!("true"));
+        annotations.remove(NOT_ENFORCEABLE_REASON_ANNOTATION);
+    } else {
+        annotations.insert(ENFORCEABLE_ANNOTATION.into(), json!("false"));
+        let reason = enforceability.reason();
+        annotations.insert(NOT_ENFORCEABLE_REASON_ANNOTATION.into(), json!(reason));
+    }
+    Ok(annotations)
+}
+
+/// For a pod that arrives with the sidecar in it (the webhook's own patch seen again,
+/// or a sidecar written by hand that [`isolation::check`] found to be the injected
+/// one): the capabilities dropped from every other container, the enrolment label and
+/// the enforceability annotations, as [`inject`] sets them. Changes nothing on a pod
+/// the webhook injected and nobody changed since.
+pub fn reconcile(
+    settings: &PodSettings,
+    enforceability: &Enforceability,
+    pod: &mut Value,
+) -> Result<(), MutateError> {
+    let spec = pod
+        .as_object_mut()
+        .ok_or(MutateError::NotAnObject)?
+        .entry("spec")
+        .or_insert_with(|| json!({}));
+    for list in ["containers", "initContainers"] {
+        if let Some(Value::Array(items)) = spec.get_mut(list) {
+            for container in items.iter_mut().filter(|c| !is_sidecar(c)) {
+                isolation::drop_capabilities(container, &settings.kept_capabilities);
+            }
         }
     }
+    enrol(pod, enforceability)?;
     Ok(())
 }

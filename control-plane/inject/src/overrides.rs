@@ -24,9 +24,12 @@ pub const EGRESS_KEEP_CAPABILITIES: &str = "vigie.io/egress-keep-capabilities";
 /// flagged not enforceable.
 pub const EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE: &str =
     "vigie.io/egress-allow-shared-process-namespace";
+/// `true`: a pod with `hostPID: true` or `hostIPC: true` is injected (otherwise
+/// refused), flagged not enforceable. One annotation for both host namespaces.
+pub const EGRESS_ALLOW_HOST_PID_IPC: &str = "vigie.io/egress-allow-host-pid-ipc";
 
 /// The annotations a pod may set.
-const SETTINGS: [&str; 9] = [
+const SETTINGS: [&str; 10] = [
     CPU_REQUEST,
     CPU_LIMIT,
     MEMORY_REQUEST,
@@ -36,6 +39,7 @@ const SETTINGS: [&str; 9] = [
     NATIVE_SIDECAR,
     EGRESS_KEEP_CAPABILITIES,
     EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE,
+    EGRESS_ALLOW_HOST_PID_IPC,
 ];
 
 /// An annotation's entry as an error shows it: only what looks like a capability
@@ -64,6 +68,8 @@ pub struct PodSettings {
     pub kept_capabilities: Vec<&'static str>,
     /// `shareProcessNamespace: true` accepted (the pod is then not enforceable).
     pub allow_shared_process_namespace: bool,
+    /// `hostPID: true` and `hostIPC: true` accepted (the pod is then not enforceable).
+    pub allow_host_pid_ipc: bool,
 }
 
 /// The pod's settings, or every invalid annotation with its reason.
@@ -83,6 +89,7 @@ pub fn resolve(
         native_sidecar: cfg.native_sidecar,
         kept_capabilities: Vec::new(),
         allow_shared_process_namespace: false,
+        allow_host_pid_ipc: false,
     };
     for (key, value) in annotations {
         if !key.starts_with("vigie.io/") {
@@ -152,14 +159,21 @@ pub fn resolve(
                     .filter(|c| names.contains(c))
                     .collect();
             }
-            EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE => match value {
-                "true" => settings.allow_shared_process_namespace = true,
-                "false" => settings.allow_shared_process_namespace = false,
-                other => errors.push(format!(
-                    "annotation {key}: {} is not true or false",
-                    shown(other)
-                )),
-            },
+            EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE | EGRESS_ALLOW_HOST_PID_IPC => {
+                let slot = if key.as_str() == EGRESS_ALLOW_HOST_PID_IPC {
+                    &mut settings.allow_host_pid_ipc
+                } else {
+                    &mut settings.allow_shared_process_namespace
+                };
+                match value {
+                    "true" => *slot = true,
+                    "false" => *slot = false,
+                    other => errors.push(format!(
+                        "annotation {key}: {} is not true or false",
+                        shown(other)
+                    )),
+                }
+            }
             // Written by the webhook: whatever the pod says is replaced.
             crate::STATUS_ANNOTATION
             | crate::ENFORCEABLE_ANNOTATION
@@ -242,6 +256,32 @@ mod tests {
         let plain = resolve(&InjectConfig::default(), &annotations(&[])).unwrap();
         assert!(plain.kept_capabilities.is_empty());
         assert!(!plain.allow_shared_process_namespace);
+        assert!(!plain.allow_host_pid_ipc);
+    }
+
+    #[test]
+    fn host_pid_and_ipc_are_allowed_by_one_annotation_checked_like_the_others() {
+        let cfg = InjectConfig::default();
+        let allowed = resolve(&cfg, &annotations(&[(EGRESS_ALLOW_HOST_PID_IPC, " true")])).unwrap();
+        assert!(allowed.allow_host_pid_ipc);
+        assert!(
+            !allowed.allow_shared_process_namespace,
+            "one does not imply the other"
+        );
+        let refused = resolve(&cfg, &annotations(&[(EGRESS_ALLOW_HOST_PID_IPC, "false")])).unwrap();
+        assert!(!refused.allow_host_pid_ipc);
+        let errors = resolve(
+            &cfg,
+            &annotations(&[(EGRESS_ALLOW_HOST_PID_IPC, "sk-live-0123")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "annotation vigie.io/egress-allow-host-pid-ipc: an entry (not shown) is not true or false"
+            ]
+        );
+        assert!(SETTINGS.contains(&EGRESS_ALLOW_HOST_PID_IPC));
     }
 
     #[test]

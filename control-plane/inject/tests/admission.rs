@@ -461,6 +461,64 @@ fn apps_that_could_go_around_the_egress_enforcement_are_refused() {
 }
 
 #[test]
+fn pods_carrying_the_marks_of_injection_are_checked_all_the_same() {
+    // A status annotation the pod wrote itself marks nothing.
+    let mut forged = fixture("job-pod.json");
+    let object = &mut forged["request"]["object"];
+    object["metadata"]["annotations"] = json!({"vigie.io/status": "{}"});
+    object["spec"]["hostPID"] = json!(true);
+    let r = respond(&forged, Trigger::Namespace);
+    assert_eq!(r["allowed"], false);
+    assert!(patch_of(&r).is_none());
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("vigie sidecar injection: spec.hostPID: true "),
+        "{message}"
+    );
+    assert!(
+        message.contains("vigie.io/egress-allow-host-pid-ipc"),
+        "{message}"
+    );
+
+    // A container named like the sidecar that the webhook did not inject.
+    let mut by_hand = fixture("job-pod.json");
+    let containers = by_hand["request"]["object"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap();
+    containers.push(json!({"name": "vigie-sidecar", "image": "registry.example/proxy:1"}));
+    let r = respond(&by_hand, Trigger::Namespace);
+    assert_eq!(r["allowed"], false);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "vigie sidecar injection: spec.containers[1]: a container named vigie-sidecar that the webhook did not inject ("
+        ),
+        "{message}"
+    );
+    assert!(!message.contains("registry.example"), "{message}");
+
+    // hostPID accepted by annotation: injected, flagged, and a second pass is a no-op.
+    let mut host_pid = fixture("job-pod.json");
+    let object = &mut host_pid["request"]["object"];
+    object["metadata"]["annotations"] = json!({"vigie.io/egress-allow-host-pid-ipc": "true"});
+    object["spec"]["hostPID"] = json!(true);
+    let r = respond(&host_pid, Trigger::Namespace);
+    assert_eq!(r["allowed"], true, "{r}");
+    let mut object = host_pid["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch_of(&r).unwrap()).unwrap();
+    let annotations = &object["metadata"]["annotations"];
+    assert_eq!(annotations["vigie.io/egress-enforceable"], "false");
+    assert_eq!(
+        annotations["vigie.io/egress-not-enforceable-reason"],
+        "uses the node's process namespace (spec.hostPID)"
+    );
+    host_pid["request"]["object"] = object;
+    let again = respond(&host_pid, Trigger::Namespace);
+    assert_eq!(again["allowed"], true);
+    assert!(patch_of(&again).is_none(), "{again}");
+}
+
+#[test]
 fn other_kinds_and_operations_pass_untouched() {
     not_patched("service.json", Trigger::Namespace);
     not_patched("pod-update.json", Trigger::Namespace);

@@ -73,6 +73,7 @@ fn bulk(enforcer: &mut Enforcer, none: &Path, enrolled: &Path) {
     let (host_if, peer_if) = ("vgbench0", "vgbench1");
     let _ = std::process::Command::new("ip")
         .args(["link", "del", host_if])
+        .stderr(std::process::Stdio::null())
         .status();
     sh(&["ip", "netns", "add", &ns]);
     sh(&[
@@ -149,7 +150,7 @@ fn bulk(enforcer: &mut Enforcer, none: &Path, enrolled: &Path) {
         let off = med[&("tc off", who)];
         let on = med[&("tc on", who)];
         println!(
-            "  tc backstop cost, {who}: {:+.1} %",
+            "  throughput with the tc backstop vs without, {who}: {:+.1} % (negative = a cost)",
             (on - off) / off * 100.0
         );
     }
