@@ -19,7 +19,7 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 
 from egress import EgressAgent, Node  # noqa: E402
-from harness import ControlPlane, MockPool, Sidecar, pool, wait_until  # noqa: E402
+from harness import ControlPlane, MockPool, Process, Sidecar, pool, wait_until  # noqa: E402
 from otlp import OtlpReceiver  # noqa: E402
 
 BOLD, DIM, RESET = "\033[1m", "\033[2m", "\033[0m"
@@ -57,24 +57,38 @@ def egress_demo(cp, admin, sidecar, gpu1, cloud, started, otel):
     started.append(Cleanup(node.cleanup))
     pod = node.add_pod("team-a", "chatbot-0", containers=("app",))
     app = pod["containers"]["app"]
+    # The pod's long-lived process (what the pause container is on a node): the agent
+    # finds the pod's network namespace through it.
+    started.append(Process(["sleep", "600"], cgroup=app))
     agent = EgressAgent(node, cp, cp.token("node-1-agent", "agent"), dns=["127.0.0.53"], sidecar_port=sidecar.port,
                         env=otel)
     started.append(agent)
-    show("vigie-egress", "5 programs attached (connect4/6, sendmsg4/6, cgroup_skb); team-a/chatbot-0 enrolled")
+    show("vigie-egress", "cgroup programs attached (connect4/6, sendmsg4/6, cgroup_skb, setsockopt), tc on the "
+                         "pod's devices; team-a/chatbot-0 enrolled")
     out = subprocess.run(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(app), sys.executable, "-c",
                           SDK_CALL, sidecar.base_url + "/v1"], capture_output=True, text=True, timeout=60)
     show("app → its sidecar", f"200, served model {out.stdout.strip()}" if out.returncode == 0 else out.stderr[-200:])
     for label, port in [("app → gpu-1 directly", gpu1.port), ("app → the provider", cloud.port)]:
         r = node.probe(app, "tcp", "127.0.0.1", port)
         show(label, "connect() refused: EPERM" if r.get("errno") == "EPERM" else r)
+    # Below the IP stack: a whole frame from a packet socket (the app is root here, with
+    # CAP_NET_RAW; the webhook drops it in a real pod) and a source-routed connect.
+    wait_until(lambda: "vigie_egress_guarded_devices 0" not in agent.metrics(), what="tc backstop attached")
+    frame = node.probe(app, "frame", "127.0.0.1", 9, "lo", "00:00:00:00:00:00", "demo", "127.0.0.1")
+    raw = wait_until(lambda: [e for e in agent.events() if e["hook"] == "tc_egress"], what="frame dropped")[0]
+    show("app → raw frame", f"{'sent' if frame.get('ok') else frame.get('errno')}, dropped in the kernel: "
+                            f"{raw['hook']} {raw['reason']} ({raw['protocol']} socket)")
+    lsrr = node.probe(app, "lsrr", "127.0.0.1", sidecar.port, "127.0.0.2")
+    routed = wait_until(lambda: [e for e in agent.events() if e.get("reason") == "ip_options"], what="options")[0]
+    show("app → source-routed", f"{'refused' if not lsrr.get('ok') else lsrr}: {routed['hook']} {routed['reason']}")
     ev = wait_until(lambda: [e for e in agent.events() if e["port"] == gpu1.port], what="denial event")[0]
     show("agent's security event", f"egress.denied {ev['namespace']}/{ev['pod']} container={ev['container']} → "
                                    f"{ev['destination']}:{ev['port']}/{ev['protocol']} ({ev['hook']}, {ev['command']})")
     rows = wait_until(lambda: cp.call("EgressService/ListDenials", {"namespace": "team-a"}, token=admin).get("denials"),
                       timeout=15, what="denials at the control plane")
-    for r in sorted(rows, key=lambda r: r["port"]):
-        show("ListDenials", f"node {r['node']}: {r['namespace']}/{r['pod']} → {r['destination']}:{r['port']} "
-                            f"×{r['count']}")
+    for r in sorted(rows, key=lambda r: r.get("port", 0)):
+        show("ListDenials", f"node {r['node']}: {r['namespace']}/{r['pod']} → {r['destination']}:{r.get('port', 0)} "
+                            f"×{r['count']} ({r.get('hook')}, {r.get('reason')})")
 
 
 def main():
