@@ -675,6 +675,14 @@ def test_pods_come_and_go_with_either_cgroup_layout(world):
     assert wait_until(lambda: 'pod="batch-0"' not in w["agent"].metrics(), timeout=10, what="series dropped")
 
 
+def sidecar_readyz(sc):
+    """The sidecar's /readyz answer, None while its admin port is not up."""
+    try:
+        return httpx.get(f"{sc.admin_url}/readyz", timeout=1)
+    except httpx.TransportError:
+        return None
+
+
 def test_sidecar_is_not_ready_before_its_pod_is_enforced(world):
     """With --egress-required a native sidecar holds the app containers back until the
     agent has enrolled the pod: the app never runs unenforced."""
@@ -684,11 +692,7 @@ def test_sidecar_is_not_ready_before_its_pod_is_enforced(world):
     sc = Sidecar(policy=policy, extra_args=["--egress-required"], cgroup=late["containers"]["vigie-sidecar"],
                  wait_ready=False)
     try:
-        def readyz():
-            try:
-                return httpx.get(f"{sc.admin_url}/readyz", timeout=1)
-            except httpx.TransportError:
-                return None
+        readyz = lambda: sidecar_readyz(sc)  # noqa: E731
         r = wait_until(readyz, what="sidecar admin up")
         time.sleep(1.5)
         r = readyz()
@@ -714,11 +718,7 @@ def test_a_pod_flagged_not_enforceable_is_not_ready_unless_a_policy_allows_it(wo
     sc = Sidecar(policy=policy, extra_args=["--egress-required", "--egress-not-enforceable", "keeps NET_RAW"],
                  cgroup=flagged["containers"]["vigie-sidecar"], wait_ready=False)
     try:
-        def readyz():
-            try:
-                return httpx.get(f"{sc.admin_url}/readyz", timeout=1)
-            except httpx.TransportError:
-                return None
+        readyz = lambda: sidecar_readyz(sc)  # noqa: E731
         r = wait_until(lambda: (x := readyz()) is not None and "not enforceable" in x.text and x,
                        what="not ready: not enforceable")
         assert r.status_code == 503 and "keeps NET_RAW" in r.text and "egress.allowNotEnforceable" in r.text

@@ -312,7 +312,7 @@ impl Agent {
             return;
         }
         self.scanned_at = Some(Instant::now());
-        let mut found = std::collections::BTreeSet::new();
+        // (pod, container, risk, reason) found in this scan.
         let mut shown = Vec::new();
         let own = vigie_egress::devices::own_netns().ok();
         for (dir, pod) in self.resolved.values() {
@@ -320,11 +320,6 @@ impl Agent {
             if let Some(own) = own
                 && vigie_egress::devices::namespaces_of_pod(dir, own).len() > 1
             {
-                found.insert((
-                    info.uid.clone(),
-                    String::new(),
-                    vigie_egress::scan::SEVERAL_NAMESPACES,
-                ));
                 shown.push((
                     info,
                     String::new(),
@@ -333,11 +328,6 @@ impl Agent {
                 ));
             }
             if let Some(reason) = &info.not_enforceable {
-                found.insert((
-                    info.uid.clone(),
-                    String::new(),
-                    vigie_egress::scan::NOT_ENFORCEABLE,
-                ));
                 shown.push((
                     info,
                     String::new(),
@@ -351,11 +341,14 @@ impl Agent {
                 };
                 let pids = vigie_egress::scan::pids_under(&cdir);
                 for risk in vigie_egress::scan::risks_of(&pids) {
-                    found.insert((info.uid.clone(), container.clone(), risk));
                     shown.push((info, container.clone(), risk, String::new()));
                 }
             }
         }
+        let found: std::collections::BTreeSet<_> = shown
+            .iter()
+            .map(|(info, container, risk, _)| (info.uid.clone(), container.clone(), *risk))
+            .collect();
         self.metrics.pod_risks.reset();
         for (info, container, risk, reason) in shown {
             self.metrics
