@@ -8,6 +8,7 @@ Root only (CI runs as root); fails loudly otherwise.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 import socket
 import subprocess
@@ -474,6 +475,23 @@ def test_frames_written_to_loopback_or_from_a_new_namespace_are_still_dropped(wo
         other.stop()
     time.sleep(0.5)
     assert "inside-lo" not in listener.log() and "inside-after-unshare" not in listener.log()
+
+
+def test_an_enrolment_deleted_from_the_pinned_map_comes_back(world):
+    """Whoever can write the pins (a root process with a host path on /sys/fs/bpf,
+    which the webhook refuses unless annotated) can delete a pod's enrolment; the agent
+    checks the maps against its plan every 10 s and puts it back (red-team finding)."""
+    w, node, remote = world, world["node"], world["remote"]
+    assert node.probe(app(w), "tcp", remote.ip, 8080)["errno"] == "EPERM"
+    pod_id = os.stat(w["pod"]["dir"]).st_ino
+    key = [f"0x{b:02x}" for b in pod_id.to_bytes(8, "little")]
+    subprocess.run(["bpftool", "map", "delete", "pinned", str(node.pin_dir / "VIGIE_ENROLLED"), "key", *key],
+                   check=True, capture_output=True)
+    assert node.probe(app(w), "tcp", remote.ip, 8080)["ok"], "control: the deletion unenrolled the pod"
+    t0 = time.monotonic()
+    wait_until(lambda: node.probe(app(w), "tcp", remote.ip, 8080).get("errno") == "EPERM", timeout=20,
+               what="enrolment restored")
+    assert time.monotonic() - t0 < 15
 
 
 def test_a_flooding_pod_does_not_hide_another_pods_denials(world):

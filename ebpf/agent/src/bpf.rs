@@ -356,7 +356,12 @@ impl Enforcer {
         }
         let wanted: HashSet<u64> = targets.iter().map(|t| t.inode).collect();
         for ns in targets {
-            let known = self.tc_links.clone();
+            let known: HashSet<u32> = self
+                .tc_links
+                .iter()
+                .filter(|(n, _)| *n == ns.inode)
+                .map(|(_, i)| *i)
+                .collect();
             let links_dir = self.links_dir.clone();
             let Some(aya::programs::Program::SchedClassifier(prog)) =
                 self.bpf.program_mut(TC_EGRESS)
@@ -367,8 +372,11 @@ impl Enforcer {
             let done = crate::devices::within(*ns, move || {
                 let mut attached = Vec::new();
                 let mut failed = Vec::new();
-                for (index, name) in crate::devices::devices()? {
-                    if known.contains(&(inode, index)) {
+                for (index, name) in crate::devices::devices()?
+                    .into_iter()
+                    .take(crate::devices::MAX_DEVICES_PER_NAMESPACE)
+                {
+                    if known.contains(&index) {
                         continue;
                     }
                     let pinned = prog

@@ -22,9 +22,17 @@ pub fn own_netns() -> std::io::Result<u64> {
     Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
 
+/// Namespaces guarded per pod, and devices per namespace: a pod that makes thousands
+/// of namespaces or devices cannot make the agent's pass unbounded. The pod's own
+/// namespace is created before any of its processes can make one, so it has the
+/// lowest inode of them and is kept; a pod with more than one is reported.
+pub const MAX_NAMESPACES_PER_POD: usize = 8;
+pub const MAX_DEVICES_PER_NAMESPACE: usize = 64;
+
 /// Every network namespace the processes of a pod's cgroup tree are in (the sandbox's
 /// in Kubernetes, and any other one a process entered or created: a process cannot move
-/// the backstop away from its pod's devices by making a namespace of its own).
+/// the backstop away from its pod's devices by making a namespace of its own), at most
+/// [`MAX_NAMESPACES_PER_POD`], lowest inodes first.
 pub fn namespaces_of_pod(pod_dir: &Path, own: u64) -> Vec<Netns> {
     let mut found: std::collections::BTreeMap<u64, Netns> = std::collections::BTreeMap::new();
     for pid in crate::scan::pids_under(pod_dir) {
@@ -36,7 +44,7 @@ pub fn namespaces_of_pod(pod_dir: &Path, own: u64) -> Vec<Netns> {
             });
         }
     }
-    found.into_values().collect()
+    found.into_values().take(MAX_NAMESPACES_PER_POD).collect()
 }
 
 /// (index, name) of the devices of the calling thread's network namespace, loopback

@@ -609,6 +609,7 @@ async fn main() -> anyhow::Result<()> {
         warn!(error = %e, "initial plan incomplete");
     }
     let mut tick = tokio::time::interval(resync);
+    let mut forced_at = Instant::now();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -626,7 +627,13 @@ async fn main() -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 agent.refresh_hosts(false).await;
-                if let Err(e) = agent.reconcile(false) {
+                // Every 10 s the maps are checked against the plan even when no input
+                // moved: an entry someone with access to the pins deleted comes back.
+                let force = forced_at.elapsed() >= Duration::from_secs(10);
+                if force {
+                    forced_at = Instant::now();
+                }
+                if let Err(e) = agent.reconcile(force) {
                     warn!(error = %e, "resync failed; the maps keep their state");
                 }
                 if let Ok(mut s) = enforcer_stats.lock() {

@@ -81,7 +81,7 @@ impl Metrics {
         let pod_events_dropped = IntGaugeVec::new(
             Opts::new(
                 "vigie_egress_pod_events_dropped",
-                "Denials of a pod (or sidecar) with no event, counted in the kernel: rate_limit (over its own budget of 200 events/s per CPU) or ring_full.",
+                "Denials of a pod (or sidecar) with no event, counted in the kernel: rate_limit (over its own budget of 50 events/s per CPU, burst 100) or ring_full.",
             ),
             &["namespace", "pod", "role", "reason"],
         )?;

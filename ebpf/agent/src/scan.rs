@@ -8,12 +8,18 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
-/// Capability bits (linux/capability.h) and the names findings carry.
-pub const RISKY_CAPABILITIES: [(u32, &str); 4] = [
+/// Capability bits (linux/capability.h) and the names findings carry: those that go
+/// around the egress enforcement directly (raw frames, device and routing changes,
+/// another process's sockets) or through the kernel (modules, BPF, host files).
+pub const RISKY_CAPABILITIES: [(u32, &str); 8] = [
     (13, "cap_net_raw"),
     (12, "cap_net_admin"),
     (21, "cap_sys_admin"),
     (19, "cap_sys_ptrace"),
+    (16, "cap_sys_module"),
+    (39, "cap_bpf"),
+    (38, "cap_perfmon"),
+    (2, "cap_dac_read_search"),
 ];
 pub const PACKET_SOCKET: &str = "packet_socket";
 pub const NOT_ENFORCEABLE: &str = "not_enforceable";
@@ -24,6 +30,8 @@ pub const SEVERAL_NAMESPACES: &str = "several_network_namespaces";
 const MAX_DEPTH: u8 = 3;
 /// Processes examined per container and scan (a bound on the work a pod can cause).
 const MAX_PIDS: usize = 4096;
+/// Descriptors examined per container and scan when looking for packet sockets.
+const MAX_FDS: usize = 65_536;
 
 /// The effective capability set of a `/proc/<pid>/status`.
 pub fn effective_capabilities(status: &str) -> Option<u64> {
@@ -84,6 +92,7 @@ pub fn pids_under(dir: &Path) -> Vec<u32> {
 /// What the processes of one container hold.
 pub fn risks_of(pids: &[u32]) -> BTreeSet<&'static str> {
     let mut risks = BTreeSet::new();
+    let mut fds_left = MAX_FDS;
     for pid in pids {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
             continue;
@@ -107,7 +116,8 @@ pub fn risks_of(pids: &[u32]) -> BTreeSet<&'static str> {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
-        let holds = fds.flatten().any(|fd| {
+        let holds = fds.flatten().take(fds_left).any(|fd| {
+            fds_left = fds_left.saturating_sub(1);
             std::fs::read_link(fd.path())
                 .ok()
                 .and_then(|t| socket_inode(&t.to_string_lossy()))

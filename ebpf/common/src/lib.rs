@@ -78,9 +78,11 @@ pub const AF_INET6: u32 = 10;
 pub const AF_NETLINK: u32 = 16;
 
 /// Events per second each enrolled cgroup may put in the ring buffer, per CPU, and
-/// the burst above it: one pod's flood cannot fill the buffer all pods share.
-pub const EVENT_RATE_PER_CPU: u64 = 200;
-pub const EVENT_BURST: u64 = 400;
+/// the burst above it: one pod's flood cannot fill the buffer all pods share (the
+/// buffer holds ~16k events: a pod with threads on 160 CPUs would need their whole
+/// burst at once to fill it). The agent logs at most 20 per pod and second anyway.
+pub const EVENT_RATE_PER_CPU: u64 = 50;
+pub const EVENT_BURST: u64 = 100;
 
 /// Map and program names (bpffs pin names too).
 pub const MAP_ENROLLED: &str = "VIGIE_ENROLLED";
