@@ -51,7 +51,7 @@ impl Metrics {
         let injections = IntCounterVec::new(
             Opts::new(
                 "vigie_control_plane_injections_total",
-                "Admission reviews answered by the injection webhook: injected, skipped (opted out, hostNetwork, system namespace, already injected), denied (invalid annotations), ignored (not a pod creation), malformed.",
+                "Admission reviews answered by the injection webhook: injected, skipped (opted out, hostNetwork, system namespace), denied (invalid annotations, refused pod specs), ignored (not a pod creation), malformed.",
             ),
             &["result"],
         )?;

@@ -29,7 +29,6 @@ pub enum SkipReason {
     HostNetwork,
     OptedOut,
     NotOptedIn,
-    AlreadyInjected,
 }
 
 impl fmt::Display for SkipReason {
@@ -41,7 +40,6 @@ impl fmt::Display for SkipReason {
             }
             SkipReason::OptedOut => write!(f, "pod labelled {INJECT_LABEL}=disabled"),
             SkipReason::NotOptedIn => write!(f, "pod not labelled {INJECT_LABEL}=enabled"),
-            SkipReason::AlreadyInjected => f.write_str("already injected"),
         }
     }
 }
@@ -58,17 +56,16 @@ pub(crate) fn containers<'a>(pod: &'a Value, field: &str) -> impl Iterator<Item 
         .flatten()
 }
 
-/// Whether a container is the sidecar, by name. Only a name: whether it is the one the
-/// webhook injects is [`crate::isolation::check`]'s to say.
+/// Whether a container is the sidecar, by name. A pod created with one is refused by
+/// [`crate::isolation::check`]: reinvocation is off, so the webhook never sees its own
+/// output, and someone else wrote it.
 pub(crate) fn is_sidecar(container: &Value) -> bool {
     container.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME)
 }
 
-/// Whether the pod gets the sidecar. [`SkipReason::AlreadyInjected`] (a container named
-/// [`SIDECAR_NAME`]: the webhook's own patch seen again, or a container written by hand)
-/// is no pass: the handler still checks the pod's isolation, the sidecar included, and
-/// drops the app containers' capabilities. The `vigie.io/status` annotation alone marks
-/// nothing (a pod may carry any annotation): such a pod is injected.
+/// Whether the pod gets the sidecar. Nothing a pod carries marks it injected: a container
+/// named [`SIDECAR_NAME`] gets it refused ([`crate::isolation::check`]), and the
+/// `vigie.io/status` annotation alone marks nothing (a pod may carry any annotation).
 pub fn decide(cfg: &InjectConfig, namespace: &str, pod: &Value, trigger: Trigger) -> Decision {
     if cfg.skip_namespaces.iter().any(|n| n == namespace) {
         return Decision::Skip(SkipReason::SystemNamespace(namespace.to_string()));
@@ -81,14 +78,7 @@ pub fn decide(cfg: &InjectConfig, namespace: &str, pod: &Value, trigger: Trigger
         (Some("enabled"), _) | (_, Trigger::Namespace) => {}
         (_, Trigger::Pod) => return Decision::Skip(SkipReason::NotOptedIn),
     }
-    let already = containers(pod, "initContainers")
-        .chain(containers(pod, "containers"))
-        .any(is_sidecar);
-    if already {
-        Decision::Skip(SkipReason::AlreadyInjected)
-    } else {
-        Decision::Inject
-    }
+    Decision::Inject
 }
 
 #[cfg(test)]
@@ -132,10 +122,12 @@ mod tests {
             decide(&cfg, "apps", &host, Trigger::Namespace),
             Decision::Skip(SkipReason::HostNetwork)
         );
+        // Not skipped: isolation::check refuses it (reinvocation is off, so a pod
+        // carrying the sidecar was written by someone else).
         let by_hand = pod(json!({}), json!({"containers": [{"name": SIDECAR_NAME}]}));
         assert_eq!(
             decide(&cfg, "apps", &by_hand, Trigger::Namespace),
-            Decision::Skip(SkipReason::AlreadyInjected)
+            Decision::Inject
         );
     }
 

@@ -8,17 +8,20 @@
 //!
 //! So, on every app container (every container but the sidecar, init containers
 //! included), the webhook drops [`EGRESS_CAPABILITIES`] and removes them from
-//! `capabilities.add`; it refuses capability names that are not plain ASCII, an app
-//! running as the sidecar's uid, a privileged app container, `shareProcessNamespace:
-//! true`, `hostPID: true` and `hostIPC: true`. Three annotations opt out
-//! ([`EGRESS_KEEP_CAPABILITIES`], [`EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE`],
-//! [`EGRESS_ALLOW_HOST_PID_IPC`]); the pod is then injected but flagged
+//! `capabilities.add`; it refuses capability names that are not plain ASCII,
+//! `capabilities.add` entries outside [`BASELINE_CAPABILITIES`] and the four, an app
+//! running as the sidecar's uid, a privileged app container (or one adding `ALL`),
+//! `shareProcessNamespace: true`, `hostPID: true`, `hostIPC: true` and `hostPath`
+//! volumes. Four annotations opt out ([`EGRESS_KEEP_CAPABILITIES`],
+//! [`EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE`], [`EGRESS_ALLOW_HOST_PID_IPC`],
+//! [`EGRESS_ALLOW_HOST_PATH`]); the pod is then injected but flagged
 //! `vigie.io/egress-enforceable: "false"` with the reason. A classic sidecar (an app
 //! container like the others, started with them) is flagged too.
 //!
-//! This runs on every pod created, whatever it carries: a container already named
-//! [`SIDECAR_NAME`] (the webhook's own patch seen again, or one written by hand) must be
-//! the one the webhook injects, or the pod is refused.
+//! A pod created with a container already named [`SIDECAR_NAME`] is refused: the
+//! webhook is registered with `reinvocationPolicy: Never`, so the API server never
+//! sends the webhook's own output back to it, and such a container was written by
+//! someone else (a spec copied from an injected pod, say).
 
 use serde_json::{Map, Value};
 
@@ -26,13 +29,32 @@ use crate::SIDECAR_NAME;
 use crate::config::InjectConfig;
 use crate::decide::{containers, is_sidecar};
 use crate::overrides::{
-    EGRESS_ALLOW_HOST_PID_IPC, EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE, EGRESS_KEEP_CAPABILITIES,
-    PodSettings,
+    EGRESS_ALLOW_HOST_PATH, EGRESS_ALLOW_HOST_PID_IPC, EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE,
+    EGRESS_KEEP_CAPABILITIES, PodSettings,
 };
 
 /// Capabilities that go around the egress enforcement: dropped from every app
 /// container unless kept with [`EGRESS_KEEP_CAPABILITIES`].
 pub const EGRESS_CAPABILITIES: [&str; 4] = ["NET_RAW", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"];
+
+/// The capabilities the Kubernetes Pod Security "baseline" standard lets a container
+/// add. An app container may add these and [`EGRESS_CAPABILITIES`] (governed by
+/// [`EGRESS_KEEP_CAPABILITIES`]); any other name is refused (`ALL` like `privileged`).
+pub const BASELINE_CAPABILITIES: [&str; 13] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
 
 /// The pod's container lists. Every container in them is an app container, but one
 /// named [`SIDECAR_NAME`], which is checked as the sidecar.
@@ -90,57 +112,28 @@ fn plain_capability(entry: &Value) -> bool {
     })
 }
 
-/// What a container named [`SIDECAR_NAME`] has that the injected sidecar has not, each
-/// naming its field, never its value; empty when it matches. `init`: it is among the
-/// init containers, where the webhook injects a native sidecar.
-fn sidecar_mismatches(cfg: &InjectConfig, container: &Value, init: bool) -> Vec<String> {
-    let context = container.get("securityContext");
-    let capabilities = field(context, "capabilities");
-    let mut wrong = Vec::new();
-    if container.get("image").and_then(Value::as_str) != Some(cfg.sidecar_image.as_str()) {
-        wrong.push("image is not the configured sidecar image".to_string());
+/// A capability name without its optional `CAP_` prefix (any case).
+fn bare_capability(name: &str) -> &str {
+    match (name.get(..4), name.get(4..)) {
+        (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("CAP_") => rest,
+        _ => name,
     }
-    if init && container.get("restartPolicy").and_then(Value::as_str) != Some("Always") {
-        wrong.push("restartPolicy is not Always".into());
+}
+
+/// A plain `capabilities.add` entry as a refusal shows it: short plain names only
+/// (see [`plain_capability`]), anything else not repeated.
+fn shown_capability(name: &str) -> String {
+    if name.len() <= 32 {
+        name.to_string()
+    } else {
+        "this entry (not shown)".into()
     }
-    // `ALL` as both containerd and CRI-O recognise it: the whole entry, any case.
-    let drops_all = capabilities
-        .and_then(|c| c.get("drop"))
-        .and_then(Value::as_array)
-        .is_some_and(|list| {
-            list.iter()
-                .any(|d| d.as_str().is_some_and(|n| n.eq_ignore_ascii_case("ALL")))
-        });
-    if !drops_all {
-        wrong.push("securityContext.capabilities.drop does not contain ALL".into());
-    }
-    let adds = match capabilities.and_then(|c| c.get("add")) {
-        None | Some(Value::Null) => false,
-        Some(Value::Array(add)) => !add.is_empty(),
-        Some(_) => true,
-    };
-    if adds {
-        wrong.push("securityContext.capabilities.add is not empty".into());
-    }
-    if field(context, "privileged") == Some(&Value::Bool(true)) {
-        wrong.push("securityContext.privileged is true".into());
-    }
-    if field(context, "allowPrivilegeEscalation") != Some(&Value::Bool(false)) {
-        wrong.push("securityContext.allowPrivilegeEscalation is not false".into());
-    }
-    if field(context, "runAsUser").and_then(Value::as_i64) != Some(cfg.run_as_user) {
-        wrong.push(format!(
-            "securityContext.runAsUser is not {}",
-            cfg.run_as_user
-        ));
-    }
-    wrong
 }
 
 /// Refuses what no annotation allows; otherwise says whether the pod is enforceable.
-/// Run on every pod created, injected already or not: a container named
-/// [`SIDECAR_NAME`] is checked against the sidecar the webhook injects, every other
-/// one as an app container.
+/// Run on every pod created: a container named [`SIDECAR_NAME`] is refused (reinvocation
+/// is off, so the webhook never sees its own output: someone else wrote it), every
+/// other one is checked as an app container.
 pub fn check(
     cfg: &InjectConfig,
     settings: &PodSettings,
@@ -158,20 +151,14 @@ pub fn check(
         .pointer("/spec/securityContext/runAsUser")
         .and_then(Value::as_i64);
     let mut inherits_pod_uid = false;
-    let mut classic = !settings.native_sidecar;
+    let classic = !settings.native_sidecar;
     for list in CONTAINER_LISTS {
         for (i, container) in containers(pod, list).enumerate() {
             let path = format!("spec.{list}[{i}]");
             if is_sidecar(container) {
-                let wrong = sidecar_mismatches(cfg, container, list == "initContainers");
-                if !wrong.is_empty() {
-                    refused.push(format!(
-                        "{path}: a container named {SIDECAR_NAME} that the webhook did not inject ({}); rename it, the webhook injects its own",
-                        wrong.join(", ")
-                    ));
-                }
-                // Among the regular containers, it starts with the apps: classic mode.
-                classic |= list == "containers";
+                refused.push(format!(
+                    "{path}: a container named {SIDECAR_NAME} is injected by the webhook; remove it (and its volumes) from the pod spec"
+                ));
                 continue;
             }
             let context = container.get("securityContext");
@@ -180,9 +167,38 @@ pub fn check(
                     .and_then(|c| c.get(key))
                     .and_then(Value::as_array);
                 for (j, entry) in entries.into_iter().flatten().enumerate() {
-                    if !plain_capability(entry) {
+                    let at = format!("{path}.securityContext.capabilities.{key}[{j}]");
+                    let name = match entry.as_str() {
+                        Some(name) if plain_capability(entry) => name,
+                        _ => {
+                            refused.push(format!(
+                                "{at}: not a plain capability name (ASCII letters and underscores, optionally after CAP_); runtimes fold other characters and spaces into names the webhook would not recognise"
+                            ));
+                            continue;
+                        }
+                    };
+                    if key != "add" {
+                        continue;
+                    }
+                    let bare = bare_capability(name);
+                    if bare.eq_ignore_ascii_case("ALL") {
+                        if keeps_all {
+                            reasons.push(format!("{path} adds ALL capabilities"));
+                        } else {
+                            refused.push(format!(
+                                "{at}: adding ALL grants every capability ({} included) and goes around the egress enforcement; refused unless the annotation {EGRESS_KEEP_CAPABILITIES} lists all four (the pod is then flagged not enforceable)",
+                                EGRESS_CAPABILITIES.join(", ")
+                            ));
+                        }
+                    } else if !BASELINE_CAPABILITIES
+                        .iter()
+                        .chain(EGRESS_CAPABILITIES.iter())
+                        .any(|c| bare.eq_ignore_ascii_case(c))
+                    {
                         refused.push(format!(
-                            "{path}.securityContext.capabilities.{key}[{j}]: not a plain capability name (ASCII letters and underscores, optionally after CAP_); runtimes fold other characters and spaces into names the webhook would not recognise"
+                            "{at}: {} is outside the Kubernetes Pod Security baseline capabilities and {}; refused",
+                            shown_capability(name),
+                            EGRESS_CAPABILITIES.join(", ")
                         ));
                     }
                 }
@@ -241,6 +257,23 @@ pub fn check(
             ));
         }
     }
+    let volumes = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for (i, volume) in volumes.enumerate() {
+        if volume.get("hostPath").is_none_or(Value::is_null) {
+            continue;
+        }
+        if settings.allow_host_path {
+            reasons.push(format!("mounts a host path (spec.volumes[{i}])"));
+        } else {
+            refused.push(format!(
+                "spec.volumes[{i}].hostPath: a host path gives the app containers the node's files, where a root process can remove the egress agent's pinned maps (/sys/fs/bpf) and go around the egress enforcement; refused unless the annotation {EGRESS_ALLOW_HOST_PATH} is \"true\" (the pod is then flagged not enforceable)"
+            ));
+        }
+    }
     if classic {
         reasons.push(CLASSIC_SIDECAR_REASON.into());
     }
@@ -255,14 +288,9 @@ pub fn check(
 /// `CAP_` prefix CRI-O accepts (removing too much from `add` is harmless). Entries are
 /// plain ASCII: [`check`] refused the others.
 fn may_grant(entry: &Value, cap: &str) -> bool {
-    let Some(name) = entry.as_str() else {
-        return false;
-    };
-    let bare = match (name.get(..4), name.get(4..)) {
-        (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("CAP_") => rest,
-        _ => name,
-    };
-    bare.eq_ignore_ascii_case(cap)
+    entry
+        .as_str()
+        .is_some_and(|name| bare_capability(name).eq_ignore_ascii_case(cap))
 }
 
 fn child_object<'a>(
@@ -823,155 +851,217 @@ mod tests {
         );
     }
 
-    /// W3: a container named like the sidecar must be the one the webhook injects.
+    /// W3: the webhook is registered with `reinvocationPolicy: Never`, so the API server
+    /// never sends it its own output: a pod created with a container named like the
+    /// sidecar was written by someone else (a spec copied from an injected pod, say),
+    /// and is refused wherever the container is and whatever it holds.
     #[test]
-    fn a_sidecar_written_by_hand_is_refused_unless_it_is_the_injected_one() {
+    fn a_container_named_like_the_sidecar_is_refused_even_the_injected_one() {
         let cfg = InjectConfig::default();
         let none = settings(&[]);
-        let fake = json!({"name": SIDECAR_NAME, "image": "registry.example/evil:1", "securityContext": {
-            "privileged": true,
-            "runAsUser": 47880,
-            "capabilities": {"add": ["NET_RAW"], "drop": [" ALL"]}
-        }});
+        let fake = json!({"name": SIDECAR_NAME, "image": "registry.example/evil:1"});
         let p = pod(json!({"containers": [{"name": "a"}, fake]}));
         let err = check(&cfg, &none, &p).unwrap_err().to_string();
         assert_eq!(
             err,
-            "spec.containers[1]: a container named vigie-sidecar that the webhook did not inject (image is not the configured sidecar image, securityContext.capabilities.drop does not contain ALL, securityContext.capabilities.add is not empty, securityContext.privileged is true, securityContext.allowPrivilegeEscalation is not false); rename it, the webhook injects its own"
+            "spec.containers[1]: a container named vigie-sidecar is injected by the webhook; remove it (and its volumes) from the pod spec"
         );
         assert!(!err.contains("evil"), "{err}");
-        // No security context at all, among the init containers.
-        let bare = pod(json!({
-            "initContainers": [{"name": SIDECAR_NAME, "image": cfg.sidecar_image}],
+        // Exactly the one the webhook injects, in either place: refused all the same.
+        let native = pod(json!({
+            "initContainers": [injected_sidecar("true")],
             "containers": [{"name": "a"}]
         }));
-        let err = check(&cfg, &none, &bare).unwrap_err().to_string();
-        assert!(
-            err.starts_with(
-                "spec.initContainers[0]: a container named vigie-sidecar that the webhook did not inject (restartPolicy is not Always, securityContext.capabilities.drop does not contain ALL, securityContext.allowPrivilegeEscalation is not false, securityContext.runAsUser is not 47880)"
-            ),
-            "{err}"
+        assert_eq!(
+            check(&cfg, &none, &native).unwrap_err().to_string(),
+            "spec.initContainers[0]: a container named vigie-sidecar is injected by the webhook; remove it (and its volumes) from the pod spec"
         );
-        // The injected sidecar passes (its uid is not an app's), in either place.
-        let native = injected_sidecar("true");
-        let genuine =
-            pod(json!({"initContainers": [native.clone()], "containers": [{"name": "a"}]}));
-        assert!(check(&cfg, &none, &genuine).unwrap().enforceable());
         let classic = pod(json!({"containers": [injected_sidecar("false"), {"name": "a"}]}));
-        assert!(check(&cfg, &none, &classic).is_ok());
-        // Any one field that differs is enough.
-        for (parent, key, value) in [
-            ("", "image", json!("registry.example/evil:1")),
-            ("", "restartPolicy", json!("Never")),
-            ("/securityContext", "runAsUser", json!(1000)),
-            ("/securityContext", "privileged", json!(true)),
-            ("/securityContext", "allowPrivilegeEscalation", json!(true)),
-            ("/securityContext/capabilities", "drop", json!(["CAP_ALL"])),
-            (
-                "/securityContext/capabilities",
-                "add",
-                json!(["SYS_PTRACE"]),
-            ),
-        ] {
-            let mut changed = native.clone();
-            changed.pointer_mut(parent).unwrap()[key] = value;
-            let p = pod(json!({"initContainers": [changed], "containers": [{"name": "a"}]}));
-            let err = check(&cfg, &none, &p).unwrap_err();
-            assert_eq!(err.0.len(), 1, "{key}: {err}");
-            assert!(
-                err.0[0].starts_with("spec.initContainers[0]: a container named vigie-sidecar "),
-                "{key}: {err}"
-            );
-        }
+        let err = check(&cfg, &none, &classic).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].starts_with("spec.containers[0]: "), "{err}");
     }
 
-    /// W3: a pod that arrives with the sidecar in it (reinvocation, or written so) is
-    /// checked like any other and its apps are held; a pod the webhook injected and
-    /// nobody changed is left as it is.
+    /// W3: reinvocation is off, so a pod arriving with the sidecar (here the webhook's
+    /// own output, copied into a new pod) was written by someone else: refused, nothing
+    /// patched; no second pass to be a no-op.
     #[test]
-    fn a_pod_carrying_the_sidecar_is_checked_and_its_apps_held() {
+    fn a_pod_already_carrying_the_sidecar_is_refused_as_reinvocation_is_off() {
         let (_, injected) = through_review(|_| {});
         let injected = injected.unwrap();
         let (response, again) = through_review(|pod| *pod = injected.clone());
-        assert_eq!(response["allowed"], true, "{response}");
         assert!(again.is_none(), "{response}");
+        assert_eq!(response["allowed"], false, "{response}");
+        assert_eq!(response["status"]["code"], 400);
         assert_eq!(
-            response["auditAnnotations"]["injection"],
-            "skipped: already injected"
+            response["status"]["message"],
+            "vigie sidecar injection: spec.initContainers[0]: a container named vigie-sidecar is injected by the webhook; remove it (and its volumes) from the pod spec"
         );
-
-        // Changed since: the apps are held again, the pod enrolled and flagged anew.
-        let (response, held) = through_review(|pod| {
-            *pod = injected.clone();
-            let sc = json!({"capabilities": {"add": ["NET_RAW"], "drop": ["ALL"]}});
-            pod["spec"]["containers"][0]["securityContext"] = sc;
-            let labels = pod["metadata"]["labels"].as_object_mut().unwrap();
-            labels.remove(ENROL_LABEL);
-            pod["metadata"]["annotations"][ENFORCEABLE_ANNOTATION] = json!("false");
-        });
-        assert_eq!(response["allowed"], true, "{response}");
-        assert_eq!(
-            response["auditAnnotations"]["injection"],
-            "already injected: app containers held again"
-        );
-        let held = held.unwrap();
-        assert_eq!(
-            held["spec"]["containers"][0]["securityContext"]["capabilities"],
-            json!({"drop": ["ALL", "NET_RAW", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]})
-        );
-        assert_eq!(held["metadata"]["labels"][ENROL_LABEL], "enforced");
-        assert_eq!(
-            held["metadata"]["annotations"][ENFORCEABLE_ANNOTATION],
-            "true"
-        );
-        assert_eq!(
-            held["spec"]["initContainers"][0], injected["spec"]["initContainers"][0],
-            "the sidecar is left as it is"
-        );
-
-        // Refused what any pod is refused.
+        // Its other refusals are listed with it.
         let (response, refused) = through_review(|pod| {
             *pod = injected.clone();
             pod["spec"]["shareProcessNamespace"] = json!(true);
-            let sc = json!({"runAsUser": 47880, "privileged": true});
-            pod["spec"]["containers"][0]["securityContext"] = sc;
         });
         assert!(refused.is_none());
         let message = response["status"]["message"].as_str().unwrap();
-        for field in [
-            "spec.containers[0].securityContext.runAsUser: 47880 ",
-            "spec.containers[0].securityContext.privileged: ",
-            "spec.shareProcessNamespace: ",
-        ] {
+        for field in ["spec.initContainers[0]: ", "spec.shareProcessNamespace: "] {
             assert!(message.contains(field), "{field} missing from {message}");
         }
+    }
 
-        // A sidecar changed since is not the injected one any more.
+    /// `capabilities.add`: `ALL` is refused like `privileged` (accepted, flagged, when
+    /// all four are kept); a name outside the Pod Security baseline set and the four is
+    /// refused, naming the entry's field and the (plain) name.
+    #[test]
+    fn adding_all_or_a_capability_outside_the_baseline_is_refused() {
+        let cfg = InjectConfig::default();
+        let none = settings(&[]);
+        let p = pod(json!({
+            "initContainers": [{"name": "i", "securityContext": {
+                "capabilities": {"add": ["cap_all"]}
+            }}],
+            "containers": [{"name": "a", "securityContext": {
+                "capabilities": {"add": ["CHOWN", "NET_RAW", "SYS_MODULE", "cap_bpf", "ALL"]}
+            }}]
+        }));
+        let err = check(&cfg, &none, &p).unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        assert_eq!(
+            err.0[0],
+            "spec.containers[0].securityContext.capabilities.add[2]: SYS_MODULE is outside the Kubernetes Pod Security baseline capabilities and NET_RAW, NET_ADMIN, SYS_ADMIN, SYS_PTRACE; refused"
+        );
+        assert!(
+            err.0[1].starts_with(
+                "spec.containers[0].securityContext.capabilities.add[3]: cap_bpf is outside "
+            ),
+            "{err}"
+        );
+        for (reason, at) in [
+            (
+                &err.0[2],
+                "spec.containers[0].securityContext.capabilities.add[4]: adding ALL ",
+            ),
+            (
+                &err.0[3],
+                "spec.initContainers[0].securityContext.capabilities.add[0]: adding ALL ",
+            ),
+        ] {
+            assert!(reason.starts_with(at), "{reason}");
+            assert!(reason.contains(EGRESS_KEEP_CAPABILITIES), "{reason}");
+        }
+        // All four kept: ALL is accepted and flagged; the unknown names are still refused.
+        let four = settings(&[(EGRESS_KEEP_CAPABILITIES, ALL_FOUR)]);
+        assert_eq!(check(&cfg, &four, &p).unwrap_err().0.len(), 2);
+        let all = pod(json!({
+            "containers": [{"name": "a", "securityContext": {"capabilities": {"add": ["ALL"]}}}]
+        }));
+        let some = settings(&[(EGRESS_KEEP_CAPABILITIES, "NET_RAW,SYS_PTRACE")]);
+        assert!(check(&cfg, &some, &all).is_err());
+        let e = check(&cfg, &four, &all).unwrap();
+        assert_eq!(
+            e.reason(),
+            "keeps NET_RAW, NET_ADMIN, SYS_ADMIN, SYS_PTRACE; spec.containers[0] adds ALL capabilities"
+        );
+        // Every baseline name and the four, any case, with or without CAP_: accepted.
+        let mut names: Vec<String> = BASELINE_CAPABILITIES
+            .iter()
+            .chain(EGRESS_CAPABILITIES.iter())
+            .map(|c| c.to_string())
+            .collect();
+        names.push("cap_net_bind_service".into());
+        names.push("Cap_Sys_Chroot".into());
+        let baseline = pod(json!({
+            "containers": [{"name": "a", "securityContext": {"capabilities": {"add": names}}}]
+        }));
+        assert!(check(&cfg, &none, &baseline).is_ok());
+        // `drop` may name anything.
+        let drops = pod(json!({
+            "containers": [{"name": "a", "securityContext": {"capabilities": {"drop": ["SYS_MODULE", "ALL"]}}}]
+        }));
+        assert!(check(&cfg, &none, &drops).unwrap().enforceable());
+        // Through the handler: denied, nothing patched.
+        let (response, patched) = through_review(|pod| {
+            let sc = json!({"capabilities": {"add": ["ALL"]}});
+            pod["spec"]["containers"][0]["securityContext"] = sc;
+        });
+        assert!(patched.is_none());
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "vigie sidecar injection: spec.containers[0].securityContext.capabilities.add[0]: adding ALL "
+            ),
+            "{message}"
+        );
+    }
+
+    /// A root process with a host path on /sys/fs/bpf (or /) can remove the egress
+    /// agent's pinned maps.
+    #[test]
+    fn host_path_volumes_are_refused_unless_allowed_then_flagged() {
+        let cfg = InjectConfig::default();
+        let p = pod(json!({
+            "containers": [{"name": "a"}],
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "bpf", "hostPath": {"path": "/sys/fs/bpf"}},
+                {"name": "root", "hostPath": {"path": "/", "type": "Directory"}}
+            ]
+        }));
+        for refusing in [
+            settings(&[]),
+            settings(&[(EGRESS_ALLOW_HOST_PATH, "false")]),
+            settings(&[
+                (EGRESS_ALLOW_HOST_PID_IPC, "true"),
+                (EGRESS_KEEP_CAPABILITIES, ALL_FOUR),
+            ]),
+        ] {
+            let err = check(&cfg, &refusing, &p).unwrap_err();
+            assert_eq!(err.0.len(), 2, "{err}");
+            assert!(err.0[0].starts_with("spec.volumes[1].hostPath: "), "{err}");
+            assert!(err.0[1].starts_with("spec.volumes[2].hostPath: "), "{err}");
+            assert!(err.0[0].contains(EGRESS_ALLOW_HOST_PATH), "{err}");
+            assert!(!err.to_string().contains("Directory"), "{err}");
+        }
+        let allowed = settings(&[
+            (EGRESS_ALLOW_HOST_PATH, "true"),
+            (EGRESS_KEEP_CAPABILITIES, "NET_RAW"),
+        ]);
+        let e = check(&cfg, &allowed, &p).unwrap();
+        assert_eq!(
+            e.reason(),
+            "keeps NET_RAW; mounts a host path (spec.volumes[1]); mounts a host path (spec.volumes[2])"
+        );
+        let none_mounted = pod(json!({
+            "containers": [{"name": "a"}],
+            "volumes": [{"name": "scratch", "emptyDir": {}}]
+        }));
+        assert!(
+            check(&cfg, &settings(&[]), &none_mounted)
+                .unwrap()
+                .enforceable()
+        );
+
+        // Through the handler: refused; allowed by annotation, injected and flagged.
         let (response, refused) = through_review(|pod| {
-            *pod = injected.clone();
-            let caps = json!({"add": ["SYS_PTRACE"], "drop": ["ALL"]});
-            pod["spec"]["initContainers"][0]["securityContext"]["capabilities"] = caps;
+            pod["spec"]["volumes"] = json!([{"name": "host", "hostPath": {"path": "/"}}]);
         });
         assert!(refused.is_none());
-        assert_eq!(
-            response["status"]["message"],
-            "vigie sidecar injection: spec.initContainers[0]: a container named vigie-sidecar that the webhook did not inject (securityContext.capabilities.add is not empty); rename it, the webhook injects its own"
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("vigie sidecar injection: spec.volumes[0].hostPath: "),
+            "{message}"
         );
-
-        // One written exactly as the webhook would: accepted, the apps held, enrolled.
-        let (response, supplied) = through_review(|pod| {
-            pod["spec"]["initContainers"] = json!([injected_sidecar("true")]);
+        let (response, injected) = through_review(|pod| {
+            pod["metadata"]["annotations"] = json!({EGRESS_ALLOW_HOST_PATH: "true"});
+            pod["spec"]["volumes"] = json!([{"name": "host", "hostPath": {"path": "/"}}]);
         });
         assert_eq!(response["allowed"], true, "{response}");
-        let supplied = supplied.unwrap();
+        let injected = injected.unwrap();
+        let annotations = &injected["metadata"]["annotations"];
+        assert_eq!(annotations[ENFORCEABLE_ANNOTATION], "false");
         assert_eq!(
-            supplied["spec"]["containers"][0]["securityContext"]["capabilities"],
-            json!({"drop": EGRESS_CAPABILITIES})
-        );
-        assert_eq!(supplied["metadata"]["labels"][ENROL_LABEL], "enforced");
-        assert_eq!(
-            supplied["metadata"]["annotations"][ENFORCEABLE_ANNOTATION],
-            "true"
+            annotations[NOT_ENFORCEABLE_REASON_ANNOTATION],
+            "mounts a host path (spec.volumes[0])"
         );
     }
 
@@ -1058,8 +1148,9 @@ mod tests {
             format!("keeps NET_RAW; {CLASSIC_SIDECAR_REASON}")
         );
 
-        // Through the handler: injected (not refused), flagged; a second pass changes
-        // nothing.
+        // Through the handler: injected (not refused), flagged; the injected pod seen
+        // again is refused (reinvocation is off: a pod carrying the sidecar was written by
+        // someone else).
         let (response, injected) = through_review(|pod| {
             pod["metadata"]["annotations"] = json!({NATIVE_SIDECAR: "false"});
         });
@@ -1085,15 +1176,13 @@ mod tests {
         );
         let (response, again) = through_review(|pod| *pod = injected.clone());
         assert!(again.is_none(), "{response}");
-        // A sidecar among the regular containers is classic whatever the annotations say.
-        let (_, supplied) = through_review(|pod| {
-            let containers = pod["spec"]["containers"].as_array_mut().unwrap();
-            containers.push(injected_sidecar("false"));
-        });
-        let supplied = supplied.unwrap();
-        assert_eq!(
-            supplied["metadata"]["annotations"][NOT_ENFORCEABLE_REASON_ANNOTATION],
-            CLASSIC_SIDECAR_REASON
+        assert_eq!(response["allowed"], false, "{response}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "vigie sidecar injection: spec.containers[0]: a container named vigie-sidecar is injected by the webhook; "
+            ),
+            "{message}"
         );
     }
 }

@@ -28,8 +28,8 @@ pub use review::{ReviewError, review};
 /// Label on namespaces and pods: `enabled` opts in, `disabled` opts out.
 pub const INJECT_LABEL: &str = "vigie.io/inject";
 /// Annotation recording what was injected (JSON). Not a mark of injection: a pod may
-/// carry any annotation, so only a container named [`SIDECAR_NAME`] is one (and it is
-/// checked, see [`isolation`]).
+/// carry any annotation. A pod created with a container named [`SIDECAR_NAME`] is
+/// refused (see [`isolation`]).
 pub const STATUS_ANNOTATION: &str = "vigie.io/status";
 /// Label the egress agent selects pods to enrol by.
 pub const ENROL_LABEL: &str = "vigie.io/egress";

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use crate::decide::{containers, is_sidecar, label};
+use crate::decide::{containers, label};
 use crate::isolation::{self, Enforceability};
 use crate::overrides::PodSettings;
 use crate::{
@@ -548,30 +548,4 @@ fn enrol<'a>(
         annotations.insert(NOT_ENFORCEABLE_REASON_ANNOTATION.into(), json!(reason));
     }
     Ok(annotations)
-}
-
-/// For a pod that arrives with the sidecar in it (the webhook's own patch seen again,
-/// or a sidecar written by hand that [`isolation::check`] found to be the injected
-/// one): the capabilities dropped from every other container, the enrolment label and
-/// the enforceability annotations, as [`inject`] sets them. Changes nothing on a pod
-/// the webhook injected and nobody changed since.
-pub fn reconcile(
-    settings: &PodSettings,
-    enforceability: &Enforceability,
-    pod: &mut Value,
-) -> Result<(), MutateError> {
-    let spec = pod
-        .as_object_mut()
-        .ok_or(MutateError::NotAnObject)?
-        .entry("spec")
-        .or_insert_with(|| json!({}));
-    for list in ["containers", "initContainers"] {
-        if let Some(Value::Array(items)) = spec.get_mut(list) {
-            for container in items.iter_mut().filter(|c| !is_sidecar(c)) {
-                isolation::drop_capabilities(container, &settings.kept_capabilities);
-            }
-        }
-    }
-    enrol(pod, enforceability)?;
-    Ok(())
 }

@@ -27,9 +27,13 @@ pub const EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE: &str =
 /// `true`: a pod with `hostPID: true` or `hostIPC: true` is injected (otherwise
 /// refused), flagged not enforceable. One annotation for both host namespaces.
 pub const EGRESS_ALLOW_HOST_PID_IPC: &str = "vigie.io/egress-allow-host-pid-ipc";
+/// `true`: a pod with `hostPath` volumes is injected (otherwise refused), flagged not
+/// enforceable: a root process with a host path on `/sys/fs/bpf` (or `/`) can delete
+/// the egress agent's pinned maps.
+pub const EGRESS_ALLOW_HOST_PATH: &str = "vigie.io/egress-allow-host-path";
 
 /// The annotations a pod may set.
-const SETTINGS: [&str; 10] = [
+const SETTINGS: [&str; 11] = [
     CPU_REQUEST,
     CPU_LIMIT,
     MEMORY_REQUEST,
@@ -40,6 +44,7 @@ const SETTINGS: [&str; 10] = [
     EGRESS_KEEP_CAPABILITIES,
     EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE,
     EGRESS_ALLOW_HOST_PID_IPC,
+    EGRESS_ALLOW_HOST_PATH,
 ];
 
 /// An annotation's entry as an error shows it: only what looks like a capability
@@ -70,6 +75,8 @@ pub struct PodSettings {
     pub allow_shared_process_namespace: bool,
     /// `hostPID: true` and `hostIPC: true` accepted (the pod is then not enforceable).
     pub allow_host_pid_ipc: bool,
+    /// `hostPath` volumes accepted (the pod is then not enforceable).
+    pub allow_host_path: bool,
 }
 
 /// The pod's settings, or every invalid annotation with its reason.
@@ -90,6 +97,7 @@ pub fn resolve(
         kept_capabilities: Vec::new(),
         allow_shared_process_namespace: false,
         allow_host_pid_ipc: false,
+        allow_host_path: false,
     };
     for (key, value) in annotations {
         if !key.starts_with("vigie.io/") {
@@ -159,11 +167,13 @@ pub fn resolve(
                     .filter(|c| names.contains(c))
                     .collect();
             }
-            EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE | EGRESS_ALLOW_HOST_PID_IPC => {
-                let slot = if key.as_str() == EGRESS_ALLOW_HOST_PID_IPC {
-                    &mut settings.allow_host_pid_ipc
-                } else {
-                    &mut settings.allow_shared_process_namespace
+            EGRESS_ALLOW_SHARED_PROCESS_NAMESPACE
+            | EGRESS_ALLOW_HOST_PID_IPC
+            | EGRESS_ALLOW_HOST_PATH => {
+                let slot = match key.as_str() {
+                    EGRESS_ALLOW_HOST_PID_IPC => &mut settings.allow_host_pid_ipc,
+                    EGRESS_ALLOW_HOST_PATH => &mut settings.allow_host_path,
+                    _ => &mut settings.allow_shared_process_namespace,
                 };
                 match value {
                     "true" => *slot = true,
@@ -282,6 +292,28 @@ mod tests {
             ]
         );
         assert!(SETTINGS.contains(&EGRESS_ALLOW_HOST_PID_IPC));
+    }
+
+    #[test]
+    fn host_path_is_allowed_by_its_own_annotation() {
+        let cfg = InjectConfig::default();
+        let allowed = resolve(&cfg, &annotations(&[(EGRESS_ALLOW_HOST_PATH, "true")])).unwrap();
+        assert!(allowed.allow_host_path);
+        assert!(!allowed.allow_host_pid_ipc, "one does not imply the other");
+        let plain = resolve(&cfg, &annotations(&[])).unwrap();
+        assert!(!plain.allow_host_path);
+        let errors = resolve(
+            &cfg,
+            &annotations(&[(EGRESS_ALLOW_HOST_PATH, "yes please")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "annotation vigie.io/egress-allow-host-path: an entry (not shown) is not true or false"
+            ]
+        );
+        assert!(SETTINGS.contains(&EGRESS_ALLOW_HOST_PATH));
     }
 
     #[test]

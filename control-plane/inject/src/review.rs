@@ -8,7 +8,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::decide::{Decision, SkipReason, Trigger, decide};
+use crate::decide::{Decision, Trigger, decide};
 use crate::{InjectConfig, isolation, mutate, overrides};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,19 +76,14 @@ fn respond(
         Ok(v) => v,
         Err(e) => return deny(resp, &format!("the pod cannot be read: {}", describe(&e))),
     };
-    // A pod that already carries a container named like the sidecar (the webhook's own
-    // patch seen again, or one written by hand) is checked all the same: the sidecar must
-    // be the injected one, and the app containers are held like any others.
-    let already = match decide(cfg, &namespace, &pod, trigger) {
-        Decision::Inject => false,
-        Decision::Skip(SkipReason::AlreadyInjected) => true,
-        Decision::Skip(reason) => {
-            info!(target: "vigie::inject", namespace, pod = name, %reason, "not injected");
-            resp.audit_annotations
-                .insert("injection".into(), format!("skipped: {reason}"));
-            return resp;
-        }
-    };
+    // A pod that already carries a container named like the sidecar is refused by
+    // `isolation::check`: reinvocation is off, so it is not the webhook's own output.
+    if let Decision::Skip(reason) = decide(cfg, &namespace, &pod, trigger) {
+        info!(target: "vigie::inject", namespace, pod = name, %reason, "not injected");
+        resp.audit_annotations
+            .insert("injection".into(), format!("skipped: {reason}"));
+        return resp;
+    }
     let annotations = object.metadata.annotations.clone().unwrap_or_default();
     let settings = match overrides::resolve(cfg, &annotations) {
         Ok(s) => s,
@@ -114,23 +109,11 @@ fn respond(
         }
     };
     let mut mutated = pod.clone();
-    let mutation = if already {
-        mutate::reconcile(&settings, &enforceability, &mut mutated)
-    } else {
-        mutate::inject(cfg, &settings, &enforceability, &mut mutated)
-    };
-    if let Err(e) = mutation {
+    if let Err(e) = mutate::inject(cfg, &settings, &enforceability, &mut mutated) {
         warn!(target: "vigie::inject", namespace, pod = name, error = %e, "refused");
         return deny(resp, &format!("vigie sidecar injection: {e}"));
     }
     let patch = json_patch::diff(&pod, &mutated);
-    if already && patch.0.is_empty() {
-        let reason = SkipReason::AlreadyInjected;
-        info!(target: "vigie::inject", namespace, pod = name, %reason, "not injected");
-        resp.audit_annotations
-            .insert("injection".into(), format!("skipped: {reason}"));
-        return resp;
-    }
     info!(
         target: "vigie::inject",
         namespace,
@@ -138,10 +121,9 @@ fn respond(
         mode = if settings.native_sidecar { "native" } else { "classic" },
         enforceable = enforceability.enforceable(),
         operations = patch.0.len(),
-        already,
         "injected"
     );
-    if !already && !settings.native_sidecar {
+    if !settings.native_sidecar {
         resp.warnings = Some(vec![
             "vigie: classic sidecar container: the application may start before the sidecar is ready, and Jobs do not complete while it runs".into(),
         ]);
@@ -153,13 +135,8 @@ fn respond(
         resp.audit_annotations
             .insert("egress-not-enforceable".into(), reason);
     }
-    let done = if already {
-        "already injected: app containers held again"
-    } else {
-        "injected"
-    };
     resp.audit_annotations
-        .insert("injection".into(), done.into());
+        .insert("injection".into(), "injected".into());
     match resp.clone().with_patch(patch) {
         Ok(r) => r,
         Err(e) => deny(resp, &format!("vigie sidecar injection: {e}")),

@@ -31,8 +31,9 @@ fn patch_of(response: &Value) -> Option<json_patch::Patch> {
     Some(serde_json::from_slice(&raw).unwrap())
 }
 
-/// Reviews, applies the patch, checks a second pass changes nothing; returns the
-/// patched pod and the patch.
+/// Reviews, applies the patch, checks the patched pod is refused if seen again (the
+/// webhook is registered with `reinvocationPolicy: Never`, so a pod created with the
+/// sidecar in it was written by someone else); returns the patched pod and the patch.
 fn inject(name: &str, trigger: Trigger) -> (Pod, json_patch::Patch) {
     let mut request = fixture(name);
     let response = respond(&request, trigger);
@@ -44,14 +45,14 @@ fn inject(name: &str, trigger: Trigger) -> (Pod, json_patch::Patch) {
 
     request["request"]["object"] = object;
     let again = respond(&request, trigger);
-    assert_eq!(again["allowed"], true);
+    assert_eq!(again["allowed"], false, "{again}");
+    assert!(patch_of(&again).is_none(), "{again}");
+    let message = again["status"]["message"].as_str().unwrap();
     assert!(
-        patch_of(&again).is_none(),
-        "second pass must not patch: {again}"
-    );
-    assert_eq!(
-        again["auditAnnotations"]["injection"],
-        "skipped: already injected"
+        message.contains(
+            "]: a container named vigie-sidecar is injected by the webhook; remove it (and its volumes) from the pod spec"
+        ),
+        "{message}"
     );
     (pod, patch)
 }
@@ -480,7 +481,8 @@ fn pods_carrying_the_marks_of_injection_are_checked_all_the_same() {
         "{message}"
     );
 
-    // A container named like the sidecar that the webhook did not inject.
+    // A container named like the sidecar: refused (reinvocation is off, so it is not
+    // the webhook's own output).
     let mut by_hand = fixture("job-pod.json");
     let containers = by_hand["request"]["object"]["spec"]["containers"]
         .as_array_mut()
@@ -488,16 +490,14 @@ fn pods_carrying_the_marks_of_injection_are_checked_all_the_same() {
     containers.push(json!({"name": "vigie-sidecar", "image": "registry.example/proxy:1"}));
     let r = respond(&by_hand, Trigger::Namespace);
     assert_eq!(r["allowed"], false);
-    let message = r["status"]["message"].as_str().unwrap();
-    assert!(
-        message.starts_with(
-            "vigie sidecar injection: spec.containers[1]: a container named vigie-sidecar that the webhook did not inject ("
-        ),
-        "{message}"
+    assert_eq!(
+        r["status"]["message"],
+        "vigie sidecar injection: spec.containers[1]: a container named vigie-sidecar is injected by the webhook; remove it (and its volumes) from the pod spec"
     );
-    assert!(!message.contains("registry.example"), "{message}");
 
-    // hostPID accepted by annotation: injected, flagged, and a second pass is a no-op.
+    // hostPID accepted by annotation: injected, flagged; the injected pod seen again is
+    // refused (reinvocation is off: a pod carrying the sidecar was written by someone
+    // else).
     let mut host_pid = fixture("job-pod.json");
     let object = &mut host_pid["request"]["object"];
     object["metadata"]["annotations"] = json!({"vigie.io/egress-allow-host-pid-ipc": "true"});
@@ -514,8 +514,73 @@ fn pods_carrying_the_marks_of_injection_are_checked_all_the_same() {
     );
     host_pid["request"]["object"] = object;
     let again = respond(&host_pid, Trigger::Namespace);
-    assert_eq!(again["allowed"], true);
+    assert_eq!(again["allowed"], false, "{again}");
     assert!(patch_of(&again).is_none(), "{again}");
+    let message = again["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "vigie sidecar injection: spec.initContainers[0]: a container named vigie-sidecar is injected by the webhook; "
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn adding_all_capabilities_or_mounting_a_host_path_is_refused() {
+    let mut all = fixture("job-pod.json");
+    all["request"]["object"]["spec"]["containers"][0]["securityContext"] =
+        json!({"capabilities": {"add": ["NET_BIND_SERVICE", "ALL"]}});
+    let r = respond(&all, Trigger::Namespace);
+    assert_eq!(r["allowed"], false);
+    assert!(patch_of(&r).is_none());
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "vigie sidecar injection: spec.containers[0].securityContext.capabilities.add[1]: adding ALL "
+        ),
+        "{message}"
+    );
+
+    let mut outside = fixture("job-pod.json");
+    outside["request"]["object"]["spec"]["containers"][0]["securityContext"] =
+        json!({"capabilities": {"add": ["SYS_MODULE"]}});
+    let r = respond(&outside, Trigger::Namespace);
+    assert_eq!(r["allowed"], false);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "vigie sidecar injection: spec.containers[0].securityContext.capabilities.add[0]: SYS_MODULE is outside the Kubernetes Pod Security baseline capabilities"
+        ),
+        "{message}"
+    );
+
+    let mut host_path = fixture("job-pod.json");
+    host_path["request"]["object"]["spec"]["volumes"] =
+        json!([{"name": "bpf", "hostPath": {"path": "/sys/fs/bpf"}}]);
+    let r = respond(&host_path, Trigger::Namespace);
+    assert_eq!(r["allowed"], false);
+    assert!(patch_of(&r).is_none());
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("vigie sidecar injection: spec.volumes[0].hostPath: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("vigie.io/egress-allow-host-path"),
+        "{message}"
+    );
+    host_path["request"]["object"]["metadata"]["annotations"] =
+        json!({"vigie.io/egress-allow-host-path": "true"});
+    let r = respond(&host_path, Trigger::Namespace);
+    assert_eq!(r["allowed"], true, "{r}");
+    let mut object = host_path["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch_of(&r).unwrap()).unwrap();
+    let annotations = &object["metadata"]["annotations"];
+    assert_eq!(annotations["vigie.io/egress-enforceable"], "false");
+    assert_eq!(
+        annotations["vigie.io/egress-not-enforceable-reason"],
+        "mounts a host path (spec.volumes[0])"
+    );
 }
 
 #[test]
