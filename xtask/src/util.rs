@@ -44,3 +44,8 @@ pub fn cargo() -> Command {
 pub fn venv_python() -> PathBuf {
     root().join("target/venv/bin/python")
 }
+
+/// The Python of Presidio's environment (`setup::PRESIDIO_VENV`).
+pub fn presidio_python() -> PathBuf {
+    root().join(crate::setup::PRESIDIO_VENV).join("bin/python")
+}

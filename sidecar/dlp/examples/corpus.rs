@@ -1,6 +1,8 @@
 //! `cargo run --release -p vigie-dlp --example corpus -- N SEED`: prints the labelled
 //! corpus as JSON lines (character offsets, for other tools such as Presidio), then a
-//! last line with Vigie's own scores and scan throughput on it.
+//! last line with Vigie's own scores and scan throughput on it. `-- --file PATH`: the
+//! same for a labelled JSON-lines file (byte offsets), such as the hand-written corpus
+//! `sidecar/dlp/tests/data/personal_handwritten.jsonl`.
 #![expect(
     clippy::unwrap_used,
     clippy::print_stdout,
@@ -9,7 +11,7 @@
 
 use std::time::Instant;
 
-use vigie_dlp::corpus::generate;
+use vigie_dlp::corpus::{Sample, generate};
 use vigie_dlp::scoring::score;
 use vigie_dlp::{Engine, builtins};
 
@@ -17,11 +19,25 @@ fn chars(text: &str, byte: usize) -> usize {
     text[..byte].chars().count()
 }
 
+/// A labelled JSON-lines file: `{"text": …, "labels": [[TYPE, start, end], …]}`.
+fn read(path: &str) -> Vec<Sample> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Sample>(l).unwrap())
+        .collect()
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
-    let seed: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20261129);
-    let samples = generate(seed, n);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let samples = if args.first().map(String::as_str) == Some("--file") {
+        read(&args[1])
+    } else {
+        let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2000);
+        let seed: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20261129);
+        generate(seed, n)
+    };
     for s in &samples {
         let labels: Vec<_> = s
             .labels

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 /// One sample: the text and the expected findings (detector, byte span).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct Sample {
     pub text: String,
     pub labels: Vec<(String, usize, usize)>,

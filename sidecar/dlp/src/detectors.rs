@@ -84,6 +84,16 @@ pub struct Detector {
     /// A match in free prose (a name, an address, a date): it gives way to the other
     /// detectors' matches it overlaps.
     pub yields: bool,
+    /// The context words must be in the match's own sentence, before it, as whole words
+    /// (`il` is not in `ville`; each starts with a letter or a digit): the window of
+    /// [`crate::engine::CONTEXT_WINDOW`] bytes is cut at the last sentence end before
+    /// the match. Such a detector is not gated on its context words (they are common:
+    /// pronouns, civilities): its patterns are scanned everywhere and must be specific
+    /// phrases.
+    pub sentence: bool,
+    /// Refuses a match from the text right before it (up to [`crate::engine::NOT_AFTER_WINDOW`]
+    /// bytes): a name after `lycée` or `rue` is a place named after someone.
+    pub not_after: Option<fn(&str) -> bool>,
 }
 
 fn d<P: AsRef<str>>(
@@ -106,6 +116,8 @@ fn d<P: AsRef<str>>(
         glue: false,
         lead: None,
         yields: false,
+        sentence: false,
+        not_after: None,
     }
 }
 
@@ -362,6 +374,7 @@ pub fn builtins() -> Vec<Detector> {
     marking.caseless = true;
     v.push(marking);
     v.extend(crate::personal::detectors());
+    v.extend(crate::special::detectors());
     v
 }
 

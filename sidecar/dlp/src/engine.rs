@@ -3,6 +3,7 @@
 //! match?" (streaming hold-back), and the validation that turns candidates into
 //! [`Finding`]s. Compiled once per policy version; shared by all requests.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use hyperscan::prelude::{BlockDatabase, Builder as _, Matching, Pattern, Patterns, Scratch};
@@ -132,8 +133,17 @@ pub struct Finding {
     pub matched_from: usize,
 }
 
-/// How far back context words are looked for.
+/// How far back context words are looked for. For a detector whose context words must
+/// be in the match's sentence ([`Detector::sentence`]), the window is also cut at the
+/// last sentence end before the match (`sentence_start`).
 pub const CONTEXT_WINDOW: usize = 100;
+
+/// Candidates always kept whole before the density rule of `find_folded` applies: a
+/// short text (a streamed chunk) never reaches it, so streaming and block agree there.
+const MIN_DENSE_CANDIDATES: usize = 64;
+
+/// How much text before a match [`Detector::not_after`] reads.
+pub const NOT_AFTER_WINDOW: usize = 32;
 
 /// A matcher over some of the patterns; local pattern ids map to global indexes.
 #[derive(Debug)]
@@ -171,10 +181,100 @@ pub struct Engine {
     /// A detector whose matches may touch letters can also start with one (IBAN): a
     /// match may then start between two letters (`xFR76…`).
     glued_letter_start: bool,
+    /// Per detector: the context words of a detector whose words must be in the match's
+    /// sentence, by first word (empty for the others).
+    cues: Vec<Cues>,
+}
+
+/// Context words by their first word (the letters and digits they start with): a
+/// sentence is read once, word by word, not searched once per context word — such a
+/// detector has hundreds of them (spellings, roles, relatives), and crafted text may
+/// offer it a candidate every few bytes.
+#[derive(Debug, Default)]
+struct Cues(HashMap<String, Vec<String>>);
+
+/// The letters and digits `s` starts with.
+fn first_word(s: &str) -> &str {
+    let end = s
+        .char_indices()
+        .find(|(_, c)| !c.is_alphanumeric())
+        .map_or(s.len(), |(i, _)| i);
+    &s[..end]
+}
+
+impl Cues {
+    fn new(words: &[String]) -> Self {
+        let mut by_first: HashMap<String, Vec<String>> = HashMap::new();
+        for w in words {
+            let w = w.trim().to_lowercase();
+            let entry = by_first.entry(first_word(&w).to_string()).or_default();
+            if !entry.contains(&w) {
+                entry.push(w);
+            }
+        }
+        Self(by_first)
+    }
+
+    /// Whether one of the words is in `window` (lower case) at or after `from`, as a
+    /// whole word: neither glued to a letter or digit before it nor after it (a part
+    /// boundary separates words; `outside` is the character before the window, `None`
+    /// when nothing precedes it). `il` is not in `ville`, `elle` not in `nouvelle`.
+    fn found(
+        &self,
+        window: &str,
+        from: usize,
+        outside: Option<char>,
+        seam: &dyn Fn(usize) -> bool,
+    ) -> bool {
+        let Some(tail) = window.get(from..) else {
+            return false;
+        };
+        let mut prev = if from == 0 {
+            outside
+        } else {
+            window[..from].chars().next_back()
+        };
+        for (i, c) in tail.char_indices() {
+            let at = from + i;
+            let starts =
+                c.is_alphanumeric() && (seam(at) || prev.is_none_or(|p| !p.is_alphanumeric()));
+            prev = Some(c);
+            if !starts {
+                continue;
+            }
+            let rest = &window[at..];
+            let Some(words) = self.0.get(first_word(rest)) else {
+                continue;
+            };
+            let whole = |w: &String| {
+                let end = at + w.len();
+                rest.starts_with(w.as_str())
+                    && (!w.ends_with(char::is_alphanumeric)
+                        || seam(end)
+                        || window[end..]
+                            .chars()
+                            .next()
+                            .is_none_or(|n| !n.is_alphanumeric()))
+            };
+            if words.iter().any(whole) {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 fn is_word(c: char) -> bool {
     c.is_alphanumeric()
+}
+
+/// Whether a detector is scanned only near its context words (the contextual group).
+/// A detector whose context words must be in the match's sentence is not: its words
+/// are common (pronouns, civilities — `il`, `M.`, too short to gate on), its patterns
+/// specific phrases, cheap to scan everywhere; its context is checked in
+/// [`Engine::accept`] only.
+fn gated(d: &Detector) -> bool {
+    !d.context.is_empty() && !d.sentence
 }
 
 /// How many part boundaries a finding runs across.
@@ -215,10 +315,12 @@ impl Engine {
         for (di, d) in detectors.iter().enumerate() {
             for (pi, p) in d.patterns.iter().enumerate() {
                 // Each pattern alone first: so a broken custom pattern is reported with
-                // its own position, not as a failure of the whole set.
-                let checked = [&p.scan, &p.full]
-                    .into_iter()
-                    .try_for_each(|expr| check_pattern(expr, d.caseless));
+                // its own position, not as a failure of the whole set. Once when the scan
+                // form is the whole pattern (a Hyperscan compile each).
+                let mut checked = check_pattern(&p.scan, d.caseless);
+                if checked.is_ok() && p.full != p.scan {
+                    checked = check_pattern(&p.full, d.caseless);
+                }
                 checked.map_err(|PatternError(message)| DlpError::Pattern {
                     detector: di,
                     pattern: pi,
@@ -232,7 +334,7 @@ impl Engine {
         let (free, contextual) = build_groups(&detectors, &patterns, &owner)?;
         let context_reach = detectors
             .iter()
-            .filter(|d| !d.context.is_empty())
+            .filter(|d| gated(d))
             .flat_map(|d| d.patterns.iter().map(|p| max_len(&p.full, d.caseless)))
             .try_fold(0, |acc, l| l.map(|l| acc.max(l)))
             .map(|l| CONTEXT_WINDOW + l);
@@ -261,12 +363,26 @@ impl Engine {
             .build_many(&dfa_patterns)
             .map_err(|e| DlpError::Matcher(e.to_string()))?;
         let mut seam_gates: Vec<String> = Vec::new();
-        for w in detectors.iter().flat_map(|d| &d.context) {
+        for w in detectors
+            .iter()
+            .filter(|d| gated(d))
+            .flat_map(|d| &d.context)
+        {
             let w = w.trim().to_lowercase();
             if whole_word_gate(&w) && !seam_gates.contains(&w) {
                 seam_gates.push(w);
             }
         }
+        let cues: Vec<Cues> = detectors
+            .iter()
+            .map(|d| {
+                if d.sentence {
+                    Cues::new(&d.context)
+                } else {
+                    Cues::default()
+                }
+            })
+            .collect();
         let glued_letter_start = detectors.iter().filter(|d| d.glue).any(|d| {
             d.patterns.iter().any(|p| {
                 first_bytes(&p.full, d.caseless)
@@ -284,6 +400,7 @@ impl Engine {
             context_reach,
             seam_gates,
             glued_letter_start,
+            cues,
         })
     }
 
@@ -443,7 +560,7 @@ impl Engine {
                 // only its longest reading, and memory stays a small multiple of the text.
                 let yields = self.detectors.get(detector).is_some_and(|d| d.yields);
                 if yields
-                    && candidates.len() > bytes.len() / 16
+                    && candidates.len() > (bytes.len() / 16).max(MIN_DENSE_CANDIDATES)
                     && let Some(last) = candidates.last_mut()
                     && last.detector == f.detector
                     && last.start == f.start
@@ -639,6 +756,22 @@ impl Engine {
         if touches(value.chars().next(), prev) || touches(value.chars().next_back(), next) {
             return false;
         }
+        if let Some(refuse) = d.not_after
+            && !at_seam(f.start)
+        {
+            let from = floor_boundary(text, f.start.saturating_sub(NOT_AFTER_WINDOW));
+            let near = &text[from..f.start];
+            let refused = if from == 0 && near.len() < NOT_AFTER_WINDOW {
+                let need = NOT_AFTER_WINDOW - near.len();
+                let tail = &before[floor_boundary(before, before.len().saturating_sub(need))..];
+                refuse(&format!("{tail}{near}"))
+            } else {
+                refuse(near)
+            };
+            if refused {
+                return false;
+            }
+        }
         if d.glue && (prev.is_some_and(is_word) || next.is_some_and(is_word)) && in_digest(text, f)
         {
             return false;
@@ -655,10 +788,18 @@ impl Engine {
             let mut window = String::new();
             let from = floor_boundary(text, f.start.saturating_sub(CONTEXT_WINDOW));
             let from_text = &text[from..f.start];
+            // The character just before the window, if any: whether a word at the
+            // window's start is whole.
+            let mut outside = if from > 0 {
+                text[..from].chars().next_back()
+            } else {
+                before.chars().next_back()
+            };
             if from_text.len() < CONTEXT_WINDOW {
                 let need = CONTEXT_WINDOW - from_text.len();
-                window
-                    .push_str(&before[floor_boundary(before, before.len().saturating_sub(need))..]);
+                let cut = floor_boundary(before, before.len().saturating_sub(need));
+                outside = before[..cut].chars().next_back();
+                window.push_str(&before[cut..]);
             }
             let head = window.len();
             window.push_str(from_text);
@@ -668,7 +809,18 @@ impl Engine {
             // the byte length, as it does for French.
             let same = lower.len() == window.len();
             let seam = |i: usize| same && i >= head && at_seam(from + i - head);
-            if !d.context.iter().any(|w| context_found(&lower, w, &seam)) {
+            let found = if d.sentence {
+                let start = sentence_start(&lower, &seam);
+                self.cues
+                    .get(f.detector)
+                    .is_some_and(|c| c.found(&lower, start, outside, &seam))
+                    // A name written without civility is a person too (`Karim
+                    // Benali, syndiqué à la CGT`).
+                    || (same && window.get(start..).is_some_and(crate::names::names_a_person))
+            } else {
+                d.context.iter().any(|w| context_found(&lower, w, &seam))
+            };
+            if !found {
                 return false;
             }
         }
@@ -760,11 +912,11 @@ fn build_groups(
         owner
             .get(i)
             .and_then(|d| detectors.get(*d))
-            .is_some_and(|d| !d.context.is_empty())
+            .is_some_and(gated)
     };
     let mut gates: Vec<String> = Vec::new();
     let mut ungated = false;
-    for d in detectors.iter().filter(|d| !d.context.is_empty()) {
+    for d in detectors.iter().filter(|d| gated(d)) {
         for w in &d.context {
             match gate_patterns(w) {
                 Some(literals) => {
@@ -932,6 +1084,53 @@ fn context_found(window: &str, word: &str, seam: &dyn Fn(usize) -> bool) -> bool
     })
 }
 
+/// Where the sentence that ends `window` (lower case) begins: just after its last
+/// sentence end, or 0. A sentence ends at a line break, and at `!`, `?`, `;` or `.`
+/// followed by whitespace (or a part boundary) — a `.` only after a number or a word of
+/// four letters or more that is not a known abbreviation: `M.`, `Mme.`, `Dr.`, `Me.`,
+/// `art.`, `n°.` and initials (`J.`) end nothing, nor do `Mlle.` or `janv.`.
+fn sentence_start(window: &str, seam: &dyn Fn(usize) -> bool) -> usize {
+    let bytes = window.as_bytes();
+    // Bytes, backwards: the marks are ASCII, never inside a multi-byte character.
+    for (i, &b) in bytes.iter().enumerate().rev() {
+        let ends = match b {
+            b'\n' | b'\r' => true,
+            mark @ (b'!' | b'?' | b';' | b'.') => {
+                let spaced = bytes.get(i + 1).is_some_and(u8::is_ascii_whitespace) || seam(i + 1);
+                spaced && (mark != b'.' || ends_with_sentence_word(&window[..i]))
+            }
+            _ => false,
+        };
+        if ends {
+            return i + 1;
+        }
+    }
+    0
+}
+
+/// Abbreviations of four letters or more written with a period inside sentences.
+const ABBREVIATIONS: &[&str] = &[
+    "mlle", "mlles", "mmes", "melle", "janv", "févr", "fevr", "juil", "sept", "cass", "crim",
+    "préc", "prec", "suiv",
+];
+
+/// Whether the text before a `.` (periods of an ellipsis skipped) ends with a word
+/// whose period ends a sentence: a number, or four letters or more and not one of the
+/// [`ABBREVIATIONS`].
+fn ends_with_sentence_word(head: &str) -> bool {
+    let head = head.trim_end_matches('.');
+    let (mut letters, mut digits_only, mut bytes) = (0usize, true, 0usize);
+    for c in head.chars().rev().take_while(|c| c.is_alphanumeric()) {
+        bytes += c.len_utf8();
+        if c.is_alphabetic() {
+            letters += 1;
+        }
+        digits_only &= c.is_ascii_digit();
+    }
+    let word = &head[head.len() - bytes..];
+    (bytes > 0 && digits_only) || (letters >= 4 && !ABBREVIATIONS.contains(&word))
+}
+
 /// A context word without three ASCII letters in a row: gated whole (see
 /// [`gate_patterns`]) and matched where a word starts.
 fn whole_word_gate(word: &str) -> bool {
@@ -949,5 +1148,59 @@ fn hs_message(e: &HsError) -> String {
     match e {
         HsError::Hyperscan(hyperscan::HsError::CompileError(c)) => c.message().to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_end_after_words_and_numbers_not_abbreviations() {
+        let no_seam = |_: usize| false;
+        let start = |w: &str| sentence_start(w, &no_seam);
+        assert_eq!(start("il est venu en 2019. "), "il est venu en 2019.".len());
+        assert_eq!(start("fin de phrase. elle "), "fin de phrase.".len());
+        assert_eq!(start("quoi ? il "), "quoi ?".len());
+        assert_eq!(start("voir ci-dessus... il "), "voir ci-dessus...".len());
+        assert_eq!(start("hier\nil "), "hier\n".len());
+        for w in [
+            "m. martin, cf. art. 3, ",
+            "vu mme. durand, ",
+            "mlle. petit, ",
+            "le 12 janv. 2021, ",
+            "dr. nguyen et j. dupont, ",
+            "le n°. 5, ",
+            "version 2.3, ",
+        ] {
+            assert_eq!(start(w), 0, "{w}");
+        }
+        // A part boundary after a period ends it too.
+        let seam_at_5 = |i: usize| i == 5;
+        assert_eq!(sentence_start("fini.il ", &seam_at_5), 5);
+    }
+
+    #[test]
+    fn context_words_of_a_sentence_are_whole_words() {
+        let cues = Cues::new(&[
+            "il".to_string(),
+            "l'intéressé".to_string(),
+            "M.".to_string(),
+        ]);
+        let no_seam = |_: usize| false;
+        let found = |w: &str| cues.found(w, 0, None, &no_seam);
+        assert!(found("il est "));
+        assert!(found("qu'il est "));
+        assert!(found("selon l'intéressé, "));
+        assert!(found("vu m. "));
+        assert!(!found("la ville est "));
+        assert!(!found("illustre "));
+        assert!(!found("l'intéressée "));
+        assert!(!found("10 m2 "));
+        // Only from the sentence's start on.
+        assert!(!cues.found("il dit. puis ", "il dit. ".len(), None, &no_seam));
+        // At the window's start, the character before it decides.
+        assert!(!cues.found("il est ", 0, Some('v'), &no_seam));
+        assert!(cues.found("il est ", 0, Some(' '), &no_seam));
     }
 }

@@ -11,18 +11,25 @@
 //! - [`parts`]: texts read together (a request's fields) scanned as one, findings
 //!   written back into each part.
 //! - [`stream`]: exact streaming with minimal hold-back, and block mode on the same path.
+//! - [`personal`], [`special`]: personal data in French prose (names, addresses, dates
+//!   of birth) and the special categories of GDPR art. 9 and 10 (health, religion…).
 //! - [`corpus`]: a seeded, labelled corpus generator for precision/recall.
 //! - [`policy`]: the policy's `dlp` section compiled (and validated, with field paths).
+//! - [`external`]: external detectors (services of the cluster) configured, their
+//!   answers read and placed in the texts that were sent.
 
 pub mod checks;
 pub mod corpus;
 pub mod detectors;
 pub mod engine;
+pub mod external;
 pub mod fold;
+pub mod names;
 pub mod parts;
 pub mod personal;
 pub mod policy;
 pub mod scoring;
+pub mod special;
 pub mod stream;
 
 pub use detectors::{Detector, Level, Pattern, builtins};

@@ -9,9 +9,9 @@
 //! `lead` says how many bytes of a match are that context, and the finding starts after
 //! them (`Mme <PERSON_1>`).
 //!
-//! Not found here (documented in docs/dlp.md): names written without a civility or a
-//! role (`Sophie Lefèvre a écrit`), which need a gazetteer of given names or NER — the
-//! external detector hook is the place for the latter.
+//! Names written without a civility or a role (`Sophie Lefèvre a écrit`) are a second
+//! `PERSON` detector: capitalised words one of which is a given name of the gazetteer
+//! ([`crate::names`]). NER-grade recall is the external detectors' (ADR 0019).
 
 use crate::detectors::{Detector, Level, Pattern};
 
@@ -313,6 +313,8 @@ fn detector(name: &str, patterns: Vec<String>, check: fn(&str) -> bool) -> Detec
         glue: false,
         lead: None,
         yields: true,
+        sentence: false,
+        not_after: None,
     }
 }
 
@@ -403,7 +405,15 @@ pub fn detectors() -> Vec<Detector> {
     .iter()
     .map(|s| (*s).to_string())
     .collect();
-    vec![person, address, birth]
+    let w = word();
+    let mut bare = detector(
+        "PERSON",
+        vec![format!("{w} ({w} )?{PARTICLE}?{w}")],
+        crate::names::bare_person,
+    );
+    bare.not_after = Some(crate::names::after_place_word);
+    crate::names::warm();
+    vec![person, address, birth, bare]
 }
 
 /// Bytes of `value` that are its civility or role word and what follows it (kept in

@@ -35,6 +35,8 @@ pub struct CompiledDlp {
     pub actions: Vec<DetectorActions>,
     pub hold_back_cap: usize,
     pub sensitivity_header: String,
+    /// Services asked after the built-in detectors (`dlp.externalDetectors`).
+    pub external: Vec<crate::external::ExternalDetector>,
 }
 
 impl CompiledDlp {
@@ -43,6 +45,10 @@ impl CompiledDlp {
     }
     pub fn scans_responses(&self) -> bool {
         self.actions.iter().any(|a| a.response.is_some())
+    }
+    /// Whether an external detector also reads complete answers.
+    pub fn external_answers(&self) -> bool {
+        self.external.iter().any(|x| x.answers)
     }
 }
 
@@ -205,6 +211,8 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
                 glue: false,
                 lead: None,
                 yields: false,
+                sentence: false,
+                not_after: None,
             },
         ));
     }
@@ -338,6 +346,7 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
         origin.push(from);
         detectors.push(d);
     }
+    let external = crate::external::compile(&dlp.external_detectors, &mut p.0);
     if !p.0.is_empty() {
         return Err(p.0);
     }
@@ -378,6 +387,7 @@ pub fn compile(dlp: &v1::Dlp) -> Result<CompiledDlp, Vec<Violation>> {
         } else {
             dlp.sensitivity_header.to_ascii_lowercase()
         },
+        external,
     })
 }
 

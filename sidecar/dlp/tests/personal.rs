@@ -44,7 +44,7 @@ const FOUND: &[(&str, &str)] = &[
     ),
     (
         "Marie Curie, épouse Sklodowska.",
-        "Marie Curie, épouse [PERSON].",
+        "[PERSON], épouse [PERSON].",
     ),
     (
         "Le mis en cause Karim Benali conteste.",

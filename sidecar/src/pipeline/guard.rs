@@ -5,7 +5,10 @@ use http::HeaderMap;
 
 use super::{Refusal, RequestCtx, SidecarApp};
 use crate::api::ApiError;
-use crate::dlp::{self, Level};
+use crate::api::request::LlmRequest;
+use crate::dlp::{self, Level, RequestScan};
+use crate::upstream::detector;
+use vigie_dlp::policy::CompiledDlp;
 
 /// Sensitivity header when the policy has no DLP section to name one.
 const DEFAULT_SENSITIVITY_HEADER: &str = "x-vigie-sensitivity";
@@ -29,6 +32,7 @@ pub async fn check(
             let scan = dlp::scan_request(&policy, &mut request, declared);
             (request, scan)
         } else {
+            let policy = policy.clone();
             tokio::task::spawn_blocking(move || {
                 let scan = dlp::scan_request(&policy, &mut request, declared);
                 (request, scan)
@@ -37,7 +41,13 @@ pub async fn check(
             .map_err(|_| ApiError::dlp_unavailable())?
         };
         ctx.request = Some(request);
-        let scan = scan?;
+        let mut scan = scan?;
+        if scan.blocked.is_empty()
+            && !policy.external.is_empty()
+            && let Some(request) = ctx.request.as_mut()
+        {
+            external(app, &policy, request, &mut scan).await?;
+        }
         ctx.findings(&scan.counts, "request");
         level = scan.level;
         if !scan.blocked.is_empty() {
@@ -56,6 +66,48 @@ pub async fn check(
         .with_label_values(&[level.map_or("unspecified", Level::as_str)])
         .inc();
     ctx.set_level(level);
+    Ok(())
+}
+
+/// The policy's external detectors, one after the other, on what the built-in ones
+/// (and the detectors before) left in clear. A detector that cannot answer refuses
+/// the request, unless its policy says it fails open.
+async fn external(
+    app: &SidecarApp,
+    policy: &CompiledDlp,
+    request: &mut LlmRequest,
+    scan: &mut RequestScan,
+) -> Result<(), ApiError> {
+    let mut batch = dlp::external::request_batch(request)?;
+    for d in &policy.external {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let metric = |outcome: &str, effect: &str| {
+            app.metrics
+                .dlp_external
+                .with_label_values(&[d.name.as_str(), outcome, effect])
+                .inc();
+        };
+        match detector::analyze(d, &batch.text).await {
+            Ok(found) => {
+                metric("ok", "used");
+                let located = batch.locate(&found, &d.entities);
+                if dlp::external::apply_to_request(request, d, located, scan)? {
+                    batch = dlp::external::request_batch(request)?;
+                }
+            }
+            Err(e) if d.fail_open => {
+                metric(e.outcome(), "failed_open");
+                tracing::warn!(detector = %d.name, error = %e, "external detector failed; the request goes on with the built-in findings (fail open)");
+            }
+            Err(e) => {
+                metric(e.outcome(), "failed_closed");
+                tracing::warn!(detector = %d.name, error = %e, "external detector failed; the request is refused (fail closed)");
+                return Err(ApiError::dlp_detector_unavailable(&d.name));
+            }
+        }
+    }
     Ok(())
 }
 

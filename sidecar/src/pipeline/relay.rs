@@ -17,6 +17,7 @@ use crate::dlp::Counts;
 use crate::dlp::response::{Blocked, ResponseDlp, SseFilter};
 use crate::encoding;
 use crate::upstream::{self, Exchange};
+use vigie_dlp::policy::CompiledDlp;
 
 /// Largest complete (non-streamed) answer read whole for DLP.
 const MAX_FILTERED_ANSWER: usize = 32 * 1024 * 1024;
@@ -242,7 +243,11 @@ async fn whole(
     ctx.answer_ended();
     // Like a request's, a large answer is read on the blocking pool, with its own copy
     // of the placeholders: the worker thread goes on serving the other requests.
-    let (filtered, counts) = if body.len() <= super::guard::OFF_WORKER_BYTES {
+    let external = ctx.snapshot.dlp.clone().filter(|d| d.external_answers());
+    let (filtered, counts) = if let Some(dlp) = external {
+        let filtered = external_answer(app, &mut filter, &body, &dlp).await;
+        (filtered, std::mem::take(&mut filter.counts))
+    } else if body.len() <= super::guard::OFF_WORKER_BYTES {
         let filtered = filter.filter_body(&body);
         (filtered, std::mem::take(&mut filter.counts))
     } else {
@@ -291,6 +296,54 @@ async fn whole(
 /// An answer stopped by a DLP block rule: counted, reported with the status the app
 /// sees (`sent`: the one already sent mid-stream, or 0 when the error is the whole
 /// answer), and the error to send.
+/// A complete answer that external detectors read too: answer rules, then each
+/// detector (on what the rules and the detectors before left), then placeholders
+/// back. Not JSON: the answer rules alone. A detector that fails closed stops the
+/// answer as uninspectable.
+async fn external_answer(
+    app: &SidecarApp,
+    filter: &mut ResponseDlp<'_>,
+    body: &[u8],
+    dlp: &CompiledDlp,
+) -> Result<Vec<u8>, Blocked> {
+    let Some(first) = filter.begin_json(body) else {
+        return filter.filter_body(body);
+    };
+    let (mut json, mut changed) = first?;
+    let mut batch = crate::dlp::external::batch_of(&json);
+    for d in dlp.external.iter().filter(|d| d.answers) {
+        if batch.is_empty() {
+            break;
+        }
+        let metric = |outcome: &str, effect: &str| {
+            app.metrics
+                .dlp_external
+                .with_label_values(&[d.name.as_str(), outcome, effect])
+                .inc();
+        };
+        match upstream::detector::analyze(d, &batch.text).await {
+            Ok(found) => {
+                metric("ok", "used");
+                let located = batch.locate(&found, &d.entities);
+                if filter.apply_external(&mut json, d, located)? {
+                    changed = true;
+                    batch = crate::dlp::external::batch_of(&json);
+                }
+            }
+            Err(e) if d.fail_open => {
+                metric(e.outcome(), "failed_open");
+                warn!(detector = %d.name, error = %e, "external detector failed on an answer; it goes on with the built-in findings (fail open)");
+            }
+            Err(e) => {
+                metric(e.outcome(), "failed_closed");
+                warn!(detector = %d.name, error = %e, "external detector failed on an answer; the answer is stopped (fail closed)");
+                return Err(Blocked::uninspectable());
+            }
+        }
+    }
+    filter.finish_json(json, changed, body)
+}
+
 fn answer_blocked(
     app: &SidecarApp,
     ctx: &mut RequestCtx,

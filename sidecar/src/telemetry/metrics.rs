@@ -33,6 +33,7 @@ pub struct Metrics {
     pub control_plane_connected: IntGauge,
     pub dlp_findings: IntCounterVec,
     pub dlp_blocked: IntCounterVec,
+    pub dlp_external: IntCounterVec,
     pub sensitivity: IntCounterVec,
 }
 
@@ -251,6 +252,13 @@ impl Metrics {
             ),
             &["direction"],
         )?;
+        let dlp_external = IntCounterVec::new(
+            Opts::new(
+                "vigie_sidecar_dlp_external_calls_total",
+                "Calls to external detectors by outcome (ok, timeout, unreachable, status, unreadable, too_large) and what was done (used, failed_open, failed_closed).",
+            ),
+            &["detector", "outcome", "effect"],
+        )?;
         let sensitivity = IntCounterVec::new(
             Opts::new(
                 "vigie_sidecar_request_sensitivity_total",
@@ -260,6 +268,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(dlp_findings.clone()))?;
         registry.register(Box::new(dlp_blocked.clone()))?;
+        registry.register(Box::new(dlp_external.clone()))?;
         registry.register(Box::new(sensitivity.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -310,6 +319,7 @@ impl Metrics {
             control_plane_connected,
             dlp_findings,
             dlp_blocked,
+            dlp_external,
             sensitivity,
         })
     }

@@ -1,7 +1,9 @@
 //! Talking to upstream endpoints with Pingora's connector (pooling, TLS, timeouts):
 //! requests ([`Upstream::send`]), the background [`probe`]s of self-hosted endpoints,
-//! and the egress agent's [`original`] destinations of redirected connections.
+//! the egress agent's [`original`] destinations of redirected connections, and the
+//! external DLP [`detector`]s.
 
+pub mod detector;
 pub mod original;
 pub mod probe;
 

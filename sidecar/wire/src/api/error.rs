@@ -364,6 +364,18 @@ impl ApiError {
         )
     }
 
+    /// An external detector whose policy fails closed could not check the request.
+    pub fn dlp_detector_unavailable(detector: &str) -> Self {
+        Self::new(
+            503,
+            "server_error",
+            Some("dlp_detector_unavailable"),
+            format!(
+                "The external data-loss detector {detector:?} could not check the request; it was not forwarded."
+            ),
+        )
+    }
+
     /// The JSON body in the error's flavour.
     pub fn body(&self) -> serde_json::Value {
         match self.flavour {

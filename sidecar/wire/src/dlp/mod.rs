@@ -4,6 +4,7 @@
 //! Pingora.
 
 pub mod escapes;
+pub mod external;
 pub mod pseudonym;
 pub mod response;
 pub mod text;

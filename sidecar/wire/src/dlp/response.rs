@@ -119,7 +119,7 @@ impl std::fmt::Debug for ResponseDlp<'_> {
 impl<'a> ResponseDlp<'a> {
     /// `None` when there is nothing to do on the answer.
     pub fn new(dlp: Option<&'a CompiledDlp>, pseudonyms: &'a Pseudonyms) -> Option<Self> {
-        let dlp = dlp.filter(|d| d.scans_responses());
+        let dlp = dlp.filter(|d| d.scans_responses() || d.external_answers());
         if dlp.is_none() && pseudonyms.is_empty() {
             return None;
         }
@@ -174,6 +174,68 @@ impl<'a> ResponseDlp<'a> {
     /// their tokens and bytes spell out the text that was redacted. Returns whether
     /// `json` changed.
     fn filter_value(&mut self, json: &mut Value) -> Result<bool, Blocked> {
+        let changed = self.apply_rules(json)?;
+        Ok(self.restore(json) || changed)
+    }
+
+    /// A complete JSON answer that external detectors will read too: answer rules
+    /// applied, placeholders not yet restored (the detectors must not hide what the
+    /// app is entitled to get back). `None` when the body is not JSON: then
+    /// [`ResponseDlp::filter_body`] alone applies.
+    pub fn begin_json(&mut self, body: &[u8]) -> Option<Result<(Value, bool), Blocked>> {
+        if self.dlp.is_some() && crate::api::request::json_items(body) > MAX_INSPECTED_ITEMS {
+            return Some(Err(Blocked::uninspectable()));
+        }
+        let mut json = serde_json::from_slice::<Value>(body).ok()?;
+        Some(self.apply_rules(&mut json).map(|changed| (json, changed)))
+    }
+
+    /// An external detector's findings (`located`, from the batch of this same
+    /// `json`) applied with the answer-side actions. Returns whether `json` changed.
+    pub fn apply_external(
+        &mut self,
+        json: &mut Value,
+        detector: &vigie_dlp::external::ExternalDetector,
+        located: Vec<vigie_dlp::external::Located>,
+    ) -> Result<bool, Blocked> {
+        let mut blocked = BTreeSet::new();
+        let mut level = None;
+        let changed = super::external::apply(
+            json,
+            detector,
+            located,
+            &mut super::external::Effects {
+                counts: &mut self.counts,
+                level: &mut level,
+                blocked: &mut blocked,
+                pseudonyms: None,
+            },
+        );
+        if !blocked.is_empty() {
+            return Err(Blocked(blocked));
+        }
+        if changed {
+            drop_logprobs(json);
+        }
+        Ok(changed)
+    }
+
+    /// The end of [`ResponseDlp::begin_json`]: placeholders restored, the answer
+    /// written again if anything changed.
+    pub fn finish_json(
+        &mut self,
+        mut json: Value,
+        changed: bool,
+        body: &[u8],
+    ) -> Result<Vec<u8>, Blocked> {
+        if !(self.restore(&mut json) || changed) {
+            return Ok(body.to_vec());
+        }
+        serde_json::to_vec(&json).map_err(|_| Blocked::uninspectable())
+    }
+
+    /// Answer rules on every text of `json`; returns whether it changed.
+    fn apply_rules(&mut self, json: &mut Value) -> Result<bool, Blocked> {
         let mut changed = false;
         if let Some(d) = self.dlp {
             let mut t = ResponseTransform {
@@ -198,6 +260,12 @@ impl<'a> ResponseDlp<'a> {
                 }
             }
         }
+        Ok(changed)
+    }
+
+    /// Placeholders back to values in every string; returns whether any was.
+    fn restore(&self, json: &mut Value) -> bool {
+        let mut changed = false;
         if !self.pseudonyms.is_empty() {
             let names = self.pseudonyms;
             text::visit_strings_mut(json, &mut |s| {
@@ -208,7 +276,7 @@ impl<'a> ResponseDlp<'a> {
                 }
             });
         }
-        Ok(changed)
+        changed
     }
 
     /// The request's placeholders (to filter a copy of the answer elsewhere).
