@@ -49,7 +49,11 @@ def test_names_found_by_ner_are_hidden_from_the_model_and_given_back(echo, presi
     assert "<PERSON_1>" in saw and "<FR_NIR_1>" in saw, saw
     assert r.choices[0].message.content == PROMPT
     assert ner.stats()["analyze_requests"] == 1 and ner.stats()["last_language"] == "fr"
-    assert ner.stats()["last_text_bytes"] < len(PROMPT.encode()), "the NIR was hidden before the call"
+    # What it read: the keys and the prompt with the NIR already a placeholder (lengths:
+    # the service never echoes texts).
+    sent = ["model", "messages", "role", "content",
+            PROMPT.replace("1 85 05 78 006 084 91", "<FR_NIR_1>")]
+    assert ner.stats()["last_text_bytes"] == len("\n\n".join(sent).encode()), "the NIR was hidden before the call"
 
     # Streamed answers get the name back too, across chunks.
     chunks = list(c.chat.completions.create(
@@ -142,3 +146,39 @@ def test_an_external_detector_outside_the_cluster_is_refused_at_validation(contr
                      "dlp.externalDetectors[1].timeoutMs: at most 10000 ms",
                      "dlp.externalDetectors[1].entities: at least one entity type is required"]:
         assert expected in e.value.text, e.value.text
+
+
+def test_what_the_review_found(echo, presidio, sidecars):
+    ner = presidio()
+    # Object keys reach the model (a tool's property names): the detector reads them too.
+    s = sidecars(dlp_policy(echo, ner.url))
+    tool = {"type": "function", "function": {"name": "lookup", "description": "Recherche un dossier.",
+                                             "parameters": {"type": "object", "properties": {
+                                                 "Sophie Lefèvre": {"type": "string"}}}}}
+    client(s.base_url).chat.completions.create(
+        model="mistral-7b", messages=[{"role": "user", "content": "Cherche le dossier."}], tools=[tool])
+    body = echo.stats()["last_request"]["body"]
+    assert "Sophie Lefèvre" not in str(body["tools"]), body["tools"]
+
+    # A detector reached by an IPv6 literal is really asked.
+    v6 = sidecars(dlp_policy(echo, ner.url.replace("127.0.0.1", "[::1]")))
+    ipv6_ok = True
+    try:
+        client(v6.base_url).chat.completions.create(
+            model="mistral-7b", messages=[{"role": "user", "content": PROMPT}])
+    except openai.InternalServerError:
+        ipv6_ok = False
+    # The service listens on IPv4 only: the call fails closed, never skipped silently.
+    assert ipv6_ok or metric(v6, "vigie_sidecar_dlp_external_calls_total", detector="presidio",
+                             effect="failed_closed", outcome="unreachable") == 1
+
+    # With a detector reading answers, a stream (which it cannot read) is refused.
+    p = simple_policy(echo)
+    p["dlp"] = {"externalDetectors": [external(ner.url, answers=True)]}
+    streaming = sidecars(p)
+    before = echo.stats()["requests_total"]
+    with pytest.raises(openai.BadRequestError) as exc:
+        list(client(streaming.base_url).chat.completions.create(
+            model="mistral-7b", messages=[{"role": "user", "content": "Bonjour"}], stream=True))
+    assert exc.value.body["code"] == "dlp_stream_not_allowed"
+    assert echo.stats()["requests_total"] == before

@@ -142,6 +142,9 @@ pub const CONTEXT_WINDOW: usize = 100;
 /// short text (a streamed chunk) never reaches it, so streaming and block agree there.
 const MIN_DENSE_CANDIDATES: usize = 64;
 
+/// Most idle hold-back caches an engine keeps for streams (more are dropped).
+const MAX_POOLED_CACHES: usize = 32;
+
 /// How much text before a match [`Detector::not_after`] reads.
 pub const NOT_AFTER_WINDOW: usize = 32;
 
@@ -170,6 +173,8 @@ pub struct Engine {
     /// at a given offset.
     reverse: Vec<DFA>,
     reverse_caches: Mutex<Vec<Vec<Cache>>>,
+    /// Hold-back automaton caches of streams between chunks.
+    hold_caches: Mutex<Vec<Cache>>,
     prefix: DFA,
     /// Farthest a match that needs a context word can end after the word ends (`None`:
     /// unbounded pattern, the rest of the text).
@@ -313,25 +318,17 @@ impl Engine {
         let mut owner = Vec::new();
         let mut dfa_patterns = Vec::new();
         for (di, d) in detectors.iter().enumerate() {
-            for (pi, p) in d.patterns.iter().enumerate() {
-                // Each pattern alone first: so a broken custom pattern is reported with
-                // its own position, not as a failure of the whole set. Once when the scan
-                // form is the whole pattern (a Hyperscan compile each).
-                let mut checked = check_pattern(&p.scan, d.caseless);
-                if checked.is_ok() && p.full != p.scan {
-                    checked = check_pattern(&p.full, d.caseless);
-                }
-                checked.map_err(|PatternError(message)| DlpError::Pattern {
-                    detector: di,
-                    pattern: pi,
-                    message,
-                })?;
+            for p in &d.patterns {
                 patterns.push((p.scan.clone(), d.caseless));
                 owner.push(di);
                 dfa_patterns.push(dfa_expr(&p.full, d.caseless));
             }
         }
-        let (free, contextual) = build_groups(&detectors, &patterns, &owner)?;
+        // Compiled together; only when that fails is each pattern compiled alone, so a
+        // broken custom pattern is reported with its own position (compiling each one
+        // first doubled the build time of the built-in set).
+        let (free, contextual) =
+            build_groups(&detectors, &patterns, &owner).map_err(|e| locate(&detectors, e))?;
         let context_reach = detectors
             .iter()
             .filter(|d| gated(d))
@@ -396,6 +393,7 @@ impl Engine {
             owner,
             reverse,
             reverse_caches: Mutex::new(Vec::new()),
+            hold_caches: Mutex::new(Vec::new()),
             prefix,
             context_reach,
             seam_gates,
@@ -411,6 +409,25 @@ impl Engine {
 
     pub fn new_cache(&self) -> Cache {
         self.prefix.create_cache()
+    }
+
+    /// A cache for the hold-back automaton, from the pool if one is free.
+    pub fn take_cache(&self) -> Cache {
+        self.hold_caches
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_else(|| self.new_cache())
+    }
+
+    /// Returns a cache to the pool (at most [`MAX_POOLED_CACHES`] are kept: one per
+    /// scanner at work at once).
+    pub fn give_cache(&self, cache: Cache) {
+        if let Ok(mut p) = self.hold_caches.lock()
+            && p.len() < MAX_POOLED_CACHES
+        {
+            p.push(cache);
+        }
     }
 
     /// Whether `tail` is the beginning of a possible match of some pattern (or a
@@ -987,6 +1004,26 @@ fn first_bytes(pattern: &str, caseless: bool) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// The first pattern that does not compile alone, else `e` itself.
+fn locate(detectors: &[Detector], e: DlpError) -> DlpError {
+    for (di, d) in detectors.iter().enumerate() {
+        for (pi, p) in d.patterns.iter().enumerate() {
+            let mut checked = check_pattern(&p.scan, d.caseless);
+            if checked.is_ok() && p.full != p.scan {
+                checked = check_pattern(&p.full, d.caseless);
+            }
+            if let Err(PatternError(message)) = checked {
+                return DlpError::Pattern {
+                    detector: di,
+                    pattern: pi,
+                    message,
+                };
+            }
+        }
+    }
+    e
+}
+
 /// A pattern one of the engines refuses: the engine's message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -1094,7 +1131,14 @@ fn sentence_start(window: &str, seam: &dyn Fn(usize) -> bool) -> usize {
     // Bytes, backwards: the marks are ASCII, never inside a multi-byte character.
     for (i, &b) in bytes.iter().enumerate().rev() {
         let ends = match b {
-            b'\n' | b'\r' => true,
+            // A blank line ends a sentence; a single line break does not: forms and
+            // records put the person on the line before (`Patient : M. Dupont` then
+            // `Antécédents : diabétique.`).
+            b'\n' => bytes[..i]
+                .iter()
+                .rev()
+                .find(|c| !matches!(c, b'\r' | b' ' | b'\t'))
+                .is_some_and(|&c| c == b'\n'),
             mark @ (b'!' | b'?' | b';' | b'.') => {
                 let spaced = bytes.get(i + 1).is_some_and(u8::is_ascii_whitespace) || seam(i + 1);
                 spaced && (mark != b'.' || ends_with_sentence_word(&window[..i]))
@@ -1163,7 +1207,11 @@ mod tests {
         assert_eq!(start("fin de phrase. elle "), "fin de phrase.".len());
         assert_eq!(start("quoi ? il "), "quoi ?".len());
         assert_eq!(start("voir ci-dessus... il "), "voir ci-dessus...".len());
-        assert_eq!(start("hier\nil "), "hier\n".len());
+        assert_eq!(start("hier\n\nil "), "hier\n\n".len());
+        assert_eq!(start("hier\r\n \r\nil "), "hier\r\n \r\n".len());
+        // One line break does not end it: a form puts the person on the line before.
+        assert_eq!(start("patient : m. dupont\nantécédents : "), 0);
+        assert_eq!(start("patient : m. dupont\r\nantécédents : "), 0);
         for w in [
             "m. martin, cf. art. 3, ",
             "vu mme. durand, ",

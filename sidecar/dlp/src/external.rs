@@ -55,6 +55,21 @@ pub struct ExternalDetector {
     pub entities: Vec<Entity>,
 }
 
+/// Inside the cluster, strictly: loopback, a private address, a `.svc` or
+/// `.cluster.local` name. Not a single-label or absolute (`ai.`) name, which DNS
+/// search lists or public DNS may resolve outside the cluster: the service receives
+/// texts in clear.
+fn in_cluster(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.to_ascii_lowercase();
+            !d.ends_with('.')
+                && (d == "localhost" || d.ends_with(".svc") || d.ends_with(".cluster.local"))
+        }
+        _ => vigie_proto::validate::is_in_cluster(u),
+    }
+}
+
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
@@ -115,10 +130,10 @@ pub fn compile(
                 );
                 None
             }
-            Ok(u) if !vigie_proto::validate::is_in_cluster(&u) => {
+            Ok(u) if !in_cluster(&u) => {
                 add(
                     format!("{path}.url"),
-                    "must name a host inside the cluster (loopback, a private address, a .svc or .cluster.local name): the service receives texts before DLP hides them",
+                    "must name a host inside the cluster (loopback, a private address, a .svc or .cluster.local name; not a single-label or absolute name): the service receives texts before DLP hides them",
                 );
                 None
             }
@@ -322,7 +337,16 @@ impl Batch {
             if start >= end {
                 continue;
             }
-            for (part, &from) in self.starts.iter().enumerate() {
+            // The texts it touches: from the one it starts in, while they start before
+            // it ends (a binary search, not a walk over every text per finding).
+            let first = self
+                .starts
+                .partition_point(|&s| s <= start)
+                .saturating_sub(1);
+            for (part, &from) in self.starts.iter().enumerate().skip(first) {
+                if from >= end {
+                    break;
+                }
                 let to = self
                     .starts
                     .get(part + 1)
@@ -389,15 +413,47 @@ pub fn request_body(text: &str, language: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Non-overlapping findings of one text, leftmost first, the longest on ties, none
-/// inside a span `keep` protects (what the built-in detectors already replaced). A
-/// finding that only touches such a span is kept: text glued to a placeholder-like
-/// token is not hidden from the service's verdict.
-pub fn resolve(mut found: Vec<Located>, keep: &[(usize, usize)]) -> Vec<Located> {
-    found.retain(|f| !keep.iter().any(|&(s, e)| s <= f.start && f.end <= e));
-    found.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
-    let mut out: Vec<Located> = Vec::with_capacity(found.len());
+/// Non-overlapping findings of one text, leftmost first, the longest on ties, with
+/// the spans `keep` protects (what DLP wrote: placeholders, replacements) cut out of
+/// them: a service's span that runs over `<FR_NIR_1>` hides the words around it and
+/// leaves the placeholder restorable. Pieces are trimmed to their letters and digits.
+pub fn resolve(text: &str, found: Vec<Located>, keep: &[(usize, usize)]) -> Vec<Located> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut pieces: Vec<Located> = Vec::with_capacity(found.len());
+    let mut push = |f: Located, start: usize, end: usize| {
+        let Some(piece) = text.get(start..end) else {
+            return;
+        };
+        let trimmed = piece.trim_start_matches(|c: char| !c.is_alphanumeric());
+        let start = start + (piece.len() - trimmed.len());
+        let trimmed = trimmed.trim_end_matches(|c: char| !c.is_alphanumeric());
+        if !trimmed.is_empty() {
+            pieces.push(Located {
+                start,
+                end: start + trimmed.len(),
+                ..f
+            });
+        }
+    };
     for f in found {
+        let mut at = f.start;
+        for &(s, e) in &keep {
+            if e <= at || s >= f.end {
+                continue;
+            }
+            if s > at {
+                push(f, at, s);
+            }
+            at = at.max(e);
+        }
+        if at < f.end {
+            push(f, at, f.end);
+        }
+    }
+    pieces.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+    let mut out: Vec<Located> = Vec::with_capacity(pieces.len());
+    for f in pieces {
         if out.last().is_none_or(|l| l.end <= f.start) {
             out.push(f);
         }
@@ -465,6 +521,26 @@ mod tests {
             "{text:#?}"
         );
         assert!(text[3].contains("inside the cluster"), "{}", text[3]);
+        for url in [
+            "http://ai./analyze",
+            "http://presidio/analyze",
+            "http://x.svc./a",
+        ] {
+            let e = section(&format!(
+                r#"{{"externalDetectors":[{{"name":"n","url":"{url}","entities":[{{"type":"PERSON","detector":"PERSON"}}]}}]}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(e[0].path, "dlp.externalDetectors[0].url", "{url}");
+        }
+        for url in [
+            "http://[::1]:3000/analyze",
+            "http://presidio.dlp.svc:3000/analyze",
+            "http://10.1.2.3/a",
+        ] {
+            assert!(section(&format!(
+                r#"{{"externalDetectors":[{{"name":"n","url":"{url}","entities":[{{"type":"PERSON","detector":"PERSON"}}]}}]}}"#
+            )).is_ok(), "{url}");
+        }
         // Nothing of the URL (credentials) is echoed back.
         assert!(!text.iter().any(|t| t.contains("pw")), "{text:#?}");
     }
@@ -554,11 +630,24 @@ mod tests {
             end,
             entity: 0,
         };
+        let text = "Zyrgon Kwapisz et Sophie (<FR_NIR_1>) et <PERSON_1> lu";
+        let at = |s: &str| text.find(s).unwrap();
+        let nir = (at("<FR_NIR_1>"), at("<FR_NIR_1>") + "<FR_NIR_1>".len());
+        let p1 = (at("<PERSON_1>"), at("<PERSON_1>") + "<PERSON_1>".len());
         let r = resolve(
-            vec![f(5, 9), f(0, 4), f(0, 8), f(20, 30), f(40, 44)],
-            &[(20, 31), (42, 50)],
+            text,
+            vec![
+                f(0, 6),
+                f(0, at(" et Sophie")),
+                f(at("Sophie"), nir.1 + 1),
+                f(p1.0, p1.1),
+            ],
+            &[nir, p1],
         );
-        assert_eq!(r, vec![f(0, 8), f(40, 44)]);
+        let spans: Vec<&str> = r.iter().map(|l| &text[l.start..l.end]).collect();
+        // The longest of two overlapping; a span over a placeholder cut around it and
+        // trimmed; a span inside one dropped.
+        assert_eq!(spans, ["Zyrgon Kwapisz", "Sophie"]);
     }
 
     #[test]

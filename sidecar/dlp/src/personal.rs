@@ -100,6 +100,31 @@ const ROLES: &[&str] = &[
     "née",
     "fils de",
     "fille de",
+    "son fils",
+    "sa fille",
+    "son époux",
+    "son épouse",
+    "leur fils",
+    "leur fille",
+    "l'enfant",
+    "l\u{2019}enfant",
+    "l'étudiant",
+    "l'étudiante",
+    "l\u{2019}étudiant",
+    "l\u{2019}étudiante",
+    "la famille",
+];
+
+/// Fields of forms and civil-status extracts that a name follows (`Nom : CAMARA`).
+const FIELDS: &[&str] = &[
+    "nom",
+    "nom d'usage",
+    "nom de naissance",
+    "nom de famille",
+    "nom patronymique",
+    "prénom",
+    "prénoms",
+    "prénom(s)",
 ];
 
 /// Titles that follow a civility without being a name (`Monsieur Le Maire`).
@@ -148,6 +173,10 @@ const TITLES: &[&str] = &[
     "première",
     "vice",
     "sous",
+    // Form fields after a name (`Nom : CAMARA Prénom : Seydou`).
+    "nom",
+    "prénom",
+    "prénoms",
     // Institutions after a role word (`Le défendeur, Ministère de l'Intérieur`).
     "ministère",
     "association",
@@ -183,6 +212,9 @@ const RESIDES: &[&str] = &[
     "demeurant",
     "résidant",
     "residant",
+    "hébergé",
+    "hébergée",
+    "hébergé(e)",
 ];
 
 /// Types of way of the national address base (BAN), as people write them.
@@ -335,6 +367,7 @@ pub fn detectors() -> Vec<Detector> {
             // Up to three spaces after the civility (typed twice, or aligned).
             format!("{civility} {{1,3}}{}", name()),
             format!("{}(, | ){}", cases(ROLES), name()),
+            format!("{} ?: {}", cases(FIELDS), name()),
         ],
         person,
     );
@@ -350,14 +383,19 @@ pub fn detectors() -> Vec<Detector> {
         "{w}( {w}|[ -](sur|sous|en|lès|les|le|la|de|du|des|d'|l')[ -]?{w}){{0,2}}( (Cedex|CEDEX)( [0-9]{{1,2}})?)?"
     );
     let postcode = "[0-9]{2} ?[0-9]{3}";
+    // What comes between a way and its postcode: building, flat, room, floor.
+    let complement = ", ?(bât\\.?|bâtiment|Bât\\.?|Bâtiment|apt\\.?|Apt\\.?|appartement|app\\.?|chambre|porte|étage|escalier|esc\\.?|BP|CS) [A-Za-z0-9]{1,5}";
     let number = "[0-9]{1,4}( ?(bis|ter|quater|Bis|Ter|BIS|TER|[ABCabc]))?,? ";
     let mut address = detector(
         "ADDRESS",
         vec![
             format!("{number}{street}(,? {postcode} {city})?"),
             // Scanned from the postcode (digits are rarer than `place` or `route`).
-            format!("{street},? «{postcode} {city}"),
+            format!("{street}({complement}){{0,3}},? «{postcode} {city}"),
             format!("{} (à|a|au) {city}", cases(RESIDES)),
+            // A lieu-dit or a residence without a type of way, then postcode and
+            // commune (`Le Bourg, 23200 Aubusson`).
+            format!("{w}( {w}){{0,3}}({complement}){{0,3}}, «{postcode} {city}"),
         ],
         address,
     );
@@ -385,6 +423,9 @@ pub fn detectors() -> Vec<Detector> {
         "né le",
         "née le",
         "né(e) le",
+        // A maiden name between: `née Vasilescu le 9 mai 1988`.
+        "née ",
+        "né ",
         "nés le",
         "nées le",
         "né à",
@@ -426,6 +467,7 @@ fn person_lead(value: &str) -> usize {
             .map(|c| c.to_lowercase())
             .chain(CIVILITY_WORDS.iter().map(|c| (*c).to_string()))
             .chain(ROLES.iter().map(|r| (*r).to_string()))
+            .chain(FIELDS.iter().map(|f| (*f).to_string()))
             .collect()
     });
     // The longest lead is 20 bytes: only the head of the value is lower-cased.
@@ -444,7 +486,7 @@ fn person_lead(value: &str) -> usize {
 }
 
 fn skip_separators(s: &str) -> usize {
-    s.len() - s.trim_start_matches([' ', ',']).len()
+    s.len() - s.trim_start_matches([' ', ',', ':']).len()
 }
 
 /// A word without the punctuation around it.

@@ -46,6 +46,20 @@ impl CompiledDlp {
     pub fn scans_responses(&self) -> bool {
         self.actions.iter().any(|a| a.response.is_some())
     }
+    /// Every replacement text DLP may write (`[IBAN]`, `[REDACTED]`, …): what an
+    /// external detector's findings must not cut into.
+    pub fn replacements(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .map(|a| a.replacement.clone())
+            .chain(
+                self.external
+                    .iter()
+                    .flat_map(|x| x.entities.iter().map(|e| e.replacement.clone())),
+            )
+            .chain(["[REDACTED]".to_string()])
+            .collect()
+    }
     /// Whether an external detector also reads complete answers.
     pub fn external_answers(&self) -> bool {
         self.external.iter().any(|x| x.answers)

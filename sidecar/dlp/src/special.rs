@@ -1966,13 +1966,14 @@ mod tests {
             found("Mme Durand a, le 12 janv. 2021, été incarcérée."),
             ["CRIMINAL_RECORD:incarcérée"]
         );
-        // A period after a long word or a number does, and a line break.
+        // A period after a long word or a number does, and a blank line (one line
+        // break does not: forms put the person on the line before).
         assert_eq!(
             found("Il est venu en 2019. Diabétique, oui."),
             Vec::<String>::new()
         );
         assert_eq!(
-            found("Elle a signé hier\nDiabétique, oui."),
+            found("Elle a signé hier\n\nDiabétique, oui."),
             Vec::<String>::new()
         );
     }

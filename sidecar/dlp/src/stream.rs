@@ -34,8 +34,8 @@ pub trait Transform {
 
 pub struct StreamScanner<'e> {
     engine: &'e Engine,
-    /// Created on first use: block mode (one push, then the end) never needs it, and
-    /// requests are scanned in block mode.
+    /// Taken from the engine's pool while a chunk is scanned, given back after it
+    /// (kept only while a candidate is suppressed).
     cache: Option<Cache>,
     pending: String,
     history: String,
@@ -81,7 +81,7 @@ impl<'e> StreamScanner<'e> {
         let mut chunk = chunk;
         if let Some(state) = self.suppress {
             let engine = self.engine;
-            let cache = self.cache.get_or_insert_with(|| engine.new_cache());
+            let cache = self.cache.get_or_insert_with(|| engine.take_cache());
             let view = Folded::of(chunk);
             let (next, died) = engine.advance(cache, state, view.text.as_bytes());
             // The automaton reports death one byte late after a complete match: give
@@ -108,12 +108,28 @@ impl<'e> StreamScanner<'e> {
             self.history.clear();
         }
         self.pending.push_str(chunk);
-        self.release(false, t, out)
+        let released = self.release(false, t, out);
+        self.park_cache();
+        released
     }
 
     /// End of text: everything pending is final.
     pub fn finish(&mut self, t: &mut dyn Transform, out: &mut String) -> Result<(), DlpError> {
-        self.release(true, t, out)
+        let released = self.release(true, t, out);
+        self.park_cache();
+        released
+    }
+
+    /// Gives the automaton's cache back to the engine between chunks: an answer may
+    /// hold hundreds of scanners (one per text stream) and a cache costs in proportion
+    /// to the patterns (hundreds of KiB with every detector), so only the scanners at
+    /// work hold one. A suppressed candidate keeps its cache: its state lives there.
+    fn park_cache(&mut self) {
+        if self.suppress.is_none()
+            && let Some(cache) = self.cache.take()
+        {
+            self.engine.give_cache(cache);
+        }
     }
 
     /// Earliest position from which the pending text may still become a match. The
@@ -124,7 +140,7 @@ impl<'e> StreamScanner<'e> {
         let folded: &str = &view.text;
         let bytes = folded.as_bytes();
         let engine = self.engine;
-        let cache = self.cache.get_or_insert_with(|| engine.new_cache());
+        let cache = self.cache.get_or_insert_with(|| engine.take_cache());
         let mut budget = crate::engine::work_budget(bytes.len());
         for p in 0..folded.len() {
             if !folded.is_char_boundary(p) {
@@ -206,7 +222,7 @@ impl<'e> StreamScanner<'e> {
             // Drop the held candidate and whatever continues it.
             t.overflow(out);
             let engine = self.engine;
-            let cache = self.cache.get_or_insert_with(|| engine.new_cache());
+            let cache = self.cache.get_or_insert_with(|| engine.take_cache());
             let (state, _) =
                 engine.advance(cache, None, Folded::of(&self.pending[h..]).text.as_bytes());
             self.suppress = Some(state);

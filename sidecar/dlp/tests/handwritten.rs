@@ -28,9 +28,16 @@ fn precision_and_recall_on_hand_written_prose() {
     println!("{}", table(&scores));
     // (type, precision floor, recall floor): measured, rounded down.
     let floors: &[(&str, f64, f64)] = &[
-        ("PERSON", 0.0, 0.0),
-        ("ADDRESS", 0.0, 0.0),
-        ("DATE_OF_BIRTH", 0.0, 0.0),
+        ("PERSON", 0.99, 0.96),
+        ("ADDRESS", 0.99, 0.96),
+        ("DATE_OF_BIRTH", 0.95, 0.97),
+        ("HEALTH", 0.82, 0.66),
+        ("RELIGION", 0.99, 0.84),
+        ("POLITICAL_OPINION", 0.99, 0.63),
+        ("UNION_MEMBERSHIP", 0.99, 0.66),
+        ("SEXUAL_ORIENTATION", 0.99, 0.45),
+        ("ETHNIC_ORIGIN", 0.99, 0.63),
+        ("CRIMINAL_RECORD", 0.99, 0.99),
     ];
     for (name, p, r) in floors {
         let s = scores.get(*name).copied().unwrap_or_default();

@@ -207,3 +207,19 @@ proptest! {
         prop_assert_eq!(common::stream(engine(), text, &cuts), block(text));
     }
 }
+
+#[test]
+fn a_person_on_the_line_before_counts_and_a_blank_line_ends_it() {
+    assert_eq!(
+        block("Patient : M. Dupont\nAntécédents : diabétique."),
+        "Patient : M. [PERSON]\nAntécédents : [HEALTH]."
+    );
+    assert_eq!(
+        block("Patient : M. Dupont\r\nAntécédents : diabétique."),
+        "Patient : M. [PERSON]\r\nAntécédents : [HEALTH]."
+    );
+    assert_eq!(
+        block("Patient : M. Dupont\n\nLe dossier évoque un cas diabétique."),
+        "Patient : M. [PERSON]\n\nLe dossier évoque un cas diabétique."
+    );
+}

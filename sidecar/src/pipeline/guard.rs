@@ -42,6 +42,14 @@ pub async fn check(
         };
         ctx.request = Some(request);
         let mut scan = scan?;
+        // A stream would carry the answer past a detector that reads answers.
+        if let Some(x) = policy.external.iter().find(|x| x.answers)
+            && ctx.request.as_ref().is_some_and(|r| r.head().stream)
+        {
+            let e = ApiError::dlp_stream_not_allowed(&x.name);
+            ctx.blocked("dlp_stream_not_allowed", e.status);
+            return Err(e.into());
+        }
         if scan.blocked.is_empty()
             && !policy.external.is_empty()
             && let Some(request) = ctx.request.as_mut()
@@ -79,6 +87,7 @@ async fn external(
     scan: &mut RequestScan,
 ) -> Result<(), ApiError> {
     let mut batch = dlp::external::request_batch(request)?;
+    let replacements = policy.replacements();
     for d in &policy.external {
         if batch.is_empty() {
             return Ok(());
@@ -93,7 +102,7 @@ async fn external(
             Ok(found) => {
                 metric("ok", "used");
                 let located = batch.locate(&found, &d.entities);
-                if dlp::external::apply_to_request(request, d, located, scan)? {
+                if dlp::external::apply_to_request(request, d, located, scan, &replacements)? {
                     batch = dlp::external::request_batch(request)?;
                 }
             }

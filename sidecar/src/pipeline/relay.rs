@@ -17,6 +17,8 @@ use crate::dlp::Counts;
 use crate::dlp::response::{Blocked, ResponseDlp, SseFilter};
 use crate::encoding;
 use crate::upstream::{self, Exchange};
+use std::sync::Arc;
+
 use vigie_dlp::policy::CompiledDlp;
 
 /// Largest complete (non-streamed) answer read whole for DLP.
@@ -304,9 +306,29 @@ async fn external_answer(
     app: &SidecarApp,
     filter: &mut ResponseDlp<'_>,
     body: &[u8],
-    dlp: &CompiledDlp,
+    dlp: &Arc<CompiledDlp>,
 ) -> Result<Vec<u8>, Blocked> {
-    let Some(first) = filter.begin_json(body) else {
+    // Like the other paths, a large answer's rules run on the blocking pool (with a
+    // copy of the placeholders), so the worker goes on serving other requests.
+    let first = if body.len() <= super::guard::OFF_WORKER_BYTES {
+        filter.begin_json(body)
+    } else {
+        let names = filter.pseudonyms().clone();
+        let answer = body.to_vec();
+        let dlp = Arc::clone(dlp);
+        let (first, counts) =
+            tokio::task::spawn_blocking(move || match ResponseDlp::new(Some(&dlp), &names) {
+                Some(mut f) => (f.begin_json(&answer), std::mem::take(&mut f.counts)),
+                None => (None, Counts::new()),
+            })
+            .await
+            .unwrap_or_else(|_| (Some(Err(Blocked::uninspectable())), Counts::new()));
+        for (k, v) in counts {
+            *filter.counts.entry(k).or_default() += v;
+        }
+        first
+    };
+    let Some(first) = first else {
         return filter.filter_body(body);
     };
     let (mut json, mut changed) = first?;

@@ -55,9 +55,13 @@ pub async fn analyze(d: &ExternalDetector, text: &str) -> Result<Vec<Found>, Det
 async fn exchange(d: &ExternalDetector, text: &str) -> Result<Vec<Found>, DetectorError> {
     let host = d.url.host_str().unwrap_or_default();
     let port = d.url.port_or_known_default().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(DetectorError::Unreachable)?;
+    let stream = match d.url.host() {
+        // `host_str` keeps an IPv6 literal's brackets, which no resolver reads.
+        Some(url::Host::Ipv6(a)) => tokio::net::TcpStream::connect((a, port)).await,
+        Some(url::Host::Ipv4(a)) => tokio::net::TcpStream::connect((a, port)).await,
+        _ => tokio::net::TcpStream::connect((host, port)).await,
+    }
+    .map_err(DetectorError::Unreachable)?;
     // Requests are small and few: one connection per call, closed after it.
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -87,7 +91,17 @@ async fn exchange(d: &ExternalDetector, text: &str) -> Result<Vec<Found>, Detect
     let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
         .collect()
         .await
-        .map_err(|_| DetectorError::Unreadable(format!("more than {MAX_ANSWER_BYTES} bytes")))?
+        .map_err(|e| {
+            DetectorError::Unreadable(
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    format!("more than {MAX_ANSWER_BYTES} bytes")
+                } else {
+                    "the answer's body broke off".to_string()
+                },
+            )
+        })?
         .to_bytes();
     parse_answer(&body).map_err(|e| {
         DetectorError::Unreadable(match e {

@@ -376,6 +376,19 @@ impl ApiError {
         )
     }
 
+    /// The policy reads complete answers with an external detector, which a stream
+    /// would bypass.
+    pub fn dlp_stream_not_allowed(detector: &str) -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            Some("dlp_stream_not_allowed"),
+            format!(
+                "The data-loss policy reads answers with the external detector {detector:?}, which needs the whole answer: ask without \"stream\": true."
+            ),
+        )
+    }
+
     /// The JSON body in the error's flavour.
     pub fn body(&self) -> serde_json::Value {
         match self.flavour {

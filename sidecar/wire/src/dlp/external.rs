@@ -16,14 +16,15 @@ use super::{Counts, RequestScan, action_name};
 use crate::api::ApiError;
 use crate::api::request::LlmRequest;
 
-/// The value texts of a request, in reading order, as one batch; keys and structural
-/// values are not sent (they are never rewritten).
+/// The texts of a request, in reading order, as one batch: values and object keys
+/// (a tool's property names reach the model too); structural values (`role`, `type`,
+/// `model`) are not sent, they are never rewritten.
 pub fn request_batch(request: &mut LlmRequest) -> Result<Batch, ApiError> {
     let tree = request.tree()?;
     Ok(batch_of(tree))
 }
 
-/// The value texts of a JSON document (a request or a complete answer) as one batch.
+/// The texts of a JSON document (a request or a complete answer) as one batch.
 pub fn batch_of(tree: &Value) -> Batch {
     let mut texts = Vec::new();
     // Unreadable numbers were refused by the built-in scan already.
@@ -31,15 +32,16 @@ pub fn batch_of(tree: &Value) -> Batch {
     Batch::of(
         texts
             .iter()
-            .filter(|t| t.kind == Kind::Value)
+            .filter(|t| t.kind != Kind::Structural)
             .map(|t| t.text.as_ref()),
     )
 }
 
-/// Spans of `text` the built-in detectors already wrote (`<PERSON_1>`, `[IBAN]`):
-/// a service's finding that lies inside one is dropped, so a value is never hidden
-/// twice and a placeholder stays restorable.
-fn written_by_dlp(text: &str) -> Vec<(usize, usize)> {
+/// Spans of `text` DLP wrote for this request (`<PERSON_1>`, `[IBAN]`): an external
+/// finding is cut around them ([`resolve`]), so a value is never hidden twice and a
+/// placeholder stays restorable. Text that only looks like one (`<DUPONT>` typed by
+/// the caller) is not protected: `written` says which tokens DLP really wrote.
+fn written_by_dlp(text: &str, written: &dyn Fn(&str) -> bool) -> Vec<(usize, usize)> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -52,16 +54,16 @@ fn written_by_dlp(text: &str) -> Vec<(usize, usize)> {
                 continue;
             }
         };
-        let name = b[i + 1..]
+        let end = b[i + 1..]
             .iter()
-            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || **c == b'_')
-            .count();
-        let end = i + 1 + name;
-        if name > 0 && b.get(end) == Some(&close) {
-            out.push((i, end + 1));
-            i = end + 1;
-        } else {
-            i += 1;
+            .position(|&c| c == close)
+            .map(|p| i + 1 + p);
+        match end {
+            Some(end) if end - i <= 82 && text.get(i..=end).is_some_and(written) => {
+                out.push((i, end + 1));
+                i = end + 1;
+            }
+            _ => i += 1,
         }
     }
     out
@@ -75,6 +77,18 @@ pub struct Effects<'a> {
     pub level: &'a mut Option<Level>,
     pub blocked: &'a mut BTreeSet<String>,
     pub pseudonyms: Option<&'a mut Pseudonyms>,
+    /// On answers: the request's placeholders (not yet restored there).
+    pub issued: Option<&'a Pseudonyms>,
+    /// Replacement texts DLP may have written ([`vigie_dlp::policy::CompiledDlp::replacements`]).
+    pub replacements: &'a [String],
+}
+
+impl Effects<'_> {
+    fn wrote(&self, token: &str) -> bool {
+        self.pseudonyms.as_deref().is_some_and(|p| p.issued(token))
+            || self.issued.is_some_and(|p| p.issued(token))
+            || self.replacements.iter().any(|r| r == token)
+    }
 }
 
 /// Applies one service's findings (`located`, from [`Batch::locate`] on the batch of
@@ -91,11 +105,11 @@ pub fn apply(
     }
     let mut texts = Vec::new();
     let _ = text::collect(tree, &mut texts);
-    // Index of each value text among all texts (what `rewrite` walks).
+    // Index of each text sent among all texts (what `rewrite` walks).
     let values: Vec<usize> = texts
         .iter()
         .enumerate()
-        .filter(|(_, t)| t.kind == Kind::Value)
+        .filter(|(_, t)| t.kind != Kind::Structural)
         .map(|(i, _)| i)
         .collect();
     let mut by_part: Vec<Vec<Located>> = vec![Vec::new(); values.len()];
@@ -116,7 +130,8 @@ pub fn apply(
         let Some(original) = texts.get(index).map(|t| t.text.as_ref()) else {
             continue;
         };
-        let found = resolve(found, &written_by_dlp(original));
+        let protected = written_by_dlp(original, &|t| fx.wrote(t));
+        let found = resolve(original, found, &protected);
         let mut out = String::with_capacity(original.len());
         let mut at = 0;
         let mut rewritten = false;
@@ -177,6 +192,7 @@ pub fn apply_to_request(
     detector: &ExternalDetector,
     located: Vec<Located>,
     scan: &mut RequestScan,
+    replacements: &[String],
 ) -> Result<bool, ApiError> {
     let mut changed = false;
     request.edit_tree(|tree| {
@@ -189,6 +205,8 @@ pub fn apply_to_request(
                 level: &mut scan.level,
                 blocked: &mut scan.blocked,
                 pseudonyms: Some(&mut scan.pseudonyms),
+                issued: None,
+                replacements,
             },
         );
         Ok::<bool, ApiError>(changed)
@@ -233,9 +251,11 @@ mod tests {
             {"role":"user","content":"Écris à Sophie Lefèvre (<FR_NIR_1>) à Besançon, puis à Éric Dupré."}]}"#;
         let mut r = LlmRequest::parse(Operation::ChatCompletions, body.as_bytes().into()).unwrap();
         let batch = request_batch(&mut r).unwrap();
+        // Keys are sent (a tool's property names reach the model), structural values
+        // (`role`, `model`) are not.
         assert!(
-            !batch.text.contains("messages") && !batch.text.contains("user"),
-            "keys and roles are not sent: {:?}",
+            batch.text.contains("content") && !batch.text.contains("user"),
+            "{:?}",
             batch.text
         );
         let findings = vec![
@@ -247,9 +267,13 @@ mod tests {
         ];
         let located = batch.locate(&findings, &d.entities);
         let mut scan = RequestScan::default();
-        assert!(apply_to_request(&mut r, &d, located, &mut scan).unwrap());
+        // As if the built-in NIR rule had issued the placeholder in the prompt.
+        scan.pseudonyms
+            .placeholder("FR_NIR", "1 85 05 78 006 084 91");
+        assert!(apply_to_request(&mut r, &d, located, &mut scan, &[]).unwrap());
         let out: Value = serde_json::from_slice(&r.body_for("m", false).unwrap()).unwrap();
-        assert_eq!(out["messages"][0]["content"], "Tu réponds à <PERSON_1>");
+        // The service's span ran over the period: trimmed to the name.
+        assert_eq!(out["messages"][0]["content"], "Tu réponds à <PERSON_1>.");
         assert_eq!(
             out["messages"][1]["content"],
             "Écris à <PERSON_2> (<FR_NIR_1>) à Besançon, puis à Éric Dupré."
@@ -257,7 +281,7 @@ mod tests {
         assert_eq!(scan.counts[&("PERSON".to_string(), "pseudonymize")], 2);
         assert_eq!(scan.counts[&("LOCATION".to_string(), "alert")], 1);
         assert_eq!(scan.level, Some(vigie_dlp::Level::Personal));
-        assert_eq!(scan.pseudonyms.restore_all("<PERSON_1>"), "Éric Dupré.");
+        assert_eq!(scan.pseudonyms.restore_all("<PERSON_1>"), "Éric Dupré");
         assert!(scan.blocked.is_empty());
     }
 
@@ -269,15 +293,19 @@ mod tests {
         let batch = request_batch(&mut r).unwrap();
         let located = batch.locate(&[found(&batch, "NRP", "breton")], &d.entities);
         let mut scan = RequestScan::default();
-        apply_to_request(&mut r, &d, located, &mut scan).unwrap();
+        apply_to_request(&mut r, &d, located, &mut scan, &[]).unwrap();
         assert!(scan.blocked.contains("NRP"));
         assert_eq!(scan.level, Some(vigie_dlp::Level::Restricted));
     }
 
     #[test]
-    fn what_dlp_wrote_is_protected() {
-        let t = "à <PERSON_1> et [IBAN], pas <a> ni [x]";
-        let spans: Vec<&str> = written_by_dlp(t).iter().map(|&(s, e)| &t[s..e]).collect();
+    fn what_dlp_wrote_is_protected_and_look_alikes_are_not() {
+        let t = "à <PERSON_1> et [IBAN], pas <DUPONT> ni [x] ni <PERSON_2>";
+        let wrote = |w: &str| ["<PERSON_1>", "[IBAN]"].contains(&w);
+        let spans: Vec<&str> = written_by_dlp(t, &wrote)
+            .iter()
+            .map(|&(s, e)| &t[s..e])
+            .collect();
         assert_eq!(spans, ["<PERSON_1>", "[IBAN]"]);
     }
 }

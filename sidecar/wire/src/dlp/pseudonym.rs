@@ -32,6 +32,11 @@ impl Pseudonyms {
         p
     }
 
+    /// Whether this placeholder was issued for this request (not text that looks like one).
+    pub fn issued(&self, placeholder: &str) -> bool {
+        self.by_placeholder.contains_key(placeholder)
+    }
+
     fn original(&self, placeholder: &str) -> Option<&str> {
         self.by_placeholder.get(placeholder).map(String::as_str)
     }

@@ -200,6 +200,7 @@ impl<'a> ResponseDlp<'a> {
     ) -> Result<bool, Blocked> {
         let mut blocked = BTreeSet::new();
         let mut level = None;
+        let replacements = self.dlp.map(CompiledDlp::replacements).unwrap_or_default();
         let changed = super::external::apply(
             json,
             detector,
@@ -209,6 +210,8 @@ impl<'a> ResponseDlp<'a> {
                 level: &mut level,
                 blocked: &mut blocked,
                 pseudonyms: None,
+                issued: Some(self.pseudonyms),
+                replacements: &replacements,
             },
         );
         if !blocked.is_empty() {
