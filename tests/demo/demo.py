@@ -206,7 +206,7 @@ def main():
         baseline = {"name": "dlp-baseline", "dlp": {"rules": [
             {"detector": "FR_NIR", "action": "DLP_ACTION_PSEUDONYMIZE", "direction": "DLP_DIRECTION_REQUEST"},
             *({"detector": d, "action": "DLP_ACTION_PSEUDONYMIZE", "direction": "DLP_DIRECTION_REQUEST"}
-              for d in ("PERSON", "DATE_OF_BIRTH", "ADDRESS")),
+              for d in ("PERSON", "DATE_OF_BIRTH", "ADDRESS", "HEALTH", "UNION_MEMBERSHIP")),
             {"detector": "IBAN", "action": "DLP_ACTION_REDACT"},
             {"detector": "EMAIL_ADDRESS", "action": "DLP_ACTION_REDACT"},
             {"detector": "CLASSIFICATION_MARKING", "action": "DLP_ACTION_BLOCK"}]}}
@@ -239,6 +239,19 @@ def main():
         body = next(r["body"] for r in (m.stats()["last_request"] for m in (gpu1, gpu2)) if r and "tools" in r["body"])
         show("disguised NIRs", "U+202F and U+200B inside one; another in a tool description")
         show("the model received", f"{body['messages'][-1]['content']} | tool: {body['tools'][0]['function']['description']}")
+        # A name without civility (given-name gazetteer) and GDPR special categories
+        # (a person earlier in the same sentence).
+        prose = "Karim Benali, syndiqué à la CGT, est diabétique : prépare sa convocation."
+        for m in (gpu1, gpu2):
+            m.set_behaviour(**{**m.behaviour(), "echo": True})
+        r = app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prose}])
+        for m in (gpu1, gpu2):
+            m.set_behaviour(**{**m.behaviour(), "echo": False})
+        saw = next(x["body"]["messages"][-1]["content"] for x in (m.stats()["last_request"] for m in (gpu1, gpu2))
+                   if x and "UNION_MEMBERSHIP" in str(x["body"]))
+        show("bare name, health", prose)
+        show("the model received", saw)
+        show("the app got back", r.choices[0].message.content)
         try:
             app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Note DIFFUSION RESTREINTE : plan de crise"}])
         except openai.BadRequestError as e:

@@ -32,6 +32,8 @@ def test_demo_runs_and_narrates():
         "the model received     Dossier de M. <PERSON_1>, né le <DATE_OF_BIRTH_1>, <ADDRESS_1>, NIR <FR_NIR_1>, IBAN [IBAN], écrire à [EMAIL_ADDRESS]",
         "the app got back       Dossier de M. Durand, né le 03/05/1985, 12 rue des Lilas, 75011 Paris, NIR 1 85 05 78 006 084 91, IBAN [IBAN], écrire à [EMAIL_ADDRESS]",
         "the model received     NIR <FR_NIR_2> | tool: Dossier du <FR_NIR_1>",
+        "the model received     <PERSON_1>, <UNION_MEMBERSHIP_1>, est <HEALTH_1> : prépare sa convocation.",
+        "the app got back       Karim Benali, syndiqué à la CGT, est diabétique : prépare sa convocation.",
         "400 dlp_blocked: The request was blocked by the data-loss policy: it contains CLASSIFICATION_MARKING.",
         'vigie_sidecar_dlp_findings_total{action="pseudonymize",detector="FR_NIR",direction="request"} 4',
         "ana's 4th request      429 budget_exceeded, Retry-After",

@@ -966,11 +966,27 @@ fn build_groups(
             HyperscanMatcher::compile(&set).map_err(|e| DlpError::Matcher(hs_message(&e)))?,
         ))
     };
+    // Patterns with no literal to look for (names without civility: capitalised words)
+    // make Hyperscan run a full automaton over every byte: in a set of their own, the
+    // literal-led set keeps its fast literal search (one pass each: 260 → 330 MB/s).
+    let (unled, other): (Vec<usize>, Vec<usize>) = other.into_iter().partition(|&i| {
+        owner
+            .get(i)
+            .and_then(|&d| detectors.get(d))
+            .is_some_and(|d| d.not_after.is_some())
+    });
+
     let gate_literals: &[String] = if ctx_ids.is_empty() { &[] } else { &gates };
     let mut free = vec![Group {
         matcher: compile(&other, gate_literals)?,
         patterns: other,
     }];
+    if !unled.is_empty() {
+        free.push(Group {
+            matcher: compile(&unled, &[])?,
+            patterns: unled,
+        });
+    }
     if !digit_led.is_empty() {
         free.push(Group {
             matcher: compile(&digit_led, &[])?,
@@ -1198,6 +1214,17 @@ fn hs_message(e: &HsError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_built_in_context_word_gates() {
+        // One word that cannot gate sends every context-led detector to the scan of
+        // all text (throughput 420 → 150 MB/s when `né ` was added).
+        for d in crate::detectors::builtins().iter().filter(|d| gated(d)) {
+            for w in &d.context {
+                assert!(gate_patterns(w).is_some(), "{}: {w:?}", d.name);
+            }
+        }
+    }
 
     #[test]
     fn sentences_end_after_words_and_numbers_not_abbreviations() {

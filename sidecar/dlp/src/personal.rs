@@ -423,9 +423,10 @@ pub fn detectors() -> Vec<Detector> {
         "né le",
         "née le",
         "né(e) le",
-        // A maiden name between: `née Vasilescu le 9 mai 1988`.
-        "née ",
-        "né ",
+        // A maiden name between: `née Vasilescu le 9 mai 1988`. Not `né` alone: a
+        // context word of fewer than three letters cannot gate (it would turn gating
+        // off for every context-led detector: `every_built_in_context_word_gates`).
+        "née",
         "nés le",
         "nées le",
         "né à",
