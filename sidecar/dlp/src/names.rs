@@ -203,7 +203,7 @@ const NOT_NAMES: &[&str] = &[
     "profession",
     "dossier",
     "demande",
-    // Days and months.
+    // Days (months: `personal::MONTH_NAMES`).
     "lundi",
     "mardi",
     "mercredi",
@@ -211,18 +211,6 @@ const NOT_NAMES: &[&str] = &[
     "vendredi",
     "samedi",
     "dimanche",
-    "janvier",
-    "février",
-    "mars",
-    "avril",
-    "mai",
-    "juin",
-    "juillet",
-    "août",
-    "septembre",
-    "octobre",
-    "novembre",
-    "décembre",
     // Civilities and titles.
     "monsieur",
     "madame",
@@ -447,7 +435,7 @@ fn in_capitals(w: &str) -> bool {
 
 fn not_a_name(w: &str) -> bool {
     let lower = key(w.trim_end_matches(['.', ',']));
-    NOT_NAMES.contains(&lower.as_str())
+    NOT_NAMES.contains(&lower.as_str()) || crate::personal::MONTH_NAMES.contains(&lower.as_str())
 }
 
 /// Particles inside surnames (`de La Fontaine`).

@@ -76,7 +76,7 @@ const CIVILITIES: &[&str] = &[
 ];
 
 /// Role words of complaints, judgements and civil status that introduce a person.
-const ROLES: &[&str] = &[
+pub(crate) const ROLES: &[&str] = &[
     "le requérant",
     "la requérante",
     "le plaignant",

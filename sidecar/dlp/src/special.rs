@@ -66,22 +66,9 @@ const CIVILITIES: &[&str] = &[
     "professeur",
 ];
 
-/// Role words of administrative text that designate one person.
+/// Role words of administrative text that designate one person, besides the role
+/// words before names ([`crate::personal::ROLES`], also cues here).
 const ROLES: &[&str] = &[
-    "le requérant",
-    "la requérante",
-    "le plaignant",
-    "la plaignante",
-    "le mis en cause",
-    "la mise en cause",
-    "le demandeur",
-    "la demanderesse",
-    "le défendeur",
-    "la défenderesse",
-    "l'intéressé",
-    "l'intéressée",
-    "le défunt",
-    "la défunte",
     "l'agent",
     "le salarié",
     "la salariée",
@@ -89,7 +76,6 @@ const ROLES: &[&str] = &[
     "l'usagère",
     "le patient",
     "la patiente",
-    "l'enfant",
     "l'élève",
     "le candidat",
     "la candidate",
@@ -111,8 +97,6 @@ const ROLES: &[&str] = &[
     "l'employée",
     "le fonctionnaire",
     "la fonctionnaire",
-    "l'étudiant",
-    "l'étudiante",
     "le stagiaire",
     "la stagiaire",
     "le mineur",
@@ -335,6 +319,7 @@ fn special(name: &str, phrases: &[String], states: &[&str], cues: &[String]) -> 
 fn cues() -> Vec<String> {
     let mut words: Vec<String> = CIVILITIES
         .iter()
+        .chain(crate::personal::ROLES)
         .chain(ROLES)
         .chain(PRONOUNS)
         .map(|w| (*w).to_string())
