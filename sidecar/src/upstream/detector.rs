@@ -116,3 +116,44 @@ async fn exchange(d: &ExternalDetector, text: &str) -> Result<Vec<Found>, Detect
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn detector(url: &str) -> ExternalDetector {
+        let dlp = vigie_dlp::policy::compile(
+            &serde_json::from_str(&format!(
+                r#"{{"externalDetectors":[{{"name":"n","url":"{url}","entities":[{{"type":"PERSON","detector":"PERSON"}}]}}]}}"#
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        dlp.external.into_iter().next().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_literal_is_connected_to() {
+        // `host_str` keeps the brackets of `[::1]`, which no resolver reads: the
+        // address itself must be used.
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await.unwrap();
+            let body = r#"[{"entity_type":"PERSON","start":0,"end":6,"score":0.9}]"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let found = analyze(&detector(&format!("http://[::1]:{port}/analyze")), "Sophie")
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].entity_type, "PERSON");
+    }
+}
