@@ -738,6 +738,7 @@ pub fn dlp(samples: usize) -> anyhow::Result<()> {
         "addresses",
         "capitals",
         "civility-runs",
+        "accented-capitals",
         "hyphenated",
     ] {
         run(Command::new("/usr/bin/time")

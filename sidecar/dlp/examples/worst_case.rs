@@ -27,6 +27,8 @@ fn main() {
         "civilities" => "M. Aaaa Bbbb de La Cccc ".repeat(MIB8 / 24),
         "addresses" => "12 bis rue de la Aaaa Bbbb, 75011 Paris ".repeat(MIB8 / 40),
         "capitals" => "Aaaa ".repeat(MIB8 / 5),
+        // The capitals of the Latin-1 and Latin Extended sets the name scan is split by.
+        "accented-capitals" => "Éaaa Øbbb Łccc ".repeat(MIB8 / 18),
         "civility-runs" => "Mme ".repeat(MIB8 / 4),
         "hyphenated" => format!("M. {}", "Aa-".repeat(MIB8 / 3)),
         _ => "x".repeat(MIB8),

@@ -212,6 +212,29 @@ fn ordinary_prose_is_left_alone() {
     }
 }
 
+/// Names without civility whose first letter is from each of the sets the scan is
+/// split into (ASCII, the two halves of the Latin-1 capitals, Latin Extended), found
+/// alike in a short text (one set of all of them) and in a long one (one set each).
+#[test]
+fn bare_names_of_every_first_capital_short_and_long() {
+    let filler = "Le dossier a été examiné par le service compétent. ".repeat(30);
+    assert!(filler.len() > 1024);
+    for name in [
+        "Sophie Martin",
+        "Élodie Martin",
+        "Ángel Martin",
+        "Øyvind Hansen",
+        "Ömer Yılmaz",
+        "Łukasz Nowak",
+    ] {
+        let short = format!("Courrier reçu de {name} ce matin.");
+        let want = "Courrier reçu de [PERSON] ce matin.";
+        assert_eq!(block(&short), want, "{name}");
+        let long = format!("{filler}{short}");
+        assert_eq!(block(&long), format!("{filler}{want}"), "{name}, long text");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(std::env::var("VIGIE_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200)))]
 
