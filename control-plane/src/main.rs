@@ -1,7 +1,7 @@
 //! `vigie-control-plane`: serve the API, or manage API tokens.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,8 +11,11 @@ use tracing::info;
 use vigie_control_plane::auth::{Role, new_token};
 use vigie_control_plane::k8s_tokens::{JwksSource, K8sTokenSettings};
 use vigie_control_plane::metrics::Metrics;
-use vigie_control_plane::server::{GitOpsSettings, ServerSettings, TlsFiles, serve};
+use vigie_control_plane::server::{
+    GitOpsSettings, LedgerSettings, ServerSettings, TlsFiles, serve,
+};
 use vigie_control_plane::store::{self, AuditRecord, now_ms};
+use vigie_control_plane::users::{LedgerUsers, UserKey};
 use vigie_control_plane::webhook;
 
 #[derive(Debug, Parser)]
@@ -142,6 +145,20 @@ struct ServeArgs {
     /// policies come from Git, every API write needs breakGlass).
     #[arg(long, env = "VIGIE_POLICY_DIR_SHARED", requires = "policy_dir")]
     policy_dir_shared: bool,
+    /// The key (at least 32 bytes) that pseudonymises end users in the usage ledger
+    /// (HMAC-SHA-256): a Secret every replica mounts. Default with the embedded
+    /// database: `usage-user.key` in --data-dir, created at first start; required with
+    /// PostgreSQL unless --usage-users-in-clear.
+    #[arg(long, env = "VIGIE_USAGE_USER_KEY_FILE")]
+    usage_user_key_file: Option<PathBuf>,
+    /// Store end users in the usage ledger as the sidecars report them, not as
+    /// pseudonyms (docs/metering.md).
+    #[arg(long, env = "VIGIE_USAGE_USERS_IN_CLEAR")]
+    usage_users_in_clear: bool,
+    /// Keep usage records for the current month and this many before it; older ones
+    /// are folded into monthly aggregates (no user) and deleted. 0: kept forever.
+    #[arg(long, env = "VIGIE_USAGE_RETENTION_MONTHS", default_value_t = 0)]
+    usage_retention_months: u32,
     /// Seconds between two reads of the policy directory.
     #[arg(long, env = "VIGIE_POLICY_SYNC_INTERVAL_S", default_value_t = 10)]
     policy_sync_interval_s: u64,
@@ -187,6 +204,30 @@ fn database_url(args: &Args) -> anyhow::Result<String> {
         "sqlite://{}?mode=rwc",
         args.data_dir.join("vigie.db").display()
     ))
+}
+
+/// How the ledger stores end users: pseudonyms with the given key; with the embedded
+/// database (`data_dir`), a key created there; in clear only when asked.
+fn ledger_users(
+    key_file: Option<&Path>,
+    in_clear: bool,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<LedgerUsers> {
+    let key = match (key_file, data_dir) {
+        (Some(file), _) => Some(UserKey::read(file)?),
+        (None, Some(dir)) if !in_clear => {
+            Some(UserKey::read_or_create(&dir.join("usage-user.key"))?)
+        }
+        (None, _) => None,
+    };
+    Ok(match (key, in_clear) {
+        (key, true) => LedgerUsers::in_clear(key),
+        (Some(key), false) => LedgerUsers::pseudonymised(key),
+        (None, false) => anyhow::bail!(
+            "with PostgreSQL, end users are pseudonymised with a key every replica shares: \
+             --usage-user-key-file (a Secret), or --usage-users-in-clear"
+        ),
+    })
 }
 
 async fn shutdown_signal() {
@@ -488,6 +529,16 @@ async fn main() -> anyhow::Result<()> {
                 jwks,
                 agent_service_account: Some(s.k8s_agent_service_account),
             });
+            let ledger = LedgerSettings {
+                users: ledger_users(
+                    s.usage_user_key_file.as_deref(),
+                    s.usage_users_in_clear,
+                    args.database_url
+                        .is_none()
+                        .then_some(args.data_dir.as_path()),
+                )?,
+                retention_months: s.usage_retention_months,
+            };
             let store = store::open(&url).await.context("opening the database")?;
             info!(database = %store::sql::redact_url(&url), "database ready");
             let tls = s.tls_cert.zip(s.tls_key).map(|(cert, key)| TlsFiles {
@@ -515,6 +566,7 @@ async fn main() -> anyhow::Result<()> {
                             vigie_control_plane::gitops::Exclusive::All
                         },
                     }),
+                    ledger,
                 },
                 stopped(),
             );

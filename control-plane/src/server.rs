@@ -49,6 +49,16 @@ pub struct ServerSettings {
     pub metrics: crate::metrics::Metrics,
     /// Policies from Git: the directory to reconcile.
     pub gitops: Option<GitOpsSettings>,
+    /// How the usage ledger stores users, and how long it keeps records.
+    pub ledger: LedgerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    pub users: crate::users::LedgerUsers,
+    /// Records are kept for the current month and this many before it, then folded
+    /// into monthly aggregates (0: kept forever).
+    pub retention_months: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +83,11 @@ pub async fn serve(
         .await
         .context("loading policies from the store")?;
     let hub_task = tokio::spawn(hub.clone().run(settings.resync));
+    let retention_task = tokio::spawn(crate::retention::run(
+        store.clone(),
+        settings.replica.clone(),
+        settings.ledger.retention_months,
+    ));
 
     let mut auth = Authenticator::new(store.clone());
     if let Some(k8s) = settings.k8s_tokens.clone() {
@@ -130,6 +145,7 @@ pub async fn serve(
         auth: auth.clone(),
         metrics: settings.metrics.clone(),
         reads: UsageReads::default(),
+        users: settings.ledger.users.clone(),
     })
     .max_decoding_message_size(usage_max);
     let quota = QuotaServiceServer::new(QuotaApi {
@@ -228,6 +244,7 @@ pub async fn serve(
         )
         .await;
     hub_task.abort();
+    retention_task.abort();
     if let Some(t) = gitops_task {
         t.abort();
     }

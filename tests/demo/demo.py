@@ -341,6 +341,11 @@ def main():
             key = " / ".join(k or "-" for k in row["key"])
             show("QueryUsage", f"{key}: {t['requests']} requests, {t.get('promptTokens', 0)} prompt + "
                                f"{t.get('completionTokens', 0)} completion tokens")
+        anas = cp.stream("UsageService/ExportUsage", {"filter": {"user": "ana"}}, admin)
+        show("ledger users", f"ana is stored as {anas[0]['user']} (keyed pseudonym); "
+                             f"a filter on user=ana finds her {len(anas)} records")
+        erased = cp.call("UsageService/EraseUser", {"user": "ana", "comment": "RGPD art. 17, ticket 117"}, token=admin)
+        show("EraseUser", f"{erased.get('records', 0)} records kept their figures and lost ana (audited)")
 
         title("Zero-trust egress (eBPF): the app cannot go around its sidecar")
         if os.geteuid() != 0:

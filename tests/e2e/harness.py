@@ -6,6 +6,8 @@ Every process is started in its own session and killed at teardown.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import select
@@ -303,6 +305,16 @@ class GrpcError(Exception):
         self.text = text
 
 
+def shared_user_key(database_url: str) -> Path:
+    """One ledger key per database, as the replicas of a deployment share one Secret."""
+    path = Path(tempfile.gettempdir()) / f"vigie-usage-key-{hashlib.sha256(database_url.encode()).hexdigest()[:16]}"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}")
+        tmp.write_text(os.urandom(32).hex())
+        tmp.replace(path)
+    return path
+
+
 class ControlPlane:
     """A `vigie-control-plane` on a free loopback port.
 
@@ -316,6 +328,13 @@ class ControlPlane:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="vigie-cp-"))
         self.env = dict(env or {})
         self.db_args = ["--database-url", database_url] if database_url else ["--data-dir", str(self.dir / "data")]
+        # The key that pseudonymises users in the ledger: created in the data directory
+        # with SQLite; with PostgreSQL, a Secret every replica of that database shares.
+        if database_url and "VIGIE_USAGE_USER_KEY_FILE" not in self.env:
+            self.env["VIGIE_USAGE_USER_KEY_FILE"] = str(shared_user_key(database_url))
+        # None: leave the variable out (a test of the start-up without a key).
+        self.env = {k: v for k, v in self.env.items() if v is not None}
+        self.user_key_path = Path(self.env.get("VIGIE_USAGE_USER_KEY_FILE") or self.dir / "data" / "usage-user.key")
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.tls = tls
@@ -343,6 +362,12 @@ class ControlPlane:
     def stop(self, sig=None):
         if self.process:
             self.process.stop(sig)
+
+    def pseudonym(self, user: str) -> str:
+        """What the ledger stores for `user`: HMAC-SHA-256 with this control plane's key,
+        computed here independently of the Rust code."""
+        key = self.user_key_path.read_bytes().rstrip(b"\r\n")
+        return "hmac:" + hmac.new(key, user.encode(), hashlib.sha256).hexdigest()[:32]
 
     def log(self) -> str:
         return self.process.log() if self.process else ""

@@ -72,7 +72,8 @@ def test_every_request_gets_one_record_with_exact_figures(database_url, control_
         by_outcome.setdefault(rec.get("outcome"), []).append(rec)
     done = by_outcome["USAGE_OUTCOME_COMPLETED"]
     assert len(done) == 2
-    first = next(x for x in done if x.get("user") == "ana")
+    # Users are stored as keyed pseudonyms (test_usage_rgpd.py).
+    first = next(x for x in done if x.get("user") == cp.pseudonym("ana"))
     assert (int(first["promptTokens"]), int(first["completionTokens"])) == (r.usage.prompt_tokens, 7)
     assert first["namespace"] == "team-a" and first["workload"] == "chatbot"
     assert first["model"] == "gpt-4o-mini" and first["servedModel"] == "mistral-7b" and first["pool"] == "gpu-a"
@@ -188,7 +189,7 @@ def test_users_from_a_verified_jwt_and_forged_ones_refused(control_planes, mocks
     assert m.stats()["requests_total"] == 1, "the forged request never left the pod"
     records = wait_records(cp, admin, 2)
     verified = next(r for r in records if r.get("outcome") == "USAGE_OUTCOME_COMPLETED")
-    assert verified["user"] == "system:serviceaccount:team-a:ana" and verified["userVerified"] is True
+    assert verified["user"] == cp.pseudonym("system:serviceaccount:team-a:ana") and verified["userVerified"] is True
     refused = next(r for r in records if r.get("outcome") == "USAGE_OUTCOME_REFUSED")
     assert int(refused["status"]) == 401 and refused.get("user", "") == ""
 

@@ -9,19 +9,23 @@ use futures::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 use vigie_proto::v1::usage_service_server::UsageService;
 use vigie_proto::v1::{
-    BudgetCounter, ExportUsageRequest, GetBudgetStatusRequest, GetBudgetStatusResponse,
-    QueryUsageRequest, QueryUsageResponse, ReportUsageRequest, ReportUsageResponse,
-    SensitivityLevel, TimeBucket, UsageDimension, UsageFilter, UsageOutcome, UsageRecord, UsageRow,
-    UsageSource as RecordSource, UsageTotals,
+    BudgetCounter, EraseUserRequest, EraseUserResponse, ExportUsageRequest, GetBudgetStatusRequest,
+    GetBudgetStatusResponse, QueryUsageRequest, QueryUsageResponse, ReportUsageRequest,
+    ReportUsageResponse, SensitivityLevel, TimeBucket, UsageDimension, UsageFilter, UsageOutcome,
+    UsageRecord, UsageRow, UsageSource as RecordSource, UsageTotals,
 };
 
 use super::{invalid, store_error};
 use crate::auth::{Authenticator, Role};
 use crate::lanes::Admission;
-use crate::store::usage::{TotalsRow, dimension_column};
+use crate::store::AuditRecord;
+use crate::store::usage::{AGGREGATED, TotalsRow, dimension_column};
 use crate::store::{Store, now_ms};
+use crate::users::LedgerUsers;
 use vigie_proto::usage::{MAX_COST, MAX_FIELD_BYTES, MAX_GPU_SECONDS, MAX_TOKENS};
 
+/// Longest comment of an erasure (a request reference, a ticket).
+const MAX_ERASE_COMMENT: usize = 1024;
 /// Largest batch a sidecar may report at once.
 pub const MAX_REPORT: usize = 5000;
 /// How long an export waits for its caller to read before it is ended.
@@ -43,6 +47,8 @@ pub struct UsageApi {
     pub auth: Authenticator,
     pub metrics: crate::metrics::Metrics,
     pub reads: UsageReads,
+    /// How end users are stored (pseudonymised by default).
+    pub users: LedgerUsers,
 }
 
 /// Admission to the calls that scan the ledger: one caller's loop of heavy queries
@@ -198,7 +204,7 @@ impl UsageService for UsageApi {
             .auth
             .check(&req, &[Role::Admin, Role::Workload])
             .await?;
-        let records = req.into_inner().records;
+        let mut records = req.into_inner().records;
         if records.len() > MAX_REPORT {
             return Err(invalid(
                 "records",
@@ -221,6 +227,9 @@ impl UsageService for UsageApi {
                 )));
             }
         }
+        for r in &mut records {
+            r.user = self.users.stored(&r.user);
+        }
         let accepted = self
             .store
             .insert_usage(&records)
@@ -242,8 +251,9 @@ impl UsageService for UsageApi {
     ) -> Result<Response<QueryUsageResponse>, Status> {
         let who = self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
         let r = req.into_inner();
-        let filter = r.filter.unwrap_or_default();
+        let mut filter = r.filter.unwrap_or_default();
         check_filter(&filter)?;
+        filter.user = self.users.filter_value(&filter.user);
         let _admitted = self.reads.queries.admit(&who.name).await?;
         let mut columns = Vec::new();
         for (i, d) in r.group_by.iter().enumerate() {
@@ -260,9 +270,12 @@ impl UsageService for UsageApi {
             TimeBucket::Hour => HOUR_MS,
             TimeBucket::Day | TimeBucket::Month => DAY_MS,
         };
+        // The monthly aggregates of purged records count too where they can: they
+        // keep no user, pod, endpoint, status or stream flag.
+        let with_months = filter.user.is_empty() && columns.iter().all(|c| AGGREGATED.contains(c));
         let mut rows = self
             .store
-            .usage_totals(&filter, &columns, width)
+            .usage_totals(&filter, &columns, width, with_months)
             .await
             .map_err(store_error)?;
         // Enumerations by name, as grpcurl prints them elsewhere.
@@ -331,13 +344,70 @@ impl UsageService for UsageApi {
 
     type ExportUsageStream = ExportStream;
 
+    async fn erase_user(
+        &self,
+        req: Request<EraseUserRequest>,
+    ) -> Result<Response<EraseUserResponse>, Status> {
+        let who = self.auth.check(&req, &[Role::Admin]).await?;
+        let r = req.into_inner();
+        if r.user.is_empty() {
+            return Err(invalid("user", "must not be empty"));
+        }
+        if r.user.len() > MAX_FIELD_BYTES {
+            return Err(invalid("user", &format!("at most {MAX_FIELD_BYTES} bytes")));
+        }
+        if r.comment.len() > MAX_ERASE_COMMENT {
+            return Err(invalid(
+                "comment",
+                &format!("at most {MAX_ERASE_COMMENT} bytes"),
+            ));
+        }
+        // The audit trail keeps the comment: it must not bring the user back.
+        if r.comment.to_lowercase().contains(&r.user.to_lowercase()) {
+            return Err(invalid(
+                "comment",
+                "must not contain the user (it is kept in the audit trail)",
+            ));
+        }
+        let forms = self.users.stored_forms(&r.user);
+        let records = self
+            .store
+            .erase_usage_user(&forms)
+            .await
+            .map_err(store_error)?;
+        let summary = format!("erased the user of {records} usage records");
+        self.store
+            .append_audit(AuditRecord {
+                id: 0,
+                at_ms: crate::store::now_ms(),
+                actor: who.name.clone(),
+                role: who.role.to_string(),
+                action: "usage.erase_user".into(),
+                policy: String::new(),
+                revision: 0,
+                summary: summary.clone(),
+                comment: r.comment.clone(),
+            })
+            .await
+            .map_err(store_error)?;
+        tracing::info!(
+            target: "vigie::audit",
+            actor = %who.name,
+            role = %who.role,
+            records,
+            "usage user erased"
+        );
+        Ok(Response::new(EraseUserResponse { records }))
+    }
+
     async fn export_usage(
         &self,
         req: Request<ExportUsageRequest>,
     ) -> Result<Response<Self::ExportUsageStream>, Status> {
         let who = self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
-        let filter = req.into_inner().filter.unwrap_or_default();
+        let mut filter = req.into_inner().filter.unwrap_or_default();
         check_filter(&filter)?;
+        filter.user = self.users.filter_value(&filter.user);
         // Held until the stream ends: it ends when its caller has not read for
         // EXPORT_STALL, or after EXPORT_LONGEST in all (export a long period in
         // windows), with an error after the rows already sent.

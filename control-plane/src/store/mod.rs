@@ -204,13 +204,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         after: Option<(i64, String)>,
         limit: u32,
     ) -> Result<Vec<UsageRecord>, StoreError>;
-    /// Totals by the given columns and fixed-width buckets (0: none), by currency.
+    /// Totals by the given columns and fixed-width buckets (0: none), by currency;
+    /// `with_months`: the monthly aggregates of purged records counted too.
     async fn usage_totals(
         &self,
         filter: &UsageFilter,
         columns: &[&'static str],
         bucket_ms: i64,
+        with_months: bool,
     ) -> Result<Vec<usage::TotalsRow>, StoreError>;
+    /// Folds every record that started before `before_ms` (a month start) into monthly
+    /// aggregates and deletes it, a month at a time.
+    async fn purge_usage(&self, before_ms: i64) -> Result<usage::Purged, StoreError>;
+    /// Blanks the user of the records whose user is one of `values`; how many.
+    async fn erase_usage_user(&self, values: &[String]) -> Result<u64, StoreError>;
+    /// Deletes the budget counters of windows that ended before `before_ms`.
+    async fn forget_quota_windows(&self, before_ms: i64) -> Result<u64, StoreError>;
 
     /// Grants up to `want` of a budget counter's allowance (after charging `overdraft`),
     /// never beyond `limit`, atomically.

@@ -124,6 +124,7 @@ fn migrations(d: Dialect) -> Vec<(i64, Vec<String>)> {
                     .into(),
             ],
         ),
+        (8, super::usage::retention_migration()),
     ]
 }
 
@@ -146,6 +147,9 @@ impl SqlStore {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    // Erased and purged values are overwritten in the file, not only
+                    // unlinked (docs/metering.md: what erasure leaves).
+                    conn.execute("PRAGMA secure_delete = ON").await?;
                     Ok(())
                 })
             });
@@ -671,9 +675,40 @@ impl Store for SqlStore {
         filter: &UsageFilter,
         columns: &[&'static str],
         bucket_ms: i64,
+        with_months: bool,
     ) -> Result<Vec<super::usage::TotalsRow>, StoreError> {
-        self.usage_totals_rows(filter, columns, bucket_ms, now_ms())
+        self.usage_totals_rows(filter, columns, bucket_ms, with_months, now_ms())
             .await
+    }
+
+    async fn purge_usage(&self, before_ms: i64) -> Result<super::usage::Purged, StoreError> {
+        let mut purged = super::usage::Purged::default();
+        let Some(oldest) = self.oldest_usage().await? else {
+            return Ok(purged);
+        };
+        let mut from = vigie_quota::Window::Month.bounds(oldest).0;
+        while from < before_ms {
+            let to = vigie_quota::Window::Month.bounds(from).1.min(before_ms);
+            let deleted = self.fold_usage_month(from, to).await?;
+            if deleted > 0 {
+                purged.records += deleted;
+                purged.months += 1;
+            }
+            from = to;
+        }
+        Ok(purged)
+    }
+
+    async fn erase_usage_user(&self, values: &[String]) -> Result<u64, StoreError> {
+        self.erase_usage_user_rows(values).await
+    }
+
+    async fn forget_quota_windows(&self, before_ms: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM vigie_quota WHERE window_end < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     async fn grant_quota(

@@ -43,6 +43,52 @@ pub(super) fn migration() -> Vec<String> {
     ]
 }
 
+/// Migration 8: what the retention purge keeps of the records it deletes (one row per
+/// month and [`AGGREGATED`] values), and an index for user erasure and filters.
+pub(super) fn retention_migration() -> Vec<String> {
+    vec![
+        format!(
+            "CREATE TABLE vigie_usage_monthly (
+                month BIGINT NOT NULL,
+                namespace TEXT NOT NULL,
+                workload TEXT NOT NULL,
+                model TEXT NOT NULL,
+                served_model TEXT NOT NULL,
+                pool TEXT NOT NULL,
+                sensitivity BIGINT NOT NULL,
+                operation TEXT NOT NULL,
+                outcome BIGINT NOT NULL,
+                source BIGINT NOT NULL,
+                currency TEXT NOT NULL,
+                requests BIGINT NOT NULL,
+                prompt BIGINT NOT NULL,
+                completion BIGINT NOT NULL,
+                cached BIGINT NOT NULL,
+                reasoning BIGINT NOT NULL,
+                cost DOUBLE PRECISION NOT NULL,
+                gpu_seconds DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (month, {}))",
+            AGGREGATED.join(", ")
+        ),
+        "CREATE INDEX vigie_usage_user ON vigie_usage (user_name)".into(),
+    ]
+}
+
+/// The columns a monthly aggregate keeps; user, pod, endpoint, status and stream go
+/// with the purged records.
+pub const AGGREGATED: &[&str] = &[
+    "namespace",
+    "workload",
+    "model",
+    "served_model",
+    "pool",
+    "sensitivity",
+    "operation",
+    "outcome",
+    "source",
+    "currency",
+];
+
 /// A statement with `$n` placeholders (what both backends accept through the Any
 /// driver; sqlx's `QueryBuilder` writes `?`, which PostgreSQL refuses).
 #[derive(Default)]
@@ -123,6 +169,13 @@ pub fn dimension_column(d: UsageDimension) -> Option<&'static str> {
         UsageDimension::Outcome => "outcome",
         UsageDimension::Source => "source",
     })
+}
+
+/// What a retention purge did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub records: u64,
+    pub months: u64,
 }
 
 /// One group of [`SqlStore::usage_totals`]: key values (as text), bucket, currency.
@@ -275,13 +328,97 @@ impl SqlStore {
         rows.iter().map(record_from_row).collect()
     }
 
+    /// Start of the oldest record, if any.
+    pub(super) async fn oldest_usage(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(started_at) AS m FROM vigie_usage")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("m")?)
+    }
+
+    /// Folds the records that started in `[from, to)` (one calendar month) into their
+    /// monthly aggregates and deletes them, in one transaction: a crash leaves the
+    /// month either whole or folded. Records reported late for a folded month are
+    /// added to its aggregates by the next purge. Returns how many were deleted.
+    pub(super) async fn fold_usage_month(&self, from: i64, to: i64) -> Result<u64, StoreError> {
+        let kept = AGGREGATED.join(", ");
+        let sums = [
+            "requests",
+            "prompt",
+            "completion",
+            "cached",
+            "reasoning",
+            "cost",
+            "gpu_seconds",
+        ]
+        .iter()
+        .map(|c| format!("{c} = vigie_usage_monthly.{c} + excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO vigie_usage_monthly (month, {kept}, requests, prompt, completion, cached,
+                reasoning, cost, gpu_seconds)
+             SELECT CAST($1 AS BIGINT), {kept}, COUNT(*), CAST(SUM(prompt) AS BIGINT),
+                CAST(SUM(completion) AS BIGINT), CAST(SUM(cached) AS BIGINT),
+                CAST(SUM(reasoning) AS BIGINT), SUM(cost), SUM(gpu_seconds)
+             FROM vigie_usage WHERE started_at >= $1 AND started_at < $2 GROUP BY {kept}
+             ON CONFLICT (month, {kept}) DO UPDATE SET {sums}"
+        ))
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+        let deleted =
+            sqlx::query("DELETE FROM vigie_usage WHERE started_at >= $1 AND started_at < $2")
+                .bind(from)
+                .bind(to)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Blanks the user of every record whose user is one of `values` (its pseudonym,
+    /// and its clear value for records stored in clear); returns how many.
+    pub(super) async fn erase_usage_user_rows(&self, values: &[String]) -> Result<u64, StoreError> {
+        if values.is_empty() {
+            return Ok(0);
+        }
+        let mut q = Sql::new(
+            "UPDATE vigie_usage SET user_name = '', user_verified = 0 WHERE user_name IN (",
+        );
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.bind(Bind::Text(v.clone()));
+        }
+        q.push(")");
+        let erased = q.query().execute(&self.pool).await?.rows_affected();
+        if self.dialect == Dialect::Sqlite {
+            // The old pages are overwritten (secure_delete) in the database file only
+            // when the write-ahead log is checkpointed into it.
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(erased)
+    }
+
     /// Totals grouped by `columns` (from [`dimension_column`]) and fixed-width buckets
     /// of `bucket_ms` (0: one bucket), and always by currency.
+    ///
+    /// `with_months`: the monthly aggregates of purged records are counted too, each at
+    /// its month's start (the caller checks that the filter and `columns` use only
+    /// [`AGGREGATED`] columns).
     pub(super) async fn usage_totals_rows(
         &self,
         filter: &UsageFilter,
         columns: &[&'static str],
         bucket_ms: i64,
+        with_months: bool,
         now_ms: i64,
     ) -> Result<Vec<TotalsRow>, StoreError> {
         let bucket = if bucket_ms > 0 {
@@ -299,14 +436,27 @@ impl SqlStore {
             select.push_str(", ");
             select.push_str(k);
         }
+        // Requests: one per record, `requests` per monthly aggregate.
+        let n = if with_months { "n" } else { "1" };
         // SUM of BIGINT is NUMERIC in PostgreSQL: cast back for the Any driver.
-        select.push_str(
-            ", COUNT(*) AS requests, CAST(SUM(prompt) AS BIGINT) AS prompt,
+        select.push_str(&format!(
+            ", CAST(SUM({n}) AS BIGINT) AS requests, CAST(SUM(prompt) AS BIGINT) AS prompt,
              CAST(SUM(completion) AS BIGINT) AS completion, CAST(SUM(cached) AS BIGINT) AS cached,
              CAST(SUM(reasoning) AS BIGINT) AS reasoning,
-             CAST(SUM(CASE WHEN source = 2 THEN 1 ELSE 0 END) AS BIGINT) AS estimated,
-             SUM(cost) AS cost, SUM(gpu_seconds) AS gpu FROM vigie_usage",
-        );
+             CAST(SUM(CASE WHEN source = 2 THEN {n} ELSE 0 END) AS BIGINT) AS estimated,
+             SUM(cost) AS cost, SUM(gpu_seconds) AS gpu FROM "
+        ));
+        if with_months {
+            let kept = AGGREGATED.join(", ");
+            select.push_str(&format!(
+                "(SELECT started_at, {kept}, 1 AS n, prompt, completion, cached, reasoning, cost,
+                   gpu_seconds FROM vigie_usage
+                 UNION ALL SELECT month AS started_at, {kept}, requests AS n, prompt, completion,
+                   cached, reasoning, cost, gpu_seconds FROM vigie_usage_monthly) AS u"
+            ));
+        } else {
+            select.push_str("vigie_usage");
+        }
         let mut q = Sql::new(select);
         push_filter(&mut q, filter, now_ms);
         let mut group = vec!["b".to_string(), "currency".to_string()];
@@ -359,6 +509,146 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn purged_months_keep_their_totals_and_lose_their_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("u.db").display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let day = 86_400_000;
+        // 2026-10-05, 2026-10-20, 2026-11-03 and 2026-12-02 (UTC).
+        let (oct, oct2, nov, dec) = (
+            1_791_158_400_000,
+            1_792_454_400_000,
+            1_793_491_200_000 + 2 * day,
+            1_796_083_200_000 + day,
+        );
+        let mut batch = vec![
+            rec("a", oct, "team-a", "gpt", 10, "EUR"),
+            rec("b", oct2, "team-a", "gpt", 7, "EUR"),
+            rec("c", nov, "team-a", "gpt", 1, "EUR"),
+            rec("d", dec, "team-b", "llama", 100, ""),
+        ];
+        for r in &mut batch {
+            r.user = "hmac:0123456789abcdef0123456789abcdef".into();
+        }
+        store.insert_usage(&batch).await.unwrap();
+        let all = UsageFilter {
+            to_ms: dec + day,
+            ..Default::default()
+        };
+        let before = store
+            .usage_totals(&all, &["namespace", "model"], day, true)
+            .await
+            .unwrap();
+        // Everything before 2026-12-01 goes: October and November.
+        let purged = store.purge_usage(1_796_083_200_000).await.unwrap();
+        assert_eq!((purged.records, purged.months), (3, 2));
+        let left = store.usage_page(&all, None, 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, "d");
+        // Monthly totals: the same; daily ones put a purged month on its first day.
+        let monthly = |rows: &[TotalsRow]| {
+            let mut m: Vec<(i64, String, u64, u64, u64)> = rows
+                .iter()
+                .map(|r| {
+                    let month = vigie_quota::Window::Month.bounds(r.bucket_start_ms).0;
+                    (month, r.key.join("/"), r.requests, r.prompt, r.estimated)
+                })
+                .collect();
+            m.sort();
+            let mut merged: Vec<(i64, String, u64, u64, u64)> = Vec::new();
+            for row in m {
+                match merged.last_mut() {
+                    Some(last) if last.0 == row.0 && last.1 == row.1 => {
+                        last.2 += row.2;
+                        last.3 += row.3;
+                        last.4 += row.4;
+                    }
+                    _ => merged.push(row),
+                }
+            }
+            merged
+        };
+        let after = store
+            .usage_totals(&all, &["namespace", "model"], day, true)
+            .await
+            .unwrap();
+        assert_eq!(monthly(&before), monthly(&after));
+        // Without the aggregates (a query by user): only what is left.
+        let records_only = store
+            .usage_totals(&all, &["namespace"], 0, false)
+            .await
+            .unwrap();
+        assert_eq!(records_only.len(), 1);
+        // Purging again changes nothing; a record reported late for October is added
+        // to October's aggregate by the next purge.
+        assert_eq!(
+            store.purge_usage(1_796_083_200_000).await.unwrap(),
+            Purged::default()
+        );
+        store
+            .insert_usage(&[rec("e", oct + day, "team-a", "gpt", 5, "EUR")])
+            .await
+            .unwrap();
+        store.purge_usage(1_796_083_200_000).await.unwrap();
+        let late = store
+            .usage_totals(&all, &["namespace"], 0, true)
+            .await
+            .unwrap();
+        let team_a = late.iter().find(|r| r.key[0] == "team-a").unwrap();
+        assert_eq!((team_a.requests, team_a.prompt), (4, 23));
+        // No user is kept in the aggregates: the file holds the pseudonym no more.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let kept: i64 = sqlx::query("SELECT COUNT(*) AS n FROM vigie_usage WHERE user_name <> ''")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(kept, 1, "only December's record keeps its user");
+    }
+
+    #[tokio::test]
+    async fn an_erased_user_is_gone_from_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let mut batch: Vec<UsageRecord> = (0..50)
+            .map(|i| rec(&format!("r{i}"), 10 + i, "team-a", "gpt", 10, "EUR"))
+            .collect();
+        for (i, r) in batch.iter_mut().enumerate() {
+            r.user = if i % 2 == 0 {
+                "ana.lefevre@interieur.gouv.fr".into()
+            } else {
+                "bob@interieur.gouv.fr".into()
+            };
+        }
+        store.insert_usage(&batch).await.unwrap();
+        let forms = vec!["ana.lefevre@interieur.gouv.fr".to_string()];
+        assert_eq!(store.erase_usage_user(&forms).await.unwrap(), 25);
+        assert_eq!(store.erase_usage_user(&forms).await.unwrap(), 0);
+        let file = std::fs::read(&path).unwrap();
+        let needle = b"ana.lefevre@interieur.gouv.fr";
+        assert!(
+            !file.windows(needle.len()).any(|w| w == needle),
+            "the erased user is still in the database file"
+        );
+        assert!(
+            file.windows(21).any(|w| w == b"bob@interieur.gouv.fr"),
+            "the other user stays (the check can find a user)"
+        );
+        let all = UsageFilter {
+            to_ms: 1000,
+            ..Default::default()
+        };
+        let totals = store.usage_totals(&all, &[], 0, false).await.unwrap();
+        assert_eq!((totals[0].requests, totals[0].prompt), (50, 500));
+    }
+
+    #[tokio::test]
     async fn inserts_are_idempotent_and_totals_group_by_dimension_bucket_and_currency() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("u.db").display());
@@ -379,7 +669,7 @@ mod tests {
             ..Default::default()
         };
         let rows = store
-            .usage_totals(&all, &["namespace"], hour)
+            .usage_totals(&all, &["namespace"], hour, false)
             .await
             .unwrap();
         let summary: Vec<_> = rows
