@@ -157,7 +157,12 @@ struct ServeArgs {
     usage_users_in_clear: bool,
     /// Keep usage records for the current month and this many before it; older ones
     /// are folded into monthly aggregates (no user) and deleted. 0: kept forever.
-    #[arg(long, env = "VIGIE_USAGE_RETENTION_MONTHS", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "VIGIE_USAGE_RETENTION_MONTHS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=1200)
+    )]
     usage_retention_months: u32,
     /// Seconds between two reads of the policy directory.
     #[arg(long, env = "VIGIE_POLICY_SYNC_INTERVAL_S", default_value_t = 10)]
@@ -215,17 +220,26 @@ fn ledger_users(
 ) -> anyhow::Result<LedgerUsers> {
     let key = match (key_file, data_dir) {
         (Some(file), _) => Some(UserKey::read(file)?),
-        (None, Some(dir)) if !in_clear => {
-            Some(UserKey::read_or_create(&dir.join("usage-user.key"))?)
+        (None, Some(dir)) => {
+            let file = dir.join("usage-user.key");
+            if !in_clear {
+                Some(UserKey::read_or_create(&file)?)
+            } else if file.exists() {
+                // Kept in clear from now on; records pseudonymised before can still be
+                // erased.
+                Some(UserKey::read(&file)?)
+            } else {
+                None
+            }
         }
-        (None, _) => None,
+        (None, None) => None,
     };
     Ok(match (key, in_clear) {
         (key, true) => LedgerUsers::in_clear(key),
         (Some(key), false) => LedgerUsers::pseudonymised(key),
         (None, false) => anyhow::bail!(
-            "with PostgreSQL, end users are pseudonymised with a key every replica shares: \
-             --usage-user-key-file (a Secret), or --usage-users-in-clear"
+            "with --database-url, end users are pseudonymised with a key every replica \
+             shares: --usage-user-key-file (a Secret), or --usage-users-in-clear"
         ),
     })
 }
@@ -541,6 +555,19 @@ async fn main() -> anyhow::Result<()> {
             };
             let store = store::open(&url).await.context("opening the database")?;
             info!(database = %store::sql::redact_url(&url), "database ready");
+            if let Some(key) = ledger.users.pseudonymises() {
+                // Users stored in clear before (an older version, or in clear mode).
+                let changed = store
+                    .pseudonymise_usage_users(key)
+                    .await
+                    .context("pseudonymising the users stored in clear")?;
+                if changed > 0 {
+                    info!(
+                        records = changed,
+                        "usage users stored in clear replaced by their pseudonyms"
+                    );
+                }
+            }
             let tls = s.tls_cert.zip(s.tls_key).map(|(cert, key)| TlsFiles {
                 cert,
                 key,

@@ -146,6 +146,7 @@ pub async fn serve(
         metrics: settings.metrics.clone(),
         reads: UsageReads::default(),
         users: settings.ledger.users.clone(),
+        retention_months: settings.ledger.retention_months,
     })
     .max_decoding_message_size(usage_max);
     let quota = QuotaServiceServer::new(QuotaApi {

@@ -26,6 +26,10 @@ pub enum UserKeyError {
     },
     #[error("the usage user key {path} holds {len} bytes; at least {MIN_KEY_BYTES} are needed")]
     Short { path: PathBuf, len: usize },
+    #[error(
+        "the usage user key {path} may be written by others (mode {mode:o}): it would let them choose every pseudonym"
+    )]
+    Writable { path: PathBuf, mode: u32 },
     #[error("creating the usage user key {path}: {source}")]
     Create {
         path: PathBuf,
@@ -47,10 +51,19 @@ impl UserKey {
     /// The key in `path`: its bytes as they are (a Secret made from random bytes, or
     /// text), a final line break left out.
     pub fn read(path: &Path) -> Result<Self, UserKeyError> {
-        let mut bytes = std::fs::read(path).map_err(|source| UserKeyError::Read {
+        use std::os::unix::fs::PermissionsExt as _;
+        let read = |source| UserKeyError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mode = std::fs::metadata(path).map_err(read)?.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(UserKeyError::Writable {
+                path: path.to_path_buf(),
+                mode: mode & 0o777,
+            });
+        }
+        let mut bytes = std::fs::read(path).map_err(read)?;
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
         }
@@ -71,15 +84,20 @@ impl UserKey {
                 path: path.to_path_buf(),
                 source: std::io::Error::other(e.to_string()),
             })?;
+            // Written aside, then renamed: a crash never leaves an empty key behind.
+            let aside = path.with_extension(format!("tmp{}", std::process::id()));
             let created = std::fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .mode(0o600)
-                .open(path)
+                .open(&aside)
                 .and_then(|mut f| {
                     f.write_all(hex::encode(random).as_bytes())?;
                     f.sync_all()
-                });
+                })
+                .and_then(|()| std::fs::hard_link(&aside, path));
+            let _ = std::fs::remove_file(&aside);
             match created {
                 Ok(()) => {}
                 // Another process created it meanwhile: read theirs.
@@ -168,15 +186,19 @@ impl LedgerUsers {
 
     /// Every stored value that may stand for `user`: its pseudonym (when there is a
     /// key) and its clear value (records stored in clear), or the pseudonym given.
+    ///
+    /// A value shaped like a pseudonym is also hashed: an end user may be named so.
     pub fn stored_forms(&self, user: &str) -> Vec<String> {
-        if is_pseudonym(user) {
-            return vec![user.to_string()];
-        }
         let mut forms = vec![user.to_string()];
         if let Some(key) = &self.key {
             forms.push(key.pseudonym(user));
         }
         forms
+    }
+
+    /// Whether this mode pseudonymises (a key and not in clear).
+    pub fn pseudonymises(&self) -> Option<&UserKey> {
+        self.key.as_ref().filter(|_| !self.clear)
     }
 }
 
@@ -223,7 +245,11 @@ mod tests {
             hidden.stored_forms("ana"),
             vec!["ana".to_string(), p.clone()]
         );
-        assert_eq!(hidden.stored_forms(&p), vec![p.clone()]);
+        assert_eq!(
+            hidden.stored_forms(&p),
+            vec![p.clone(), key.pseudonym(&p)],
+            "a user named like a pseudonym can be erased too"
+        );
         let clear = LedgerUsers::in_clear(Some(key));
         assert_eq!(clear.stored("ana"), "ana");
         assert_eq!(clear.filter_value("ana"), "ana");

@@ -49,6 +49,47 @@ pub struct UsageApi {
     pub reads: UsageReads,
     /// How end users are stored (pseudonymised by default).
     pub users: LedgerUsers,
+    /// Records are kept for the current month and this many before it (0: forever);
+    /// older ones are not stored.
+    pub retention_months: u32,
+}
+
+impl UsageApi {
+    /// The value a filter compares users with. A clear name is looked up through its
+    /// pseudonym for admins only, and audited: for anyone else the lookup would be a
+    /// way to test guessed addresses against the pseudonyms (an auditor copies a
+    /// pseudonym from a query instead).
+    async fn user_filter(
+        &self,
+        who: &crate::auth::Principal,
+        call: &str,
+        user: &str,
+    ) -> Result<String, Status> {
+        if user.is_empty() || self.users.is_clear() || crate::users::is_pseudonym(user) {
+            return Ok(self.users.filter_value(user));
+        }
+        if who.role != Role::Admin {
+            return Err(Status::permission_denied(
+                "filter.user: only admins look a user up by name (audited); filter by the \
+                 pseudonym (`hmac:…`) a query shows",
+            ));
+        }
+        self.store
+            .append_audit(AuditRecord {
+                id: 0,
+                at_ms: crate::store::now_ms(),
+                actor: who.name.clone(),
+                role: who.role.to_string(),
+                action: "usage.lookup_user".into(),
+                policy: String::new(),
+                revision: 0,
+                summary: format!("looked a user's usage up by name ({call})"),
+                comment: String::new(),
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(self.users.filter_value(user))
+    }
 }
 
 /// Admission to the calls that scan the ledger: one caller's loop of heavy queries
@@ -227,6 +268,14 @@ impl UsageService for UsageApi {
                 )));
             }
         }
+        // Records older than the retention start are not stored: their month may be
+        // folded already, and their id forgotten (a resend would count twice).
+        let sent = records.len();
+        if self.retention_months > 0 {
+            let start = crate::retention::retention_start(now_ms(), self.retention_months);
+            records.retain(|r| r.started_at_ms >= start);
+        }
+        let expired = u32::try_from(sent - records.len()).unwrap_or(u32::MAX);
         for r in &mut records {
             r.user = self.users.stored(&r.user);
         }
@@ -242,6 +291,7 @@ impl UsageService for UsageApi {
         Ok(Response::new(ReportUsageResponse {
             accepted,
             duplicates: total.saturating_sub(accepted),
+            expired,
         }))
     }
 
@@ -253,7 +303,7 @@ impl UsageService for UsageApi {
         let r = req.into_inner();
         let mut filter = r.filter.unwrap_or_default();
         check_filter(&filter)?;
-        filter.user = self.users.filter_value(&filter.user);
+        filter.user = self.user_filter(&who, "QueryUsage", &filter.user).await?;
         let _admitted = self.reads.queries.admit(&who.name).await?;
         let mut columns = Vec::new();
         for (i, d) in r.group_by.iter().enumerate() {
@@ -362,14 +412,19 @@ impl UsageService for UsageApi {
                 &format!("at most {MAX_ERASE_COMMENT} bytes"),
             ));
         }
-        // The audit trail keeps the comment: it must not bring the user back.
-        if r.comment.to_lowercase().contains(&r.user.to_lowercase()) {
+        // The audit trail keeps the comment: it must not bring the user back, in any
+        // of its forms, nor name anyone (an address, a pseudonym).
+        let forms = self.users.stored_forms(&r.user);
+        let comment = r.comment.to_lowercase();
+        let names = forms
+            .iter()
+            .any(|f| !f.is_empty() && comment.contains(&f.to_lowercase()));
+        if names || comment.contains("hmac:") || comment.contains('@') {
             return Err(invalid(
                 "comment",
-                "must not contain the user (it is kept in the audit trail)",
+                "must not contain the user, an address or a pseudonym (it is kept in the audit trail)",
             ));
         }
-        let forms = self.users.stored_forms(&r.user);
         let records = self
             .store
             .erase_usage_user(&forms)
@@ -407,7 +462,7 @@ impl UsageService for UsageApi {
         let who = self.auth.check(&req, &[Role::Admin, Role::Auditor]).await?;
         let mut filter = req.into_inner().filter.unwrap_or_default();
         check_filter(&filter)?;
-        filter.user = self.users.filter_value(&filter.user);
+        filter.user = self.user_filter(&who, "ExportUsage", &filter.user).await?;
         // Held until the stream ends: it ends when its caller has not read for
         // EXPORT_STALL, or after EXPORT_LONGEST in all (export a long period in
         // windows), with an error after the rows already sent.

@@ -218,6 +218,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn purge_usage(&self, before_ms: i64) -> Result<usage::Purged, StoreError>;
     /// Blanks the user of the records whose user is one of `values`; how many.
     async fn erase_usage_user(&self, values: &[String]) -> Result<u64, StoreError>;
+    /// Replaces the users stored in clear by their pseudonyms; how many records.
+    async fn pseudonymise_usage_users(
+        &self,
+        key: &crate::users::UserKey,
+    ) -> Result<u64, StoreError>;
     /// Deletes the budget counters of windows that ended before `before_ms`.
     async fn forget_quota_windows(&self, before_ms: i64) -> Result<u64, StoreError>;
 

@@ -696,11 +696,21 @@ impl Store for SqlStore {
             }
             from = to;
         }
+        if purged.records > 0 {
+            self.checkpoint().await?;
+        }
         Ok(purged)
     }
 
     async fn erase_usage_user(&self, values: &[String]) -> Result<u64, StoreError> {
         self.erase_usage_user_rows(values).await
+    }
+
+    async fn pseudonymise_usage_users(
+        &self,
+        key: &crate::users::UserKey,
+    ) -> Result<u64, StoreError> {
+        self.pseudonymise_usage_user_rows(key).await
     }
 
     async fn forget_quota_windows(&self, before_ms: i64) -> Result<u64, StoreError> {

@@ -356,6 +356,13 @@ impl SqlStore {
         .collect::<Vec<_>>()
         .join(", ");
         let mut tx = self.pool.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // One snapshot for both statements: a record committed between them would
+            // otherwise be deleted without being counted.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(&format!(
             "INSERT INTO vigie_usage_monthly (month, {kept}, requests, prompt, completion, cached,
                 reasoning, cost, gpu_seconds)
@@ -397,14 +404,71 @@ impl SqlStore {
         }
         q.push(")");
         let erased = q.query().execute(&self.pool).await?.rows_affected();
-        if self.dialect == Dialect::Sqlite {
-            // The old pages are overwritten (secure_delete) in the database file only
-            // when the write-ahead log is checkpointed into it.
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&self.pool)
-                .await?;
-        }
+        self.checkpoint().await?;
         Ok(erased)
+    }
+
+    /// SQLite: copies the write-ahead log into the database file and empties it, so
+    /// erased and purged values (overwritten there, `secure_delete`) are gone from both.
+    /// A reader holding an old snapshot keeps the log busy: retried for ~5 s, then left
+    /// to the next erasure or retention pass (logged).
+    pub(super) async fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.dialect != Dialect::Sqlite {
+            return Ok(());
+        }
+        for attempt in 0..20 {
+            let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await?;
+            let busy: i64 = row.try_get(0)?;
+            if busy == 0 {
+                return Ok(());
+            }
+            if attempt < 19 {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+        tracing::warn!(
+            "erased or purged usage values are not yet overwritten in the database file: \
+             a reader holds the write-ahead log; the next erasure or retention pass retries"
+        );
+        Ok(())
+    }
+
+    /// Replaces every user stored in clear by its pseudonym (a database written before
+    /// pseudonymisation, or in clear mode); returns how many records changed.
+    pub(super) async fn pseudonymise_usage_user_rows(
+        &self,
+        key: &crate::users::UserKey,
+    ) -> Result<u64, StoreError> {
+        let mut changed = 0;
+        loop {
+            let rows = sqlx::query(
+                "SELECT DISTINCT user_name FROM vigie_usage
+                 WHERE user_name <> '' AND user_name NOT LIKE 'hmac:%' LIMIT 500",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut tx = self.pool.begin().await?;
+            for row in &rows {
+                let clear: String = row.try_get("user_name")?;
+                changed +=
+                    sqlx::query("UPDATE vigie_usage SET user_name = $1 WHERE user_name = $2")
+                        .bind(key.pseudonym(&clear))
+                        .bind(clear)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+            }
+            tx.commit().await?;
+        }
+        if changed > 0 {
+            self.checkpoint().await?;
+        }
+        Ok(changed)
     }
 
     /// Totals grouped by `columns` (from [`dimension_column`]) and fixed-width buckets
