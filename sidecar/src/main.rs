@@ -443,7 +443,10 @@ fn main() -> anyhow::Result<()> {
         },
         original,
     );
-    let mut proxy = Service::new("vigie-proxy".to_string(), app);
+    let mut proxy = Service::new(
+        "vigie-proxy".to_string(),
+        vigie_sidecar::pipeline::Listener(Arc::new(app)),
+    );
     proxy.add_tcp(&args.listen);
     let egress_enforced = args
         .egress_required

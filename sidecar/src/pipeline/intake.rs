@@ -36,33 +36,9 @@ pub async fn read(
     if looped {
         return Err(Refusal::before_body(ApiError::loop_detected()));
     }
-    let limit = app.settings.max_body_bytes;
-    let body = read_body(session, limit, &app.bounds, &mut ctx.body_bytes)
+    let body = read_decoded(app, session, &mut ctx.body_bytes)
         .await
         .map_err(Refusal::before_body)?;
-    // A compressed body is decoded (within the same limit) and read like any other:
-    // what is scanned is what is forwarded, uncompressed.
-    let codings = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("(not text)").to_string());
-    let body = match codings {
-        Some(c) if !encoding::is_identity(&c) => {
-            encoding::decode(&c, body, limit).map_err(|e| match e {
-                DecodeError::Unsupported(c) => ApiError::unsupported_encoding(&c),
-                DecodeError::TooLarge(limit) => ApiError::body_too_large(limit),
-                DecodeError::Corrupt => ApiError::invalid_request(
-                    "The request body does not decode with its Content-Encoding.",
-                ),
-            })?
-        }
-        _ => body,
-    };
-    // A decoded body is held next to nothing else, but counted whole.
-    if !app.bounds.reserve(&mut ctx.body_bytes, body.len()) {
-        return Err(Refusal::before_body(ApiError::bodies_in_flight()));
-    }
     let request = LlmRequest::parse(ctx.op, body).inspect_err(|e| {
         // A key given twice (or in two cases) is how a value would be hidden from DLP.
         if e.code == Some("ambiguous_key") {
@@ -100,6 +76,76 @@ pub async fn read(
     Ok(())
 }
 
+/// Largest body read and thrown away to keep the connection of a refused request
+/// (unknown URL, `OPTIONS`) open; a larger one closes it.
+const DISCARDED_BODY: usize = 64 * 1024;
+
+/// Reads and drops the body of a request that is answered without it; whether the
+/// connection may serve the next request (no body, or a small one read in time).
+pub(super) async fn discard_body(session: &mut ServerSession) -> bool {
+    if session.is_body_empty() {
+        return true;
+    }
+    // A client waiting for `100 Continue` sends its body only after it (or never).
+    let waits = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits {
+        return false;
+    }
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_none_or(|n| n > DISCARDED_BODY) {
+        return false;
+    }
+    let drained = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        session.drain_request_body(),
+    )
+    .await;
+    matches!(drained, Ok(Ok(())))
+}
+
+/// The request body read within the sidecar's limits ([`read_body`]) and decoded when
+/// compressed: what is scanned is what is forwarded, uncompressed. The decoded body is
+/// counted whole in `held`.
+pub(super) async fn read_decoded(
+    app: &SidecarApp,
+    session: &mut ServerSession,
+    held: &mut BodyReservation,
+) -> Result<Bytes, ApiError> {
+    let limit = app.settings.max_body_bytes;
+    let body = read_body(session, limit, &app.bounds, held).await?;
+    let codings = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("(not text)").to_string());
+    let body = match codings {
+        Some(c) if !encoding::is_identity(&c) => {
+            encoding::decode(&c, body, limit).map_err(|e| match e {
+                DecodeError::Unsupported(c) => ApiError::unsupported_encoding(&c),
+                DecodeError::TooLarge(limit) => ApiError::body_too_large(limit),
+                DecodeError::Corrupt => ApiError::invalid_request(
+                    "The request body does not decode with its Content-Encoding.",
+                ),
+            })?
+        }
+        _ => body,
+    };
+    // A decoded body is held next to nothing else, but counted whole.
+    if !app.bounds.reserve(held, body.len()) {
+        return Err(ApiError::bodies_in_flight());
+    }
+    Ok(body)
+}
+
 /// Reads the whole request body, refusing more than `limit` bytes, more than the
 /// sidecar's body budget has room for, and a body slower than its deadline.
 async fn read_body(
@@ -123,7 +169,12 @@ async fn read_body(
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
-        session.write_continue_response().await.map_err(|_| {
+        // A 100 is not the answer: Pingora would close a connection answered before its
+        // body is read, and the client's next request would need a new one.
+        session.set_close_on_response_before_downstream_finish(false);
+        let sent = session.write_continue_response().await;
+        session.set_close_on_response_before_downstream_finish(true);
+        sent.map_err(|_| {
             ApiError::invalid_request("The connection failed while reading the request.")
         })?;
     }

@@ -15,6 +15,7 @@ pub mod account;
 mod attempts;
 pub mod bounds;
 mod budget;
+mod catalogue;
 mod ctx;
 mod guard;
 mod intake;
@@ -26,7 +27,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 
@@ -81,6 +83,8 @@ pub struct SidecarApp {
     no_policy: Arc<Snapshot>,
     /// What the apps can make the sidecar hold.
     pub bounds: bounds::Bounds,
+    /// HTTP/2 with prior knowledge (h2c) served next to HTTP/1.1 on the plain listener.
+    server_options: pingora::apps::HttpServerOptions,
 }
 
 impl SidecarApp {
@@ -112,22 +116,47 @@ impl SidecarApp {
             retry_budget: vigie_balance::RetryBudget::default(),
             original,
             no_policy: Arc::new(Snapshot::none()),
+            server_options: {
+                let mut o = pingora::apps::HttpServerOptions::default();
+                o.h2c = true;
+                o
+            },
         }
     }
 
     /// One request, start to end.
     pub async fn handle(&self, session: &mut ServerSession) -> (Option<Operation>, Outcome) {
+        if session.req_header().method == http::Method::OPTIONS {
+            return (None, respond::options(session).await);
+        }
         let op = match intake::operation(session) {
             Ok(op) => op,
-            // The body was not read: the connection cannot be reused.
-            Err(e) => return (None, respond::error(session, &e).await.not_reusable()),
+            Err(e) => {
+                // The connection stays open when the body was small enough to discard.
+                let reusable = intake::discard_body(session).await;
+                let outcome = respond::error(session, &e).await;
+                return (
+                    None,
+                    if reusable {
+                        outcome
+                    } else {
+                        outcome.not_reusable()
+                    },
+                );
+            }
         };
         let snapshot = self.store.current();
-        if op == Operation::ListModels {
-            return (
-                Some(op),
-                respond::models(session, snapshot.as_deref()).await,
-            );
+        // Answered from the policy, without an upstream (no usage record).
+        match op {
+            Operation::ListModels | Operation::RetrieveModel => {
+                let outcome = catalogue::models(session, snapshot.as_deref(), op).await;
+                return (Some(op), outcome);
+            }
+            Operation::CountTokens => {
+                let outcome = catalogue::count_tokens(self, session, snapshot.as_deref()).await;
+                return (Some(op), outcome);
+            }
+            _ => {}
         }
         let Some(snapshot) = snapshot else {
             // Still one usage record (refused), like every other request.
@@ -171,19 +200,52 @@ impl SidecarApp {
     }
 }
 
+/// What the listener runs: the connection bound and the head deadline, then Pingora's
+/// HTTP/1 or HTTP/2 session (h2c) and the stages ([`SidecarApp`]). To tell HTTP/2's
+/// preface from HTTP/1, Pingora reads 24 bytes before any session exists, with no
+/// deadline: they are awaited here first, under the head deadline and the connection
+/// bound, so a connection that sends nothing (or less than a preface) is not held.
+pub struct Listener(pub Arc<SidecarApp>);
+
+#[async_trait]
+impl ServerApp for Listener {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let app = &self.0;
+        // Past the connection limit a new connection is closed before anything is read.
+        let Some(_slot) = app.bounds.connection() else {
+            app.metrics.connections_refused.inc();
+            tracing::debug!("connection closed: the sidecar has as many as it may hold");
+            return None;
+        };
+        let mut preface = [0u8; 24];
+        let peeked = tokio::time::timeout(
+            app.bounds.limits.header_timeout,
+            stream.try_peek(&mut preface),
+        )
+        .await;
+        if !matches!(peeked, Ok(Ok(true))) {
+            tracing::debug!("connection closed: no request head within the deadline");
+            return None;
+        }
+        app.process_new(stream, shutdown).await
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for SidecarApp {
+    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
+        Some(&self.server_options)
+    }
+
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Past the connection limit a new connection is closed before anything is read.
-        let Some(_slot) = self.bounds.connection() else {
-            self.metrics.connections_refused.inc();
-            tracing::debug!("connection closed: the sidecar has as many as it may hold");
-            return None;
-        };
         // Requests pipelined on one connection are answered one after the other, in
         // order (RFC 9112 §9.3.2): the bytes of the next one, read with this one, are
         // kept for it (off, Pingora answers the first and drops the rest).

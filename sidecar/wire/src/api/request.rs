@@ -606,7 +606,10 @@ pub fn prefix_key(op: Operation, v: &Value) -> Option<String> {
             }
             prompt[..end].to_string()
         }
-        Operation::Embeddings | Operation::ListModels => return None,
+        Operation::Embeddings
+        | Operation::ListModels
+        | Operation::RetrieveModel
+        | Operation::CountTokens => return None,
     };
     Some(key)
 }

@@ -371,7 +371,10 @@ pub fn response_texts(op: Operation, body: &mut Value, f: &mut dyn FnMut(&mut St
                 visit_anthropic_content(c, f);
             }
         }
-        Operation::Embeddings | Operation::ListModels => {}
+        Operation::Embeddings
+        | Operation::ListModels
+        | Operation::RetrieveModel
+        | Operation::CountTokens => {}
     }
 }
 
