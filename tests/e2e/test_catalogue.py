@@ -2,7 +2,7 @@
 clients, parts "Catalogue" and "Transport"): `models.list`/`models.retrieve` with the
 OpenAI and Anthropic SDKs (with what the policy says of each model), Anthropic's
 `count_tokens` answered by the sidecar, `OPTIONS`, keep-alive after a 404 and after
-`Expect: 100-continue`, and HTTP/2 with prior knowledge (h2c) with DLP on."""
+`Expect: 100-continue`, and HTTP/2 with prior knowledge (h2c) refused explicitly."""
 
 import json
 import socket
@@ -154,29 +154,51 @@ def test_options_and_keep_alive_after_a_404_and_after_100_continue(served):
         assert rest == b"" or b"HTTP/1.1" not in rest
 
 
-def curl_h2(url: str, body: dict, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-w", "\n%{http_version}", "-H",
-                           "content-type: application/json", "-d", json.dumps(body), *extra, url],
-                          capture_output=True, text=True, timeout=30)
+def test_http2_with_prior_knowledge_is_refused_in_so_many_words(served):
+    """h2c is not served (ADR 0021): the client is told HTTP_1_1_REQUIRED, the log says
+    why, and HTTP/1.1 keeps working — even a request shorter than HTTP/2's preface."""
+    _, s = served
+    out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-H", "content-type: application/json",
+                          "-d", json.dumps({"model": "mistral-7b", "messages": [{"role": "user", "content": "x"}]}),
+                          f"{s.base_url}/v1/chat/completions"], capture_output=True, text=True, timeout=30)
+    # curl 7.88 names the GOAWAY's code (HTTP_1_1_REQUIRED) or its framing error.
+    assert out.returncode != 0 and ("HTTP_1_1_REQUIRED" in out.stderr or "HTTP2" in out.stderr), out.stderr
+    assert "HTTP/2 with prior knowledge (h2c) is not served" in s.process.log()
+    host, port = s.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        frames = sock.recv(64)
+    assert frames[3] == 0x4 and frames[12] == 0x7 and frames[-4:] == b"\x00\x00\x00\x0d", frames
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        answer = exchange(sock, b"GET / HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 404") or answer.startswith(b"HTTP/1.0 404"), answer[:80]
+    assert oa(s).models.list().data, "HTTP/1.1 is served"
 
 
-def test_http2_with_prior_knowledge_is_served_with_dlp(served):
-    m, s = served
-    prompt = f"Dossier NIR {NIR} à traiter."
-    out = curl_h2(f"{s.base_url}/v1/chat/completions",
-                  {"model": "mistral-7b", "messages": [{"role": "user", "content": prompt}]})
-    body, _, version = out.stdout.rpartition("\n")
-    assert out.returncode == 0 and version == "2", out.stderr
-    assert json.loads(body)["choices"][0]["message"]["content"] == prompt
-    assert NIR not in json.dumps(m.stats()["last_request"]["body"]), "the model saw a pseudonym"
-    out = curl_h2(f"{s.base_url}/v1/chat/completions",
-                  {"model": "mistral-7b", "stream": True, "messages": [{"role": "user", "content": prompt}]}, "-N")
-    events, _, version = out.stdout.rpartition("\n")
-    assert version == "2"
-    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                   for line in events.splitlines()
-                   if line.startswith("data: {") and json.loads(line[6:]).get("choices"))
-    assert text == prompt and "data: [DONE]" in events
-    listed = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", f"{s.base_url}/v1/models"],
-                            capture_output=True, text=True, timeout=30)
-    assert "mistral-7b" in listed.stdout
+def test_long_method_and_path_are_not_echoed_whole(served):
+    _, s = served
+    r = httpx.request("PATCH", f"{s.base_url}/v1/models/{'B' * 30_000}")
+    assert r.status_code == 405 and len(r.content) < 1024
+
+
+def test_the_policy_view_is_this_workloads(mocks, sidecars):
+    """Routes limited to other namespaces are neither shown nor their pools named; a
+    fallback chain and header-conditional routes are (attacker review)."""
+    m = mocks("gpu")
+    policy = {"name": "p", "pools": [
+        pool("onprem", [m.url], [{"name": "mistral-7b", "aliases": ["chat"]}]),
+        pool("hsm-team-b", [m.url], [{"name": "llama-70b-psy-notes", "aliases": ["chat"]}]),
+        pool("gold", [m.url], [{"name": "mistral-large", "aliases": ["chat"]}]),
+        pool("public-api", ["https://api.openai.com"], [{"name": "gpt-4o"}], kind="POOL_KIND_OPENAI"),
+    ], "routes": [
+        {"model": "chat", "pools": ["hsm-team-b"], "match": {"namespaces": ["team-b"]}},
+        {"model": "chat", "pools": ["gold"], "match": {"headers": {"x-tier": "gold"}}},
+        {"model": "chat", "pools": ["onprem"], "fallbackModel": "gpt-4o"},
+    ]}
+    s = sidecars(policy, env={"POD_NAMESPACE": "team-a"})
+    view = oa(s).models.retrieve("chat").model_extra["vigie"]
+    shown = {p["pool"]: p for p in view["pools"]}
+    assert "hsm-team-b" not in shown and "llama-70b-psy-notes" not in json.dumps(view)
+    assert shown["gold"]["conditional"] is True
+    assert shown["public-api"]["fallback"] == "gpt-4o" and shown["public-api"]["hosting"] == "external"
+    assert "conditional" not in shown["onprem"] and view["clearance"] == "restricted"

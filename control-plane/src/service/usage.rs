@@ -74,21 +74,39 @@ impl UsageApi {
                  pseudonym (`hmac:…`) a query shows",
             ));
         }
+        self.audit(
+            who,
+            "usage.lookup_user",
+            format!("looked a user's usage up by name ({call})"),
+            String::new(),
+        )
+        .await?;
+        Ok(self.users.filter_value(user))
+    }
+
+    /// An audit event of this service (never naming an end user).
+    async fn audit(
+        &self,
+        who: &crate::auth::Principal,
+        action: &str,
+        summary: String,
+        comment: String,
+    ) -> Result<(), Status> {
         self.store
             .append_audit(AuditRecord {
                 id: 0,
                 at_ms: crate::store::now_ms(),
                 actor: who.name.clone(),
                 role: who.role.to_string(),
-                action: "usage.lookup_user".into(),
+                action: action.into(),
                 policy: String::new(),
                 revision: 0,
-                summary: format!("looked a user's usage up by name ({call})"),
-                comment: String::new(),
+                summary,
+                comment,
             })
             .await
             .map_err(store_error)?;
-        Ok(self.users.filter_value(user))
+        Ok(())
     }
 }
 
@@ -431,20 +449,8 @@ impl UsageService for UsageApi {
             .await
             .map_err(store_error)?;
         let summary = format!("erased the user of {records} usage records");
-        self.store
-            .append_audit(AuditRecord {
-                id: 0,
-                at_ms: crate::store::now_ms(),
-                actor: who.name.clone(),
-                role: who.role.to_string(),
-                action: "usage.erase_user".into(),
-                policy: String::new(),
-                revision: 0,
-                summary: summary.clone(),
-                comment: r.comment.clone(),
-            })
-            .await
-            .map_err(store_error)?;
+        self.audit(&who, "usage.erase_user", summary, r.comment.clone())
+            .await?;
         tracing::info!(
             target: "vigie::audit",
             actor = %who.name,

@@ -15,7 +15,7 @@ use super::respond::{error, json_with};
 use super::{Outcome, SidecarApp, intake};
 use crate::api::request::LlmRequest;
 use crate::api::{ApiError, Flavour, Operation, model_id};
-use crate::policy::Snapshot;
+use crate::policy::{CompiledRoute, Snapshot};
 
 /// Anthropic's clients send their API version with every call.
 fn anthropic(session: &ServerSession) -> bool {
@@ -27,10 +27,15 @@ fn anthropic(session: &ServerSession) -> bool {
 
 /// `GET /v1/models` and `GET /v1/models/{id}`.
 pub async fn models(
+    app: &SidecarApp,
     session: &mut ServerSession,
     snapshot: Option<&Snapshot>,
     op: Operation,
 ) -> Outcome {
+    let here = Workload {
+        namespace: &app.settings.namespace,
+        labels: &app.settings.labels,
+    };
     let anthropic = anthropic(session);
     let flavour = if anthropic {
         Flavour::Anthropic
@@ -46,13 +51,13 @@ pub async fn models(
             let e = ApiError::model_not_found(&id).with_flavour(flavour);
             return error(session, &e).await;
         }
-        let body = model(snapshot, &id, anthropic);
+        let body = model(snapshot, &id, anthropic, &here);
         return json_with(session, 200, &body, &[]).await;
     }
     let data: Vec<Value> = snapshot
         .models
         .iter()
-        .map(|m| model(snapshot, m, anthropic))
+        .map(|m| model(snapshot, m, anthropic, &here))
         .collect();
     let body = if anthropic {
         json!({
@@ -69,8 +74,8 @@ pub async fn models(
 
 /// One model object: OpenAI's (`id`, `object`, `created`, `owned_by`) or Anthropic's
 /// (`type`, `id`, `display_name`, `created_at`), and the policy's view of it.
-fn model(snapshot: &Snapshot, id: &str, anthropic: bool) -> Value {
-    let vigie = policy_view(snapshot, id);
+fn model(snapshot: &Snapshot, id: &str, anthropic: bool, here: &Workload<'_>) -> Value {
+    let vigie = policy_view(snapshot, id, here);
     if anthropic {
         json!({
             "type": "model",
@@ -84,44 +89,80 @@ fn model(snapshot: &Snapshot, id: &str, anthropic: bool) -> Value {
     }
 }
 
-/// The pools the policy may send the model to (in any of its routes), with their
-/// hosting, clearance (the highest sensitivity level they may receive) and prices —
-/// never their endpoints. `clearance`: the highest among them.
-fn policy_view(snapshot: &Snapshot, id: &str) -> Value {
+/// The pools the policy may send the model to from this workload: its routes whose
+/// namespace and label conditions hold here (a route limited to other workloads is
+/// neither used nor shown), then their fallback chains; a pool reachable only under a
+/// header or sensitivity condition is marked `conditional`, one reached through a
+/// fallback names it. Each with its hosting, clearance and prices — never endpoints.
+/// `clearance`: the highest among them.
+fn policy_view(snapshot: &Snapshot, id: &str, here: &Workload<'_>) -> Value {
     let mut seen = HashSet::new();
     let mut pools = Vec::new();
     let mut highest = None;
-    for target in snapshot
-        .routes
-        .get(id)
-        .into_iter()
-        .flatten()
-        .flat_map(|r| &r.targets)
-    {
-        let Some(pool) = snapshot.pools.get(target.pool) else {
-            continue;
-        };
-        if !seen.insert(target.pool) {
+    let mut models = vec![(id.to_string(), None::<String>)];
+    let mut visited = HashSet::new();
+    while let Some((model, via)) = models.pop() {
+        if !visited.insert(model.clone()) || visited.len() > MAX_CHAIN {
             continue;
         }
-        highest = highest.max(Some(pool.clearance));
-        let hosting = pool.hosting.as_str_name();
-        let mut p = json!({
-            "pool": pool.name,
-            "model": target.upstream_model,
-            "hosting": hosting.strip_prefix("HOSTING_").unwrap_or(hosting).to_lowercase(),
-            "clearance": pool.clearance.as_str(),
-        });
-        if let Some(c) = pool.cost_of(&target.upstream_model) {
-            p["price"] = json!({
-                "currency": c.currency,
-                "inputPer1k": c.input_per_1k,
-                "outputPer1k": c.output_per_1k,
-            });
+        let routes = snapshot.routes.get(&model).into_iter().flatten();
+        for route in routes.filter(|r| here.may_use(r)) {
+            let conditional = route.min_level.is_some() || !route.headers.is_empty();
+            if let Some(next) = &route.fallback {
+                models.push((next.clone(), Some(next.clone())));
+            }
+            for target in &route.targets {
+                let Some(pool) = snapshot.pools.get(target.pool) else {
+                    continue;
+                };
+                if !seen.insert((target.pool, target.upstream_model.clone())) {
+                    continue;
+                }
+                highest = highest.max(Some(pool.clearance));
+                let hosting = pool.hosting.as_str_name();
+                let mut p = json!({
+                    "pool": pool.name,
+                    "model": target.upstream_model,
+                    "hosting": hosting.strip_prefix("HOSTING_").unwrap_or(hosting).to_lowercase(),
+                    "clearance": pool.clearance.as_str(),
+                });
+                if conditional {
+                    p["conditional"] = json!(true);
+                }
+                if let Some(via) = &via {
+                    p["fallback"] = json!(via);
+                }
+                if let Some(c) = pool.cost_of(&target.upstream_model) {
+                    p["price"] = json!({
+                        "currency": c.currency,
+                        "inputPer1k": c.input_per_1k,
+                        "outputPer1k": c.output_per_1k,
+                    });
+                }
+                pools.push(p);
+            }
         }
-        pools.push(p);
     }
     json!({"pools": pools, "clearance": highest.map(|l| l.as_str())})
+}
+
+/// Longest fallback chain shown (validation rejects cycles; this bounds the rest).
+const MAX_CHAIN: usize = 8;
+
+/// The workload this sidecar serves, as route conditions read it.
+struct Workload<'a> {
+    namespace: &'a str,
+    labels: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl Workload<'_> {
+    fn may_use(&self, route: &CompiledRoute) -> bool {
+        (route.namespaces.is_empty() || route.namespaces.iter().any(|n| n == self.namespace))
+            && route
+                .labels
+                .iter()
+                .all(|(k, v)| self.labels.get(k) == Some(v))
+    }
 }
 
 /// `POST /v1/messages/count_tokens`: the body read like any request (bounded, decoded,
@@ -161,7 +202,20 @@ pub async fn count_tokens(
             .with_flavour(Flavour::Anthropic);
         return error(session, &e).await;
     }
-    let tokens = vigie_metering::estimate::prompt_tokens(&tree);
+    // Counting is CPU work: a large body is counted off the worker (as DLP scans are).
+    let tokens = if held.bytes() <= super::guard::OFF_WORKER_BYTES {
+        vigie_metering::estimate::prompt_tokens(&tree)
+    } else {
+        match tokio::task::spawn_blocking(move || vigie_metering::estimate::prompt_tokens(&tree))
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => {
+                let e = ApiError::bodies_in_flight().with_flavour(Flavour::Anthropic);
+                return error(session, &e).await;
+            }
+        }
+    };
     json_with(
         session,
         200,

@@ -76,6 +76,25 @@ pub async fn read(
     Ok(())
 }
 
+/// The body length the request declares (`Content-Length`), if it is a number.
+fn declared_length(session: &ServerSession) -> Option<usize> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+fn expects_continue(session: &ServerSession) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Largest body read and thrown away to keep the connection of a refused request
 /// (unknown URL, `OPTIONS`) open; a larger one closes it.
 const DISCARDED_BODY: usize = 64 * 1024;
@@ -87,21 +106,10 @@ pub(super) async fn discard_body(session: &mut ServerSession) -> bool {
         return true;
     }
     // A client waiting for `100 Continue` sends its body only after it (or never).
-    let waits = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if waits {
+    if expects_continue(session) {
         return false;
     }
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_none_or(|n| n > DISCARDED_BODY) {
+    if declared_length(session).is_none_or(|n| n > DISCARDED_BODY) {
         return false;
     }
     let drained = tokio::time::timeout(
@@ -154,21 +162,11 @@ async fn read_body(
     bounds: &Bounds,
     held: &mut BodyReservation,
 ) -> Result<Bytes, ApiError> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(session);
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::body_too_large(limit));
     }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
+    if expects_continue(session) {
         // A 100 is not the answer: Pingora would close a connection answered before its
         // body is read, and the client's next request would need a new one.
         session.set_close_on_response_before_downstream_finish(false);

@@ -24,7 +24,7 @@ mod respond;
 mod route;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
@@ -83,8 +83,6 @@ pub struct SidecarApp {
     no_policy: Arc<Snapshot>,
     /// What the apps can make the sidecar hold.
     pub bounds: bounds::Bounds,
-    /// HTTP/2 with prior knowledge (h2c) served next to HTTP/1.1 on the plain listener.
-    server_options: pingora::apps::HttpServerOptions,
 }
 
 impl SidecarApp {
@@ -116,11 +114,6 @@ impl SidecarApp {
             retry_budget: vigie_balance::RetryBudget::default(),
             original,
             no_policy: Arc::new(Snapshot::none()),
-            server_options: {
-                let mut o = pingora::apps::HttpServerOptions::default();
-                o.h2c = true;
-                o
-            },
         }
     }
 
@@ -149,7 +142,7 @@ impl SidecarApp {
         // Answered from the policy, without an upstream (no usage record).
         match op {
             Operation::ListModels | Operation::RetrieveModel => {
-                let outcome = catalogue::models(session, snapshot.as_deref(), op).await;
+                let outcome = catalogue::models(self, session, snapshot.as_deref(), op).await;
                 return (Some(op), outcome);
             }
             Operation::CountTokens => {
@@ -200,12 +193,22 @@ impl SidecarApp {
     }
 }
 
-/// What the listener runs: the connection bound and the head deadline, then Pingora's
-/// HTTP/1 or HTTP/2 session (h2c) and the stages ([`SidecarApp`]). To tell HTTP/2's
-/// preface from HTTP/1, Pingora reads 24 bytes before any session exists, with no
-/// deadline: they are awaited here first, under the head deadline and the connection
-/// bound, so a connection that sends nothing (or less than a preface) is not held.
+/// What the listener runs: the connection bound, HTTP/2 with prior knowledge (h2c)
+/// refused in so many words, then Pingora's HTTP/1 session and the stages
+/// ([`SidecarApp`]). h2c is not served: Pingora's HTTP/2 server has no deadline on an
+/// idle connection and runs each stream as a task of its own, outside the connection
+/// bound — one client could hold every connection slot or keep hundreds of upstream
+/// calls running (ADR 0021).
 pub struct Listener(pub Arc<SidecarApp>);
+
+/// The server's SETTINGS, then GOAWAY with HTTP_1_1_REQUIRED (RFC 9113 §6.8, §7): what
+/// an HTTP/2 client is told before the connection closes.
+const H2_REFUSAL: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, empty
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes, stream 0
+    0, 0, 0, 0, // last stream id: none
+    0, 0, 0, 0xd, // HTTP_1_1_REQUIRED
+];
 
 #[async_trait]
 impl ServerApp for Listener {
@@ -214,6 +217,7 @@ impl ServerApp for Listener {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        use tokio::io::AsyncWriteExt as _;
         let app = &self.0;
         // Past the connection limit a new connection is closed before anything is read.
         let Some(_slot) = app.bounds.connection() else {
@@ -221,14 +225,37 @@ impl ServerApp for Listener {
             tracing::debug!("connection closed: the sidecar has as many as it may hold");
             return None;
         };
-        let mut preface = [0u8; 24];
-        let peeked = tokio::time::timeout(
-            app.bounds.limits.header_timeout,
-            stream.try_peek(&mut preface),
-        )
-        .await;
+        // HTTP/2's preface starts `PRI` (RFC 9113 §3.4), no HTTP/1 method does; every
+        // request has three bytes. Read within the head deadline.
+        let mut head = [0u8; 3];
+        let peeked =
+            tokio::time::timeout(app.bounds.limits.header_timeout, stream.try_peek(&mut head))
+                .await;
         if !matches!(peeked, Ok(Ok(true))) {
             tracing::debug!("connection closed: no request head within the deadline");
+            return None;
+        }
+        if &head == b"PRI" {
+            app.metrics.connections_refused.inc();
+            tracing::info!(
+                "connection refused: HTTP/2 with prior knowledge (h2c) is not served; use HTTP/1.1"
+            );
+            let _ = stream.write_all(&H2_REFUSAL).await;
+            let _ = stream.flush().await;
+            // What the client already sent is read (a little, briefly) before closing:
+            // closing on unread bytes resets the connection, and the client would see a
+            // reset instead of the GOAWAY.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                let mut left: usize = 64 * 1024;
+                while left > 0 {
+                    match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            })
+            .await;
             return None;
         }
         app.process_new(stream, shutdown).await
@@ -237,10 +264,6 @@ impl ServerApp for Listener {
 
 #[async_trait]
 impl HttpServerApp for SidecarApp {
-    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
-        Some(&self.server_options)
-    }
-
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: ServerSession,

@@ -66,8 +66,9 @@ impl ApiError {
     }
 
     pub fn unknown_url(method: &http::Method, path: &str) -> Self {
-        // The path is the client's own; cap it so an error never echoes a large payload.
-        let shown: String = path.chars().take(128).collect();
+        // Method and path are the client's own: capped so an error never echoes a large
+        // payload.
+        let (method, shown) = (capped(method.as_str()), capped(path));
         Self::new(
             404,
             "invalid_request_error",
@@ -77,11 +78,12 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(method: &http::Method, path: &str, expected: &http::Method) -> Self {
+        let (method, shown) = (capped(method.as_str()), capped(path));
         Self::new(
             405,
             "invalid_request_error",
             Some("method_not_allowed"),
-            format!("{method} is not allowed on {path}; use {expected}."),
+            format!("{method} is not allowed on {shown}; use {expected}."),
         )
     }
 
@@ -400,6 +402,11 @@ impl ApiError {
             }}),
         }
     }
+}
+
+/// At most 128 characters of a client's string, for an error message.
+fn capped(s: &str) -> String {
+    s.chars().take(128).collect()
 }
 
 /// Anthropic's error types by status.
